@@ -1,0 +1,13 @@
+// The private extension module edgecompress._core. Each area registers its own functions.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void register_runtime(py::module_& m);
+void register_gemm(py::module_& m);
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "edgecompress native core (private: use the edgecompress package)";
+  register_runtime(m);
+  register_gemm(m);
+}

@@ -1,0 +1,122 @@
+// int8 GEMM: weight packing, fp32 linear and the raw int32 kernel. The Python layer
+// (edgecompress.ops) validates user input first; these checks only guard the boundary.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/threadpool.h"
+
+namespace py = pybind11;
+using namespace edgecompress;
+
+namespace {
+
+template <class T>
+using carray = py::array_t<T, py::array::c_style>;  // no forcecast: wrong dtypes are refused below
+
+const GemmS8Kernel& kernel_by_name(const std::string& name) {
+  const GemmS8Kernel* const* ks;
+  const int n = gemm_s8_kernels(&ks);
+  for (int i = 0; i < n; ++i) {
+    if (name == ks[i]->name) {
+      if (!ks[i]->supported(cpu_features())) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
+      return *ks[i];
+    }
+  }
+  throw std::invalid_argument("unknown kernel '" + name + "'");
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+template <class T>
+void require_matrix(const py::array& a, const char* name) {
+  if (!py::isinstance<py::array_t<T>>(a)) throw py::type_error(std::string(name) + ": wrong dtype");
+  require(a.ndim() == 2, std::string(name) + ": expected 2 dimensions");
+  require((a.flags() & py::array::c_style) != 0, std::string(name) + ": expected C-contiguous memory");
+}
+
+py::array_t<float> linear(const PackedS8Weight& w, const py::array& x, const py::object& bias, int act, int scheme,
+                          float scale, int zero_point) {
+  require_matrix<float>(x, "x");
+  require(x.shape(1) == w.k, "x: expected " + std::to_string(w.k) + " columns");
+  require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "scheme: out of range");
+  require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
+  const float* bias_ptr = nullptr;
+  carray<float> bias_arr;
+  if (!bias.is_none()) {
+    bias_arr = py::reinterpret_borrow<carray<float>>(bias);
+    require(py::isinstance<py::array_t<float>>(bias) && bias_arr.ndim() == 1 && bias_arr.shape(0) == w.n &&
+                (bias_arr.flags() & py::array::c_style),
+            "bias: expected float32 (" + std::to_string(w.n) + ",) contiguous");
+    bias_ptr = bias_arr.data();
+  }
+  const int m = static_cast<int>(x.shape(0));
+  py::array_t<float> y({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
+  ActQuant aq;
+  aq.scheme = static_cast<ActScheme>(scheme);
+  aq.scale = scale;
+  aq.zero_point = zero_point;
+  const void* xp = x.data();
+  float* yp = y.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = gemm_s8(w, xp, w.k, m, aq, bias_ptr, static_cast<Activation>(act), yp, nullptr, get_num_threads());
+  }
+  if (!ok) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
+  return y;
+}
+
+py::array_t<int32_t> qgemm(const PackedS8Weight& w, const py::array& a) {
+  const bool is_s8 = py::isinstance<py::array_t<int8_t>>(a), is_u8 = py::isinstance<py::array_t<uint8_t>>(a);
+  if (!is_s8 && !is_u8) throw py::type_error("a: expected int8 or uint8");
+  require(a.ndim() == 2 && (a.flags() & py::array::c_style), "a: expected a C-contiguous matrix");
+  require(a.shape(1) == w.k, "a: expected " + std::to_string(w.k) + " columns");
+  const int m = static_cast<int>(a.shape(0));
+  py::array_t<int32_t> y({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
+  ActQuant aq;
+  aq.scheme = is_s8 ? ActScheme::raw_s8 : ActScheme::raw_u8;
+  const void* ap = a.data();
+  int32_t* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    gemm_s8(w, ap, w.k, m, aq, nullptr, Activation::none, nullptr, yp, get_num_threads());
+  }
+  return y;
+}
+
+}  // namespace
+
+void register_gemm(py::module_& m) {
+  py::class_<PackedS8Weight>(m, "PackedS8Weight", "An int8 weight packed for one gemm_s8 kernel (opaque).")
+      .def_property_readonly("kernel", [](const PackedS8Weight& w) { return std::string(w.kernel->name); })
+      .def_property_readonly("tier", [](const PackedS8Weight& w) { return std::string(isa_name(w.kernel->isa)); })
+      .def_readonly("n", &PackedS8Weight::n)
+      .def_readonly("k", &PackedS8Weight::k)
+      .def_property_readonly("nbytes", &PackedS8Weight::nbytes);
+
+  m.def("pack_s8", [](const py::array& qweight, const py::array& scale, const std::string& kernel) {
+    require_matrix<int8_t>(qweight, "qweight");
+    const int n = static_cast<int>(qweight.shape(0)), k = static_cast<int>(qweight.shape(1));
+    require(n > 0 && k > 0, "qweight: expected non-empty dimensions");
+    if (!py::isinstance<py::array_t<float>>(scale)) throw py::type_error("scale: wrong dtype");
+    require(scale.ndim() == 1 && (scale.shape(0) == n || scale.shape(0) == 1) && (scale.flags() & py::array::c_style),
+            "scale: expected (N,) or (1,)");
+    const GemmS8Kernel& kern = kernel_by_name(kernel);
+    const int8_t* w = static_cast<const int8_t*>(qweight.data());
+    const float* s = static_cast<const float*>(scale.data());
+    const int scale_len = static_cast<int>(scale.shape(0));
+    py::gil_scoped_release release;
+    return pack_s8_weight(kern, w, n, k, s, scale_len);
+  }, py::arg("qweight"), py::arg("scale"), py::arg("kernel"));
+
+  m.def("linear_s8", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
+        py::arg("scheme"), py::arg("scale"), py::arg("zero_point"));
+  m.def("qgemm_s8", &qgemm, py::arg("w"), py::arg("a"));
+}

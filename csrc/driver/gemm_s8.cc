@@ -1,0 +1,175 @@
+// Loop nest of the gemm_s8 family.
+//
+// Weights are packed once into panels of nr columns (gemm_s8.h). Each call quantizes the activations
+// into strips of mr rows, then runs the micro-kernel over (strip, panel) tiles with the full K in
+// registers, so every tile ends in the fused epilogue. Work is cut into tasks of (block of strips) x
+// (chunk of panels): a block of strips small enough to stay in L2 is reused across the panels of a
+// chunk, and a panel (nr x K bytes) across the strips of a block. With one strip (M <= mr, the GEMV
+// case) the tasks split N only and each weight byte is streamed once.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/threadpool.h"
+
+namespace edgecompress {
+
+template <class T>
+AlignedArray<T>::AlignedArray(size_t n) : n_(n) {
+  if (n == 0) return;
+  const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+  p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+  if (p_ == nullptr) throw std::bad_alloc();
+  std::memset(static_cast<void*>(p_), 0, bytes);
+}
+
+template <class T>
+AlignedArray<T>& AlignedArray<T>::operator=(AlignedArray&& o) noexcept {
+  if (this != &o) {
+    std::free(p_);
+    p_ = o.p_, n_ = o.n_;
+    o.p_ = nullptr, o.n_ = 0;
+  }
+  return *this;
+}
+
+template <class T>
+AlignedArray<T>::~AlignedArray() {
+  std::free(p_);
+}
+
+template class AlignedArray<int8_t>;
+template class AlignedArray<uint8_t>;
+template class AlignedArray<int32_t>;
+template class AlignedArray<float>;
+
+std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const int8_t* w, int n, int k,
+                                               const float* scale, int scale_len) {
+  auto p = std::make_unique<PackedS8Weight>();
+  const int nr = kernel.nr, kr = kernel.kr;
+  p->kernel = &kernel;
+  p->n = n;
+  p->k = k;
+  p->kblocks = (k + kr - 1) / kr;
+  p->panels = (n + nr - 1) / nr;
+  p->data = AlignedArray<int8_t>(static_cast<size_t>(p->panels) * p->kblocks * nr * kr);
+  p->colsum = AlignedArray<int32_t>(static_cast<size_t>(p->panels) * nr);
+  p->scale = AlignedArray<float>(static_cast<size_t>(p->panels) * nr);
+  for (int col = 0; col < n; ++col) {
+    const int8_t* src = w + static_cast<size_t>(col) * k;
+    int8_t* dst = p->data.data() + static_cast<size_t>(col / nr) * p->kblocks * nr * kr + (col % nr) * kr;
+    int32_t sum = 0;
+    for (int kb = 0; kb < p->kblocks; ++kb) {
+      const int len = std::min(kr, k - kb * kr);
+      std::memcpy(dst + static_cast<size_t>(kb) * nr * kr, src + kb * kr, static_cast<size_t>(len));
+    }
+    for (int i = 0; i < k; ++i) sum += src[i];
+    p->colsum.data()[col] = sum;
+    p->scale.data()[col] = scale[scale_len == 1 ? 0 : col];
+  }
+  return p;
+}
+
+namespace {
+
+// Per-thread buffers, grown on demand and kept: a call allocates nothing once warm.
+struct Workspace {
+  AlignedArray<uint8_t> a;       // packed strips (the caller's)
+  AlignedArray<float> row_scale;  // (m)
+  AlignedArray<int32_t> row_offset;
+  AlignedArray<uint8_t> scratch;  // one quantized row (each thread's)
+  template <class T>
+  static T* ensure(AlignedArray<T>& arr, size_t n) {
+    if (arr.size() < n) arr = AlignedArray<T>(std::max(n, arr.size() * 3 / 2));
+    return arr.data();
+  }
+};
+
+Workspace& workspace() {
+  static thread_local Workspace ws;
+  return ws;
+}
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Below this many multiply-adds a call runs on one thread: waking workers costs more.
+constexpr double kMinParallelMacs = 1 << 18;
+// Bytes of packed activations a block of strips may take (kept in L2 across panels).
+constexpr size_t kStripBlockBytes = 256 * 1024;
+
+}  // namespace
+
+bool gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
+             const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads) {
+  const GemmS8Kernel& kern = *w.kernel;
+  const int n = w.n, k = w.k, kblocks = w.kblocks, nr = kern.nr, kr = kern.kr, mr = kern.mr;
+  if (m <= 0) return true;
+  const bool raw = aq.scheme == ActScheme::raw_s8 || aq.scheme == ActScheme::raw_u8;
+  const size_t x_elem = raw ? 1 : 4;
+  const int strips = ceil_div(m, mr);
+  const int strip_rows_max = ceil_div(std::min(m, mr), kern.m_align) * kern.m_align;
+  const size_t strip_bytes = static_cast<size_t>(kblocks) * strip_rows_max * kr * kern.a_bytes;
+
+  Workspace& ws = workspace();
+  uint8_t* a = Workspace::ensure(ws.a, strip_bytes * strips);
+  float* row_scale = Workspace::ensure(ws.row_scale, static_cast<size_t>(m));
+  int32_t* row_offset = Workspace::ensure(ws.row_offset, static_cast<size_t>(m));
+
+  const double macs = static_cast<double>(m) * n * k;
+  const int threads = macs < kMinParallelMacs ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
+
+  // 1. Quantize and pack the activations, strip by strip.
+  std::atomic<bool> finite{true};
+  auto pack_strip = [&](int s) {
+    const int r0 = s * mr, rows = std::min(mr, m - r0);
+    uint8_t* scratch = Workspace::ensure(workspace().scratch, static_cast<size_t>(kblocks) * kr);
+    const void* xs = static_cast<const uint8_t*>(x) + static_cast<size_t>(r0) * ldx * x_elem;
+    if (!kern.pack_a(xs, ldx, rows, k, aq, a + s * strip_bytes, row_scale + r0, row_offset + r0, scratch)) {
+      finite.store(false, std::memory_order_relaxed);
+    }
+  };
+  parallel_for(strips, static_cast<double>(m) * k < 65536 ? 1 : threads, pack_strip);
+  if (!finite.load()) return false;
+
+  // 2. Tiles: tasks = (block of strips) x (chunk of panels).
+  const int block_strips = std::max<int>(1, static_cast<int>(kStripBlockBytes / strip_bytes));
+  const int m_blocks = ceil_div(strips, block_strips);
+  const int n_chunks = threads == 1 ? 1 : std::min(w.panels, std::max(1, ceil_div(4 * threads, m_blocks)));
+  const int panels_per_chunk = ceil_div(w.panels, n_chunks);
+  const size_t panel_bytes = static_cast<size_t>(kblocks) * nr * kr;
+  auto run_task = [&](int task) {
+    const int mb = task / n_chunks, nc = task % n_chunks;
+    const int s_end = std::min(strips, (mb + 1) * block_strips);
+    const int p_end = std::min(w.panels, (nc + 1) * panels_per_chunk);
+    GemmS8Tile t;
+    t.kblocks = kblocks;
+    t.act = act;
+    for (int p = nc * panels_per_chunk; p < p_end; ++p) {
+      const int c0 = p * nr;
+      t.b = w.data.data() + p * panel_bytes;
+      t.n = std::min(nr, n - c0);
+      t.colsum = w.colsum.data() + c0;
+      t.col_scale = w.scale.data() + c0;
+      t.bias = bias != nullptr ? bias + c0 : nullptr;
+      for (int s = mb * block_strips; s < s_end; ++s) {
+        const int r0 = s * mr;
+        t.m = std::min(mr, m - r0);
+        t.a_rows = ceil_div(t.m, kern.m_align) * kern.m_align;
+        t.a = a + s * strip_bytes;
+        t.row_offset = row_offset + r0;
+        t.row_scale = row_scale + r0;
+        t.y = y != nullptr ? y + static_cast<size_t>(r0) * n + c0 : nullptr;
+        t.y_i32 = y_i32 != nullptr ? y_i32 + static_cast<size_t>(r0) * n + c0 : nullptr;
+        t.ldy = n;
+        kern.run(t);
+      }
+    }
+  };
+  parallel_for(m_blocks * n_chunks, threads, run_task);
+  return true;
+}
+
+}  // namespace edgecompress

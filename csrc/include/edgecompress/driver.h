@@ -1,0 +1,51 @@
+// Loop nests over the kernel families: packing weights once, blocking, threading, epilogues.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "edgecompress/gemm_s8.h"
+
+namespace edgecompress {
+
+// 64-byte aligned, zero-initialized storage.
+template <class T>
+class AlignedArray {
+ public:
+  AlignedArray() = default;
+  explicit AlignedArray(size_t n);
+  AlignedArray(AlignedArray&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  AlignedArray& operator=(AlignedArray&& o) noexcept;
+  AlignedArray(const AlignedArray&) = delete;
+  AlignedArray& operator=(const AlignedArray&) = delete;
+  ~AlignedArray();
+  T* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// An int8 weight packed for one kernel: panels of kernel->nr columns plus column sums and scales.
+struct PackedS8Weight {
+  const GemmS8Kernel* kernel = nullptr;
+  int n = 0, k = 0, kblocks = 0, panels = 0;
+  AlignedArray<int8_t> data;     // panels * kblocks * nr * kr
+  AlignedArray<int32_t> colsum;  // panels * nr
+  AlignedArray<float> scale;     // panels * nr (a per-tensor scale is repeated)
+  size_t nbytes() const { return data.size() + colsum.size() * 4 + scale.size() * 4; }
+};
+
+// w: (n, k) int8 row-major with values in [-127, 127]; scale: n values, or 1 for a per-tensor scale.
+std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const int8_t* w, int n, int k,
+                                               const float* scale, int scale_len);
+
+// y (m, n) = epilogue(quant(x) @ W.T). x: (m, k) fp32 (or int8/uint8 for the raw schemes) with row
+// stride ldx elements. Exactly one of y / y_i32 is given, with row stride n. Returns false (and
+// leaves the output unspecified) when x holds NaN or Inf. Runs on the thread pool.
+bool gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
+             const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads);
+
+}  // namespace edgecompress

@@ -1,0 +1,95 @@
+// The gemm_s8 kernel family: y = dequant(quant(x) @ W.T) (+ bias, activation), W int8 (N, K).
+//
+// Kernel contract (every tier implements the same one; the scalar kernel is its specification):
+//
+//   acc[r][c] = sum over k of a[r][k] * b[c][k], in int32 with two's-complement wrap-around,
+//
+// where a is the packed activation strip (int8 or uint8, or those values widened to int16) and b the
+// packed weight panel (int8 in [-127, 127]). The true integer result is then
+//
+//   y_int[r][c] = acc[r][c] - row_offset[r] * colsum[c]      (also modulo 2^32)
+//
+// row_offset undoes the +-128 shift that moves activations into the domain the instruction wants
+// (vpdpbusd multiplies u8 x s8, sdot/smmla s8 x s8) plus the activation zero point. The callers keep
+// |y_int| < 2^31, so the wrapped arithmetic gives the exact result on every tier, bit for bit.
+//
+// Layouts (kr consecutive k values are the unit of every dot-product instruction):
+//   packed B panel (nr columns): [kblocks][nr][kr] int8, columns >= N and k >= K are zero;
+//   packed A strip (a_rows rows): [kblocks][a_rows][kr] elements of a_bytes bytes, k >= K zero;
+// so the nr x kr bytes a micro-kernel needs for one k-block are contiguous, as are the rows' k-blocks.
+//
+// Names follow gemm_s8_<mr>x<nr>_<tier>[_<encoding>].
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "edgecompress/cpu.h"
+#include "edgecompress/isa.h"
+
+namespace edgecompress {
+
+// How activations become integers, per call.
+enum class ActScheme : int {
+  dynamic_symmetric = 0,  // per row: s = max|x| / 127, q = round(x / s) in [-127, 127]
+  dynamic_asymmetric,     // per row: s = (max(x,0) - min(x,0)) / 255, zp, q = round(x / s) + zp in [0, 255]
+  static_symmetric,       // given s: q = clamp(round(x / s), -128, 127)
+  static_asymmetric,      // given s, zp: q = clamp(round(x / s) + zp, 0, 255)
+  raw_s8,                 // x is already int8 (qgemm)
+  raw_u8,                 // x is already uint8 (qgemm)
+};
+
+struct ActQuant {
+  ActScheme scheme = ActScheme::dynamic_symmetric;
+  float scale = 1.0f;      // static schemes
+  int32_t zero_point = 0;  // static_asymmetric
+};
+
+enum class Activation : int { none = 0, relu = 1, gelu = 2 };
+
+// One output tile for a micro-kernel, with its fused epilogue.
+struct GemmS8Tile {
+  const void* a;       // packed A strip, a_rows rows
+  const int8_t* b;     // packed B panel
+  int m;               // rows to store, 1..mr
+  int a_rows;          // rows in the strip: m rounded up to the kernel's m_align
+  int n;               // columns to store, 1..nr
+  int kblocks;
+  const int32_t* row_offset;  // (m)
+  const int32_t* colsum;      // (nr)
+  const float* row_scale;     // (m) activation scales (float output only)
+  const float* col_scale;     // (nr) weight scales (float output only)
+  const float* bias;          // (nr) or null
+  Activation act;
+  float* y;                   // float output, or null
+  int32_t* y_i32;             // raw int32 output (y_int), or null
+  ptrdiff_t ldy;              // elements between output rows
+};
+
+struct GemmS8Kernel {
+  const char* name;
+  Isa isa;
+  int mr, nr, kr;
+  int a_bytes;    // 1: A stored as 8-bit; 2: A widened to int16
+  bool a_signed;  // A domain: true s8, false u8
+  int m_align;    // strip rows are padded to a multiple of this (smmla works on row pairs)
+  bool (*supported)(const CpuFeatures& cpu);
+  // Quantizes (or, for raw schemes, copies) `rows` rows of x into one packed strip and fills
+  // row_scale / row_offset. scratch holds kblocks * kr bytes. Returns false if x has NaN or Inf.
+  bool (*pack_a)(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,
+                 float* row_scale, int32_t* row_offset, uint8_t* scratch);
+  void (*run)(const GemmS8Tile& tile);
+};
+
+// Every gemm_s8 kernel built into this binary, lowest tier first.
+int gemm_s8_kernels(const GemmS8Kernel* const** kernels);
+
+// The kernel the registry picks for a tier cap: the highest tier at or below `cap` whose build runs
+// on this CPU. Never null (the scalar kernel runs everywhere).
+const GemmS8Kernel* gemm_s8_select(Isa cap);
+
+// Largest K for which |y_int| < 2^31 is guaranteed with weights in [-127, 127] and activations whose
+// distance from their zero point is at most `act_absmax`.
+inline int64_t gemm_s8_max_k(int act_absmax) { return 2147483647LL / (127LL * act_absmax); }
+
+}  // namespace edgecompress

@@ -1,0 +1,29 @@
+// Peak probes: tight loops of one instruction on independent registers (instruction throughput of
+// one core) and a streaming read (read bandwidth at a working-set size), so benchmarks can quote
+// every figure as a share of the machine's limit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "edgecompress/cpu.h"
+#include "edgecompress/isa.h"
+
+namespace edgecompress {
+
+struct PeakProbe {
+  const char* name;         // e.g. "vpdpbusd_zmm": instruction and register width
+  Isa isa;
+  double ops_per_instr;     // arithmetic operations per instruction (a multiply-add counts 2)
+  bool (*supported)(const CpuFeatures& cpu);
+  // Executes `iters` x kPeakInstrPerIter instructions; returns a value that depends on all of them.
+  int64_t (*run)(int64_t iters);
+  // Reads `bytes` (a multiple of 256) from `buf` once, with the widest loads of the tier.
+  uint64_t (*read)(const void* buf, size_t bytes);
+};
+
+constexpr int kPeakInstrPerIter = 16;
+
+int peak_probes(const PeakProbe* const** probes);
+
+}  // namespace edgecompress

@@ -1,0 +1,200 @@
+// Code every gemm_s8 tier shares: activation quantization + packing, and the fused epilogue.
+//
+// Plain C++ that each tier's translation unit compiles with its own flags, so the compiler vectorizes
+// it for that tier. Everything here has internal linkage (anonymous namespace): an inline function
+// with external linkage compiled with AVX-512 flags in one file could otherwise be the copy the linker
+// keeps for every caller, and run on a CPU without AVX-512. For the same reason, tier files use no
+// standard-library templates.
+//
+// The float arithmetic is written out operation by operation and the project builds with
+// -ffp-contract=off, so every tier produces the same bits as the numpy oracle
+// (python/edgecompress/reference): quantization rounds x / s half to even as np.round does, and the
+// epilogue computes float(y_int) * (row_scale * col_scale) + bias.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "edgecompress/gemm_s8.h"
+
+namespace edgecompress {
+namespace {
+
+// Round half to even for |t| <= 2^22 (adding 1.5 * 2^23 leaves no fraction bits), vectorizable
+// on every tier, equal to np.round for the clamped values used here.
+inline float round_half_even(float t) {
+  const float magic = 12582912.0f;
+  return (t + magic) - magic;
+}
+
+inline float clampf(float t, float lo, float hi) {
+  t = t < lo ? lo : t;
+  return t > hi ? hi : t;
+}
+
+// Quantizes one row into `q` (one byte per k, the data type's bits: int8 or uint8). Returns false
+// when the row has NaN or Inf.
+inline bool quantize_row(const float* x, int k, const ActQuant& aq, uint8_t* q, float* scale,
+                         int32_t* zero_point) {
+  int nonfinite = 0;
+  float s = aq.scale;
+  int32_t zp = 0;
+  float lo, hi;  // clamp range of round(x / s) + zp
+  if (aq.scheme == ActScheme::dynamic_symmetric) {
+    float amax = 0.0f;
+    for (int i = 0; i < k; ++i) {
+      const float v = std::fabs(x[i]);
+      nonfinite += (v <= 3.402823466e38f) ? 0 : 1;
+      amax = v > amax ? v : amax;
+    }
+    s = amax / 127.0f;
+    if (s == 0.0f) s = 1.0f;
+    lo = -127.0f, hi = 127.0f;
+  } else if (aq.scheme == ActScheme::dynamic_asymmetric) {
+    float mn = 0.0f, mx = 0.0f;
+    for (int i = 0; i < k; ++i) {
+      const float v = x[i];
+      nonfinite += (std::fabs(v) <= 3.402823466e38f) ? 0 : 1;
+      mn = v < mn ? v : mn;
+      mx = v > mx ? v : mx;
+    }
+    s = mx / 255.0f - mn / 255.0f;  // (mx - mn) / 255 could overflow
+    if (s == 0.0f) s = 1.0f;
+    zp = static_cast<int32_t>(clampf(round_half_even(clampf(-mn / s, 0.0f, 255.0f)), 0.0f, 255.0f));
+    lo = 0.0f, hi = 255.0f;
+  } else {
+    for (int i = 0; i < k; ++i) nonfinite += (std::fabs(x[i]) <= 3.402823466e38f) ? 0 : 1;
+    if (aq.scheme == ActScheme::static_symmetric) {
+      lo = -128.0f, hi = 127.0f;
+    } else {
+      zp = aq.zero_point;
+      lo = 0.0f, hi = 255.0f;
+    }
+  }
+  if (nonfinite) return false;
+  const float fzp = static_cast<float>(zp);
+  // Clamping x / s to +-512 first keeps the rounding trick exact and changes no result: anything
+  // beyond it lands outside [lo, hi] either way.
+  for (int i = 0; i < k; ++i) {
+    const float t = round_half_even(clampf(x[i] / s, -512.0f, 512.0f)) + fzp;
+    q[i] = static_cast<uint8_t>(static_cast<int32_t>(clampf(t, lo, hi)));
+  }
+  *scale = s;
+  *zero_point = zp;
+  return true;
+}
+
+// Packs rows of A into a strip [kblocks][a_rows][kKr] of the kernel's A domain (kSigned) and element
+// width (kBytes). See gemm_s8.h for the meaning of row_offset.
+template <bool kSigned, int kBytes, int kKr>
+bool pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& aq, void* strip_v,
+            float* row_scale, int32_t* row_offset, uint8_t* scratch, int a_rows) {
+  const int kblocks = (k + kKr - 1) / kKr;
+  const bool data_signed = aq.scheme == ActScheme::dynamic_symmetric ||
+                           aq.scheme == ActScheme::static_symmetric || aq.scheme == ActScheme::raw_s8;
+  // Moving int8 data into the u8 domain adds 128 (flip the top bit), uint8 into s8 subtracts 128.
+  const uint8_t flip = data_signed == kSigned ? 0 : 0x80;
+  const int32_t shift = data_signed == kSigned ? 0 : (kSigned ? -128 : 128);
+  uint8_t* strip = static_cast<uint8_t*>(strip_v);
+  for (int r = 0; r < a_rows; ++r) {
+    if (r < rows) {
+      int32_t zp = 0;
+      if (aq.scheme == ActScheme::raw_s8 || aq.scheme == ActScheme::raw_u8) {
+        std::memcpy(scratch, static_cast<const uint8_t*>(x) + r * ldx, static_cast<size_t>(k));
+        row_scale[r] = 1.0f;
+      } else if (!quantize_row(static_cast<const float*>(x) + r * ldx, k, aq, scratch, &row_scale[r], &zp)) {
+        return false;
+      }
+      row_offset[r] = shift + zp;
+      for (int i = 0; i < k; ++i) scratch[i] ^= flip;
+      for (int i = k; i < kblocks * kKr; ++i) scratch[i] = 0;
+    } else {
+      std::memset(scratch, 0, static_cast<size_t>(kblocks) * kKr);
+    }
+    for (int kb = 0; kb < kblocks; ++kb) {
+      const uint8_t* src = scratch + kb * kKr;
+      const size_t at = (static_cast<size_t>(kb) * a_rows + r) * kKr;
+      if (kBytes == 1) {
+        std::memcpy(strip + at, src, kKr);
+      } else {
+        int16_t* dst = reinterpret_cast<int16_t*>(strip) + at;
+        for (int j = 0; j < kKr; ++j) {
+          dst[j] = kSigned ? static_cast<int16_t>(static_cast<int8_t>(src[j])) : static_cast<int16_t>(src[j]);
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// Dispatches a runtime row count 1..kMax to f(Rows<M>{}), so micro-kernels keep their tile in registers.
+template <int N>
+struct Rows {
+  static constexpr int value = N;
+};
+
+template <int kMax, int M = 1, class F>
+inline void with_rows(int m, F&& f) {
+  if constexpr (M <= kMax) {
+    if (m == M) return f(Rows<M>{});
+    with_rows<kMax, M + 1>(m, f);
+  }
+}
+
+// Independent accumulator sets along K for a tile of M rows with `per_row` accumulators each: enough
+// chains in flight to hide the dot-product latency when M is small (the GEMV case).
+constexpr int k_unroll(int m, int per_row, int chains) {
+  const int u = chains / (m * per_row);
+  return u < 1 ? 1 : (u > 4 ? 4 : u);
+}
+
+inline float gelu(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
+
+// Applies the epilogue to an int32 accumulator tile acc[r * kNr + c] and stores t.m x t.n results.
+template <int kNr>
+void finish_tile(const int32_t* acc, const GemmS8Tile& t) {
+  for (int r = 0; r < t.m; ++r) {
+    const uint32_t off = static_cast<uint32_t>(t.row_offset[r]);
+    const int32_t* a = acc + r * kNr;
+    if (t.y_i32 != nullptr) {
+      int32_t* y = t.y_i32 + r * t.ldy;
+      for (int c = 0; c < t.n; ++c) {
+        y[c] = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(t.colsum[c]));
+      }
+      continue;
+    }
+    float* y = t.y + r * t.ldy;
+    const float rs = t.row_scale[r];
+    for (int c = 0; c < t.n; ++c) {
+      const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(t.colsum[c]));
+      y[c] = static_cast<float>(v) * (rs * t.col_scale[c]);
+    }
+    if (t.bias != nullptr) {
+      for (int c = 0; c < t.n; ++c) y[c] = y[c] + t.bias[c];
+    }
+    if (t.act == Activation::relu) {
+      for (int c = 0; c < t.n; ++c) y[c] = y[c] > 0.0f ? y[c] : 0.0f;
+    } else if (t.act == Activation::gelu) {
+      for (int c = 0; c < t.n; ++c) y[c] = gelu(y[c]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace edgecompress
+
+// Defines the registry entry of one kernel. Its pack_a wrapper binds the tier's packing parameters.
+#define EC_GEMM_S8_KERNEL(var, name, isa, mr, nr, kr, a_bytes, a_signed, m_align, supported, run)      \
+  namespace edgecompress {                                                                           \
+  namespace {                                                                                        \
+  bool var##_pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,   \
+                    float* row_scale, int32_t* row_offset, uint8_t* scratch) {                      \
+    const int a_rows = (rows + (m_align) - 1) / (m_align) * (m_align);                               \
+    return pack_a<a_signed, a_bytes, kr>(x, ldx, rows, k, q, strip, row_scale, row_offset, scratch, \
+                                         a_rows);                                                    \
+  }                                                                                                  \
+  }                                                                                                  \
+  extern const GemmS8Kernel var = {name,    isa,       mr, nr, kr, a_bytes, a_signed, m_align,       \
+                                   supported, var##_pack_a, run};                                     \
+  }

@@ -1,0 +1,188 @@
+// CPU feature detection and the ISA ladder of the build architecture.
+#include "edgecompress/cpu.h"
+
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
+namespace edgecompress {
+
+namespace {
+
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr Isa kLadder[] = {Isa::scalar, Isa::avx2, Isa::avxvnni, Isa::avx512vnni};
+#elif defined(__aarch64__)
+constexpr Isa kLadder[] = {Isa::scalar, Isa::neon, Isa::dotprod, Isa::i8mm};
+#else
+constexpr Isa kLadder[] = {Isa::scalar};
+#endif
+constexpr int kLadderSize = sizeof(kLadder) / sizeof(kLadder[0]);
+
+constexpr const char* kNames[] = {"scalar", "avx2", "avxvnni", "avx512vnni", "neon", "dotprod", "i8mm"};
+static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<int>(Isa::count), "one name per tier");
+
+#if defined(__x86_64__) || defined(_M_X64)
+// XGETBV through its encoding, so this file needs no -mxsave; called only when CPUID reports OSXSAVE.
+uint64_t xgetbv0() {
+  uint32_t eax, edx;
+  __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<uint64_t>(edx) << 32) | eax;
+}
+
+void detect(CpuFeatures* f) {
+  f->arch = "x86_64";
+  unsigned a, b, c, d;
+  if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x80000004u) {
+    char brand[49] = {};
+    for (unsigned i = 0; i < 3; ++i) {
+      __get_cpuid(0x80000002u + i, &a, &b, &c, &d);
+      std::memcpy(brand + 16 * i, &a, 4), std::memcpy(brand + 16 * i + 4, &b, 4);
+      std::memcpy(brand + 16 * i + 8, &c, 4), std::memcpy(brand + 16 * i + 12, &d, 4);
+    }
+    const char* s = brand;
+    while (*s == ' ') ++s;
+    f->model = s;
+  }
+  unsigned max_leaf = __get_cpuid_max(0, nullptr);
+  if (max_leaf < 1) return;
+  __cpuid(1, a, b, c, d);
+  const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+  const bool fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+  if (!osxsave || !avx) return;
+  const uint64_t xcr0 = xgetbv0();
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;     // SSE and AVX state
+  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;   // plus opmask, ZMM_Hi256, Hi16_ZMM
+  const bool os_tile = (xcr0 & 0x60000) == 0x60000;  // XTILECFG, XTILEDATA
+  if (!os_ymm || max_leaf < 7) return;
+  unsigned b7, c7, d7, a71 = 0, unused;
+  __cpuid_count(7, 0, a, b7, c7, d7);
+  const unsigned max_sub7 = a;
+  if (max_sub7 >= 1) __cpuid_count(7, 1, a71, unused, unused, unused);
+  f->avx2 = (b7 >> 5) & 1;
+  f->fma = fma;
+  f->f16c = f16c;
+  f->bmi2 = ((b7 >> 3) & 1) && ((b7 >> 8) & 1);  // BMI1 and BMI2
+  f->avxvnni = f->avx2 && ((a71 >> 4) & 1);
+  if (os_zmm) {
+    f->avx512f = (b7 >> 16) & 1;
+    f->avx512dq = (b7 >> 17) & 1;
+    f->avx512bw = (b7 >> 30) & 1;
+    f->avx512vl = (b7 >> 31) & 1;
+    f->avx512vnni = f->avx512f && ((c7 >> 11) & 1);
+  }
+  if (os_tile) {
+    f->amx_tile = (d7 >> 24) & 1;
+    f->amx_int8 = (d7 >> 25) & 1;
+  }
+}
+#elif defined(__aarch64__)
+void detect(CpuFeatures* f) {
+  f->arch = "aarch64";
+  f->neon = true;  // Advanced SIMD is part of every AArch64 Linux/macOS platform
+#if defined(__linux__)
+  const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+  f->neon = (hw >> 1) & 1;      // HWCAP_ASIMD
+  f->dotprod = (hw >> 20) & 1;  // HWCAP_ASIMDDP
+  f->sve = (hw >> 22) & 1;      // HWCAP_SVE
+  f->i8mm = (hw2 >> 13) & 1;    // HWCAP2_I8MM
+#elif defined(__APPLE__)
+  auto flag = [](const char* name) {
+    int v = 0;
+    size_t len = sizeof(v);
+    return sysctlbyname(name, &v, &len, nullptr, 0) == 0 && v != 0;
+  };
+  f->dotprod = flag("hw.optional.arm.FEAT_DotProd");
+  f->i8mm = flag("hw.optional.arm.FEAT_I8MM");
+  char brand[128] = {};
+  size_t len = sizeof(brand) - 1;
+  if (sysctlbyname("machdep.cpu.brand_string", brand, &len, nullptr, 0) == 0) f->model = brand;
+#endif
+}
+#else
+void detect(CpuFeatures* f) { f->arch = "unknown"; }
+#endif
+
+}  // namespace
+
+int isa_ladder(const Isa** tiers) {
+  *tiers = kLadder;
+  return kLadderSize;
+}
+
+int isa_rank(Isa isa) {
+  for (int i = 0; i < kLadderSize; ++i) {
+    if (kLadder[i] == isa) return i;
+  }
+  return -1;
+}
+
+const char* isa_name(Isa isa) {
+  const int i = static_cast<int>(isa);
+  return i >= 0 && i < static_cast<int>(Isa::count) ? kNames[i] : "unknown";
+}
+
+bool isa_from_name(const char* name, Isa* out) {
+  for (int i = 0; i < kLadderSize; ++i) {
+    if (std::strcmp(name, isa_name(kLadder[i])) == 0) {
+      *out = kLadder[i];
+      return true;
+    }
+  }
+  return false;
+}
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures features = [] {
+    CpuFeatures f;
+    detect(&f);
+    return f;
+  }();
+  return features;
+}
+
+bool isa_supported(Isa isa, std::string* why) {
+  const CpuFeatures& f = cpu_features();
+  const char* missing = nullptr;
+  switch (isa) {
+    case Isa::scalar:
+      break;
+    case Isa::avx2:
+      if (!(f.avx2 && f.fma && f.f16c && f.bmi2)) missing = "AVX2, FMA, F16C and BMI1/2";
+      break;
+    case Isa::avxvnni:
+      if (!(f.avxvnni || (f.avx512vnni && f.avx512vl)) || !(f.fma && f.f16c && f.bmi2)) {
+        missing = "AVX-VNNI (or AVX-512 VNNI with AVX-512 VL)";
+      }
+      break;
+    case Isa::avx512vnni:
+      if (!(f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni && f.fma && f.f16c && f.bmi2)) {
+        missing = "AVX-512 F/BW/DQ/VL/VNNI";
+      }
+      break;
+    case Isa::neon:
+      if (!f.neon) missing = "Advanced SIMD (NEON)";
+      break;
+    case Isa::dotprod:
+      if (!f.dotprod) missing = "the dot-product extension (SDOT)";
+      break;
+    case Isa::i8mm:
+      if (!(f.i8mm && f.dotprod)) missing = "the int8 matrix-multiply extension (SMMLA)";
+      break;
+    default:
+      break;
+  }
+  if (isa_rank(isa) < 0) {
+    if (why != nullptr) *why = std::string(isa_name(isa)) + " is not a tier of " + f.arch;
+    return false;
+  }
+  if (missing != nullptr && why != nullptr) *why = std::string("this CPU lacks ") + missing;
+  return missing == nullptr;
+}
+
+}  // namespace edgecompress

@@ -1,0 +1,67 @@
+// THE dispatch table: every kernel built into this binary, per family, lowest tier first. Adding a
+// tier to a family is one new file and one row here; a tier without its own kernel for a family
+// inherits the tier below.
+#include "edgecompress/gemm_s8.h"
+#include "edgecompress/peak.h"
+
+namespace edgecompress {
+
+extern const GemmS8Kernel gemm_s8_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
+extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
+#elif defined(__aarch64__)
+extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
+extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
+#endif
+
+namespace {
+
+const GemmS8Kernel* const kGemmS8[] = {
+    &gemm_s8_scalar,
+#if defined(__x86_64__) || defined(_M_X64)
+    // Two builds of the 256-bit VNNI tier: the VEX encoding (AVX-VNNI CPUs) is preferred; the EVEX
+    // encoding of the same source serves AVX-512 VNNI CPUs that lack AVX-VNNI.
+    &gemm_s8_avx2, &gemm_s8_avxvnni, &gemm_s8_avxvnni_evex, &gemm_s8_avx512vnni,
+#elif defined(__aarch64__)
+    &gemm_s8_neon, &gemm_s8_dotprod, &gemm_s8_i8mm,
+#endif
+};
+constexpr int kGemmS8Count = sizeof(kGemmS8) / sizeof(kGemmS8[0]);
+
+const PeakProbe* const kPeaks[] = {
+#if defined(__x86_64__) || defined(_M_X64)
+    &peak_fma_ymm, &peak_maddwd_ymm, &peak_dpbusd_ymm, &peak_dpbusd_zmm, &peak_fma_zmm,
+#elif defined(__aarch64__)
+    &peak_fmla_q, &peak_smlal_q, &peak_sdot_q, &peak_smmla_q,
+#endif
+    nullptr,  // keeps the array non-empty on other architectures
+};
+
+}  // namespace
+
+int gemm_s8_kernels(const GemmS8Kernel* const** kernels) {
+  *kernels = kGemmS8;
+  return kGemmS8Count;
+}
+
+int peak_probes(const PeakProbe* const** probes) {
+  *probes = kPeaks;
+  return static_cast<int>(sizeof(kPeaks) / sizeof(kPeaks[0])) - 1;
+}
+
+const GemmS8Kernel* gemm_s8_select(Isa cap) {
+  const int cap_rank = isa_rank(cap);
+  const GemmS8Kernel* best = &gemm_s8_scalar;
+  int best_rank = 0;
+  for (const GemmS8Kernel* k : kGemmS8) {
+    const int rank = isa_rank(k->isa);
+    if (rank > best_rank && rank <= cap_rank && k->supported(cpu_features())) {
+      best = k;
+      best_rank = rank;
+    }
+  }
+  return best;
+}
+
+}  // namespace edgecompress

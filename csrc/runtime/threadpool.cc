@@ -1,0 +1,180 @@
+#include "edgecompress/threadpool.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
+#include <pthread.h>
+
+namespace edgecompress {
+
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads) : threads_(threads) {}
+
+  ~ThreadPool() { stop_workers(); }
+
+  int threads() const { return threads_; }
+
+  void resize(int threads) {
+    std::lock_guard<std::mutex> busy(busy_);
+    stop_workers();
+    threads_ = threads;
+  }
+
+  void run(int n, int max_threads, void (*fn)(void*, int), void* ctx) {
+    int threads = max_threads < threads_ ? max_threads : threads_;
+    if (threads > n) threads = n;
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (threads <= 1 || !busy.owns_lock()) {
+      for (int i = 0; i < n; ++i) fn(ctx, i);
+      return;
+    }
+    start_workers();
+    fn_ = fn;
+    ctx_ = ctx;
+    n_ = n;
+    helpers_ = threads - 1;
+    next_.store(0, std::memory_order_relaxed);
+    remaining_.store(threads - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    work();
+    while (remaining_.load(std::memory_order_acquire) != 0) cpu_relax();
+  }
+
+ private:
+  void work() {
+    for (int i = next_.fetch_add(1, std::memory_order_relaxed); i < n_; i = next_.fetch_add(1, std::memory_order_relaxed)) {
+      fn_(ctx_, i);
+    }
+  }
+
+  // `seen` is the generation when the worker was created: a job published before the thread gets
+  // to run must still be picked up.
+  void worker(int index, uint64_t seen) {
+    for (;;) {
+      // Spin for a short while (back-to-back calls are common), then sleep.
+      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed) &&
+             std::chrono::steady_clock::now() < spin_until) {
+        for (int i = 0; i < 64; ++i) cpu_relax();
+      }
+      {
+        std::unique_lock<std::mutex> lock(wake_mutex_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen || stop_.load(); });
+      }
+      if (stop_.load()) return;
+      seen = generation_.load(std::memory_order_acquire);
+      if (index < helpers_) {
+        work();
+        remaining_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+
+  void start_workers() {
+    const int want = threads_ - 1;
+    if (static_cast<int>(workers_.size()) >= want) return;
+    stop_.store(false);
+    const uint64_t gen = generation_.load();
+    for (int i = static_cast<int>(workers_.size()); i < want; ++i) workers_.emplace_back(&ThreadPool::worker, this, i, gen);
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      stop_.store(true);
+    }
+    wake_.notify_all();
+    for (std::thread& t : workers_) t.join();
+    workers_.clear();
+    stop_.store(false);
+  }
+
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex busy_;  // held by the caller whose job the workers run
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
+  // The current job (written by the caller before generation_ moves, read by workers after).
+  void (*fn_)(void*, int) = nullptr;
+  void* ctx_ = nullptr;
+  int n_ = 0;
+  int helpers_ = 0;
+  std::atomic<int> next_{0};
+  std::atomic<int> remaining_{0};
+};
+
+std::mutex g_pool_mutex;
+ThreadPool* g_pool = nullptr;  // leaked on purpose: workers must not be joined during exit or after fork
+int g_threads = 0;             // 0: default_num_threads()
+
+void forget_pool_after_fork() {
+  // The child has none of the parent's worker threads; start over (the old pool is abandoned).
+  new (&g_pool_mutex) std::mutex();
+  g_pool = nullptr;
+}
+
+ThreadPool& pool() {
+  static const bool registered = [] { return pthread_atfork(nullptr, nullptr, forget_pool_after_fork) == 0; }();
+  (void)registered;
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (g_pool == nullptr) g_pool = new ThreadPool(g_threads > 0 ? g_threads : default_num_threads());
+  return *g_pool;
+}
+
+}  // namespace
+
+int default_num_threads() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+#endif
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+int get_num_threads() { return pool().threads(); }
+
+void set_num_threads(int n) {
+  ThreadPool& p = pool();
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    g_threads = n;
+  }
+  p.resize(n);
+}
+
+namespace detail {
+void parallel_run(int n, int max_threads, void (*fn)(void*, int), void* ctx) {
+  if (n <= 0) return;
+  pool().run(n, max_threads, fn, ctx);
+}
+}  // namespace detail
+
+}  // namespace edgecompress

@@ -1,0 +1,132 @@
+"""numpy-level operations on compressed weights, with user-facing validation.
+
+Inputs are checked before any native code runs; wrong dtypes raise TypeError, wrong shapes or
+values raise ValueError, each naming the argument, what was expected and what was given.
+Memory layout: a float32 input that is not C-contiguous or not aligned is copied (never refused).
+Other dtypes are refused rather than converted, so no call silently changes precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .runtime import gemm_s8_kernel
+from .weights import Int8Weight
+
+__all__ = ["linear", "qgemm"]
+
+_ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
+_SCHEMES = {"symmetric": 0, "asymmetric": 1}
+# Longest K with an exactly representable int32 accumulator: |activation - zero point| <= 128 for
+# int8 activations, <= 255 for uint8 ones, and |weight| <= 127.
+_MAX_K_INT8 = (2**31 - 1) // (127 * 128)
+_MAX_K_UINT8 = (2**31 - 1) // (127 * 255)
+
+
+def _dtype_name(a: Any) -> str:
+    return str(a.dtype) if isinstance(a, np.ndarray) else type(a).__name__
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
+def linear(
+    x: np.ndarray,
+    w: Int8Weight,
+    bias: np.ndarray | None = None,
+    activation: str | None = None,
+    *,
+    act_scheme: str = "symmetric",
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+) -> np.ndarray:
+    """y = x @ W.T (+ bias), then ``activation`` ("relu", "gelu" or None), for x of shape (..., K).
+
+    x is float32. Activations are quantized per row inside the call: ``act_scheme="symmetric"``
+    (int8, the default) or ``"asymmetric"`` (uint8 with a zero point). Passing ``act_scale`` (and,
+    for asymmetric, ``act_zero_point`` in [0, 255]) uses that static quantization instead.
+    Returns float32 of shape (..., N). NaN or Inf in x raises ValueError.
+    """
+    if type(x) is not np.ndarray:
+        x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"x: expected float32, got {_dtype_name(x)}")
+    if not isinstance(w, Int8Weight):
+        raise TypeError(f"w: expected an Int8Weight, got {type(w).__name__}")
+    n, k = w.shape
+    if x.ndim == 0 or x.shape[-1] != k:
+        raise ValueError(f"x: expected shape (..., {k}), got {x.shape}")
+    if bias is not None:
+        if not isinstance(bias, np.ndarray) or bias.dtype != np.float32:
+            raise TypeError(f"bias: expected a float32 numpy array, got {_dtype_name(bias)}")
+        if bias.shape != (n,):
+            raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
+        bias = _contiguous(bias)
+    act = _ACTIVATIONS.get(activation) if activation is None or isinstance(activation, str) else None
+    if act is None:
+        raise ValueError(f"activation: expected None, 'relu' or 'gelu', got {activation!r}")
+    scheme = _SCHEMES.get(act_scheme) if isinstance(act_scheme, str) else None
+    if scheme is None:
+        raise ValueError(f"act_scheme: expected 'symmetric' or 'asymmetric', got {act_scheme!r}")
+    scale, zero_point = 1.0, 0
+    if act_scale is not None:
+        scale, zero_point = _static_quant(act_scale, act_zero_point, scheme)
+        scheme += 2
+    elif act_zero_point is not None:
+        raise ValueError("act_zero_point: only meaningful with act_scale (static quantization)")
+    if k > (_MAX_K_INT8 if scheme in (0, 2) else _MAX_K_UINT8):
+        raise ValueError(f"w: K = {k} is beyond exact int32 accumulation for {act_scheme} activations")
+    x2 = _contiguous(x).reshape(-1, k)
+    packed = w.packed(gemm_s8_kernel())
+    y = _core.linear_s8(packed, x2, bias, act, scheme, scale, zero_point)
+    return y.reshape(x.shape[:-1] + (n,))
+
+
+def _static_quant(act_scale: Any, act_zero_point: Any, scheme: int) -> tuple[float, int]:
+    if isinstance(act_scale, bool) or not isinstance(act_scale, (int, float, np.floating, np.integer)):
+        raise TypeError(f"act_scale: expected a float, got {type(act_scale).__name__}")
+    scale = float(np.float32(act_scale))
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"act_scale: expected a finite value > 0 (as float32), got {act_scale!r}")
+    if scheme == 0:
+        if act_zero_point not in (None, 0):
+            raise ValueError(f"act_zero_point: symmetric activations have zero point 0, got {act_zero_point!r}")
+        return scale, 0
+    if act_zero_point is None:
+        raise ValueError("act_zero_point: required (an int in [0, 255]) for static asymmetric activations")
+    if isinstance(act_zero_point, bool) or not isinstance(act_zero_point, (int, np.integer)):
+        raise TypeError(f"act_zero_point: expected an int, got {type(act_zero_point).__name__}")
+    if not 0 <= int(act_zero_point) <= 255:
+        raise ValueError(f"act_zero_point: expected an int in [0, 255], got {act_zero_point}")
+    return scale, int(act_zero_point)
+
+
+def qgemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The exact integer kernel: a (M, K) int8 or uint8 times b (N, K) int8 transposed -> int32 (M, N).
+
+    b must lie in [-127, 127]. Every tier returns the same bits, equal to the int64 product.
+    b is packed on each call; for repeated use, wrap it in an Int8Weight and call ``linear``.
+    """
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"a: expected an int8 or uint8 numpy array, got {_dtype_name(a)}")
+    if not isinstance(b, np.ndarray) or b.dtype != np.int8:
+        raise TypeError(f"b: expected an int8 numpy array, got {_dtype_name(b)}")
+    if a.ndim != 2:
+        raise ValueError(f"a: expected a 2-D (M, K) array, got shape {a.shape}")
+    if b.ndim != 2 or 0 in b.shape:
+        raise ValueError(f"b: expected a non-empty 2-D (N, K) array, got shape {b.shape}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a: expected K = {b.shape[1]} columns to match b, got shape {a.shape}")
+    k = b.shape[1]
+    if k > (_MAX_K_INT8 if a.dtype == np.int8 else _MAX_K_UINT8):
+        raise ValueError(f"b: K = {k} is beyond exact int32 accumulation for {a.dtype} activations")
+    if b.min() < -127:
+        raise ValueError("b: expected values in [-127, 127] (symmetric int8), got -128")
+    packed = _core.pack_s8(_contiguous(b), np.ones(1, np.float32), gemm_s8_kernel())
+    return _core.qgemm_s8(packed, _contiguous(a))

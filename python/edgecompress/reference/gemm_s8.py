@@ -1,0 +1,106 @@
+"""Oracle of the int8 GEMM family (W8A8): y = dequant(quant(x) @ W.T) + bias, then activation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_F32 = np.float32
+
+
+def quantize_weight_int8(w: np.ndarray, granularity: str = "channel") -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-127, 127]: scale = max|w| / 127 per output row (or per tensor); 1 if zero."""
+    w = np.asarray(w, dtype=_F32)
+    amax = np.abs(w).max(axis=1) if granularity == "channel" else np.abs(w).max(keepdims=True)
+    scale = (amax / _F32(127)).astype(_F32)
+    scale[scale == 0] = 1
+    s = scale[:, None] if granularity == "channel" else scale[None, :]
+    q = np.clip(np.round(w / s), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_rows_symmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: s = max|x| / 127 (1 for an all-zero row), q = round_half_even(x / s) in [-127, 127]."""
+    x = np.asarray(x, dtype=_F32)
+    s = (np.abs(x).max(axis=1, initial=_F32(0)) / _F32(127)).astype(_F32)
+    s[s == 0] = 1
+    q = np.clip(np.round(x / s[:, None]), -127, 127).astype(np.int8)
+    return q, s
+
+
+def quantize_rows_asymmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, uint8 with a zero point; the range always includes 0 so that 0 is exact.
+
+    s = max(x, 0) / 255 - min(x, 0) / 255 (two quotients: the difference could overflow float32),
+    zp = round(-min / s), q = clip(round(x / s) + zp, 0, 255).
+    """
+    x = np.asarray(x, dtype=_F32)
+    lo = np.minimum(x.min(axis=1, initial=_F32(0)), _F32(0))
+    hi = np.maximum(x.max(axis=1, initial=_F32(0)), _F32(0))
+    s = (hi / _F32(255) - lo / _F32(255)).astype(_F32)
+    s[s == 0] = 1
+    zp = np.clip(np.round(np.clip(-lo / s, 0, 255)), 0, 255).astype(np.int32)
+    q = np.clip(np.round(x / s[:, None]) + zp[:, None], 0, 255).astype(np.uint8)
+    return q, s, zp
+
+
+def quantize_static(x: np.ndarray, scale: float, zero_point: int | None) -> np.ndarray:
+    """Caller's scale: int8 in [-128, 127] without a zero point, uint8 in [0, 255] with one."""
+    x = np.asarray(x, dtype=_F32)
+    t = np.round(np.clip(x / _F32(scale), -512, 512))
+    if zero_point is None:
+        return np.clip(t, -128, 127).astype(np.int8)
+    return np.clip(t + zero_point, 0, 255).astype(np.uint8)
+
+
+def qgemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact a (M, K) @ b (N, K).T in int64, returned as int32 (the caller keeps it in range)."""
+    acc = a.astype(np.int64) @ b.astype(np.int64).T
+    assert np.abs(acc).max(initial=0) < 2**31, "result exceeds int32"
+    return acc.astype(np.int32)
+
+
+def gelu(y: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU, as torch.nn.GELU(); computed in float64, returned as float32."""
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    y64 = y.astype(np.float64)
+    return (0.5 * y64 * (1.0 + erf(y64 / math.sqrt(2.0)))).astype(_F32)
+
+
+def linear_int8(
+    x: np.ndarray,
+    qweight: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None = None,
+    activation: str | None = None,
+    act_scheme: str = "symmetric",
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+) -> np.ndarray:
+    """y = float32(y_int) * (row_scale * col_scale) + bias, then relu or gelu; x is (M, K).
+
+    Tolerance against the kernels: bit-exact up to the last float32 operation except for gelu
+    (float32 erf in the kernels): 1e-6 relative plus 1e-6 of the output's scale.
+    """
+    n = qweight.shape[0]
+    if act_scale is not None:
+        zp = act_zero_point if act_scheme == "asymmetric" else None
+        q = quantize_static(x, act_scale, zp)
+        s = np.full(x.shape[0], act_scale, dtype=_F32)
+        zps = np.full(x.shape[0], zp or 0, dtype=np.int64)
+    elif act_scheme == "asymmetric":
+        q, s, zps = quantize_rows_asymmetric(x)
+    else:
+        q, s = quantize_rows_symmetric(x)
+        zps = np.zeros(x.shape[0], dtype=np.int64)
+    acc = qgemm(q.astype(np.int64) - zps[:, None], qweight)
+    col_scale = np.broadcast_to(np.asarray(scale, dtype=_F32), (n,))
+    y = acc.astype(_F32) * (s[:, None] * col_scale[None, :])
+    if bias is not None:
+        y = y + bias.astype(_F32)[None, :]
+    if activation == "relu":
+        y = np.maximum(y, _F32(0))
+    elif activation == "gelu":
+        y = gelu(y)
+    return y.astype(_F32)

@@ -1,0 +1,138 @@
+"""CPU information, ISA tier selection and threads.
+
+The tier cap comes from ``EDGECOMPRESS_ISA`` (the whole process) and from ``use_isa`` (a ``with``
+block, per thread / async context). Under a cap, each kernel family runs the best tier at or below
+it that was built and that this CPU supports. ``EDGECOMPRESS_VERBOSE=1`` logs each choice to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+from typing import Any, Iterator
+
+from . import _core
+
+__all__ = ["cpu_info", "get_num_threads", "set_num_threads", "use_isa", "current_tier"]
+
+LADDER: tuple[str, ...] = tuple(_core.ladder())
+_VERBOSE = os.environ.get("EDGECOMPRESS_VERBOSE", "") not in ("", "0")
+
+
+def _log(msg: str) -> None:
+    if _VERBOSE:
+        print(f"edgecompress: {msg}", file=sys.stderr)
+
+
+def _check_tier(tier: object, source: str) -> str:
+    if not isinstance(tier, str):
+        raise TypeError(f"{source}: expected a tier name (str), got {type(tier).__name__}")
+    if tier not in LADDER:
+        raise ValueError(f"{source}: expected one of {', '.join(LADDER)} on this {_core.arch()} CPU, got {tier!r}")
+    ok, reason = _core.tier_support(tier)
+    if not ok:
+        raise ValueError(f"{source}: tier {tier!r} cannot run here: {reason}")
+    return tier
+
+
+def _env_cap() -> str:
+    value = os.environ.get("EDGECOMPRESS_ISA", "").strip()
+    if not value:
+        return LADDER[-1]
+    return _check_tier(value, "EDGECOMPRESS_ISA")
+
+
+_PROCESS_CAP = _env_cap()
+_cap: contextvars.ContextVar[str] = contextvars.ContextVar("edgecompress_isa", default=_PROCESS_CAP)
+_gemm_s8_by_cap: dict[str, str] = {}
+
+
+def current_tier() -> str:
+    """The tier cap in force here (``use_isa`` block, else ``EDGECOMPRESS_ISA``, else the top tier)."""
+    return _cap.get()
+
+
+def gemm_s8_kernel() -> str:
+    """Name of the gemm_s8 kernel serving the current cap."""
+    cap = _cap.get()
+    name = _gemm_s8_by_cap.get(cap)
+    if name is None:
+        name = _gemm_s8_by_cap[cap] = _core.gemm_s8_select(cap)
+        _log(f"gemm_s8 -> {name} (cap {cap})")
+    return name
+
+
+@contextlib.contextmanager
+def use_isa(tier: str) -> Iterator[str]:
+    """Cap the ISA tier inside a ``with`` block (this thread / async context only).
+
+    Raises ValueError for a tier this architecture does not have, one this CPU cannot run, or one
+    above the process cap set by ``EDGECOMPRESS_ISA``.
+    """
+    _check_tier(tier, "use_isa")
+    if LADDER.index(tier) > LADDER.index(_PROCESS_CAP):
+        raise ValueError(f"use_isa: tier {tier!r} is above the process cap EDGECOMPRESS_ISA={_PROCESS_CAP}")
+    token = _cap.set(tier)
+    _log(f"use_isa({tier}): gemm_s8 -> {gemm_s8_kernel()}")
+    try:
+        yield tier
+    finally:
+        _cap.reset(token)
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use (the calling thread plus pool workers)."""
+    return int(_core.get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads the kernels use; n >= 1. The default is the CPUs in the affinity mask."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def _threads_from_env() -> None:
+    value = os.environ.get("EDGECOMPRESS_NUM_THREADS", "").strip()
+    if not value:
+        return
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"EDGECOMPRESS_NUM_THREADS: expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"EDGECOMPRESS_NUM_THREADS: expected a positive integer, got {value!r}")
+    _core.set_num_threads(n)
+
+
+def cpu_info() -> dict[str, Any]:
+    """What this CPU has, which tiers are built and usable, and what each kernel family runs now."""
+    kernels = _core.gemm_s8_kernels()
+    built = [t for t in LADDER if any(k["tier"] == t for k in kernels)]
+    tiers = {}
+    for t in LADDER:
+        ok, reason = _core.tier_support(t)
+        tiers[t] = {"built": t in built, "supported": ok, "reason": reason}
+    selected = gemm_s8_kernel()
+    family = next(k for k in kernels if k["name"] == selected)
+    return {
+        "arch": _core.arch(),
+        "model": _core.cpu_model(),
+        "features": list(_core.cpu_features()),
+        "ladder": list(LADDER),
+        "tiers_built": built,
+        "tiers": tiers,
+        "tier_cap": current_tier(),
+        "families": {"gemm_s8": {"kernel": selected, "tier": family["tier"]}},
+        "num_threads": get_num_threads(),
+    }
+
+
+_threads_from_env()
+if _VERBOSE:
+    _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(_core.cpu_features())}")
+    gemm_s8_kernel()
