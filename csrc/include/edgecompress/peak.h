@@ -15,14 +15,13 @@ struct PeakProbe {
   const char* name;         // e.g. "vpdpbusd_zmm": instruction and register width
   Isa isa;
   double ops_per_instr;     // arithmetic operations per instruction (a multiply-add counts 2)
+  int instr_per_iter;       // measured instructions per iteration of `run`
   bool (*supported)(const CpuFeatures& cpu);
-  // Executes `iters` x kPeakInstrPerIter instructions; returns a value that depends on all of them.
-  int64_t (*run)(int64_t iters);
+  // Executes `iters` x instr_per_iter of the instruction, on independent registers.
+  void (*run)(int64_t iters);
   // Reads `bytes` (a multiple of 256) from `buf` once, with the widest loads of the tier.
   uint64_t (*read)(const void* buf, size_t bytes);
 };
-
-constexpr int kPeakInstrPerIter = 16;
 
 int peak_probes(const PeakProbe* const** probes);
 

@@ -3,7 +3,8 @@
 // vpmaddubsw would saturate (255 * 127 * 2 > 32767), so this tier widens: activations are packed
 // as int16 (u8 values), weights are sign-extended to int16 in registers (vpmovsxbw), and vpmaddwd
 // multiplies pairs into int32: |a0*b0 + a1*b1| <= 2 * 255 * 128, exact. kr = 2 so one
-// sign-extended load holds 8 columns x 2 k. Tile 6 x 16: 12 ymm accumulators.
+// sign-extended load holds 8 columns x 2 k. Tile 4 x 16: 8 ymm accumulators (with 6 rows GCC runs out of
+// the 16 registers and spills accumulators).
 #if !defined(__AVX2__)
 #error "gemm_s8_avx2.cc must be compiled with the avx2 tier flags"
 #endif
@@ -15,7 +16,7 @@
 namespace edgecompress {
 namespace {
 
-constexpr int kMr = 6, kNr = 16, kKr = 2;
+constexpr int kMr = 4, kNr = 16, kKr = 2;
 
 template <int M>
 void tile(const GemmS8Tile& t) {
@@ -60,4 +61,4 @@ bool supported(const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c && f.bmi
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(gemm_s8_avx2, "gemm_s8_6x16_avx2", Isa::avx2, kMr, kNr, kKr, 2, false, 1, supported, run)
+EC_GEMM_S8_KERNEL(gemm_s8_avx2, "gemm_s8_4x16_avx2", Isa::avx2, kMr, kNr, kKr, 2, false, 1, supported, run)

@@ -6,6 +6,7 @@
 
 #include <immintrin.h>
 
+#include "../x86_dot.h"
 #include "gemm_s8_common.h"
 
 namespace edgecompress {
@@ -28,8 +29,8 @@ void tile(const GemmS8Tile& t) {
       int32_t av;
       std::memcpy(&av, a + (kb * M + r) * kKr, 4);
       const __m512i va = _mm512_set1_epi32(av);
-      acc[u][r][0] = _mm512_dpbusd_epi32(acc[u][r][0], va, b0);
-      acc[u][r][1] = _mm512_dpbusd_epi32(acc[u][r][1], va, b1);
+      acc[u][r][0] = dpbusd512(acc[u][r][0], va, b0);
+      acc[u][r][1] = dpbusd512(acc[u][r][1], va, b1);
     }
   };
   int kb = 0;

@@ -11,18 +11,17 @@
 #if !defined(__AVX512VNNI__) || !defined(__AVX512VL__)
 #error "the EVEX build of gemm_s8_avxvnni.cc needs AVX-512 VNNI and VL flags"
 #endif
-#define EC_DPBUSD _mm256_dpbusd_epi32
 #define EC_KERNEL_VAR gemm_s8_avxvnni_evex
 #define EC_KERNEL_NAME "gemm_s8_6x16_avxvnni_evex"
 #else
 #if !defined(__AVXVNNI__) || !defined(__AVX2__)
 #error "gemm_s8_avxvnni.cc must be compiled with the avxvnni tier flags"
 #endif
-#define EC_DPBUSD _mm256_dpbusd_avx_epi32
 #define EC_KERNEL_VAR gemm_s8_avxvnni
 #define EC_KERNEL_NAME "gemm_s8_6x16_avxvnni"
 #endif
 
+#include "../x86_dot.h"
 #include "gemm_s8_common.h"
 
 namespace edgecompress {
@@ -45,8 +44,8 @@ void tile(const GemmS8Tile& t) {
       int32_t av;
       std::memcpy(&av, a + (kb * M + r) * kKr, 4);
       const __m256i va = _mm256_set1_epi32(av);
-      acc[u][r][0] = EC_DPBUSD(acc[u][r][0], va, b0);
-      acc[u][r][1] = EC_DPBUSD(acc[u][r][1], va, b1);
+      acc[u][r][0] = dpbusd256(acc[u][r][0], va, b0);
+      acc[u][r][1] = dpbusd256(acc[u][r][1], va, b1);
     }
   };
   int kb = 0;

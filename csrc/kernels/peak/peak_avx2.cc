@@ -1,5 +1,6 @@
-// Peak probes of the avx2 tier: fp32 FMA (what numpy/OpenBLAS can reach) and vpmaddwd (what the
-// avx2 gemm_s8 tier is built on), plus 256-bit streaming reads.
+// Peak probes of the avx2 tier: fp32 FMA (what numpy/OpenBLAS can reach) and vpmaddwd + vpaddd
+// (what the avx2 gemm_s8 kernel is built on), plus 256-bit streaming reads. The loops are inline
+// asm on fixed registers: compilers otherwise keep probe accumulators in memory.
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "peak_avx2.cc must be compiled with the avx2 tier flags"
 #endif
@@ -11,32 +12,38 @@
 namespace edgecompress {
 namespace {
 
-int64_t fma_ymm(int64_t iters) {
-  __m256 acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
-  const __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
+#define EC_YMM_CLOBBERS "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", \
+                        "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+
+void fma_ymm(int64_t iters) {
+  __asm__ volatile("vxorps %%ymm0, %%ymm0, %%ymm0\n" ::: EC_YMM_CLOBBERS);
   for (int64_t it = 0; it < iters; ++it) {
-    for (int i = 0; i < 16; ++i) acc[i] = _mm256_fmadd_ps(acc[i], m, a);
-    __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]));
+    // 12 independent accumulators (4-cycle latency x 2 per cycle needs 8), sources 12 and 13 zero.
+    __asm__ volatile(
+        "vfmadd231ps %%ymm12, %%ymm13, %%ymm0\n vfmadd231ps %%ymm12, %%ymm13, %%ymm1\n"
+        "vfmadd231ps %%ymm12, %%ymm13, %%ymm2\n vfmadd231ps %%ymm12, %%ymm13, %%ymm3\n"
+        "vfmadd231ps %%ymm12, %%ymm13, %%ymm4\n vfmadd231ps %%ymm12, %%ymm13, %%ymm5\n"
+        "vfmadd231ps %%ymm12, %%ymm13, %%ymm6\n vfmadd231ps %%ymm12, %%ymm13, %%ymm7\n"
+        "vfmadd231ps %%ymm12, %%ymm13, %%ymm8\n vfmadd231ps %%ymm12, %%ymm13, %%ymm9\n"
+        "vfmadd231ps %%ymm12, %%ymm13, %%ymm10\n vfmadd231ps %%ymm12, %%ymm13, %%ymm11\n" ::: EC_YMM_CLOBBERS);
   }
-  __m256 s = acc[0];
-  for (int i = 1; i < 16; ++i) s = _mm256_add_ps(s, acc[i]);
-  return static_cast<int64_t>(_mm256_cvtss_f32(s));
+  __asm__ volatile("vzeroupper" ::: EC_YMM_CLOBBERS);
 }
 
-int64_t maddwd_ymm(int64_t iters) {
-  __m256i acc[8];
-  for (int i = 0; i < 8; ++i) acc[i] = _mm256_set1_epi32(i);
-  const __m256i x = _mm256_set1_epi16(3), y = _mm256_set1_epi16(-2);
+void maddwd_ymm(int64_t iters) {
   for (int64_t it = 0; it < iters; ++it) {
-    // 16 vpmaddwd with the accumulating vpaddd each, as in the avx2 gemm_s8 kernel.
-    for (int j = 0; j < 2; ++j)
-      for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(x, y));
-    __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]));
+    // As in the avx2 kernel: each vpmaddwd feeds a vpaddd into one of 8 accumulators.
+    __asm__ volatile(
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm8\n vpaddd %%ymm8, %%ymm0, %%ymm0\n"
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm9\n vpaddd %%ymm9, %%ymm1, %%ymm1\n"
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm10\n vpaddd %%ymm10, %%ymm2, %%ymm2\n"
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm11\n vpaddd %%ymm11, %%ymm3, %%ymm3\n"
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm12\n vpaddd %%ymm12, %%ymm4, %%ymm4\n"
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm13\n vpaddd %%ymm13, %%ymm5, %%ymm5\n"
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm8\n vpaddd %%ymm8, %%ymm6, %%ymm6\n"
+        "vpmaddwd %%ymm14, %%ymm15, %%ymm9\n vpaddd %%ymm9, %%ymm7, %%ymm7\n" ::: EC_YMM_CLOBBERS);
   }
-  __m256i s = acc[0];
-  for (int i = 1; i < 8; ++i) s = _mm256_add_epi32(s, acc[i]);
-  return _mm256_extract_epi32(s, 0);
+  __asm__ volatile("vzeroupper" ::: EC_YMM_CLOBBERS);
 }
 
 uint64_t read_ymm(const void* buf, size_t bytes) {
@@ -56,7 +63,7 @@ bool supported(const CpuFeatures& f) { return f.avx2 && f.fma; }
 
 }  // namespace
 
-extern const PeakProbe peak_fma_ymm = {"fma_f32_ymm", Isa::avx2, 16.0, supported, fma_ymm, read_ymm};
-extern const PeakProbe peak_maddwd_ymm = {"vpmaddwd_ymm", Isa::avx2, 32.0, supported, maddwd_ymm, read_ymm};
+extern const PeakProbe peak_fma_ymm = {"fma_f32_ymm", Isa::avx2, 16.0, 12, supported, fma_ymm, read_ymm};
+extern const PeakProbe peak_maddwd_ymm = {"vpmaddwd_ymm", Isa::avx2, 32.0, 8, supported, maddwd_ymm, read_ymm};
 
 }  // namespace edgecompress

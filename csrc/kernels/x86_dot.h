@@ -1,0 +1,34 @@
+// In-place vpdpbusd for the VNNI kernels: acc += sum of 4 (u8 a) x (s8 b) per int32 lane.
+//
+// GCC models the intrinsics as three-operand operations and, in unrolled loops, often writes the
+// result to a fresh register and copies it back (one extra vmovdqa per vpdpbusd, up to half the
+// issue bandwidth). Inline asm with a read-write accumulator keeps the accumulation in place.
+// Internal linkage: see gemm_s8/gemm_s8_common.h.
+#pragma once
+
+#include <immintrin.h>
+
+namespace edgecompress {
+namespace {
+
+#if defined(__AVX512VNNI__)
+inline __m512i dpbusd512(__m512i acc, __m512i a_u8, __m512i b_s8) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a_u8), "vm"(b_s8));
+  return acc;
+}
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && (defined(EC_VNNI_EVEX) || !defined(__AVXVNNI__))
+inline __m256i dpbusd256(__m256i acc, __m256i a_u8, __m256i b_s8) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a_u8), "vm"(b_s8));
+  return acc;
+}
+#elif defined(__AVXVNNI__)
+inline __m256i dpbusd256(__m256i acc, __m256i a_u8, __m256i b_s8) {
+  __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a_u8), "xm"(b_s8));
+  return acc;
+}
+#endif
+
+}  // namespace
+}  // namespace edgecompress

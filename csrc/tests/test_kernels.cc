@@ -1,0 +1,197 @@
+// Dependency-free test runner of the kernel registry. Runs natively and under qemu-aarch64.
+//
+// Every kernel built into the binary that can run on this CPU goes through the shared shape sweep
+// (the same shapes as tests/sweeps.py) and adversarial extremes, through the real driver (packing,
+// blocking, threads):
+//   - raw int32 results (int8 and uint8 activations) equal an int64 reference, bit for bit;
+//   - float results (every activation scheme, bias, relu/gelu) equal the scalar kernel's bit for bit;
+//   - guard regions around every output stay untouched.
+// Kernels this CPU cannot run are listed as skipped with the reason. Exits non-zero on any failure.
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/gemm_s8.h"
+#include "edgecompress/threadpool.h"
+
+using namespace edgecompress;
+
+namespace {
+
+struct Shape {
+  int m, k, n;
+};
+
+std::vector<Shape> sweep() {
+  std::vector<Shape> s;
+  for (int m = 1; m <= 17; ++m) {
+    s.push_back({m, m, m});
+    s.push_back({m, 17, 33});
+    s.push_back({m, 64, 65});
+  }
+  for (int v : {31, 32, 33, 63, 64, 65, 127, 128, 129}) {
+    s.push_back({v, v, v});
+    s.push_back({v, 128, 17});
+  }
+  s.push_back({1, 8191, 17});   // deep K
+  s.push_back({5, 8191, 33});
+  s.push_back({17, 8191, 9});
+  s.push_back({1, 1024, 1024}); // GEMV
+  s.push_back({4, 512, 257});
+  s.push_back({9, 100, 1});     // odd N
+  s.push_back({3, 37, 67});
+  s.push_back({33, 129, 95});
+  return s;
+}
+
+constexpr int kGuard = 64;
+constexpr int32_t kSentinel = 0x5a5a5a5a;
+
+// An output buffer with guard regions on both sides.
+template <class T>
+struct Guarded {
+  std::vector<T> buf;
+  explicit Guarded(size_t n) : buf(n + 2 * kGuard) {
+    for (T& v : buf) std::memcpy(&v, &kSentinel, sizeof(T));
+  }
+  T* data() { return buf.data() + kGuard; }
+  bool guards_intact() const {
+    for (size_t i = 0; i < buf.size(); ++i) {
+      if (i >= kGuard && i < buf.size() - kGuard) continue;
+      int32_t v;
+      std::memcpy(&v, &buf[i], sizeof(v));
+      if (v != kSentinel) return false;
+    }
+    return true;
+  }
+};
+
+struct Failures {
+  int count = 0;
+  void fail(const GemmS8Kernel& k, const Shape& s, const char* what) {
+    if (++count <= 20) std::printf("  FAIL %s (%d, %d, %d): %s\n", k.name, s.m, s.k, s.n, what);
+  }
+};
+
+std::vector<int32_t> reference(const std::vector<int8_t>& w, const void* a, bool a_signed, const Shape& s) {
+  std::vector<int32_t> y(static_cast<size_t>(s.m) * s.n);
+  for (int i = 0; i < s.m; ++i)
+    for (int j = 0; j < s.n; ++j) {
+      int64_t acc = 0;
+      for (int p = 0; p < s.k; ++p) {
+        const int64_t av = a_signed ? static_cast<const int8_t*>(a)[i * s.k + p] : static_cast<const uint8_t*>(a)[i * s.k + p];
+        acc += av * w[static_cast<size_t>(j) * s.k + p];
+      }
+      y[static_cast<size_t>(i) * s.n + j] = static_cast<int32_t>(acc);
+    }
+  return y;
+}
+
+// Integer results against the int64 reference.
+void check_int(const GemmS8Kernel& kern, const Shape& s, const std::vector<int8_t>& w, const std::vector<int8_t>& a_s8,
+               const std::vector<uint8_t>& a_u8, Failures* f) {
+  const float one = 1.0f;
+  auto packed = pack_s8_weight(kern, w.data(), s.n, s.k, &one, 1);
+  for (int pass = 0; pass < 2; ++pass) {
+    const bool is_signed = pass == 0;
+    const void* a = is_signed ? static_cast<const void*>(a_s8.data()) : static_cast<const void*>(a_u8.data());
+    ActQuant aq;
+    aq.scheme = is_signed ? ActScheme::raw_s8 : ActScheme::raw_u8;
+    Guarded<int32_t> y(static_cast<size_t>(s.m) * s.n);
+    gemm_s8(*packed, a, s.k, s.m, aq, nullptr, Activation::none, nullptr, y.data(), get_num_threads());
+    const std::vector<int32_t> ref = reference(w, a, is_signed, s);
+    if (std::memcmp(ref.data(), y.data(), ref.size() * 4) != 0) f->fail(kern, s, is_signed ? "int32 (s8 activations)" : "int32 (u8 activations)");
+    if (!y.guards_intact()) f->fail(kern, s, "write outside the int32 result");
+  }
+}
+
+// Float results (quantization + epilogue) against the scalar kernel.
+void check_float(const GemmS8Kernel& kern, const GemmS8Kernel& scalar, const Shape& s, const std::vector<int8_t>& w,
+                 const std::vector<float>& scale, const std::vector<float>& x, const std::vector<float>& bias, Failures* f) {
+  auto pk = pack_s8_weight(kern, w.data(), s.n, s.k, scale.data(), s.n);
+  auto ps = pack_s8_weight(scalar, w.data(), s.n, s.k, scale.data(), s.n);
+  const ActQuant schemes[] = {{ActScheme::dynamic_symmetric, 1.0f, 0},
+                              {ActScheme::dynamic_asymmetric, 1.0f, 0},
+                              {ActScheme::static_symmetric, 0.02f, 0},
+                              {ActScheme::static_asymmetric, 0.03f, 117}};
+  const Activation acts[] = {Activation::none, Activation::relu, Activation::gelu};
+  for (int si = 0; si < 4; ++si) {
+    const Activation act = acts[si % 3];
+    const float* b = si % 2 ? bias.data() : nullptr;
+    Guarded<float> y(static_cast<size_t>(s.m) * s.n), want(static_cast<size_t>(s.m) * s.n);
+    const bool ok1 = gemm_s8(*pk, x.data(), s.k, s.m, schemes[si], b, act, y.data(), nullptr, get_num_threads());
+    const bool ok2 = gemm_s8(*ps, x.data(), s.k, s.m, schemes[si], b, act, want.data(), nullptr, 1);
+    if (!ok1 || !ok2) f->fail(kern, s, "finite input reported as non-finite");
+    if (std::memcmp(y.data(), want.data(), static_cast<size_t>(s.m) * s.n * 4) != 0) f->fail(kern, s, "float output differs from the scalar kernel");
+    if (!y.guards_intact()) f->fail(kern, s, "write outside the float result");
+  }
+  // NaN in the input is reported, not computed on.
+  std::vector<float> bad = x;
+  bad[bad.size() / 2] = NAN;
+  Guarded<float> y(static_cast<size_t>(s.m) * s.n);
+  if (gemm_s8(*pk, bad.data(), s.k, s.m, ActQuant{}, nullptr, Activation::none, y.data(), nullptr, get_num_threads())) {
+    f->fail(kern, s, "NaN input not reported");
+  }
+}
+
+void check_kernel(const GemmS8Kernel& kern, const GemmS8Kernel& scalar, Failures* f) {
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> w8(-127, 127), s8(-128, 127), u8(0, 255);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const Shape& s : sweep()) {
+    std::vector<int8_t> w(static_cast<size_t>(s.n) * s.k), a_s8(static_cast<size_t>(s.m) * s.k);
+    std::vector<uint8_t> a_u8(a_s8.size());
+    for (auto& v : w) v = static_cast<int8_t>(w8(rng));
+    for (auto& v : a_s8) v = static_cast<int8_t>(s8(rng));
+    for (auto& v : a_u8) v = static_cast<uint8_t>(u8(rng));
+    check_int(kern, s, w, a_s8, a_u8, f);
+    std::vector<float> x(a_s8.size()), scale(s.n), bias(s.n);
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : scale) v = 0.01f + 0.001f * std::fabs(normal(rng));
+    for (auto& v : bias) v = normal(rng);
+    check_float(kern, scalar, s, w, scale, x, bias, f);
+  }
+  // Extremes: every product at its largest magnitude, K = 8192, all sign patterns.
+  for (int pattern = 0; pattern < 4; ++pattern) {
+    const Shape s{3, 8192, 37};
+    std::vector<int8_t> w(static_cast<size_t>(s.n) * s.k, pattern & 1 ? -127 : 127);
+    std::vector<int8_t> a_s8(static_cast<size_t>(s.m) * s.k, pattern & 2 ? -128 : 127);
+    std::vector<uint8_t> a_u8(a_s8.size(), pattern & 2 ? 255 : 0);
+    check_int(kern, s, w, a_s8, a_u8, f);
+  }
+}
+
+}  // namespace
+
+int main() {
+  const GemmS8Kernel* const* kernels;
+  const int count = gemm_s8_kernels(&kernels);
+  const GemmS8Kernel& scalar = *kernels[0];
+  std::printf("edgecompress kernel tests on %s %s\n", cpu_features().arch, cpu_features().model.c_str());
+  int passed = 0, failed = 0, skipped = 0;
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int i = 0; i < count; ++i) {
+      const GemmS8Kernel& k = *kernels[i];
+      if (!k.supported(cpu_features())) {
+        std::string why;
+        if (isa_supported(k.isa, &why)) why = std::string("this CPU runs tier ") + isa_name(k.isa) + " through another build";
+        if (threads == 1) std::printf("SKIP %s: %s\n", k.name, why.c_str());
+        ++skipped;
+        continue;
+      }
+      Failures f;
+      check_kernel(k, scalar, &f);
+      std::printf("%s %s (%d thread%s)\n", f.count ? "FAIL" : "PASS", k.name, threads, threads > 1 ? "s" : "");
+      f.count ? ++failed : ++passed;
+    }
+  }
+  std::printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+  return failed == 0 && passed > 0 ? 0 : 1;
+}
