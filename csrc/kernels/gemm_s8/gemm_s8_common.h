@@ -9,7 +9,9 @@
 // The float arithmetic is written out operation by operation and the project builds with
 // -ffp-contract=off, so every tier produces the same bits as the numpy oracle
 // (python/edgecompress/reference): quantization rounds x / s half to even as np.round does, and the
-// epilogue computes float(y_int) * (row_scale * col_scale) + bias.
+// epilogue computes float32(y_int * row_scale * col_scale in float64) + bias: in float32, either
+// product of the two scales can overflow (to inf, or to NaN against a zero accumulator) although the
+// result is finite, and float64 rounds once.
 #pragma once
 
 #include <cmath>
@@ -165,10 +167,10 @@ void finish_tile(const int32_t* acc, const GemmS8Tile& t) {
       continue;
     }
     float* y = t.y + r * t.ldy;
-    const float rs = t.row_scale[r];
+    const double rs = t.row_scale[r];
     for (int c = 0; c < t.n; ++c) {
       const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(t.colsum[c]));
-      y[c] = static_cast<float>(v) * (rs * t.col_scale[c]);
+      y[c] = static_cast<float>(static_cast<double>(v) * rs * static_cast<double>(t.col_scale[c]));
     }
     if (t.bias != nullptr) {
       for (int c = 0; c < t.n; ++c) y[c] = y[c] + t.bias[c];

@@ -12,11 +12,10 @@ _F32 = np.float32
 def quantize_weight_int8(w: np.ndarray, granularity: str = "channel") -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 in [-127, 127]: scale = max|w| / 127 per output row (or per tensor); 1 if zero."""
     w = np.asarray(w, dtype=_F32)
-    amax = np.abs(w).max(axis=1) if granularity == "channel" else np.abs(w).max(keepdims=True)
+    amax = np.abs(w).max(axis=1) if granularity == "channel" else np.abs(w).max().reshape(1)
     scale = (amax / _F32(127)).astype(_F32)
     scale[scale == 0] = 1
-    s = scale[:, None] if granularity == "channel" else scale[None, :]
-    q = np.clip(np.round(w / s), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
     return q, scale
 
 
@@ -78,7 +77,7 @@ def linear_int8(
     act_scale: float | None = None,
     act_zero_point: int | None = None,
 ) -> np.ndarray:
-    """y = float32(y_int) * (row_scale * col_scale) + bias, then relu or gelu; x is (M, K).
+    """y = float32(y_int * row_scale * col_scale, in float64) + bias, then relu or gelu; x is (M, K).
 
     Tolerance against the kernels: bit-exact up to the last float32 operation except for gelu
     (float32 erf in the kernels): 1e-6 relative plus 1e-6 of the output's scale.
@@ -96,9 +95,10 @@ def linear_int8(
         zps = np.zeros(x.shape[0], dtype=np.int64)
     acc = qgemm(q.astype(np.int64) - zps[:, None], qweight)
     col_scale = np.broadcast_to(np.asarray(scale, dtype=_F32), (n,))
-    y = acc.astype(_F32) * (s[:, None] * col_scale[None, :])
-    if bias is not None:
-        y = y + bias.astype(_F32)[None, :]
+    with np.errstate(over="ignore"):  # a result beyond float32 is +-inf, as in float32 matmul
+        y = (acc.astype(np.float64) * s.astype(np.float64)[:, None] * col_scale.astype(np.float64)[None, :]).astype(_F32)
+        if bias is not None:
+            y = y + bias.astype(_F32)[None, :]
     if activation == "relu":
         y = np.maximum(y, _F32(0))
     elif activation == "gelu":

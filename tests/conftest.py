@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgecompress as ec
+from edgecompress import _core
+from edgecompress.runtime import LADDER
+
+
+@pytest.fixture(params=LADDER)
+def tier(request):
+    """Every tier of this architecture, forced one by one; a tier this CPU lacks is skipped with the reason."""
+    ok, reason = _core.tier_support(request.param)
+    if not ok:
+        pytest.skip(f"tier {request.param}: {reason}")
+    with ec.use_isa(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = ec.get_num_threads()
+    ec.set_num_threads(request.param)
+    yield request.param
+    ec.set_num_threads(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261125)

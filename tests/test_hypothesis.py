@@ -1,0 +1,74 @@
+"""The public API under random shapes, dtypes, strides and values: the oracle's answer or a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import edgecompress as ec
+from edgecompress import reference as ref
+
+DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int8, np.uint8, np.int32])
+VALUES = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, -0.0, 3e38, -3e38, 1e-45, 1.0])
+
+
+@st.composite
+def linear_case(draw):
+    n = draw(st.integers(1, 40))
+    k = draw(st.integers(1, 70))
+    lead = draw(st.lists(st.integers(0, 5), min_size=0, max_size=2))
+    dtype = draw(DTYPES)
+    shape = tuple(lead) + (k,)
+    x = draw(hnp.arrays(np.float32, shape, elements=VALUES))
+    if draw(st.booleans()):  # a strided view
+        x = np.repeat(x, 2, axis=-1)[..., ::2]
+    if dtype is not np.float32:
+        with np.errstate(over="ignore"):
+            x = x.astype(dtype) if dtype in (np.float64, np.float16) else np.zeros(shape, dtype)
+    if draw(st.integers(0, 9)) == 0:  # wrong K now and then
+        x = x[..., : max(k - 1, 0)]
+    w = draw(hnp.arrays(np.float32, (n, k), elements=st.floats(-1e6, 1e6, width=32)))
+    bias = draw(st.none() | hnp.arrays(np.float32, (n,), elements=st.floats(-1e3, 1e3, width=32)))
+    scheme = draw(st.sampled_from(["symmetric", "asymmetric"]))
+    act = draw(st.sampled_from([None, "relu"]))
+    tier = draw(st.sampled_from([t for t in ec.runtime.LADDER if ec._core.tier_support(t)[0]]))
+    return x, w, bias, scheme, act, tier
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(linear_case())
+def test_linear_answers_or_raises(case):
+    x, w_float, bias, scheme, act, tier = case
+    w = ec.Int8Weight.from_float(w_float)
+    with ec.use_isa(tier):
+        try:
+            y = ec.linear(x, w, bias, act, act_scheme=scheme)
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            assert msg.split(":")[0] in ("x", "bias"), msg
+            bad_dtype = x.dtype != np.float32
+            bad_shape = x.ndim == 0 or x.shape[-1] != w.shape[1]
+            nonfinite = not bad_dtype and not bad_shape and not np.isfinite(x).all()
+            assert bad_dtype or bad_shape or nonfinite, msg
+            return
+    assert x.dtype == np.float32 and np.isfinite(x).all()
+    x2 = np.ascontiguousarray(x).reshape(-1, w.shape[1])
+    want = ref.linear_int8(x2, w.qweight, w.scale, bias, act, scheme).reshape(x.shape[:-1] + (w.shape[0],))
+    np.testing.assert_array_equal(y, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    m=st.integers(0, 20),
+    n=st.integers(1, 20),
+    k=st.integers(1, 90),
+    signed=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_qgemm_exact(m, n, k, signed, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-128, 128, (m, k)).astype(np.int8) if signed else rng.integers(0, 256, (m, k)).astype(np.uint8)
+    b = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    np.testing.assert_array_equal(ec.ops.qgemm(a, b), ref.qgemm(a, b))

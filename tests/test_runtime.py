@@ -1,0 +1,153 @@
+"""CPU detection, tier dispatch, environment variables and the thread pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import edgecompress as ec
+from edgecompress import _core
+from edgecompress.runtime import LADDER
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECOMPRESS_")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def _supported():
+    return [t for t in LADDER if _core.tier_support(t)[0]]
+
+
+def test_cpu_info_reports_everything():
+    info = ec.cpu_info()
+    assert info["arch"] in ("x86_64", "aarch64")
+    assert info["ladder"] == list(LADDER)
+    assert info["ladder"][0] == "scalar"
+    assert set(info["tiers"]) == set(LADDER)
+    assert info["tiers_built"] == list(LADDER)  # every tier of the architecture is in the binary
+    for t, d in info["tiers"].items():
+        assert d["supported"] == (d["reason"] is None), t
+    assert info["tiers"]["scalar"]["supported"]
+    fam = info["families"]["gemm_s8"]
+    assert fam["tier"] == _supported()[-1]
+    assert fam["kernel"].startswith("gemm_s8_") and fam["tier"] in fam["kernel"]
+    assert info["num_threads"] == ec.get_num_threads()
+    json.dumps(info)  # plain data
+
+
+def test_detected_features_match_tiers():
+    feats = set(ec.cpu_info()["features"])
+    ok = dict((t, _core.tier_support(t)[0]) for t in LADDER)
+    if "avx512vnni" in ok:
+        assert ok["avx512vnni"] == ({"avx512f", "avx512bw", "avx512vl", "avx512vnni"} <= feats)
+        assert ok["avx2"] == ("avx2" in feats and "fma" in feats)
+        assert ok["avxvnni"] == ("avxvnni" in feats or ({"avx512vnni", "avx512vl"} <= feats))
+    if "i8mm" in ok:
+        assert ok["dotprod"] == ("dotprod" in feats)
+
+
+def test_use_isa_caps_and_restores(tier):
+    assert ec.current_tier() == tier
+    assert ec.cpu_info()["families"]["gemm_s8"]["tier"] == tier
+    with ec.use_isa("scalar"):
+        assert ec.cpu_info()["families"]["gemm_s8"]["kernel"] == "gemm_s8_4x8_scalar"
+    assert ec.current_tier() == tier
+
+
+def test_use_isa_is_per_thread():
+    import threading
+
+    seen = []
+    with ec.use_isa("scalar"):
+        t = threading.Thread(target=lambda: seen.append(ec.current_tier()))
+        t.start()
+        t.join()
+    assert seen == [ec.runtime._PROCESS_CAP]  # a new thread starts at the process cap
+
+
+def test_use_isa_errors():
+    with pytest.raises(ValueError, match="expected one of .*got 'sse9'"):
+        with ec.use_isa("sse9"):
+            pass
+    with pytest.raises(TypeError, match="tier name"):
+        with ec.use_isa(3):
+            pass
+    missing = [t for t in LADDER if not _core.tier_support(t)[0]]
+    for t in missing:
+        with pytest.raises(ValueError, match=f"{t}.*cannot run here: this CPU lacks"):
+            with ec.use_isa(t):
+                pass
+    other = "neon" if "avx2" in LADDER else "avx2"
+    with pytest.raises(ValueError, match="expected one of"):
+        with ec.use_isa(other):
+            pass
+
+
+def test_env_cap_and_verbose_log():
+    low = _supported()[min(1, len(_supported()) - 1)]
+    r = _run("import edgecompress as ec; print(ec.cpu_info()['families']['gemm_s8']['tier'])", EDGECOMPRESS_ISA=low, EDGECOMPRESS_VERBOSE="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == low
+    assert "edgecompress: gemm_s8 -> gemm_s8_" in r.stderr and f"(cap {low})" in r.stderr
+
+
+def test_env_cap_blocks_higher_use_isa():
+    if len(_supported()) < 2:
+        pytest.skip("needs two tiers")
+    top = _supported()[-1]
+    r = _run(f"import edgecompress as ec\nwith ec.use_isa({top!r}): pass", EDGECOMPRESS_ISA="scalar")
+    assert r.returncode != 0 and "above the process cap" in r.stderr
+
+
+def test_env_bad_values_are_clear_errors():
+    r = _run("import edgecompress", EDGECOMPRESS_ISA="bogus")
+    assert r.returncode != 0 and "EDGECOMPRESS_ISA: expected one of" in r.stderr
+    r = _run("import edgecompress", EDGECOMPRESS_NUM_THREADS="two")
+    assert r.returncode != 0 and "EDGECOMPRESS_NUM_THREADS: expected a positive integer" in r.stderr
+
+
+def test_num_threads_env_and_default():
+    r = _run("import edgecompress as ec; print(ec.get_num_threads())", EDGECOMPRESS_NUM_THREADS="3")
+    assert r.stdout.strip() == "3", r.stderr
+    r = _run("import os, edgecompress as ec; print(ec.get_num_threads(), len(os.sched_getaffinity(0)))")
+    a, b = r.stdout.split()
+    assert a == b
+    # The affinity mask is respected.
+    r = _run("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import edgecompress as ec; print(ec.get_num_threads())")
+    assert r.stdout.strip() == "1", r.stderr
+
+
+def test_set_num_threads_validation():
+    before = ec.get_num_threads()
+    try:
+        ec.set_num_threads(3)
+        assert ec.get_num_threads() == 3
+    finally:
+        ec.set_num_threads(before)
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        ec.set_num_threads(0)
+    with pytest.raises(TypeError, match="n must be an int, got float"):
+        ec.set_num_threads(2.0)
+
+
+def test_pool_works_after_fork():
+    code = (
+        "import os, numpy as np, edgecompress as ec\n"
+        "ec.set_num_threads(2)\n"
+        "w = ec.Int8Weight.from_float(np.ones((256, 512), np.float32))\n"
+        "x = np.ones((64, 512), np.float32)\n"
+        "y = ec.linear(x, w)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if np.array_equal(ec.linear(x, w), y) else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status))\n"
+    )
+    r = _run(code)
+    assert r.stdout.strip() == "0", r.stderr
