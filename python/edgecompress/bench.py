@@ -1,0 +1,326 @@
+"""int8 GEMM microbenchmarks: every available tier next to the peers, in one run, with the limits.
+
+Method: weights packed once, inputs fixed, every candidate warmed up, then timed in interleaved
+rounds (each round times every candidate once, so drift on a shared machine hits all alike), with a
+pause before each batch so that no library's spinning workers steal cores from the next; the
+figure is the median over rounds. Every tier's output is checked against the oracle first. GOPS counts a multiply-add as 2 operations. Each figure is quoted
+next to the physical limit measured in the same run: the instruction peak of the tier (times the
+threads) and, for the memory-bound GEMV shapes, the read bandwidth at the weights' working-set size.
+
+Peers, when installed: numpy fp32 matmul (OpenBLAS, also held to its Haswell/AVX2 kernels in a
+subprocess), torch's dynamic int8 Linear (fbgemm/oneDNN), torch._int_mm, and onnxruntime's
+DynamicQuantizeMatMul.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _core
+from .ops import linear
+from .reference import linear_int8
+from .runtime import LADDER, get_num_threads, set_num_threads, use_isa
+from .weights import Int8Weight
+
+SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024)]
+QUICK_SHAPES = [(1, 1024, 1024), (64, 512, 512)]
+# The instruction each tier's gemm_s8 kernel is built on, for the "% of peak" column.
+TIER_PROBE = {"scalar": None, "avx2": "vpmaddwd_ymm", "avxvnni": "vpdpbusd_ymm", "avx512vnni": "vpdpbusd_zmm",
+              "neon": "smlal_q", "dotprod": "sdot_q", "i8mm": "smmla_q"}
+FP32_PROBE = {"x86_64": "fma_f32_ymm", "aarch64": "fmla_f32_q"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="two small shapes, few repeats (a smoke run)")
+    p.add_argument("--shapes", help="M,K,N;M,K,N;... instead of the standard shapes")
+    p.add_argument("--threads", help="comma-separated thread counts (default: 1 and all)")
+    p.add_argument("--tiers", help="comma-separated tiers (default: every SIMD tier this CPU runs)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (median is reported)")
+    p.add_argument("--no-peers", action="store_true", help="skip numpy/torch/onnxruntime")
+    p.add_argument("--output", help="also write the Markdown report to this file")
+
+
+def _time_batch(fn: Callable[[], Any], min_seconds: float) -> float:
+    """Seconds per call, from a batch of calls lasting at least min_seconds."""
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_seconds:
+            return dt / n
+        n = max(n * 2, int(n * min_seconds / max(dt, 1e-9)) + 1)
+
+
+def _measure(cands: dict[str, Callable[[], Any]], rounds: int, min_seconds: float) -> dict[str, float]:
+    for fn in cands.values():  # warm-up: packing, caches, thread pools
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in cands}
+    for _ in range(rounds):
+        for k, fn in cands.items():
+            # Thread pools spin for a while after their last job (ours, OpenMP's, onnxruntime's);
+            # let them go idle so no candidate is timed against another's spinning workers.
+            time.sleep(0.02)
+            times[k].append(_time_batch(fn, min_seconds))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+class _Peers:
+    """Peer implementations on the same inputs; each is skipped (with the reason) when unavailable."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.notes: list[str] = []
+        self.torch = self.ort = self.tpc = None
+        if not enabled:
+            return
+        for name in ("torch", "onnxruntime", "threadpoolctl"):
+            try:
+                mod = __import__(name)
+            except ImportError:
+                self.notes.append(f"{name} not installed: its rows are missing")
+                continue
+            setattr(self, {"torch": "torch", "onnxruntime": "ort", "threadpoolctl": "tpc"}[name], mod)
+
+    def numpy_threads(self, n: int) -> Any:
+        if self.tpc is None:
+            return contextlib.nullcontext()
+        return self.tpc.threadpool_limits(limits=n, user_api="blas")
+
+    def make(self, x: np.ndarray, w_float: np.ndarray, threads: int) -> dict[str, Callable[[], Any]]:
+        out: dict[str, Callable[[], Any]] = {}
+        wt = np.ascontiguousarray(w_float.T)
+        out["numpy fp32"] = lambda: x @ wt
+        if self.torch is not None:
+            torch = self.torch
+            torch.set_num_threads(threads)
+            m, k = x.shape
+            n = w_float.shape[0]
+            lin = torch.nn.Linear(k, n, bias=False)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w_float))
+            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+            xt = torch.from_numpy(x)
+
+            def torch_dynamic() -> Any:
+                with torch.inference_mode():
+                    return qlin(xt)
+
+            out["torch dynamic int8 Linear"] = torch_dynamic
+            a8 = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+            b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8)
+            try:
+                torch._int_mm(a8, b8)
+                out["torch._int_mm"] = lambda: torch._int_mm(a8, b8)
+            except RuntimeError as e:  # shape limits of the op on some builds
+                self.notes.append(f"torch._int_mm {x.shape}: {str(e).splitlines()[0]}")
+        if self.ort is not None:
+            sess = self._ort_session(w_float, threads)
+            if sess is not None:
+                feed = {"A": x}
+                out["onnxruntime DynamicQuantizeMatMul"] = lambda: sess.run(None, feed)
+        return out
+
+    def _ort_session(self, w_float: np.ndarray, threads: int) -> Any:
+        try:
+            import onnx
+            from onnx import TensorProto, helper, numpy_helper
+        except ImportError:
+            self.notes.append("onnx not installed: no onnxruntime rows (the graph is built with onnx)")
+            self.ort = None
+            return None
+        n, k = w_float.shape
+        scale = (np.abs(w_float).max(axis=1) / 127).astype(np.float32)
+        scale[scale == 0] = 1
+        qb = np.clip(np.round(w_float / scale[:, None]), -127, 127).astype(np.int8).T.copy()  # (K, N)
+        node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "b_scale", "b_zp"], ["Y"], domain="com.microsoft")
+        graph = helper.make_graph(
+            [node], "dqmm",
+            [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+            initializer=[numpy_helper.from_array(qb, "B"), numpy_helper.from_array(scale, "b_scale"),
+                         numpy_helper.from_array(np.zeros(n, np.int8), "b_zp")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        return self.ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+_HASWELL_SCRIPT = r"""
+import json, statistics, sys, time, numpy as np
+shapes, threads, rounds, min_s = json.loads(sys.argv[1])
+from threadpoolctl import threadpool_limits, threadpool_info
+out = {"corename": [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]}
+rng = np.random.default_rng(0)
+for m, k, n in shapes:
+    x = rng.standard_normal((m, k)).astype(np.float32); wt = rng.standard_normal((k, n)).astype(np.float32)
+    for t in threads:
+        with threadpool_limits(limits=t, user_api="blas"):
+            x @ wt
+            ts = []
+            for _ in range(rounds):
+                c = 1
+                while True:
+                    t0 = time.perf_counter()
+                    for _ in range(c): x @ wt
+                    dt = time.perf_counter() - t0
+                    if dt >= min_s: break
+                    c *= 2
+                ts.append(dt / c)
+        out[f"{m},{k},{n},{t}"] = statistics.median(ts)
+print(json.dumps(out))
+"""
+
+
+def _numpy_haswell(shapes, threads, rounds, min_s) -> tuple[dict[str, float], str]:
+    """numpy fp32 with OpenBLAS held to its AVX2 (Haswell) kernels: the edge-class x86 baseline."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env["OPENBLAS_CORETYPE"] = "Haswell"
+    try:
+        r = subprocess.run([sys.executable, "-c", _HASWELL_SCRIPT, json.dumps([shapes, threads, rounds, min_s])],
+                           env=env, capture_output=True, text=True, timeout=1800)
+        data = json.loads(r.stdout)
+    except (subprocess.SubprocessError, json.JSONDecodeError, OSError):
+        return {}, "numpy (OPENBLAS_CORETYPE=Haswell) run failed"
+    core = data.pop("corename")
+    return data, f"numpy fp32 held to OpenBLAS Haswell kernels (OpenBLAS reports {core})"
+
+
+def _fmt_ms(s: float) -> str:
+    return f"{s * 1e3:.3f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    quick = args.quick
+    shapes = QUICK_SHAPES if quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    all_threads = _core.default_num_threads()
+    threads = sorted({1, all_threads}) if not args.threads else [int(t) for t in args.threads.split(",")]
+    # The scalar tier is the specification, not a contender: only on request.
+    tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0]] if not args.tiers else args.tiers.split(",")
+    rounds = args.rounds or (3 if quick else 7)
+    min_s = 0.005 if quick else 0.03
+    peers = _Peers(not args.no_peers)
+    arch = _core.arch()
+    saved_threads = get_num_threads()
+
+    lines: list[str] = []
+    emit = lines.append
+    model = _core.cpu_model() or platform.processor() or arch
+    emit(f"# edgecompress int8 GEMM benchmark: {model} ({arch})\n")
+    emit(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    emit(f"- command: `{' '.join(['edgecompress', 'bench'] + sys.argv[2:]) if sys.argv[1:2] == ['bench'] else ' '.join(sys.argv)}`")
+    emit(f"- features: {' '.join(_core.cpu_features())}; threads available: {all_threads}")
+    emit(f"- method: interleaved rounds, median of {rounds}; GOPS = 2 x M x K x N / time; time in ms\n")
+
+    # Physical limits measured now.
+    emit("## Limits measured in this run (one core)\n")
+    emit("| probe | tier | GOPS |")
+    emit("|---|---|---|")
+    peaks: dict[str, float] = {}
+    for p in _core.peak_probes():
+        if p["runs_here"]:
+            peaks[p["name"]] = _core.peak_ops(p["name"], 0.1 if quick else 0.3)
+            emit(f"| {p['name']} | {p['tier']} | {peaks[p['name']] / 1e9:.1f} |")
+    read_probe = next((p["name"] for p in reversed(_core.peak_probes()) if p["runs_here"] and "zmm" in p["name"]), None)
+    read_probe = read_probe or next((p["name"] for p in _core.peak_probes() if p["runs_here"]), None)
+    bandwidth: dict[int, float] = {}
+    for m, k, n in shapes:
+        nbytes = n * k
+        if read_probe and nbytes not in bandwidth:
+            bandwidth[nbytes] = _core.read_bandwidth(read_probe, nbytes, 0.1 if quick else 0.4)
+    emit("")
+    emit("| read working set | GB/s (one core, warm) |")
+    emit("|---|---|")
+    for nbytes, bw in sorted(bandwidth.items()):
+        emit(f"| {nbytes / 2**20:.1f} MiB | {bw / 1e9:.1f} |")
+    emit("")
+
+    haswell: dict[str, float] = {}
+    if not args.no_peers and arch == "x86_64" and peers.tpc is not None:
+        haswell, note = _numpy_haswell(shapes, threads, rounds, min_s)
+        peers.notes.append(note)
+
+    summary: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    for m, k, n in shapes:
+        w_float = rng.standard_normal((n, k)).astype(np.float32)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = Int8Weight.from_float(w_float)
+        ops = 2.0 * m * k * n
+        # Every tier must give the oracle's answer (rows are independent, so four rows suffice).
+        want = linear_int8(x[:4], w.qweight, w.scale)
+        for tier in tiers:
+            with use_isa(tier):
+                if not np.array_equal(linear(x, w)[:4], want):
+                    raise AssertionError(f"tier {tier} differs from the oracle at {(m, k, n)}")
+        for t in threads:
+            set_num_threads(t)
+            cands: dict[str, Callable[[], Any]] = {}
+            for tier in tiers:
+                def ours(tier: str = tier) -> Any:
+                    with use_isa(tier):
+                        return linear(x, w)
+                cands[f"edgecompress {tier}"] = ours
+            with peers.numpy_threads(t):
+                if not args.no_peers:
+                    cands.update(peers.make(x, w_float, t))
+                res = _measure(cands, rounds, min_s)
+            if f"{m},{k},{n},{t}" in haswell:
+                res["numpy fp32 (OpenBLAS Haswell)"] = haswell[f"{m},{k},{n},{t}"]
+            best_peer = min((v for c, v in res.items() if not c.startswith("edgecompress")), default=None)
+            emit(f"## (M, K, N) = ({m}, {k}, {n}), {t} thread{'s' if t > 1 else ''}\n")
+            emit("| implementation | ms | GOPS | % of limit | vs fastest peer |")
+            emit("|---|---|---|---|---|")
+            for c, sec in sorted(res.items(), key=lambda kv: kv[1]):
+                gops = ops / sec / 1e9
+                limit_txt = ""
+                if c.startswith("edgecompress"):
+                    tier = c.split()[-1]
+                    probe = TIER_PROBE.get(tier)
+                    if m <= 4 and bandwidth.get(n * k):
+                        gbs = n * k / sec / 1e9
+                        limit_txt = f"{gbs:.1f} GB/s = {100 * n * k / sec / (bandwidth[n * k] * t):.0f}% of read bw" if t == 1 else f"{gbs:.1f} GB/s"
+                    elif probe in peaks:
+                        limit_txt = f"{100 * ops / sec / (peaks[probe] * t):.0f}% of {probe}"
+                elif c.startswith("numpy") and FP32_PROBE.get(arch) in peaks:
+                    limit_txt = f"{100 * ops / sec / (peaks[FP32_PROBE[arch]] * t):.0f}% of {FP32_PROBE[arch]}"
+                vs = f"{best_peer / sec:.2f}x" if best_peer else ""
+                emit(f"| {c} | {_fmt_ms(sec)} | {gops:.1f} | {limit_txt} | {vs} |")
+                summary.append({"shape": (m, k, n), "threads": t, "impl": c, "seconds": sec, "gops": gops})
+            emit("")
+    set_num_threads(saved_threads)
+    if peers.notes:
+        emit("## Notes\n")
+        for note in peers.notes:
+            emit(f"- {note}")
+        emit("")
+    report = "\n".join(lines)
+    print(report)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(report + "\n")
+    return 0
+
+
+def cpu_slug() -> str:
+    """File name for results/: the CPU model and architecture, lower case."""
+    model = _core.cpu_model() or platform.processor() or "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", f"{model} {_core.arch()}".lower()).strip("-")
