@@ -35,46 +35,66 @@ inline float clampf(float t, float lo, float hi) {
   return t > hi ? hi : t;
 }
 
+inline uint32_t float_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return b;
+}
+
+inline float bits_float(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+
+// Maps float bits to integers with the same order (for non-NaN values): the reductions below run
+// on integers, which compilers vectorize without -ffast-math (a float max reduction they do not).
+inline int32_t ordered(uint32_t b) { return static_cast<int32_t>(b ^ ((static_cast<uint32_t>(static_cast<int32_t>(b) >> 31)) & 0x7fffffffu)); }
+inline float unordered(int32_t o) { return bits_float(static_cast<uint32_t>(o ^ ((o >> 31) & 0x7fffffff))); }
+
+constexpr uint32_t kInfBits = 0x7f800000u;  // |x| bits at or above this: Inf or NaN
+
 // Quantizes one row into `q` (one byte per k, the data type's bits: int8 or uint8). Returns false
 // when the row has NaN or Inf.
 inline bool quantize_row(const float* x, int k, const ActQuant& aq, uint8_t* q, float* scale,
                          int32_t* zero_point) {
-  int nonfinite = 0;
   float s = aq.scale;
   int32_t zp = 0;
   float lo, hi;  // clamp range of round(x / s) + zp
-  if (aq.scheme == ActScheme::dynamic_symmetric) {
-    float amax = 0.0f;
+  uint32_t abs_max = 0;
+  if (aq.scheme == ActScheme::dynamic_asymmetric) {
+    int32_t mn = 0, mx = 0;  // ordered(0.0f) == 0: the range always includes zero
     for (int i = 0; i < k; ++i) {
-      const float v = std::fabs(x[i]);
-      nonfinite += (v <= 3.402823466e38f) ? 0 : 1;
-      amax = v > amax ? v : amax;
+      const uint32_t b = float_bits(x[i]);
+      const uint32_t a = b & 0x7fffffffu;
+      abs_max = a > abs_max ? a : abs_max;
+      const int32_t o = ordered(b);
+      mn = o < mn ? o : mn;
+      mx = o > mx ? o : mx;
     }
-    s = amax / 127.0f;
+    if (abs_max >= kInfBits) return false;
+    const float fmn = unordered(mn), fmx = unordered(mx);
+    s = fmx / 255.0f - fmn / 255.0f;  // (mx - mn) / 255 could overflow
     if (s == 0.0f) s = 1.0f;
-    lo = -127.0f, hi = 127.0f;
-  } else if (aq.scheme == ActScheme::dynamic_asymmetric) {
-    float mn = 0.0f, mx = 0.0f;
-    for (int i = 0; i < k; ++i) {
-      const float v = x[i];
-      nonfinite += (std::fabs(v) <= 3.402823466e38f) ? 0 : 1;
-      mn = v < mn ? v : mn;
-      mx = v > mx ? v : mx;
-    }
-    s = mx / 255.0f - mn / 255.0f;  // (mx - mn) / 255 could overflow
-    if (s == 0.0f) s = 1.0f;
-    zp = static_cast<int32_t>(clampf(round_half_even(clampf(-mn / s, 0.0f, 255.0f)), 0.0f, 255.0f));
+    zp = static_cast<int32_t>(clampf(round_half_even(clampf(-fmn / s, 0.0f, 255.0f)), 0.0f, 255.0f));
     lo = 0.0f, hi = 255.0f;
   } else {
-    for (int i = 0; i < k; ++i) nonfinite += (std::fabs(x[i]) <= 3.402823466e38f) ? 0 : 1;
-    if (aq.scheme == ActScheme::static_symmetric) {
+    for (int i = 0; i < k; ++i) {
+      const uint32_t a = float_bits(x[i]) & 0x7fffffffu;
+      abs_max = a > abs_max ? a : abs_max;
+    }
+    if (abs_max >= kInfBits) return false;
+    if (aq.scheme == ActScheme::dynamic_symmetric) {
+      s = bits_float(abs_max) / 127.0f;
+      if (s == 0.0f) s = 1.0f;
+      lo = -127.0f, hi = 127.0f;
+    } else if (aq.scheme == ActScheme::static_symmetric) {
       lo = -128.0f, hi = 127.0f;
     } else {
       zp = aq.zero_point;
       lo = 0.0f, hi = 255.0f;
     }
   }
-  if (nonfinite) return false;
   const float fzp = static_cast<float>(zp);
   // Clamping x / s to +-512 first keeps the rounding trick exact and changes no result: anything
   // beyond it lands outside [lo, hi] either way.
