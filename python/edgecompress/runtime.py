@@ -18,6 +18,7 @@ from . import _core
 __all__ = ["cpu_info", "get_num_threads", "set_num_threads", "use_isa", "current_tier"]
 
 LADDER: tuple[str, ...] = tuple(_core.ladder())
+FEATURES: tuple[str, ...] = tuple(_core.cpu_features())  # detected once, at import
 _VERBOSE = os.environ.get("EDGECOMPRESS_VERBOSE", "") not in ("", "0")
 
 
@@ -122,7 +123,7 @@ def cpu_info() -> dict[str, Any]:
     return {
         "arch": _core.arch(),
         "model": _core.cpu_model(),
-        "features": list(_core.cpu_features()),
+        "features": list(FEATURES),
         "ladder": list(LADDER),
         "tiers_built": built,
         "tiers": tiers,
@@ -134,5 +135,5 @@ def cpu_info() -> dict[str, Any]:
 
 _threads_from_env()
 if _VERBOSE:
-    _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(_core.cpu_features())}")
+    _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(FEATURES)}")
     gemm_s8_kernel()
