@@ -1,6 +1,7 @@
 // CPU feature detection and the ISA ladder of the build architecture.
 #include "edgecompress/cpu.h"
 
+#include <cstdio>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -86,6 +87,22 @@ void detect(CpuFeatures* f) {
   f->arch = "aarch64";
   f->neon = true;  // Advanced SIMD is part of every AArch64 Linux/macOS platform
 #if defined(__linux__)
+  // No brand string on Linux/aarch64: name the core by its implementer and part numbers.
+  if (FILE* info = std::fopen("/proc/cpuinfo", "r")) {
+    char line[256];
+    std::string implementer, part;
+    while (std::fgets(line, sizeof(line), info) != nullptr && (implementer.empty() || part.empty())) {
+      const char* colon = std::strchr(line, ':');
+      if (colon == nullptr) continue;
+      std::string value(colon + 1);
+      value.erase(0, value.find_first_not_of(" \t"));
+      value.erase(value.find_last_not_of(" \t\n") + 1);
+      if (std::strncmp(line, "CPU implementer", 15) == 0) implementer = value;
+      if (std::strncmp(line, "CPU part", 8) == 0) part = value;
+    }
+    std::fclose(info);
+    if (!part.empty()) f->model = "implementer " + implementer + " part " + part;
+  }
   const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
   f->neon = (hw >> 1) & 1;      // HWCAP_ASIMD
   f->dotprod = (hw >> 20) & 1;  // HWCAP_ASIMDDP

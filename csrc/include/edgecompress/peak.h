@@ -25,4 +25,9 @@ struct PeakProbe {
 
 int peak_probes(const PeakProbe* const** probes);
 
+#if defined(__aarch64__)
+// The 128-bit streaming read every ARM probe uses (peak_neon.cc).
+uint64_t peak_read_q(const void* buf, size_t bytes);
+#endif
+
 }  // namespace edgecompress

@@ -164,6 +164,15 @@ inline void with_rows(int m, F&& f) {
   }
 }
 
+// Calls f(Rows<I>{}) for I = 0..N-1, so lane numbers derived from I are constant expressions.
+template <int N, int I = 0, class F>
+__attribute__((always_inline)) inline void unroll(F&& f) {
+  if constexpr (I < N) {
+    f(Rows<I>{});
+    unroll<N, I + 1>(f);
+  }
+}
+
 // Independent accumulator sets along K for a tile of M rows with `per_row` accumulators each: enough
 // chains in flight to hide the dot-product latency when M is small (the GEMV case).
 constexpr int k_unroll(int m, int per_row, int chains) {
