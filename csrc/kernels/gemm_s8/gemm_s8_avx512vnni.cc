@@ -11,50 +11,23 @@
 #include <immintrin.h>
 
 #include "../x86_dot.h"
-#include "gemm_s8_common.h"
+#include "gemm_s8_x86_tile.h"
 
 namespace edgecompress {
 namespace {
 
-constexpr int kMr = 6, kNr = 64, kKr = 4, kVecs = kNr / 16;
+constexpr int kMr = 6, kNr = 64, kKr = 4;
 
-template <int M>
-void tile(const GemmS8Tile& t) {
-  constexpr int U = k_unroll(M, kVecs, 8);
-  const uint8_t* a = static_cast<const uint8_t*>(t.a);
-  const int8_t* b = t.b;
-  __m512i acc[U][M][kVecs];
-  for (int u = 0; u < U; ++u)
-    for (int r = 0; r < M; ++r)
-      for (int v = 0; v < kVecs; ++v) acc[u][r][v] = _mm512_setzero_si512();
-  auto step = [&](int kb, int u) {
-    __m512i bv[kVecs];
-    for (int v = 0; v < kVecs; ++v) bv[v] = _mm512_loadu_si512(b + kb * kNr * kKr + 64 * v);
-    for (int r = 0; r < M; ++r) {
-      int32_t av;
-      std::memcpy(&av, a + (kb * M + r) * kKr, 4);
-      const __m512i va = _mm512_set1_epi32(av);
-      for (int v = 0; v < kVecs; ++v) acc[u][r][v] = dpbusd512(acc[u][r][v], va, bv[v]);
-    }
-  };
-  int kb = 0;
-  for (; kb + U <= t.kblocks; kb += U)
-    for (int u = 0; u < U; ++u) step(kb + u, u);
-  for (; kb < t.kblocks; ++kb) step(kb, 0);
-  alignas(64) int32_t out[M * kNr];
-  for (int r = 0; r < M; ++r) {
-    for (int v = 0; v < kVecs; ++v) {
-      __m512i s = acc[0][r][v];
-      for (int u = 1; u < U; ++u) s = _mm512_add_epi32(s, acc[u][r][v]);
-      _mm512_store_si512(out + r * kNr + 16 * v, s);
-    }
-  }
-  finish_tile<kNr>(out, t);
-}
-
-void run(const GemmS8Tile& t) {
-  with_rows<kMr>(t.m, [&](auto rows) { tile<decltype(rows)::value>(t); });
-}
+struct Ops {
+  using Vec = __m512i;
+  static constexpr int kLanes = 16, kBBytes = 64;
+  static Vec zero() { return _mm512_setzero_si512(); }
+  static Vec load_b(const int8_t* p) { return _mm512_loadu_si512(p); }
+  static Vec broadcast(int32_t v) { return _mm512_set1_epi32(v); }
+  static Vec mac(Vec acc, Vec a, Vec b) { return dpbusd512(acc, a, b); }
+  static Vec add(Vec x, Vec y) { return _mm512_add_epi32(x, y); }
+  static void store(int32_t* p, Vec v) { _mm512_store_si512(p, v); }
+};
 
 bool supported(const CpuFeatures& f) {
   return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni && f.fma && f.f16c && f.bmi2;
@@ -64,4 +37,4 @@ bool supported(const CpuFeatures& f) {
 }  // namespace edgecompress
 
 EC_GEMM_S8_KERNEL(gemm_s8_avx512vnni, "gemm_s8_6x64_avx512vnni", Isa::avx512vnni, kMr, kNr, kKr, 1, false, 1,
-                  supported, run)
+                  supported, (x86_run<Ops, kMr, kNr>))
