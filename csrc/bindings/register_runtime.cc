@@ -1,4 +1,5 @@
 // CPU detection, tiers, kernel registry and thread pool.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -130,6 +131,18 @@ void register_peak(py::module_& m) {
     }
     return best;
   }, py::arg("name"), py::arg("seconds") = 0.2, "Best ops/s of a probe on this thread over `seconds`.");
+  m.def("read_once", [](const std::string& name, const py::array& buf) {
+    const PeakProbe& p = probe_by_name(name);
+    if (!py::isinstance<py::array_t<uint8_t>>(buf) || buf.ndim() != 1 || !(buf.flags() & py::array::c_style))
+      throw py::type_error("buf: expected a contiguous 1-D uint8 array");
+    const auto addr = reinterpret_cast<uintptr_t>(buf.data());
+    if (addr % 64 != 0 || buf.shape(0) % 256 != 0)
+      throw std::invalid_argument("buf: expected 64-byte alignment and a multiple of 256 bytes");
+    const void* data = buf.data();
+    const size_t bytes = static_cast<size_t>(buf.shape(0));
+    py::gil_scoped_release release;
+    return p.read(data, bytes);
+  }, py::arg("probe"), py::arg("buf"), "Reads `buf` once with the probe's loads (a candidate for timing loops).");
   m.def("read_bandwidth", [](const std::string& name, size_t bytes, double seconds) {
     const PeakProbe& p = probe_by_name(name);
     bytes = (bytes + 255) / 256 * 256;
