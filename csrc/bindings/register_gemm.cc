@@ -3,7 +3,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -15,15 +17,12 @@ using namespace edgecompress;
 
 namespace {
 
-template <class T>
-using carray = py::array_t<T, py::array::c_style>;  // no forcecast: wrong dtypes are refused below
-
 const GemmS8Kernel& kernel_by_name(const std::string& name) {
   const GemmS8Kernel* const* ks;
   const int n = gemm_s8_kernels(&ks);
   for (int i = 0; i < n; ++i) {
     if (name == ks[i]->name) {
-      if (!ks[i]->supported(cpu_features())) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
+      if (!cpu_has(ks[i]->needs)) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
       return *ks[i];
     }
   }
@@ -41,35 +40,46 @@ void require_matrix(const py::array& a, const char* name) {
   require((a.flags() & py::array::c_style) != 0, std::string(name) + ": expected C-contiguous memory");
 }
 
-py::array_t<float> linear(const PackedS8Weight& w, const py::array& x, const py::object& bias, int act, int scheme,
-                          float scale, int zero_point) {
+void raise_for(GemmStatus status) {
+  if (status == GemmStatus::nonfinite_input) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
+  if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
+}
+
+py::array linear(const PackedS8Weight& w, const py::array& x, const py::object& bias, int act, int scheme,
+                 float scale, int zero_point, const py::object& out) {
   require_matrix<float>(x, "x");
   require(x.shape(1) == w.k, "x: expected " + std::to_string(w.k) + " columns");
+  require(x.shape(0) <= INT32_MAX, "x: too many rows");
   require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "scheme: out of range");
   require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
   const float* bias_ptr = nullptr;
-  carray<float> bias_arr;
   if (!bias.is_none()) {
-    bias_arr = py::reinterpret_borrow<carray<float>>(bias);
-    require(py::isinstance<py::array_t<float>>(bias) && bias_arr.ndim() == 1 && bias_arr.shape(0) == w.n &&
-                (bias_arr.flags() & py::array::c_style),
+    const auto b = py::reinterpret_borrow<py::array>(bias);
+    require(py::isinstance<py::array_t<float>>(bias) && b.ndim() == 1 && b.shape(0) == w.n && (b.flags() & py::array::c_style),
             "bias: expected float32 (" + std::to_string(w.n) + ",) contiguous");
-    bias_ptr = bias_arr.data();
+    bias_ptr = static_cast<const float*>(b.data());
   }
   const int m = static_cast<int>(x.shape(0));
-  py::array_t<float> y({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
+  py::array y;
+  if (out.is_none()) {
+    y = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
+  } else {
+    y = py::reinterpret_borrow<py::array>(out);
+    require_matrix<float>(y, "out");
+    require(y.shape(0) == m && y.shape(1) == w.n && y.writeable(), "out: expected a writeable (M, N) float32 array");
+  }
   ActQuant aq;
   aq.scheme = static_cast<ActScheme>(scheme);
   aq.scale = scale;
   aq.zero_point = zero_point;
   const void* xp = x.data();
-  float* yp = y.mutable_data();
-  bool ok;
+  float* yp = static_cast<float*>(y.mutable_data());
+  GemmStatus status;
   {
     py::gil_scoped_release release;
-    ok = gemm_s8(w, xp, w.k, m, aq, bias_ptr, static_cast<Activation>(act), yp, nullptr, get_num_threads());
+    status = gemm_s8(w, xp, w.k, m, aq, bias_ptr, static_cast<Activation>(act), yp, nullptr, get_num_threads());
   }
-  if (!ok) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
+  raise_for(status);
   return y;
 }
 
@@ -78,16 +88,19 @@ py::array_t<int32_t> qgemm(const PackedS8Weight& w, const py::array& a) {
   if (!is_s8 && !is_u8) throw py::type_error("a: expected int8 or uint8");
   require(a.ndim() == 2 && (a.flags() & py::array::c_style), "a: expected a C-contiguous matrix");
   require(a.shape(1) == w.k, "a: expected " + std::to_string(w.k) + " columns");
+  require(a.shape(0) <= INT32_MAX, "a: too many rows");
   const int m = static_cast<int>(a.shape(0));
   py::array_t<int32_t> y({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
   ActQuant aq;
   aq.scheme = is_s8 ? ActScheme::raw_s8 : ActScheme::raw_u8;
   const void* ap = a.data();
   int32_t* yp = y.mutable_data();
+  GemmStatus status;
   {
     py::gil_scoped_release release;
-    gemm_s8(w, ap, w.k, m, aq, nullptr, Activation::none, nullptr, yp, get_num_threads());
+    status = gemm_s8(w, ap, w.k, m, aq, nullptr, Activation::none, nullptr, yp, get_num_threads());
   }
+  raise_for(status);
   return y;
 }
 
@@ -117,6 +130,8 @@ void register_gemm(py::module_& m) {
   }, py::arg("qweight"), py::arg("scale"), py::arg("kernel"));
 
   m.def("linear_s8", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
-        py::arg("scheme"), py::arg("scale"), py::arg("zero_point"));
+        py::arg("scheme"), py::arg("scale"), py::arg("zero_point"), py::arg("out") = py::none());
+  m.def("set_gemm_s8_min_parallel_macs", &set_gemm_s8_min_parallel_macs,
+        "Test hook: run calls of at least this many multiply-adds on the thread pool.");
   m.def("qgemm_s8", &qgemm, py::arg("w"), py::arg("a"));
 }

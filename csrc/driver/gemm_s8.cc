@@ -95,18 +95,19 @@ Workspace& workspace() {
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// Below this many multiply-adds a call runs on one thread: waking workers costs more.
-constexpr double kMinParallelMacs = 1 << 18;
+std::atomic<double> g_min_parallel_macs{1 << 18};
 // Bytes of packed activations a block of strips may take (kept in L2 across panels).
 constexpr size_t kStripBlockBytes = 256 * 1024;
 
 }  // namespace
 
-bool gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
-             const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads) {
+void set_gemm_s8_min_parallel_macs(double macs) { g_min_parallel_macs.store(macs); }
+
+GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
+                   const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads) {
   const GemmS8Kernel& kern = *w.kernel;
   const int n = w.n, k = w.k, kblocks = w.kblocks, nr = kern.nr, kr = kern.kr, mr = kern.mr;
-  if (m <= 0) return true;
+  if (m <= 0) return GemmStatus::ok;
   const bool raw = aq.scheme == ActScheme::raw_s8 || aq.scheme == ActScheme::raw_u8;
   const size_t x_elem = raw ? 1 : 4;
   const int strips = ceil_div(m, mr);
@@ -118,26 +119,38 @@ bool gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const
   float* row_scale = Workspace::ensure(ws.row_scale, static_cast<size_t>(m));
   int32_t* row_offset = Workspace::ensure(ws.row_offset, static_cast<size_t>(m));
 
-  const double macs = static_cast<double>(m) * n * k;
-  const int threads = macs < kMinParallelMacs ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
+  const double macs = static_cast<double>(m) * n * k, min_macs = g_min_parallel_macs.load(std::memory_order_relaxed);
+  const int threads = macs < min_macs ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
 
   // 1. Quantize and pack the activations, strip by strip.
-  std::atomic<bool> finite{true};
+  std::atomic<int> status{static_cast<int>(GemmStatus::ok)};
   auto pack_strip = [&](int s) {
     const int r0 = s * mr, rows = std::min(mr, m - r0);
-    uint8_t* scratch = Workspace::ensure(workspace().scratch, static_cast<size_t>(kblocks) * kr);
+    uint8_t* scratch;
+    try {
+      scratch = Workspace::ensure(workspace().scratch, static_cast<size_t>(kblocks) * kr);
+    } catch (const std::bad_alloc&) {  // never let an exception out of a pool task
+      status.store(static_cast<int>(GemmStatus::out_of_memory));
+      return;
+    }
     const void* xs = static_cast<const uint8_t*>(x) + static_cast<size_t>(r0) * ldx * x_elem;
     if (!kern.pack_a(xs, ldx, rows, k, aq, a + s * strip_bytes, row_scale + r0, row_offset + r0, scratch)) {
-      finite.store(false, std::memory_order_relaxed);
+      status.store(static_cast<int>(GemmStatus::nonfinite_input));
     }
   };
-  parallel_for(strips, static_cast<double>(m) * k < 65536 ? 1 : threads, pack_strip);
-  if (!finite.load()) return false;
+  parallel_for(strips, static_cast<double>(m) * k * 4 < min_macs ? 1 : threads, pack_strip);
+  if (status.load() != static_cast<int>(GemmStatus::ok)) return static_cast<GemmStatus>(status.load());
 
-  // 2. Tiles: tasks = (block of strips) x (chunk of panels).
-  const int block_strips = std::max<int>(1, static_cast<int>(kStripBlockBytes / strip_bytes));
-  const int m_blocks = ceil_div(strips, block_strips);
+  // 2. Tiles: tasks = (block of strips) x (chunk of panels). Blocks of strips stay in L2; when N
+  // has too few panels to keep every thread busy, M is cut into more blocks as well.
+  int block_strips = std::max<int>(1, static_cast<int>(kStripBlockBytes / strip_bytes));
+  int m_blocks = ceil_div(strips, block_strips);
   const int n_chunks = threads == 1 ? 1 : std::min(w.panels, std::max(1, ceil_div(4 * threads, m_blocks)));
+  if (threads > 1 && m_blocks * n_chunks < 2 * threads && strips > m_blocks) {
+    m_blocks = std::min(strips, ceil_div(2 * threads, n_chunks));
+    block_strips = ceil_div(strips, m_blocks);
+    m_blocks = ceil_div(strips, block_strips);
+  }
   const int panels_per_chunk = ceil_div(w.panels, n_chunks);
   const size_t panel_bytes = static_cast<size_t>(kblocks) * nr * kr;
   auto run_task = [&](int task) {
@@ -169,7 +182,7 @@ bool gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const
     }
   };
   parallel_for(m_blocks * n_chunks, threads, run_task);
-  return true;
+  return GemmStatus::ok;
 }
 
 }  // namespace edgecompress

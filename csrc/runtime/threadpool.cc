@@ -1,5 +1,6 @@
 #include "edgecompress/threadpool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -30,47 +31,54 @@ class ThreadPool {
 
   ~ThreadPool() { stop_workers(); }
 
-  int threads() const { return threads_; }
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
 
   void resize(int threads) {
     std::lock_guard<std::mutex> busy(busy_);
     stop_workers();
-    threads_ = threads;
+    threads_.store(threads, std::memory_order_relaxed);
   }
 
   void run(int n, int max_threads, void (*fn)(void*, int), void* ctx) {
-    int threads = max_threads < threads_ ? max_threads : threads_;
-    if (threads > n) threads = n;
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (threads <= 1 || !busy.owns_lock()) {
+    // The size is read while holding busy_, so a concurrent resize cannot change it under us.
+    int threads = busy.owns_lock() ? std::min(max_threads, threads_.load(std::memory_order_relaxed)) : 1;
+    threads = std::min(threads, n);
+    if (threads <= 1) {
       for (int i = 0; i < n; ++i) fn(ctx, i);
       return;
     }
     start_workers();
-    fn_ = fn;
-    ctx_ = ctx;
-    n_ = n;
-    helpers_ = threads - 1;
     next_.store(0, std::memory_order_relaxed);
     remaining_.store(threads - 1, std::memory_order_relaxed);
     {
+      // Workers copy the job and its generation together under this lock, so none can mix one
+      // job's generation with another's helper count.
       std::lock_guard<std::mutex> lock(wake_mutex_);
+      job_ = Job{fn, ctx, n, threads - 1};
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    work();
+    work(job_);
     while (remaining_.load(std::memory_order_acquire) != 0) cpu_relax();
   }
 
  private:
-  void work() {
-    for (int i = next_.fetch_add(1, std::memory_order_relaxed); i < n_; i = next_.fetch_add(1, std::memory_order_relaxed)) {
-      fn_(ctx_, i);
+  struct Job {
+    void (*fn)(void*, int) = nullptr;
+    void* ctx = nullptr;
+    int n = 0;
+    int helpers = 0;  // workers 0 .. helpers-1 take part
+  };
+
+  void work(const Job& job) {
+    for (int i = next_.fetch_add(1, std::memory_order_relaxed); i < job.n; i = next_.fetch_add(1, std::memory_order_relaxed)) {
+      job.fn(job.ctx, i);
     }
   }
 
   // `seen` is the generation when the worker was created: a job published before the thread gets
-  // to run must still be picked up.
+  // to run must still be picked up. Each generation is joined at most once.
   void worker(int index, uint64_t seen) {
     for (;;) {
       // Spin for a short while (back-to-back calls are common), then sleep.
@@ -79,21 +87,23 @@ class ThreadPool {
              std::chrono::steady_clock::now() < spin_until) {
         for (int i = 0; i < 64; ++i) cpu_relax();
       }
+      Job job;
       {
         std::unique_lock<std::mutex> lock(wake_mutex_);
-        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen || stop_.load(); });
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_relaxed) != seen || stop_.load(); });
+        if (stop_.load()) return;
+        seen = generation_.load(std::memory_order_relaxed);
+        job = job_;
       }
-      if (stop_.load()) return;
-      seen = generation_.load(std::memory_order_acquire);
-      if (index < helpers_) {
-        work();
+      if (index < job.helpers) {
+        work(job);
         remaining_.fetch_sub(1, std::memory_order_acq_rel);
       }
     }
   }
 
   void start_workers() {
-    const int want = threads_ - 1;
+    const int want = threads_.load(std::memory_order_relaxed) - 1;
     if (static_cast<int>(workers_.size()) >= want) return;
     stop_.store(false);
     const uint64_t gen = generation_.load();
@@ -111,18 +121,14 @@ class ThreadPool {
     stop_.store(false);
   }
 
-  int threads_;
+  std::atomic<int> threads_;
   std::vector<std::thread> workers_;
-  std::mutex busy_;  // held by the caller whose job the workers run
+  std::mutex busy_;  // held by the caller whose job the workers run, and by resize
   std::mutex wake_mutex_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
-  // The current job (written by the caller before generation_ moves, read by workers after).
-  void (*fn_)(void*, int) = nullptr;
-  void* ctx_ = nullptr;
-  int n_ = 0;
-  int helpers_ = 0;
+  Job job_;  // guarded by wake_mutex_
   std::atomic<int> next_{0};
   std::atomic<int> remaining_{0};
 };

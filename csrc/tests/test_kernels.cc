@@ -5,15 +5,20 @@
 // blocking, threads):
 //   - raw int32 results (int8 and uint8 activations) equal an int64 reference, bit for bit;
 //   - float results (every activation scheme, bias, relu/gelu) equal the scalar kernel's bit for bit;
-//   - guard regions around every output stay untouched.
+//   - guard regions around every output stay untouched;
+//   - with two threads the parallel paths run even for small shapes, and several callers at once,
+//     while the pool is being resized, get the serial results.
 // Kernels this CPU cannot run are listed as skipped with the reason. Exits non-zero on any failure.
+#include <atomic>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "edgecompress/driver.h"
@@ -104,7 +109,9 @@ void check_int(const GemmS8Kernel& kern, const Shape& s, const std::vector<int8_
     ActQuant aq;
     aq.scheme = is_signed ? ActScheme::raw_s8 : ActScheme::raw_u8;
     Guarded<int32_t> y(static_cast<size_t>(s.m) * s.n);
-    gemm_s8(*packed, a, s.k, s.m, aq, nullptr, Activation::none, nullptr, y.data(), get_num_threads());
+    if (gemm_s8(*packed, a, s.k, s.m, aq, nullptr, Activation::none, nullptr, y.data(), get_num_threads()) != GemmStatus::ok) {
+      f->fail(kern, s, "raw int8 input reported as bad");
+    }
     const std::vector<int32_t> ref = reference(w, a, is_signed, s);
     if (std::memcmp(ref.data(), y.data(), ref.size() * 4) != 0) f->fail(kern, s, is_signed ? "int32 (s8 activations)" : "int32 (u8 activations)");
     if (!y.guards_intact()) f->fail(kern, s, "write outside the int32 result");
@@ -125,9 +132,9 @@ void check_float(const GemmS8Kernel& kern, const GemmS8Kernel& scalar, const Sha
     const Activation act = acts[si % 3];
     const float* b = si % 2 ? bias.data() : nullptr;
     Guarded<float> y(static_cast<size_t>(s.m) * s.n), want(static_cast<size_t>(s.m) * s.n);
-    const bool ok1 = gemm_s8(*pk, x.data(), s.k, s.m, schemes[si], b, act, y.data(), nullptr, get_num_threads());
-    const bool ok2 = gemm_s8(*ps, x.data(), s.k, s.m, schemes[si], b, act, want.data(), nullptr, 1);
-    if (!ok1 || !ok2) f->fail(kern, s, "finite input reported as non-finite");
+    const GemmStatus s1 = gemm_s8(*pk, x.data(), s.k, s.m, schemes[si], b, act, y.data(), nullptr, get_num_threads());
+    const GemmStatus s2 = gemm_s8(*ps, x.data(), s.k, s.m, schemes[si], b, act, want.data(), nullptr, 1);
+    if (s1 != GemmStatus::ok || s2 != GemmStatus::ok) f->fail(kern, s, "finite input reported as bad");
     if (std::memcmp(y.data(), want.data(), static_cast<size_t>(s.m) * s.n * 4) != 0) f->fail(kern, s, "float output differs from the scalar kernel");
     if (!y.guards_intact()) f->fail(kern, s, "write outside the float result");
   }
@@ -135,7 +142,8 @@ void check_float(const GemmS8Kernel& kern, const GemmS8Kernel& scalar, const Sha
   std::vector<float> bad = x;
   bad[bad.size() / 2] = NAN;
   Guarded<float> y(static_cast<size_t>(s.m) * s.n);
-  if (gemm_s8(*pk, bad.data(), s.k, s.m, ActQuant{}, nullptr, Activation::none, y.data(), nullptr, get_num_threads())) {
+  if (gemm_s8(*pk, bad.data(), s.k, s.m, ActQuant{}, nullptr, Activation::none, y.data(), nullptr, get_num_threads()) !=
+      GemmStatus::nonfinite_input) {
     f->fail(kern, s, "NaN input not reported");
   }
 }
@@ -167,6 +175,53 @@ void check_kernel(const GemmS8Kernel& kern, const GemmS8Kernel& scalar, Failures
   }
 }
 
+// Several callers at once while the pool is being resized: every result must equal the serial one.
+bool check_concurrent_callers(const GemmS8Kernel& kern) {
+  const Shape shapes[] = {{1, 512, 300}, {7, 256, 129}, {64, 384, 200}, {130, 128, 64}};
+  std::mt19937 rng(99);
+  std::uniform_int_distribution<int> w8(-127, 127);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct Case {
+    Shape s;
+    std::unique_ptr<PackedS8Weight> w;
+    std::vector<float> x, want;
+  };
+  std::vector<Case> cases;
+  set_num_threads(1);
+  for (const Shape& s : shapes) {
+    std::vector<int8_t> w(static_cast<size_t>(s.n) * s.k);
+    for (auto& v : w) v = static_cast<int8_t>(w8(rng));
+    const float one = 0.01f;
+    Case c{s, pack_s8_weight(kern, w.data(), s.n, s.k, &one, 1), std::vector<float>(static_cast<size_t>(s.m) * s.k),
+           std::vector<float>(static_cast<size_t>(s.m) * s.n)};
+    for (auto& v : c.x) v = normal(rng);
+    gemm_s8(*c.w, c.x.data(), s.k, s.m, ActQuant{}, nullptr, Activation::relu, c.want.data(), nullptr, 1);
+    cases.push_back(std::move(c));
+  }
+  std::atomic<int> mismatches{0};
+  std::atomic<bool> done{false};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t) {
+    callers.emplace_back([&, t] {
+      std::vector<float> y;
+      for (int i = 0; i < 40; ++i) {
+        const Case& c = cases[(t + i) % cases.size()];
+        y.assign(c.want.size(), -1.0f);
+        gemm_s8(*c.w, c.x.data(), c.s.k, c.s.m, ActQuant{}, nullptr, Activation::relu, y.data(), nullptr, 4);
+        if (std::memcmp(y.data(), c.want.data(), y.size() * 4) != 0) ++mismatches;
+      }
+    });
+  }
+  std::thread resizer([&] {
+    for (int i = 0; !done.load(); ++i) set_num_threads(1 + i % 3);
+  });
+  for (std::thread& t : callers) t.join();
+  done = true;
+  resizer.join();
+  set_num_threads(2);
+  return mismatches.load() == 0;
+}
+
 }  // namespace
 
 int main() {
@@ -177,9 +232,11 @@ int main() {
   int passed = 0, failed = 0, skipped = 0;
   for (int threads : {1, 2}) {
     set_num_threads(threads);
+    // With two threads, even the small shapes of the sweep take the parallel paths.
+    set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
     for (int i = 0; i < count; ++i) {
       const GemmS8Kernel& k = *kernels[i];
-      if (!k.supported(cpu_features())) {
+      if (!cpu_has(k.needs)) {
         std::string why;
         if (isa_supported(k.isa, &why)) why = std::string("this CPU runs tier ") + isa_name(k.isa) + " through another build";
         if (threads == 1) std::printf("SKIP %s: %s\n", k.name, why.c_str());
@@ -191,6 +248,13 @@ int main() {
       std::printf("%s %s (%d thread%s)\n", f.count ? "FAIL" : "PASS", k.name, threads, threads > 1 ? "s" : "");
       f.count ? ++failed : ++passed;
     }
+  }
+  set_gemm_s8_min_parallel_macs(0.0);
+  for (int i = 0; i < count; ++i) {
+    if (!cpu_has(kernels[i]->needs)) continue;
+    const bool ok = check_concurrent_callers(*kernels[i]);
+    std::printf("%s %s (concurrent callers, pool resized meanwhile)\n", ok ? "PASS" : "FAIL", kernels[i]->name);
+    ok ? ++passed : ++failed;
   }
   std::printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
   return failed == 0 && passed > 0 ? 0 : 1;

@@ -42,10 +42,16 @@ struct PackedS8Weight {
 std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const int8_t* w, int n, int k,
                                                const float* scale, int scale_len);
 
+enum class GemmStatus { ok, nonfinite_input, out_of_memory };
+
 // y (m, n) = epilogue(quant(x) @ W.T). x: (m, k) fp32 (or int8/uint8 for the raw schemes) with row
-// stride ldx elements. Exactly one of y / y_i32 is given, with row stride n. Returns false (and
-// leaves the output unspecified) when x holds NaN or Inf. Runs on the thread pool.
-bool gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
-             const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads);
+// stride ldx elements. Exactly one of y / y_i32 is given, with row stride n. Unless it returns ok,
+// the output is unspecified (nonfinite_input: x holds NaN or Inf). Runs on the thread pool.
+GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
+                   const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads);
+
+// Below this many multiply-adds a call runs on one thread (waking workers costs more). Tests set it
+// to 0 so that small shapes exercise the parallel paths too.
+void set_gemm_s8_min_parallel_macs(double macs);
 
 }  // namespace edgecompress
