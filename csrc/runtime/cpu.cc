@@ -158,48 +158,40 @@ const CpuFeatures& cpu_features() {
   static const CpuFeatures features = [] {
     CpuFeatures f;
     detect(&f);
+    const bool flags[] = {f.avx2, f.fma, f.f16c, f.bmi2, f.avxvnni, f.avx512f, f.avx512bw, f.avx512dq, f.avx512vl, f.avx512vnni};
+    for (unsigned i = 0; i < sizeof(flags); ++i) f.bits |= flags[i] ? 1u << i : 0u;
+    f.bits |= (f.neon ? kNeon : 0u) | (f.dotprod ? kDotprod : 0u) | (f.i8mm ? kI8mm : 0u);
     return f;
   }();
   return features;
 }
 
+bool cpu_has(uint32_t needs) { return (cpu_features().bits & needs) == needs; }
+
 bool isa_supported(Isa isa, std::string* why) {
   const CpuFeatures& f = cpu_features();
-  const char* missing = nullptr;
-  switch (isa) {
-    case Isa::scalar:
-      break;
-    case Isa::avx2:
-      if (!(f.avx2 && f.fma && f.f16c && f.bmi2)) missing = "AVX2, FMA, F16C and BMI1/2";
-      break;
-    case Isa::avxvnni:
-      if (!(f.avxvnni || (f.avx512vnni && f.avx512vl)) || !(f.fma && f.f16c && f.bmi2)) {
-        missing = "AVX-VNNI (or AVX-512 VNNI with AVX-512 VL)";
-      }
-      break;
-    case Isa::avx512vnni:
-      if (!(f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni && f.fma && f.f16c && f.bmi2)) {
-        missing = "AVX-512 F/BW/DQ/VL/VNNI";
-      }
-      break;
-    case Isa::neon:
-      if (!f.neon) missing = "Advanced SIMD (NEON)";
-      break;
-    case Isa::dotprod:
-      if (!f.dotprod) missing = "the dot-product extension (SDOT)";
-      break;
-    case Isa::i8mm:
-      if (!(f.i8mm && f.dotprod)) missing = "the int8 matrix-multiply extension (SMMLA)";
-      break;
-    default:
-      break;
-  }
   if (isa_rank(isa) < 0) {
     if (why != nullptr) *why = std::string(isa_name(isa)) + " is not a tier of " + f.arch;
     return false;
   }
-  if (missing != nullptr && why != nullptr) *why = std::string("this CPU lacks ") + missing;
-  return missing == nullptr;
+  // Each tier's builds (two for avxvnni: VEX, or EVEX on AVX-512 CPUs) and what they need.
+  uint32_t builds[2] = {0, 0};
+  const char* missing = "";
+  switch (isa) {
+    case Isa::avx2: builds[0] = kNeedsAvx2, missing = "AVX2, FMA, F16C and BMI1/2"; break;
+    case Isa::avxvnni:
+      builds[0] = kNeedsAvxVnni, builds[1] = kNeedsAvx512Vnni;
+      missing = "AVX-VNNI (or AVX-512 F/BW/DQ/VL/VNNI)";
+      break;
+    case Isa::avx512vnni: builds[0] = kNeedsAvx512Vnni, missing = "AVX-512 F/BW/DQ/VL/VNNI"; break;
+    case Isa::neon: builds[0] = kNeedsNeon, missing = "Advanced SIMD (NEON)"; break;
+    case Isa::dotprod: builds[0] = kNeedsDotprod, missing = "the dot-product extension (SDOT)"; break;
+    case Isa::i8mm: builds[0] = kNeedsI8mm, missing = "the int8 matrix-multiply extension (SMMLA)"; break;
+    default: return true;  // scalar
+  }
+  if (cpu_has(builds[0]) || (builds[1] != 0 && cpu_has(builds[1]))) return true;
+  if (why != nullptr) *why = std::string("this CPU lacks ") + missing;
+  return false;
 }
 
 }  // namespace edgecompress

@@ -9,7 +9,7 @@ namespace edgecompress {
 extern const GemmS8Kernel gemm_s8_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
-extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
+extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
 extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
 extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
@@ -31,7 +31,7 @@ constexpr int kGemmS8Count = sizeof(kGemmS8) / sizeof(kGemmS8[0]);
 
 const PeakProbe* const kPeaks[] = {
 #if defined(__x86_64__) || defined(_M_X64)
-    &peak_fma_ymm, &peak_maddwd_ymm, &peak_dpbusd_ymm, &peak_dpbusd_zmm, &peak_fma_zmm,
+    &peak_fma_ymm, &peak_maddwd_ymm, &peak_dpbusd_ymm_vex, &peak_dpbusd_ymm, &peak_dpbusd_zmm, &peak_fma_zmm,
 #elif defined(__aarch64__)
     &peak_fmla_q, &peak_smlal_q, &peak_sdot_q, &peak_smmla_q,
 #endif
@@ -56,7 +56,7 @@ const GemmS8Kernel* gemm_s8_select(Isa cap) {
   int best_rank = 0;
   for (const GemmS8Kernel* k : kGemmS8) {
     const int rank = isa_rank(k->isa);
-    if (rank > best_rank && rank <= cap_rank && k->supported(cpu_features())) {
+    if (rank > best_rank && rank <= cap_rank && cpu_has(k->needs)) {
       best = k;
       best_rank = rank;
     }

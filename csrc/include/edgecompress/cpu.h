@@ -2,6 +2,7 @@
 // macOS/arm64; it never executes an instruction the CPU may lack.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "edgecompress/isa.h"
@@ -18,10 +19,31 @@ struct CpuFeatures {
   bool amx_tile = false, amx_int8 = false;  // reported only; the amx tier is not built yet
   // aarch64
   bool neon = false, dotprod = false, i8mm = false, sve = false;
+  uint32_t bits = 0;  // CpuFeature bits of the flags above
 };
+
+// Feature bits. Every kernel and probe declares, as plain data, the features its translation unit's
+// compiler flags allow the compiler to use; it runs only where cpu_has() says all are present. The
+// check itself runs in baseline code, never in a tier's translation unit.
+enum CpuFeature : uint32_t {
+  kAvx2 = 1u << 0, kFma = 1u << 1, kF16c = 1u << 2, kBmi2 = 1u << 3,  // kBmi2 means BMI1 and BMI2
+  kAvxVnni = 1u << 4,
+  kAvx512F = 1u << 5, kAvx512Bw = 1u << 6, kAvx512Dq = 1u << 7, kAvx512Vl = 1u << 8, kAvx512Vnni = 1u << 9,
+  kNeon = 1u << 16, kDotprod = 1u << 17, kI8mm = 1u << 18,
+};
+// What each tier's flags enable (CMakeLists.txt, EC_FLAGS_<tier>).
+constexpr uint32_t kNeedsAvx2 = kAvx2 | kFma | kF16c | kBmi2;
+constexpr uint32_t kNeedsAvxVnni = kNeedsAvx2 | kAvxVnni;
+constexpr uint32_t kNeedsAvx512Vnni = kNeedsAvx2 | kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vnni;
+constexpr uint32_t kNeedsNeon = kNeon;
+constexpr uint32_t kNeedsDotprod = kNeon | kDotprod;
+constexpr uint32_t kNeedsI8mm = kNeon | kDotprod | kI8mm;
 
 // Detected once, on first use.
 const CpuFeatures& cpu_features();
+
+// Whether the running CPU (and OS) has every feature in `needs`.
+bool cpu_has(uint32_t needs);
 
 // Whether the running CPU (and OS) can execute the instructions of a tier's kernels, counting every
 // build of the tier (see isa.h). When it cannot and `why` is given, says what is missing.

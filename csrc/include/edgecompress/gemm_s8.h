@@ -73,7 +73,7 @@ struct GemmS8Kernel {
   int a_bytes;    // 1: A stored as 8-bit; 2: A widened to int16
   bool a_signed;  // A domain: true s8, false u8
   int m_align;    // strip rows are padded to a multiple of this (smmla works on row pairs)
-  bool (*supported)(const CpuFeatures& cpu);
+  uint32_t needs;  // CpuFeature bits its compiler flags enable (cpu.h)
   // Quantizes (or, for raw schemes, copies) `rows` rows of x into one packed strip and fills
   // row_scale / row_offset. scratch holds kblocks * kr bytes. Returns false if x has NaN or Inf.
   bool (*pack_a)(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,
@@ -88,8 +88,5 @@ int gemm_s8_kernels(const GemmS8Kernel* const** kernels);
 // on this CPU. Never null (the scalar kernel runs everywhere).
 const GemmS8Kernel* gemm_s8_select(Isa cap);
 
-// Largest K for which |y_int| < 2^31 is guaranteed with weights in [-127, 127] and activations whose
-// distance from their zero point is at most `act_absmax`.
-inline int64_t gemm_s8_max_k(int act_absmax) { return 2147483647LL / (127LL * act_absmax); }
 
 }  // namespace edgecompress

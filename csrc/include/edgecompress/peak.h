@@ -16,7 +16,7 @@ struct PeakProbe {
   Isa isa;
   double ops_per_instr;     // arithmetic operations per instruction (a multiply-add counts 2)
   int instr_per_iter;       // measured instructions per iteration of `run`
-  bool (*supported)(const CpuFeatures& cpu);
+  uint32_t needs;           // CpuFeature bits its compiler flags enable (cpu.h)
   // Executes `iters` x instr_per_iter of the instruction, on independent registers.
   void (*run)(int64_t iters);
   // Reads `bytes` (a multiple of 256) from `buf` once, with the widest loads of the tier.

@@ -30,10 +30,9 @@ struct Ops {
   static void store(int32_t* p, Vec v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
 };
 
-bool supported(const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c && f.bmi2; }
 
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(gemm_s8_avx2, "gemm_s8_4x16_avx2", Isa::avx2, kMr, kNr, kKr, 2, false, 1, supported,
+EC_GEMM_S8_KERNEL(gemm_s8_avx2, "gemm_s8_4x16_avx2", Isa::avx2, kMr, kNr, kKr, 2, false, 1, kNeedsAvx2,
                   (x86_run<Ops, kMr, kNr>))

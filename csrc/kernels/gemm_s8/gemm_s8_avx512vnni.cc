@@ -29,12 +29,9 @@ struct Ops {
   static void store(int32_t* p, Vec v) { _mm512_store_si512(p, v); }
 };
 
-bool supported(const CpuFeatures& f) {
-  return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni && f.fma && f.f16c && f.bmi2;
-}
 
 }  // namespace
 }  // namespace edgecompress
 
 EC_GEMM_S8_KERNEL(gemm_s8_avx512vnni, "gemm_s8_6x64_avx512vnni", Isa::avx512vnni, kMr, kNr, kKr, 1, false, 1,
-                  supported, (x86_run<Ops, kMr, kNr>))
+                  kNeedsAvx512Vnni, (x86_run<Ops, kMr, kNr>))

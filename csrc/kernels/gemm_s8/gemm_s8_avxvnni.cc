@@ -13,12 +13,14 @@
 #endif
 #define EC_KERNEL_VAR gemm_s8_avxvnni_evex
 #define EC_KERNEL_NAME "gemm_s8_6x16_avxvnni_evex"
+#define EC_KERNEL_NEEDS kNeedsAvx512Vnni  // everything its flags enable, used or not
 #else
 #if !defined(__AVXVNNI__) || !defined(__AVX2__)
 #error "gemm_s8_avxvnni.cc must be compiled with the avxvnni tier flags"
 #endif
 #define EC_KERNEL_VAR gemm_s8_avxvnni
 #define EC_KERNEL_NAME "gemm_s8_6x16_avxvnni"
+#define EC_KERNEL_NEEDS kNeedsAvxVnni
 #endif
 
 #include "../x86_dot.h"
@@ -40,16 +42,8 @@ struct Ops {
   static void store(int32_t* p, Vec v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
 };
 
-bool supported(const CpuFeatures& f) {
-#if defined(EC_VNNI_EVEX)
-  return f.avx512vnni && f.avx512vl && f.fma && f.f16c && f.bmi2;
-#else
-  return f.avxvnni && f.fma && f.f16c && f.bmi2;
-#endif
-}
-
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(EC_KERNEL_VAR, EC_KERNEL_NAME, Isa::avxvnni, kMr, kNr, kKr, 1, false, 1, supported,
+EC_GEMM_S8_KERNEL(EC_KERNEL_VAR, EC_KERNEL_NAME, Isa::avxvnni, kMr, kNr, kKr, 1, false, 1, EC_KERNEL_NEEDS,
                   (x86_run<Ops, kMr, kNr>))

@@ -216,7 +216,7 @@ void finish_tile(const int32_t* acc, const GemmS8Tile& t) {
 }  // namespace edgecompress
 
 // Defines the registry entry of one kernel. Its pack_a wrapper binds the tier's packing parameters.
-#define EC_GEMM_S8_KERNEL(var, name, isa, mr, nr, kr, a_bytes, a_signed, m_align, supported, run)      \
+#define EC_GEMM_S8_KERNEL(var, name, isa, mr, nr, kr, a_bytes, a_signed, m_align, needs, run)          \
   namespace edgecompress {                                                                           \
   namespace {                                                                                        \
   bool var##_pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,   \
@@ -227,5 +227,5 @@ void finish_tile(const int32_t* acc, const GemmS8Tile& t) {
   }                                                                                                  \
   }                                                                                                  \
   extern const GemmS8Kernel var = {name,    isa,       mr, nr, kr, a_bytes, a_signed, m_align,       \
-                                   supported, var##_pack_a, run};                                     \
+                                   needs,     var##_pack_a, run};                                     \
   }

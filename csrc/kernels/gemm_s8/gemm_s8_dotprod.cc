@@ -88,9 +88,8 @@ void run(const GemmS8Tile& t) {
   with_rows<kMr>(t.m, [&](auto rows) { tile<decltype(rows)::value>(t); });
 }
 
-bool supported(const CpuFeatures& f) { return f.dotprod; }
 
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(gemm_s8_dotprod, "gemm_s8_8x8_dotprod", Isa::dotprod, kMr, kNr, kKr, 1, true, 1, supported, run)
+EC_GEMM_S8_KERNEL(gemm_s8_dotprod, "gemm_s8_8x8_dotprod", Isa::dotprod, kMr, kNr, kKr, 1, true, 1, kNeedsDotprod, run)

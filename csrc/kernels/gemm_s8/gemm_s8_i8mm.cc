@@ -76,9 +76,8 @@ void run(const GemmS8Tile& t) {
   with_rows<kMr>(t.m, [&](auto rows) { tile<decltype(rows)::value>(t); });
 }
 
-bool supported(const CpuFeatures& f) { return f.i8mm && f.dotprod; }
 
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(gemm_s8_i8mm, "gemm_s8_8x8_i8mm", Isa::i8mm, kMr, kNr, kKr, 1, true, 2, supported, run)
+EC_GEMM_S8_KERNEL(gemm_s8_i8mm, "gemm_s8_8x8_i8mm", Isa::i8mm, kMr, kNr, kKr, 1, true, 2, kNeedsI8mm, run)

@@ -85,9 +85,8 @@ void run(const GemmS8Tile& t) {
   with_rows<kMr>(t.m, [&](auto rows) { tile<decltype(rows)::value>(t); });
 }
 
-bool supported(const CpuFeatures& f) { return f.neon; }
 
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(gemm_s8_neon, "gemm_s8_8x8_neon", Isa::neon, kMr, kNr, kKr, 2, true, 1, supported, run)
+EC_GEMM_S8_KERNEL(gemm_s8_neon, "gemm_s8_8x8_neon", Isa::neon, kMr, kNr, kKr, 2, true, 1, kNeedsNeon, run)

@@ -26,10 +26,8 @@ void run_scalar(const GemmS8Tile& t) {
   finish_tile<kNr>(out, t);
 }
 
-bool always(const CpuFeatures&) { return true; }
-
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(gemm_s8_scalar, "gemm_s8_4x8_scalar", Isa::scalar, kMr, kNr, kKr, 1, false, 1, always,
+EC_GEMM_S8_KERNEL(gemm_s8_scalar, "gemm_s8_4x8_scalar", Isa::scalar, kMr, kNr, kKr, 1, false, 1, 0u,
                   run_scalar)

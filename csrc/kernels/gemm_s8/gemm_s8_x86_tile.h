@@ -6,6 +6,8 @@
 // gemm_s8_common.h.
 #pragma once
 
+#include <cassert>
+
 #include "gemm_s8_common.h"
 
 namespace edgecompress {
@@ -17,6 +19,7 @@ void x86_tile(const GemmS8Tile& t) {
   constexpr int kVecs = kNr / Ops::kLanes;
   constexpr int kPanelStep = kVecs * Ops::kBBytes;  // panel bytes per k-block
   constexpr int U = k_unroll(M, kVecs, 8);
+  assert(t.a_rows == M);  // strips are not padded (m_align 1): the strip's row stride is M
   const uint8_t* a = static_cast<const uint8_t*>(t.a);
   const int8_t* b = t.b;
   V acc[U][M][kVecs];

@@ -35,10 +35,9 @@ void sdot_q(int64_t iters) {
         "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31");
 }
 
-bool supported(const CpuFeatures& f) { return f.dotprod; }
 
 }  // namespace
 
-extern const PeakProbe peak_sdot_q = {"sdot_q", Isa::dotprod, 32.0, 24, supported, sdot_q, peak_read_q};
+extern const PeakProbe peak_sdot_q = {"sdot_q", Isa::dotprod, 32.0, 24, kNeedsDotprod, sdot_q, peak_read_q};
 
 }  // namespace edgecompress

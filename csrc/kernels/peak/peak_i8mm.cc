@@ -35,10 +35,9 @@ void smmla_q(int64_t iters) {
         "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31");
 }
 
-bool supported(const CpuFeatures& f) { return f.i8mm && f.dotprod; }
 
 }  // namespace
 
-extern const PeakProbe peak_smmla_q = {"smmla_q", Isa::i8mm, 64.0, 24, supported, smmla_q, peak_read_q};
+extern const PeakProbe peak_smmla_q = {"smmla_q", Isa::i8mm, 64.0, 24, kNeedsI8mm, smmla_q, peak_read_q};
 
 }  // namespace edgecompress

@@ -83,11 +83,10 @@ void smlal_q(int64_t iters) {
       : EC_V_CLOBBERS);
 }
 
-bool supported(const CpuFeatures& f) { return f.neon; }
 
 }  // namespace
 
-extern const PeakProbe peak_fmla_q = {"fmla_f32_q", Isa::neon, 8.0, 24, supported, fmla_q, peak_read_q};
-extern const PeakProbe peak_smlal_q = {"smlal_q", Isa::neon, 8.0, 24, supported, smlal_q, peak_read_q};
+extern const PeakProbe peak_fmla_q = {"fmla_f32_q", Isa::neon, 8.0, 24, kNeedsNeon, fmla_q, peak_read_q};
+extern const PeakProbe peak_smlal_q = {"smlal_q", Isa::neon, 8.0, 24, kNeedsNeon, smlal_q, peak_read_q};
 
 }  // namespace edgecompress
