@@ -20,9 +20,12 @@ def tier(request):
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def threads(request):
+    """1 or 2 threads; with 2, even small shapes take the parallel paths."""
     before = ec.get_num_threads()
     ec.set_num_threads(request.param)
+    _core.set_gemm_s8_min_parallel_macs(0 if request.param > 1 else 2**18)
     yield request.param
+    _core.set_gemm_s8_min_parallel_macs(2**18)
     ec.set_num_threads(before)
 
 

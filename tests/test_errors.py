@@ -44,7 +44,11 @@ X = np.ones((2, 8), np.float32)
         (lambda w: ec.ops.qgemm(np.ones((2, 7), np.int8), np.ones((2, 8), np.int8)), ValueError, ["a: expected K = 8", "(2, 7)"]),
         (lambda w: ec.ops.qgemm(np.ones((2, 8), np.int8), np.full((2, 8), -128, np.int8)), ValueError, ["b: expected values in [-127, 127]"]),
         (lambda w: ec.ops.qgemm(np.ones((2, 0), np.int8), np.ones((2, 0), np.int8)), ValueError, ["b: expected a non-empty"]),
-        (lambda w: ec.ops.qgemm(np.ones((1, 70000), np.uint8), np.ones((1, 70000), np.int8)), ValueError, ["beyond exact int32", "70000"]),
+        (lambda w: ec.ops.qgemm(np.ones((1, 70000), np.uint8), np.ones((1, 70000), np.int8)), ValueError, ["b: expected K <= 66311", "70000"]),
+        (lambda w: ec.Int8Weight(np.ones((1, 132105), np.int8), np.ones(1, np.float32)), ValueError, ["qweight: expected K <= 132104"]),
+        (lambda w: ec.linear(X, w, out=np.zeros((2, 6))), TypeError, ["out: expected a float32", "float64"]),
+        (lambda w: ec.linear(X, w, out=np.zeros((2, 5), np.float32)), ValueError, ["out: expected shape (2, 6)", "(2, 5)"]),
+        (lambda w: ec.linear(X, w, out=np.zeros((6, 2), np.float32).T), ValueError, ["out: expected a writeable, aligned, C-contiguous"]),
         (lambda w: ec.Int8Weight.from_float(np.ones((2, 3), np.int32)), TypeError, ["w: expected a float32/float64/float16", "int32"]),
         (lambda w: ec.Int8Weight.from_float(np.ones(3, np.float32)), ValueError, ["w: expected a 2-D", "(3,)"]),
         (lambda w: ec.Int8Weight.from_float(np.ones((0, 3), np.float32)), ValueError, ["w: expected non-empty", "(0, 3)"]),
@@ -68,6 +72,13 @@ def test_bad_input_message(w, call, exc, words):
 def test_beyond_exact_k_for_linear():
     k = (2**31 - 1) // (127 * 255) + 1
     w = ec.Int8Weight(np.ones((1, k), np.int8), np.ones(1, np.float32))
-    with pytest.raises(ValueError, match="beyond exact int32 accumulation for asymmetric"):
+    with pytest.raises(ValueError, match="w: expected K <= 66311 .* asymmetric activations, got K = 66312"):
         ec.linear(np.ones((1, k), np.float32), w, act_scheme="asymmetric")
     assert ec.linear(np.ones((1, k), np.float32), w).shape == (1, 1)  # int8 activations: still exact
+
+
+def test_out_overlapping_x_is_refused(rng):
+    w = ec.Int8Weight.from_float(rng.standard_normal((8, 8)).astype(np.float32))
+    buf = np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match="out: must not overlap x"):
+        ec.linear(buf, w, out=buf)

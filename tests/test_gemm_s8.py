@@ -125,3 +125,29 @@ def test_inputs_are_not_modified(rng):
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(bias, b0)
     np.testing.assert_array_equal(w.qweight, q0)
+
+
+def test_out_parameter_writes_only_the_result(tier, threads, rng):
+    # The result lands in a view of a larger buffer; the guard regions around it keep their sentinel.
+    for m, k, n in [(1, 64, 65), (7, 33, 17), (130, 128, 200)]:
+        w, x, bias = _problem(rng, m, k, n)
+        buf = np.full(m * n + 64, np.float32(-7.25), np.float32)
+        out = buf[32 : 32 + m * n].reshape(m, n)
+        y = ec.linear(x, w, bias, "relu", out=out)
+        assert y is out
+        np.testing.assert_array_equal(out, _oracle(x, w, bias=bias, activation="relu"))
+        assert (buf[:32] == np.float32(-7.25)).all() and (buf[32 + m * n :] == np.float32(-7.25)).all()
+    x3 = x.reshape(2, 65, 128)
+    out3 = np.empty((2, 65, 200), np.float32)
+    np.testing.assert_array_equal(ec.linear(x3, w, bias, out=out3).reshape(130, 200), ec.linear(x, w, bias))
+
+
+def test_copies_repack_and_agree(rng):
+    import copy
+    import pickle
+
+    w, x, bias = _problem(rng, 5, 40, 9)
+    y = ec.linear(x, w, bias)
+    for clone in (copy.deepcopy(w), pickle.loads(pickle.dumps(w))):
+        np.testing.assert_array_equal(clone.qweight, w.qweight)
+        np.testing.assert_array_equal(ec.linear(x, clone, bias), y)

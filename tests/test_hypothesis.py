@@ -59,6 +59,9 @@ def test_linear_answers_or_raises(case):
     np.testing.assert_array_equal(y, want)
 
 
+TIERS = st.sampled_from([t for t in ec.runtime.LADDER if ec._core.tier_support(t)[0]])
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     m=st.integers(0, 20),
@@ -66,9 +69,31 @@ def test_linear_answers_or_raises(case):
     k=st.integers(1, 90),
     signed=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
+    tier=TIERS,
 )
-def test_qgemm_exact(m, n, k, signed, seed):
+def test_qgemm_exact(m, n, k, signed, seed, tier):
     rng = np.random.default_rng(seed)
     a = rng.integers(-128, 128, (m, k)).astype(np.int8) if signed else rng.integers(0, 256, (m, k)).astype(np.uint8)
     b = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    np.testing.assert_array_equal(ec.ops.qgemm(a, b), ref.qgemm(a, b))
+    with ec.use_isa(tier):
+        np.testing.assert_array_equal(ec.ops.qgemm(a, b), ref.qgemm(a, b))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.just(24)), elements=st.floats(-2.0**100, 2.0**100, width=32)),
+    scale=st.floats(2.0**-100, 2.0**100, width=32),
+    zero_point=st.none() | st.integers(0, 255),
+    activation=st.sampled_from([None, "relu", "gelu"]),
+    tier=TIERS,
+)
+def test_static_scales_and_epilogues(x, scale, zero_point, activation, tier):
+    w = ec.Int8Weight.from_float(np.linspace(-1, 1, 10 * 24, dtype=np.float32).reshape(10, 24))
+    scheme = "symmetric" if zero_point is None else "asymmetric"
+    with ec.use_isa(tier):
+        y = ec.linear(x, w, None, activation, act_scheme=scheme, act_scale=scale, act_zero_point=zero_point)
+    want = ref.linear_int8(x, w.qweight, w.scale, None, activation, scheme, np.float32(scale), zero_point)
+    if activation == "gelu":
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(want).max(initial=0))))
+    else:
+        np.testing.assert_array_equal(y, want)

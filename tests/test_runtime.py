@@ -136,6 +136,13 @@ def test_set_num_threads_validation():
         ec.set_num_threads(0)
     with pytest.raises(TypeError, match="n must be an int, got float"):
         ec.set_num_threads(2.0)
+    import numpy as np
+
+    try:
+        ec.set_num_threads(np.int64(2))
+        assert ec.get_num_threads() == 2
+    finally:
+        ec.set_num_threads(before)
 
 
 def test_pool_works_after_fork():

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _core
 from .ops import linear
-from .reference import linear_int8
+from .reference import linear_int8, quantize_weight_int8
 from .runtime import LADDER, get_num_threads, set_num_threads, use_isa
 from .weights import Int8Weight
 
@@ -144,9 +144,8 @@ class _Peers:
             self.ort = None
             return None
         n, k = w_float.shape
-        scale = (np.abs(w_float).max(axis=1) / 127).astype(np.float32)
-        scale[scale == 0] = 1
-        qb = np.clip(np.round(w_float / scale[:, None]), -127, 127).astype(np.int8).T.copy()  # (K, N)
+        q, scale = quantize_weight_int8(w_float)  # the same int8 weight as ours
+        qb = np.ascontiguousarray(q.T)  # (K, N)
         node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "b_scale", "b_zp"], ["Y"], domain="com.microsoft")
         graph = helper.make_graph(
             [node], "dqmm",
@@ -163,27 +162,17 @@ class _Peers:
 
 
 _HASWELL_SCRIPT = r"""
-import json, statistics, sys, time, numpy as np
-shapes, threads, rounds, min_s = json.loads(sys.argv[1])
+import json, sys, numpy as np
 from threadpoolctl import threadpool_limits, threadpool_info
+from edgecompress.bench import _measure
+shapes, threads, rounds, min_s = json.loads(sys.argv[1])
 out = {"corename": [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]}
 rng = np.random.default_rng(0)
 for m, k, n in shapes:
     x = rng.standard_normal((m, k)).astype(np.float32); wt = rng.standard_normal((k, n)).astype(np.float32)
     for t in threads:
         with threadpool_limits(limits=t, user_api="blas"):
-            x @ wt
-            ts = []
-            for _ in range(rounds):
-                c = 1
-                while True:
-                    t0 = time.perf_counter()
-                    for _ in range(c): x @ wt
-                    dt = time.perf_counter() - t0
-                    if dt >= min_s: break
-                    c *= 2
-                ts.append(dt / c)
-        out[f"{m},{k},{n},{t}"] = statistics.median(ts)
+            out[f"{m},{k},{n},{t}"] = _measure({"numpy": lambda: x @ wt}, rounds, min_s)["numpy"]
 print(json.dumps(out))
 """
 

@@ -24,6 +24,7 @@ _SCHEMES = {"symmetric": 0, "asymmetric": 1}
 # int8 activations, <= 255 for uint8 ones, and |weight| <= 127.
 _MAX_K_INT8 = (2**31 - 1) // (127 * 128)
 _MAX_K_UINT8 = (2**31 - 1) // (127 * 255)
+_MAX_ROWS = 2**31 - 1
 
 
 def _dtype_name(a: Any) -> str:
@@ -45,13 +46,15 @@ def linear(
     act_scheme: str = "symmetric",
     act_scale: float | None = None,
     act_zero_point: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """y = x @ W.T (+ bias), then ``activation`` ("relu", "gelu" or None), for x of shape (..., K).
 
     x is float32. Activations are quantized per row inside the call: ``act_scheme="symmetric"``
     (int8, the default) or ``"asymmetric"`` (uint8 with a zero point). Passing ``act_scale`` (and,
     for asymmetric, ``act_zero_point`` in [0, 255]) uses that static quantization instead.
-    Returns float32 of shape (..., N). NaN or Inf in x raises ValueError.
+    Returns float32 of shape (..., N), written into ``out`` when given (a C-contiguous float32 array
+    of that shape that does not overlap x). NaN or Inf in x raises ValueError.
     """
     if type(x) is not np.ndarray:
         x = np.asarray(x)
@@ -80,12 +83,30 @@ def linear(
         scheme += 2
     elif act_zero_point is not None:
         raise ValueError("act_zero_point: only meaningful with act_scale (static quantization)")
-    if k > (_MAX_K_INT8 if scheme in (0, 2) else _MAX_K_UINT8):
-        raise ValueError(f"w: K = {k} is beyond exact int32 accumulation for {act_scheme} activations")
+    max_k = _MAX_K_INT8 if scheme in (0, 2) else _MAX_K_UINT8
+    if k > max_k:
+        raise ValueError(f"w: expected K <= {max_k} for exact int32 accumulation with {act_scheme} activations, got K = {k}")
     x2 = _contiguous(x).reshape(-1, k)
+    if x2.shape[0] > _MAX_ROWS:
+        raise ValueError(f"x: expected at most {_MAX_ROWS} rows, got {x2.shape[0]}")
+    out2 = None
+    if out is not None:
+        out2 = _check_out(out, x.shape[:-1] + (n,), x)
     packed = w.packed(gemm_s8_kernel())
-    y = _core.linear_s8(packed, x2, bias, act, scheme, scale, zero_point)
-    return y.reshape(x.shape[:-1] + (n,))
+    y = _core.linear_s8(packed, x2, bias, act, scheme, scale, zero_point, out2)
+    return out if out is not None else y.reshape(x.shape[:-1] + (n,))
+
+
+def _check_out(out: Any, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError(f"out: expected a float32 numpy array, got {_dtype_name(out)}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+        raise ValueError("out: expected a writeable, aligned, C-contiguous array")
+    if np.shares_memory(out, x):
+        raise ValueError("out: must not overlap x")
+    return out.reshape(-1, shape[-1])
 
 
 def _static_quant(act_scale: Any, act_zero_point: Any, scheme: int) -> tuple[float, int]:
@@ -124,8 +145,11 @@ def qgemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a: expected K = {b.shape[1]} columns to match b, got shape {a.shape}")
     k = b.shape[1]
-    if k > (_MAX_K_INT8 if a.dtype == np.int8 else _MAX_K_UINT8):
-        raise ValueError(f"b: K = {k} is beyond exact int32 accumulation for {a.dtype} activations")
+    max_k = _MAX_K_INT8 if a.dtype == np.int8 else _MAX_K_UINT8
+    if k > max_k:
+        raise ValueError(f"b: expected K <= {max_k} for exact int32 accumulation with {a.dtype} activations, got K = {k}")
+    if a.shape[0] > _MAX_ROWS:
+        raise ValueError(f"a: expected at most {_MAX_ROWS} rows, got {a.shape[0]}")
     if b.min() < -127:
         raise ValueError("b: expected values in [-127, 127] (symmetric int8), got -128")
     packed = _core.pack_s8(_contiguous(b), np.ones(1, np.float32), gemm_s8_kernel())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import operator
 import os
 import sys
 from typing import Any, Iterator
@@ -90,8 +91,12 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Set the threads the kernels use; n >= 1. The default is the CPUs in the affinity mask."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if isinstance(n, bool):
+        raise TypeError("set_num_threads: n must be an int, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     _core.set_num_threads(n)

@@ -12,7 +12,10 @@ from .reference import quantize_weight_int8
 
 __all__ = ["Int8Weight"]
 
-_INT8_MAX_K = 2**31 - 1  # rows longer than this cannot be indexed by the kernels
+# The longest rows whose int32 accumulators stay exact: |activation - zero point| <= 128 (int8
+# activations), |weight| <= 127. (uint8 activations allow less; ops.linear checks that per call.)
+MAX_K = (2**31 - 1) // (127 * 128)
+_MAX_N = 2**31 - 1
 
 
 def _as_float_matrix(w: Any, name: str) -> np.ndarray:
@@ -45,8 +48,10 @@ class Int8Weight:
             raise TypeError(f"qweight: expected an int8 numpy array, got {getattr(qweight, 'dtype', type(qweight).__name__)}")
         if qweight.ndim != 2 or 0 in qweight.shape:
             raise ValueError(f"qweight: expected a non-empty 2-D (N, K) array, got shape {qweight.shape}")
-        if qweight.shape[1] > _INT8_MAX_K or qweight.shape[0] > _INT8_MAX_K:
-            raise ValueError(f"qweight: dimensions above {_INT8_MAX_K} are not supported, got {qweight.shape}")
+        if qweight.shape[1] > MAX_K:
+            raise ValueError(f"qweight: expected K <= {MAX_K} (exact int32 accumulation), got shape {qweight.shape}")
+        if qweight.shape[0] > _MAX_N:
+            raise ValueError(f"qweight: expected N <= {_MAX_N}, got shape {qweight.shape}")
         if qweight.min() < -127:
             raise ValueError("qweight: expected values in [-127, 127] (symmetric int8), got -128")
         if not isinstance(scale, np.ndarray) or scale.dtype != np.float32:
@@ -112,6 +117,14 @@ class Int8Weight:
             if key not in d:
                 raise ValueError(f"d: missing array {key!r}")
         return cls(np.asarray(d["qweight"]), np.asarray(d["scale"]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (copy.deepcopy, multiprocessing) carry the canonical arrays only; packing is per
+        # process and the lock is per object. Files use state_dict() and safetensors, not pickle.
+        return {"qweight": np.array(self.qweight), "scale": np.array(self.scale)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["qweight"], state["scale"])
 
     def packed(self, kernel: str) -> Any:
         """The weight packed for a gemm_s8 kernel (built once, then cached)."""

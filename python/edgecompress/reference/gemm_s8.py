@@ -47,7 +47,8 @@ def quantize_rows_asymmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 def quantize_static(x: np.ndarray, scale: float, zero_point: int | None) -> np.ndarray:
     """Caller's scale: int8 in [-128, 127] without a zero point, uint8 in [0, 255] with one."""
     x = np.asarray(x, dtype=_F32)
-    t = np.round(np.clip(x / _F32(scale), -512, 512))
+    with np.errstate(over="ignore"):  # x / scale beyond float32 is +-inf, which the clip saturates
+        t = np.round(np.clip(x / _F32(scale), -512, 512))
     if zero_point is None:
         return np.clip(t, -128, 127).astype(np.int8)
     return np.clip(t + zero_point, 0, 255).astype(np.uint8)
