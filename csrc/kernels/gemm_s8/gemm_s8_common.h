@@ -183,31 +183,45 @@ constexpr int k_unroll(int m, int per_row, int chains) {
 inline float gelu(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
 
 // Applies the epilogue to an int32 accumulator tile acc[r * kNr + c] and stores t.m x t.n results.
+// Everything is read into locals first: stores through y could otherwise alias the tile's fields
+// and pointers, and the compiler would reload them for every element instead of vectorizing.
 template <int kNr>
-void finish_tile(const int32_t* acc, const GemmS8Tile& t) {
-  for (int r = 0; r < t.m; ++r) {
-    const uint32_t off = static_cast<uint32_t>(t.row_offset[r]);
-    const int32_t* a = acc + r * kNr;
-    if (t.y_i32 != nullptr) {
-      int32_t* y = t.y_i32 + r * t.ldy;
-      for (int c = 0; c < t.n; ++c) {
-        y[c] = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(t.colsum[c]));
+void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
+  const int m = t.m, n = t.n;
+  const ptrdiff_t ldy = t.ldy;
+  const int32_t* __restrict colsum = t.colsum;
+  const int32_t* __restrict row_offset = t.row_offset;
+  if (t.y_i32 != nullptr) {
+    for (int r = 0; r < m; ++r) {
+      const uint32_t off = static_cast<uint32_t>(row_offset[r]);
+      const int32_t* __restrict a = acc + r * kNr;
+      int32_t* __restrict y = t.y_i32 + r * ldy;
+      for (int c = 0; c < n; ++c) {
+        y[c] = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
       }
-      continue;
     }
-    float* y = t.y + r * t.ldy;
-    const double rs = t.row_scale[r];
-    for (int c = 0; c < t.n; ++c) {
-      const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(t.colsum[c]));
-      y[c] = static_cast<float>(static_cast<double>(v) * rs * static_cast<double>(t.col_scale[c]));
+    return;
+  }
+  const float* __restrict row_scale = t.row_scale;
+  const float* __restrict col_scale = t.col_scale;
+  const float* __restrict bias = t.bias;
+  const Activation act = t.act;
+  for (int r = 0; r < m; ++r) {
+    const uint32_t off = static_cast<uint32_t>(row_offset[r]);
+    const int32_t* __restrict a = acc + r * kNr;
+    float* __restrict y = t.y + r * ldy;
+    const double rs = row_scale[r];
+    for (int c = 0; c < n; ++c) {
+      const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
+      y[c] = static_cast<float>(static_cast<double>(v) * rs * static_cast<double>(col_scale[c]));
     }
-    if (t.bias != nullptr) {
-      for (int c = 0; c < t.n; ++c) y[c] = y[c] + t.bias[c];
+    if (bias != nullptr) {
+      for (int c = 0; c < n; ++c) y[c] = y[c] + bias[c];
     }
-    if (t.act == Activation::relu) {
-      for (int c = 0; c < t.n; ++c) y[c] = y[c] > 0.0f ? y[c] : 0.0f;
-    } else if (t.act == Activation::gelu) {
-      for (int c = 0; c < t.n; ++c) y[c] = gelu(y[c]);
+    if (act == Activation::relu) {
+      for (int c = 0; c < n; ++c) y[c] = y[c] > 0.0f ? y[c] : 0.0f;
+    } else if (act == Activation::gelu) {
+      for (int c = 0; c < n; ++c) y[c] = gelu(y[c]);
     }
   }
 }
