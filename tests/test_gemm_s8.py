@@ -151,3 +151,15 @@ def test_copies_repack_and_agree(rng):
     for clone in (copy.deepcopy(w), pickle.loads(pickle.dumps(w))):
         np.testing.assert_array_equal(clone.qweight, w.qweight)
         np.testing.assert_array_equal(ec.linear(x, clone, bias), y)
+
+
+def test_scale_products_beyond_float32(tier):
+    # x near FLT_MAX: x_scale * w_scale overflows float32, so the row is scaled in float64; a zero
+    # accumulator still gives 0 (not NaN) and the finite result stays finite.
+    w = ec.Int8Weight.from_float(np.array([[18295.0, 0.0], [0.0, 1e-3]], np.float32))
+    x = np.array([[0.0, 3.3e38], [1.0, 2.0]], np.float32)
+    y = ec.linear(x, w)
+    np.testing.assert_array_equal(y, _oracle(x, w))
+    assert y[0, 0] == 0 and np.isfinite(y).all()
+    np.testing.assert_allclose(y[0, 1], 3.3e35, rtol=1e-2)
+    np.testing.assert_allclose(y[1], [18295.0, 2e-3], rtol=1e-2)

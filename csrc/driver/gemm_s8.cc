@@ -70,6 +70,8 @@ std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const
     p->colsum.data()[col] = sum;
     p->scale.data()[col] = scale[scale_len == 1 ? 0 : col];
   }
+  p->scale_min = *std::min_element(p->scale.data(), p->scale.data() + n);
+  p->scale_max = *std::max_element(p->scale.data(), p->scale.data() + n);
   return p;
 }
 
@@ -160,6 +162,8 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
     GemmS8Tile t;
     t.kblocks = kblocks;
     t.act = act;
+    t.col_scale_min = w.scale_min;
+    t.col_scale_max = w.scale_max;
     for (int p = nc * panels_per_chunk; p < p_end; ++p) {
       const int c0 = p * nr;
       t.b = w.data.data() + p * panel_bytes;

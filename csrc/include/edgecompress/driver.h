@@ -35,6 +35,7 @@ struct PackedS8Weight {
   AlignedArray<int8_t> data;     // panels * kblocks * nr * kr
   AlignedArray<int32_t> colsum;  // panels * nr
   AlignedArray<float> scale;     // panels * nr (a per-tensor scale is repeated)
+  float scale_min = 0, scale_max = 0;
   size_t nbytes() const { return data.size() + colsum.size() * 4 + scale.size() * 4; }
 };
 

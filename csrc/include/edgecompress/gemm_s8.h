@@ -59,6 +59,7 @@ struct GemmS8Tile {
   const int32_t* colsum;      // (nr)
   const float* row_scale;     // (m) activation scales (float output only)
   const float* col_scale;     // (nr) weight scales (float output only)
+  float col_scale_min, col_scale_max;  // over the whole weight (picks the epilogue's precision)
   const float* bias;          // (nr) or null
   Activation act;
   float* y;                   // float output, or null

@@ -9,9 +9,10 @@
 // The float arithmetic is written out operation by operation and the project builds with
 // -ffp-contract=off, so every tier produces the same bits as the numpy oracle
 // (python/edgecompress/reference): quantization rounds x / s half to even as np.round does, and the
-// epilogue computes float32(y_int * row_scale * col_scale in float64) + bias: in float32, either
-// product of the two scales can overflow (to inf, or to NaN against a zero accumulator) although the
-// result is finite, and float64 rounds once.
+// epilogue computes float32(y_int) * (row_scale * col_scale) + bias in float32 for rows where every
+// scale product is a normal float, and y_int * row_scale * col_scale in float64 (rounded to float32)
+// for the rare rows where one is not: there a float32 product could overflow (to inf, or to NaN
+// against a zero accumulator) although the result is finite, or lose precision as a subnormal.
 #pragma once
 
 #include <cmath>
@@ -210,10 +211,19 @@ void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
     const uint32_t off = static_cast<uint32_t>(row_offset[r]);
     const int32_t* __restrict a = acc + r * kNr;
     float* __restrict y = t.y + r * ldy;
-    const double rs = row_scale[r];
-    for (int c = 0; c < n; ++c) {
-      const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
-      y[c] = static_cast<float>(static_cast<double>(v) * rs * static_cast<double>(col_scale[c]));
+    const float rs = row_scale[r];
+    if (rs * t.col_scale_min >= 1.17549435e-38f && rs * t.col_scale_max <= 3.40282347e38f) {
+      // Every scale product of the row is a normal float: float32 throughout.
+      for (int c = 0; c < n; ++c) {
+        const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
+        y[c] = static_cast<float>(v) * (rs * col_scale[c]);
+      }
+    } else {
+      // A product would overflow (inf, or NaN against a zero accumulator) or lose precision: float64.
+      for (int c = 0; c < n; ++c) {
+        const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
+        y[c] = static_cast<float>(static_cast<double>(v) * static_cast<double>(rs) * static_cast<double>(col_scale[c]));
+      }
     }
     if (bias != nullptr) {
       for (int c = 0; c < n; ++c) y[c] = y[c] + bias[c];

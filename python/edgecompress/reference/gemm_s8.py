@@ -78,7 +78,11 @@ def linear_int8(
     act_scale: float | None = None,
     act_zero_point: int | None = None,
 ) -> np.ndarray:
-    """y = float32(y_int * row_scale * col_scale, in float64) + bias, then relu or gelu; x is (M, K).
+    """y = float32(y_int) * (row_scale * col_scale) + bias, then relu or gelu; x is (M, K).
+
+    The scaling runs in float32 for rows where every row_scale * col_scale is a normal float32, and
+    as float32(y_int * row_scale * col_scale in float64) for other rows (where a float32 product
+    would overflow or be subnormal).
 
     Tolerance against the kernels: bit-exact up to the last float32 operation except for gelu
     (float32 erf in the kernels): 1e-6 relative plus 1e-6 of the output's scale.
@@ -96,8 +100,13 @@ def linear_int8(
         zps = np.zeros(x.shape[0], dtype=np.int64)
     acc = qgemm(q.astype(np.int64) - zps[:, None], qweight)
     col_scale = np.broadcast_to(np.asarray(scale, dtype=_F32), (n,))
-    with np.errstate(over="ignore"):  # a result beyond float32 is +-inf, as in float32 matmul
-        y = (acc.astype(np.float64) * s.astype(np.float64)[:, None] * col_scale.astype(np.float64)[None, :]).astype(_F32)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # rows that fail `normal` are discarded
+        # float32 where every scale product of the row is a normal float, float64 elsewhere
+        products = s[:, None] * col_scale[None, :]
+        normal = (s * col_scale.min() >= np.finfo(_F32).tiny) & (s * col_scale.max() <= np.finfo(_F32).max)
+        y32 = acc.astype(_F32) * products
+        y64 = (acc.astype(np.float64) * s.astype(np.float64)[:, None] * col_scale.astype(np.float64)[None, :]).astype(_F32)
+        y = np.where(normal[:, None], y32, y64)
         if bias is not None:
             y = y + bias.astype(_F32)[None, :]
     if activation == "relu":
