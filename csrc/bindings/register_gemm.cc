@@ -52,6 +52,9 @@ py::array linear(const PackedS8Weight& w, const py::array& x, const py::object& 
   require(x.shape(0) <= INT32_MAX, "x: too many rows");
   require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "scheme: out of range");
   require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
+  require(scheme < static_cast<int>(ActScheme::static_symmetric) || (scale >= 1.17549435e-38f && scale <= 3.40282347e38f),
+          "act_scale: expected a normal float32 > 0");
+  require(zero_point >= 0 && zero_point <= 255, "act_zero_point: expected 0..255");
   const float* bias_ptr = nullptr;
   if (!bias.is_none()) {
     const auto b = py::reinterpret_borrow<py::array>(bias);

@@ -113,8 +113,8 @@ def _static_quant(act_scale: Any, act_zero_point: Any, scheme: int) -> tuple[flo
     if isinstance(act_scale, bool) or not isinstance(act_scale, (int, float, np.floating, np.integer)):
         raise TypeError(f"act_scale: expected a float, got {type(act_scale).__name__}")
     scale = float(np.float32(act_scale))
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"act_scale: expected a finite value > 0 (as float32), got {act_scale!r}")
+    if not (np.isfinite(scale) and scale >= np.finfo(np.float32).tiny):
+        raise ValueError(f"act_scale: expected a finite value > 0 that is a normal float32 (>= 1.18e-38), got {act_scale!r}")
     if scheme == 0:
         if act_zero_point not in (None, 0):
             raise ValueError(f"act_zero_point: symmetric activations have zero point 0, got {act_zero_point!r}")

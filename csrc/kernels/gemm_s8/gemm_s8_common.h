@@ -8,7 +8,7 @@
 //
 // The float arithmetic is written out operation by operation and the project builds with
 // -ffp-contract=off, so every tier produces the same bits as the numpy oracle
-// (python/edgecompress/reference): quantization rounds x / s half to even as np.round does, and the
+// (python/edgecompress/reference): quantization rounds x * (1 / s) half to even as np.round does, and the
 // epilogue computes float32(y_int) * (row_scale * col_scale) + bias in float32 for rows where every
 // scale product is a normal float, and y_int * row_scale * col_scale in float64 (rounded to float32)
 // for the rare rows where one is not: there a float32 product could overflow (to inf, or to NaN
@@ -55,13 +55,18 @@ inline float unordered(int32_t o) { return bits_float(static_cast<uint32_t>(o ^ 
 
 constexpr uint32_t kInfBits = 0x7f800000u;  // |x| bits at or above this: Inf or NaN
 
-// Quantizes one row into `q` (one byte per k, the data type's bits: int8 or uint8). Returns false
-// when the row has NaN or Inf.
-inline bool quantize_row(const float* x, int k, const ActQuant& aq, uint8_t* q, float* scale,
+constexpr float kMinNormal = 1.17549435e-38f;
+
+// Quantizes one row into `q`: round_half_even(x * (1 / s)) + zp, clamped, as the data type's bits
+// (int8 or uint8), each byte XORed with `flip`. Multiplying by the row's reciprocal (one division per
+// row) keeps the loop free of divisions; the oracle does the same. Dynamic scales below the smallest
+// normal float become 1 (such rows quantize to zero either way). Returns false when the row has NaN
+// or Inf.
+inline bool quantize_row(const float* x, int k, const ActQuant& aq, uint8_t flip, uint8_t* q, float* scale,
                          int32_t* zero_point) {
   float s = aq.scale;
   int32_t zp = 0;
-  float lo, hi;  // clamp range of round(x / s) + zp
+  float lo, hi;  // clamp range of round(x * inv) + zp
   uint32_t abs_max = 0;
   if (aq.scheme == ActScheme::dynamic_asymmetric) {
     int32_t mn = 0, mx = 0;  // ordered(0.0f) == 0: the range always includes zero
@@ -76,8 +81,8 @@ inline bool quantize_row(const float* x, int k, const ActQuant& aq, uint8_t* q, 
     if (abs_max >= kInfBits) return false;
     const float fmn = unordered(mn), fmx = unordered(mx);
     s = fmx / 255.0f - fmn / 255.0f;  // (mx - mn) / 255 could overflow
-    if (s == 0.0f) s = 1.0f;
-    zp = static_cast<int32_t>(clampf(round_half_even(clampf(-fmn / s, 0.0f, 255.0f)), 0.0f, 255.0f));
+    if (!(s >= kMinNormal)) s = 1.0f;
+    zp = static_cast<int32_t>(clampf(round_half_even(clampf(-fmn * (1.0f / s), 0.0f, 255.0f)), 0.0f, 255.0f));
     lo = 0.0f, hi = 255.0f;
   } else {
     for (int i = 0; i < k; ++i) {
@@ -87,21 +92,21 @@ inline bool quantize_row(const float* x, int k, const ActQuant& aq, uint8_t* q, 
     if (abs_max >= kInfBits) return false;
     if (aq.scheme == ActScheme::dynamic_symmetric) {
       s = bits_float(abs_max) / 127.0f;
-      if (s == 0.0f) s = 1.0f;
+      if (!(s >= kMinNormal)) s = 1.0f;
       lo = -127.0f, hi = 127.0f;
     } else if (aq.scheme == ActScheme::static_symmetric) {
-      lo = -128.0f, hi = 127.0f;
+      lo = -128.0f, hi = 127.0f;  // the caller guarantees a normal, positive scale
     } else {
       zp = aq.zero_point;
       lo = 0.0f, hi = 255.0f;
     }
   }
-  const float fzp = static_cast<float>(zp);
-  // Clamping x / s to +-512 first keeps the rounding trick exact and changes no result: anything
+  const float inv = 1.0f / s, fzp = static_cast<float>(zp);
+  // Clamping x * inv to +-512 first keeps the rounding trick exact and changes no result: anything
   // beyond it lands outside [lo, hi] either way.
   for (int i = 0; i < k; ++i) {
-    const float t = round_half_even(clampf(x[i] / s, -512.0f, 512.0f)) + fzp;
-    q[i] = static_cast<uint8_t>(static_cast<int32_t>(clampf(t, lo, hi)));
+    const float t = round_half_even(clampf(x[i] * inv, -512.0f, 512.0f)) + fzp;
+    q[i] = static_cast<uint8_t>(static_cast<uint8_t>(static_cast<int32_t>(clampf(t, lo, hi))) ^ flip);
   }
   *scale = s;
   *zero_point = zp;
@@ -124,13 +129,13 @@ bool pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& aq, v
     if (r < rows) {
       int32_t zp = 0;
       if (aq.scheme == ActScheme::raw_s8 || aq.scheme == ActScheme::raw_u8) {
-        std::memcpy(scratch, static_cast<const uint8_t*>(x) + r * ldx, static_cast<size_t>(k));
+        const uint8_t* src = static_cast<const uint8_t*>(x) + r * ldx;
+        for (int i = 0; i < k; ++i) scratch[i] = src[i] ^ flip;
         row_scale[r] = 1.0f;
-      } else if (!quantize_row(static_cast<const float*>(x) + r * ldx, k, aq, scratch, &row_scale[r], &zp)) {
+      } else if (!quantize_row(static_cast<const float*>(x) + r * ldx, k, aq, flip, scratch, &row_scale[r], &zp)) {
         return false;
       }
       row_offset[r] = shift + zp;
-      for (int i = 0; i < k; ++i) scratch[i] ^= flip;
       for (int i = k; i < kblocks * kKr; ++i) scratch[i] = 0;
     } else {
       std::memset(scratch, 0, static_cast<size_t>(kblocks) * kKr);

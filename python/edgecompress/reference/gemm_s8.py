@@ -19,36 +19,49 @@ def quantize_weight_int8(w: np.ndarray, granularity: str = "channel") -> tuple[n
     return q, scale
 
 
+_TINY = np.finfo(_F32).tiny  # smallest normal float32
+
+
+def _reciprocal(s: np.ndarray) -> np.ndarray:
+    """1 / s in float32: quantization multiplies by it (x * (1 / s), not x / s)."""
+    return (_F32(1) / s).astype(_F32)
+
+
 def quantize_rows_symmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: s = max|x| / 127 (1 for an all-zero row), q = round_half_even(x / s) in [-127, 127]."""
+    """Per row: s = max|x| / 127 (1 if that is not a normal float32), q = round_half_even(x * (1 / s))
+    clipped to [-127, 127]."""
     x = np.asarray(x, dtype=_F32)
     s = (np.abs(x).max(axis=1, initial=_F32(0)) / _F32(127)).astype(_F32)
-    s[s == 0] = 1
-    q = np.clip(np.round(x / s[:, None]), -127, 127).astype(np.int8)
+    s[~(s >= _TINY)] = 1
+    with np.errstate(over="ignore"):
+        q = np.clip(np.round(np.clip(x * _reciprocal(s)[:, None], -512, 512)), -127, 127).astype(np.int8)
     return q, s
 
 
 def quantize_rows_asymmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, uint8 with a zero point; the range always includes 0 so that 0 is exact.
 
-    s = max(x, 0) / 255 - min(x, 0) / 255 (two quotients: the difference could overflow float32),
-    zp = round(-min / s), q = clip(round(x / s) + zp, 0, 255).
+    s = max(x, 0) / 255 - min(x, 0) / 255 (two quotients: the difference could overflow float32;
+    1 if not a normal float32), zp = round(-min * (1 / s)), q = clip(round(x * (1 / s)) + zp, 0, 255).
     """
     x = np.asarray(x, dtype=_F32)
     lo = np.minimum(x.min(axis=1, initial=_F32(0)), _F32(0))
     hi = np.maximum(x.max(axis=1, initial=_F32(0)), _F32(0))
     s = (hi / _F32(255) - lo / _F32(255)).astype(_F32)
-    s[s == 0] = 1
-    zp = np.clip(np.round(np.clip(-lo / s, 0, 255)), 0, 255).astype(np.int32)
-    q = np.clip(np.round(x / s[:, None]) + zp[:, None], 0, 255).astype(np.uint8)
+    s[~(s >= _TINY)] = 1
+    inv = _reciprocal(s)
+    zp = np.clip(np.round(np.clip(-lo * inv, 0, 255)), 0, 255).astype(np.int32)
+    with np.errstate(over="ignore"):
+        q = np.clip(np.round(np.clip(x * inv[:, None], -512, 512)) + zp[:, None], 0, 255).astype(np.uint8)
     return q, s, zp
 
 
 def quantize_static(x: np.ndarray, scale: float, zero_point: int | None) -> np.ndarray:
-    """Caller's scale: int8 in [-128, 127] without a zero point, uint8 in [0, 255] with one."""
+    """Caller's scale (a normal float32 > 0): int8 in [-128, 127] without a zero point, uint8 in
+    [0, 255] with one; q = round(x * (1 / scale)) (+ zero point), clipped."""
     x = np.asarray(x, dtype=_F32)
-    with np.errstate(over="ignore"):  # x / scale beyond float32 is +-inf, which the clip saturates
-        t = np.round(np.clip(x / _F32(scale), -512, 512))
+    with np.errstate(over="ignore"):  # x * (1 / scale) beyond float32 is +-inf, which the clip saturates
+        t = np.round(np.clip(x * _reciprocal(np.float32(scale)), -512, 512))
     if zero_point is None:
         return np.clip(t, -128, 127).astype(np.int8)
     return np.clip(t + zero_point, 0, 255).astype(np.uint8)
