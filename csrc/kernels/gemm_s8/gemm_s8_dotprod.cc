@@ -13,12 +13,13 @@
 
 #include <arm_neon.h>
 
-#include "gemm_s8_common.h"
+#include "gemm_s8_neon_common.h"
 
 namespace edgecompress {
 namespace {
 
 constexpr int kMr = 8, kNr = 8, kKr = 4;
+static_assert(kNr == 8, "finish_neon_tile handles 8-column tiles");
 // k-blocks per step: 4 * M * kKr activation bytes, exactly M q registers, and 8 weight registers.
 constexpr int kGroup = 4;
 
@@ -74,20 +75,12 @@ void tile(const GemmS8Tile& t) {
       acc[0][r][1] = vdotq_s32(acc[0][r][1], b1, va);
     }
   }
-  int32_t out[M * kNr];
-  for (int r = 0; r < M; ++r) {
-    int32x4_t s0 = acc[0][r][0], s1 = acc[0][r][1];
-    for (int u = 1; u < U; ++u) s0 = vaddq_s32(s0, acc[u][r][0]), s1 = vaddq_s32(s1, acc[u][r][1]);
-    vst1q_s32(out + r * kNr, s0);
-    vst1q_s32(out + r * kNr + 4, s1);
-  }
-  finish_tile<kNr>(out, t);
+  finish_neon_tile(acc, t);
 }
 
 void run(const GemmS8Tile& t) {
   with_rows<kMr>(t.m, [&](auto rows) { tile<decltype(rows)::value>(t); });
 }
-
 
 }  // namespace
 }  // namespace edgecompress

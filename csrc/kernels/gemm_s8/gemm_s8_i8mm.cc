@@ -76,7 +76,6 @@ void run(const GemmS8Tile& t) {
   with_rows<kMr>(t.m, [&](auto rows) { tile<decltype(rows)::value>(t); });
 }
 
-
 }  // namespace
 }  // namespace edgecompress
 

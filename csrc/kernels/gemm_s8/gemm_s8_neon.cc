@@ -15,12 +15,13 @@
 
 #include <arm_neon.h>
 
-#include "gemm_s8_common.h"
+#include "gemm_s8_neon_common.h"
 
 namespace edgecompress {
 namespace {
 
 constexpr int kMr = 8, kNr = 8, kKr = 1;
+static_assert(kNr == 8, "finish_neon_tile handles 8-column tiles");
 constexpr int kGroup = 8;  // k per step: 8 * M int16 of activations, exactly M q registers
 
 
@@ -71,20 +72,12 @@ void tile(const GemmS8Tile& t) {
       acc[0][r][1] = vmlal_high_n_s16(acc[0][r][1], bk, a[k * M + r]);
     }
   }
-  int32_t out[M * kNr];
-  for (int r = 0; r < M; ++r) {
-    int32x4_t s0 = acc[0][r][0], s1 = acc[0][r][1];
-    for (int u = 1; u < U; ++u) s0 = vaddq_s32(s0, acc[u][r][0]), s1 = vaddq_s32(s1, acc[u][r][1]);
-    vst1q_s32(out + r * kNr, s0);
-    vst1q_s32(out + r * kNr + 4, s1);
-  }
-  finish_tile<kNr>(out, t);
+  finish_neon_tile(acc, t);
 }
 
 void run(const GemmS8Tile& t) {
   with_rows<kMr>(t.m, [&](auto rows) { tile<decltype(rows)::value>(t); });
 }
-
 
 }  // namespace
 }  // namespace edgecompress
