@@ -53,8 +53,8 @@ std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const
   p->kernel = &kernel;
   p->n = n;
   p->k = k;
-  p->kblocks = (k + kr - 1) / kr;
-  p->panels = (n + nr - 1) / nr;
+  p->kblocks = static_cast<int>((static_cast<int64_t>(k) + kr - 1) / kr);
+  p->panels = static_cast<int>((static_cast<int64_t>(n) + nr - 1) / nr);
   p->data = AlignedArray<int8_t>(static_cast<size_t>(p->panels) * p->kblocks * nr * kr);
   p->colsum = AlignedArray<int32_t>(static_cast<size_t>(p->panels) * nr);
   p->scale = AlignedArray<float>(static_cast<size_t>(p->panels) * nr);
@@ -95,7 +95,7 @@ Workspace& workspace() {
   return ws;
 }
 
-int ceil_div(int a, int b) { return (a + b - 1) / b; }
+int ceil_div(int a, int b) { return static_cast<int>((static_cast<int64_t>(a) + b - 1) / b); }  // no overflow near INT_MAX
 
 std::atomic<double> g_min_parallel_macs{1 << 18};
 // Bytes of packed activations a block of strips may take (kept in L2 across panels).
