@@ -112,8 +112,11 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
   if (m <= 0) return GemmStatus::ok;
   const bool raw = aq.scheme == ActScheme::raw_s8 || aq.scheme == ActScheme::raw_u8;
   const size_t x_elem = raw ? 1 : 4;
+  // Rows are spread evenly over the strips (M = 8 with mr = 6 gives 4 + 4, not 6 + 2): a short
+  // strip streams the weight panel for few rows.
   const int strips = ceil_div(m, mr);
-  const int strip_rows_max = ceil_div(std::min(m, mr), kern.m_align) * kern.m_align;
+  const int rps = ceil_div(m, strips);  // rows per strip, <= mr
+  const int strip_rows_max = ceil_div(rps, kern.m_align) * kern.m_align;
   const size_t strip_bytes = static_cast<size_t>(kblocks) * strip_rows_max * kr * kern.a_bytes;
 
   Workspace& ws = workspace();
@@ -127,7 +130,7 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
   // 1. Quantize and pack the activations, strip by strip.
   std::atomic<int> status{static_cast<int>(GemmStatus::ok)};
   auto pack_strip = [&](int s) {
-    const int r0 = s * mr, rows = std::min(mr, m - r0);
+    const int r0 = s * rps, rows = std::min(rps, m - r0);
     uint8_t* scratch;
     try {
       scratch = Workspace::ensure(workspace().scratch, static_cast<size_t>(kblocks) * kr);
@@ -172,8 +175,8 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
       t.col_scale = w.scale.data() + c0;
       t.bias = bias != nullptr ? bias + c0 : nullptr;
       for (int s = mb * block_strips; s < s_end; ++s) {
-        const int r0 = s * mr;
-        t.m = std::min(mr, m - r0);
+        const int r0 = s * rps;
+        t.m = std::min(rps, m - r0);
         t.a_rows = ceil_div(t.m, kern.m_align) * kern.m_align;
         t.a = a + s * strip_bytes;
         t.row_offset = row_offset + r0;
