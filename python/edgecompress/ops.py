@@ -14,15 +14,15 @@ import numpy as np
 
 from . import _core
 from .runtime import gemm_s8_kernel
+from .weights import MAX_K as _MAX_K_INT8
 from .weights import Int8Weight
 
 __all__ = ["linear", "qgemm"]
 
 _ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 _SCHEMES = {"symmetric": 0, "asymmetric": 1}
-# Longest K with an exactly representable int32 accumulator: |activation - zero point| <= 128 for
-# int8 activations, <= 255 for uint8 ones, and |weight| <= 127.
-_MAX_K_INT8 = (2**31 - 1) // (127 * 128)
+# Longest K with an exactly representable int32 accumulator for uint8 activations (|activation -
+# zero point| <= 255, |weight| <= 127); int8 activations allow weights.MAX_K.
 _MAX_K_UINT8 = (2**31 - 1) // (127 * 255)
 _MAX_ROWS = 2**31 - 1
 
