@@ -25,7 +25,10 @@ struct PeakProbe {
 
 int peak_probes(const PeakProbe* const** probes);
 
-#if defined(__aarch64__)
+#if defined(__x86_64__) || defined(_M_X64)
+// The 256-bit streaming read of the ymm probes (peak_avx2.cc; every ymm tier has AVX2).
+uint64_t peak_read_ymm(const void* buf, size_t bytes);
+#elif defined(__aarch64__)
 // The 128-bit streaming read every ARM probe uses (peak_neon.cc).
 uint64_t peak_read_q(const void* buf, size_t bytes);
 #endif

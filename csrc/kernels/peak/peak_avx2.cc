@@ -52,7 +52,10 @@ void maddwd_ymm(int64_t iters) {
   __asm__ volatile("vzeroupper" ::: EC_YMM_CLOBBERS);
 }
 
-uint64_t read_ymm(const void* buf, size_t bytes) {
+}  // namespace
+
+// The 256-bit streaming read of the x86 ymm probes (declared in peak.h).
+uint64_t peak_read_ymm(const void* buf, size_t bytes) {
   const __m256i* p = static_cast<const __m256i*>(buf);
   __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
   for (size_t i = 0; i < bytes / 32; i += 8) {
@@ -65,10 +68,7 @@ uint64_t read_ymm(const void* buf, size_t bytes) {
   return static_cast<uint64_t>(_mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 3));
 }
 
-
-}  // namespace
-
-extern const PeakProbe peak_fma_ymm = {"fma_f32_ymm", Isa::avx2, 16.0, 12, kNeedsAvx2, fma_ymm, read_ymm};
-extern const PeakProbe peak_maddwd_ymm = {"vpmaddwd_ymm", Isa::avx2, 32.0, 8, kNeedsAvx2, maddwd_ymm, read_ymm};
+extern const PeakProbe peak_fma_ymm = {"fma_f32_ymm", Isa::avx2, 16.0, 12, kNeedsAvx2, fma_ymm, peak_read_ymm};
+extern const PeakProbe peak_maddwd_ymm = {"vpmaddwd_ymm", Isa::avx2, 32.0, 8, kNeedsAvx2, maddwd_ymm, peak_read_ymm};
 
 }  // namespace edgecompress

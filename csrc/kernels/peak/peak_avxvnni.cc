@@ -29,19 +29,8 @@ void dpbusd_vex(int64_t iters) {
   __asm__ volatile("vzeroupper" ::: EC_YMM_CLOBBERS);
 }
 
-uint64_t read_ymm(const void* buf, size_t bytes) {
-  const __m256i* p = static_cast<const __m256i*>(buf);
-  __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-  for (size_t i = 0; i < bytes / 32; i += 2) {
-    s0 = _mm256_add_epi64(s0, _mm256_load_si256(p + i));
-    s1 = _mm256_add_epi64(s1, _mm256_load_si256(p + i + 1));
-  }
-  const __m256i s = _mm256_add_epi64(s0, s1);
-  return static_cast<uint64_t>(_mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 3));
-}
-
 }  // namespace
 
-extern const PeakProbe peak_dpbusd_ymm_vex = {"vpdpbusd_ymm", Isa::avxvnni, 64.0, 14, kNeedsAvxVnni, dpbusd_vex, read_ymm};
+extern const PeakProbe peak_dpbusd_ymm_vex = {"vpdpbusd_ymm", Isa::avxvnni, 64.0, 14, kNeedsAvxVnni, dpbusd_vex, peak_read_ymm};
 
 }  // namespace edgecompress
