@@ -5,11 +5,13 @@ namespace py = pybind11;
 
 void register_runtime(py::module_& m);
 void register_gemm(py::module_& m);
+void register_gemm_q4(py::module_& m);
 void register_peak(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "edgecompress native core (private: use the edgecompress package)";
   register_runtime(m);
   register_gemm(m);
+  register_gemm_q4(m);
   register_peak(m);
 }

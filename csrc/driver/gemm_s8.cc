@@ -43,6 +43,7 @@ AlignedArray<T>::~AlignedArray() {
 
 template class AlignedArray<int8_t>;
 template class AlignedArray<uint8_t>;
+template class AlignedArray<uint16_t>;
 template class AlignedArray<int32_t>;
 template class AlignedArray<float>;
 

@@ -30,11 +30,13 @@ inline __m512i dpbusd512(__m512i acc, __m512i a_u8, __m512i b_s8) {
 #endif
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__) && (defined(EC_VNNI_EVEX) || !defined(__AVXVNNI__))
+#define EC_HAS_DPBUSD256 1
 inline __m256i dpbusd256(__m256i acc, __m256i a_u8, __m256i b_s8) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a_u8), "vm"(b_s8));
   return acc;
 }
 #elif defined(__AVXVNNI__)
+#define EC_HAS_DPBUSD256 1
 inline __m256i dpbusd256(__m256i acc, __m256i a_u8, __m256i b_s8) {
   __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a_u8), "xm"(b_s8));
   return acc;

@@ -1,17 +1,21 @@
 // THE dispatch table: every kernel built into this binary, per family, lowest tier first. Adding a
 // tier to a family is one new file and one row here; a tier without its own kernel for a family
 // inherits the tier below.
+#include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/peak.h"
 
 namespace edgecompress {
 
 extern const GemmS8Kernel gemm_s8_scalar;
+extern const GemmQ4Kernel gemm_q4_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
+extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vnni;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
 extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
+extern const GemmQ4Kernel gemm_q4_neon, gemm_q4_dotprod;
 extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
 #endif
 
@@ -28,6 +32,33 @@ const GemmS8Kernel* const kGemmS8[] = {
 #endif
 };
 constexpr int kGemmS8Count = sizeof(kGemmS8) / sizeof(kGemmS8[0]);
+
+// i8mm has no gemm_q4 kernel of its own: the dotprod one serves it (a GEMV-first family; smmla pays
+// only for GEMM tiles).
+const GemmQ4Kernel* const kGemmQ4[] = {
+    &gemm_q4_scalar,
+#if defined(__x86_64__) || defined(_M_X64)
+    &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vnni,
+#elif defined(__aarch64__)
+    &gemm_q4_neon, &gemm_q4_dotprod,
+#endif
+};
+
+// The highest-tier kernel at or below `cap` that runs here; earlier entries win ties.
+template <class K, size_t N>
+const K* select_kernel(const K* const (&list)[N], Isa cap) {
+  const int cap_rank = isa_rank(cap);
+  const K* best = list[0];
+  int best_rank = 0;
+  for (const K* k : list) {
+    const int rank = isa_rank(k->isa);
+    if (rank > best_rank && rank <= cap_rank && cpu_has(k->needs)) {
+      best = k;
+      best_rank = rank;
+    }
+  }
+  return best;
+}
 
 const PeakProbe* const kPeaks[] = {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -50,18 +81,13 @@ int peak_probes(const PeakProbe* const** probes) {
   return static_cast<int>(sizeof(kPeaks) / sizeof(kPeaks[0])) - 1;
 }
 
-const GemmS8Kernel* gemm_s8_select(Isa cap) {
-  const int cap_rank = isa_rank(cap);
-  const GemmS8Kernel* best = &gemm_s8_scalar;
-  int best_rank = 0;
-  for (const GemmS8Kernel* k : kGemmS8) {
-    const int rank = isa_rank(k->isa);
-    if (rank > best_rank && rank <= cap_rank && cpu_has(k->needs)) {
-      best = k;
-      best_rank = rank;
-    }
-  }
-  return best;
+const GemmS8Kernel* gemm_s8_select(Isa cap) { return select_kernel(kGemmS8, cap); }
+
+int gemm_q4_kernels(const GemmQ4Kernel* const** kernels) {
+  *kernels = kGemmQ4;
+  return static_cast<int>(sizeof(kGemmQ4) / sizeof(kGemmQ4[0]));
 }
+
+const GemmQ4Kernel* gemm_q4_select(Isa cap) { return select_kernel(kGemmQ4, cap); }
 
 }  // namespace edgecompress

@@ -48,7 +48,7 @@ def _env_cap() -> str:
 
 _PROCESS_CAP = _env_cap()
 _cap: contextvars.ContextVar[str] = contextvars.ContextVar("edgecompress_isa", default=_PROCESS_CAP)
-_gemm_s8_by_cap: dict[str, str] = {}
+_kernel_by_cap: dict[tuple[str, str], str] = {}
 
 
 def current_tier() -> str:
@@ -56,14 +56,24 @@ def current_tier() -> str:
     return _cap.get()
 
 
+def _kernel(family: str) -> str:
+    cap = _cap.get()
+    name = _kernel_by_cap.get((family, cap))
+    if name is None:
+        select = _core.gemm_s8_select if family == "gemm_s8" else _core.gemm_q4_select
+        name = _kernel_by_cap[(family, cap)] = select(cap)
+        _log(f"{family} -> {name} (cap {cap})")
+    return name
+
+
 def gemm_s8_kernel() -> str:
     """Name of the gemm_s8 kernel serving the current cap."""
-    cap = _cap.get()
-    name = _gemm_s8_by_cap.get(cap)
-    if name is None:
-        name = _gemm_s8_by_cap[cap] = _core.gemm_s8_select(cap)
-        _log(f"gemm_s8 -> {name} (cap {cap})")
-    return name
+    return _kernel("gemm_s8")
+
+
+def gemm_q4_kernel() -> str:
+    """Name of the gemm_q4 (4-bit weight) kernel serving the current cap."""
+    return _kernel("gemm_q4")
 
 
 @contextlib.contextmanager
@@ -123,8 +133,10 @@ def cpu_info() -> dict[str, Any]:
     for t in LADDER:
         ok, reason = _core.tier_support(t)
         tiers[t] = {"built": t in built, "supported": ok, "reason": reason}
-    selected = gemm_s8_kernel()
-    family = next(k for k in kernels if k["name"] == selected)
+    families = {}
+    for fam, listing, select in (("gemm_s8", kernels, gemm_s8_kernel), ("gemm_q4", _core.gemm_q4_kernels(), gemm_q4_kernel)):
+        name = select()
+        families[fam] = {"kernel": name, "tier": next(k for k in listing if k["name"] == name)["tier"]}
     return {
         "arch": _core.arch(),
         "model": _core.cpu_model(),
@@ -133,7 +145,7 @@ def cpu_info() -> dict[str, Any]:
         "tiers_built": built,
         "tiers": tiers,
         "tier_cap": current_tier(),
-        "families": {"gemm_s8": {"kernel": selected, "tier": family["tier"]}},
+        "families": families,
         "num_threads": get_num_threads(),
     }
 
@@ -142,3 +154,4 @@ _threads_from_env()
 if _VERBOSE:
     _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(FEATURES)}")
     gemm_s8_kernel()
+    gemm_q4_kernel()

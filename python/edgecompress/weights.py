@@ -8,9 +8,12 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from . import quantize4
 from .reference import quantize_weight_int8
+from .reference.gemm_q4 import dequantize as _dequantize_q4
+from .reference.gemm_q4 import pack_nibbles, unpack_nibbles
 
-__all__ = ["Int8Weight"]
+__all__ = ["Int4Weight", "Int8Weight"]
 
 # The longest rows whose int32 accumulators stay exact: |activation - zero point| <= 128 (int8
 # activations), |weight| <= 127. (uint8 activations allow less; ops.linear checks that per call.)
@@ -139,3 +142,297 @@ class Int8Weight:
     def __repr__(self) -> str:
         n, k = self.shape
         return f"Int8Weight(shape=({n}, {k}), granularity={self.granularity!r}, nbytes={self.nbytes})"
+
+
+_GROUP_SIZES = (32, 64, 128)
+# Longest K for Int4Weight: keeps per-group int32 dot products and packed offsets far in range.
+MAX_K_INT4 = 2**24
+
+
+def _check_metadata(d: Any, fmt: str, version_max: int) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise TypeError(f"d: expected a dict from state_dict(), got {type(d).__name__}")
+    meta = d.get("metadata")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"d: expected metadata with format {fmt!r}, got {meta!r}")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > version_max or version < 1:
+        raise ValueError(f"d: format version {version!r} is not supported (this edgecompress reads <= {version_max})")
+    return meta
+
+
+class Int4Weight:
+    """4-bit weight, group-wise along K, shaped (N, K) like torch ``Linear.weight``.
+
+    Arrays (the byte layout of onnxruntime's MatMulNBits, so weights convert without requantizing):
+      ``qweight`` uint8 (N, K/g, g/2): 4-bit codes, low nibble first; K padded to whole groups;
+      ``scale`` float16 (N, K/g);
+      ``zero_point`` uint8 (N, ceil(K/g/2)): 4-bit zero points, low nibble first, or None
+      (symmetric: every zero point is 8);
+      ``codebook`` float32 (16,) or (N, 16), or None: a non-uniform weight is table[code] * scale.
+    ``compute`` picks the kernels' arithmetic: "int8" (activations quantized per row and group,
+    exact integer dot products; the default) or "float" (weights dequantized exactly to float32).
+    """
+
+    FORMAT = "int4"
+    VERSION = 1
+
+    def __init__(self, qweight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None,
+                 codebook: np.ndarray | None = None, *, k: int | None = None, compute: str = "int8") -> None:
+        if not isinstance(qweight, np.ndarray) or qweight.dtype != np.uint8:
+            raise TypeError(f"qweight: expected a uint8 numpy array, got {getattr(qweight, 'dtype', type(qweight).__name__)}")
+        if qweight.ndim != 3 or 0 in qweight.shape:
+            raise ValueError(f"qweight: expected a non-empty 3-D (N, K/g, g/2) array, got shape {qweight.shape}")
+        n, groups, half = qweight.shape
+        g = 2 * half
+        if g not in _GROUP_SIZES:
+            raise ValueError(f"qweight: expected a group size g in {_GROUP_SIZES} (last dimension g/2), got g = {g}")
+        kp = groups * g
+        if k is None:
+            k = kp
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k: expected an int, got {type(k).__name__}")
+        k = int(k)
+        if not kp - g < k <= kp:
+            raise ValueError(f"k: expected {kp - g + 1}..{kp} for {groups} groups of {g}, got {k}")
+        if k > MAX_K_INT4:
+            raise ValueError(f"k: expected K <= {MAX_K_INT4}, got {k}")
+        if n > _MAX_N:
+            raise ValueError(f"qweight: expected N <= {_MAX_N}, got shape {qweight.shape}")
+        if not isinstance(scale, np.ndarray) or scale.dtype != np.float16:
+            raise TypeError(f"scale: expected a float16 numpy array, got {getattr(scale, 'dtype', type(scale).__name__)}")
+        if scale.shape != (n, groups):
+            raise ValueError(f"scale: expected shape ({n}, {groups}), got {scale.shape}")
+        if not np.isfinite(scale).all():
+            raise ValueError("scale: expected finite values, got NaN or Inf")
+        if zero_point is not None:
+            if not isinstance(zero_point, np.ndarray) or zero_point.dtype != np.uint8:
+                raise TypeError(f"zero_point: expected a uint8 numpy array or None, got {getattr(zero_point, 'dtype', type(zero_point).__name__)}")
+            if zero_point.shape != (n, (groups + 1) // 2):
+                raise ValueError(f"zero_point: expected shape ({n}, {(groups + 1) // 2}), got {zero_point.shape}")
+        if codebook is not None:
+            if zero_point is not None:
+                raise ValueError("zero_point: a codebook weight has no zero points (pass None)")
+            if not isinstance(codebook, np.ndarray) or codebook.dtype != np.float32:
+                raise TypeError(f"codebook: expected a float32 numpy array or None, got {getattr(codebook, 'dtype', type(codebook).__name__)}")
+            if codebook.shape not in ((16,), (n, 16)):
+                raise ValueError(f"codebook: expected shape (16,) or ({n}, 16), got {codebook.shape}")
+            if not np.isfinite(codebook).all():
+                raise ValueError("codebook: expected finite values, got NaN or Inf")
+        if compute not in ("int8", "float"):
+            raise ValueError(f"compute: expected 'int8' or 'float', got {compute!r}")
+        self.k = k
+        self.group_size = g
+        self.compute = compute
+        self.qweight = _frozen(qweight)
+        self.scale = _frozen(scale)
+        self.zero_point = None if zero_point is None else _frozen(zero_point)
+        self.codebook = None if codebook is None else _frozen(codebook)
+        self._packed: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_float(cls, w: Any, group_size: int = 32, symmetric: bool = True, method: str = "rtn",
+                   codebook: str | np.ndarray | None = None, compute: str = "int8") -> Int4Weight:
+        """Quantize a float (N, K) weight group-wise along K.
+
+        Uniform (``codebook=None``): symmetric maps each group's largest-magnitude value to code 0
+        (level -8, zero point 8, as GGUF Q4_0); asymmetric spreads [min(w, 0), max(w, 0)] over
+        0..15 with a 4-bit zero point. ``method="rtn"`` rounds to nearest; ``"mse"`` also tries
+        clipping the range to 0.98 ... 0.5 of it and keeps, per group, the scale with the smallest
+        squared reconstruction error. ``codebook="nf4"`` (NormalFloat4 table), ``"kmeans"`` (16
+        centroids fitted per output channel) or a float32 table (16,) / (N, 16) gives a
+        non-uniform weight: table[code] * scale, scale = the group's max|w| (searched likewise by
+        ``method="mse"``).
+        """
+        if isinstance(group_size, bool) or group_size not in _GROUP_SIZES:
+            raise ValueError(f"group_size: expected one of {_GROUP_SIZES}, got {group_size!r}")
+        if method not in ("rtn", "mse"):
+            raise ValueError(f"method: expected 'rtn' or 'mse', got {method!r}")
+        if not isinstance(symmetric, bool):
+            raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+        w = _as_float_matrix(w, "w")
+        n, k = w.shape
+        if k > MAX_K_INT4:
+            raise ValueError(f"w: expected K <= {MAX_K_INT4}, got shape {w.shape}")
+        if codebook is None:
+            codes, scale, zp = quantize4.quantize_uniform(w, group_size, symmetric, method)
+            zp_packed = None if zp is None else _pack_zero_points(zp)
+            return cls(pack_nibbles(codes, group_size), scale, zp_packed, k=k, compute=compute)
+        if isinstance(codebook, str):
+            if codebook not in ("nf4", "kmeans"):
+                raise ValueError(f"codebook: expected 'nf4', 'kmeans', a float32 table or None, got {codebook!r}")
+        else:
+            codebook = np.asarray(codebook)
+            if codebook.dtype != np.float32 or codebook.shape not in ((16,), (n, 16)) or not np.isfinite(codebook).all():
+                raise ValueError(f"codebook: expected a finite float32 table of shape (16,) or ({n}, 16)")
+        if not symmetric:
+            raise ValueError("symmetric: a codebook weight has no zero points; pass symmetric=True")
+        codes, scale, table = quantize4.quantize_codebook(w, group_size, codebook, method)
+        return cls(pack_nibbles(codes, group_size), scale, None, np.asarray(table, np.float32), k=k, compute=compute)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.qweight.shape[0]), self.k)
+
+    @property
+    def groups(self) -> int:
+        return int(self.qweight.shape[1])
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_point is None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the canonical arrays (what a file holds)."""
+        arrays = (self.qweight, self.scale, self.zero_point, self.codebook)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    def to_float(self) -> np.ndarray:
+        return _dequantize_q4(self.qweight, self.scale, self.zero_point, self.codebook, self.k)
+
+    def with_compute(self, compute: str) -> Int4Weight:
+        """The same weight (sharing its arrays) with another compute mode."""
+        return Int4Weight(self.qweight, self.scale, self.zero_point, self.codebook, k=self.k, compute=compute)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Arrays plus a JSON-able ``metadata`` dict (format name and version, K, group size)."""
+        d: dict[str, Any] = {"qweight": self.qweight, "scale": self.scale}
+        if self.zero_point is not None:
+            d["zero_point"] = self.zero_point
+        if self.codebook is not None:
+            d["codebook"] = self.codebook
+        d["metadata"] = {"format": self.FORMAT, "version": self.VERSION, "k": self.k,
+                         "group_size": self.group_size, "compute": self.compute}
+        return d
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> Int4Weight:
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION)
+        for key in ("qweight", "scale"):
+            if key not in d:
+                raise ValueError(f"d: missing array {key!r}")
+        k = meta.get("k")
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"d: expected an int 'k' in metadata, got {k!r}")
+        if meta.get("group_size") != 2 * np.asarray(d["qweight"]).shape[-1]:
+            raise ValueError(f"d: metadata group_size {meta.get('group_size')!r} does not match qweight")
+        zp, cb = d.get("zero_point"), d.get("codebook")
+        return cls(np.asarray(d["qweight"]), np.asarray(d["scale"]), None if zp is None else np.asarray(zp),
+                   None if cb is None else np.asarray(cb), k=k, compute=meta.get("compute", "int8"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.state_dict()
+        return {key: (np.array(v) if isinstance(v, np.ndarray) else v) for key, v in d.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        other = Int4Weight.from_state_dict(state)
+        self.__dict__.update(other.__dict__)
+
+    def packed(self, kernel: str) -> Any:
+        """The weight packed for a gemm_q4 kernel family layout (built once, then cached)."""
+        p = self._packed.get(kernel)
+        if p is None:
+            with self._lock:
+                p = self._packed.get(kernel)
+                if p is None:
+                    zp = None if self.zero_point is None else _unpack_zero_points(self.zero_point, self.groups)
+                    p = self._packed[kernel] = _core.pack_q4(self.qweight, self.scale, zp, self.codebook, self.k, kernel)
+        return p
+
+    # --- converters -------------------------------------------------------------------------------
+
+    def to_onnx_matmulnbits(self) -> dict[str, Any]:
+        """Initializers and attributes of an onnxruntime ``com.microsoft.MatMulNBits`` node.
+
+        Returns {"B": uint8 (N, K/g, g/2), "scales": float32 (N * K/g,), "zero_points": uint8
+        (N * ceil(K/g/2),) or absent, "attributes": {"K", "N", "bits", "block_size"}}. Uniform
+        weights only (MatMulNBits has no codebooks). The conversion is exact.
+        """
+        if self.codebook is not None:
+            raise ValueError("self: MatMulNBits holds uniform 4-bit weights; this weight has a codebook")
+        n = self.shape[0]
+        d: dict[str, Any] = {"B": np.array(self.qweight), "scales": self.scale.astype(np.float32).reshape(-1)}
+        if self.zero_point is not None:
+            d["zero_points"] = np.array(self.zero_point).reshape(-1)
+        d["attributes"] = {"K": self.k, "N": n, "bits": 4, "block_size": self.group_size}
+        return d
+
+    @classmethod
+    def from_onnx_matmulnbits(cls, B: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None = None, *,
+                              K: int, N: int, block_size: int, bits: int = 4) -> Int4Weight:
+        """From MatMulNBits initializers (see to_onnx_matmulnbits). Scales are stored as float16:
+        float32 scales that float16 cannot hold exactly are rounded (relative change <= 2^-11)."""
+        if bits != 4:
+            raise ValueError(f"bits: expected 4, got {bits}")
+        if block_size not in _GROUP_SIZES:
+            raise ValueError(f"block_size: expected one of {_GROUP_SIZES}, got {block_size}")
+        groups = -(-int(K) // block_size)
+        b = np.asarray(B)
+        if b.dtype != np.uint8 or b.size != N * groups * block_size // 2:
+            raise ValueError(f"B: expected uint8 with {N * groups * block_size // 2} bytes, got {b.dtype} {b.shape}")
+        s = np.asarray(scales)
+        if s.dtype not in (np.float32, np.float16) or s.size != N * groups:
+            raise ValueError(f"scales: expected float32/float16 with {N * groups} values, got {s.dtype} {s.shape}")
+        if np.abs(s.astype(np.float64)).max(initial=0) > float(np.finfo(np.float16).max):
+            raise ValueError("scales: values beyond the float16 range")
+        zp = None
+        if zero_points is not None:
+            z = np.asarray(zero_points)
+            if z.dtype != np.uint8 or z.size != N * ((groups + 1) // 2):
+                raise ValueError(f"zero_points: expected uint8 with {N * ((groups + 1) // 2)} bytes (4-bit packed), got {z.dtype} {z.shape}")
+            zp = z.reshape(N, (groups + 1) // 2)
+        return cls(b.reshape(N, groups, block_size // 2), s.reshape(N, groups).astype(np.float16), zp, k=int(K))
+
+    def to_gguf_q4_0(self) -> np.ndarray:
+        """GGUF Q4_0 blocks, uint8 (N, K/32 * 18): per 32 weights a float16 scale d and 16 bytes
+        whose low nibbles are elements 0..15 and high nibbles 16..31, value (code - 8) * d. Exact;
+        needs group_size 32, symmetric, no codebook and K a multiple of 32."""
+        if self.codebook is not None or self.zero_point is not None or self.group_size != 32 or self.k % 32:
+            raise ValueError("self: Q4_0 needs a symmetric uniform weight with group_size 32 and K a multiple of 32")
+        n, groups = self.shape[0], self.groups
+        codes = unpack_nibbles(self.qweight).reshape(n, groups, 32)
+        qs = (codes[..., :16] | (codes[..., 16:] << 4)).astype(np.uint8)
+        d = self.scale.reshape(n, groups, 1).view(np.uint8).reshape(n, groups, 2)
+        return np.concatenate([d, qs], axis=-1).reshape(n, groups * 18)
+
+    @classmethod
+    def from_gguf_q4_0(cls, blocks: np.ndarray, shape: tuple[int, int]) -> Int4Weight:
+        """From GGUF Q4_0 tensor data (raw blocks, e.g. ``gguf.GGUFReader(...).tensors[i].data``)
+        for a weight of ``shape`` (N, K) in torch order. Exact."""
+        n, k = (int(v) for v in shape)
+        b = np.asarray(blocks)
+        if b.dtype != np.uint8 or k % 32 or b.size != n * k // 32 * 18:
+            raise ValueError(f"blocks: expected uint8 Q4_0 data with {n * k // 32 * 18} bytes for shape {shape} (K a multiple of 32), got {b.dtype} {b.shape}")
+        b = np.ascontiguousarray(b).reshape(n, k // 32, 18)
+        d = b[..., :2].copy().view(np.float16).reshape(n, k // 32)
+        if not np.isfinite(d).all():
+            raise ValueError("blocks: scales with NaN or Inf")
+        qs = b[..., 2:]
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, k)
+        return cls(pack_nibbles(codes, 32), d, None, k=k)
+
+    def __repr__(self) -> str:
+        n, k = self.shape
+        kind = "codebook" if self.codebook is not None else ("symmetric" if self.symmetric else "asymmetric")
+        return f"Int4Weight(shape=({n}, {k}), group_size={self.group_size}, {kind}, compute={self.compute!r}, nbytes={self.nbytes})"
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, order="C", copy=True)
+    a.flags.writeable = False
+    return a
+
+
+def _pack_zero_points(zp: np.ndarray) -> np.ndarray:
+    """(N, G) zero points in 0..15 -> (N, ceil(G/2)) bytes, low nibble first; an odd G leaves the last
+    high nibble 0."""
+    n, groups = zp.shape
+    z = np.zeros((n, groups + groups % 2), np.uint8)
+    z[:, :groups] = zp
+    return (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _unpack_zero_points(zp: np.ndarray, groups: int) -> np.ndarray:
+    return np.ascontiguousarray(np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(zp.shape[0], -1)[:, :groups])

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 
 namespace edgecompress {
@@ -54,5 +55,30 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
 // Below this many multiply-adds a call runs on one thread (waking workers costs more). Tests set it
 // to 0 so that small shapes exercise the parallel paths too.
 void set_gemm_s8_min_parallel_macs(double macs);
+
+// A 4-bit weight packed for the gemm_q4 kernels (one layout for every tier, see gemm_q4.h).
+struct PackedQ4Weight {
+  const GemmQ4Kernel* kernel = nullptr;
+  Q4Weight w;  // views into the arrays below
+  AlignedArray<uint8_t> nib, zp;
+  AlignedArray<uint16_t> scale;
+  AlignedArray<int8_t> table_i8;
+  AlignedArray<float> table_scale, table_f32;
+  float scale_absmax = 0;  // max |scale|: picks the rows the int8 mode scales in float64
+  size_t nbytes() const {
+    return nib.size() + zp.size() + scale.size() * 2 + table_i8.size() + 4 * (table_scale.size() + table_f32.size());
+  }
+};
+
+// qweight: n rows of kp / 2 bytes (codes, low nibble first, kp = groups * g); scale: (n, groups)
+// float16 bits; zp: (n, groups) zero points 0..15 or null (symmetric); codebook: 16 floats, n * 16
+// (per_channel) or null.
+std::unique_ptr<PackedQ4Weight> pack_q4_weight(const GemmQ4Kernel& kernel, const uint8_t* qweight, int n, int k,
+                                               int g, const uint16_t* scale, const uint8_t* zp,
+                                               const float* codebook, bool per_channel);
+
+// y (m, n) = epilogue(x @ W.T) for fp32 x (row stride ldx). Runs on the thread pool.
+GemmStatus gemm_q4(const PackedQ4Weight& w, const float* x, ptrdiff_t ldx, int m, Q4Compute compute,
+                   const float* bias, Activation act, float* y, int max_threads);
 
 }  // namespace edgecompress

@@ -1,0 +1,143 @@
+// 4-bit GEMM: weight packing and the fp32 linear. The Python layer (edgecompress.ops) validates user
+// input first; these checks only guard the boundary.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/threadpool.h"
+
+namespace py = pybind11;
+using namespace edgecompress;
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+bool contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
+
+const GemmQ4Kernel& q4_kernel_by_name(const std::string& name) {
+  const GemmQ4Kernel* const* ks;
+  const int n = gemm_q4_kernels(&ks);
+  for (int i = 0; i < n; ++i) {
+    if (name == ks[i]->name) {
+      if (!cpu_has(ks[i]->needs)) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
+      return *ks[i];
+    }
+  }
+  throw std::invalid_argument("unknown kernel '" + name + "'");
+}
+
+std::unique_ptr<PackedQ4Weight> pack(const py::array& qweight, const py::array& scale, const py::object& zp,
+                                     const py::object& codebook, int k, const std::string& kernel) {
+  require(py::isinstance<py::array_t<uint8_t>>(qweight) && qweight.ndim() == 3 && contiguous(qweight),
+          "qweight: expected uint8 (N, G, g/2) C-contiguous");
+  const int n = static_cast<int>(qweight.shape(0)), groups = static_cast<int>(qweight.shape(1));
+  const int g = static_cast<int>(qweight.shape(2)) * 2;
+  require(n > 0 && groups > 0 && (g == 32 || g == 64 || g == 128), "qweight: bad shape");
+  require(k > (groups - 1) * g && k <= groups * g, "k: does not match qweight");
+  require(py::isinstance<py::array_t<uint16_t>>(scale) || scale.dtype().kind() == 'f', "scale: wrong dtype");
+  require(scale.itemsize() == 2 && scale.ndim() == 2 && scale.shape(0) == n && scale.shape(1) == groups && contiguous(scale),
+          "scale: expected float16 (N, G) C-contiguous");
+  const uint8_t* zp_ptr = nullptr;
+  if (!zp.is_none()) {
+    const auto z = py::reinterpret_borrow<py::array>(zp);
+    require(py::isinstance<py::array_t<uint8_t>>(zp) && z.ndim() == 2 && z.shape(0) == n && z.shape(1) == groups && contiguous(z),
+            "zero_point: expected uint8 (N, G) C-contiguous");
+    zp_ptr = static_cast<const uint8_t*>(z.data());
+    for (py::ssize_t i = 0; i < z.size(); ++i) require(zp_ptr[i] < 16, "zero_point: expected values 0..15");
+  }
+  const float* cb_ptr = nullptr;
+  bool per_channel = false;
+  if (!codebook.is_none()) {
+    require(zp.is_none(), "codebook: a codebook weight has no zero points");
+    const auto c = py::reinterpret_borrow<py::array>(codebook);
+    require(py::isinstance<py::array_t<float>>(codebook) && contiguous(c) &&
+                ((c.ndim() == 1 && c.shape(0) == 16) || (c.ndim() == 2 && c.shape(0) == n && c.shape(1) == 16)),
+            "codebook: expected float32 (16,) or (N, 16)");
+    cb_ptr = static_cast<const float*>(c.data());
+    per_channel = c.ndim() == 2;
+  }
+  const GemmQ4Kernel& kern = q4_kernel_by_name(kernel);
+  const uint8_t* q = static_cast<const uint8_t*>(qweight.data());
+  const uint16_t* s = static_cast<const uint16_t*>(scale.data());
+  py::gil_scoped_release release;
+  return pack_q4_weight(kern, q, n, k, g, s, zp_ptr, cb_ptr, per_channel);
+}
+
+py::array linear(const PackedQ4Weight& w, const py::array& x, const py::object& bias, int act, int compute,
+                 const py::object& out) {
+  require(py::isinstance<py::array_t<float>>(x) && x.ndim() == 2 && contiguous(x), "x: expected float32 (M, K) C-contiguous");
+  require(x.shape(1) == w.w.k, "x: expected " + std::to_string(w.w.k) + " columns");
+  require(x.shape(0) <= INT32_MAX, "x: too many rows");
+  require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
+  require(compute == 0 || compute == 1, "compute: out of range");
+  const float* bias_ptr = nullptr;
+  if (!bias.is_none()) {
+    const auto b = py::reinterpret_borrow<py::array>(bias);
+    require(py::isinstance<py::array_t<float>>(bias) && b.ndim() == 1 && b.shape(0) == w.w.n && contiguous(b),
+            "bias: expected float32 (" + std::to_string(w.w.n) + ",) contiguous");
+    bias_ptr = static_cast<const float*>(b.data());
+  }
+  const int m = static_cast<int>(x.shape(0));
+  py::array y;
+  if (out.is_none()) {
+    y = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.w.n)});
+  } else {
+    y = py::reinterpret_borrow<py::array>(out);
+    require(py::isinstance<py::array_t<float>>(out) && y.ndim() == 2 && contiguous(y) && y.shape(0) == m &&
+                y.shape(1) == w.w.n && y.writeable(),
+            "out: expected a writeable (M, N) float32 array");
+  }
+  const float* xp = static_cast<const float*>(x.data());
+  float* yp = static_cast<float*>(y.mutable_data());
+  GemmStatus status;
+  {
+    py::gil_scoped_release release;
+    status = gemm_q4(w, xp, w.w.k, m, static_cast<Q4Compute>(compute), bias_ptr, static_cast<Activation>(act), yp,
+                     get_num_threads());
+  }
+  if (status == GemmStatus::nonfinite_input) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
+  if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
+  return y;
+}
+
+}  // namespace
+
+void register_gemm_q4(py::module_& m) {
+  py::class_<PackedQ4Weight>(m, "PackedQ4Weight", "A 4-bit weight packed for the gemm_q4 kernels (opaque).")
+      .def_property_readonly("kernel", [](const PackedQ4Weight& w) { return std::string(w.kernel->name); })
+      .def_property_readonly("tier", [](const PackedQ4Weight& w) { return std::string(isa_name(w.kernel->isa)); })
+      .def_property_readonly("n", [](const PackedQ4Weight& w) { return w.w.n; })
+      .def_property_readonly("k", [](const PackedQ4Weight& w) { return w.w.k; })
+      .def_property_readonly("nbytes", &PackedQ4Weight::nbytes);
+  m.def("pack_q4", &pack, py::arg("qweight"), py::arg("scale"), py::arg("zero_point"), py::arg("codebook"),
+        py::arg("k"), py::arg("kernel"));
+  m.def("linear_q4", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"), py::arg("compute"),
+        py::arg("out") = py::none());
+  m.def("gemm_q4_kernels", [] {
+    const GemmQ4Kernel* const* ks;
+    const int n = gemm_q4_kernels(&ks);
+    py::list out;
+    for (int i = 0; i < n; ++i) {
+      py::dict d;
+      d["name"] = ks[i]->name;
+      d["tier"] = isa_name(ks[i]->isa);
+      d["mr"] = ks[i]->mr;
+      d["runs_here"] = cpu_has(ks[i]->needs);
+      out.append(d);
+    }
+    return out;
+  }, "Every gemm_q4 kernel built into this binary, lowest tier first.");
+  m.def("gemm_q4_select", [](const std::string& cap) {
+    Isa isa;
+    if (!isa_from_name(cap.c_str(), &isa)) throw std::invalid_argument("unknown tier '" + cap + "'");
+    return std::string(gemm_q4_select(isa)->name);
+  }, "Name of the gemm_q4 kernel the registry picks under a tier cap.");
+}

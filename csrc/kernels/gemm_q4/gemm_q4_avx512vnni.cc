@@ -1,0 +1,10 @@
+// gemm_q4 on AVX-512 VNNI: one zmm per 16-column panel, vpdpbusd with embedded activation broadcast.
+// Up to 4 rows per tile; one row uses 4 accumulator chains (see gemm_q4_x86.h).
+#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
+#error "gemm_q4_avx512vnni.cc must be compiled with the avx512vnni tier flags"
+#endif
+
+#include "gemm_q4_x86.h"
+
+EC_GEMM_Q4_KERNEL(gemm_q4_avx512vnni, "gemm_q4_4x16_avx512vnni", Isa::avx512vnni, 4, kNeedsAvx512Vnni,
+                  q4_tile_avx512<4>)

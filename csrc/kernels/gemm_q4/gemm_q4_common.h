@@ -1,0 +1,217 @@
+// Code every gemm_q4 tier shares: activation preparation, the portable tiles (the scalar tier's
+// kernels, and on every tier the float mode and per-channel codebooks), and the epilogue.
+//
+// Plain C++ compiled by each tier's translation unit with that tier's flags; internal linkage, no
+// standard-library templates (see gemm_s8/gemm_s8_common.h for why). Float operations are written in
+// the oracle's order (python/edgecompress/reference/gemm_q4.py) and the project builds with
+// -ffp-contract=off, so the int8 mode returns the oracle's bits on every tier.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "../gemm_s8/gemm_s8_common.h"
+#include "edgecompress/gemm_q4.h"
+
+namespace edgecompress {
+namespace {
+
+// Exact float16 -> float32 (the scales are finite).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  if (exp == 0) {
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;  // mant * 2^-24, exact
+    return sign ? -v : v;
+  }
+  return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+inline int q4_ksteps(const Q4Weight& w) { return w.kp / 8; }
+inline const uint8_t* q4_panel_nib(const Q4Weight& w, int panel) {
+  return w.nib + static_cast<size_t>(panel) * q4_ksteps(w) * 64;
+}
+inline const uint16_t* q4_panel_scale(const Q4Weight& w, int panel) {
+  return w.scale + static_cast<size_t>(panel) * w.groups * kQ4Panel;
+}
+inline const uint8_t* q4_panel_zp(const Q4Weight& w, int panel) {
+  return w.zp == nullptr ? nullptr : w.zp + static_cast<size_t>(panel) * w.groups * kQ4Panel;
+}
+
+// Code of column j at k = 8 * s + i within a panel's packed nibbles.
+inline int q4_code(const uint8_t* nib, int s, int j, int i) {
+  const uint8_t b = nib[static_cast<size_t>(s) * 64 + 4 * j + (i & 3)];
+  return i < 4 ? (b & 0x0f) : (b >> 4);
+}
+
+// int8 mode: per row, each group of x (zero-padded to kp) quantized like quantize_rows_symmetric.
+// Float mode: x copied into xf, zero-padded to kp. Returns false on NaN or Inf.
+inline bool q4_prepare(const Q4Weight& w, Q4Compute compute, const float* x, ptrdiff_t ldx, int rows, int8_t* xq,
+                       float* xf, float* sx, int32_t* sumq) {
+  const int k = w.k, kp = w.kp, g = w.g;
+  ActQuant aq;  // dynamic symmetric
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    if (compute == Q4Compute::float32) {
+      float* dst = xf + static_cast<ptrdiff_t>(r) * kp;
+      uint32_t abs_max = 0;
+      for (int i = 0; i < k; ++i) {
+        const uint32_t a = float_bits(xr[i]) & 0x7fffffffu;
+        abs_max = a > abs_max ? a : abs_max;
+        dst[i] = xr[i];
+      }
+      if (abs_max >= kInfBits) return false;
+      for (int i = k; i < kp; ++i) dst[i] = 0.0f;
+      continue;
+    }
+    int8_t* q = xq + static_cast<ptrdiff_t>(r) * kp;
+    for (int gi = 0; gi < w.groups; ++gi) {
+      const int k0 = gi * g, len = k - k0 < g ? k - k0 : g;
+      uint8_t* qg = reinterpret_cast<uint8_t*>(q + k0);
+      int32_t zp_unused = 0;
+      float s = 1.0f;
+      if (!quantize_row(xr + k0, len, aq, 0, qg, &s, &zp_unused)) return false;
+      for (int i = len; i < g; ++i) qg[i] = 0;
+      int32_t sum = 0;
+      for (int i = 0; i < g; ++i) sum += static_cast<int8_t>(qg[i]);
+      sx[static_cast<ptrdiff_t>(r) * w.groups + gi] = s;
+      sumq[static_cast<ptrdiff_t>(r) * w.groups + gi] = sum;
+    }
+  }
+  return true;
+}
+
+// The integers column j multiplies in the int8 mode, for one group: c[j * g + kk].
+inline void q4_decode_group_i8(const Q4Weight& w, int panel, int gi, int8_t* c) {
+  const int g = w.g, steps = g / 8;
+  const uint8_t* nib = q4_panel_nib(w, panel) + static_cast<size_t>(gi) * steps * 64;
+  const uint8_t* zp = q4_panel_zp(w, panel);
+  for (int j = 0; j < kQ4Panel; ++j) {
+    const int8_t* table = nullptr;
+    if (w.table_i8 != nullptr) table = w.table_i8 + (w.per_channel ? (panel * kQ4Panel + j) * 16 : 0);
+    const int z = zp != nullptr ? zp[gi * kQ4Panel + j] : 8;
+    for (int s = 0; s < steps; ++s) {
+      for (int i = 0; i < 8; ++i) {
+        const int code = q4_code(nib, s, j, i);
+        c[j * g + 8 * s + i] = static_cast<int8_t>(table != nullptr ? table[code] : code - z);
+      }
+    }
+  }
+}
+
+// The float values column j multiplies in the float mode, for one group, k-major: c[kk * 16 + j].
+inline void q4_decode_group_f32(const Q4Weight& w, int panel, int gi, float* c) {
+  const int g = w.g, steps = g / 8;
+  const uint8_t* nib = q4_panel_nib(w, panel) + static_cast<size_t>(gi) * steps * 64;
+  const uint8_t* zp = q4_panel_zp(w, panel);
+  for (int j = 0; j < kQ4Panel; ++j) {
+    const float* table = nullptr;
+    if (w.table_f32 != nullptr) table = w.table_f32 + (w.per_channel ? (panel * kQ4Panel + j) * 16 : 0);
+    const int z = zp != nullptr ? zp[gi * kQ4Panel + j] : 8;
+    for (int s = 0; s < steps; ++s) {
+      for (int i = 0; i < 8; ++i) {
+        const int code = q4_code(nib, s, j, i);
+        c[(8 * s + i) * kQ4Panel + j] = table != nullptr ? table[code] : static_cast<float>(code - z);
+      }
+    }
+  }
+}
+
+// Applies the codebook scale a, bias and activation to acc (rows x 16) and stores t.n columns.
+inline void q4_store(const Q4Tile& t, const float* __restrict acc) {
+  const Q4Weight& w = *t.w;
+  const float* __restrict bias = t.bias;
+  float a[kQ4Panel];
+  for (int j = 0; j < kQ4Panel; ++j) a[j] = 1.0f;
+  const bool scaled = w.table_i8 != nullptr && t.compute == Q4Compute::int8;
+  if (scaled) {
+    for (int j = 0; j < kQ4Panel; ++j) a[j] = w.table_scale[w.per_channel ? t.panel * kQ4Panel + j : 0];
+  }
+  const int n = t.n;
+  for (int r = 0; r < t.rows; ++r) {
+    float v[kQ4Panel];
+    for (int j = 0; j < kQ4Panel; ++j) v[j] = scaled ? acc[r * kQ4Panel + j] * a[j] : acc[r * kQ4Panel + j];
+    if (bias != nullptr) {
+      for (int j = 0; j < kQ4Panel; ++j) v[j] = v[j] + bias[j];
+    }
+    if (t.act == Activation::relu) {
+      for (int j = 0; j < kQ4Panel; ++j) v[j] = v[j] > 0.0f ? v[j] : 0.0f;
+    } else if (t.act == Activation::gelu) {
+      for (int j = 0; j < n; ++j) v[j] = gelu(v[j]);
+    }
+    float* y = t.y + r * t.ldy;
+    for (int j = 0; j < n; ++j) y[j] = v[j];
+  }
+}
+
+constexpr int kQ4MaxRows = 8;  // largest mr of any tier
+
+// Portable int8-mode tile: the specification every SIMD tile reproduces.
+inline void q4_tile_generic_int8(const Q4Tile& t) {
+  const Q4Weight& w = *t.w;
+  const int g = w.g;
+  const uint16_t* sw16 = q4_panel_scale(w, t.panel);
+  alignas(64) int8_t c[kQ4Panel * 128];
+  alignas(64) float acc[kQ4MaxRows * kQ4Panel];
+  for (int i = 0; i < t.rows * kQ4Panel; ++i) acc[i] = 0.0f;
+  for (int gi = 0; gi < w.groups; ++gi) {
+    q4_decode_group_i8(w, t.panel, gi, c);
+    float sw[kQ4Panel];
+    for (int j = 0; j < kQ4Panel; ++j) sw[j] = half_to_float(sw16[gi * kQ4Panel + j]);
+    for (int r = 0; r < t.rows; ++r) {
+      const int8_t* xq = t.x.xq + r * t.x.ldx + static_cast<ptrdiff_t>(gi) * g;
+      const float sx = t.x.sx[r * t.x.lds + gi];
+      for (int j = 0; j < kQ4Panel; ++j) {
+        int32_t dot = 0;
+        for (int kk = 0; kk < g; ++kk) dot += static_cast<int32_t>(xq[kk]) * c[j * g + kk];
+        acc[r * kQ4Panel + j] = acc[r * kQ4Panel + j] + static_cast<float>(dot) * (sx * sw[j]);
+      }
+    }
+  }
+  q4_store(t, acc);
+}
+
+// Portable float-mode tile (all tiers): per group, a float32 dot product in k order, times the scale.
+inline void q4_tile_generic_f32(const Q4Tile& t) {
+  const Q4Weight& w = *t.w;
+  const int g = w.g;
+  const uint16_t* sw16 = q4_panel_scale(w, t.panel);
+  alignas(64) float c[128 * kQ4Panel];
+  alignas(64) float acc[kQ4MaxRows * kQ4Panel];
+  for (int i = 0; i < t.rows * kQ4Panel; ++i) acc[i] = 0.0f;
+  for (int gi = 0; gi < w.groups; ++gi) {
+    q4_decode_group_f32(w, t.panel, gi, c);
+    float sw[kQ4Panel];
+    for (int j = 0; j < kQ4Panel; ++j) sw[j] = half_to_float(sw16[gi * kQ4Panel + j]);
+    for (int r = 0; r < t.rows; ++r) {
+      const float* x = t.x.xf + r * t.x.ldx + static_cast<ptrdiff_t>(gi) * g;
+      float dot[kQ4Panel];
+      for (int j = 0; j < kQ4Panel; ++j) dot[j] = 0.0f;
+      for (int kk = 0; kk < g; ++kk) {
+        const float xv = x[kk];
+        for (int j = 0; j < kQ4Panel; ++j) dot[j] = dot[j] + c[kk * kQ4Panel + j] * xv;
+      }
+      float* a = acc + r * kQ4Panel;
+      for (int j = 0; j < kQ4Panel; ++j) a[j] = a[j] + dot[j] * sw[j];
+    }
+  }
+  q4_store(t, acc);
+}
+
+// A tier's run(): the float mode and per-channel codebooks take the portable tiles, the rest the
+// tier's own int8 tile.
+template <void (*kTileInt8)(const Q4Tile&)>
+void q4_run(const Q4Tile& t) {
+  if (t.compute == Q4Compute::float32) return q4_tile_generic_f32(t);
+  if (t.w->table_i8 != nullptr && t.w->per_channel) return q4_tile_generic_int8(t);
+  kTileInt8(t);
+}
+
+}  // namespace
+}  // namespace edgecompress
+
+// Defines the registry entry of one gemm_q4 kernel.
+#define EC_GEMM_Q4_KERNEL(var, name, isa, mr, needs, tile_int8)                                         \
+  namespace edgecompress {                                                                          \
+  extern const GemmQ4Kernel var = {name, isa, mr, needs, q4_prepare, q4_run<tile_int8>};            \
+  }

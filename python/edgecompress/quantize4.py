@@ -1,0 +1,149 @@
+"""4-bit weight quantizers behind Int4Weight.from_float: uniform (RTN or MSE-searched clipping) and
+codebooks (NF4, k-means per output channel). numpy only; every function works on all groups at once.
+
+Shapes: a weight (N, K) is padded with zeros to Kp = whole groups and viewed as (N, G, g).
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+
+_F32 = np.float32
+_F16_MAX = float(np.finfo(np.float16).max)
+# Clipping ratios tried by method="mse": the group's range is scaled by each and the best kept.
+MSE_RATIOS = np.linspace(1.0, 0.5, 26)
+
+
+def nf4_table() -> np.ndarray:
+    """NormalFloat4: 16 levels at quantiles of N(0, 1), normalized to [-1, 1], with an exact zero.
+
+    Built as in the NF4 definition: 8 positive levels from quantiles evenly spaced between 1/2 and
+    `offset`, 7 negative ones the same way, plus 0; `offset` centres the outermost quantile between
+    the 15- and 16-level spacings.
+    """
+    offset = 0.5 * ((1 - 1 / 30) + (1 - 1 / 32))
+    ppf = NormalDist().inv_cdf
+    pos = [ppf(p) for p in np.linspace(offset, 0.5, 9)[:-1]]
+    neg = [-ppf(p) for p in np.linspace(offset, 0.5, 8)[:-1]]
+    v = np.array(sorted(pos + neg + [0.0]), dtype=np.float64)
+    return (v / np.abs(v).max()).astype(_F32)
+
+
+def _groups(w: np.ndarray, g: int) -> np.ndarray:
+    n, k = w.shape
+    kp = -(-k // g) * g
+    wp = np.zeros((n, kp), _F32)
+    wp[:, :k] = w
+    return wp.reshape(n, kp // g, g)
+
+
+def _to_f16(s: np.ndarray) -> np.ndarray:
+    return np.clip(s, -_F16_MAX, _F16_MAX).astype(np.float16)
+
+
+def _uniform_at(wg: np.ndarray, lo: np.ndarray, hi: np.ndarray, symmetric: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes, fp16 scales and zero points for groups whose kept range is [lo, hi] (lo <= 0 <= hi)."""
+    if symmetric:
+        # The level of largest magnitude maps to -8 (the full 4-bit range), as in GGUF Q4_0.
+        peak = np.where(-lo > hi, lo, hi)
+        s = _to_f16(peak / _F32(-8))
+        zp = np.full(s.shape, 8, np.int32)
+    else:
+        s = _to_f16((hi - lo) / _F32(15))
+        s32 = s.astype(_F32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zp = np.where(s32 != 0, np.clip(np.round(-lo / s32), 0, 15), 8).astype(np.int32)
+    s32 = s.astype(_F32)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s32 != 0, np.round(wg / s32), 0)
+    q = np.clip(q + zp[..., None], 0, 15).astype(np.uint8)
+    return q, s, zp
+
+
+def _recon_error(wg: np.ndarray, q: np.ndarray, s: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    rec = (q.astype(_F32) - zp[..., None]) * s.astype(_F32)[..., None]
+    return ((rec - wg) ** 2).sum(axis=-1)
+
+
+def quantize_uniform(w: np.ndarray, g: int, symmetric: bool, method: str
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(N, K) float -> codes (N, Kp) uint8, scale (N, G) float16, zero points (N, G) or None."""
+    wg = _groups(w, g)
+    lo = np.minimum(wg.min(axis=-1), 0)
+    hi = np.maximum(wg.max(axis=-1), 0)
+    q, s, zp = _uniform_at(wg, lo, hi, symmetric)
+    if method == "mse":
+        err = _recon_error(wg, q, s, zp)
+        for r in MSE_RATIOS[1:]:
+            q2, s2, zp2 = _uniform_at(wg, lo * _F32(r), hi * _F32(r), symmetric)
+            err2 = _recon_error(wg, q2, s2, zp2)
+            better = err2 < err
+            q[better], s[better], zp[better], err[better] = q2[better], s2[better], zp2[better], err2[better]
+    n = w.shape[0]
+    return q.reshape(n, -1), s, None if symmetric else zp.astype(np.uint8)
+
+
+def _nearest(v: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Index of the nearest table entry for each value; table (16,) or per row (N, 16) for v (N, ...)."""
+    t = np.sort(table, axis=-1)
+    order = np.argsort(table, axis=-1)
+    mid = (t[..., 1:] + t[..., :-1]) / 2
+    if table.ndim == 1:
+        idx = np.searchsorted(mid, v)
+        return order[idx]
+    flat = v.reshape(v.shape[0], -1)
+    idx = np.stack([np.searchsorted(mid[i], flat[i]) for i in range(flat.shape[0])])
+    return np.take_along_axis(order, idx, axis=1).reshape(v.shape)
+
+
+def _codebook_at(wg: np.ndarray, amax: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = _to_f16(amax)
+    s32 = s.astype(_F32)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(s32 != 0, wg / s32, 0)
+    return _nearest(v, table).astype(np.uint8), s
+
+
+def _codebook_error(wg: np.ndarray, q: np.ndarray, s: np.ndarray, table: np.ndarray) -> np.ndarray:
+    vals = table[q] if table.ndim == 1 else np.take_along_axis(table, q.reshape(q.shape[0], -1), axis=1).reshape(q.shape)
+    return ((vals * s.astype(_F32)[..., None] - wg) ** 2).sum(axis=-1)
+
+
+def kmeans_tables(wg: np.ndarray, amax: np.ndarray, iters: int = 15) -> np.ndarray:
+    """16 centroids per output channel of the group-normalized weights (Lloyd's algorithm, started
+    at quantiles), each table scaled so that its largest magnitude is 1."""
+    n = wg.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(amax[..., None] != 0, wg / amax[..., None], 0).reshape(n, -1).astype(_F32)
+    cent = np.quantile(v, (np.arange(16) + 0.5) / 16, axis=1).T.astype(_F32)  # (N, 16)
+    rows = np.arange(n)[:, None]
+    for _ in range(iters):
+        idx = _nearest(v, cent)
+        sums = np.zeros((n, 16), np.float64)
+        counts = np.zeros((n, 16), np.float64)
+        np.add.at(sums, (rows, idx), v)
+        np.add.at(counts, (rows, idx), 1)
+        cent = np.where(counts > 0, sums / np.maximum(counts, 1), cent).astype(_F32)
+    peak = np.abs(cent).max(axis=1, keepdims=True)
+    return np.where(peak > 0, cent / np.where(peak > 0, peak, 1), cent).astype(_F32)
+
+
+def quantize_codebook(w: np.ndarray, g: int, table: np.ndarray | str, method: str
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K) float -> codes (N, Kp) uint8, scale (N, G) float16 and the table (16,) or (N, 16)."""
+    wg = _groups(w, g)
+    amax = np.abs(wg).max(axis=-1)
+    if isinstance(table, str):
+        table = nf4_table() if table == "nf4" else kmeans_tables(wg, amax)
+    q, s = _codebook_at(wg, amax, table)
+    if method == "mse":
+        err = _codebook_error(wg, q, s, table)
+        for r in MSE_RATIOS[1:]:
+            q2, s2 = _codebook_at(wg, amax * _F32(r), table)
+            err2 = _codebook_error(wg, q2, s2, table)
+            better = err2 < err
+            q[better], s[better], err[better] = q2[better], s2[better], err2[better]
+    return q.reshape(w.shape[0], -1), s, table
