@@ -97,7 +97,6 @@ Q4Workspace& q4_workspace() {
 
 int ceil_div(int a, int b) { return static_cast<int>((static_cast<int64_t>(a) + b - 1) / b); }
 
-constexpr double kMinParallelMacs = 1 << 18;
 constexpr double kRowF64Limit = 18446744073709551616.0;  // 2^64, as ROW_F64_LIMIT in the oracle
 constexpr size_t kRowBlockBytes = 512 * 1024;            // prepared activations a task keeps in L2
 
@@ -152,8 +151,8 @@ GemmStatus gemm_q4(const PackedQ4Weight& p, const float* x, ptrdiff_t ldx, int m
   } else {
     xf = Q4Workspace::ensure(ws.xf, static_cast<size_t>(m) * ldq);
   }
-  const double macs = static_cast<double>(m) * n * w.k;
-  const int threads = macs < kMinParallelMacs ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
+  const double macs = static_cast<double>(m) * n * w.k, min_macs = gemm_min_parallel_macs();
+  const int threads = macs < min_macs ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
 
   // 1. Activations, in blocks of mr rows.
   const int tiles = ceil_div(m, mr);
@@ -165,7 +164,7 @@ GemmStatus gemm_q4(const PackedQ4Weight& p, const float* x, ptrdiff_t ldx, int m
                                  int8 ? sumq + r0 * lds : nullptr);
     if (!ok) finite.store(false);
   };
-  parallel_for(tiles, static_cast<double>(m) * w.k * 8 < kMinParallelMacs ? 1 : threads, prepare);
+  parallel_for(tiles, static_cast<double>(m) * w.k * 8 < min_macs ? 1 : threads, prepare);
   if (!finite.load()) return GemmStatus::nonfinite_input;
 
   // 2. Tiles: (block of row tiles) x (chunk of panels).

@@ -105,6 +105,7 @@ constexpr size_t kStripBlockBytes = 256 * 1024;
 }  // namespace
 
 void set_gemm_s8_min_parallel_macs(double macs) { g_min_parallel_macs.store(macs); }
+double gemm_min_parallel_macs() { return g_min_parallel_macs.load(std::memory_order_relaxed); }
 
 GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
                    const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "edgecompress/driver.h"
+#include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/threadpool.h"
 
@@ -222,6 +223,131 @@ bool check_concurrent_callers(const GemmS8Kernel& kern) {
   return mismatches.load() == 0;
 }
 
+// --- gemm_q4 -------------------------------------------------------------------------------------
+
+// float32 -> float16 bits, round to nearest even (normal range only; test scales stay in it).
+uint16_t to_half(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  const uint32_t sign = (b >> 16) & 0x8000u;
+  const int32_t exp = static_cast<int32_t>((b >> 23) & 0xff) - 127 + 15;
+  uint32_t mant = b & 0x7fffffu;
+  if (exp <= 0) return static_cast<uint16_t>(sign);
+  uint32_t h = (static_cast<uint32_t>(exp) << 10) | (mant >> 13);
+  const uint32_t rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+enum class Q4Kind { sym, asym, book_tensor, book_channel };
+
+struct Q4Case {
+  Shape s;
+  int g;
+  Q4Kind kind;
+};
+
+std::vector<Q4Case> q4_cases() {
+  std::vector<Q4Case> c;
+  const int gs[3] = {32, 64, 128};
+  int i = 0;
+  for (const Shape& s : sweep()) {
+    c.push_back({s, gs[i % 3], static_cast<Q4Kind>(i % 4)});
+    ++i;
+  }
+  for (int g : gs)
+    for (int kind = 0; kind < 4; ++kind) c.push_back({{5, 257, 33}, g, static_cast<Q4Kind>(kind)});
+  return c;
+}
+
+struct Q4Data {
+  std::vector<uint8_t> qweight, zp;
+  std::vector<uint16_t> scale;
+  std::vector<float> codebook, x, bias;
+};
+
+Q4Data q4_data(const Q4Case& c, std::mt19937& rng) {
+  const int groups = (c.s.k + c.g - 1) / c.g, kp = groups * c.g;
+  Q4Data d;
+  std::uniform_int_distribution<int> byte(0, 255), nib(0, 15);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f), pos(0.001f, 2.0f);
+  d.qweight.resize(static_cast<size_t>(c.s.n) * kp / 2);
+  for (auto& v : d.qweight) v = static_cast<uint8_t>(byte(rng));
+  d.scale.resize(static_cast<size_t>(c.s.n) * groups);
+  for (auto& v : d.scale) v = to_half(u(rng) * 0.1f);
+  if (c.kind == Q4Kind::asym) {
+    d.zp.resize(static_cast<size_t>(c.s.n) * groups);
+    for (auto& v : d.zp) v = static_cast<uint8_t>(nib(rng));
+  }
+  if (c.kind == Q4Kind::book_tensor || c.kind == Q4Kind::book_channel) {
+    d.codebook.resize(c.kind == Q4Kind::book_tensor ? 16 : static_cast<size_t>(c.s.n) * 16);
+    for (auto& v : d.codebook) v = u(rng);
+  }
+  d.x.resize(static_cast<size_t>(c.s.m) * c.s.k);
+  for (auto& v : d.x) v = u(rng) * pos(rng);
+  // Extremes: a zero row and a row with one huge value (its group quantizes to mostly zeros).
+  if (c.s.m > 2) {
+    for (int i = 0; i < c.s.k; ++i) d.x[i] = 0.0f;
+    d.x[static_cast<size_t>(c.s.k)] = 3.0e4f;
+  }
+  d.bias.resize(static_cast<size_t>(c.s.n));
+  for (auto& v : d.bias) v = u(rng);
+  return d;
+}
+
+struct Q4Failures {
+  int count = 0;
+  void fail(const GemmQ4Kernel& k, const Q4Case& c, const char* what) {
+    if (++count <= 20)
+      std::printf("  FAIL %s (%d, %d, %d) g=%d kind=%d: %s\n", k.name, c.s.m, c.s.k, c.s.n, c.g, static_cast<int>(c.kind), what);
+  }
+};
+
+void check_q4_kernel(const GemmQ4Kernel& kern, const GemmQ4Kernel& scalar, Q4Failures* f) {
+  std::mt19937 rng(7);
+  for (const Q4Case& c : q4_cases()) {
+    const Q4Data d = q4_data(c, rng);
+    const bool book = !d.codebook.empty();
+    const bool per_channel = d.codebook.size() > 16;
+    auto pw = pack_q4_weight(kern, d.qweight.data(), c.s.n, c.s.k, c.g, d.scale.data(), d.zp.empty() ? nullptr : d.zp.data(),
+                             book ? d.codebook.data() : nullptr, per_channel);
+    auto ps = pack_q4_weight(scalar, d.qweight.data(), c.s.n, c.s.k, c.g, d.scale.data(), d.zp.empty() ? nullptr : d.zp.data(),
+                             book ? d.codebook.data() : nullptr, per_channel);
+    const size_t ny = static_cast<size_t>(c.s.m) * c.s.n;
+    for (Q4Compute compute : {Q4Compute::int8, Q4Compute::float32}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        const float* bias = variant ? d.bias.data() : nullptr;
+        const Activation act = variant ? Activation::gelu : Activation::none;
+        Guarded<float> y(ny), ref(ny);
+        if (gemm_q4(*pw, d.x.data(), c.s.k, c.s.m, compute, bias, act, y.data(), 64) != GemmStatus::ok ||
+            gemm_q4(*ps, d.x.data(), c.s.k, c.s.m, compute, bias, act, ref.data(), 1) != GemmStatus::ok) {
+          f->fail(kern, c, "status not ok");
+          continue;
+        }
+        if (!y.guards_intact()) f->fail(kern, c, "wrote outside the output");
+        for (size_t i = 0; i < ny; ++i) {
+          const float a = y.data()[i], b = ref.data()[i];
+          const bool same = compute == Q4Compute::int8 ? std::memcmp(&a, &b, 4) == 0
+                                                        : std::fabs(a - b) <= 1e-5f * (1.0f + std::fabs(b));
+          if (!same) {
+            f->fail(kern, c, compute == Q4Compute::int8 ? "int8 mode differs from the scalar kernel"
+                                                         : "float mode beyond tolerance of the scalar kernel");
+            break;
+          }
+        }
+      }
+    }
+    // NaN in x is refused, in both modes.
+    std::vector<float> bad(d.x);
+    bad[bad.size() / 2] = NAN;
+    std::vector<float> y(ny);
+    for (Q4Compute compute : {Q4Compute::int8, Q4Compute::float32}) {
+      if (gemm_q4(*pw, bad.data(), c.s.k, c.s.m, compute, nullptr, Activation::none, y.data(), 64) != GemmStatus::nonfinite_input)
+        f->fail(kern, c, "NaN input not reported");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -245,6 +371,24 @@ int main() {
       }
       Failures f;
       check_kernel(k, scalar, &f);
+      std::printf("%s %s (%d thread%s)\n", f.count ? "FAIL" : "PASS", k.name, threads, threads > 1 ? "s" : "");
+      f.count ? ++failed : ++passed;
+    }
+  }
+  const GemmQ4Kernel* const* q4;
+  const int q4_count = gemm_q4_kernels(&q4);
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
+    for (int i = 0; i < q4_count; ++i) {
+      const GemmQ4Kernel& k = *q4[i];
+      if (!cpu_has(k.needs)) {
+        if (threads == 1) std::printf("SKIP %s: this CPU lacks its features\n", k.name);
+        ++skipped;
+        continue;
+      }
+      Q4Failures f;
+      check_q4_kernel(k, *q4[0], &f);
       std::printf("%s %s (%d thread%s)\n", f.count ? "FAIL" : "PASS", k.name, threads, threads > 1 ? "s" : "");
       f.count ? ++failed : ++passed;
     }

@@ -52,9 +52,10 @@ enum class GemmStatus { ok, nonfinite_input, out_of_memory };
 GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
                    const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads);
 
-// Below this many multiply-adds a call runs on one thread (waking workers costs more). Tests set it
-// to 0 so that small shapes exercise the parallel paths too.
+// Below this many multiply-adds a call (of gemm_s8 or gemm_q4) runs on one thread (waking workers
+// costs more). Tests set it to 0 so that small shapes exercise the parallel paths too.
 void set_gemm_s8_min_parallel_macs(double macs);
+double gemm_min_parallel_macs();
 
 // A 4-bit weight packed for the gemm_q4 kernels (one layout for every tier, see gemm_q4.h).
 struct PackedQ4Weight {

@@ -4,6 +4,11 @@
 #error "gemm_q4_avx512vnni.cc must be compiled with the avx512vnni tier flags"
 #endif
 
+// GCC 12's AVX-512 intrinsic headers start some conversions from a self-initialized "undefined"
+// vector, which -Wuninitialized reports at every inlined use (a false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include "gemm_q4_x86.h"
 
 EC_GEMM_Q4_KERNEL(gemm_q4_avx512vnni, "gemm_q4_4x16_avx512vnni", Isa::avx512vnni, 4, kNeedsAvx512Vnni,
