@@ -113,22 +113,26 @@ def _codebook_error(wg: np.ndarray, q: np.ndarray, s: np.ndarray, table: np.ndar
 
 
 def kmeans_tables(wg: np.ndarray, amax: np.ndarray, iters: int = 15) -> np.ndarray:
-    """16 centroids per output channel of the group-normalized weights (Lloyd's algorithm, started
-    at quantiles), each table scaled so that its largest magnitude is 1."""
+    """16 centroids per output channel for the group-normalized weights v = w / max|w_group|.
+
+    Lloyd's algorithm started at the NF4 levels, each value weighted by its group's max|w|^2 so that
+    the centroids minimize the squared error of the weights themselves (error in v times the scale).
+    Starting from NF4, each iteration can only lower that error.
+    """
     n = wg.shape[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         v = np.where(amax[..., None] != 0, wg / amax[..., None], 0).reshape(n, -1).astype(_F32)
-    cent = np.quantile(v, (np.arange(16) + 0.5) / 16, axis=1).T.astype(_F32)  # (N, 16)
+    wgt = np.broadcast_to((amax.astype(np.float64) ** 2)[..., None], wg.shape).reshape(n, -1)
+    cent = np.tile(nf4_table(), (n, 1))
     rows = np.arange(n)[:, None]
     for _ in range(iters):
         idx = _nearest(v, cent)
         sums = np.zeros((n, 16), np.float64)
-        counts = np.zeros((n, 16), np.float64)
-        np.add.at(sums, (rows, idx), v)
-        np.add.at(counts, (rows, idx), 1)
-        cent = np.where(counts > 0, sums / np.maximum(counts, 1), cent).astype(_F32)
-    peak = np.abs(cent).max(axis=1, keepdims=True)
-    return np.where(peak > 0, cent / np.where(peak > 0, peak, 1), cent).astype(_F32)
+        mass = np.zeros((n, 16), np.float64)
+        np.add.at(sums, (rows, idx), v * wgt)
+        np.add.at(mass, (rows, idx), wgt)
+        cent = np.where(mass > 0, sums / np.where(mass > 0, mass, 1), cent).astype(_F32)
+    return cent
 
 
 def quantize_codebook(w: np.ndarray, g: int, table: np.ndarray | str, method: str

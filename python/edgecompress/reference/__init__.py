@@ -5,6 +5,9 @@ results to the tolerance each function states. Float32 operations are written in
 kernels perform them, so in practice the float results match bit for bit as well.
 """
 
+from .gemm_q4 import dequantize as dequantize_int4
+from .gemm_q4 import float_tolerance as int4_float_tolerance
+from .gemm_q4 import linear_int4
 from .gemm_s8 import (
     gelu,
     linear_int8,
@@ -16,6 +19,9 @@ from .gemm_s8 import (
 )
 
 __all__ = [
+    "dequantize_int4",
+    "int4_float_tolerance",
+    "linear_int4",
     "gelu",
     "linear_int8",
     "qgemm",
