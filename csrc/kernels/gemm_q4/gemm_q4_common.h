@@ -99,24 +99,6 @@ inline void q4_decode_group_i8(const Q4Weight& w, int panel, int gi, int8_t* c) 
   }
 }
 
-// The float values column j multiplies in the float mode, for one group, k-major: c[kk * 16 + j].
-inline void q4_decode_group_f32(const Q4Weight& w, int panel, int gi, float* c) {
-  const int g = w.g, steps = g / 8;
-  const uint8_t* nib = q4_panel_nib(w, panel) + static_cast<size_t>(gi) * steps * 64;
-  const uint8_t* zp = q4_panel_zp(w, panel);
-  for (int j = 0; j < kQ4Panel; ++j) {
-    const float* table = nullptr;
-    if (w.table_f32 != nullptr) table = w.table_f32 + (w.per_channel ? (panel * kQ4Panel + j) * 16 : 0);
-    const int z = zp != nullptr ? zp[gi * kQ4Panel + j] : 8;
-    for (int s = 0; s < steps; ++s) {
-      for (int i = 0; i < 8; ++i) {
-        const int code = q4_code(nib, s, j, i);
-        c[(8 * s + i) * kQ4Panel + j] = table != nullptr ? table[code] : static_cast<float>(code - z);
-      }
-    }
-  }
-}
-
 // Applies the codebook scale a, bias and activation to acc (rows x 16) and stores t.n columns.
 inline void q4_store(const Q4Tile& t, const float* __restrict acc) {
   const Q4Weight& w = *t.w;
@@ -144,7 +126,7 @@ inline void q4_store(const Q4Tile& t, const float* __restrict acc) {
   }
 }
 
-constexpr int kQ4MaxRows = 8;  // largest mr of any tier
+constexpr int kQ4MaxRows = 4;  // largest mr of any tier (EC_GEMM_Q4_KERNEL checks)
 
 // Portable int8-mode tile: the specification every SIMD tile reproduces.
 inline void q4_tile_generic_int8(const Q4Tile& t) {
@@ -172,30 +154,77 @@ inline void q4_tile_generic_int8(const Q4Tile& t) {
 }
 
 // Portable float-mode tile (all tiers): per group, a float32 dot product in k order, times the scale.
-inline void q4_tile_generic_f32(const Q4Tile& t) {
+// Written with GCC/Clang vector extensions: a 16-lane vector is one panel (one zmm, two ymm, four
+// xmm or NEON registers, whatever the tier's flags give), so the codes of a 64-byte step are decoded
+// in registers, 16 columns at a time, and a per-tensor codebook is a register shuffle (vpermps on
+// AVX-512). Elementwise vector arithmetic rounds like scalar code; -ffp-contract=off keeps mul and
+// add separate.
+typedef float q4_f32x16 __attribute__((vector_size(64)));
+typedef int32_t q4_i32x16 __attribute__((vector_size(64)));
+typedef uint32_t q4_u32x16 __attribute__((vector_size(64)));
+
+inline q4_f32x16 q4_load16(const float* p) {
+  q4_f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// kKind: 0 uniform, 1 per-tensor codebook, 2 per-channel codebook.
+template <int R, int kKind>
+void q4_tile_f32(const Q4Tile& t) {
   const Q4Weight& w = *t.w;
-  const int g = w.g;
+  const int g = w.g, steps = g / 8;
+  const uint8_t* nib = q4_panel_nib(w, t.panel);
   const uint16_t* sw16 = q4_panel_scale(w, t.panel);
-  alignas(64) float c[128 * kQ4Panel];
-  alignas(64) float acc[kQ4MaxRows * kQ4Panel];
-  for (int i = 0; i < t.rows * kQ4Panel; ++i) acc[i] = 0.0f;
+  const uint8_t* zp = q4_panel_zp(w, t.panel);
+  const float* table = kKind ? w.table_f32 + (w.per_channel ? t.panel * kQ4Panel * 16 : 0) : nullptr;
+  q4_f32x16 tbl = {};
+  if (kKind == 1) tbl = q4_load16(table);
+  q4_f32x16 acc[R];
+  unroll<R>([&](auto r) { acc[r.value] = q4_f32x16{}; });
   for (int gi = 0; gi < w.groups; ++gi) {
-    q4_decode_group_f32(w, t.panel, gi, c);
-    float sw[kQ4Panel];
-    for (int j = 0; j < kQ4Panel; ++j) sw[j] = half_to_float(sw16[gi * kQ4Panel + j]);
-    for (int r = 0; r < t.rows; ++r) {
-      const float* x = t.x.xf + r * t.x.ldx + static_cast<ptrdiff_t>(gi) * g;
-      float dot[kQ4Panel];
-      for (int j = 0; j < kQ4Panel; ++j) dot[j] = 0.0f;
-      for (int kk = 0; kk < g; ++kk) {
-        const float xv = x[kk];
-        for (int j = 0; j < kQ4Panel; ++j) dot[j] = dot[j] + c[kk * kQ4Panel + j] * xv;
-      }
-      float* a = acc + r * kQ4Panel;
-      for (int j = 0; j < kQ4Panel; ++j) a[j] = a[j] + dot[j] * sw[j];
+    q4_f32x16 z = {}, sw;
+    for (int j = 0; j < kQ4Panel; ++j) {
+      if (kKind == 0) z[j] = zp != nullptr ? static_cast<float>(zp[gi * kQ4Panel + j]) : 8.0f;
+      sw[j] = half_to_float(sw16[gi * kQ4Panel + j]);
     }
+    q4_f32x16 dot[R];
+    unroll<R>([&](auto r) { dot[r.value] = q4_f32x16{}; });
+    for (int s = 0; s < steps; ++s) {
+      q4_u32x16 words;  // word j: column j's 8 codes of this step
+      std::memcpy(&words, nib + static_cast<size_t>(gi * steps + s) * 64, sizeof(words));
+      unroll<8>([&](auto i) {  // k = 8s + i: low nibbles for i < 4, high nibbles after
+        constexpr int shift = 8 * (i.value & 3) + 4 * (i.value >> 2);
+        const q4_u32x16 code = (words >> shift) & 15u;
+        q4_f32x16 c;
+        if constexpr (kKind == 0) {
+          c = __builtin_convertvector(code, q4_f32x16) - z;
+        } else if constexpr (kKind == 1) {
+          c = __builtin_shuffle(tbl, __builtin_convertvector(code, q4_i32x16));
+        } else {
+          for (int j = 0; j < kQ4Panel; ++j) c[j] = table[j * 16 + code[j]];
+        }
+        unroll<R>([&](auto r) {
+          const float xv = t.x.xf[r.value * t.x.ldx + static_cast<ptrdiff_t>(gi) * g + 8 * s + i.value];
+          dot[r.value] = dot[r.value] + c * xv;
+        });
+      });
+    }
+    unroll<R>([&](auto r) { acc[r.value] = acc[r.value] + dot[r.value] * sw; });
   }
-  q4_store(t, acc);
+  alignas(64) float out[kQ4MaxRows * kQ4Panel];
+  unroll<R>([&](auto r) { std::memcpy(out + r.value * kQ4Panel, &acc[r.value], sizeof(acc[r.value])); });
+  q4_store(t, out);
+}
+
+inline void q4_tile_generic_f32(const Q4Tile& t) {
+  const int kind = t.w->table_f32 == nullptr ? 0 : (t.w->per_channel ? 2 : 1);
+  with_rows<kQ4MaxRows>(t.rows, [&](auto r) {
+    constexpr int R = decltype(r)::value;
+    if (kind == 0) q4_tile_f32<R, 0>(t);
+    else if (kind == 1) q4_tile_f32<R, 1>(t);
+    else q4_tile_f32<R, 2>(t);
+  });
 }
 
 // A tier's run(): the float mode and per-channel codebooks take the portable tiles, the rest the
@@ -213,5 +242,6 @@ void q4_run(const Q4Tile& t) {
 // Defines the registry entry of one gemm_q4 kernel.
 #define EC_GEMM_Q4_KERNEL(var, name, isa, mr, needs, tile_int8)                                         \
   namespace edgecompress {                                                                          \
+  static_assert((mr) >= 1 && (mr) <= kQ4MaxRows, "gemm_q4 tiles hold at most kQ4MaxRows rows");      \
   extern const GemmQ4Kernel var = {name, isa, mr, needs, q4_prepare, q4_run<tile_int8>};            \
   }
