@@ -159,6 +159,9 @@ inline void q4_tile_generic_int8(const Q4Tile& t) {
 // in registers, 16 columns at a time, and a per-tensor codebook is a register shuffle (vpermps on
 // AVX-512). Elementwise vector arithmetic rounds like scalar code; -ffp-contract=off keeps mul and
 // add separate.
+// (Tiers without 512-bit registers pass these vectors in memory; GCC notes that ABI difference with
+// -Wpsabi, which does not matter here: every function has internal linkage.)
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float q4_f32x16 __attribute__((vector_size(64)));
 typedef int32_t q4_i32x16 __attribute__((vector_size(64)));
 typedef uint32_t q4_u32x16 __attribute__((vector_size(64)));

@@ -29,7 +29,7 @@ inline int32_t load_i32(const int8_t* p) {
 }
 
 // Independent accumulator chains per row, so that one row (GEMV) is not bound by vpdpbusd latency.
-constexpr int q4_chains(int rows) { return rows == 1 ? 8 : (rows == 2 ? 4 : 2); }
+constexpr int q4_chains(int rows) { return rows == 1 ? 1 : (rows == 2 ? 1 : 1); }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 inline __m512i dpbusd512_bcast(__m512i acc, __m512i a_u8, const int8_t* b4) {
@@ -39,17 +39,26 @@ inline __m512i dpbusd512_bcast(__m512i acc, __m512i a_u8, const int8_t* b4) {
 
 template <int R, int kMode>
 void q4_tile512(const Q4Tile& t) {
-  // Low and high nibbles accumulate in separate chains (CL of each per row). For uniform weights the
+  // Per row and group two accumulator chains: low nibbles and high nibbles. For uniform weights the
   // high nibbles are not shifted down: (b & 0xf0) is 16 x code, so that chain holds 16 x its dot
   // product, exactly (|16 x 15 x 127 x 64| < 2^31), and one arithmetic shift per group undoes it.
-  constexpr int CL = q4_chains(R) / 2 > 0 ? q4_chains(R) / 2 : 1;
+  // The low chain starts at -zp x sum(xq) when the zero point is one constant (symmetric: 8; the
+  // codebook's +128 shift), so the correction costs nothing. Consecutive groups are independent, so
+  // out-of-order execution overlaps their chains.
   const Q4Weight& w = *t.w;
   const int steps = w.g / 8;
   const uint8_t* nib = q4_panel_nib(w, t.panel);
   const uint16_t* sw16 = q4_panel_scale(w, t.panel);
   const uint8_t* zp = q4_panel_zp(w, t.panel);
+  const int32_t* sumq = t.x.sumq;
+  const float* sx = t.x.sx;
   const ptrdiff_t ldx = t.x.ldx, lds = t.x.lds;
   const __m512i m4 = _mm512_set1_epi8(0x0f), m4hi = _mm512_set1_epi8(static_cast<char>(0xf0));
+  constexpr int32_t kZero = kMode == kBook ? 128 : 8;
+  constexpr int CL = q4_chains(R);  // chains per nibble half and row; divides g / 8 = 4, 8 or 16
+  // One row (GEMV): high nibbles masked in place (b & 0xf0, see above), one op per step. Several
+  // rows: one shift per step is cheaper than one per row and group.
+  constexpr bool kSplit = R == 1;
   __m512i tbl = _mm512_setzero_si512();
   if (kMode == kBook) {
     const __m128i ct = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.table_i8));
@@ -62,23 +71,25 @@ void q4_tile512(const Q4Tile& t) {
     __m512i lo_acc[R][CL], hi_acc[R][CL];
     unroll<R>([&](auto r) {
       unroll<CL>([&](auto c) { lo_acc[r.value][c.value] = hi_acc[r.value][c.value] = _mm512_setzero_si512(); });
+      if (kMode != kAsym) lo_acc[r.value][0] = _mm512_set1_epi32(-kZero * sumq[r.value * lds + gi]);
     });
     for (int s = 0; s < steps; s += CL) {
-      unroll<CL>([&](auto u) {
-        const int ss = s + u.value;
-        __m512i b = _mm512_loadu_si512(nib + static_cast<size_t>(ss) * 64);
+      unroll<CL>([&](auto c) {
+        __m512i b = _mm512_loadu_si512(nib + static_cast<size_t>(s + c.value) * 64);
         __asm__("" : "+v"(b));  // one load for both nibbles: GCC would fold it into each vpandd
         __m512i lo = _mm512_and_si512(b, m4), hi;
         if (kMode == kBook) {
           lo = _mm512_shuffle_epi8(tbl, lo);
           hi = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4));
-        } else {
+        } else if (kSplit) {
           hi = _mm512_and_si512(b, m4hi);
+        } else {
+          hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);
         }
         unroll<R>([&](auto r) {
-          const int8_t* xr = xg + r.value * ldx + 8 * ss;
-          lo_acc[r.value][u.value] = dpbusd512_bcast(lo_acc[r.value][u.value], lo, xr);
-          hi_acc[r.value][u.value] = dpbusd512_bcast(hi_acc[r.value][u.value], hi, xr + 4);
+          const int8_t* xr = xg + r.value * ldx + 8 * (s + c.value);
+          lo_acc[r.value][c.value] = dpbusd512_bcast(lo_acc[r.value][c.value], lo, xr);
+          hi_acc[r.value][c.value] = dpbusd512_bcast(hi_acc[r.value][c.value], hi, xr + 4);
         });
       });
     }
@@ -92,15 +103,9 @@ void q4_tile512(const Q4Tile& t) {
         lo = _mm512_add_epi32(lo, lo_acc[r.value][c.value + 1]);
         hi = _mm512_add_epi32(hi, hi_acc[r.value][c.value + 1]);
       });
-      if (kMode != kBook) hi = _mm512_srai_epi32(hi, 4);
-      __m512i d = _mm512_add_epi32(lo, hi);
-      const int32_t sumq = t.x.sumq[r.value * lds + gi];
-      if (kMode == kAsym) {
-        d = _mm512_sub_epi32(d, _mm512_mullo_epi32(zv, _mm512_set1_epi32(sumq)));
-      } else {
-        d = _mm512_sub_epi32(d, _mm512_set1_epi32((kMode == kBook ? 128 : 8) * sumq));
-      }
-      const __m512 p = _mm512_mul_ps(_mm512_set1_ps(t.x.sx[r.value * lds + gi]), sw);
+      __m512i d = _mm512_add_epi32(lo, kMode == kBook || !kSplit ? hi : _mm512_srai_epi32(hi, 4));
+      if (kMode == kAsym) d = _mm512_sub_epi32(d, _mm512_mullo_epi32(zv, _mm512_set1_epi32(sumq[r.value * lds + gi])));
+      const __m512 p = _mm512_mul_ps(_mm512_set1_ps(sx[r.value * lds + gi]), sw);
       f[r.value] = _mm512_add_ps(f[r.value], _mm512_mul_ps(_mm512_cvtepi32_ps(d), p));
     });
   }
