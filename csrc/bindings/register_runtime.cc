@@ -28,7 +28,7 @@ py::list features_list() {
   };
   add(f.avx2, "avx2"), add(f.fma, "fma"), add(f.f16c, "f16c"), add(f.bmi2, "bmi2"), add(f.avxvnni, "avxvnni");
   add(f.avx512f, "avx512f"), add(f.avx512bw, "avx512bw"), add(f.avx512dq, "avx512dq"), add(f.avx512vl, "avx512vl");
-  add(f.avx512vnni, "avx512vnni"), add(f.amx_tile, "amx_tile"), add(f.amx_int8, "amx_int8");
+  add(f.avx512vnni, "avx512vnni"), add(f.avx512vbmi, "avx512vbmi"), add(f.amx_tile, "amx_tile"), add(f.amx_int8, "amx_int8");
   add(f.neon, "neon"), add(f.dotprod, "dotprod"), add(f.i8mm, "i8mm"), add(f.sve, "sve");
   return out;
 }

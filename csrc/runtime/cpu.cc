@@ -76,6 +76,7 @@ void detect(CpuFeatures* f) {
     f->avx512bw = (b7 >> 30) & 1;
     f->avx512vl = (b7 >> 31) & 1;
     f->avx512vnni = f->avx512f && ((c7 >> 11) & 1);
+    f->avx512vbmi = f->avx512f && ((c7 >> 1) & 1);
   }
   if (os_tile) {
     f->amx_tile = (d7 >> 24) & 1;
@@ -158,7 +159,8 @@ const CpuFeatures& cpu_features() {
   static const CpuFeatures features = [] {
     CpuFeatures f;
     detect(&f);
-    const bool flags[] = {f.avx2, f.fma, f.f16c, f.bmi2, f.avxvnni, f.avx512f, f.avx512bw, f.avx512dq, f.avx512vl, f.avx512vnni};
+    const bool flags[] = {f.avx2,     f.fma,      f.f16c,     f.bmi2,     f.avxvnni,   f.avx512f,
+                          f.avx512bw, f.avx512dq, f.avx512vl, f.avx512vnni, f.avx512vbmi};
     for (unsigned i = 0; i < sizeof(flags); ++i) f.bits |= flags[i] ? 1u << i : 0u;
     f.bits |= (f.neon ? kNeon : 0u) | (f.dotprod ? kDotprod : 0u) | (f.i8mm ? kI8mm : 0u);
     return f;

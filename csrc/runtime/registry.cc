@@ -11,7 +11,7 @@ extern const GemmS8Kernel gemm_s8_scalar;
 extern const GemmQ4Kernel gemm_q4_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
-extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vnni;
+extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
 extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
@@ -38,7 +38,8 @@ constexpr int kGemmS8Count = sizeof(kGemmS8) / sizeof(kGemmS8[0]);
 const GemmQ4Kernel* const kGemmQ4[] = {
     &gemm_q4_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
-    &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vnni,
+    // The VBMI build of the avx512vnni tier is listed first: where it runs, it wins.
+    &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vbmi, &gemm_q4_avx512vnni,
 #elif defined(__aarch64__)
     &gemm_q4_neon, &gemm_q4_dotprod,
 #endif

@@ -16,6 +16,7 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, bmi2 = false;
   bool avxvnni = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512vnni = false;
+  bool avx512vbmi = false;
   bool amx_tile = false, amx_int8 = false;  // reported only; the amx tier is not built yet
   // aarch64
   bool neon = false, dotprod = false, i8mm = false, sve = false;
@@ -29,12 +30,14 @@ enum CpuFeature : uint32_t {
   kAvx2 = 1u << 0, kFma = 1u << 1, kF16c = 1u << 2, kBmi2 = 1u << 3,  // kBmi2 means BMI1 and BMI2
   kAvxVnni = 1u << 4,
   kAvx512F = 1u << 5, kAvx512Bw = 1u << 6, kAvx512Dq = 1u << 7, kAvx512Vl = 1u << 8, kAvx512Vnni = 1u << 9,
+  kAvx512Vbmi = 1u << 10,
   kNeon = 1u << 16, kDotprod = 1u << 17, kI8mm = 1u << 18,
 };
 // What each tier's flags enable (CMakeLists.txt, EC_FLAGS_<tier>).
 constexpr uint32_t kNeedsAvx2 = kAvx2 | kFma | kF16c | kBmi2;
 constexpr uint32_t kNeedsAvxVnni = kNeedsAvx2 | kAvxVnni;
 constexpr uint32_t kNeedsAvx512Vnni = kNeedsAvx2 | kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vnni;
+constexpr uint32_t kNeedsAvx512Vbmi = kNeedsAvx512Vnni | kAvx512Vbmi;  // a second build of the tier
 constexpr uint32_t kNeedsNeon = kNeon;
 constexpr uint32_t kNeedsDotprod = kNeon | kDotprod;
 constexpr uint32_t kNeedsI8mm = kNeon | kDotprod | kI8mm;

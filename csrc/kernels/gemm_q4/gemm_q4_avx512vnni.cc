@@ -11,5 +11,10 @@
 
 #include "gemm_q4_x86.h"
 
-EC_GEMM_Q4_KERNEL(gemm_q4_avx512vnni, "gemm_q4_4x16_avx512vnni", Isa::avx512vnni, 4, kNeedsAvx512Vnni,
-                  q4_tile_avx512<4>)
+#if !defined(EC_Q4_AVX512_VAR)
+#define EC_Q4_AVX512_VAR gemm_q4_avx512vnni
+#define EC_Q4_AVX512_NAME "gemm_q4_4x16_avx512vnni"
+#define EC_Q4_AVX512_NEEDS kNeedsAvx512Vnni
+#endif
+
+EC_GEMM_Q4_KERNEL(EC_Q4_AVX512_VAR, EC_Q4_AVX512_NAME, Isa::avx512vnni, 4, EC_Q4_AVX512_NEEDS, q4_tile_avx512<4>)

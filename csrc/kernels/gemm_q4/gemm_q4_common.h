@@ -153,7 +153,8 @@ inline void q4_tile_generic_int8(const Q4Tile& t) {
   q4_store(t, acc);
 }
 
-// Portable float-mode tile (all tiers): per group, a float32 dot product in k order, times the scale.
+// Portable float-mode tile (all tiers): the weights dequantized (code - zero point, or table entry,
+// times the group's scale), then a float32 dot product in k order.
 // Written with GCC/Clang vector extensions: a 16-lane vector is one panel (one zmm, two ymm, four
 // xmm or NEON registers, whatever the tier's flags give), so the codes of a 64-byte step are decoded
 // in registers, 16 columns at a time, and a per-tensor codebook is a register shuffle (vpermps on
@@ -191,8 +192,6 @@ void q4_tile_f32(const Q4Tile& t) {
       if (kKind == 0) z[j] = zp != nullptr ? static_cast<float>(zp[gi * kQ4Panel + j]) : 8.0f;
       sw[j] = half_to_float(sw16[gi * kQ4Panel + j]);
     }
-    q4_f32x16 dot[R];
-    unroll<R>([&](auto r) { dot[r.value] = q4_f32x16{}; });
     for (int s = 0; s < steps; ++s) {
       q4_u32x16 words;  // word j: column j's 8 codes of this step
       std::memcpy(&words, nib + static_cast<size_t>(gi * steps + s) * 64, sizeof(words));
@@ -207,13 +206,13 @@ void q4_tile_f32(const Q4Tile& t) {
         } else {
           for (int j = 0; j < kQ4Panel; ++j) c[j] = table[j * 16 + code[j]];
         }
+        c = c * sw;  // the dequantized weights (exact for uniform codes: 4 bits x a float16)
         unroll<R>([&](auto r) {
           const float xv = t.x.xf[r.value * t.x.ldx + static_cast<ptrdiff_t>(gi) * g + 8 * s + i.value];
-          dot[r.value] = dot[r.value] + c * xv;
+          acc[r.value] = acc[r.value] + c * xv;
         });
       });
     }
-    unroll<R>([&](auto r) { acc[r.value] = acc[r.value] + dot[r.value] * sw; });
   }
   alignas(64) float out[kQ4MaxRows * kQ4Panel];
   unroll<R>([&](auto r) { std::memcpy(out + r.value * kQ4Panel, &acc[r.value], sizeof(acc[r.value])); });

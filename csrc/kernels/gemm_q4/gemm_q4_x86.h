@@ -61,8 +61,10 @@ void q4_tile512(const Q4Tile& t) {
   constexpr bool kSplit = R == 1;
   __m512i tbl = _mm512_setzero_si512();
   if (kMode == kBook) {
+    // ct + 128 as u8, in every 16-byte lane: vpshufb indexes with the low 4 bits of each byte, vpermb
+    // with the low 6, so a raw byte (or one shifted right by 4) finds its nibble's entry.
     const __m128i ct = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.table_i8));
-    tbl = _mm512_broadcast_i32x4(_mm_xor_si128(ct, _mm_set1_epi8(static_cast<char>(0x80))));  // ct + 128 as u8
+    tbl = _mm512_broadcast_i32x4(_mm_xor_si128(ct, _mm_set1_epi8(static_cast<char>(0x80))));
   }
   __m512 f[R];
   unroll<R>([&](auto r) { f[r.value] = _mm512_setzero_ps(); });
@@ -79,8 +81,13 @@ void q4_tile512(const Q4Tile& t) {
         __asm__("" : "+v"(b));  // one load for both nibbles: GCC would fold it into each vpandd
         __m512i lo = _mm512_and_si512(b, m4), hi;
         if (kMode == kBook) {
-          lo = _mm512_shuffle_epi8(tbl, lo);
+#if defined(__AVX512VBMI__)
+          lo = _mm512_permutexvar_epi8(b, tbl);  // no masking: vpermb ignores index bits 6-7
+          hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(b, 4), tbl);
+#else
+          lo = _mm512_shuffle_epi8(tbl, lo);  // vpshufb zeroes bytes whose index has bit 7 set: mask
           hi = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4));
+#endif
         } else if (kSplit) {
           hi = _mm512_and_si512(b, m4hi);
         } else {

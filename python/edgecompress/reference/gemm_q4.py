@@ -17,8 +17,8 @@ table), its scale `a` applied once at the end. The float result is accumulated g
 all in float32, in this order, so every tier returns these bits. Rows whose scale products could
 overflow float32 (max sx * max|scale| >= 2^64) take the same sum in float64, rounded once.
 
-float: y = sum over groups of float32(scale) * (sum_k x[m, k] * c[n, k]), with c = q - zp or table[q]
-(no activation quantization, weights dequantized exactly). Tolerance against float64 arithmetic:
+float: y = x @ w.T in float32 with w the dequantized weight (as `dequantize`: (q - zp) * scale, exact,
+or float32(table[q] * scale)); no activation quantization. Tolerance against float64 arithmetic:
 1e-5 * (|x| @ |w|.T) + 1e-30.
 """
 
@@ -112,14 +112,9 @@ def linear_int4(
     c, a = _codes_as_int(qweight, zero_point, codebook)
     sw = scale.astype(_F32)
     if compute == "float":
-        x64 = np.zeros((m, kp), np.float64)
-        x64[:, :k] = x
-        y = np.zeros((m, n), np.float64)
-        for gi in range(groups):
-            cols = slice(gi * g, (gi + 1) * g)
-            w_f = c[:, cols].astype(np.float64) if codebook is None else _codebook_values(qweight, codebook)[:, cols]
-            y += (x64[:, cols] @ w_f.T) * sw[:, gi].astype(np.float64)[None, :]
-        y = y.astype(_F32)
+        w_deq = dequantize(qweight, scale, zero_point, codebook, k).astype(np.float64)
+        with np.errstate(over="ignore"):  # beyond the float32 range: +-inf, as float32 arithmetic gives
+            y = (x.astype(np.float64) @ w_deq.T).astype(_F32)
     else:
         xp = np.zeros((m, kp), _F32)
         xp[:, :k] = x
@@ -147,12 +142,6 @@ def linear_int4(
     elif activation == "gelu":
         y = gelu(y)
     return y.astype(_F32)
-
-
-def _codebook_values(qweight: np.ndarray, codebook: np.ndarray) -> np.ndarray:
-    codes = unpack_nibbles(qweight).astype(np.int64)
-    table = np.asarray(codebook, dtype=np.float64)
-    return table[codes] if table.ndim == 1 else np.take_along_axis(table, codes, axis=1)
 
 
 def float_tolerance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
