@@ -23,7 +23,7 @@ import numpy as np
 
 import edgecompress as ec
 from edgecompress import _core
-from edgecompress.bench import _aligned_bytes, _command_line, _measure, cpu_slug
+from edgecompress.bench import TIER_PROBE, _aligned_bytes, _command_line, _measure, cpu_slug
 from edgecompress.reference import linear_int4
 from edgecompress.runtime import LADDER, gemm_q4_kernel, use_isa
 
@@ -101,6 +101,14 @@ def main() -> int:
     emit(f"- method: interleaved rounds, median of {rounds}; GOPS = 2 x M x K x N / time; GB/s = packed weight bytes / time")
     emit("- ours: `q4 <tier> <compute> g<group>` (symmetric unless marked); peers on the same g = 32 symmetric weight\n")
 
+    emit("## Limits measured in this run (one core)\n")
+    peaks: dict[str, float] = {}
+    for q in _core.peak_probes():
+        if q["runs_here"] and q["name"] in TIER_PROBE.values():
+            peaks[q["name"]] = _core.peak_ops(q["name"], 0.1 if args.quick else 0.3)
+            emit(f"- {q['name']} ({q['tier']}): {peaks[q['name']] / 1e9:.1f} GOPS")
+    emit("- read bandwidth: timed with each GEMV shape below (one read of the g = 32 packed weight)\n")
+
     summary: dict[tuple[Any, ...], float] = {}
     nbytes_of: dict[str, int] = {}
     rng = np.random.default_rng(0)
@@ -152,12 +160,18 @@ def main() -> int:
             res = _measure(cands, rounds, min_s)
             read_s = res.pop(READ, None)
             emit(f"## (M, K, N) = ({m}, {k}, {n}), {t} thread{'s' if t > 1 else ''}\n")
-            emit("| implementation | ms | GOPS | weight GB/s | % of read bw |")
+            emit("| implementation | ms | GOPS | weight GB/s | % of limit |")
             emit("|---|---|---|---|---|")
             for c, sec in sorted(res.items(), key=lambda kv: kv[1]):
                 nb = nbytes_of.get(c)
                 gbs = f"{nb / sec / 1e9:.1f}" if nb else ""
-                pct = f"{100 * read_s / sec * nb / packed_bytes:.0f}%" if nb and read_s else ""
+                pct = ""
+                if nb and read_s:
+                    pct = f"{100 * read_s / sec * nb / packed_bytes:.0f}% of read bw"
+                elif m > 4 and c.split()[0] in ("q4", "int8") and " int8 " in f" {c} ":
+                    probe = TIER_PROBE.get(c.split()[1])
+                    if probe in peaks:
+                        pct = f"{100 * ops / sec / (peaks[probe] * t):.0f}% of {probe}"
                 emit(f"| {c} | {sec * 1e3:.3f} | {ops / sec / 1e9:.1f} | {gbs} | {pct} |")
                 summary[((m, k, n), t, c)] = sec
             if read_s:

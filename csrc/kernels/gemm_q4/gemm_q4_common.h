@@ -99,25 +99,26 @@ inline void q4_decode_group_i8(const Q4Weight& w, int panel, int gi, int8_t* c) 
   }
 }
 
-// Applies the codebook scale a, bias and activation to acc (rows x 16) and stores t.n columns.
+// Applies the codebook scale a, bias and activation to acc (rows x 16) and stores t.n columns. Only
+// the tile's t.n columns are read from bias and the tables: the last panel may be partial.
 inline void q4_store(const Q4Tile& t, const float* __restrict acc) {
   const Q4Weight& w = *t.w;
   const float* __restrict bias = t.bias;
+  const int n = t.n;
   float a[kQ4Panel];
-  for (int j = 0; j < kQ4Panel; ++j) a[j] = 1.0f;
+  for (int j = 0; j < n; ++j) a[j] = 1.0f;
   const bool scaled = w.table_i8 != nullptr && t.compute == Q4Compute::int8;
   if (scaled) {
-    for (int j = 0; j < kQ4Panel; ++j) a[j] = w.table_scale[w.per_channel ? t.panel * kQ4Panel + j : 0];
+    for (int j = 0; j < n; ++j) a[j] = w.table_scale[w.per_channel ? t.panel * kQ4Panel + j : 0];
   }
-  const int n = t.n;
   for (int r = 0; r < t.rows; ++r) {
     float v[kQ4Panel];
-    for (int j = 0; j < kQ4Panel; ++j) v[j] = scaled ? acc[r * kQ4Panel + j] * a[j] : acc[r * kQ4Panel + j];
+    for (int j = 0; j < n; ++j) v[j] = scaled ? acc[r * kQ4Panel + j] * a[j] : acc[r * kQ4Panel + j];
     if (bias != nullptr) {
-      for (int j = 0; j < kQ4Panel; ++j) v[j] = v[j] + bias[j];
+      for (int j = 0; j < n; ++j) v[j] = v[j] + bias[j];
     }
     if (t.act == Activation::relu) {
-      for (int j = 0; j < kQ4Panel; ++j) v[j] = v[j] > 0.0f ? v[j] : 0.0f;
+      for (int j = 0; j < n; ++j) v[j] = v[j] > 0.0f ? v[j] : 0.0f;
     } else if (t.act == Activation::gelu) {
       for (int j = 0; j < n; ++j) v[j] = gelu(v[j]);
     }
