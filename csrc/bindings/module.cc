@@ -6,6 +6,7 @@ namespace py = pybind11;
 void register_runtime(py::module_& m);
 void register_gemm(py::module_& m);
 void register_gemm_q4(py::module_& m);
+void register_sparse(py::module_& m);
 void register_peak(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
@@ -13,5 +14,6 @@ PYBIND11_MODULE(_core, m) {
   register_runtime(m);
   register_gemm(m);
   register_gemm_q4(m);
+  register_sparse(m);
   register_peak(m);
 }

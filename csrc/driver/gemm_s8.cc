@@ -45,6 +45,7 @@ template class AlignedArray<int8_t>;
 template class AlignedArray<uint8_t>;
 template class AlignedArray<uint16_t>;
 template class AlignedArray<int32_t>;
+template class AlignedArray<int64_t>;
 template class AlignedArray<float>;
 
 std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const int8_t* w, int n, int k,

@@ -4,18 +4,22 @@
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/peak.h"
+#include "edgecompress/sparse.h"
 
 namespace edgecompress {
 
 extern const GemmS8Kernel gemm_s8_scalar;
 extern const GemmQ4Kernel gemm_q4_scalar;
+extern const SparseKernel sparse_f32_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
+extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512vnni;
 extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
 extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
 extern const GemmQ4Kernel gemm_q4_neon, gemm_q4_dotprod;
+extern const SparseKernel sparse_f32_neon;
 extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
 #endif
 
@@ -42,6 +46,16 @@ const GemmQ4Kernel* const kGemmQ4[] = {
     &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vbmi, &gemm_q4_avx512vnni,
 #elif defined(__aarch64__)
     &gemm_q4_neon, &gemm_q4_dotprod,
+#endif
+};
+
+// sparse_f32 has kernels for avx2, avx512vnni and neon; the tiers between inherit the one below.
+const SparseKernel* const kSparseF32[] = {
+    &sparse_f32_scalar,
+#if defined(__x86_64__) || defined(_M_X64)
+    &sparse_f32_avx2, &sparse_f32_avx512vnni,
+#elif defined(__aarch64__)
+    &sparse_f32_neon,
 #endif
 };
 
@@ -90,5 +104,12 @@ int gemm_q4_kernels(const GemmQ4Kernel* const** kernels) {
 }
 
 const GemmQ4Kernel* gemm_q4_select(Isa cap) { return select_kernel(kGemmQ4, cap); }
+
+int sparse_f32_kernels(const SparseKernel* const** kernels) {
+  *kernels = kSparseF32;
+  return static_cast<int>(sizeof(kSparseF32) / sizeof(kSparseF32[0]));
+}
+
+const SparseKernel* sparse_f32_select(Isa cap) { return select_kernel(kSparseF32, cap); }
 
 }  // namespace edgecompress

@@ -24,6 +24,7 @@
 #include "edgecompress/driver.h"
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
+#include "edgecompress/sparse.h"
 #include "edgecompress/threadpool.h"
 
 using namespace edgecompress;
@@ -348,6 +349,68 @@ void check_q4_kernel(const GemmQ4Kernel& kern, const GemmQ4Kernel& scalar, Q4Fai
   }
 }
 
+// --- sparse_f32 ---------------------------------------------------------------------------------
+
+// Every sparse kernel against a float64 dense reference, within the oracle's tolerance
+// (1e-5 * |x| @ |W|.T), for CSR and both BSR block heights over the sweep at 0-100% sparsity.
+bool check_sparse_kernel(const SparseKernel& kern) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f), p01(0.0f, 1.0f);
+  const float sparsities[5] = {0.0f, 0.5f, 0.9f, 0.99f, 1.0f};
+  int failures = 0, i = 0;
+  for (const Shape& s : sweep()) {
+    for (int r : {1, 4, 8}) {
+      const float sparsity = sparsities[(i++) % 5];
+      const int block_rows = (s.n + r - 1) / r;
+      std::vector<float> w(static_cast<size_t>(block_rows) * r * s.k, 0.0f);
+      std::vector<int64_t> indptr(block_rows + 1, 0);
+      std::vector<int32_t> idx32;
+      std::vector<uint16_t> idx16;
+      std::vector<float> vals;
+      for (int b = 0; b < block_rows; ++b) {
+        for (int c = 0; c < s.k; ++c) {
+          if (p01(rng) < sparsity) continue;
+          idx32.push_back(c), idx16.push_back(static_cast<uint16_t>(c));
+          for (int q = 0; q < r; ++q) {
+            const float v = b * r + q < s.n ? u(rng) : 0.0f;
+            vals.push_back(v);
+            w[(static_cast<size_t>(b) * r + q) * s.k + c] = v;
+          }
+        }
+        indptr[b + 1] = static_cast<int64_t>(idx32.size());
+      }
+      std::vector<float> x(static_cast<size_t>(s.m) * s.k), bias(s.n);
+      for (auto& v : x) v = u(rng);
+      for (auto& v : bias) v = u(rng);
+      const bool use16 = (i % 2) == 0;
+      auto pw = pack_sparse_f32(kern, s.n, s.k, r, indptr.data(), use16 ? static_cast<const void*>(idx16.data()) : idx32.data(),
+                                use16, vals.data());
+      Guarded<float> y(static_cast<size_t>(s.m) * s.n);
+      if (sparse_f32(*pw, x.data(), s.k, s.m, bias.data(), Activation::relu, y.data(), 64) != GemmStatus::ok) ++failures;
+      if (!y.guards_intact()) ++failures;
+      for (int a = 0; a < s.m && failures < 5; ++a)
+        for (int c = 0; c < s.n; ++c) {
+          double ref = bias[c], mag = std::fabs(bias[c]);
+          for (int q = 0; q < s.k; ++q) {
+            ref += static_cast<double>(x[static_cast<size_t>(a) * s.k + q]) * w[static_cast<size_t>(c) * s.k + q];
+            mag += std::fabs(static_cast<double>(x[static_cast<size_t>(a) * s.k + q]) * w[static_cast<size_t>(c) * s.k + q]);
+          }
+          ref = ref > 0 ? ref : 0;
+          if (std::fabs(y.data()[static_cast<size_t>(a) * s.n + c] - ref) > 1e-5 * mag + 1e-30) {
+            if (++failures <= 3) std::printf("  FAIL %s (%d, %d, %d) r=%d: %g vs %g\n", kern.name, s.m, s.k, s.n, r,
+                                             y.data()[static_cast<size_t>(a) * s.n + c], ref);
+            break;
+          }
+        }
+      std::vector<float> bad(x);
+      bad[bad.size() / 2] = NAN;
+      std::vector<float> y2(static_cast<size_t>(s.m) * s.n);
+      if (sparse_f32(*pw, bad.data(), s.k, s.m, nullptr, Activation::none, y2.data(), 64) != GemmStatus::nonfinite_input) ++failures;
+    }
+  }
+  return failures == 0;
+}
+
 }  // namespace
 
 int main() {
@@ -391,6 +454,22 @@ int main() {
       check_q4_kernel(k, *q4[0], &f);
       std::printf("%s %s (%d thread%s)\n", f.count ? "FAIL" : "PASS", k.name, threads, threads > 1 ? "s" : "");
       f.count ? ++failed : ++passed;
+    }
+  }
+  const SparseKernel* const* sk;
+  const int sk_count = sparse_f32_kernels(&sk);
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
+    for (int i = 0; i < sk_count; ++i) {
+      if (!cpu_has(sk[i]->needs)) {
+        if (threads == 1) std::printf("SKIP %s: this CPU lacks its features\n", sk[i]->name);
+        ++skipped;
+        continue;
+      }
+      const bool ok = check_sparse_kernel(*sk[i]);
+      std::printf("%s %s (%d thread%s)\n", ok ? "PASS" : "FAIL", sk[i]->name, threads, threads > 1 ? "s" : "");
+      ok ? ++passed : ++failed;
     }
   }
   set_gemm_s8_min_parallel_macs(0.0);

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .runtime import gemm_q4_kernel, gemm_s8_kernel
+from .runtime import gemm_q4_kernel, gemm_s8_kernel, sparse_f32_kernel
 from .weights import MAX_K as _MAX_K_INT8
-from .weights import Int4Weight, Int8Weight
+from .weights import Int4Weight, Int8Weight, SparseWeight
 
 __all__ = ["linear", "qgemm"]
 
@@ -39,7 +39,7 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
 
 def linear(
     x: np.ndarray,
-    w: Int8Weight | Int4Weight,
+    w: Int8Weight | Int4Weight | SparseWeight,
     bias: np.ndarray | None = None,
     activation: str | None = None,
     *,
@@ -50,14 +50,15 @@ def linear(
 ) -> np.ndarray:
     """y = x @ W.T (+ bias), then ``activation`` ("relu", "gelu" or None), for x of shape (..., K).
 
-    w is an Int8Weight or an Int4Weight. x is float32.
+    w is an Int8Weight, an Int4Weight or a SparseWeight. x is float32.
 
     Int8Weight: activations are quantized per row inside the call: ``act_scheme="symmetric"``
     (int8, the default) or ``"asymmetric"`` (uint8 with a zero point). Passing ``act_scale`` (and,
     for asymmetric, ``act_zero_point`` in [0, 255]) uses that static quantization instead.
     Int4Weight: the weight's ``compute`` mode decides ("int8": activations quantized per row and
     group of K, exact integer dot products; "float": exact dequantization, float32 arithmetic); the
-    act_* arguments do not apply.
+    act_* arguments do not apply. SparseWeight: float32 arithmetic over the stored values (the act_*
+    arguments do not apply either).
     Returns float32 of shape (..., N), written into ``out`` when given (a C-contiguous float32 array
     of that shape that does not overlap x). NaN or Inf in x raises ValueError.
     """
@@ -65,8 +66,8 @@ def linear(
         x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"x: expected float32, got {_dtype_name(x)}")
-    if not isinstance(w, (Int8Weight, Int4Weight)):
-        raise TypeError(f"w: expected an Int8Weight or Int4Weight, got {type(w).__name__}")
+    if not isinstance(w, (Int8Weight, Int4Weight, SparseWeight)):
+        raise TypeError(f"w: expected an Int8Weight, Int4Weight or SparseWeight, got {type(w).__name__}")
     n, k = w.shape
     if x.ndim == 0 or x.shape[-1] != k:
         raise ValueError(f"x: expected shape (..., {k}), got {x.shape}")
@@ -79,14 +80,17 @@ def linear(
     act = _ACTIVATIONS.get(activation) if activation is None or isinstance(activation, str) else None
     if act is None:
         raise ValueError(f"activation: expected None, 'relu' or 'gelu', got {activation!r}")
-    if isinstance(w, Int4Weight):
+    if isinstance(w, (Int4Weight, SparseWeight)):
         if act_scheme != "symmetric" or act_scale is not None or act_zero_point is not None:
-            raise ValueError("act_scheme/act_scale/act_zero_point: not used with an Int4Weight (its compute mode decides)")
+            raise ValueError(f"act_scheme/act_scale/act_zero_point: not used with a {type(w).__name__}")
         x2 = _contiguous(x).reshape(-1, k)
         if x2.shape[0] > _MAX_ROWS:
             raise ValueError(f"x: expected at most {_MAX_ROWS} rows, got {x2.shape[0]}")
         out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x)
-        y = _core.linear_q4(w.packed(gemm_q4_kernel()), x2, bias, act, 0 if w.compute == "int8" else 1, out2)
+        if isinstance(w, Int4Weight):
+            y = _core.linear_q4(w.packed(gemm_q4_kernel()), x2, bias, act, 0 if w.compute == "int8" else 1, out2)
+        else:
+            y = _core.linear_sparse_f32(w.packed(sparse_f32_kernel()), x2, bias, act, out2)
         return out if out is not None else y.reshape(x.shape[:-1] + (n,))
     scheme = _SCHEMES.get(act_scheme) if isinstance(act_scheme, str) else None
     if scheme is None:

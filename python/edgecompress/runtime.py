@@ -60,7 +60,8 @@ def _kernel(family: str) -> str:
     cap = _cap.get()
     name = _kernel_by_cap.get((family, cap))
     if name is None:
-        select = _core.gemm_s8_select if family == "gemm_s8" else _core.gemm_q4_select
+        select = {"gemm_s8": _core.gemm_s8_select, "gemm_q4": _core.gemm_q4_select,
+                  "sparse_f32": _core.sparse_f32_select}[family]
         name = _kernel_by_cap[(family, cap)] = select(cap)
         _log(f"{family} -> {name} (cap {cap})")
     return name
@@ -74,6 +75,11 @@ def gemm_s8_kernel() -> str:
 def gemm_q4_kernel() -> str:
     """Name of the gemm_q4 (4-bit weight) kernel serving the current cap."""
     return _kernel("gemm_q4")
+
+
+def sparse_f32_kernel() -> str:
+    """Name of the sparse_f32 (pruned float32 weight) kernel serving the current cap."""
+    return _kernel("sparse_f32")
 
 
 @contextlib.contextmanager
@@ -134,7 +140,8 @@ def cpu_info() -> dict[str, Any]:
         ok, reason = _core.tier_support(t)
         tiers[t] = {"built": t in built, "supported": ok, "reason": reason}
     families = {}
-    for fam, listing, select in (("gemm_s8", kernels, gemm_s8_kernel), ("gemm_q4", _core.gemm_q4_kernels(), gemm_q4_kernel)):
+    for fam, listing, select in (("gemm_s8", kernels, gemm_s8_kernel), ("gemm_q4", _core.gemm_q4_kernels(), gemm_q4_kernel),
+                                 ("sparse_f32", _core.sparse_f32_kernels(), sparse_f32_kernel)):
         name = select()
         families[fam] = {"kernel": name, "tier": next(k for k in listing if k["name"] == name)["tier"]}
     return {
@@ -155,3 +162,4 @@ if _VERBOSE:
     _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(FEATURES)}")
     gemm_s8_kernel()
     gemm_q4_kernel()
+    sparse_f32_kernel()

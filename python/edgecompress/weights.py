@@ -13,7 +13,7 @@ from .reference import quantize_weight_int8
 from .reference.gemm_q4 import dequantize as _dequantize_q4
 from .reference.gemm_q4 import pack_nibbles, unpack_nibbles
 
-__all__ = ["Int4Weight", "Int8Weight"]
+__all__ = ["Int4Weight", "Int8Weight", "SparseWeight"]
 
 # The longest rows whose int32 accumulators stay exact: |activation - zero point| <= 128 (int8
 # activations), |weight| <= 127. (uint8 activations allow less; ops.linear checks that per call.)
@@ -436,3 +436,145 @@ def _pack_zero_points(zp: np.ndarray) -> np.ndarray:
 
 def _unpack_zero_points(zp: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(zp.shape[0], -1)[:, :groups])
+
+
+_BLOCKS = {"csr": 1, "bsr4x1": 4, "bsr8x1": 8}
+
+
+class SparseWeight:
+    """A pruned weight (N, K) stored by block rows, float32 values.
+
+    ``format``: "csr" (unstructured: one value per nonzero), "bsr4x1" or "bsr8x1" (blocks of 4 or 8
+    consecutive output rows at one k: a block is kept when any of its values is nonzero). Arrays:
+    ``indptr`` int64 (ceil(N / r) + 1), ``indices`` uint16 when K <= 65536 else int32 (the k of each
+    block), ``values`` float32 (nnzb, r) (the block's rows; zeros inside a kept block are stored).
+    ``sparsity`` is the fraction of W's values that are not stored.
+    """
+
+    FORMAT = "sparse"
+    VERSION = 1
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, shape: tuple[int, int],
+                 format: str = "csr") -> None:
+        if format not in _BLOCKS:
+            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)}, got {format!r}")
+        r = _BLOCKS[format]
+        if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(v, (int, np.integer)) for v in shape)):
+            raise TypeError(f"shape: expected a tuple (N, K) of ints, got {shape!r}")
+        n, k = int(shape[0]), int(shape[1])
+        if n <= 0 or k <= 0 or n > _MAX_N or k > 2**31 - 1:
+            raise ValueError(f"shape: expected positive (N, K) within int32, got {shape}")
+        block_rows = -(-n // r)
+        if not isinstance(indptr, np.ndarray) or indptr.dtype != np.int64 or indptr.shape != (block_rows + 1,):
+            raise ValueError(f"indptr: expected int64 of shape ({block_rows + 1},), got {getattr(indptr, 'dtype', None)} {getattr(indptr, 'shape', None)}")
+        if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+            raise ValueError("indptr: expected non-decreasing offsets starting at 0")
+        nnzb = int(indptr[-1])
+        idx_dtype = np.uint16 if k <= 65536 else np.int32
+        if not isinstance(indices, np.ndarray) or indices.dtype != idx_dtype or indices.shape != (nnzb,):
+            raise ValueError(f"indices: expected {np.dtype(idx_dtype).name} of shape ({nnzb},), got {getattr(indices, 'dtype', None)} {getattr(indices, 'shape', None)}")
+        if nnzb and (int(indices.min()) < 0 or int(indices.max()) >= k):
+            raise ValueError(f"indices: expected values in 0..{k - 1}")
+        if not isinstance(values, np.ndarray) or values.dtype != np.float32 or values.shape != (nnzb, r):
+            raise ValueError(f"values: expected float32 of shape ({nnzb}, {r}), got {getattr(values, 'dtype', None)} {getattr(values, 'shape', None)}")
+        if not np.isfinite(values).all():
+            raise ValueError("values: expected finite values, got NaN or Inf")
+        self.format = format
+        self._shape = (n, k)
+        self.indptr = _frozen(indptr)
+        self.indices = _frozen(indices)
+        self.values = _frozen(values)
+        self._packed: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_float(cls, w: Any, format: str = "csr", dtype: str = "float32") -> SparseWeight:
+        """Store the nonzeros of a (pruned) float weight. Zeros are what pruning left: this does not
+        prune (see edgecompress.compress for that)."""
+        if dtype != "float32":
+            raise ValueError(f"dtype: only 'float32' sparse weights are available in this release, got {dtype!r}")
+        if format not in _BLOCKS:
+            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)}, got {format!r}")
+        w = _as_float_matrix(w, "w")
+        n, k = w.shape
+        r = _BLOCKS[format]
+        block_rows = -(-n // r)
+        wp = np.zeros((block_rows * r, k), np.float32)
+        wp[:n] = w
+        blocks = wp.reshape(block_rows, r, k).transpose(0, 2, 1)  # (block_rows, K, r)
+        keep = (blocks != 0).any(axis=2)  # (block_rows, K)
+        indptr = np.zeros(block_rows + 1, np.int64)
+        np.cumsum(keep.sum(axis=1), out=indptr[1:])
+        rows, cols = np.nonzero(keep)
+        indices = cols.astype(np.uint16 if k <= 65536 else np.int32)
+        values = np.ascontiguousarray(blocks[rows, cols])
+        return cls(indptr, indices, values, (n, k), format)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    @property
+    def block(self) -> int:
+        return _BLOCKS[self.format]
+
+    @property
+    def nnz(self) -> int:
+        """Stored values (nonzero blocks times the block size)."""
+        return int(self.values.size)
+
+    @property
+    def sparsity(self) -> float:
+        n, k = self._shape
+        return 1.0 - self.nnz / (n * k)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.indices.nbytes + self.values.nbytes)
+
+    def to_float(self) -> np.ndarray:
+        n, k = self._shape
+        r = self.block
+        block_rows = len(self.indptr) - 1
+        out = np.zeros((block_rows, k, r), np.float32)
+        rows = np.repeat(np.arange(block_rows), np.diff(self.indptr))
+        out[rows, self.indices.astype(np.int64)] = self.values
+        return out.transpose(0, 2, 1).reshape(block_rows * r, k)[:n].copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"indptr": self.indptr, "indices": self.indices, "values": self.values,
+                "metadata": {"format": self.FORMAT, "version": self.VERSION, "layout": self.format,
+                             "shape": list(self._shape)}}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> SparseWeight:
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION)
+        for key in ("indptr", "indices", "values"):
+            if key not in d:
+                raise ValueError(f"d: missing array {key!r}")
+        shape = meta.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 2):
+            raise ValueError(f"d: expected a 'shape' [N, K] in metadata, got {shape!r}")
+        return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]),
+                   (int(shape[0]), int(shape[1])), meta.get("layout", "csr"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: (np.array(v) if isinstance(v, np.ndarray) else v) for key, v in self.state_dict().items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(SparseWeight.from_state_dict(state).__dict__)
+
+    def packed(self, kernel: str) -> Any:
+        p = self._packed.get(kernel)
+        if p is None:
+            with self._lock:
+                p = self._packed.get(kernel)
+                if p is None:
+                    n, k = self._shape
+                    p = self._packed[kernel] = _core.pack_sparse_f32(n, k, self.block, self.indptr, self.indices,
+                                                                     self.values.reshape(-1), kernel)
+        return p
+
+    def __repr__(self) -> str:
+        n, k = self._shape
+        return f"SparseWeight(shape=({n}, {k}), format={self.format!r}, sparsity={self.sparsity:.3f}, nbytes={self.nbytes})"

@@ -7,6 +7,7 @@
 
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
+#include "edgecompress/sparse.h"
 
 namespace edgecompress {
 
@@ -81,5 +82,25 @@ std::unique_ptr<PackedQ4Weight> pack_q4_weight(const GemmQ4Kernel& kernel, const
 // y (m, n) = epilogue(x @ W.T) for fp32 x (row stride ldx). Runs on the thread pool.
 GemmStatus gemm_q4(const PackedQ4Weight& w, const float* x, ptrdiff_t ldx, int m, Q4Compute compute,
                    const float* bias, Activation act, float* y, int max_threads);
+
+// A pruned float32 weight for the sparse_f32 kernels (see sparse.h): copies of the block-row arrays.
+struct PackedSparseF32 {
+  const SparseKernel* kernel = nullptr;
+  SparseF32 w;
+  AlignedArray<int64_t> indptr;
+  AlignedArray<uint16_t> idx16;
+  AlignedArray<int32_t> idx32;
+  AlignedArray<float> values;
+  size_t nbytes() const { return indptr.size() * 8 + idx16.size() * 2 + idx32.size() * 4 + values.size() * 4; }
+};
+
+// indptr: ceil(n / r) + 1 offsets; indices: uint16 (idx16) or int32, one per block; values: r per block.
+std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int n, int k, int r,
+                                                 const int64_t* indptr, const void* indices, bool idx16,
+                                                 const float* values);
+
+// y (m, n) = epilogue(x @ W.T) for fp32 x (row stride ldx); refuses NaN/Inf in x. Thread pool.
+GemmStatus sparse_f32(const PackedSparseF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
+                      Activation act, float* y, int max_threads);
 
 }  // namespace edgecompress

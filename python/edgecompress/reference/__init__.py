@@ -8,6 +8,7 @@ kernels perform them, so in practice the float results match bit for bit as well
 from .gemm_q4 import dequantize as dequantize_int4
 from .gemm_q4 import float_tolerance as int4_float_tolerance
 from .gemm_q4 import linear_int4
+from .sparse import linear_sparse
 from .gemm_s8 import (
     gelu,
     linear_int8,
@@ -22,6 +23,7 @@ __all__ = [
     "dequantize_int4",
     "int4_float_tolerance",
     "linear_int4",
+    "linear_sparse",
     "gelu",
     "linear_int8",
     "qgemm",

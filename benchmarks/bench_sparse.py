@@ -1,0 +1,177 @@
+"""Pruned-weight benchmark: writes benchmarks/results/<cpu>-sparse.md.
+
+    python benchmarks/bench_sparse.py            # all shapes and sparsities, 1 thread and all threads
+    python benchmarks/bench_sparse.py --quick    # smoke run
+
+For each shape of bench_gemm.py and sparsity (50, 75, 90, 95%): our SparseWeight in every format
+(csr on an unstructured pruning, bsr4x1 / bsr8x1 on a pruning by blocks of that shape) and every
+SIMD tier, next to numpy fp32 dense, our dense int8, torch's CSR matmul and scipy's CSR, in one run
+with the method of bench_gemm.py. GB/s counts the stored bytes of the weight (indices + values);
+for M <= 4 the read bandwidth at that size is timed in the same rounds, and for larger M the FMA peak
+is quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+import edgecompress as ec
+from edgecompress import _core
+from edgecompress.bench import FP32_PROBE, _aligned_bytes, _command_line, _measure, cpu_slug
+from edgecompress.reference import linear_sparse
+from edgecompress.runtime import LADDER, use_isa
+
+SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024)]
+QUICK_SHAPES = [(1, 1024, 1024), (64, 512, 512)]
+SPARSITIES = [0.5, 0.75, 0.9, 0.95]
+BLOCK = {"csr": 1, "bsr4x1": 4, "bsr8x1": 8}
+READ = "read limit"
+
+
+def _pruned(rng: np.random.Generator, w: np.ndarray, sparsity: float, block: int) -> np.ndarray:
+    n, k = w.shape
+    keep = rng.random((-(-n // block), k)) >= sparsity
+    return (w * np.repeat(keep, block, axis=0)[:n]).astype(np.float32)
+
+
+def _peers(x: np.ndarray, w: np.ndarray, threads: int) -> dict[str, Callable[[], Any]]:
+    out: dict[str, Callable[[], Any]] = {}
+    try:
+        import scipy.sparse as sp
+
+        ws = sp.csr_matrix(w)
+        xt = np.ascontiguousarray(x.T)
+        out["scipy CSR"] = lambda: (ws @ xt).T
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        wt = torch.from_numpy(w).to_sparse_csr()
+        xt_t = torch.from_numpy(np.ascontiguousarray(x.T))
+        out["torch CSR"] = lambda: torch.sparse.mm(wt, xt_t)
+    except ImportError:
+        pass
+    return out
+
+
+def _targets(summary: dict[tuple[Any, ...], float], top: str) -> list[str]:
+    rows = []
+    for fmt, shape, goals in (("csr", (1, 4096, 4096), {0.5: 1.1, 0.75: 2.0, 0.9: 4.5}),
+                              ("bsr4x1", (128, 768, 3072), {0.75: 1.8, 0.9: 3.0})):
+        for s, need in goals.items():
+            ours, dense = summary.get((shape, s, fmt, 1, f"{fmt} {top}")), summary.get((shape, s, fmt, 1, "numpy fp32 dense"))
+            if ours and dense:
+                r = dense / ours
+                rows.append(f"| fp32 {fmt} {shape} at {s:.0%}: >= {need}x numpy dense | {r:.2f}x | {'met' if r >= need else 'NOT met'} |")
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--shapes", help="M,K,N;M,K,N;...")
+    p.add_argument("--threads", help="comma-separated thread counts (default: 1 and all)")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--output")
+    args = p.parse_args()
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    sparsities = [0.5, 0.9] if args.quick else SPARSITIES
+    all_threads = _core.default_num_threads()
+    threads = sorted({1, all_threads}) if not args.threads else [int(t) for t in args.threads.split(",")]
+    rounds = args.rounds or (3 if args.quick else 5)
+    min_s = 0.005 if args.quick else 0.02
+    tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0]]
+    top = tiers[-1] if tiers else LADDER[0]
+    read_probe = next((q["name"] for q in reversed(_core.peak_probes()) if q["runs_here"]), None)
+    fma_probe = FP32_PROBE.get(_core.arch())
+    fma_peak = _core.peak_ops(fma_probe, 0.3) if fma_probe else None
+    if args.output is None and not args.quick:
+        args.output = str(pathlib.Path(__file__).parent / "results" / f"{cpu_slug()}-sparse.md")
+
+    out: list[str] = []
+    emit = out.append
+    emit(f"# edgecompress sparse (pruned) weight benchmark: {_core.cpu_model()} ({_core.arch()})\n")
+    emit(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    emit(f"- command: `{_command_line()}`")
+    emit(f"- method: interleaved rounds, median of {rounds}; GFLOPS = 2 x M x K x N / time (dense-equivalent)")
+    if fma_peak:
+        emit(f"- {fma_probe} peak (one core): {fma_peak / 1e9:.1f} GFLOPS; useful FLOPs = 2 x M x stored values")
+    emit("")
+    summary: dict[tuple[Any, ...], float] = {}
+    rng = np.random.default_rng(0)
+    for m, k, n in shapes:
+        w_full = rng.standard_normal((n, k)).astype(np.float32)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w8 = ec.Int8Weight.from_float(w_full)
+        for s in sparsities:
+            for fmt in BLOCK:
+                w_dense = _pruned(rng, w_full, s, BLOCK[fmt])
+                w = ec.SparseWeight.from_float(w_dense, format=fmt)
+                want = linear_sparse(x[:2], w_dense)
+                tol = 1e-5 * (np.abs(x[:2]).astype(np.float64) @ np.abs(w_dense).T.astype(np.float64)) + 1e-30
+                for tier in tiers:
+                    with use_isa(tier):
+                        if not (np.abs(ec.linear(x[:2], w) - want) <= tol).all():
+                            raise AssertionError(f"sparse {fmt} {tier} differs from the oracle at {(m, k, n)}")
+                for t in threads:
+                    ec.set_num_threads(t)
+                    cands: dict[str, Callable[[], Any]] = {}
+                    for tier in tiers:
+                        def ours(tier: str = tier) -> Any:
+                            with use_isa(tier):
+                                return ec.linear(x, w)
+                        cands[f"{fmt} {tier}"] = ours
+                    wt = np.ascontiguousarray(w_dense.T)
+                    cands["numpy fp32 dense"] = lambda: x @ wt
+                    cands["int8 dense (ours)"] = lambda: ec.linear(x, w8)
+                    if fmt == "csr":
+                        cands.update(_peers(x, w_dense, t))
+                    if m <= 4 and read_probe and t == 1:
+                        buf = _aligned_bytes(w.nbytes)
+                        cands[READ] = lambda buf=buf: _core.read_once(read_probe, buf)
+                    res = _measure(cands, rounds, min_s)
+                    read_s = res.pop(READ, None)
+                    emit(f"## ({m}, {k}, {n}), {fmt} at {s:.0%} (stored {w.sparsity:.1%} sparse, {w.nbytes / 2**20:.1f} MiB), "
+                         f"{t} thread{'s' if t > 1 else ''}\n")
+                    emit("| implementation | ms | GFLOPS (dense-eq.) | weight GB/s | % of limit | vs numpy dense |")
+                    emit("|---|---|---|---|---|---|")
+                    dense = res["numpy fp32 dense"]
+                    for c, sec in sorted(res.items(), key=lambda kv: kv[1]):
+                        gbs = pct = ""
+                        if c.startswith(fmt):
+                            gbs = f"{w.nbytes / sec / 1e9:.1f}"
+                            if read_s:
+                                pct = f"{100 * read_s / sec:.0f}% of read bw"
+                            elif fma_peak:
+                                pct = f"{100 * 2 * m * w.nnz / sec / (fma_peak * t):.0f}% of {fma_probe}"
+                        emit(f"| {c} | {sec * 1e3:.3f} | {2 * m * k * n / sec / 1e9:.1f} | {gbs} | {pct} | {dense / sec:.2f}x |")
+                        summary[((m, k, n), s, fmt, t, c)] = sec
+                    if read_s:
+                        emit(f"| (limit: one read of the {w.nbytes / 2**20:.1f} MiB weight) | {read_s * 1e3:.3f} | | "
+                             f"{w.nbytes / read_s / 1e9:.1f} | 100% | |")
+                    emit("")
+    emit("## Targets (one thread, this run)\n")
+    emit("| target | this run | |")
+    emit("|---|---|---|")
+    out.extend(_targets(summary, top))
+    emit("")
+    report = "\n".join(out)
+    print(report)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

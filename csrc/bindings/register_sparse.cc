@@ -1,0 +1,127 @@
+// Sparse float32 weights: packing and the fp32 linear. The Python layer (edgecompress.ops and
+// SparseWeight) validates user input first; these checks only guard the boundary.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/threadpool.h"
+
+namespace py = pybind11;
+using namespace edgecompress;
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+bool contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
+
+const SparseKernel& sparse_kernel_by_name(const std::string& name) {
+  const SparseKernel* const* ks;
+  const int n = sparse_f32_kernels(&ks);
+  for (int i = 0; i < n; ++i) {
+    if (name == ks[i]->name) {
+      if (!cpu_has(ks[i]->needs)) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
+      return *ks[i];
+    }
+  }
+  throw std::invalid_argument("unknown kernel '" + name + "'");
+}
+
+std::unique_ptr<PackedSparseF32> pack(int n, int k, int r, const py::array& indptr, const py::array& indices,
+                                      const py::array& values, const std::string& kernel) {
+  require(n > 0 && k > 0 && (r == 1 || r == 4 || r == 8), "shape or block: out of range");
+  const int64_t block_rows = (static_cast<int64_t>(n) + r - 1) / r;
+  require(py::isinstance<py::array_t<int64_t>>(indptr) && indptr.ndim() == 1 && indptr.shape(0) == block_rows + 1 &&
+              contiguous(indptr),
+          "indptr: expected int64 (N / r + 1,)");
+  const int64_t* ip = static_cast<const int64_t*>(indptr.data());
+  require(ip[0] == 0, "indptr: must start at 0");
+  for (int64_t b = 0; b < block_rows; ++b) require(ip[b + 1] >= ip[b], "indptr: must not decrease");
+  const int64_t nnzb = ip[block_rows];
+  const bool idx16 = py::isinstance<py::array_t<uint16_t>>(indices);
+  require((idx16 || py::isinstance<py::array_t<int32_t>>(indices)) && indices.ndim() == 1 && indices.shape(0) == nnzb &&
+              contiguous(indices),
+          "indices: expected uint16 or int32 (nnz,)");
+  for (int64_t j = 0; j < nnzb; ++j) {
+    const int64_t c = idx16 ? static_cast<const uint16_t*>(indices.data())[j] : static_cast<const int32_t*>(indices.data())[j];
+    require(c >= 0 && c < k, "indices: out of range 0..K-1");
+  }
+  require(py::isinstance<py::array_t<float>>(values) && values.size() == nnzb * r && contiguous(values),
+          "values: expected float32 with nnz * r values");
+  const SparseKernel& kern = sparse_kernel_by_name(kernel);
+  const void* ix = indices.data();
+  const float* v = static_cast<const float*>(values.data());
+  py::gil_scoped_release release;
+  return pack_sparse_f32(kern, n, k, r, ip, ix, idx16, v);
+}
+
+py::array linear(const PackedSparseF32& w, const py::array& x, const py::object& bias, int act, const py::object& out) {
+  require(py::isinstance<py::array_t<float>>(x) && x.ndim() == 2 && contiguous(x), "x: expected float32 (M, K) C-contiguous");
+  require(x.shape(1) == w.w.k, "x: expected " + std::to_string(w.w.k) + " columns");
+  require(x.shape(0) <= INT32_MAX, "x: too many rows");
+  require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
+  const float* bias_ptr = nullptr;
+  if (!bias.is_none()) {
+    const auto b = py::reinterpret_borrow<py::array>(bias);
+    require(py::isinstance<py::array_t<float>>(bias) && b.ndim() == 1 && b.shape(0) == w.w.n && contiguous(b),
+            "bias: expected float32 (" + std::to_string(w.w.n) + ",) contiguous");
+    bias_ptr = static_cast<const float*>(b.data());
+  }
+  const int m = static_cast<int>(x.shape(0));
+  py::array y;
+  if (out.is_none()) {
+    y = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.w.n)});
+  } else {
+    y = py::reinterpret_borrow<py::array>(out);
+    require(py::isinstance<py::array_t<float>>(out) && y.ndim() == 2 && contiguous(y) && y.shape(0) == m &&
+                y.shape(1) == w.w.n && y.writeable(),
+            "out: expected a writeable (M, N) float32 array");
+  }
+  const float* xp = static_cast<const float*>(x.data());
+  float* yp = static_cast<float*>(y.mutable_data());
+  GemmStatus status;
+  {
+    py::gil_scoped_release release;
+    status = sparse_f32(w, xp, w.w.k, m, bias_ptr, static_cast<Activation>(act), yp, get_num_threads());
+  }
+  if (status == GemmStatus::nonfinite_input) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
+  if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
+  return y;
+}
+
+}  // namespace
+
+void register_sparse(py::module_& m) {
+  py::class_<PackedSparseF32>(m, "PackedSparseF32", "A pruned float32 weight packed for sparse_f32 (opaque).")
+      .def_property_readonly("kernel", [](const PackedSparseF32& w) { return std::string(w.kernel->name); })
+      .def_property_readonly("nbytes", &PackedSparseF32::nbytes);
+  m.def("pack_sparse_f32", &pack, py::arg("n"), py::arg("k"), py::arg("r"), py::arg("indptr"), py::arg("indices"),
+        py::arg("values"), py::arg("kernel"));
+  m.def("linear_sparse_f32", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
+        py::arg("out") = py::none());
+  m.def("sparse_f32_kernels", [] {
+    const SparseKernel* const* ks;
+    const int n = sparse_f32_kernels(&ks);
+    py::list out;
+    for (int i = 0; i < n; ++i) {
+      py::dict d;
+      d["name"] = ks[i]->name;
+      d["tier"] = isa_name(ks[i]->isa);
+      d["runs_here"] = cpu_has(ks[i]->needs);
+      out.append(d);
+    }
+    return out;
+  }, "Every sparse_f32 kernel built into this binary, lowest tier first.");
+  m.def("sparse_f32_select", [](const std::string& cap) {
+    Isa isa;
+    if (!isa_from_name(cap.c_str(), &isa)) throw std::invalid_argument("unknown tier '" + cap + "'");
+    return std::string(sparse_f32_select(isa)->name);
+  }, "Name of the sparse_f32 kernel the registry picks under a tier cap.");
+}

@@ -1,0 +1,100 @@
+// Loop nest of the sparse_f32 family: the weight's arrays are copied once into aligned storage;
+// each call checks x, transposes it for SpMM, and splits the block rows over the thread pool.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/threadpool.h"
+
+namespace edgecompress {
+
+std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int n, int k, int r,
+                                                 const int64_t* indptr, const void* indices, bool idx16,
+                                                 const float* values) {
+  auto p = std::make_unique<PackedSparseF32>();
+  SparseF32& w = p->w;
+  p->kernel = &kernel;
+  w.n = n, w.k = k, w.r = r;
+  w.block_rows = (n + r - 1) / r;
+  const int64_t nnzb = indptr[w.block_rows];
+  p->indptr = AlignedArray<int64_t>(static_cast<size_t>(w.block_rows) + 1);
+  std::memcpy(p->indptr.data(), indptr, (static_cast<size_t>(w.block_rows) + 1) * sizeof(int64_t));
+  p->values = AlignedArray<float>(static_cast<size_t>(nnzb) * r);
+  if (nnzb > 0) std::memcpy(p->values.data(), values, static_cast<size_t>(nnzb) * r * sizeof(float));
+  if (idx16) {
+    p->idx16 = AlignedArray<uint16_t>(static_cast<size_t>(nnzb));
+    if (nnzb > 0) std::memcpy(p->idx16.data(), indices, static_cast<size_t>(nnzb) * 2);
+    w.idx16 = p->idx16.data();
+  } else {
+    p->idx32 = AlignedArray<int32_t>(static_cast<size_t>(nnzb));
+    if (nnzb > 0) std::memcpy(p->idx32.data(), indices, static_cast<size_t>(nnzb) * 4);
+    w.idx32 = p->idx32.data();
+  }
+  w.indptr = p->indptr.data();
+  w.values = p->values.data();
+  return p;
+}
+
+namespace {
+
+AlignedArray<float>& transpose_workspace() {
+  static thread_local AlignedArray<float> ws;
+  return ws;
+}
+
+}  // namespace
+
+GemmStatus sparse_f32(const PackedSparseF32& p, const float* x, ptrdiff_t ldx, int m, const float* bias,
+                      Activation act, float* y, int max_threads) {
+  const SparseF32& w = p.w;
+  if (m <= 0) return GemmStatus::ok;
+  // NaN or Inf in x: refused like every other format (a pruned weight would otherwise skip the
+  // Inf * 0 = NaN the dense product has).
+  for (int i = 0; i < m; ++i) {
+    const float* xr = x + i * ldx;
+    uint32_t bad = 0;
+    for (int c = 0; c < w.k; ++c) {
+      uint32_t b;
+      std::memcpy(&b, xr + c, 4);
+      bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    if (bad) return GemmStatus::nonfinite_input;
+  }
+  SparseTask t{};
+  t.w = &w;
+  t.m = m;
+  t.bias = bias;
+  t.act = act;
+  t.y = y;
+  if (m <= kSpmvRows) {
+    t.x = x;
+    t.ldx = ldx;
+  } else {
+    const ptrdiff_t ldt = (static_cast<ptrdiff_t>(m) + 63) / 64 * 64;  // whole chunks of every kernel
+    AlignedArray<float>& ws = transpose_workspace();
+    const size_t need = static_cast<size_t>(w.k) * ldt;
+    if (ws.size() < need) ws = AlignedArray<float>(need);
+    float* xt = ws.data();
+    for (int c = 0; c < w.k; ++c) std::memset(xt + c * ldt + m, 0, (ldt - m) * sizeof(float));
+    for (int i = 0; i < m; ++i)
+      for (int c = 0; c < w.k; ++c) xt[c * ldt + i] = x[i * ldx + c];
+    t.xt = xt;
+    t.ldt = ldt;
+  }
+  const double work = static_cast<double>(w.indptr[w.block_rows]) * w.r * m;
+  const int threads = work < gemm_min_parallel_macs() ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
+  const int chunks = std::min(w.block_rows, threads == 1 ? 1 : 8 * threads);
+  const int per = (w.block_rows + chunks - 1) / chunks;
+  const SparseKernel& kern = *p.kernel;
+  auto run = [&](int c) {
+    SparseTask task = t;
+    task.b0 = c * per;
+    task.b1 = std::min(w.block_rows, (c + 1) * per);
+    if (task.b0 < task.b1) kern.run(task);
+  };
+  parallel_for(chunks, threads, run);
+  return GemmStatus::ok;
+}
+
+}  // namespace edgecompress
