@@ -17,6 +17,7 @@ import argparse
 import datetime
 import pathlib
 import sys
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -54,7 +55,9 @@ def _peers(x: np.ndarray, w: np.ndarray, threads: int) -> dict[str, Callable[[],
         import torch
 
         torch.set_num_threads(threads)
-        wt = torch.from_numpy(w).to_sparse_csr()
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            wt = torch.from_numpy(w).to_sparse_csr()
         xt_t = torch.from_numpy(np.ascontiguousarray(x.T))
         out["torch CSR"] = lambda: torch.sparse.mm(wt, xt_t)
     except ImportError:

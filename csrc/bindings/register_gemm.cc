@@ -11,27 +11,15 @@
 
 #include "edgecompress/driver.h"
 #include "edgecompress/threadpool.h"
+#include "common.h"
 
 namespace py = pybind11;
 using namespace edgecompress;
+using bindings::require;
 
 namespace {
 
-const GemmS8Kernel& kernel_by_name(const std::string& name) {
-  const GemmS8Kernel* const* ks;
-  const int n = gemm_s8_kernels(&ks);
-  for (int i = 0; i < n; ++i) {
-    if (name == ks[i]->name) {
-      if (!cpu_has(ks[i]->needs)) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
-      return *ks[i];
-    }
-  }
-  throw std::invalid_argument("unknown kernel '" + name + "'");
-}
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
+const GemmS8Kernel& kernel_by_name(const std::string& name) { return bindings::kernel_by_name(gemm_s8_kernels, name); }
 
 template <class T>
 void require_matrix(const py::array& a, const char* name) {

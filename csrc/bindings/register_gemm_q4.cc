@@ -10,29 +10,14 @@
 
 #include "edgecompress/driver.h"
 #include "edgecompress/threadpool.h"
+#include "common.h"
 
 namespace py = pybind11;
 using namespace edgecompress;
+using bindings::contiguous;
+using bindings::require;
 
 namespace {
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
-bool contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
-
-const GemmQ4Kernel& q4_kernel_by_name(const std::string& name) {
-  const GemmQ4Kernel* const* ks;
-  const int n = gemm_q4_kernels(&ks);
-  for (int i = 0; i < n; ++i) {
-    if (name == ks[i]->name) {
-      if (!cpu_has(ks[i]->needs)) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
-      return *ks[i];
-    }
-  }
-  throw std::invalid_argument("unknown kernel '" + name + "'");
-}
 
 std::unique_ptr<PackedQ4Weight> pack(const py::array& qweight, const py::array& scale, const py::object& zp,
                                      const py::object& codebook, int k, const std::string& kernel) {
@@ -64,7 +49,7 @@ std::unique_ptr<PackedQ4Weight> pack(const py::array& qweight, const py::array& 
     cb_ptr = static_cast<const float*>(c.data());
     per_channel = c.ndim() == 2;
   }
-  const GemmQ4Kernel& kern = q4_kernel_by_name(kernel);
+  const GemmQ4Kernel& kern = bindings::kernel_by_name(gemm_q4_kernels, kernel);
   const uint8_t* q = static_cast<const uint8_t*>(qweight.data());
   const uint16_t* s = static_cast<const uint16_t*>(scale.data());
   py::gil_scoped_release release;

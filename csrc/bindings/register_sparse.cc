@@ -10,29 +10,14 @@
 
 #include "edgecompress/driver.h"
 #include "edgecompress/threadpool.h"
+#include "common.h"
 
 namespace py = pybind11;
 using namespace edgecompress;
+using bindings::contiguous;
+using bindings::require;
 
 namespace {
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
-bool contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
-
-const SparseKernel& sparse_kernel_by_name(const std::string& name) {
-  const SparseKernel* const* ks;
-  const int n = sparse_f32_kernels(&ks);
-  for (int i = 0; i < n; ++i) {
-    if (name == ks[i]->name) {
-      if (!cpu_has(ks[i]->needs)) throw std::invalid_argument("kernel " + name + " cannot run on this CPU");
-      return *ks[i];
-    }
-  }
-  throw std::invalid_argument("unknown kernel '" + name + "'");
-}
 
 std::unique_ptr<PackedSparseF32> pack(int n, int k, int r, const py::array& indptr, const py::array& indices,
                                       const py::array& values, const std::string& kernel) {
@@ -55,7 +40,7 @@ std::unique_ptr<PackedSparseF32> pack(int n, int k, int r, const py::array& indp
   }
   require(py::isinstance<py::array_t<float>>(values) && values.size() == nnzb * r && contiguous(values),
           "values: expected float32 with nnz * r values");
-  const SparseKernel& kern = sparse_kernel_by_name(kernel);
+  const SparseKernel& kern = bindings::kernel_by_name(sparse_f32_kernels, kernel);
   const void* ix = indices.data();
   const float* v = static_cast<const float*>(values.data());
   py::gil_scoped_release release;

@@ -34,7 +34,44 @@ def _as_float_matrix(w: Any, name: str) -> np.ndarray:
     return w.astype(np.float32, copy=False)
 
 
-class Int8Weight:
+def _check_metadata(d: Any, fmt: str, version_max: int, arrays: tuple[str, ...]) -> dict[str, Any]:
+    """The metadata dict of a state_dict() for format `fmt`, after checking it and the arrays it needs."""
+    if not isinstance(d, dict):
+        raise TypeError(f"d: expected a dict from state_dict(), got {type(d).__name__}")
+    meta = d.get("metadata")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"d: expected metadata with format {fmt!r}, got {meta!r}")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > version_max or version < 1:
+        raise ValueError(f"d: format version {version!r} is not supported (this edgecompress reads <= {version_max})")
+    for key in arrays:
+        if key not in d:
+            raise ValueError(f"d: missing array {key!r}")
+    return meta
+
+
+class _PackedCache:
+    """Packing for the running CPU happens on first use, once per kernel, under a lock."""
+
+    def _init_cache(self) -> None:
+        self._packed: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _pack(self, kernel: str) -> Any:
+        raise NotImplementedError
+
+    def packed(self, kernel: str) -> Any:
+        """The weight packed for `kernel` (built once, then cached)."""
+        p = self._packed.get(kernel)
+        if p is None:
+            with self._lock:
+                p = self._packed.get(kernel)
+                if p is None:
+                    p = self._packed[kernel] = self._pack(kernel)
+        return p
+
+
+class Int8Weight(_PackedCache):
     """Symmetric int8 weight W ~ qweight * scale, shaped (N, K) like torch ``Linear.weight``.
 
     ``qweight`` is int8 in [-127, 127] (the symmetric range: -128 is excluded so that every tier's
@@ -70,8 +107,7 @@ class Int8Weight:
         self.scale = np.array(scale, order="C", copy=True)
         self.qweight.flags.writeable = False
         self.scale.flags.writeable = False
-        self._packed: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._init_cache()
 
     @classmethod
     def from_float(cls, w: Any, granularity: str = "channel") -> Int8Weight:
@@ -108,17 +144,7 @@ class Int8Weight:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> Int8Weight:
-        if not isinstance(d, dict):
-            raise TypeError(f"d: expected a dict from Int8Weight.state_dict(), got {type(d).__name__}")
-        meta = d.get("metadata")
-        if not isinstance(meta, dict) or meta.get("format") != cls.FORMAT:
-            raise ValueError(f"d: expected metadata with format {cls.FORMAT!r}, got {meta!r}")
-        version = meta.get("version")
-        if not isinstance(version, int) or version > cls.VERSION or version < 1:
-            raise ValueError(f"d: format version {version!r} is not supported (this edgecompress reads <= {cls.VERSION})")
-        for key in ("qweight", "scale"):
-            if key not in d:
-                raise ValueError(f"d: missing array {key!r}")
+        _check_metadata(d, cls.FORMAT, cls.VERSION, ("qweight", "scale"))
         return cls(np.asarray(d["qweight"]), np.asarray(d["scale"]))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -129,15 +155,8 @@ class Int8Weight:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["qweight"], state["scale"])
 
-    def packed(self, kernel: str) -> Any:
-        """The weight packed for a gemm_s8 kernel (built once, then cached)."""
-        p = self._packed.get(kernel)
-        if p is None:
-            with self._lock:
-                p = self._packed.get(kernel)
-                if p is None:
-                    p = self._packed[kernel] = _core.pack_s8(self.qweight, self.scale, kernel)
-        return p
+    def _pack(self, kernel: str) -> Any:
+        return _core.pack_s8(self.qweight, self.scale, kernel)
 
     def __repr__(self) -> str:
         n, k = self.shape
@@ -149,19 +168,7 @@ _GROUP_SIZES = (32, 64, 128)
 MAX_K_INT4 = 2**24
 
 
-def _check_metadata(d: Any, fmt: str, version_max: int) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise TypeError(f"d: expected a dict from state_dict(), got {type(d).__name__}")
-    meta = d.get("metadata")
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise ValueError(f"d: expected metadata with format {fmt!r}, got {meta!r}")
-    version = meta.get("version")
-    if not isinstance(version, int) or version > version_max or version < 1:
-        raise ValueError(f"d: format version {version!r} is not supported (this edgecompress reads <= {version_max})")
-    return meta
-
-
-class Int4Weight:
+class Int4Weight(_PackedCache):
     """4-bit weight, group-wise along K, shaped (N, K) like torch ``Linear.weight``.
 
     Arrays (the byte layout of onnxruntime's MatMulNBits, so weights convert without requantizing):
@@ -228,8 +235,7 @@ class Int4Weight:
         self.scale = _frozen(scale)
         self.zero_point = None if zero_point is None else _frozen(zero_point)
         self.codebook = None if codebook is None else _frozen(codebook)
-        self._packed: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._init_cache()
 
     @classmethod
     def from_float(cls, w: Any, group_size: int = 32, symmetric: bool = True, method: str = "rtn",
@@ -309,10 +315,7 @@ class Int4Weight:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> Int4Weight:
-        meta = _check_metadata(d, cls.FORMAT, cls.VERSION)
-        for key in ("qweight", "scale"):
-            if key not in d:
-                raise ValueError(f"d: missing array {key!r}")
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("qweight", "scale"))
         k = meta.get("k")
         if isinstance(k, bool) or not isinstance(k, int):
             raise ValueError(f"d: expected an int 'k' in metadata, got {k!r}")
@@ -330,16 +333,9 @@ class Int4Weight:
         other = Int4Weight.from_state_dict(state)
         self.__dict__.update(other.__dict__)
 
-    def packed(self, kernel: str) -> Any:
-        """The weight packed for a gemm_q4 kernel family layout (built once, then cached)."""
-        p = self._packed.get(kernel)
-        if p is None:
-            with self._lock:
-                p = self._packed.get(kernel)
-                if p is None:
-                    zp = None if self.zero_point is None else _unpack_zero_points(self.zero_point, self.groups)
-                    p = self._packed[kernel] = _core.pack_q4(self.qweight, self.scale, zp, self.codebook, self.k, kernel)
-        return p
+    def _pack(self, kernel: str) -> Any:
+        zp = None if self.zero_point is None else _unpack_zero_points(self.zero_point, self.groups)
+        return _core.pack_q4(self.qweight, self.scale, zp, self.codebook, self.k, kernel)
 
     # --- converters -------------------------------------------------------------------------------
 
@@ -441,7 +437,7 @@ def _unpack_zero_points(zp: np.ndarray, groups: int) -> np.ndarray:
 _BLOCKS = {"csr": 1, "bsr4x1": 4, "bsr8x1": 8}
 
 
-class SparseWeight:
+class SparseWeight(_PackedCache):
     """A pruned weight (N, K) stored by block rows, float32 values.
 
     ``format``: "csr" (unstructured: one value per nonzero), "bsr4x1" or "bsr8x1" (blocks of 4 or 8
@@ -484,8 +480,7 @@ class SparseWeight:
         self.indptr = _frozen(indptr)
         self.indices = _frozen(indices)
         self.values = _frozen(values)
-        self._packed: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._init_cache()
 
     @classmethod
     def from_float(cls, w: Any, format: str = "csr", dtype: str = "float32") -> SparseWeight:
@@ -548,10 +543,7 @@ class SparseWeight:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> SparseWeight:
-        meta = _check_metadata(d, cls.FORMAT, cls.VERSION)
-        for key in ("indptr", "indices", "values"):
-            if key not in d:
-                raise ValueError(f"d: missing array {key!r}")
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("indptr", "indices", "values"))
         shape = meta.get("shape")
         if not (isinstance(shape, list) and len(shape) == 2):
             raise ValueError(f"d: expected a 'shape' [N, K] in metadata, got {shape!r}")
@@ -564,16 +556,9 @@ class SparseWeight:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(SparseWeight.from_state_dict(state).__dict__)
 
-    def packed(self, kernel: str) -> Any:
-        p = self._packed.get(kernel)
-        if p is None:
-            with self._lock:
-                p = self._packed.get(kernel)
-                if p is None:
-                    n, k = self._shape
-                    p = self._packed[kernel] = _core.pack_sparse_f32(n, k, self.block, self.indptr, self.indices,
-                                                                     self.values.reshape(-1), kernel)
-        return p
+    def _pack(self, kernel: str) -> Any:
+        n, k = self._shape
+        return _core.pack_sparse_f32(n, k, self.block, self.indptr, self.indices, self.values.reshape(-1), kernel)
 
     def __repr__(self) -> str:
         n, k = self._shape

@@ -26,10 +26,17 @@
 namespace edgecompress {
 namespace {
 
-typedef float sp_f32x16 __attribute__((vector_size(64)));
 typedef float sp_f32x8 __attribute__((vector_size(32)));
 typedef float sp_f32x4 __attribute__((vector_size(16)));
-typedef int32_t sp_i32x16 __attribute__((vector_size(64)));
+// The SpMM vector: as wide as the tier's registers (wider vectors would be split and spilled).
+#if defined(__AVX512F__)
+constexpr int kSpLanes = 16;
+#elif defined(__AVX2__)
+constexpr int kSpLanes = 8;
+#else
+constexpr int kSpLanes = 4;
+#endif
+typedef float sp_vec __attribute__((vector_size(4 * kSpLanes)));
 
 template <class V>
 inline V sp_load(const float* p) {
@@ -38,19 +45,15 @@ inline V sp_load(const float* p) {
   return v;
 }
 
-inline float sp_gelu(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
-
 inline float sp_finish(float v, const float* bias, int col, Activation act) {
   if (bias != nullptr) v = v + bias[col];
   if (act == Activation::relu) v = v > 0.0f ? v : 0.0f;
-  if (act == Activation::gelu) v = sp_gelu(v);
+  if (act == Activation::gelu) v = gelu(v);
   return v;
 }
 
-// Sum of 16 lanes in a fixed tree.
-inline float sp_hsum(sp_f32x16 v) {
-  float a[16];
-  std::memcpy(a, &v, sizeof(a));
+// Sum of 16 partial sums in a fixed tree (overwrites a).
+inline float sp_hsum(float* a) {
   for (int w = 8; w >= 1; w /= 2)
     for (int i = 0; i < w; ++i) a[i] = a[i] + a[i + w];
   return a[0];
@@ -70,9 +73,7 @@ void sp_csr_spmv(const SparseTask& t, const Idx* __restrict idx) {
       for (; j + 16 <= j1; j += 16)
         for (int l = 0; l < 16; ++l) a[l] = a[l] + vals[j + l] * x[idx[j + l]];
       for (int l = 0; j < j1; ++j, ++l) a[l] = a[l] + vals[j] * x[idx[j]];
-      sp_f32x16 acc;
-      std::memcpy(&acc, a, sizeof(a));
-      t.y[static_cast<ptrdiff_t>(m) * w.n + row] = sp_finish(sp_hsum(acc), t.bias, row, t.act);
+      t.y[static_cast<ptrdiff_t>(m) * w.n + row] = sp_finish(sp_hsum(a), t.bias, row, t.act);
     }
   }
 }
@@ -100,29 +101,29 @@ void sp_bsr_spmv(const SparseTask& t, const Idx* __restrict idx) {
   }
 }
 
-// SpMM: rows of x in chunks of 16 * CW; per block row, R x CW vectors of sums (in registers: the
+// SpMM: rows of x in chunks of kSpLanes * CW; per block row, R x CW vectors of sums (in registers: the
 // indices are compile-time constants through unroll<>).
 template <int R, int CW, class Idx>
 void sp_spmm(const SparseTask& t, const Idx* __restrict idx) {
   const SparseF32& w = *t.w;
   const float* __restrict vals = w.values;
-  constexpr int kChunk = 16 * CW;
+  constexpr int kChunk = kSpLanes * CW;
   for (int m0 = 0; m0 < t.m; m0 += kChunk) {
     for (int b = t.b0; b < t.b1; ++b) {
       const int64_t j0 = w.indptr[b], j1 = w.indptr[b + 1];
-      sp_f32x16 acc[R][CW];
-      unroll<R>([&](auto i) { unroll<CW>([&](auto c) { acc[i.value][c.value] = sp_f32x16{}; }); });
+      sp_vec acc[R][CW];
+      unroll<R>([&](auto i) { unroll<CW>([&](auto c) { acc[i.value][c.value] = sp_vec{}; }); });
       for (int64_t j = j0; j < j1; ++j) {
         const float* __restrict xk = t.xt + static_cast<ptrdiff_t>(idx[j]) * t.ldt + m0;
-        sp_f32x16 xv[CW];
-        unroll<CW>([&](auto c) { xv[c.value] = sp_load<sp_f32x16>(xk + 16 * c.value); });
+        sp_vec xv[CW];
+        unroll<CW>([&](auto c) { xv[c.value] = sp_load<sp_vec>(xk + kSpLanes * c.value); });
         unroll<R>([&](auto i) {
           const float v = vals[j * R + i.value];
           unroll<CW>([&](auto c) { acc[i.value][c.value] = acc[i.value][c.value] + xv[c.value] * v; });
         });
       }
       alignas(64) float out[R][kChunk];
-      unroll<R>([&](auto i) { unroll<CW>([&](auto c) { std::memcpy(&out[i.value][16 * c.value], &acc[i.value][c.value], 64); }); });
+      unroll<R>([&](auto i) { unroll<CW>([&](auto c) { std::memcpy(&out[i.value][kSpLanes * c.value], &acc[i.value][c.value], sizeof(sp_vec)); }); });
       const int rows = t.m - m0 < kChunk ? t.m - m0 : kChunk;
       const int cols = w.n - b * R < R ? w.n - b * R : R;
       for (int l = 0; l < rows; ++l) {
@@ -141,6 +142,7 @@ void sp_run_idx(const SparseTask& t, const Idx* idx) {
     if (r == 4) return sp_bsr_spmv<4, sp_f32x4>(t, idx);
     return sp_bsr_spmv<8, sp_f32x8>(t, idx);
   }
+  // R x CW sums: at most 8 registers of accumulators.
   if (r == 1) return sp_spmm<1, 4>(t, idx);
   if (r == 4) return sp_spmm<4, 2>(t, idx);
   return sp_spmm<8, 1>(t, idx);
