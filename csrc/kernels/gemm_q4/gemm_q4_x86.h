@@ -28,8 +28,6 @@ inline int32_t load_i32(const int8_t* p) {
   return v;
 }
 
-// Independent accumulator chains per row, so that one row (GEMV) is not bound by vpdpbusd latency.
-constexpr int q4_chains(int rows) { return rows == 1 ? 1 : (rows == 2 ? 1 : 1); }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 inline __m512i dpbusd512_bcast(__m512i acc, __m512i a_u8, const int8_t* b4) {
@@ -55,7 +53,6 @@ void q4_tile512(const Q4Tile& t) {
   const ptrdiff_t ldx = t.x.ldx, lds = t.x.lds;
   const __m512i m4 = _mm512_set1_epi8(0x0f), m4hi = _mm512_set1_epi8(static_cast<char>(0xf0));
   constexpr int32_t kZero = kMode == kBook ? 128 : 8;
-  constexpr int CL = q4_chains(R);  // chains per nibble half and row; divides g / 8 = 4, 8 or 16
   // One row (GEMV): high nibbles masked in place (b & 0xf0, see above), one op per step. Several
   // rows: one shift per step is cheaper than one per row and group.
   constexpr bool kSplit = R == 1;
@@ -70,34 +67,32 @@ void q4_tile512(const Q4Tile& t) {
   unroll<R>([&](auto r) { f[r.value] = _mm512_setzero_ps(); });
   for (int gi = 0; gi < w.groups; ++gi) {
     const int8_t* xg = t.x.xq + static_cast<ptrdiff_t>(gi) * w.g;
-    __m512i lo_acc[R][CL], hi_acc[R][CL];
+    __m512i lo_acc[R], hi_acc[R];
     unroll<R>([&](auto r) {
-      unroll<CL>([&](auto c) { lo_acc[r.value][c.value] = hi_acc[r.value][c.value] = _mm512_setzero_si512(); });
-      if (kMode != kAsym) lo_acc[r.value][0] = _mm512_set1_epi32(-kZero * sumq[r.value * lds + gi]);
+      lo_acc[r.value] = kMode == kAsym ? _mm512_setzero_si512() : _mm512_set1_epi32(-kZero * sumq[r.value * lds + gi]);
+      hi_acc[r.value] = _mm512_setzero_si512();
     });
-    for (int s = 0; s < steps; s += CL) {
-      unroll<CL>([&](auto c) {
-        __m512i b = _mm512_loadu_si512(nib + static_cast<size_t>(s + c.value) * 64);
-        __asm__("" : "+v"(b));  // one load for both nibbles: GCC would fold it into each vpandd
-        __m512i lo = _mm512_and_si512(b, m4), hi;
-        if (kMode == kBook) {
+    for (int s = 0; s < steps; ++s) {
+      __m512i b = _mm512_loadu_si512(nib + static_cast<size_t>(s) * 64);
+      __asm__("" : "+v"(b));  // one load for both nibbles: GCC would fold it into each vpandd
+      __m512i lo = _mm512_and_si512(b, m4), hi;
+      if (kMode == kBook) {
 #if defined(__AVX512VBMI__)
-          lo = _mm512_permutexvar_epi8(b, tbl);  // no masking: vpermb ignores index bits 6-7
-          hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(b, 4), tbl);
+        lo = _mm512_permutexvar_epi8(b, tbl);  // no masking: vpermb ignores index bits 6-7
+        hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(b, 4), tbl);
 #else
-          lo = _mm512_shuffle_epi8(tbl, lo);  // vpshufb zeroes bytes whose index has bit 7 set: mask
-          hi = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4));
+        lo = _mm512_shuffle_epi8(tbl, lo);  // vpshufb zeroes bytes whose index has bit 7 set: mask
+        hi = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4));
 #endif
-        } else if (kSplit) {
-          hi = _mm512_and_si512(b, m4hi);
-        } else {
-          hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);
-        }
-        unroll<R>([&](auto r) {
-          const int8_t* xr = xg + r.value * ldx + 8 * (s + c.value);
-          lo_acc[r.value][c.value] = dpbusd512_bcast(lo_acc[r.value][c.value], lo, xr);
-          hi_acc[r.value][c.value] = dpbusd512_bcast(hi_acc[r.value][c.value], hi, xr + 4);
-        });
+      } else if (kSplit) {
+        hi = _mm512_and_si512(b, m4hi);
+      } else {
+        hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);
+      }
+      unroll<R>([&](auto r) {
+        const int8_t* xr = xg + r.value * ldx + 8 * s;
+        lo_acc[r.value] = dpbusd512_bcast(lo_acc[r.value], lo, xr);
+        hi_acc[r.value] = dpbusd512_bcast(hi_acc[r.value], hi, xr + 4);
       });
     }
     nib += static_cast<size_t>(steps) * 64;
@@ -105,12 +100,8 @@ void q4_tile512(const Q4Tile& t) {
     __m512i zv = _mm512_setzero_si512();
     if (kMode == kAsym) zv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zp + gi * kQ4Panel)));
     unroll<R>([&](auto r) {
-      __m512i lo = lo_acc[r.value][0], hi = hi_acc[r.value][0];
-      unroll<CL - 1>([&](auto c) {
-        lo = _mm512_add_epi32(lo, lo_acc[r.value][c.value + 1]);
-        hi = _mm512_add_epi32(hi, hi_acc[r.value][c.value + 1]);
-      });
-      __m512i d = _mm512_add_epi32(lo, kMode == kBook || !kSplit ? hi : _mm512_srai_epi32(hi, 4));
+      const __m512i hi = hi_acc[r.value];
+      __m512i d = _mm512_add_epi32(lo_acc[r.value], kMode == kBook || !kSplit ? hi : _mm512_srai_epi32(hi, 4));
       if (kMode == kAsym) d = _mm512_sub_epi32(d, _mm512_mullo_epi32(zv, _mm512_set1_epi32(sumq[r.value * lds + gi])));
       const __m512 p = _mm512_mul_ps(_mm512_set1_ps(sx[r.value * lds + gi]), sw);
       f[r.value] = _mm512_add_ps(f[r.value], _mm512_mul_ps(_mm512_cvtepi32_ps(d), p));
@@ -138,7 +129,6 @@ void q4_tile_avx512(const Q4Tile& t) {
 // kVnni: vpdpbusd ymm; otherwise vpmaddubsw + vpmaddwd.
 template <int R, int kMode, bool kVnni>
 void q4_tile256(const Q4Tile& t) {
-  constexpr int C = kVnni ? q4_chains(R) / 2 > 0 ? q4_chains(R) / 2 : 1 : 1;
   const Q4Weight& w = *t.w;
   const int steps = w.g / 8;
   const uint8_t* nib = q4_panel_nib(w, t.panel);
@@ -157,19 +147,16 @@ void q4_tile256(const Q4Tile& t) {
   unroll<R>([&](auto r) { f[r.value][0] = f[r.value][1] = _mm256_setzero_ps(); });
   for (int gi = 0; gi < w.groups; ++gi) {
     const int8_t* xg = t.x.xq + static_cast<ptrdiff_t>(gi) * w.g;
-    __m256i acc[R][2][C];
+    __m256i acc[R][2];
     unroll<R>([&](auto r) {
-      unroll<C>([&](auto c) { acc[r.value][0][c.value] = acc[r.value][1][c.value] = _mm256_setzero_si256(); });
+      acc[r.value][0] = acc[r.value][1] = _mm256_setzero_si256();
     });
     for (int s0 = 0; s0 < steps; s0 += 4) {
       __m256i acc16[R][2];
       if (!kVnni && kMode != kBook) {
         unroll<R>([&](auto r) { acc16[r.value][0] = acc16[r.value][1] = _mm256_setzero_si256(); });
       }
-      for (int s1 = s0; s1 < s0 + 4; s1 += C) {
-        unroll<C>([&](auto u) {
-        constexpr int c = decltype(u)::value;
-        const int s = s1 + c;
+      for (int s = s0; s < s0 + 4; ++s) {
         unroll<2>([&](auto h) {
           const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + static_cast<size_t>(s) * 64 + 32 * h.value));
           __m256i lo = _mm256_and_si256(b, m4);
@@ -181,11 +168,11 @@ void q4_tile256(const Q4Tile& t) {
           unroll<R>([&](auto r) {
             const int8_t* xr = xg + r.value * ldx + 8 * s;
             const __m256i xlo = _mm256_set1_epi32(load_i32(xr)), xhi = _mm256_set1_epi32(load_i32(xr + 4));
-            __m256i& a = acc[r.value][h.value][c];
+            __m256i& a = acc[r.value][h.value];
             if constexpr (kVnni) {
-#if defined(EC_HAS_DPBUSD256)
+  #if defined(EC_HAS_DPBUSD256)
               a = dpbusd256(dpbusd256(a, lo, xlo), hi, xhi);
-#endif
+  #endif
             } else if (kMode == kBook) {
               const __m256i plo = _mm256_maddubs_epi16(_mm256_abs_epi8(lo), _mm256_sign_epi8(xlo, lo));
               const __m256i phi = _mm256_maddubs_epi16(_mm256_abs_epi8(hi), _mm256_sign_epi8(xhi, hi));
@@ -196,12 +183,11 @@ void q4_tile256(const Q4Tile& t) {
             }
           });
         });
-        });
       }
       if (!kVnni && kMode != kBook) {
         unroll<R>([&](auto r) {
           unroll<2>([&](auto h) {
-            acc[r.value][h.value][0] = _mm256_add_epi32(acc[r.value][h.value][0], _mm256_madd_epi16(acc16[r.value][h.value], ones16));
+            acc[r.value][h.value] = _mm256_add_epi32(acc[r.value][h.value], _mm256_madd_epi16(acc16[r.value][h.value], ones16));
           });
         });
       }
@@ -212,8 +198,7 @@ void q4_tile256(const Q4Tile& t) {
       __m256i zv = _mm256_set1_epi32(kMode == kBook ? (kVnni ? 128 : 0) : 8);
       if (kMode == kAsym) zv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zp + gi * kQ4Panel + 8 * h.value)));
       unroll<R>([&](auto r) {
-        __m256i d = acc[r.value][h.value][0];
-        unroll<C - 1>([&](auto c) { d = _mm256_add_epi32(d, acc[r.value][h.value][c.value + 1]); });
+        __m256i d = acc[r.value][h.value];
         d = _mm256_sub_epi32(d, _mm256_mullo_epi32(zv, _mm256_set1_epi32(t.x.sumq[r.value * lds + gi])));
         const __m256 p = _mm256_mul_ps(_mm256_set1_ps(t.x.sx[r.value * lds + gi]), sw);
         f[r.value][h.value] = _mm256_add_ps(f[r.value][h.value], _mm256_mul_ps(_mm256_cvtepi32_ps(d), p));
