@@ -4,10 +4,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <climits>
+#include <new>
 #include <stdexcept>
 #include <string>
 
 #include "edgecompress/cpu.h"
+#include "edgecompress/driver.h"
 
 namespace edgecompress::bindings {
 
@@ -29,6 +32,46 @@ const K& kernel_by_name(int (*list)(const K* const**), const std::string& name) 
     }
   }
   throw std::invalid_argument("unknown kernel '" + name + "'");
+}
+
+// The float32 arrays of a linear call, checked: x (M, K), optional bias (N,), and y (M, N): `out`
+// when given, else a new array. Raises ValueError/TypeError on anything else.
+struct LinearArrays {
+  const float* x;
+  const float* bias;
+  pybind11::array y;
+  int m;
+};
+
+inline LinearArrays linear_arrays(const pybind11::array& x, int k, int n, const pybind11::object& bias, int act,
+                                  const pybind11::object& out) {
+  namespace py = pybind11;
+  require(py::isinstance<py::array_t<float>>(x) && x.ndim() == 2 && contiguous(x), "x: expected float32 (M, K) C-contiguous");
+  require(x.shape(1) == k, "x: expected " + std::to_string(k) + " columns");
+  require(x.shape(0) <= INT32_MAX, "x: too many rows");
+  require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
+  LinearArrays a{static_cast<const float*>(x.data()), nullptr, py::array(), static_cast<int>(x.shape(0))};
+  if (!bias.is_none()) {
+    const auto b = py::reinterpret_borrow<py::array>(bias);
+    require(py::isinstance<py::array_t<float>>(bias) && b.ndim() == 1 && b.shape(0) == n && contiguous(b),
+            "bias: expected float32 (" + std::to_string(n) + ",) contiguous");
+    a.bias = static_cast<const float*>(b.data());
+  }
+  if (out.is_none()) {
+    a.y = py::array_t<float>({static_cast<py::ssize_t>(a.m), static_cast<py::ssize_t>(n)});
+  } else {
+    a.y = py::reinterpret_borrow<py::array>(out);
+    require(py::isinstance<py::array_t<float>>(out) && a.y.ndim() == 2 && contiguous(a.y) && a.y.shape(0) == a.m &&
+                a.y.shape(1) == n && a.y.writeable(),
+            "out: expected a writeable (M, N) float32 array");
+  }
+  return a;
+}
+
+// Raises for a status other than ok (after the GIL is taken back).
+inline void raise_for(GemmStatus status) {
+  if (status == GemmStatus::nonfinite_input) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
+  if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
 }
 
 }  // namespace edgecompress::bindings

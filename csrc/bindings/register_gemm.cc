@@ -28,50 +28,25 @@ void require_matrix(const py::array& a, const char* name) {
   require((a.flags() & py::array::c_style) != 0, std::string(name) + ": expected C-contiguous memory");
 }
 
-void raise_for(GemmStatus status) {
-  if (status == GemmStatus::nonfinite_input) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
-  if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
-}
-
 py::array linear(const PackedS8Weight& w, const py::array& x, const py::object& bias, int act, int scheme,
                  float scale, int zero_point, const py::object& out) {
-  require_matrix<float>(x, "x");
-  require(x.shape(1) == w.k, "x: expected " + std::to_string(w.k) + " columns");
-  require(x.shape(0) <= INT32_MAX, "x: too many rows");
+  bindings::LinearArrays a = bindings::linear_arrays(x, w.k, w.n, bias, act, out);
   require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "scheme: out of range");
-  require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
   require(scheme < static_cast<int>(ActScheme::static_symmetric) || (scale >= 1.17549435e-38f && scale <= 3.40282347e38f),
           "act_scale: expected a normal float32 > 0");
   require(zero_point >= 0 && zero_point <= 255, "act_zero_point: expected 0..255");
-  const float* bias_ptr = nullptr;
-  if (!bias.is_none()) {
-    const auto b = py::reinterpret_borrow<py::array>(bias);
-    require(py::isinstance<py::array_t<float>>(bias) && b.ndim() == 1 && b.shape(0) == w.n && (b.flags() & py::array::c_style),
-            "bias: expected float32 (" + std::to_string(w.n) + ",) contiguous");
-    bias_ptr = static_cast<const float*>(b.data());
-  }
-  const int m = static_cast<int>(x.shape(0));
-  py::array y;
-  if (out.is_none()) {
-    y = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
-  } else {
-    y = py::reinterpret_borrow<py::array>(out);
-    require_matrix<float>(y, "out");
-    require(y.shape(0) == m && y.shape(1) == w.n && y.writeable(), "out: expected a writeable (M, N) float32 array");
-  }
   ActQuant aq;
   aq.scheme = static_cast<ActScheme>(scheme);
   aq.scale = scale;
   aq.zero_point = zero_point;
-  const void* xp = x.data();
-  float* yp = static_cast<float*>(y.mutable_data());
+  float* yp = static_cast<float*>(a.y.mutable_data());
   GemmStatus status;
   {
     py::gil_scoped_release release;
-    status = gemm_s8(w, xp, w.k, m, aq, bias_ptr, static_cast<Activation>(act), yp, nullptr, get_num_threads());
+    status = gemm_s8(w, a.x, w.k, a.m, aq, a.bias, static_cast<Activation>(act), yp, nullptr, get_num_threads());
   }
-  raise_for(status);
-  return y;
+  bindings::raise_for(status);
+  return a.y;
 }
 
 py::array_t<int32_t> qgemm(const PackedS8Weight& w, const py::array& a) {
@@ -91,7 +66,7 @@ py::array_t<int32_t> qgemm(const PackedS8Weight& w, const py::array& a) {
     py::gil_scoped_release release;
     status = gemm_s8(w, ap, w.k, m, aq, nullptr, Activation::none, nullptr, yp, get_num_threads());
   }
-  raise_for(status);
+  bindings::raise_for(status);
   return y;
 }
 

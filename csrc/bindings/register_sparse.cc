@@ -48,37 +48,15 @@ std::unique_ptr<PackedSparseF32> pack(int n, int k, int r, const py::array& indp
 }
 
 py::array linear(const PackedSparseF32& w, const py::array& x, const py::object& bias, int act, const py::object& out) {
-  require(py::isinstance<py::array_t<float>>(x) && x.ndim() == 2 && contiguous(x), "x: expected float32 (M, K) C-contiguous");
-  require(x.shape(1) == w.w.k, "x: expected " + std::to_string(w.w.k) + " columns");
-  require(x.shape(0) <= INT32_MAX, "x: too many rows");
-  require(act >= 0 && act <= static_cast<int>(Activation::gelu), "activation: out of range");
-  const float* bias_ptr = nullptr;
-  if (!bias.is_none()) {
-    const auto b = py::reinterpret_borrow<py::array>(bias);
-    require(py::isinstance<py::array_t<float>>(bias) && b.ndim() == 1 && b.shape(0) == w.w.n && contiguous(b),
-            "bias: expected float32 (" + std::to_string(w.w.n) + ",) contiguous");
-    bias_ptr = static_cast<const float*>(b.data());
-  }
-  const int m = static_cast<int>(x.shape(0));
-  py::array y;
-  if (out.is_none()) {
-    y = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.w.n)});
-  } else {
-    y = py::reinterpret_borrow<py::array>(out);
-    require(py::isinstance<py::array_t<float>>(out) && y.ndim() == 2 && contiguous(y) && y.shape(0) == m &&
-                y.shape(1) == w.w.n && y.writeable(),
-            "out: expected a writeable (M, N) float32 array");
-  }
-  const float* xp = static_cast<const float*>(x.data());
-  float* yp = static_cast<float*>(y.mutable_data());
+  bindings::LinearArrays a = bindings::linear_arrays(x, w.w.k, w.w.n, bias, act, out);
+  float* yp = static_cast<float*>(a.y.mutable_data());
   GemmStatus status;
   {
     py::gil_scoped_release release;
-    status = sparse_f32(w, xp, w.w.k, m, bias_ptr, static_cast<Activation>(act), yp, get_num_threads());
+    status = sparse_f32(w, a.x, w.w.k, a.m, a.bias, static_cast<Activation>(act), yp, get_num_threads());
   }
-  if (status == GemmStatus::nonfinite_input) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
-  if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
-  return y;
+  bindings::raise_for(status);
+  return a.y;
 }
 
 }  // namespace
