@@ -123,3 +123,19 @@ def test_bad_inputs_are_clear_errors(rng):
         ec.linear(np.ones((2, 31), np.float32), w)
     with pytest.raises(ValueError, match="act_scheme"):
         ec.linear(np.ones((2, 32), np.float32), w, act_scale=0.1)
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_auto_picks_a_measured_format_and_stays_correct(rng, rows):
+    for sparsity, block in ((0.5, 1), (0.9, 4)):
+        w_dense = _pruned(rng, 96, 256, sparsity, block)
+        w = ec.SparseWeight.from_float(w_dense, format="auto", rows=rows)
+        assert w.auto is not None and w.auto["chosen"] == w.format
+        assert set(w.auto["seconds"]) == set(FORMATS) and w.auto["rows"] == rows
+        assert w.auto["seconds"][w.format] == min(w.auto["seconds"].values())
+        assert isinstance(w.auto["dense_faster"], bool)
+        x = rng.standard_normal((rows, 256)).astype(np.float32)
+        _check(ec.linear(x, w), x, w_dense)
+        np.testing.assert_array_equal(w.to_float(), w_dense)
+    with pytest.raises(ValueError, match="rows"):
+        ec.SparseWeight.from_float(w_dense, format="auto", rows=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -435,6 +436,18 @@ def _unpack_zero_points(zp: np.ndarray, groups: int) -> np.ndarray:
 
 
 _BLOCKS = {"csr": 1, "bsr4x1": 4, "bsr8x1": 8}
+_AUTO_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def _best_of(fn: Any, repeats: int = 5) -> float:
+    """Fastest of a few timed calls after a warm-up (a short pack-time measurement)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 class SparseWeight(_PackedCache):
@@ -476,6 +489,7 @@ class SparseWeight(_PackedCache):
         if not np.isfinite(values).all():
             raise ValueError("values: expected finite values, got NaN or Inf")
         self.format = format
+        self.auto: dict[str, Any] | None = None  # what format="auto" measured, when it chose this
         self._shape = (n, k)
         self.indptr = _frozen(indptr)
         self.indices = _frozen(indices)
@@ -483,13 +497,22 @@ class SparseWeight(_PackedCache):
         self._init_cache()
 
     @classmethod
-    def from_float(cls, w: Any, format: str = "csr", dtype: str = "float32") -> SparseWeight:
-        """Store the nonzeros of a (pruned) float weight. Zeros are what pruning left: this does not
-        prune (see edgecompress.compress for that)."""
+    def from_float(cls, w: Any, format: str = "csr", dtype: str = "float32", *, rows: int = 1) -> SparseWeight:
+        """Store the nonzeros of a (pruned) float weight; the zeros are what pruning left (this does
+        not prune).
+
+        ``format="auto"`` builds every format, times each on this CPU for ``rows`` rows of input
+        (the batch the layer will see), and keeps the fastest. The choice and the timings, with
+        numpy's dense product for comparison, are in ``.auto`` (``dense_faster`` says when the
+        weight is not sparse enough to pay on this CPU). Choices are cached per shape, sparsity (to
+        1%) and rows for the life of the process.
+        """
         if dtype != "float32":
             raise ValueError(f"dtype: only 'float32' sparse weights are available in this release, got {dtype!r}")
+        if format == "auto":
+            return cls._auto(_as_float_matrix(w, "w"), rows)
         if format not in _BLOCKS:
-            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)}, got {format!r}")
+            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)} or 'auto', got {format!r}")
         w = _as_float_matrix(w, "w")
         n, k = w.shape
         r = _BLOCKS[format]
@@ -504,6 +527,31 @@ class SparseWeight(_PackedCache):
         indices = cols.astype(np.uint16 if k <= 65536 else np.int32)
         values = np.ascontiguousarray(blocks[rows, cols])
         return cls(indptr, indices, values, (n, k), format)
+
+    @classmethod
+    def _auto(cls, w: np.ndarray, rows: int) -> SparseWeight:
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+            raise ValueError(f"rows: expected an int >= 1, got {rows!r}")
+        from .runtime import sparse_f32_kernel
+
+        kernel = sparse_f32_kernel()
+        key = (w.shape, round(float(np.count_nonzero(w)) / w.size, 2), int(rows), kernel)
+        cands = {f: cls.from_float(w, f) for f in _BLOCKS}
+        report = _AUTO_CACHE.get(key)
+        if report is None:
+            x = np.random.default_rng(0).standard_normal((int(rows), w.shape[1])).astype(np.float32)
+            wt = np.ascontiguousarray(w.T)
+            runs = {f: (lambda c=c: _core.linear_sparse_f32(c.packed(kernel), x, None, 0)) for f, c in cands.items()}
+            runs["dense"] = lambda: x @ wt
+            seconds = {f: _best_of(fn) for f, fn in runs.items()}
+            dense = seconds.pop("dense")
+            chosen = min(seconds, key=seconds.__getitem__)
+            report = {"chosen": chosen, "seconds": seconds, "dense_seconds": dense,
+                      "dense_faster": dense < seconds[chosen], "rows": int(rows), "kernel": kernel}
+            _AUTO_CACHE[key] = report
+        out = cands[report["chosen"]]
+        out.auto = dict(report)
+        return out
 
     @property
     def shape(self) -> tuple[int, int]:
