@@ -504,8 +504,8 @@ class SparseWeight(_PackedCache):
         ``format="auto"`` builds every format, times each on this CPU for ``rows`` rows of input
         (the batch the layer will see), and keeps the fastest. The choice and the timings, with
         numpy's dense product for comparison, are in ``.auto`` (``dense_faster`` says when the
-        weight is not sparse enough to pay on this CPU). Choices are cached per shape, sparsity (to
-        1%) and rows for the life of the process.
+        weight is not sparse enough to pay on this CPU). Choices are cached for the life of the
+        process per shape, rows and the fraction (to 1%) each format would store.
         """
         if dtype != "float32":
             raise ValueError(f"dtype: only 'float32' sparse weights are available in this release, got {dtype!r}")
@@ -535,8 +535,10 @@ class SparseWeight(_PackedCache):
         from .runtime import sparse_f32_kernel
 
         kernel = sparse_f32_kernel()
-        key = (w.shape, round(float(np.count_nonzero(w)) / w.size, 2), int(rows), kernel)
         cands = {f: cls.from_float(w, f) for f in _BLOCKS}
+        # Same shape and sparsity can still favour different formats (unstructured vs by blocks):
+        # the key holds each format's stored fraction.
+        key = (w.shape, int(rows), kernel) + tuple(round(1 - c.sparsity, 2) for c in cands.values())
         report = _AUTO_CACHE.get(key)
         if report is None:
             x = np.random.default_rng(0).standard_normal((int(rows), w.shape[1])).astype(np.float32)
