@@ -24,7 +24,15 @@ import numpy as np
 
 import edgecompress as ec
 from edgecompress import _core
-from edgecompress.bench import FP32_PROBE, _aligned_bytes, _command_line, _measure, cpu_slug
+from edgecompress.bench import (
+    FP32_PROBE,
+    _aligned_bytes,
+    _command_line,
+    _measure,
+    common_arguments,
+    cpu_slug,
+    write_report,
+)
 from edgecompress.reference import linear_sparse
 from edgecompress.runtime import LADDER, use_isa
 
@@ -79,11 +87,7 @@ def _targets(summary: dict[tuple[Any, ...], float], top: str) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--shapes", help="M,K,N;M,K,N;...")
-    p.add_argument("--threads", help="comma-separated thread counts (default: 1 and all)")
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--output")
+    common_arguments(p)
     args = p.parse_args()
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
@@ -168,11 +172,7 @@ def main() -> int:
     emit("|---|---|---|")
     out.extend(_targets(summary, top))
     emit("")
-    report = "\n".join(out)
-    print(report)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(report + "\n")
+    write_report(out, args.output)
     return 0
 
 

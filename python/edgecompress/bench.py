@@ -43,14 +43,28 @@ TIER_PROBE = {"scalar": None, "avx2": "vpmaddwd_ymm", "avxvnni": "vpdpbusd_ymm",
 FP32_PROBE = {"x86_64": "fma_f32_ymm", "aarch64": "fmla_f32_q"}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="two small shapes, few repeats (a smoke run)")
+def common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark script shares."""
+    p.add_argument("--quick", action="store_true", help="small shapes, few repeats (a smoke run)")
     p.add_argument("--shapes", help="M,K,N;M,K,N;... instead of the standard shapes")
     p.add_argument("--threads", help="comma-separated thread counts (default: 1 and all)")
-    p.add_argument("--tiers", help="comma-separated tiers (default: every SIMD tier this CPU runs)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (median is reported)")
-    p.add_argument("--no-peers", action="store_true", help="skip numpy/torch/onnxruntime")
     p.add_argument("--output", help="also write the Markdown report to this file")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common_arguments(p)
+    p.add_argument("--tiers", help="comma-separated tiers (default: every SIMD tier this CPU runs)")
+    p.add_argument("--no-peers", action="store_true", help="skip numpy/torch/onnxruntime")
+
+
+def write_report(lines: list[str], output: str | None) -> None:
+    """Prints the Markdown report and, when asked, writes it to `output`."""
+    report = "\n".join(lines)
+    print(report)
+    if output:
+        with open(output, "w") as f:
+            f.write(report + "\n")
 
 
 def _time_batch(fn: Callable[[], Any], min_seconds: float) -> float:
@@ -383,11 +397,7 @@ def run(args: argparse.Namespace) -> int:
         for note in peers.notes:
             emit(f"- {note}")
         emit("")
-    report = "\n".join(lines)
-    print(report)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(report + "\n")
+    write_report(lines, args.output)
     return 0
 
 

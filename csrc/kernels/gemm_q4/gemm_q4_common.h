@@ -230,6 +230,24 @@ inline void q4_tile_generic_f32(const Q4Tile& t) {
   });
 }
 
+// How a tier's int8-mode tile treats the codes: uniform symmetric (zero point 8), uniform asymmetric
+// (packed zero points), or per-tensor codebook (per-channel codebooks take the portable tile).
+enum Q4Mode { kSym = 0, kAsym = 1, kBook = 2 };
+
+inline int q4_mode(const Q4Weight& w) { return w.table_i8 != nullptr ? kBook : (w.zp != nullptr ? kAsym : kSym); }
+
+// Calls f(Rows<rows>{}, Rows<mode>{}) with the tile's row count and weight mode as constants, so a
+// tier's tile template is instantiated for each (rows, mode) and picked at run time here.
+template <int kMaxRows, class F>
+void q4_dispatch(const Q4Tile& t, F&& f) {
+  const int mode = q4_mode(*t.w);
+  with_rows<kMaxRows>(t.rows, [&](auto r) {
+    if (mode == kSym) f(r, Rows<kSym>{});
+    else if (mode == kAsym) f(r, Rows<kAsym>{});
+    else f(r, Rows<kBook>{});
+  });
+}
+
 // A tier's run(): the float mode and per-channel codebooks take the portable tiles, the rest the
 // tier's own int8 tile.
 template <void (*kTileInt8)(const Q4Tile&)>

@@ -86,13 +86,7 @@ void q4_tile_sdot(const Q4Tile& t) {
 
 template <int kMaxRows>
 void q4_tile_dotprod(const Q4Tile& t) {
-  const int mode = q4_mode(*t.w);
-  with_rows<kMaxRows>(t.rows, [&](auto r) {
-    constexpr int R = decltype(r)::value;
-    if (mode == kSym) q4_tile_sdot<R, kSym>(t);
-    else if (mode == kAsym) q4_tile_sdot<R, kAsym>(t);
-    else q4_tile_sdot<R, kBook>(t);
-  });
+  q4_dispatch<kMaxRows>(t, [&](auto r, auto m) { q4_tile_sdot<decltype(r)::value, decltype(m)::value>(t); });
 }
 
 }  // namespace

@@ -90,13 +90,7 @@ void q4_tile_mull(const Q4Tile& t) {
 
 template <int kMaxRows>
 void q4_tile_neon(const Q4Tile& t) {
-  const int mode = q4_mode(*t.w);
-  with_rows<kMaxRows>(t.rows, [&](auto r) {
-    constexpr int R = decltype(r)::value;
-    if (mode == kSym) q4_tile_mull<R, kSym>(t);
-    else if (mode == kAsym) q4_tile_mull<R, kAsym>(t);
-    else q4_tile_mull<R, kBook>(t);
-  });
+  q4_dispatch<kMaxRows>(t, [&](auto r, auto m) { q4_tile_mull<decltype(r)::value, decltype(m)::value>(t); });
 }
 
 }  // namespace

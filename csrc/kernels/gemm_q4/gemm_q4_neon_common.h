@@ -10,11 +10,6 @@
 namespace edgecompress {
 namespace {
 
-// Uniform symmetric (zero point 8), uniform asymmetric (packed zero points), per-tensor codebook.
-enum Q4Mode { kSym = 0, kAsym = 1, kBook = 2 };
-
-inline int q4_mode(const Q4Weight& w) { return w.table_i8 != nullptr ? kBook : (w.zp != nullptr ? kAsym : kSym); }
-
 // Ends group gi for R rows: dot[r][q] holds the exact int32 dot products of row r's activations with
 // columns 4q..4q+3 (codes 0..15 for uniform weights, the signed table entries for a codebook). As the
 // oracle: d = dot - zero point x sum(xq), then f = f + float(d) * (sx * scale), one rounding per

@@ -20,8 +20,6 @@
 namespace edgecompress {
 namespace {
 
-enum Q4Mode { kSym = 0, kAsym = 1, kBook = 2 };
-
 inline int32_t load_i32(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
@@ -114,13 +112,7 @@ void q4_tile512(const Q4Tile& t) {
 
 template <int kMaxRows>
 void q4_tile_avx512(const Q4Tile& t) {
-  const int mode = t.w->table_i8 != nullptr ? kBook : (t.w->zp != nullptr ? kAsym : kSym);
-  with_rows<kMaxRows>(t.rows, [&](auto r) {
-    constexpr int R = decltype(r)::value;
-    if (mode == kSym) q4_tile512<R, kSym>(t);
-    else if (mode == kAsym) q4_tile512<R, kAsym>(t);
-    else q4_tile512<R, kBook>(t);
-  });
+  q4_dispatch<kMaxRows>(t, [&](auto r, auto m) { q4_tile512<decltype(r)::value, decltype(m)::value>(t); });
 }
 #endif
 
@@ -218,13 +210,7 @@ void q4_tile_avx256(const Q4Tile& t) {
 #if !defined(EC_HAS_DPBUSD256)
   static_assert(!kVnni, "the VNNI build of this tile needs vpdpbusd ymm (x86_dot.h)");
 #endif
-  const int mode = t.w->table_i8 != nullptr ? kBook : (t.w->zp != nullptr ? kAsym : kSym);
-  with_rows<kMaxRows>(t.rows, [&](auto r) {
-    constexpr int R = decltype(r)::value;
-    if (mode == kSym) q4_tile256<R, kSym, kVnni>(t);
-    else if (mode == kAsym) q4_tile256<R, kAsym, kVnni>(t);
-    else q4_tile256<R, kBook, kVnni>(t);
-  });
+  q4_dispatch<kMaxRows>(t, [&](auto r, auto m) { q4_tile256<decltype(r)::value, decltype(m)::value, kVnni>(t); });
 }
 #endif
 
