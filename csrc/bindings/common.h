@@ -11,6 +11,7 @@
 
 #include "edgecompress/cpu.h"
 #include "edgecompress/driver.h"
+#include "edgecompress/isa.h"
 
 namespace edgecompress::bindings {
 
@@ -72,6 +73,39 @@ inline LinearArrays linear_arrays(const pybind11::array& x, int k, int n, const 
 inline void raise_for(GemmStatus status) {
   if (status == GemmStatus::nonfinite_input) throw std::invalid_argument("x: expected finite values, got NaN or Inf");
   if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
+}
+
+// Defines `<family>_kernels()` (every kernel built in, lowest tier first, as dicts; `extra(dict,
+// kernel)` adds family-specific fields) and `<family>_select(cap)` (the registry's pick under a cap).
+template <class K, class Extra>
+void def_family(pybind11::module_& m, const std::string& family, int (*list)(const K* const**),
+                const K* (*select)(Isa), Extra extra) {
+  namespace py = pybind11;
+  m.def((family + "_kernels").c_str(), [list, extra] {
+    const K* const* ks;
+    const int n = list(&ks);
+    py::list out;
+    for (int i = 0; i < n; ++i) {
+      py::dict d;
+      d["name"] = ks[i]->name;
+      d["tier"] = isa_name(ks[i]->isa);
+      extra(d, *ks[i]);
+      d["runs_here"] = cpu_has(ks[i]->needs);
+      out.append(d);
+    }
+    return out;
+  }, ("Every " + family + " kernel built into this binary, lowest tier first.").c_str());
+  m.def((family + "_select").c_str(), [select](const std::string& cap) {
+    Isa isa;
+    if (!isa_from_name(cap.c_str(), &isa)) throw std::invalid_argument("unknown tier '" + cap + "'");
+    return std::string(select(isa)->name);
+  }, ("Name of the " + family + " kernel the registry picks under a tier cap.").c_str());
+}
+
+template <class K>
+void def_family(pybind11::module_& m, const std::string& family, int (*list)(const K* const**),
+                const K* (*select)(Isa)) {
+  def_family(m, family, list, select, [](pybind11::dict&, const K&) {});
 }
 
 }  // namespace edgecompress::bindings

@@ -7,6 +7,7 @@ void register_runtime(py::module_& m);
 void register_gemm(py::module_& m);
 void register_gemm_q4(py::module_& m);
 void register_sparse(py::module_& m);
+void register_dense(py::module_& m);
 void register_peak(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
@@ -15,5 +16,6 @@ PYBIND11_MODULE(_core, m) {
   register_gemm(m);
   register_gemm_q4(m);
   register_sparse(m);
+  register_dense(m);
   register_peak(m);
 }

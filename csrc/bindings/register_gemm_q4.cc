@@ -84,23 +84,6 @@ void register_gemm_q4(py::module_& m) {
         py::arg("k"), py::arg("kernel"));
   m.def("linear_q4", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"), py::arg("compute"),
         py::arg("out") = py::none());
-  m.def("gemm_q4_kernels", [] {
-    const GemmQ4Kernel* const* ks;
-    const int n = gemm_q4_kernels(&ks);
-    py::list out;
-    for (int i = 0; i < n; ++i) {
-      py::dict d;
-      d["name"] = ks[i]->name;
-      d["tier"] = isa_name(ks[i]->isa);
-      d["mr"] = ks[i]->mr;
-      d["runs_here"] = cpu_has(ks[i]->needs);
-      out.append(d);
-    }
-    return out;
-  }, "Every gemm_q4 kernel built into this binary, lowest tier first.");
-  m.def("gemm_q4_select", [](const std::string& cap) {
-    Isa isa;
-    if (!isa_from_name(cap.c_str(), &isa)) throw std::invalid_argument("unknown tier '" + cap + "'");
-    return std::string(gemm_q4_select(isa)->name);
-  }, "Name of the gemm_q4 kernel the registry picks under a tier cap.");
+  bindings::def_family(m, "gemm_q4", gemm_q4_kernels, gemm_q4_select,
+                       [](py::dict& d, const GemmQ4Kernel& k) { d["mr"] = k.mr; });
 }

@@ -69,22 +69,5 @@ void register_sparse(py::module_& m) {
         py::arg("values"), py::arg("kernel"));
   m.def("linear_sparse_f32", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
-  m.def("sparse_f32_kernels", [] {
-    const SparseKernel* const* ks;
-    const int n = sparse_f32_kernels(&ks);
-    py::list out;
-    for (int i = 0; i < n; ++i) {
-      py::dict d;
-      d["name"] = ks[i]->name;
-      d["tier"] = isa_name(ks[i]->isa);
-      d["runs_here"] = cpu_has(ks[i]->needs);
-      out.append(d);
-    }
-    return out;
-  }, "Every sparse_f32 kernel built into this binary, lowest tier first.");
-  m.def("sparse_f32_select", [](const std::string& cap) {
-    Isa isa;
-    if (!isa_from_name(cap.c_str(), &isa)) throw std::invalid_argument("unknown tier '" + cap + "'");
-    return std::string(sparse_f32_select(isa)->name);
-  }, "Name of the sparse_f32 kernel the registry picks under a tier cap.");
+  bindings::def_family(m, "sparse_f32", sparse_f32_kernels, sparse_f32_select);
 }

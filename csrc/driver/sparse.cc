@@ -49,18 +49,7 @@ GemmStatus sparse_f32(const PackedSparseF32& p, const float* x, ptrdiff_t ldx, i
                       Activation act, float* y, int max_threads) {
   const SparseF32& w = p.w;
   if (m <= 0) return GemmStatus::ok;
-  // NaN or Inf in x: refused like every other format (a pruned weight would otherwise skip the
-  // Inf * 0 = NaN the dense product has).
-  for (int i = 0; i < m; ++i) {
-    const float* xr = x + i * ldx;
-    uint32_t bad = 0;
-    for (int c = 0; c < w.k; ++c) {
-      uint32_t b;
-      std::memcpy(&b, xr + c, 4);
-      bad |= (b & 0x7f800000u) == 0x7f800000u;
-    }
-    if (bad) return GemmStatus::nonfinite_input;
-  }
+  if (rows_nonfinite(x, ldx, m, w.k)) return GemmStatus::nonfinite_input;
   SparseTask t{};
   t.w = &w;
   t.m = m;

@@ -1,6 +1,7 @@
 // THE dispatch table: every kernel built into this binary, per family, lowest tier first. Adding a
 // tier to a family is one new file and one row here; a tier without its own kernel for a family
 // inherits the tier below.
+#include "edgecompress/dense_f32.h"
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/peak.h"
@@ -11,15 +12,18 @@ namespace edgecompress {
 extern const GemmS8Kernel gemm_s8_scalar;
 extern const GemmQ4Kernel gemm_q4_scalar;
 extern const SparseKernel sparse_f32_scalar;
+extern const DenseKernel dense_f32_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
 extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512vnni;
+extern const DenseKernel dense_f32_avx2, dense_f32_avx512vnni;
 extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
 extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
 extern const GemmQ4Kernel gemm_q4_neon, gemm_q4_dotprod;
 extern const SparseKernel sparse_f32_neon;
+extern const DenseKernel dense_f32_neon;
 extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
 #endif
 
@@ -56,6 +60,16 @@ const SparseKernel* const kSparseF32[] = {
     &sparse_f32_avx2, &sparse_f32_avx512vnni,
 #elif defined(__aarch64__)
     &sparse_f32_neon,
+#endif
+};
+
+// dense_f32 (float32 weights, the factors of LowRankWeight): like sparse_f32, avx2, avx512vnni, neon.
+const DenseKernel* const kDenseF32[] = {
+    &dense_f32_scalar,
+#if defined(__x86_64__) || defined(_M_X64)
+    &dense_f32_avx2, &dense_f32_avx512vnni,
+#elif defined(__aarch64__)
+    &dense_f32_neon,
 #endif
 };
 
@@ -111,5 +125,12 @@ int sparse_f32_kernels(const SparseKernel* const** kernels) {
 }
 
 const SparseKernel* sparse_f32_select(Isa cap) { return select_kernel(kSparseF32, cap); }
+
+int dense_f32_kernels(const DenseKernel* const** kernels) {
+  *kernels = kDenseF32;
+  return static_cast<int>(sizeof(kDenseF32) / sizeof(kDenseF32[0]));
+}
+
+const DenseKernel* dense_f32_select(Isa cap) { return select_kernel(kDenseF32, cap); }
 
 }  // namespace edgecompress

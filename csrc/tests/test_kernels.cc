@@ -25,6 +25,7 @@
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/sparse.h"
+#include "edgecompress/dense_f32.h"
 #include "edgecompress/threadpool.h"
 
 using namespace edgecompress;
@@ -411,6 +412,75 @@ bool check_sparse_kernel(const SparseKernel& kern) {
   return failures == 0;
 }
 
+// --- dense_f32 and the low-rank product -------------------------------------------------------
+
+// |got - ref| <= tol * mag + tiny at every element of a (m, n) result; prints the first misses.
+int count_misses(const char* what, const Shape& s, const float* got, const std::vector<double>& ref,
+                 const std::vector<double>& mag, double tol) {
+  int misses = 0;
+  for (size_t e = 0; e < ref.size(); ++e) {
+    if (std::fabs(got[e] - ref[e]) > tol * mag[e] + 1e-30) {
+      if (++misses <= 3) std::printf("  FAIL %s (%d, %d, %d) at %zu: %g vs %g\n", what, s.m, s.k, s.n, e, got[e], ref[e]);
+    }
+  }
+  return misses;
+}
+
+// Every dense kernel against float64 references over the sweep: the plain product (relu, bias) within
+// 1e-5 * (|x| @ |W|.T), and the low-rank product with ranks 1, 16 and 37 within 2e-5 of its magnitude.
+bool check_dense_kernel(const DenseKernel& kern) {
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  int failures = 0, i = 0;
+  auto fill = [&](size_t n) { std::vector<float> v(n); for (auto& e : v) e = u(rng); return v; };
+  for (const Shape& s : sweep()) {
+    const size_t mn = static_cast<size_t>(s.m) * s.n;
+    std::vector<float> x = fill(static_cast<size_t>(s.m) * s.k), w = fill(static_cast<size_t>(s.n) * s.k), bias = fill(s.n);
+    auto pw = pack_dense_f32(kern, w.data(), s.n, s.k);
+    Guarded<float> y(mn);
+    if (dense_f32(*pw, x.data(), s.k, s.m, bias.data(), Activation::relu, y.data(), 64) != GemmStatus::ok) ++failures;
+    if (!y.guards_intact()) ++failures;
+    std::vector<double> ref(mn), mag(mn);
+    for (int a = 0; a < s.m; ++a)
+      for (int c = 0; c < s.n; ++c) {
+        double r = bias[c], g = std::fabs(bias[c]);
+        for (int q = 0; q < s.k; ++q) {
+          const double p = static_cast<double>(x[static_cast<size_t>(a) * s.k + q]) * w[static_cast<size_t>(c) * s.k + q];
+          r += p, g += std::fabs(p);
+        }
+        ref[static_cast<size_t>(a) * s.n + c] = r > 0 ? r : 0, mag[static_cast<size_t>(a) * s.n + c] = g;
+      }
+    failures += count_misses(kern.name, s, y.data(), ref, mag, 1e-5);
+    const int rank = (const int[]){1, 16, 37}[(i++) % 3];
+    std::vector<float> vf = fill(static_cast<size_t>(rank) * s.k), uf = fill(static_cast<size_t>(s.n) * rank);
+    auto pv = pack_dense_f32(kern, vf.data(), rank, s.k);
+    auto pu = pack_dense_f32(kern, uf.data(), s.n, rank);
+    Guarded<float> z(mn);
+    if (lowrank_f32(*pv, *pu, x.data(), s.k, s.m, bias.data(), Activation::none, z.data(), 64) != GemmStatus::ok) ++failures;
+    if (!z.guards_intact()) ++failures;
+    for (int a = 0; a < s.m; ++a) {
+      std::vector<double> t(rank), tm(rank);
+      for (int j = 0; j < rank; ++j)
+        for (int q = 0; q < s.k; ++q) {
+          const double p = static_cast<double>(x[static_cast<size_t>(a) * s.k + q]) * vf[static_cast<size_t>(j) * s.k + q];
+          t[j] += p, tm[j] += std::fabs(p);
+        }
+      for (int c = 0; c < s.n; ++c) {
+        double r = bias[c], g = std::fabs(bias[c]);
+        for (int j = 0; j < rank; ++j) r += t[j] * uf[static_cast<size_t>(c) * rank + j], g += tm[j] * std::fabs(uf[static_cast<size_t>(c) * rank + j]);
+        ref[static_cast<size_t>(a) * s.n + c] = r, mag[static_cast<size_t>(a) * s.n + c] = g;
+      }
+    }
+    failures += count_misses(kern.name, s, z.data(), ref, mag, 2e-5);
+    std::vector<float> bad(x);
+    bad[bad.size() / 2] = NAN;
+    std::vector<float> y2(mn);
+    if (dense_f32(*pw, bad.data(), s.k, s.m, nullptr, Activation::none, y2.data(), 64) != GemmStatus::nonfinite_input) ++failures;
+    if (lowrank_f32(*pv, *pu, bad.data(), s.k, s.m, nullptr, Activation::none, y2.data(), 64) != GemmStatus::nonfinite_input) ++failures;
+  }
+  return failures == 0;
+}
+
 }  // namespace
 
 int main() {
@@ -458,19 +528,23 @@ int main() {
   }
   const SparseKernel* const* sk;
   const int sk_count = sparse_f32_kernels(&sk);
+  const DenseKernel* const* dk;
+  const int dk_count = dense_f32_kernels(&dk);
   for (int threads : {1, 2}) {
     set_num_threads(threads);
     set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
-    for (int i = 0; i < sk_count; ++i) {
-      if (!cpu_has(sk[i]->needs)) {
-        if (threads == 1) std::printf("SKIP %s: this CPU lacks its features\n", sk[i]->name);
+    auto report = [&](auto* k, auto check) {
+      if (!cpu_has(k->needs)) {
+        if (threads == 1) std::printf("SKIP %s: this CPU lacks its features\n", k->name);
         ++skipped;
-        continue;
+        return;
       }
-      const bool ok = check_sparse_kernel(*sk[i]);
-      std::printf("%s %s (%d thread%s)\n", ok ? "PASS" : "FAIL", sk[i]->name, threads, threads > 1 ? "s" : "");
+      const bool ok = check(*k);
+      std::printf("%s %s (%d thread%s)\n", ok ? "PASS" : "FAIL", k->name, threads, threads > 1 ? "s" : "");
       ok ? ++passed : ++failed;
-    }
+    };
+    for (int i = 0; i < sk_count; ++i) report(sk[i], check_sparse_kernel);
+    for (int i = 0; i < dk_count; ++i) report(dk[i], check_dense_kernel);
   }
   set_gemm_s8_min_parallel_macs(0.0);
   for (int i = 0; i < count; ++i) {

@@ -1,19 +1,20 @@
 """edgecompress: compressed neural networks that are faster on the CPU they run on.
 
-Public API of the native core: ``Int8Weight``, ``Int4Weight``, ``SparseWeight``, ``linear``, the raw kernels in ``edgecompress.ops``,
+Public API of the native core: ``Int8Weight``, ``Int4Weight``, ``SparseWeight``, ``LowRankWeight``, ``linear``, the raw kernels in ``edgecompress.ops``,
 and the runtime controls ``cpu_info``, ``use_isa``, ``set_num_threads`` and ``get_num_threads``.
 """
 
 from . import ops, reference
 from .ops import linear
 from .runtime import cpu_info, current_tier, get_num_threads, set_num_threads, use_isa
-from .weights import Int4Weight, Int8Weight, SparseWeight
+from .weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Int4Weight",
     "Int8Weight",
+    "LowRankWeight",
     "SparseWeight",
     "cpu_info",
     "current_tier",

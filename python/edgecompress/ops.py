@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .runtime import gemm_q4_kernel, gemm_s8_kernel, sparse_f32_kernel
+from .runtime import dense_f32_kernel, gemm_q4_kernel, gemm_s8_kernel, sparse_f32_kernel
 from .weights import MAX_K as _MAX_K_INT8
-from .weights import Int4Weight, Int8Weight, SparseWeight
+from .weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 
 __all__ = ["linear", "qgemm"]
 
@@ -25,6 +25,9 @@ _SCHEMES = {"symmetric": 0, "asymmetric": 1}
 # zero point| <= 255, |weight| <= 127); int8 activations allow weights.MAX_K.
 _MAX_K_UINT8 = (2**31 - 1) // (127 * 255)
 _MAX_ROWS = 2**31 - 1
+# Up to this many rows, two float32 low-rank factors run the fused native call (each factor streams
+# once per 4 rows); above it, two numpy (BLAS) matrix products are faster (benchmarks/bench_lowrank.py).
+LOWRANK_FUSED_MAX_ROWS = 32
 
 
 def _dtype_name(a: Any) -> str:
@@ -39,7 +42,7 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
 
 def linear(
     x: np.ndarray,
-    w: Int8Weight | Int4Weight | SparseWeight,
+    w: Int8Weight | Int4Weight | SparseWeight | LowRankWeight,
     bias: np.ndarray | None = None,
     activation: str | None = None,
     *,
@@ -50,7 +53,7 @@ def linear(
 ) -> np.ndarray:
     """y = x @ W.T (+ bias), then ``activation`` ("relu", "gelu" or None), for x of shape (..., K).
 
-    w is an Int8Weight, an Int4Weight or a SparseWeight. x is float32.
+    w is an Int8Weight, an Int4Weight, a SparseWeight or a LowRankWeight. x is float32.
 
     Int8Weight: activations are quantized per row inside the call: ``act_scheme="symmetric"``
     (int8, the default) or ``"asymmetric"`` (uint8 with a zero point). Passing ``act_scale`` (and,
@@ -58,7 +61,9 @@ def linear(
     Int4Weight: the weight's ``compute`` mode decides ("int8": activations quantized per row and
     group of K, exact integer dot products; "float": exact dequantization, float32 arithmetic); the
     act_* arguments do not apply. SparseWeight: float32 arithmetic over the stored values (the act_*
-    arguments do not apply either).
+    arguments do not apply either). LowRankWeight: ``(x @ v.T) @ u.T``, each int8 factor through the
+    int8 path (activations quantized per row, the act_* arguments apply to both factors), each
+    float32 factor in float32.
     Returns float32 of shape (..., N), written into ``out`` when given (a C-contiguous float32 array
     of that shape that does not overlap x). NaN or Inf in x raises ValueError.
     """
@@ -66,8 +71,8 @@ def linear(
         x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"x: expected float32, got {_dtype_name(x)}")
-    if not isinstance(w, (Int8Weight, Int4Weight, SparseWeight)):
-        raise TypeError(f"w: expected an Int8Weight, Int4Weight or SparseWeight, got {type(w).__name__}")
+    if not isinstance(w, (Int8Weight, Int4Weight, SparseWeight, LowRankWeight)):
+        raise TypeError(f"w: expected an Int8Weight, Int4Weight, SparseWeight or LowRankWeight, got {type(w).__name__}")
     n, k = w.shape
     if x.ndim == 0 or x.shape[-1] != k:
         raise ValueError(f"x: expected shape (..., {k}), got {x.shape}")
@@ -80,6 +85,9 @@ def linear(
     act = _ACTIVATIONS.get(activation) if activation is None or isinstance(activation, str) else None
     if act is None:
         raise ValueError(f"activation: expected None, 'relu' or 'gelu', got {activation!r}")
+    if isinstance(w, LowRankWeight):
+        return _linear_lowrank(x, w, bias, activation, act, out, act_scheme=act_scheme, act_scale=act_scale,
+                               act_zero_point=act_zero_point)
     if isinstance(w, (Int4Weight, SparseWeight)):
         if act_scheme != "symmetric" or act_scale is not None or act_zero_point is not None:
             raise ValueError(f"act_scheme/act_scale/act_zero_point: not used with a {type(w).__name__}")
@@ -113,6 +121,40 @@ def linear(
     packed = w.packed(gemm_s8_kernel())
     y = _core.linear_s8(packed, x2, bias, act, scheme, scale, zero_point, out2)
     return out if out is not None else y.reshape(x.shape[:-1] + (n,))
+
+
+def _linear_lowrank(x: np.ndarray, w: LowRankWeight, bias: np.ndarray | None, activation: str | None, act: int,
+                    out: np.ndarray | None, **act_args: Any) -> np.ndarray:
+    n, k = w.shape
+    x2 = _contiguous(x).reshape(-1, k)
+    out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x)
+    m = x2.shape[0]
+    # (numpy has no erf: a gelu epilogue stays in the native call at every batch size)
+    pv, pu = w.packed(dense_f32_kernel()) if w.dtype != "int8" else (None, None)
+    if w.dtype == "float32" and (m <= LOWRANK_FUSED_MAX_ROWS or activation == "gelu"):
+        y = _core.linear_lowrank_f32(pv, pu, x2, bias, act, out2)
+    else:
+        t = _factor_product(x2, w.v, pv, None, None, None, act_args)
+        y = _factor_product(t, w.u, pu, bias, activation, out2, act_args)
+    return out if out is not None else y.reshape(x.shape[:-1] + (n,))
+
+
+def _factor_product(x2: np.ndarray, f: np.ndarray | Int8Weight, packed: Any, bias: np.ndarray | None, activation: str | None,
+                    out2: np.ndarray | None, act_args: dict[str, Any]) -> np.ndarray:
+    """One factor of a LowRankWeight: the int8 path, or float32 (numpy's BLAS; the dense_f32 kernel
+    when there is a gelu to apply). NaN/Inf in x are refused like everywhere else."""
+    if isinstance(f, Int8Weight):
+        return linear(x2, f, bias, activation, out=out2, **act_args)
+    if activation == "gelu":
+        return _core.linear_dense_f32(packed, x2, bias, _ACTIVATIONS["gelu"], out2)
+    if not np.isfinite(x2).all():
+        raise ValueError("x: expected finite values, got NaN or Inf")
+    y = np.matmul(x2, f.T, out=out2)
+    if bias is not None:
+        y += bias
+    if activation == "relu":
+        np.maximum(y, np.float32(0), out=y)
+    return y
 
 
 def _check_out(out: Any, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:

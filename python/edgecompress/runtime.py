@@ -61,7 +61,7 @@ def _kernel(family: str) -> str:
     name = _kernel_by_cap.get((family, cap))
     if name is None:
         select = {"gemm_s8": _core.gemm_s8_select, "gemm_q4": _core.gemm_q4_select,
-                  "sparse_f32": _core.sparse_f32_select}[family]
+                  "sparse_f32": _core.sparse_f32_select, "dense_f32": _core.dense_f32_select}[family]
         name = _kernel_by_cap[(family, cap)] = select(cap)
         _log(f"{family} -> {name} (cap {cap})")
     return name
@@ -80,6 +80,11 @@ def gemm_q4_kernel() -> str:
 def sparse_f32_kernel() -> str:
     """Name of the sparse_f32 (pruned float32 weight) kernel serving the current cap."""
     return _kernel("sparse_f32")
+
+
+def dense_f32_kernel() -> str:
+    """Name of the dense_f32 kernel (float32 factors of LowRankWeight) serving the current cap."""
+    return _kernel("dense_f32")
 
 
 @contextlib.contextmanager
@@ -141,7 +146,8 @@ def cpu_info() -> dict[str, Any]:
         tiers[t] = {"built": t in built, "supported": ok, "reason": reason}
     families = {}
     for fam, listing, select in (("gemm_s8", kernels, gemm_s8_kernel), ("gemm_q4", _core.gemm_q4_kernels(), gemm_q4_kernel),
-                                 ("sparse_f32", _core.sparse_f32_kernels(), sparse_f32_kernel)):
+                                 ("sparse_f32", _core.sparse_f32_kernels(), sparse_f32_kernel),
+                                 ("dense_f32", _core.dense_f32_kernels(), dense_f32_kernel)):
         name = select()
         families[fam] = {"kernel": name, "tier": next(k for k in listing if k["name"] == name)["tier"]}
     return {
@@ -163,3 +169,4 @@ if _VERBOSE:
     gemm_s8_kernel()
     gemm_q4_kernel()
     sparse_f32_kernel()
+    dense_f32_kernel()

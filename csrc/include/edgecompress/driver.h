@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "edgecompress/dense_f32.h"
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/sparse.h"
@@ -102,5 +103,29 @@ std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int
 // y (m, n) = epilogue(x @ W.T) for fp32 x (row stride ldx); refuses NaN/Inf in x. Thread pool.
 GemmStatus sparse_f32(const PackedSparseF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
                       Activation act, float* y, int max_threads);
+
+// True when one of the m rows of x (k floats, row stride ldx) holds NaN or Inf: the float families
+// refuse such input like the quantizing ones (a skipped zero would hide the Inf * 0 = NaN).
+bool rows_nonfinite(const float* x, ptrdiff_t ldx, int m, int k);
+
+// A float32 weight (n, k) packed in panels for the dense_f32 kernels (see dense_f32.h).
+struct PackedDenseF32 {
+  const DenseKernel* kernel = nullptr;
+  DenseF32 w;
+  AlignedArray<float> data;
+  size_t nbytes() const { return data.size() * 4; }
+};
+
+// w: (n, k) float32 row-major.
+std::unique_ptr<PackedDenseF32> pack_dense_f32(const DenseKernel& kernel, const float* w, int n, int k);
+
+// y (m, n) = epilogue(x @ W.T) for fp32 x (row stride ldx); refuses NaN/Inf in x. Thread pool.
+GemmStatus dense_f32(const PackedDenseF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
+                     Activation act, float* y, int max_threads);
+
+// The low-rank product y (m, n) = epilogue((x @ V.T) @ U.T) with V (r, k) and U (n, r) packed for
+// dense_f32; the (rows, r) intermediate lives in a per-thread buffer of at most 64 KiB.
+GemmStatus lowrank_f32(const PackedDenseF32& v, const PackedDenseF32& u, const float* x, ptrdiff_t ldx, int m,
+                       const float* bias, Activation act, float* y, int max_threads);
 
 }  // namespace edgecompress

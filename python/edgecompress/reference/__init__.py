@@ -8,6 +8,8 @@ kernels perform them, so in practice the float results match bit for bit as well
 from .gemm_q4 import dequantize as dequantize_int4
 from .gemm_q4 import float_tolerance as int4_float_tolerance
 from .gemm_q4 import linear_int4
+from .lowrank import linear_lowrank
+from .lowrank import tolerance as lowrank_tolerance
 from .sparse import linear_sparse
 from .gemm_s8 import (
     gelu,
@@ -23,7 +25,9 @@ __all__ = [
     "dequantize_int4",
     "int4_float_tolerance",
     "linear_int4",
+    "linear_lowrank",
     "linear_sparse",
+    "lowrank_tolerance",
     "gelu",
     "linear_int8",
     "qgemm",

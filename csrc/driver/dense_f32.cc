@@ -1,0 +1,100 @@
+// Loop nests of the dense_f32 family and the low-rank product built on it: packing into panels,
+// splitting panels over the thread pool, and the two-step x @ V.T @ U.T with the intermediate in a
+// per-thread buffer small enough to stay in L1/L2.
+#include <algorithm>
+#include <cstring>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/threadpool.h"
+
+namespace edgecompress {
+
+bool rows_nonfinite(const float* x, ptrdiff_t ldx, int m, int k) {
+  uint32_t bad = 0;
+  for (int i = 0; i < m; ++i) {
+    const float* xr = x + i * ldx;
+    for (int c = 0; c < k; ++c) {
+      uint32_t b;
+      std::memcpy(&b, xr + c, 4);
+      bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+  }
+  return bad != 0;
+}
+
+std::unique_ptr<PackedDenseF32> pack_dense_f32(const DenseKernel& kernel, const float* w, int n, int k) {
+  auto p = std::make_unique<PackedDenseF32>();
+  p->kernel = &kernel;
+  p->w.n = n, p->w.k = k;
+  p->w.panels = (n + kDensePanel - 1) / kDensePanel;
+  p->data = AlignedArray<float>(static_cast<size_t>(p->w.panels) * k * kDensePanel);  // zero: padding columns
+  float* d = p->data.data();
+  for (int r = 0; r < n; ++r) {
+    float* panel = d + static_cast<ptrdiff_t>(r / kDensePanel) * k * kDensePanel + r % kDensePanel;
+    const float* src = w + static_cast<ptrdiff_t>(r) * k;
+    for (int c = 0; c < k; ++c) panel[c * kDensePanel] = src[c];
+  }
+  p->w.data = d;
+  return p;
+}
+
+namespace {
+
+// y (m, n) = epilogue(x @ W.T): chunks of panels over the threads; each chunk runs every block of
+// kDenseRows rows so that its panels are reused from cache across row blocks.
+void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, const float* bias, Activation act,
+               float* y, ptrdiff_t ldy, int max_threads) {
+  const DenseF32& w = p.w;
+  const double work = static_cast<double>(w.n) * w.k * m;
+  const int threads = work < gemm_min_parallel_macs() ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
+  const int chunks = std::min(w.panels, threads == 1 ? 1 : 4 * threads);
+  const int per = (w.panels + chunks - 1) / chunks;
+  const DenseKernel& kern = *p.kernel;
+  auto run = [&](int c) {
+    DenseTask t{&w, c * per, std::min(w.panels, (c + 1) * per), 0, nullptr, ldx, bias, act, nullptr, ldy};
+    if (t.p0 >= t.p1) return;
+    for (int r = 0; r < m; r += kDenseRows) {
+      t.m = std::min(kDenseRows, m - r);
+      t.x = x + r * ldx;
+      t.y = y + r * ldy;
+      kern.run(t);
+    }
+  };
+  parallel_for(chunks, threads, run);
+}
+
+AlignedArray<float>& lowrank_workspace() {
+  static thread_local AlignedArray<float> ws;
+  return ws;
+}
+
+}  // namespace
+
+GemmStatus dense_f32(const PackedDenseF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
+                     Activation act, float* y, int max_threads) {
+  if (m <= 0) return GemmStatus::ok;
+  if (rows_nonfinite(x, ldx, m, w.w.k)) return GemmStatus::nonfinite_input;
+  dense_run(w, x, ldx, m, bias, act, y, w.w.n, max_threads);
+  return GemmStatus::ok;
+}
+
+GemmStatus lowrank_f32(const PackedDenseF32& v, const PackedDenseF32& u, const float* x, ptrdiff_t ldx, int m,
+                       const float* bias, Activation act, float* y, int max_threads) {
+  if (m <= 0) return GemmStatus::ok;
+  if (rows_nonfinite(x, ldx, m, v.w.k)) return GemmStatus::nonfinite_input;
+  const int r = v.w.n;
+  // Rows in blocks whose intermediate (rows x r floats) fits in 64 KiB, so it is still cached when
+  // the second factor reads it.
+  const int block = std::max(kDenseRows, (16384 / std::max(r, 1)) / kDenseRows * kDenseRows);
+  AlignedArray<float>& ws = lowrank_workspace();
+  const size_t need = static_cast<size_t>(std::min(block, m)) * r;
+  if (ws.size() < need) ws = AlignedArray<float>(need);
+  for (int i = 0; i < m; i += block) {
+    const int rows = std::min(block, m - i);
+    dense_run(v, x + i * ldx, ldx, rows, nullptr, Activation::none, ws.data(), r, max_threads);
+    dense_run(u, ws.data(), r, rows, bias, act, y + static_cast<ptrdiff_t>(i) * u.w.n, u.w.n, max_threads);
+  }
+  return GemmStatus::ok;
+}
+
+}  // namespace edgecompress

@@ -1,0 +1,50 @@
+// The dense_f32 kernel family: y = x @ W.T (+ bias, activation) for a float32 weight W (N, K), a few
+// rows of x at a time. It serves LowRankWeight: one call per factor, the r-long intermediate kept in
+// a small buffer that stays in L1 between the two calls.
+//
+// Packed layout: panels of kDensePanel = 16 output columns; panel p holds, for k = 0..K-1, the 16
+// values W[16p + i][k] (zero past N), so a panel streams once per call while x stays in L1.
+// Results are float32 sums in k order (with FMA where the tier has it): within the oracle's
+// tolerance 1e-5 * (|x| @ |W|.T) of the exact product.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "edgecompress/gemm_s8.h"
+#include "edgecompress/isa.h"
+
+namespace edgecompress {
+
+constexpr int kDensePanel = 16;
+constexpr int kDenseRows = 4;  // rows of x per kernel call
+
+struct DenseF32 {
+  int n = 0, k = 0, panels = 0;
+  const float* data = nullptr;  // panels * k * kDensePanel
+};
+
+// Panels [p0, p1) for m <= kDenseRows rows of x (row stride ldx); y has row stride ldy.
+struct DenseTask {
+  const DenseF32* w;
+  int p0, p1;
+  int m;
+  const float* x;
+  ptrdiff_t ldx;
+  const float* bias;  // n values or null
+  Activation act;
+  float* y;
+  ptrdiff_t ldy;
+};
+
+struct DenseKernel {
+  const char* name;
+  Isa isa;
+  uint32_t needs;
+  void (*run)(const DenseTask& task);
+};
+
+int dense_f32_kernels(const DenseKernel* const** kernels);
+const DenseKernel* dense_f32_select(Isa cap);
+
+}  // namespace edgecompress

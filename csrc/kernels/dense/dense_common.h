@@ -1,0 +1,87 @@
+// The dense_f32 kernel, written once with GCC/Clang vector extensions and compiled by each tier's
+// translation unit with that tier's flags and -ffp-contract=fast (see sparse_common.h).
+//
+// Per group of PW panels and M rows: M x PW running sums of 16 lanes; each k loads PW panel rows of 16
+// weights and broadcasts x[m][k]. PW is chosen so that the sums fill about 8 of the tier's registers.
+#pragma once
+
+#include <cstring>
+
+#include "../gemm_s8/gemm_s8_common.h"  // unroll<>, gelu
+#include "edgecompress/dense_f32.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // vectors wider than a tier's registers: internal linkage
+
+namespace edgecompress {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kDfLanes = 16;
+#elif defined(__AVX2__)
+constexpr int kDfLanes = 8;
+#else
+constexpr int kDfLanes = 4;
+#endif
+typedef float df_v16 __attribute__((vector_size(4 * kDensePanel)));
+
+constexpr int df_group(int m) {
+  const int pw = 8 * kDfLanes / (kDensePanel * m);
+  return pw < 1 ? 1 : (pw > 4 ? 4 : pw);
+}
+
+inline float df_finish(float v, const float* bias, int col, Activation act) {
+  if (bias != nullptr) v = v + bias[col];
+  if (act == Activation::relu) v = v > 0.0f ? v : 0.0f;
+  if (act == Activation::gelu) v = gelu(v);
+  return v;
+}
+
+template <int M, int PW>
+void df_group_run(const DenseTask& t, int p) {
+  const DenseF32& w = *t.w;
+  const ptrdiff_t pstride = static_cast<ptrdiff_t>(w.k) * kDensePanel;
+  const float* __restrict wp = w.data + p * pstride;
+  df_v16 acc[M][PW];
+  unroll<M>([&](auto m) { unroll<PW>([&](auto j) { acc[m.value][j.value] = df_v16{}; }); });
+  for (int k = 0; k < w.k; ++k) {
+    df_v16 wv[PW];
+    unroll<PW>([&](auto j) { std::memcpy(&wv[j.value], wp + j.value * pstride + k * kDensePanel, sizeof(df_v16)); });
+    unroll<M>([&](auto m) {
+      const float xv = t.x[m.value * t.ldx + k];
+      unroll<PW>([&](auto j) { acc[m.value][j.value] = acc[m.value][j.value] + wv[j.value] * xv; });
+    });
+  }
+  for (int m = 0; m < M; ++m) {
+    for (int j = 0; j < PW; ++j) {
+      const int c0 = (p + j) * kDensePanel;
+      const int cols = w.n - c0 < kDensePanel ? w.n - c0 : kDensePanel;
+      float* __restrict yr = t.y + m * t.ldy + c0;
+      for (int i = 0; i < cols; ++i) yr[i] = df_finish(acc[m][j][i], t.bias, c0 + i, t.act);
+    }
+  }
+}
+
+template <int M>
+void df_rows(const DenseTask& t) {
+  constexpr int PW = df_group(M);
+  int p = t.p0;
+  for (; p + PW <= t.p1; p += PW) df_group_run<M, PW>(t, p);
+  for (; p < t.p1; ++p) df_group_run<M, 1>(t, p);
+}
+
+void df_run(const DenseTask& t) {
+  switch (t.m) {
+    case 1: return df_rows<1>(t);
+    case 2: return df_rows<2>(t);
+    case 3: return df_rows<3>(t);
+    default: return df_rows<4>(t);
+  }
+}
+
+}  // namespace
+}  // namespace edgecompress
+
+#define EC_DENSE_KERNEL(var, name, isa, needs) \
+  namespace edgecompress {                     \
+  extern const DenseKernel var = {name, isa, needs, df_run}; \
+  }
