@@ -28,6 +28,7 @@ from edgecompress.bench import (
     _aligned_bytes,
     _command_line,
     _measure,
+    blas_threads,
     common_arguments,
     cpu_slug,
     write_report,
@@ -161,7 +162,8 @@ def main() -> int:
             if m <= 4 and read_probe and t == 1:
                 buf = _aligned_bytes(packed_bytes)
                 cands[READ] = lambda buf=buf: _core.read_once(read_probe, buf)
-            res = _measure(cands, rounds, min_s)
+            with blas_threads(t):
+                res = _measure(cands, rounds, min_s)
             read_s = res.pop(READ, None)
             emit(f"## (M, K, N) = ({m}, {k}, {n}), {t} thread{'s' if t > 1 else ''}\n")
             emit("| implementation | ms | GOPS | weight GB/s | % of limit |")

@@ -94,6 +94,16 @@ def _measure(cands: dict[str, Callable[[], Any]], rounds: int, min_seconds: floa
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def blas_threads(n: int) -> Any:
+    """Caps numpy's BLAS at n threads for a block (threadpoolctl, from the bench extra), so that a
+    one-thread row of a table is one thread for numpy too. Without threadpoolctl: no cap."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+
+
 class _Peers:
     """Peer implementations on the same inputs; each is skipped (with the reason) when unavailable."""
 

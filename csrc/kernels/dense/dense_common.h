@@ -22,10 +22,13 @@ constexpr int kDfLanes = 8;
 #else
 constexpr int kDfLanes = 4;
 #endif
-typedef float df_v16 __attribute__((vector_size(4 * kDensePanel)));
+// The tier's register (one panel row is kDfVecs of them): wider generic vectors were split badly
+// by GCC 12 on AVX2 (8x slower), so the code works in native widths.
+typedef float df_vec __attribute__((vector_size(4 * kDfLanes)));
+constexpr int kDfVecs = kDensePanel / kDfLanes;
 
 constexpr int df_group(int m) {
-  const int pw = 8 * kDfLanes / (kDensePanel * m);
+  const int pw = 8 / (kDfVecs * m);
   return pw < 1 ? 1 : (pw > 4 ? 4 : pw);
 }
 
@@ -41,22 +44,28 @@ void df_group_run(const DenseTask& t, int p) {
   const DenseF32& w = *t.w;
   const ptrdiff_t pstride = static_cast<ptrdiff_t>(w.k) * kDensePanel;
   const float* __restrict wp = w.data + p * pstride;
-  df_v16 acc[M][PW];
-  unroll<M>([&](auto m) { unroll<PW>([&](auto j) { acc[m.value][j.value] = df_v16{}; }); });
+  constexpr int V = PW * kDfVecs;  // registers of one row's sums
+  df_vec acc[M][V];
+  unroll<M>([&](auto m) { unroll<V>([&](auto j) { acc[m.value][j.value] = df_vec{}; }); });
   for (int k = 0; k < w.k; ++k) {
-    df_v16 wv[PW];
-    unroll<PW>([&](auto j) { std::memcpy(&wv[j.value], wp + j.value * pstride + k * kDensePanel, sizeof(df_v16)); });
+    df_vec wv[V];
+    unroll<V>([&](auto j) {
+      constexpr int panel = j.value / kDfVecs, part = j.value % kDfVecs;
+      std::memcpy(&wv[j.value], wp + panel * pstride + k * kDensePanel + part * kDfLanes, sizeof(df_vec));
+    });
     unroll<M>([&](auto m) {
       const float xv = t.x[m.value * t.ldx + k];
-      unroll<PW>([&](auto j) { acc[m.value][j.value] = acc[m.value][j.value] + wv[j.value] * xv; });
+      unroll<V>([&](auto j) { acc[m.value][j.value] = acc[m.value][j.value] + wv[j.value] * xv; });
     });
   }
+  alignas(64) float sums[PW * kDensePanel];
   for (int m = 0; m < M; ++m) {
+    std::memcpy(sums, acc[m], sizeof(sums));
     for (int j = 0; j < PW; ++j) {
       const int c0 = (p + j) * kDensePanel;
       const int cols = w.n - c0 < kDensePanel ? w.n - c0 : kDensePanel;
       float* __restrict yr = t.y + m * t.ldy + c0;
-      for (int i = 0; i < cols; ++i) yr[i] = df_finish(acc[m][j][i], t.bias, c0 + i, t.act);
+      for (int i = 0; i < cols; ++i) yr[i] = df_finish(sums[j * kDensePanel + i], t.bias, c0 + i, t.act);
     }
   }
 }
