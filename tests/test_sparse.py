@@ -106,7 +106,11 @@ def test_bad_inputs_are_clear_errors(rng):
     with pytest.raises(ValueError, match="format"):
         ec.SparseWeight.from_float(np.ones((4, 4), np.float32), format="coo")
     with pytest.raises(ValueError, match="dtype"):
-        ec.SparseWeight.from_float(np.ones((4, 4), np.float32), dtype="int8")
+        ec.SparseWeight.from_float(np.ones((4, 4), np.float32), dtype="int4")
+    with pytest.raises(ValueError, match="format"):
+        ec.SparseWeight.from_float(np.ones((4, 4), np.float32), format="bsr1x4")  # an int8 layout
+    with pytest.raises(ValueError, match="format"):
+        ec.SparseWeight.from_float(np.ones((4, 4), np.float32), format="bsr4x1", dtype="int8")
     with pytest.raises(ValueError, match="finite"):
         ec.SparseWeight.from_float(np.full((4, 4), np.inf, np.float32))
     with pytest.raises(ValueError, match="indices"):
@@ -139,3 +143,122 @@ def test_auto_picks_a_measured_format_and_stays_correct(rng, rows):
         np.testing.assert_array_equal(w.to_float(), w_dense)
     with pytest.raises(ValueError, match="rows"):
         ec.SparseWeight.from_float(w_dense, format="auto", rows=0)
+
+
+# --- int8 values (csr and 1 x 4 blocks along K) ------------------------------------------------
+
+INT8_FORMATS = ["csr", "bsr1x4"]
+
+
+def _pruned_k(rng, n, k, sparsity, block=1):
+    """A weight with `sparsity` of its 1 x block groups along K zeroed, and an all-zero row."""
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    keep = rng.random((n, -(-k // block))) >= sparsity
+    w *= np.repeat(keep, block, axis=1)[:, :k]
+    w[n // 2] = 0
+    return w
+
+
+def _check_int8(got, x, w, bias=None, act=None):
+    """Bit for bit the dense int8 oracle on the stored weight (gelu: float32 erf vs float64)."""
+    want = ref.linear_int8(x, w._dense_blocks(), w.scale, bias, act)
+    if act == "gelu":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+def test_int8_sweep_bit_exact(tier, threads, rng, fmt):
+    for i, (m, k, n) in enumerate(GEMM_SHAPES):
+        sparsity = SPARSITIES[i % len(SPARSITIES)]
+        w_dense = _pruned_k(rng, n, k, sparsity, 4 if (fmt == "bsr1x4" and i % 2) else 1)
+        w = ec.SparseWeight.from_float(w_dense, format=fmt, dtype="int8")
+        assert w.dtype == "int8" and w.values.dtype == np.int8 and w.scale.shape == (n,)
+        q, scale = ref.quantize_weight_int8(w_dense)
+        np.testing.assert_array_equal(w._dense_blocks(), q)
+        np.testing.assert_array_equal(w.scale, scale)
+        x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 10)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32) if i % 3 == 0 else None
+        act = (None, "relu", "gelu")[i % 3]
+        got = ec.linear(x, w, bias, act)
+        _check_int8(got, x, w, bias, act)
+        # ... and the very bits of our dense int8 kernel on the same weight (same epilogue code path).
+        np.testing.assert_array_equal(got, ec.linear(x, ec.Int8Weight(q, scale), bias, act))
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 17, 64, 130])
+def test_int8_spmv_and_spmm_paths(tier, rng, fmt, m):
+    for sparsity in SPARSITIES:
+        w_dense = _pruned_k(rng, 45, 301, sparsity, 4)
+        w = ec.SparseWeight.from_float(w_dense, format=fmt, dtype="int8")
+        x = rng.standard_normal((m, 301)).astype(np.float32)
+        x[0] *= 1e4  # one loud row: per-row scales differ widely
+        _check_int8(ec.linear(x, w), x, w)
+
+
+def test_int8_layouts_store_what_they_should(rng):
+    w_dense = np.zeros((3, 10), np.float32)
+    w_dense[0, [1, 2, 9]] = [1.0, -2.0, 0.5]
+    w_dense[2, 4] = 3.0
+    csr = ec.SparseWeight.from_float(w_dense, format="csr", dtype="int8")
+    assert csr.indptr.tolist() == [0, 3, 3, 4] and csr.indices.tolist() == [1, 2, 9, 4]
+    assert csr.values.ravel().tolist() == [64, -127, 32, 127]  # round(w / (max|row| / 127))
+    b = ec.SparseWeight.from_float(w_dense, format="bsr1x4", dtype="int8")
+    assert b.indptr.tolist() == [0, 2, 2, 3] and b.indices.tolist() == [0, 2, 1]  # blocks of k / 4
+    assert b.values.tolist() == [[0, 64, -127, 0], [0, 32, 0, 0], [127, 0, 0, 0]]
+    assert b.nbytes == 4 * 8 + 3 * 2 + 3 * 4 + 3 * 4 and abs(b.sparsity - (1 - 12 / 30)) < 1e-12
+    np.testing.assert_allclose(b.to_float(), w_dense, atol=2.0 / 127)
+    x = np.arange(20, dtype=np.float32).reshape(2, 10)
+    np.testing.assert_array_equal(ec.linear(x, csr), ec.linear(x, b))
+
+
+def test_int8_all_zero_and_wide_k(rng):
+    w = ec.SparseWeight.from_float(np.zeros((9, 70000), np.float32), dtype="int8")
+    assert w.nnz == 0 and w.indices.dtype == np.int32  # csr: K > 65536
+    np.testing.assert_array_equal(ec.linear(np.ones((2, 70000), np.float32), w), np.zeros((2, 9), np.float32))
+    w_dense = _pruned_k(rng, 5, 70000, 0.99)
+    for fmt in INT8_FORMATS:
+        w = ec.SparseWeight.from_float(w_dense, format=fmt, dtype="int8")
+        x = rng.standard_normal((3, 70000)).astype(np.float32)
+        _check_int8(ec.linear(x, w), x, w)
+
+
+def test_int8_state_dict_and_copy(rng):
+    w_dense = _pruned_k(rng, 13, 50, 0.7, 4)
+    for fmt in INT8_FORMATS:
+        w = ec.SparseWeight.from_float(w_dense, format=fmt, dtype="int8")
+        d = w.state_dict()
+        assert d["scale"] is w.scale and d["metadata"]["layout"] == fmt
+        for w2 in (ec.SparseWeight.from_state_dict(d), copy.deepcopy(w)):
+            assert w2.dtype == "int8" and w2.format == fmt
+            np.testing.assert_array_equal(w2.to_float(), w.to_float())
+
+
+def test_int8_bad_inputs(rng):
+    w = ec.SparseWeight.from_float(_pruned_k(rng, 8, 32, 0.5), dtype="int8")
+    with pytest.raises(ValueError, match="scale: expected float32"):
+        ec.SparseWeight(w.indptr, w.indices, w.values, (8, 32))
+    with pytest.raises(ValueError, match="-128"):
+        ec.SparseWeight(w.indptr, w.indices, np.full_like(w.values, -128), (8, 32), scale=w.scale)
+    with pytest.raises(ValueError, match="scale: expected finite"):
+        ec.SparseWeight(w.indptr, w.indices, w.values, (8, 32), scale=np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match="scale: only int8"):
+        ec.SparseWeight(w.indptr, w.indices, w.values.astype(np.float32), (8, 32), scale=w.scale)
+    with pytest.raises(ValueError, match="act_scheme"):
+        ec.linear(np.ones((2, 32), np.float32), w, act_scheme="asymmetric")
+    x = np.ones((2, 32), np.float32)
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="x: expected finite"):
+        ec.linear(x, w)
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_int8_auto(rng, rows):
+    w_dense = _pruned_k(rng, 96, 256, 0.9, 4)
+    w = ec.SparseWeight.from_float(w_dense, format="auto", dtype="int8", rows=rows)
+    assert w.dtype == "int8" and set(w.auto["seconds"]) == set(INT8_FORMATS)
+    assert w.auto["seconds"][w.format] == min(w.auto["seconds"].values())
+    x = rng.standard_normal((rows, 256)).astype(np.float32)
+    _check_int8(ec.linear(x, w), x, w)

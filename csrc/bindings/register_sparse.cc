@@ -59,6 +59,52 @@ py::array linear(const PackedSparseF32& w, const py::array& x, const py::object&
   return a.y;
 }
 
+std::unique_ptr<PackedSparseS8> pack_s8(int n, int k, const py::array& indptr, const py::array& indices,
+                                        const py::array& values, const py::array& scale, const std::string& kernel) {
+  require(n > 0 && k > 0, "shape: out of range");
+  const int64_t kblocks = (static_cast<int64_t>(k) + 3) / 4;
+  require(py::isinstance<py::array_t<int64_t>>(indptr) && indptr.ndim() == 1 && indptr.shape(0) == n + 1 &&
+              contiguous(indptr),
+          "indptr: expected int64 (N + 1,)");
+  const int64_t* ip = static_cast<const int64_t*>(indptr.data());
+  require(ip[0] == 0, "indptr: must start at 0");
+  for (int64_t r = 0; r < n; ++r) require(ip[r + 1] >= ip[r], "indptr: must not decrease");
+  const int64_t nnzb = ip[n];
+  const bool idx16 = py::isinstance<py::array_t<uint16_t>>(indices);
+  require((idx16 || py::isinstance<py::array_t<int32_t>>(indices)) && indices.ndim() == 1 && indices.shape(0) == nnzb &&
+              contiguous(indices),
+          "indices: expected uint16 or int32 (nnzb,) block indices");
+  for (int64_t j = 0; j < nnzb; ++j) {
+    const int64_t c = idx16 ? static_cast<const uint16_t*>(indices.data())[j] : static_cast<const int32_t*>(indices.data())[j];
+    require(c >= 0 && c < kblocks, "indices: out of range 0..K/4-1");
+  }
+  require(py::isinstance<py::array_t<int8_t>>(values) && values.size() == nnzb * 4 && contiguous(values),
+          "values: expected int8 with nnzb * 4 values");
+  const int8_t* v = static_cast<const int8_t*>(values.data());
+  for (int64_t j = 0; j < nnzb * 4; ++j) require(v[j] != -128, "values: expected int8 in [-127, 127]");
+  require(py::isinstance<py::array_t<float>>(scale) && scale.ndim() == 1 && (scale.shape(0) == n || scale.shape(0) == 1) &&
+              contiguous(scale),
+          "scale: expected float32 (N,) or (1,)");
+  const SparseS8Kernel& kern = bindings::kernel_by_name(sparse_s8_kernels, kernel);
+  const void* ix = indices.data();
+  const float* sc = static_cast<const float*>(scale.data());
+  const int scale_len = static_cast<int>(scale.shape(0));
+  py::gil_scoped_release release;
+  return pack_sparse_s8(kern, n, k, ip, ix, idx16, v, sc, scale_len);
+}
+
+py::array linear_s8(const PackedSparseS8& w, const py::array& x, const py::object& bias, int act, const py::object& out) {
+  bindings::LinearArrays a = bindings::linear_arrays(x, w.w.k, w.w.n, bias, act, out);
+  float* yp = static_cast<float*>(a.y.mutable_data());
+  GemmStatus status;
+  {
+    py::gil_scoped_release release;
+    status = sparse_s8(w, a.x, w.w.k, a.m, a.bias, static_cast<Activation>(act), yp, get_num_threads());
+  }
+  bindings::raise_for(status);
+  return a.y;
+}
+
 }  // namespace
 
 void register_sparse(py::module_& m) {
@@ -70,4 +116,13 @@ void register_sparse(py::module_& m) {
   m.def("linear_sparse_f32", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
   bindings::def_family(m, "sparse_f32", sparse_f32_kernels, sparse_f32_select);
+  py::class_<PackedSparseS8>(m, "PackedSparseS8", "A pruned int8 weight packed for sparse_s8 (opaque).")
+      .def_property_readonly("kernel", [](const PackedSparseS8& w) { return std::string(w.kernel->name); })
+      .def_property_readonly("nbytes", &PackedSparseS8::nbytes);
+  m.def("pack_sparse_s8", &pack_s8, py::arg("n"), py::arg("k"), py::arg("indptr"), py::arg("indices"), py::arg("values"),
+        py::arg("scale"), py::arg("kernel"));
+  m.def("linear_sparse_s8", &linear_s8, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
+        py::arg("out") = py::none());
+  bindings::def_family(m, "sparse_s8", sparse_s8_kernels, sparse_s8_select,
+                       [](py::dict& d, const SparseS8Kernel& k) { d["a_unsigned"] = k.a_unsigned; });
 }

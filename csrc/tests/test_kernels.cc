@@ -25,6 +25,7 @@
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/sparse.h"
+#include "edgecompress/sparse_s8.h"
 #include "edgecompress/dense_f32.h"
 #include "edgecompress/threadpool.h"
 
@@ -412,6 +413,66 @@ bool check_sparse_kernel(const SparseKernel& kern) {
   return failures == 0;
 }
 
+// --- sparse_s8 ----------------------------------------------------------------------------------
+
+// Every sparse_s8 kernel against the dense int8 path on the same weight (zeros where no block is
+// stored): the results must be equal bit for bit (same activation quantization, exact integer sums,
+// same epilogue), at 0-100% block sparsity over the sweep, with extreme weights and activations.
+bool check_sparse_s8_kernel(const SparseS8Kernel& kern) {
+  const GemmS8Kernel* const* dense;
+  gemm_s8_kernels(&dense);
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f), p01(0.0f, 1.0f);
+  std::uniform_int_distribution<int> q(-127, 127);
+  const float sparsities[5] = {0.0f, 0.5f, 0.9f, 0.99f, 1.0f};
+  int failures = 0, i = 0;
+  for (const Shape& s : sweep()) {
+    const float sparsity = sparsities[(i++) % 5];
+    const int kblocks = (s.k + 3) / 4;
+    std::vector<int8_t> wd(static_cast<size_t>(s.n) * s.k, 0), vals;
+    std::vector<int64_t> indptr(s.n + 1, 0);
+    std::vector<uint16_t> idx16;
+    std::vector<int32_t> idx32;
+    for (int r = 0; r < s.n; ++r) {
+      for (int kb = 0; kb < kblocks; ++kb) {
+        if (p01(rng) < sparsity) continue;
+        idx16.push_back(static_cast<uint16_t>(kb)), idx32.push_back(kb);
+        for (int e = 0; e < 4; ++e) {
+          const int c = 4 * kb + e;
+          const int8_t v = c < s.k ? static_cast<int8_t>(i % 7 == 0 ? 127 * (e % 2 ? 1 : -1) : q(rng)) : 0;
+          vals.push_back(v);
+          if (c < s.k) wd[static_cast<size_t>(r) * s.k + c] = v;
+        }
+      }
+      indptr[r + 1] = static_cast<int64_t>(idx32.size());
+    }
+    std::vector<float> x(static_cast<size_t>(s.m) * s.k), bias(s.n), scale(s.n);
+    for (auto& v : x) v = i % 5 == 0 ? (u(rng) > 0 ? 1e3f : -1e3f) : u(rng);
+    for (auto& v : bias) v = u(rng);
+    for (auto& v : scale) v = 0.01f * (1.5f + u(rng));
+    const bool use16 = (i % 2) == 0;
+    auto ps = pack_sparse_s8(kern, s.n, s.k, indptr.data(), use16 ? static_cast<const void*>(idx16.data()) : idx32.data(),
+                             use16, vals.data(), scale.data(), s.n);
+    auto pd = pack_s8_weight(*dense[0], wd.data(), s.n, s.k, scale.data(), s.n);
+    for (Activation act : {Activation::none, Activation::gelu}) {
+      Guarded<float> y(static_cast<size_t>(s.m) * s.n);
+      std::vector<float> want(static_cast<size_t>(s.m) * s.n);
+      if (sparse_s8(*ps, x.data(), s.k, s.m, bias.data(), act, y.data(), 64) != GemmStatus::ok) ++failures;
+      if (gemm_s8(*pd, x.data(), s.k, s.m, ActQuant{}, bias.data(), act, want.data(), nullptr, 64) != GemmStatus::ok) ++failures;
+      if (!y.guards_intact()) ++failures;
+      if (std::memcmp(y.data(), want.data(), want.size() * sizeof(float)) != 0) {
+        if (++failures <= 3) std::printf("  FAIL %s (%d, %d, %d) sparsity %.2f: differs from the dense int8 path\n", kern.name,
+                                         s.m, s.k, s.n, sparsity);
+      }
+    }
+    std::vector<float> bad(x);
+    bad[bad.size() / 2] = NAN;
+    std::vector<float> y2(static_cast<size_t>(s.m) * s.n);
+    if (sparse_s8(*ps, bad.data(), s.k, s.m, nullptr, Activation::none, y2.data(), 64) != GemmStatus::nonfinite_input) ++failures;
+  }
+  return failures == 0;
+}
+
 // --- dense_f32 and the low-rank product -------------------------------------------------------
 
 // |got - ref| <= tol * mag + tiny at every element of a (m, n) result; prints the first misses.
@@ -530,6 +591,8 @@ int main() {
   const int sk_count = sparse_f32_kernels(&sk);
   const DenseKernel* const* dk;
   const int dk_count = dense_f32_kernels(&dk);
+  const SparseS8Kernel* const* s8k;
+  const int s8k_count = sparse_s8_kernels(&s8k);
   for (int threads : {1, 2}) {
     set_num_threads(threads);
     set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
@@ -545,6 +608,7 @@ int main() {
     };
     for (int i = 0; i < sk_count; ++i) report(sk[i], check_sparse_kernel);
     for (int i = 0; i < dk_count; ++i) report(dk[i], check_dense_kernel);
+    for (int i = 0; i < s8k_count; ++i) report(s8k[i], check_sparse_s8_kernel);
   }
   set_gemm_s8_min_parallel_macs(0.0);
   for (int i = 0; i < count; ++i) {

@@ -435,7 +435,9 @@ def _unpack_zero_points(zp: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(zp.shape[0], -1)[:, :groups])
 
 
-_BLOCKS = {"csr": 1, "bsr4x1": 4, "bsr8x1": 8}
+# Block shape (rows along N, columns along K) of each layout, and the value types it is built for.
+_BLOCKS = {"csr": (1, 1), "bsr4x1": (4, 1), "bsr8x1": (8, 1), "bsr1x4": (1, 4)}
+_DTYPE_FORMATS = {"float32": ("csr", "bsr4x1", "bsr8x1"), "int8": ("csr", "bsr1x4")}
 _AUTO_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
@@ -451,49 +453,67 @@ def _best_of(fn: Any, repeats: int = 5) -> float:
 
 
 class SparseWeight(_PackedCache):
-    """A pruned weight (N, K) stored by block rows, float32 values.
+    """A pruned weight (N, K) stored by blocks, float32 or int8 values.
 
-    ``format``: "csr" (unstructured: one value per nonzero), "bsr4x1" or "bsr8x1" (blocks of 4 or 8
-    consecutive output rows at one k: a block is kept when any of its values is nonzero). Arrays:
-    ``indptr`` int64 (ceil(N / r) + 1), ``indices`` uint16 when K <= 65536 else int32 (the k of each
-    block), ``values`` float32 (nnzb, r) (the block's rows; zeros inside a kept block are stored).
-    ``sparsity`` is the fraction of W's values that are not stored.
+    ``format`` (the block shape): "csr" (unstructured: one value per nonzero), "bsr4x1" / "bsr8x1"
+    (4 or 8 consecutive output rows at one k; float32) or "bsr1x4" (4 consecutive k of one row, k a
+    multiple of 4: the unit of int8 dot-product instructions; int8). A block is kept when any of its
+    values is nonzero, and stores its zeros too. Arrays: ``indptr`` int64 (block rows + 1),
+    ``indices`` (each block's column of blocks: k, or k / 4 for bsr1x4) uint16 when they fit (K <=
+    65536 blocks of columns) else int32, ``values`` (nnzb, block size) float32 or int8, and for int8
+    ``scale`` float32 (N,) or (1,): W = values * scale of the row. ``sparsity`` is the fraction of
+    W's values that are not stored.
     """
 
     FORMAT = "sparse"
     VERSION = 1
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, shape: tuple[int, int],
-                 format: str = "csr") -> None:
+                 format: str = "csr", scale: np.ndarray | None = None) -> None:
         if format not in _BLOCKS:
             raise ValueError(f"format: expected one of {', '.join(_BLOCKS)}, got {format!r}")
-        r = _BLOCKS[format]
+        br, bc = _BLOCKS[format]
         if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(v, (int, np.integer)) for v in shape)):
             raise TypeError(f"shape: expected a tuple (N, K) of ints, got {shape!r}")
         n, k = int(shape[0]), int(shape[1])
         if n <= 0 or k <= 0 or n > _MAX_N or k > 2**31 - 1:
             raise ValueError(f"shape: expected positive (N, K) within int32, got {shape}")
-        block_rows = -(-n // r)
+        block_rows, block_cols = -(-n // br), -(-k // bc)
         if not isinstance(indptr, np.ndarray) or indptr.dtype != np.int64 or indptr.shape != (block_rows + 1,):
             raise ValueError(f"indptr: expected int64 of shape ({block_rows + 1},), got {getattr(indptr, 'dtype', None)} {getattr(indptr, 'shape', None)}")
         if indptr[0] != 0 or (np.diff(indptr) < 0).any():
             raise ValueError("indptr: expected non-decreasing offsets starting at 0")
         nnzb = int(indptr[-1])
-        idx_dtype = np.uint16 if k <= 65536 else np.int32
+        idx_dtype = np.uint16 if block_cols <= 65536 else np.int32
         if not isinstance(indices, np.ndarray) or indices.dtype != idx_dtype or indices.shape != (nnzb,):
             raise ValueError(f"indices: expected {np.dtype(idx_dtype).name} of shape ({nnzb},), got {getattr(indices, 'dtype', None)} {getattr(indices, 'shape', None)}")
-        if nnzb and (int(indices.min()) < 0 or int(indices.max()) >= k):
-            raise ValueError(f"indices: expected values in 0..{k - 1}")
-        if not isinstance(values, np.ndarray) or values.dtype != np.float32 or values.shape != (nnzb, r):
-            raise ValueError(f"values: expected float32 of shape ({nnzb}, {r}), got {getattr(values, 'dtype', None)} {getattr(values, 'shape', None)}")
-        if not np.isfinite(values).all():
-            raise ValueError("values: expected finite values, got NaN or Inf")
+        if nnzb and (int(indices.min()) < 0 or int(indices.max()) >= block_cols):
+            raise ValueError(f"indices: expected block columns in 0..{block_cols - 1}")
+        dtype = "int8" if isinstance(values, np.ndarray) and values.dtype == np.int8 else "float32"
+        if format not in _DTYPE_FORMATS[dtype]:
+            raise ValueError(f"format: {format!r} is not a layout for {dtype} values (those are {', '.join(_DTYPE_FORMATS[dtype])})")
+        if not isinstance(values, np.ndarray) or values.dtype not in (np.float32, np.int8) or values.shape != (nnzb, br * bc):
+            raise ValueError(f"values: expected float32 or int8 of shape ({nnzb}, {br * bc}), got {getattr(values, 'dtype', None)} {getattr(values, 'shape', None)}")
+        if dtype == "float32":
+            if not np.isfinite(values).all():
+                raise ValueError("values: expected finite values, got NaN or Inf")
+            if scale is not None:
+                raise ValueError("scale: only int8 values have a scale")
+        else:
+            if nnzb and int(values.min()) < -127:
+                raise ValueError("values: expected int8 in [-127, 127] (symmetric), got -128")
+            if not (isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.shape in ((n,), (1,))):
+                raise ValueError(f"scale: expected float32 of shape ({n},) or (1,) for int8 values, got {getattr(scale, 'dtype', None)} {getattr(scale, 'shape', None)}")
+            if not (np.isfinite(scale).all() and (scale > 0).all()):
+                raise ValueError("scale: expected finite values > 0")
         self.format = format
+        self.dtype = dtype
         self.auto: dict[str, Any] | None = None  # what format="auto" measured, when it chose this
         self._shape = (n, k)
         self.indptr = _frozen(indptr)
         self.indices = _frozen(indices)
         self.values = _frozen(values)
+        self.scale = None if scale is None else _frozen(scale)
         self._init_cache()
 
     @classmethod
@@ -501,55 +521,69 @@ class SparseWeight(_PackedCache):
         """Store the nonzeros of a (pruned) float weight; the zeros are what pruning left (this does
         not prune).
 
-        ``format="auto"`` builds every format, times each on this CPU for ``rows`` rows of input
-        (the batch the layer will see), and keeps the fastest. The choice and the timings, with
-        numpy's dense product for comparison, are in ``.auto`` (``dense_faster`` says when the
-        weight is not sparse enough to pay on this CPU). Choices are cached for the life of the
-        process per shape, rows and the fraction (to 1%) each format would store.
+        ``dtype="int8"`` quantizes per output row first (symmetric, scale = max|row| / 127, as
+        Int8Weight) and stores what stays nonzero; its layouts are "csr" and "bsr1x4", and it runs
+        with activations quantized per row like the dense int8 path, bit for bit equal to it.
+
+        ``format="auto"`` builds every layout of the dtype, times each on this CPU for ``rows`` rows
+        of input (the batch the layer will see), and keeps the fastest. The choice and the timings,
+        with the dense product for comparison (numpy for float32, our int8 kernel for int8), are in
+        ``.auto`` (``dense_faster`` says when the weight is not sparse enough to pay on this CPU).
+        Choices are cached for the life of the process per shape, rows, dtype and the fraction (to
+        1%) each layout would store.
         """
-        if dtype != "float32":
-            raise ValueError(f"dtype: only 'float32' sparse weights are available in this release, got {dtype!r}")
+        if dtype not in _DTYPE_FORMATS:
+            raise ValueError(f"dtype: expected 'float32' or 'int8', got {dtype!r}")
         if format == "auto":
-            return cls._auto(_as_float_matrix(w, "w"), rows)
-        if format not in _BLOCKS:
-            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)} or 'auto', got {format!r}")
+            return cls._auto(_as_float_matrix(w, "w"), rows, dtype)
+        if format not in _DTYPE_FORMATS[dtype]:
+            raise ValueError(f"format: expected one of {', '.join(_DTYPE_FORMATS[dtype])} or 'auto' for {dtype}, got {format!r}")
         w = _as_float_matrix(w, "w")
+        scale = None
+        if dtype == "int8":
+            q, scale = quantize_weight_int8(w, "channel")
+            w = q
         n, k = w.shape
-        r = _BLOCKS[format]
-        block_rows = -(-n // r)
-        wp = np.zeros((block_rows * r, k), np.float32)
-        wp[:n] = w
-        blocks = wp.reshape(block_rows, r, k).transpose(0, 2, 1)  # (block_rows, K, r)
-        keep = (blocks != 0).any(axis=2)  # (block_rows, K)
+        br, bc = _BLOCKS[format]
+        block_rows, block_cols = -(-n // br), -(-k // bc)
+        wp = np.zeros((block_rows * br, block_cols * bc), w.dtype)
+        wp[:n, :k] = w
+        blocks = wp.reshape(block_rows, br, block_cols, bc).transpose(0, 2, 1, 3).reshape(block_rows, block_cols, br * bc)
+        keep = (blocks != 0).any(axis=2)  # (block_rows, block_cols)
         indptr = np.zeros(block_rows + 1, np.int64)
         np.cumsum(keep.sum(axis=1), out=indptr[1:])
-        rows, cols = np.nonzero(keep)
-        indices = cols.astype(np.uint16 if k <= 65536 else np.int32)
-        values = np.ascontiguousarray(blocks[rows, cols])
-        return cls(indptr, indices, values, (n, k), format)
+        rows_, cols = np.nonzero(keep)
+        indices = cols.astype(np.uint16 if block_cols <= 65536 else np.int32)
+        values = np.ascontiguousarray(blocks[rows_, cols])
+        return cls(indptr, indices, values, (n, k), format, scale)
 
     @classmethod
-    def _auto(cls, w: np.ndarray, rows: int) -> SparseWeight:
+    def _auto(cls, w: np.ndarray, rows: int, dtype: str) -> SparseWeight:
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
             raise ValueError(f"rows: expected an int >= 1, got {rows!r}")
-        from .runtime import sparse_f32_kernel
+        from . import ops
+        from .runtime import sparse_f32_kernel, sparse_s8_kernel
 
-        kernel = sparse_f32_kernel()
-        cands = {f: cls.from_float(w, f) for f in _BLOCKS}
+        kernel = sparse_f32_kernel() if dtype == "float32" else sparse_s8_kernel()
+        cands = {f: cls.from_float(w, f, dtype) for f in _DTYPE_FORMATS[dtype]}
         # Same shape and sparsity can still favour different formats (unstructured vs by blocks):
         # the key holds each format's stored fraction.
-        key = (w.shape, int(rows), kernel) + tuple(round(1 - c.sparsity, 2) for c in cands.values())
+        key = (w.shape, int(rows), dtype, kernel) + tuple(round(1 - c.sparsity, 2) for c in cands.values())
         report = _AUTO_CACHE.get(key)
         if report is None:
             x = np.random.default_rng(0).standard_normal((int(rows), w.shape[1])).astype(np.float32)
-            wt = np.ascontiguousarray(w.T)
-            runs = {f: (lambda c=c: _core.linear_sparse_f32(c.packed(kernel), x, None, 0)) for f, c in cands.items()}
-            runs["dense"] = lambda: x @ wt
+            runs = {f: (lambda c=c: ops.linear(x, c)) for f, c in cands.items()}
+            if dtype == "float32":
+                wt = np.ascontiguousarray(w.T)
+                runs["dense"] = lambda: x @ wt
+            else:
+                dense = Int8Weight.from_float(w)
+                runs["dense"] = lambda: ops.linear(x, dense)
             seconds = {f: _best_of(fn) for f, fn in runs.items()}
-            dense = seconds.pop("dense")
+            dense_s = seconds.pop("dense")
             chosen = min(seconds, key=seconds.__getitem__)
-            report = {"chosen": chosen, "seconds": seconds, "dense_seconds": dense,
-                      "dense_faster": dense < seconds[chosen], "rows": int(rows), "kernel": kernel}
+            report = {"chosen": chosen, "seconds": seconds, "dense_seconds": dense_s,
+                      "dense_faster": dense_s < seconds[chosen], "rows": int(rows), "kernel": kernel}
             _AUTO_CACHE[key] = report
         out = cands[report["chosen"]]
         out.auto = dict(report)
@@ -560,7 +594,8 @@ class SparseWeight(_PackedCache):
         return self._shape
 
     @property
-    def block(self) -> int:
+    def block(self) -> tuple[int, int]:
+        """(rows along N, columns along K) of one block."""
         return _BLOCKS[self.format]
 
     @property
@@ -575,21 +610,34 @@ class SparseWeight(_PackedCache):
 
     @property
     def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes + self.values.nbytes)
+        extra = 0 if self.scale is None else self.scale.nbytes
+        return int(self.indptr.nbytes + self.indices.nbytes + self.values.nbytes + extra)
 
-    def to_float(self) -> np.ndarray:
+    def _dense_blocks(self) -> np.ndarray:
+        """The stored values as a dense (N, K) array of their own dtype."""
         n, k = self._shape
-        r = self.block
+        br, bc = self.block
         block_rows = len(self.indptr) - 1
-        out = np.zeros((block_rows, k, r), np.float32)
+        block_cols = -(-k // bc)
+        out = np.zeros((block_rows, block_cols, br * bc), self.values.dtype)
         rows = np.repeat(np.arange(block_rows), np.diff(self.indptr))
         out[rows, self.indices.astype(np.int64)] = self.values
-        return out.transpose(0, 2, 1).reshape(block_rows * r, k)[:n].copy()
+        out = out.reshape(block_rows, block_cols, br, bc).transpose(0, 2, 1, 3).reshape(block_rows * br, block_cols * bc)
+        return np.ascontiguousarray(out[:n, :k])
+
+    def to_float(self) -> np.ndarray:
+        q = self._dense_blocks()
+        if self.scale is None:
+            return q
+        return (q.astype(np.float32) * self.scale[:, None]).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"indptr": self.indptr, "indices": self.indices, "values": self.values,
-                "metadata": {"format": self.FORMAT, "version": self.VERSION, "layout": self.format,
-                             "shape": list(self._shape)}}
+        d = {"indptr": self.indptr, "indices": self.indices, "values": self.values,
+             "metadata": {"format": self.FORMAT, "version": self.VERSION, "layout": self.format,
+                          "shape": list(self._shape)}}
+        if self.scale is not None:
+            d["scale"] = self.scale
+        return d
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> SparseWeight:
@@ -597,8 +645,9 @@ class SparseWeight(_PackedCache):
         shape = meta.get("shape")
         if not (isinstance(shape, list) and len(shape) == 2):
             raise ValueError(f"d: expected a 'shape' [N, K] in metadata, got {shape!r}")
+        scale = d.get("scale")
         return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]),
-                   (int(shape[0]), int(shape[1])), meta.get("layout", "csr"))
+                   (int(shape[0]), int(shape[1])), meta.get("layout", "csr"), None if scale is None else np.asarray(scale))
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: (np.array(v) if isinstance(v, np.ndarray) else v) for key, v in self.state_dict().items()}
@@ -608,11 +657,31 @@ class SparseWeight(_PackedCache):
 
     def _pack(self, kernel: str) -> Any:
         n, k = self._shape
-        return _core.pack_sparse_f32(n, k, self.block, self.indptr, self.indices, self.values.reshape(-1), kernel)
+        if self.dtype == "float32":
+            return _core.pack_sparse_f32(n, k, self.block[0], self.indptr, self.indices, self.values.reshape(-1), kernel)
+        indptr, indices, values = self.indptr, self.indices, self.values
+        if self.format == "csr":  # the kernels read 1 x 4 blocks: group each row's nonzeros by k / 4
+            indptr, indices, values = _csr_to_1x4(indptr, indices, values.reshape(-1), n, k)
+        return _core.pack_sparse_s8(n, k, indptr, indices, values.reshape(-1), self.scale, kernel)
 
     def __repr__(self) -> str:
         n, k = self._shape
-        return f"SparseWeight(shape=({n}, {k}), format={self.format!r}, sparsity={self.sparsity:.3f}, nbytes={self.nbytes})"
+        return (f"SparseWeight(shape=({n}, {k}), format={self.format!r}, dtype={self.dtype!r}, "
+                f"sparsity={self.sparsity:.3f}, nbytes={self.nbytes})")
+
+
+def _csr_to_1x4(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n: int,
+                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR (one value per nonzero) as 1 x 4 blocks along K, without a dense temporary."""
+    kblocks = -(-k // 4)
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    cols = indices.astype(np.int64)
+    keys, inverse = np.unique(rows * kblocks + cols // 4, return_inverse=True)
+    blocks = np.zeros((len(keys), 4), np.int8)
+    blocks[inverse, cols % 4] = values
+    block_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(keys // kblocks, minlength=n), out=block_ptr[1:])
+    return block_ptr, (keys % kblocks).astype(np.uint16 if kblocks <= 65536 else np.int32), blocks
 
 
 def _factor(a: Any, name: str, shape_hint: str) -> np.ndarray | Int8Weight:

@@ -9,6 +9,7 @@
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/sparse.h"
+#include "edgecompress/sparse_s8.h"
 
 namespace edgecompress {
 
@@ -103,6 +104,34 @@ std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int
 // y (m, n) = epilogue(x @ W.T) for fp32 x (row stride ldx); refuses NaN/Inf in x. Thread pool.
 GemmStatus sparse_f32(const PackedSparseF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
                       Activation act, float* y, int max_threads);
+
+// A pruned int8 weight for the sparse_s8 kernels (see sparse_s8.h): copies of the block arrays, each
+// row's sum, and the weight scales (one per row).
+struct PackedSparseS8 {
+  const SparseS8Kernel* kernel = nullptr;
+  SparseS8 w;
+  AlignedArray<int64_t> indptr;
+  AlignedArray<uint16_t> idx16;
+  AlignedArray<int32_t> idx32;
+  AlignedArray<int8_t> values;
+  AlignedArray<int32_t> rowsum;
+  AlignedArray<float> scale;
+  float scale_min = 0, scale_max = 0;
+  size_t nbytes() const {
+    return indptr.size() * 8 + idx16.size() * 2 + idx32.size() * 4 + values.size() + rowsum.size() * 4 + scale.size() * 4;
+  }
+};
+
+// indptr: n + 1 offsets; indices: uint16 (idx16) or int32 block indices k / 4; values: 4 int8 per block;
+// scale: n values, or 1 for a per-tensor scale.
+std::unique_ptr<PackedSparseS8> pack_sparse_s8(const SparseS8Kernel& kernel, int n, int k, const int64_t* indptr,
+                                               const void* indices, bool idx16, const int8_t* values,
+                                               const float* scale, int scale_len);
+
+// y (m, n) = epilogue(quant(x) @ W.T): x quantized per row (symmetric int8, as gemm_s8), exact int32
+// sums, gemm_s8's float epilogue. Refuses NaN/Inf in x. Thread pool.
+GemmStatus sparse_s8(const PackedSparseS8& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
+                     Activation act, float* y, int max_threads);
 
 // True when one of the m rows of x (k floats, row stride ldx) holds NaN or Inf: the float families
 // refuse such input like the quantizing ones (a skipped zero would hide the Inf * 0 = NaN).

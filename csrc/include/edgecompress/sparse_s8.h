@@ -1,0 +1,83 @@
+// The sparse_s8 kernel family: y = dequant(quant(x) @ W.T) (+ bias, activation) for a pruned int8
+// weight W (N, K) stored in blocks of 1 x 4 along K (four consecutive k of one row, k a multiple of
+// 4: the unit of vpdpbusd / sdot). Activations are quantized per row as in gemm_s8 (symmetric int8),
+// so the integer results equal the dense int8 product of the same weight, bit for bit.
+//
+// Weight (one block row per output row n):
+//   indptr [N + 1] (int64): the blocks of row n are indptr[n] .. indptr[n + 1] - 1;
+//   indices [nnzb] (uint16 when K / 4 <= 65536, else int32): each block's kb = k / 4;
+//   values [nnzb][4] (int8 in [-127, 127]): W[n][4 kb + i], zero past K;
+//   rowsum [N] (int32): the sum of row n's stored values (undoes the +128 shift of u8 kernels).
+//
+// Kernel contract: the exact int32 y_int[m][n] = sum over stored blocks of q[m][4 kb + i] * w[i], for
+// the rows [r0, r1) of W, with two's-complement wrap-around (callers keep |y_int| < 2^31):
+//   m <= kSparseS8SpmvRows: q rows at a + m * lda (kblocks * 4 bytes), result y[m * ldy + n];
+//   otherwise: strips of 16 rows, [a_rows / 16][kblocks][16][4] (the 4 activations of a block for
+//   16 rows of x are 64 contiguous bytes), written by the kernel's own pack_strip; result transposed
+//   y[n * ldy + m] for m < a_rows.
+// Kernels with a_unsigned read q ^ 0x80 (q + 128, the u8 operand of vpdpbusd) and subtract
+// 128 * rowsum[n] themselves; the others read q as int8.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "edgecompress/gemm_s8.h"  // Activation
+#include "edgecompress/isa.h"
+
+namespace edgecompress {
+
+constexpr int kSparseS8SpmvRows = 4;
+
+struct SparseS8 {
+  int n = 0, k = 0, kblocks = 0;
+  const int64_t* indptr = nullptr;
+  const uint16_t* idx16 = nullptr;  // exactly one of idx16 / idx32
+  const int32_t* idx32 = nullptr;
+  const int8_t* values = nullptr;
+  const int32_t* rowsum = nullptr;
+};
+
+struct SparseS8Task {
+  const SparseS8* w;
+  int r0, r1;
+  int m;               // rows of x
+  const uint8_t* a;    // quantized activations (layout above)
+  ptrdiff_t lda;       // SpMV: bytes between rows
+  int a_rows;          // SpMM: rows in the strip
+  int32_t* y;
+  ptrdiff_t ldy;
+};
+
+// The SpMM epilogue for output columns [c0, c1): y[i][c] = epilogue(yt[c * a_rows + i]) for i < m,
+// exactly gemm_s8's: float32(v) * (row_scale[i] * scale[c]) when every scale product of row i is a
+// normal float (scale_min / scale_max bound them), else in float64; then bias and activation.
+struct SparseS8Finish {
+  const int32_t* yt;
+  int a_rows, m, c0, c1;
+  const float* row_scale;
+  const float* scale;
+  float scale_min, scale_max;
+  const float* bias;
+  Activation act;
+  float* y;
+  ptrdiff_t ldy;
+};
+
+struct SparseS8Kernel {
+  const char* name;
+  Isa isa;
+  uint32_t needs;
+  bool a_unsigned;
+  void (*run)(const SparseS8Task& task);
+  void (*finish)(const SparseS8Finish& f);  // transposes and finishes an SpMM result
+  // Quantizes m rows of x (per row, symmetric int8, as gemm_s8) into the SpMM strips (a_rows =
+  // m rounded up to 16; padding rows are zero) and their scales; scratch holds kblocks * 4 bytes.
+  // Returns false if x has NaN or Inf.
+  bool (*pack_strip)(const float* x, ptrdiff_t ldx, int m, int k, uint8_t* strips, float* row_scale, uint8_t* scratch);
+};
+
+int sparse_s8_kernels(const SparseS8Kernel* const** kernels);
+const SparseS8Kernel* sparse_s8_select(Isa cap);
+
+}  // namespace edgecompress
