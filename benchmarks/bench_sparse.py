@@ -26,6 +26,7 @@ import edgecompress as ec
 from edgecompress import _core
 from edgecompress.bench import (
     FP32_PROBE,
+    TIER_PROBE,
     _aligned_bytes,
     _command_line,
     _measure,
@@ -34,20 +35,25 @@ from edgecompress.bench import (
     cpu_slug,
     write_report,
 )
-from edgecompress.reference import linear_sparse
+from edgecompress.reference import linear_int8, linear_sparse
 from edgecompress.runtime import LADDER, use_isa
 
 SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024)]
 QUICK_SHAPES = [(1, 1024, 1024), (64, 512, 512)]
 SPARSITIES = [0.5, 0.75, 0.9, 0.95]
-BLOCK = {"csr": 1, "bsr4x1": 4, "bsr8x1": 8}
+# layout label -> (format, dtype, pruning block (rows along N, columns along K))
+LAYOUTS = {"csr": ("csr", "float32", (1, 1)), "bsr4x1": ("bsr4x1", "float32", (4, 1)),
+           "bsr8x1": ("bsr8x1", "float32", (8, 1)), "int8 csr": ("csr", "int8", (1, 1)),
+           "int8 bsr1x4": ("bsr1x4", "int8", (1, 4))}
 READ = "read limit"
+INT8_DENSE = "int8 dense (ours)"
 
 
-def _pruned(rng: np.random.Generator, w: np.ndarray, sparsity: float, block: int) -> np.ndarray:
+def _pruned(rng: np.random.Generator, w: np.ndarray, sparsity: float, block: tuple[int, int]) -> np.ndarray:
     n, k = w.shape
-    keep = rng.random((-(-n // block), k)) >= sparsity
-    return (w * np.repeat(keep, block, axis=0)[:n]).astype(np.float32)
+    br, bc = block
+    keep = rng.random((-(-n // br), -(-k // bc))) >= sparsity
+    return (w * np.repeat(np.repeat(keep, br, axis=0), bc, axis=1)[:n, :k]).astype(np.float32)
 
 
 def _peers(x: np.ndarray, w: np.ndarray, threads: int) -> dict[str, Callable[[], Any]]:
@@ -76,14 +82,50 @@ def _peers(x: np.ndarray, w: np.ndarray, threads: int) -> dict[str, Callable[[],
 
 def _targets(summary: dict[tuple[Any, ...], float], top: str) -> list[str]:
     rows = []
-    for fmt, shape, goals in (("csr", (1, 4096, 4096), {0.5: 1.1, 0.75: 2.0, 0.9: 4.5}),
-                              ("bsr4x1", (128, 768, 3072), {0.75: 1.8, 0.9: 3.0})):
+    for fmt, shape, goals, peer in (("csr", (1, 4096, 4096), {0.5: 1.1, 0.75: 2.0, 0.9: 4.5}, "numpy fp32 dense"),
+                                    ("bsr4x1", (128, 768, 3072), {0.75: 1.8, 0.9: 3.0}, "numpy fp32 dense"),
+                                    ("int8 bsr1x4", (128, 768, 3072), {0.9: 3.0}, INT8_DENSE),
+                                    ("int8 bsr1x4", (1, 4096, 4096), {0.9: 4.0}, INT8_DENSE)):
         for s, need in goals.items():
-            ours, dense = summary.get((shape, s, fmt, 1, f"{fmt} {top}")), summary.get((shape, s, fmt, 1, "numpy fp32 dense"))
+            ours, dense = summary.get((shape, s, fmt, 1, f"{fmt} {top}")), summary.get((shape, s, fmt, 1, peer))
             if ours and dense:
                 r = dense / ours
-                rows.append(f"| fp32 {fmt} {shape} at {s:.0%}: >= {need}x numpy dense | {r:.2f}x | {'met' if r >= need else 'NOT met'} |")
+                rows.append(f"| {fmt} {shape} at {s:.0%}: >= {need}x {peer} | {r:.2f}x | {'met' if r >= need else 'NOT met'} |")
     return rows
+
+
+def _auto_section(emit: Callable[[str], None], shapes: list[tuple[int, ...]], sparsities: list[float], rounds: int,
+                  min_s: float) -> list[float]:
+    """format='auto' against every layout of the same weight, timed together: auto's time / the best."""
+    emit("## format='auto' against the best layout of the same weight (1 thread)\n")
+    emit("Each weight is pruned unstructured and by 4 x 1 / 1 x 4 blocks; auto chose at pack time (its own short "
+         "timing, rows = M); here every layout and auto's pick are timed again together.\n")
+    emit("| shape | dtype | pruning | sparsity | auto chose | auto ms | best layout | best ms | auto / best |")
+    emit("|---|---|---|---|---|---|---|---|---|")
+    ec.set_num_threads(1)
+    ratios = []
+    rng = np.random.default_rng(1)
+    for m, k, n in shapes:
+        w_full = rng.standard_normal((n, k)).astype(np.float32)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        for s in sparsities:
+            for dtype, prunings in (("float32", {"unstructured": (1, 1), "4x1 blocks": (4, 1)}),
+                                    ("int8", {"unstructured": (1, 1), "1x4 blocks": (1, 4)})):
+                for label, block in prunings.items():
+                    w_dense = _pruned(rng, w_full, s, block)
+                    auto = ec.SparseWeight.from_float(w_dense, format="auto", dtype=dtype, rows=m)
+                    cands = {f: ec.SparseWeight.from_float(w_dense, format=f, dtype=dtype) for f in auto.auto["seconds"]}
+                    runs = {f: (lambda c=c: ec.linear(x, c)) for f, c in cands.items()}
+                    runs["auto"] = lambda: ec.linear(x, auto)
+                    with blas_threads(1):
+                        res = _measure(runs, rounds, min_s)
+                    t_auto = res.pop("auto")
+                    best = min(res, key=res.__getitem__)
+                    ratios.append(t_auto / res[best])
+                    emit(f"| {(m, k, n)} | {dtype} | {label} | {s:.0%} | {auto.format} | {t_auto * 1e3:.3f} | {best} | "
+                         f"{res[best] * 1e3:.3f} | {t_auto / res[best]:.3f} |")
+    emit("")
+    return ratios
 
 
 def main() -> int:
@@ -103,6 +145,8 @@ def main() -> int:
     read_probe = next((q["name"] for q in reversed(_core.peak_probes()) if q["runs_here"]), None)
     fma_probe = FP32_PROBE.get(_core.arch())
     fma_peak = _core.peak_ops(fma_probe, 0.3) if fma_probe else None
+    int8_probe = TIER_PROBE.get(top)
+    int8_peak = _core.peak_ops(int8_probe, 0.3) if int8_probe else None
     if args.output is None and not args.quick:
         args.output = str(pathlib.Path(__file__).parent / "results" / f"{cpu_slug()}-sparse.md")
 
@@ -115,6 +159,8 @@ def main() -> int:
          "numpy's BLAS capped at the row's thread count (threadpoolctl)")
     if fma_peak:
         emit(f"- {fma_probe} peak (one core): {fma_peak / 1e9:.1f} GFLOPS; useful FLOPs = 2 x M x stored values")
+    if int8_peak:
+        emit(f"- {int8_probe} peak (one core): {int8_peak / 1e9:.1f} GOPS (the int8 layouts' limit)")
     emit("")
     summary: dict[tuple[Any, ...], float] = {}
     rng = np.random.default_rng(0)
@@ -123,15 +169,19 @@ def main() -> int:
         x = rng.standard_normal((m, k)).astype(np.float32)
         w8 = ec.Int8Weight.from_float(w_full)
         for s in sparsities:
-            for fmt in BLOCK:
-                w_dense = _pruned(rng, w_full, s, BLOCK[fmt])
-                w = ec.SparseWeight.from_float(w_dense, format=fmt)
-                want = linear_sparse(x[:2], w_dense)
-                tol = 1e-5 * (np.abs(x[:2]).astype(np.float64) @ np.abs(w_dense).T.astype(np.float64)) + 1e-30
+            for fmt, (layout, dtype, block) in LAYOUTS.items():
+                w_dense = _pruned(rng, w_full, s, block)
+                w = ec.SparseWeight.from_float(w_dense, format=layout, dtype=dtype)
                 for tier in tiers:
                     with use_isa(tier):
-                        if not (np.abs(ec.linear(x[:2], w) - want) <= tol).all():
-                            raise AssertionError(f"sparse {fmt} {tier} differs from the oracle at {(m, k, n)}")
+                        got = ec.linear(x[:2], w)
+                    if dtype == "int8":
+                        ok = np.array_equal(got, linear_int8(x[:2], w._dense_blocks(), w.scale))
+                    else:
+                        tol = 1e-5 * (np.abs(x[:2]).astype(np.float64) @ np.abs(w_dense).T.astype(np.float64)) + 1e-30
+                        ok = (np.abs(got - linear_sparse(x[:2], w_dense)) <= tol).all()
+                    if not ok:
+                        raise AssertionError(f"sparse {fmt} {tier} differs from the oracle at {(m, k, n)}")
                 for t in threads:
                     ec.set_num_threads(t)
                     cands: dict[str, Callable[[], Any]] = {}
@@ -142,7 +192,7 @@ def main() -> int:
                         cands[f"{fmt} {tier}"] = ours
                     wt = np.ascontiguousarray(w_dense.T)
                     cands["numpy fp32 dense"] = lambda: x @ wt
-                    cands["int8 dense (ours)"] = lambda: ec.linear(x, w8)
+                    cands[INT8_DENSE] = lambda: ec.linear(x, w8)
                     if fmt == "csr":
                         cands.update(_peers(x, w_dense, t))
                     if m <= 4 and read_probe and t == 1:
@@ -153,27 +203,35 @@ def main() -> int:
                     read_s = res.pop(READ, None)
                     emit(f"## ({m}, {k}, {n}), {fmt} at {s:.0%} (stored {w.sparsity:.1%} sparse, {w.nbytes / 2**20:.1f} MiB), "
                          f"{t} thread{'s' if t > 1 else ''}\n")
-                    emit("| implementation | ms | GFLOPS (dense-eq.) | weight GB/s | % of limit | vs numpy dense |")
-                    emit("|---|---|---|---|---|---|")
-                    dense = res["numpy fp32 dense"]
+                    emit("| implementation | ms | GFLOPS (dense-eq.) | weight GB/s | % of limit | vs numpy dense | vs our int8 dense |")
+                    emit("|---|---|---|---|---|---|---|")
+                    dense, dense8 = res["numpy fp32 dense"], res[INT8_DENSE]
                     for c, sec in sorted(res.items(), key=lambda kv: kv[1]):
                         gbs = pct = ""
                         if c.startswith(fmt):
                             gbs = f"{w.nbytes / sec / 1e9:.1f}"
                             if read_s:
                                 pct = f"{100 * read_s / sec:.0f}% of read bw"
-                            elif fma_peak:
+                            elif dtype == "int8" and int8_peak:
+                                pct = f"{100 * 2 * m * w.nnz / sec / (int8_peak * t):.0f}% of {int8_probe}"
+                            elif dtype == "float32" and fma_peak:
                                 pct = f"{100 * 2 * m * w.nnz / sec / (fma_peak * t):.0f}% of {fma_probe}"
-                        emit(f"| {c} | {sec * 1e3:.3f} | {2 * m * k * n / sec / 1e9:.1f} | {gbs} | {pct} | {dense / sec:.2f}x |")
+                        emit(f"| {c} | {sec * 1e3:.3f} | {2 * m * k * n / sec / 1e9:.1f} | {gbs} | {pct} | {dense / sec:.2f}x | "
+                             f"{dense8 / sec:.2f}x |")
                         summary[((m, k, n), s, fmt, t, c)] = sec
                     if read_s:
                         emit(f"| (limit: one read of the {w.nbytes / 2**20:.1f} MiB weight) | {read_s * 1e3:.3f} | | "
                              f"{w.nbytes / read_s / 1e9:.1f} | 100% | |")
                     emit("")
+    auto_rows = _auto_section(emit, shapes, sparsities, rounds, min_s)
     emit("## Targets (one thread, this run)\n")
     emit("| target | this run | |")
     emit("|---|---|---|")
     out.extend(_targets(summary, top))
+    worst = max(auto_rows, default=None)
+    if worst is not None:
+        emit(f"| format='auto' never > 5% slower than the best layout of its weight | worst {100 * (worst - 1):+.1f}% "
+             f"over {len(auto_rows)} weights | {'met' if worst <= 1.05 else 'NOT met'} |")
     emit("")
     write_report(out, args.output)
     return 0
