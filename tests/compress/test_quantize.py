@@ -19,6 +19,8 @@ from edgecompress.compress.quantize import (  # noqa: E402
     freeze_observers,
     prepare,
     prepare_qat,
+    quantize_with_max_drop,
+    sensitivity_report,
 )
 
 # NF4 levels as published with QLoRA (4 decimals), the table Int4Weight's "nf4" codebook holds
@@ -355,3 +357,13 @@ def test_workflow_errors(tiny):
     converted = convert(prepare(tiny)).model
     with pytest.raises(ValueError, match="cannot be converted again"):
         convert(converted)
+
+
+def test_sensitivity_and_max_drop_errors(tiny):
+    x = [torch.randn(2, 1, 8, 8)]
+    with pytest.raises(TypeError, match="eval_fn: expected a callable"):
+        sensitivity_report(tiny, None, x, eval_fn=3)
+    with pytest.raises(ValueError, match="max_drop: expected a finite number >= 0"):
+        quantize_with_max_drop(tiny, None, x, lambda m: 0.0, -1)
+    with pytest.raises(ValueError, match="fallback: expected 'auto'"):
+        quantize_with_max_drop(tiny, None, x, lambda m: 0.0, 1.0, fallback="int8")

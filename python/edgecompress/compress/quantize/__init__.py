@@ -24,17 +24,27 @@ from .ptq import (
     quantizable_layers,
 )
 from .qat import prepare_qat
+from .sensitivity import (
+    LayerSensitivity,
+    MaxDropResult,
+    SensitivityReport,
+    quantize_with_max_drop,
+    sensitivity_report,
+)
 
 __all__ = [
     "FakeQuantize",
     "GRANULARITIES",
     "GROUP_SIZES",
+    "LayerSensitivity",
+    "MaxDropResult",
     "QuantConfig",
     "QuantConv2d",
     "QuantLinear",
     "QuantSpec",
     "QuantizedLayer",
     "QuantizedModel",
+    "SensitivityReport",
     "calibrate",
     "convert",
     "fold_batchnorm",
@@ -42,4 +52,6 @@ __all__ = [
     "prepare",
     "prepare_qat",
     "quantizable_layers",
+    "quantize_with_max_drop",
+    "sensitivity_report",
 ]
