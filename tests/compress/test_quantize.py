@@ -146,6 +146,15 @@ def test_nf4_codebook_by_hand_and_against_int4weight():
         np.testing.assert_array_equal(got.to_float(), want.to_float())
 
 
+def test_kmeans_by_hand():
+    # one group, two values: -1 (x16) and 0.3 (x16); scale = max |w| = 1. Lloyd's starts at NF4: -1 sits
+    # on level 0, 0.3 is nearest level 11 (0.3379; the midpoint to 0.2461 is 0.292), which moves to 0.3.
+    row = [-1.0] * 16 + [0.3] * 16
+    q = quantize_one(linear_with([row]), QuantSpec(bits=4, granularity="group", group_size=32, codebook="kmeans"))
+    assert q.weight.codebook[0, 0] == -1.0 and q.weight.codebook[0, 11] == np.float32(0.3)
+    assert q.weight_float.tolist() == [[-1.0] * 16 + [f32(0.3)] * 16]
+
+
 def test_kmeans_fits_better_than_nf4():
     g = torch.Generator().manual_seed(4)
     w = torch.randn(8, 128, generator=g) ** 3  # heavy tails: far from NF4's normal quantiles
@@ -267,6 +276,10 @@ def test_fold_batchnorm_errors():
         fold_batchnorm(model)
     with pytest.raises(TypeError, match=r"expected \(Conv2d, BatchNorm2d\)"):
         fold_batchnorm(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm2d(2)), [("0", "1")])
+    with pytest.raises(ValueError, match=r"pairs: \('0', 'bn'\) does not name two submodules"):
+        fold_batchnorm(model, [("0", "bn")])
+    with pytest.raises(TypeError, match="pairs: expected a list of"):
+        fold_batchnorm(model, ["0", "1"])
 
 
 # --- configs -------------------------------------------------------------------------------------------

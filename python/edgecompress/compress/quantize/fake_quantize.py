@@ -253,8 +253,8 @@ class FakeQuantize(nn.Module):
     @torch.no_grad()
     def weight_codes(self, w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A weight's codes (N, Kp) as int64, K zero-padded to whole groups of ``group_size``, with
-        the scale and zero point per (N, Kp / group_size) group; what Int4Weight stores. (Int8Weight
-        takes the first K codes.)"""
+        the scale and zero point per (N, Kp / group_size) group: what Int4Weight stores (group_size 1:
+        no padding, for Int8Weight)."""
         m = w.detach().reshape(w.shape[0], -1)
         n, k = m.shape
         m = F.pad(m, (0, -k % group_size))

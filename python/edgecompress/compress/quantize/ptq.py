@@ -59,9 +59,15 @@ def fold_batchnorm(model: nn.Module, pairs: Sequence[tuple[str, str]] | None = N
                 if type(a) is nn.Conv2d and isinstance(b, nn.BatchNorm2d) and a.out_channels == b.num_features:
                     prefix = f"{parent_name}." if parent_name else ""
                     pairs.append((prefix + a_name, prefix + b_name))
+    if isinstance(pairs, str) or not all(isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(n, str) for n in p)
+                                         for p in pairs):
+        raise TypeError(f"pairs: expected a list of (conv name, bn name) pairs, got {pairs!r}")
     pairs = [tuple(p) for p in pairs]
     for conv_name, bn_name in pairs:
-        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        try:
+            conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        except AttributeError as e:
+            raise ValueError(f"pairs: {(conv_name, bn_name)} does not name two submodules of the model ({e})") from None
         if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
             raise TypeError(f"pairs: expected (Conv2d, BatchNorm2d), got ({type(conv).__name__}, {type(bn).__name__}) for {(conv_name, bn_name)}")
         if bn.running_mean is None or bn.running_var is None:
