@@ -116,9 +116,13 @@ struct PackedSparseS8 {
   AlignedArray<int8_t> values;
   AlignedArray<int32_t> rowsum;
   AlignedArray<float> scale;
+  AlignedArray<int64_t> round_ptr;  // the interleaved SpMV layout (sparse_s8.h), when the kernel wants it
+  AlignedArray<uint8_t> ridx;
+  AlignedArray<int8_t> rval;
   float scale_min = 0, scale_max = 0;
   size_t nbytes() const {
-    return indptr.size() * 8 + idx16.size() * 2 + idx32.size() * 4 + values.size() + rowsum.size() * 4 + scale.size() * 4;
+    return indptr.size() * 8 + idx16.size() * 2 + idx32.size() * 4 + values.size() + rowsum.size() * 4 + scale.size() * 4 +
+           round_ptr.size() * 8 + ridx.size() + rval.size();
   }
 };
 

@@ -16,7 +16,15 @@
 //   16 rows of x are 64 contiguous bytes), written by the kernel's own pack_strip; result transposed
 //   y[n * ldy + m] for m < a_rows.
 // Kernels with a_unsigned read q ^ 0x80 (q + 128, the u8 operand of vpdpbusd) and subtract
-// 128 * rowsum[n] themselves; the others read q as int8.
+// 128 * rowsum[n] themselves; the others read q as int8. SpMV rows of q are padded with zeros to a
+// multiple of kSparseS8Slice bytes.
+//
+// Kernels with `interleaved` also get, for SpMV, the same blocks in a second layout that needs no
+// gather: rows in groups of 16 (one per vector lane) and K in slices of 32 blocks (128 activations,
+// two registers). For group g and slice s, rounds round_ptr[g * slices + s] .. [.. + 1] - 1 each hold
+// one block per lane: ridx[16 r + l] its block index inside the slice (0..31), rval[64 r + 4 l ..]
+// its 4 weights; a lane whose row has no more blocks there gets zero weights. One permute then
+// fetches the 16 lanes' activations from the two registers of the slice.
 #pragma once
 
 #include <cstddef>
@@ -28,6 +36,7 @@
 namespace edgecompress {
 
 constexpr int kSparseS8SpmvRows = 4;
+constexpr int kSparseS8Slice = 128;  // activations per slice of the interleaved layout
 
 struct SparseS8 {
   int n = 0, k = 0, kblocks = 0;
@@ -36,6 +45,11 @@ struct SparseS8 {
   const int32_t* idx32 = nullptr;
   const int8_t* values = nullptr;
   const int32_t* rowsum = nullptr;
+  // the interleaved SpMV layout (null unless the kernel asks for it)
+  int groups = 0, slices = 0;
+  const int64_t* round_ptr = nullptr;  // groups * slices + 1
+  const uint8_t* ridx = nullptr;       // rounds * 16
+  const int8_t* rval = nullptr;        // rounds * 64
 };
 
 struct SparseS8Task {
@@ -69,6 +83,7 @@ struct SparseS8Kernel {
   Isa isa;
   uint32_t needs;
   bool a_unsigned;
+  bool interleaved;  // wants the interleaved SpMV layout (and row ranges in multiples of 16)
   void (*run)(const SparseS8Task& task);
   void (*finish)(const SparseS8Finish& f);  // transposes and finishes an SpMM result
   // Quantizes m rows of x (per row, symmetric int8, as gemm_s8) into the SpMM strips (a_rows =
