@@ -262,3 +262,15 @@ def test_int8_auto(rng, rows):
     assert w.auto["seconds"][w.format] == min(w.auto["seconds"].values())
     x = rng.standard_normal((rows, 256)).astype(np.float32)
     _check_int8(ec.linear(x, w), x, w)
+
+
+@pytest.mark.parametrize("m", [1, 2, 9])
+def test_int8_block_order_inside_a_row_is_free(tier, rng, m):
+    # The canonical arrays may list a row's blocks in any order (the interleaved GEMV layout
+    # re-buckets them): a shuffled copy gives the same bits.
+    w = ec.SparseWeight.from_float(_pruned_k(rng, 37, 700, 0.8, 4), format="bsr1x4", dtype="int8")
+    order = np.concatenate([rng.permutation(np.arange(a, b)) for a, b in zip(w.indptr[:-1], w.indptr[1:])])
+    shuffled = ec.SparseWeight(w.indptr, w.indices[order], w.values[order], w.shape, "bsr1x4", w.scale)
+    x = rng.standard_normal((m, 700)).astype(np.float32)
+    np.testing.assert_array_equal(ec.linear(x, shuffled), ec.linear(x, w))
+    _check_int8(ec.linear(x, shuffled), x, w)
