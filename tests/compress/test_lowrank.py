@@ -82,6 +82,27 @@ def test_activation_aware_has_lower_error_on_calibration_data(torch_single_threa
     assert out_error < 1.01 * torch.linalg.norm(x @ (reference[0].weight - aware_u @ aware_v).detach().t())
 
 
+def test_factors_are_balanced_so_they_train_well(trained_cnn, digits):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from edgecompress.compress import digits as d
+    from edgecompress.compress.distill import distill
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 48, generator=gen) * 30  # a large Gram matrix: whitened singular values are large
+    u, v = svd_factors(torch.randn(32, 48, generator=gen), 8, gram=x.t() @ x)
+    torch.testing.assert_close(u.norm(dim=0), v.norm(dim=1))
+    # unbalanced whitened factors (|u| ~ 400, |v| ~ 0.004) dropped this model to 94.7% under distillation
+    teacher = copy.deepcopy(trained_cnn)
+    before = d.accuracy(teacher, digits.x_test, digits.y_test)  # 99.33
+    factorize(trained_cnn, digits.x_test[:1], layers=["fc1"], param_ratio=0.25, activation_aware=True,
+              data=digits.x_train[:512])
+    loader = DataLoader(TensorDataset(digits.x_train, digits.y_train), batch_size=64, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    distill(trained_cnn, teacher, loader, epochs=3, progress=False)
+    assert d.accuracy(trained_cnn, digits.x_test, digits.y_test) >= before - 1.0  # measured: 99.11
+
+
 def test_budget_search_spends_parameters_where_the_loss_needs_them(torch_single_thread):
     gen = torch.Generator().manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 128, bias=False), nn.Linear(128, 128, bias=False))

@@ -16,6 +16,8 @@ two products would then cost at least as much as one.
 Activation-aware (SVD-LLM style): with the Gram matrix G = XᵀX of the layer's calibration inputs and
 its Cholesky factor L (G = L·Lᵀ), the SVD is of W·L and v = V_rᵀ·L⁻¹. This minimizes ‖(W - u·v)·Xᵀ‖,
 the error on the outputs, instead of ‖W - u·v‖.
+
+Each rank-one term σᵢ·uᵢ·vᵢᵀ is split evenly (‖uᵢ‖ = ‖vᵢ‖) so the two layers train well afterwards.
 """
 
 from __future__ import annotations
@@ -61,10 +63,13 @@ def _decompose(weight: torch.Tensor, gram: torch.Tensor | None):
 
 
 def _truncate(u, s, vh, chol, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    v = vh[:rank]
+    u, v = u[:, :rank] * s[:rank], vh[:rank]
     if chol is not None:
         v = torch.linalg.solve_triangular(chol, v, upper=False, left=False)
-    return (u[:, :rank] * s[:rank]).to(dtype), v.to(dtype)
+    # balance each rank-one term between u and v (same product): whitened factors otherwise differ in
+    # scale by orders of magnitude, and a fine-tuning optimizer's steps would wreck the small one
+    scale = (v.norm(dim=1) / u.norm(dim=0).clamp_min(1e-30)).sqrt().clamp_min(1e-30)
+    return (u * scale).to(dtype), (v / scale[:, None]).to(dtype)
 
 
 def choose_rank(singular_values: torch.Tensor, shape: tuple[int, int], *, rank: int | None = None,
