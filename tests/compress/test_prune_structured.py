@@ -217,6 +217,23 @@ def test_transformer_heads_keep_q_k_v_and_out_consistent(torch_single_thread):
     assert model.fc1.out_features == model.fc2.in_features == 64
 
 
+def test_resizing_and_pooling_keep_the_channels(torch_single_thread):
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+            self.up = nn.Upsample(scale_factor=2)
+
+        def forward(self, x):
+            y = F.interpolate(F.max_pool2d(self.a(x), 2), scale_factor=2.0)
+            return self.b(self.up(F.silu(y))).amax(dim=(2, 3))
+
+    model, x = _randomize(Decoder()), torch.randn(2, 3, 4, 4)
+    assert _roles(_group(DependencyGraph(model, x), "a")) == {("a", "out", 0, 1), ("b", "in", 0, 1)}
+    _check_pruned_equals_masked(model, x)
+    assert model.b.in_channels == 4
+
+
 def test_unknown_operations_and_outputs_pin_their_channels():
     class Odd(nn.Module):
         def __init__(self):

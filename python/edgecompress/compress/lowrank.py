@@ -197,53 +197,60 @@ def _grams(model: nn.Module, layers: list[_Layer], data: Any) -> None:
             raise ValueError(f"data: layer {layer.name!r} saw no input during the calibration pass")
 
 
-def _budget_ranks(model: nn.Module, layers: list[_Layer], spectra: dict, budget: float, data: Any,
-                  loss_fn: Callable | None, multiple: int, margin: float) -> dict[str, int | None]:
-    """Greedy allocation: start every layer at the smallest rank, then repeatedly raise the rank (or go
-    dense) where the calibration loss drops most per added parameter, while the total stays in budget."""
-    options: dict[str, list[int | None]] = {}
-    losses: dict[tuple[str, int | None], float] = {}
-    for layer in layers:
-        n, k = layer.shape
-        ranks = [r for r in range(multiple, min(n, k) + 1, multiple) if worth_factorizing(r, (n, k), margin)]
-        options[layer.name] = ranks + [None]
-        original = layer.module.weight.detach().clone()
+def _layer_losses(model: nn.Module, layer: _Layer, spectrum: tuple, data: Any, loss_fn: Callable | None,
+                  multiple: int, margin: float) -> dict[int | None, float]:
+    """Calibration loss with only ``layer`` factorized, for each rank below break-even (None: dense),
+    in increasing cost."""
+    n, k = layer.shape
+    ranks = [r for r in range(multiple, min(n, k) + 1, multiple) if worth_factorizing(r, (n, k), margin)]
+    losses: dict[int | None, float] = {}
+    original = layer.module.weight.detach().clone()
+    try:
         for r in ranks:
-            u, v = _truncate(*spectra[layer.name], r, original.dtype)
+            u, v = _truncate(*spectrum, r, original.dtype)
             with torch.no_grad():
                 layer.module.weight.copy_(_weight_from_matrix(layer.module, u @ v, layer.conv))
-            losses[layer.name, r] = mean_loss(model, data, loss_fn)
+            losses[r] = mean_loss(model, data, loss_fn)
+    finally:
         with torch.no_grad():
             layer.module.weight.copy_(original)
-        losses[layer.name, None] = mean_loss(model, data, loss_fn)
+    losses[None] = mean_loss(model, data, loss_fn)
+    return losses
+
+
+def _budget_ranks(model: nn.Module, layers: list[_Layer], spectra: dict, budget: float, data: Any,
+                  loss_fn: Callable | None, multiple: int, margin: float) -> dict[str, int | None]:
+    """Greedy allocation: start every layer at its smallest rank, then repeatedly raise the rank (or go
+    dense) where the calibration loss drops most per added parameter, while the total stays in budget."""
+    with eval_mode(model):
+        table = {layer.name: _layer_losses(model, layer, spectra[layer.name], data, loss_fn, multiple, margin)
+                 for layer in layers}
+    options = {name: list(losses) for name, losses in table.items()}
 
     def cost(layer: _Layer, r: int | None) -> int:
         n, k = layer.shape
         return n * k if r is None else r * (n + k)
 
     choice = {layer.name: 0 for layer in layers}
-    target = budget * sum(cost(layer, None) for layer in layers)
+    dense = sum(cost(layer, None) for layer in layers)
     spent = sum(cost(layer, options[layer.name][0]) for layer in layers)
-    if spent > target:
-        raise ValueError(f"budget: even the smallest ranks need {spent / (target / budget):.3f} of the parameters, "
+    if spent > budget * dense:
+        raise ValueError(f"budget: even the smallest ranks need {spent / dense:.3f} of the parameters, "
                          f"more than the budget {budget:g}")
     while True:
-        best, best_gain = None, 0.0
+        best, best_gain, best_extra = None, 0.0, 0
         for layer in layers:
             opts, i = options[layer.name], choice[layer.name]
             if i + 1 == len(opts):
                 continue
-            now, nxt = opts[i], opts[i + 1]
-            extra = cost(layer, nxt) - cost(layer, now)
-            gain = (losses[layer.name, now] - losses[layer.name, nxt]) / extra
-            if spent + extra <= target and gain > best_gain:
-                best, best_gain = layer, gain
+            extra = cost(layer, opts[i + 1]) - cost(layer, opts[i])
+            gain = (table[layer.name][opts[i]] - table[layer.name][opts[i + 1]]) / extra
+            if spent + extra <= budget * dense and gain > best_gain:
+                best, best_gain, best_extra = layer, gain, extra
         if best is None:
-            break
-        i = choice[best.name]
-        spent += cost(best, options[best.name][i + 1]) - cost(best, options[best.name][i])
-        choice[best.name] = i + 1
-    return {layer.name: options[layer.name][choice[layer.name]] for layer in layers}
+            return {layer.name: options[layer.name][choice[layer.name]] for layer in layers}
+        choice[best.name] += 1
+        spent += best_extra
 
 
 def factorize(model: nn.Module, example_inputs: Any, *, layers: list[str] | None = None, rank: int | None = None,

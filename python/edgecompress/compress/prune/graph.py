@@ -43,7 +43,7 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample)
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
                         nn.Hardsigmoid, nn.ELU, nn.Mish, nn.Softplus, nn.Identity,
                         nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
@@ -56,7 +56,7 @@ _BINARY_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv,
 _BINARY_METHODS = {"add", "sub", "mul", "div"}
 _POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
                    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-                   F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d}
+                   F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
 
@@ -322,6 +322,8 @@ class DependencyGraph:
         layout = self._layouts.get(x) if isinstance(x, fx.Node) else None
         in_shape = self._shape(x)
         nd_out = len(self._shape(node))
+        if in_shape is None:  # no tensor as first argument: nothing this graph can follow
+            return self._opaque(node, f"{name!r} is called without a tensor first argument")
         if name in self.attention or isinstance(m, (nn.Linear, *_CONV, *_BATCHNORM, nn.LayerNorm)):
             if name in self._calls:  # a module called again reads and writes the same channels
                 first_in, first_out = self._calls[name]

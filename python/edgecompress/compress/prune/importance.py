@@ -118,9 +118,10 @@ def _gradient_scores(model: nn.Module, gates: _Gates, data: Any, loss_fn: Callab
     sums = {k: torch.zeros_like(gates.values[k]) for k in keys}
     n = 0
     for x, y in labelled_batches(data):
-        grads = torch.autograd.grad(loss_fn(model(x), y), [gates.values[k] for k in keys])
+        grads = torch.autograd.grad(loss_fn(model(x), y), [gates.values[k] for k in keys], allow_unused=True)
         for k, d in zip(keys, grads):
-            sums[k] += d.abs() if kind == "taylor" else d.pow(2)
+            if d is not None:  # None: no consumer of this group ran on this batch
+                sums[k] += d.abs() if kind == "taylor" else d.pow(2)
         n += 1
     if n == 0:
         raise ValueError("data: expected at least one batch, got none")
