@@ -426,7 +426,6 @@ def test_half_the_filters_then_distillation_recovers(trained_cnn, digits):
     teacher = copy.deepcopy(trained_cnn)
     before = d.accuracy(teacher, digits.x_test, digits.y_test)  # 99.33
     report = prune_filters(trained_cnn, digits.x_test[:1], 0.5)
-    print(report)
     assert (trained_cnn.conv1.out_channels, trained_cnn.conv2.out_channels) == (16, 32)
     assert report.macs_ratio <= 0.55  # measured: 0.279
     pruned = d.accuracy(trained_cnn, digits.x_test, digits.y_test)  # measured: 90.6

@@ -250,7 +250,7 @@ def test_half_unstructured_then_fine_tune_loses_at_most_one_point(trained_mlp, d
 
     before = d.accuracy(trained_mlp, digits.x_test, digits.y_test)  # 97.55
     report = prune_weights(trained_mlp, digits.x_test[:1], 0.5)
-    after = _fine_tune(trained_mlp, digits, epochs=3)  # measured: 97.33
+    after = _fine_tune(trained_mlp, digits, epochs=3)  # measured: 95.77 after pruning, 97.10 after
     assert after >= before - 1.0, (before, after)
     for layer in (trained_mlp.fc1, trained_mlp.fc2, trained_mlp.fc3):
         assert float((layer.weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
@@ -262,7 +262,7 @@ def test_two_four_then_fine_tune_loses_at_most_one_and_a_half_points(trained_mlp
 
     before = d.accuracy(trained_mlp, digits.x_test, digits.y_test)  # 97.55
     prune_weights(trained_mlp, digits.x_test[:1], pattern="2:4")
-    after = _fine_tune(trained_mlp, digits, epochs=5)  # measured: 97.33
+    after = _fine_tune(trained_mlp, digits, epochs=5)  # measured: 93.10 after pruning, 97.33 after
     assert after >= before - 1.5, (before, after)
     for layer in (trained_mlp.fc1, trained_mlp.fc2, trained_mlp.fc3):
         groups = (layer.weight != 0).reshape(layer.out_features, -1, 4).sum(dim=-1)
