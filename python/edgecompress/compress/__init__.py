@@ -11,3 +11,4 @@ of :mod:`edgecompress.weights`; running them fast inside torch is :mod:`edgecomp
 - :mod:`.lowrank`: truncated SVD of Linear and Conv2d layers (plain or activation-aware).
 - :mod:`.distill`: Hinton and feature losses, and a ``distill`` loop.
 - :mod:`.digits`: scikit-learn's bundled digits and two small models, for examples and tests.
+"""
