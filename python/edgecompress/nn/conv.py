@@ -170,7 +170,7 @@ class _CompressedConv2d(CompressedModule):
         for i, weight in enumerate(self.weights):
             ops.linear(cols[i], weight, None if bias is None else bias[i * n_g:(i + 1) * n_g], out=out[i])
         y = torch.from_numpy(out).permute(1, 0, 3, 2)  # (B, g, n_g, L)
-        return y.reshape(b, g * n_g, ho, wo)
+        return y.reshape(b, g * n_g, ho, wo).contiguous()
 
 
 class Int8Conv2d(_CompressedConv2d):
