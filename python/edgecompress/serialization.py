@@ -174,16 +174,16 @@ def _read_checked(f: Any, manifest: dict[str, Any],
         try:
             target = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"module {name!r}: saved as a {cls.__name__}, but the model has no module there") from None
+            raise ValueError(f"module {name!r}: saved as {cls.__name__}, but the model has no module there") from None
         if isinstance(target, cls):
             expected = target.config()
         elif isinstance(target, cls.FLOAT_CLASS) and name:
             expected = cls.float_config(target)
         else:
-            what = f"a {cls.__name__} (the root module is not swapped)" if not name else (
-                f"a {cls.__name__} or the {cls.FLOAT_CLASS.__name__} it replaces")
-            raise ValueError(f"module {name!r}: saved as a {cls.__name__}; expected the model to have {what} "
-                             f"there, got a {type(target).__name__}")
+            what = f"{cls.__name__} (the root module is not swapped)" if not name else (
+                f"{cls.__name__} or the {cls.FLOAT_CLASS.__name__} it replaces")
+            raise ValueError(f"module {name!r}: saved as {cls.__name__}; expected the model to have {what} "
+                             f"there, got {type(target).__name__}")
         own = {k[len(_prefix(name)):]: f.get_tensor(k) for k in keys if k.startswith(_prefix(name))}
         own[_EXTRA] = extra
         try:

@@ -125,7 +125,7 @@ class CompressedModule(nn.Module):
         super().__init__()
         for w in weights:
             if not isinstance(w, self.WEIGHT_CLASS):
-                raise TypeError(f"weight: expected an {self.WEIGHT_CLASS.__name__}, got {type(w).__name__}")
+                raise TypeError(f"weight: expected {self.WEIGHT_CLASS.__name__}, got {type(w).__name__}")
         self.weights: tuple[Weight, ...] = tuple(weights)
         self.register_buffer("bias", bias_tensor(bias, sum(w.shape[0] for w in self.weights)))
 
@@ -235,12 +235,12 @@ class CompressedModule(nn.Module):
     def _check_extra(cls, extra: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(config, weight metadata) of an extra state, after checking what it claims."""
         if not isinstance(extra, dict):
-            raise ValueError(f"expected the extra state of a {cls.__name__} (a dict), got {type(extra).__name__}")
+            raise ValueError(f"expected {cls.__name__} extra state (a dict), got {type(extra).__name__}")
         if extra.get("module") != cls.__name__:
-            raise ValueError(f"expected the state of a {cls.__name__}, got one of {extra.get('module')!r}")
+            raise ValueError(f"expected {cls.__name__} state, got state of {extra.get('module')!r}")
         version = extra.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"expected a {cls.__name__} state version (an int >= 1), got {version!r}")
+            raise ValueError(f"expected a state version (an int >= 1), got {version!r}")
         if version > cls.VERSION:
             raise ValueError(f"{cls.__name__} state version {version} is newer than this edgecompress "
                              f"reads (<= {cls.VERSION}); upgrade edgecompress")
