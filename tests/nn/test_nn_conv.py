@@ -104,3 +104,12 @@ def test_construct_from_canonical_weights(rng):
     with torch.no_grad():
         want = F.conv2d(x, torch.from_numpy(w.to_float()).reshape(4, 2, 3, 3), torch.ones(4), padding=1)
         torch.testing.assert_close(m(x), want, rtol=0, atol=2e-2 * float(want.abs().max()))
+
+
+def test_empty_batches_and_channels_last_inputs():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    m = enn.LowRankConv2d.from_float(conv, energy=1.0)
+    assert m(torch.zeros(0, 4, 5, 5)).shape == (0, 6, 5, 5)
+    x = torch.randn(2, 4, 5, 5).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), conv(x), rtol=1e-5, atol=1e-5)

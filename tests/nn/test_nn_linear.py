@@ -130,3 +130,8 @@ def test_repr_shows_format_bits_sparsity_and_bytes():
     assert "format='int4'" in r and "bits=4" in r and "group_size=64" in r and "sparsity=0.000" in r
     m = enn.LowRankLinear.from_float(lin, rank=16, dtype="int8")
     assert "rank=16" in repr(m) and "bits=8" in repr(m) and f"nbytes={m.nbytes}" in repr(m)
+
+
+def test_empty_batches():
+    m = enn.SparseLinear.from_float(prune_(torch.nn.Linear(8, 3)))
+    assert m(torch.zeros(0, 8)).shape == (0, 3) and m(torch.zeros(2, 0, 8)).shape == (2, 0, 3)
