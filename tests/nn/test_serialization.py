@@ -249,3 +249,15 @@ def test_load_refuses_a_model_of_another_architecture(saved, tmp_path):
     bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.update({"norm.weight": torch.zeros(5)}))
     with pytest.raises(ValueError, match=r"'norm.weight' has shape \(5,\) in the file, \(54,\) in the model"):
         ec.load(bad, _fresh())
+
+
+def test_a_compressed_root_module_round_trips_in_place(tmp_path):
+    m = enn.Int4Linear.from_float(torch.nn.Linear(40, 6), codebook="nf4")
+    ec.save(m, tmp_path / "m.safetensors")
+    fresh = enn.Int4Linear.from_float(torch.nn.Linear(40, 6))
+    assert ec.load(tmp_path / "m.safetensors", fresh) is fresh
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), m(x))
+    with pytest.raises(ValueError, match=r"'': saved as Int4Linear; .*Int4Linear \(the root module is not swapped\)"):
+        ec.load(tmp_path / "m.safetensors", torch.nn.Linear(40, 6))
