@@ -25,3 +25,12 @@ __all__ = [
     "set_num_threads",
     "use_isa",
 ]
+
+
+def __getattr__(name: str):
+    # save / load need torch and safetensors: imported on first use, so `import edgecompress` stays light.
+    if name in ("save", "load"):
+        from . import serialization
+
+        return getattr(serialization, name)
+    raise AttributeError(f"module 'edgecompress' has no attribute {name!r}")

@@ -1,0 +1,260 @@
+"""What every edgecompress.nn module shares: input checks, the inference-only guard, state_dict.
+
+Why state_dict is not torch's default: a module's arrays depend on the variant of its weight (an
+Int4Weight may carry zero points or a codebook, a SparseWeight stores as many values as pruning
+left, a LowRankWeight's factors are float32 or int8), so loading by fixed parameter names and shapes
+cannot restore them. A module writes each canonical array as a tensor under ``weight.<array>``
+(``weight.<group>.<array>`` for a grouped convolution), the bias under ``bias`` and a JSON-able
+description under ``_extra_state`` (``get_extra_state``: module type, state version, configuration,
+each weight's metadata). ``_load_from_state_dict`` rebuilds the weights from all of that together,
+so a freshly constructed module of the same type loads any variant of its format. The canonical
+arrays are read-only; state_dict() hands out copies so that editing a state dict cannot change a
+weight behind its packed form.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+
+Weight = Any  # one of the canonical weight classes of edgecompress.weights
+_EXTRA = "_extra_state"
+
+
+def check_input(x: Any, name: str = "input") -> torch.Tensor:
+    """x as a float32 CPU tensor, or TypeError / ValueError saying what is wrong with it."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor (edgecompress.nn runs CPU kernels), got device {x.device}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {x.layout}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name}: expected a float32 tensor, got {x.dtype}")
+    return x
+
+
+def as_numpy(x: torch.Tensor) -> np.ndarray:
+    """The tensor's memory as a numpy array: zero-copy when x is contiguous."""
+    return x.detach().contiguous().numpy()
+
+
+class _InferenceOnly(torch.autograd.Function):
+    """Runs a kernel on an input that requires grad; a backward pass through it raises."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return run(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        raise RuntimeError("edgecompress.nn modules are inference-only: they have no backward pass "
+                           "(train the float model, then compress it)")
+
+
+def inference_only(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """run(x); when autograd tracks x, the result is tracked too and a backward pass raises RuntimeError."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _InferenceOnly.apply(x, run)
+    return run(x)
+
+
+def bias_tensor(bias: Any, n: int) -> torch.Tensor | None:
+    """A float32 CPU copy of ``bias`` (a tensor, a numpy array or None) of shape (n,)."""
+    if bias is None:
+        return None
+    if isinstance(bias, torch.Tensor):
+        t = bias.detach()
+    elif isinstance(bias, np.ndarray):
+        t = torch.from_numpy(np.array(bias))  # a writeable copy: from_numpy refuses read-only memory
+    else:
+        raise TypeError(f"bias: expected a torch.Tensor, a numpy array or None, got {type(bias).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"bias: expected a float tensor, got {t.dtype}")
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"bias: expected shape ({n},), got {tuple(t.shape)}")
+    return t.to("cpu", torch.float32, copy=True).contiguous()
+
+
+def weight_prefix(index: int, count: int) -> str:
+    """Where a module's weight number ``index`` of ``count`` keeps its arrays in a state dict."""
+    return "weight." if count == 1 else f"weight.{index}."
+
+
+def storage_bits(w: Weight) -> int | str:
+    """Bits per stored weight value (LowRankWeight with one factor of each: "8/32")."""
+    if isinstance(w, Int4Weight):
+        return 4
+    if isinstance(w, LowRankWeight):
+        return {"float32": 32, "int8": 8}.get(w.dtype, "8/32")
+    if isinstance(w, SparseWeight):
+        return 8 if w.dtype == "int8" else 32
+    return 8
+
+
+def describe(w: Weight) -> str:
+    """The format's own options, for repr."""
+    if isinstance(w, Int8Weight):
+        return f"granularity={w.granularity!r}"
+    if isinstance(w, Int4Weight):
+        kind = "codebook" if w.codebook is not None else ("symmetric" if w.symmetric else "asymmetric")
+        return f"group_size={w.group_size}, {kind}, compute={w.compute!r}"
+    if isinstance(w, SparseWeight):
+        return f"layout={w.format!r}, dtype={w.dtype!r}"
+    return f"rank={w.rank}, dtype={w.dtype!r}"
+
+
+class CompressedModule(nn.Module):
+    """Base of the edgecompress.nn modules: canonical weights, a float32 bias buffer, state_dict.
+
+    Subclasses set ``WEIGHT_CLASS`` (the weight format), ``FLOAT_CLASS`` (the torch module they
+    replace) and ``CONFIG_KEYS``, and define ``config()``, ``float_config(module)`` and ``_build``.
+    """
+
+    WEIGHT_CLASS: type = object
+    FLOAT_CLASS: type = nn.Module
+    CONFIG_KEYS: tuple[str, ...] = ()
+    VERSION = 1  # of the module's state (its extra state and key layout)
+
+    def __init__(self, weights: Sequence[Weight], bias: Any) -> None:
+        super().__init__()
+        for w in weights:
+            if not isinstance(w, self.WEIGHT_CLASS):
+                raise TypeError(f"weight: expected {self.WEIGHT_CLASS.__name__}, got {type(w).__name__}")
+        self.weights: tuple[Weight, ...] = tuple(weights)
+        self.register_buffer("bias", bias_tensor(bias, sum(w.shape[0] for w in self.weights)))
+
+    # --- what subclasses define ---------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The torch-level configuration (JSON-able: lists, not tuples) a float module must share."""
+        raise NotImplementedError
+
+    @classmethod
+    def float_config(cls, module: nn.Module) -> dict[str, Any]:
+        """config() of the compressed module that would replace the float ``module``."""
+        raise NotImplementedError
+
+    @classmethod
+    def _build(cls, weights: list[Weight], bias: np.ndarray | None, config: dict[str, Any]) -> CompressedModule:
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------------
+
+    def _bias_numpy(self) -> np.ndarray | None:
+        return None if self.bias is None else self.bias.numpy()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the canonical weight arrays (what a file holds, without the bias)."""
+        return sum(w.nbytes for w in self.weights)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the weight's values that are not stored (0 for the dense formats)."""
+        stored = sum(w.shape[0] * w.shape[1] * (1 - getattr(w, "sparsity", 0.0)) for w in self.weights)
+        return 1.0 - stored / sum(w.shape[0] * w.shape[1] for w in self.weights)
+
+    def extra_repr(self) -> str:
+        config = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in self.config().items())
+        float_nbytes = 4 * sum(w.shape[0] * w.shape[1] for w in self.weights)
+        return (f"{config}, format={self.WEIGHT_CLASS.FORMAT!r}, {describe(self.weights[0])}, "
+                f"bits={storage_bits(self.weights[0])}, sparsity={self.sparsity:.3f}, "
+                f"nbytes={self.nbytes} (float32: {float_nbytes})")
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"module": type(self).__name__, "version": self.VERSION, "config": self.config(),
+                "weights": [w.state_dict()["metadata"] for w in self.weights]}
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        for i, w in enumerate(self.weights):
+            pre = prefix + weight_prefix(i, len(self.weights))
+            for key, a in w.state_dict().items():
+                if key != "metadata":
+                    destination[pre + key] = torch.from_numpy(np.array(a))
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # bias, then the extra state
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        if prefix + _EXTRA not in state_dict:
+            if strict:
+                missing_keys.append(prefix + _EXTRA)
+            return
+        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        where = f"{type(self).__name__} at {prefix[:-1]!r}" if prefix else type(self).__name__
+        try:
+            new, used = type(self).from_state(own)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"state_dict for {where}: {e}") from e
+        if new.config() != self.config():
+            raise ValueError(f"state_dict for {where}: it holds {new.config()}, this module is {self.config()}")
+        unexpected_keys.extend(prefix + k for k in own if k not in used)
+        self.assign(new)
+
+    def assign(self, other: CompressedModule) -> None:
+        """Take the weights and bias of ``other`` (same type and config()) in place."""
+        self.weights = other.weights
+        self.bias = other.bias
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        """A module of this class from its own state dict entries (keys without the module's
+        prefix; tensors or numpy arrays, and the extra state); also returns the keys it used."""
+        config, metas = cls._check_extra(state.get(_EXTRA))
+        used = {_EXTRA}
+        arrays = {}
+        for k, v in state.items():
+            if k != _EXTRA:
+                arrays[k] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        weights = []
+        for i, meta in enumerate(metas):
+            pre = weight_prefix(i, len(metas))
+            d: dict[str, Any] = {k[len(pre):]: a for k, a in arrays.items() if k.startswith(pre)}
+            d["metadata"] = meta
+            w = cls.WEIGHT_CLASS.from_state_dict(d)
+            used |= {pre + k for k in w.state_dict() if k != "metadata"}
+            weights.append(w)
+        bias = None
+        if config["bias"]:
+            if "bias" not in arrays:
+                raise ValueError("missing tensor 'bias'")
+            bias = arrays["bias"]
+            used.add("bias")
+        module = cls._build(weights, bias, config)
+        if module.config() != config:
+            raise ValueError(f"the weights make {module.config()}, the saved configuration says {config}")
+        return module, used
+
+    @classmethod
+    def _check_extra(cls, extra: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(config, weight metadata) of an extra state, after checking what it claims."""
+        if not isinstance(extra, dict):
+            raise ValueError(f"expected {cls.__name__} extra state (a dict), got {type(extra).__name__}")
+        if extra.get("module") != cls.__name__:
+            raise ValueError(f"expected {cls.__name__} state, got state of {extra.get('module')!r}")
+        version = extra.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"expected a state version (an int >= 1), got {version!r}")
+        if version > cls.VERSION:
+            raise ValueError(f"{cls.__name__} state version {version} is newer than this edgecompress "
+                             f"reads (<= {cls.VERSION}); upgrade edgecompress")
+        config = extra.get("config")
+        if not isinstance(config, dict) or set(config) != set(cls.CONFIG_KEYS):
+            raise ValueError(f"expected a config with keys {sorted(cls.CONFIG_KEYS)}, got {config!r}")
+        metas = extra.get("weights")
+        if not isinstance(metas, list) or not metas or not all(isinstance(m, dict) for m in metas):
+            raise ValueError(f"expected a non-empty list of weight metadata, got {metas!r}")
+        for meta in metas:
+            fmt, v = meta.get("format"), meta.get("version")
+            if fmt != cls.WEIGHT_CLASS.FORMAT:
+                raise ValueError(f"expected weights of format {cls.WEIGHT_CLASS.FORMAT!r}, got {fmt!r}")
+            if isinstance(v, int) and v > cls.WEIGHT_CLASS.VERSION:
+                raise ValueError(f"weight format {fmt!r} version {v} is newer than this edgecompress reads "
+                                 f"(<= {cls.WEIGHT_CLASS.VERSION}); upgrade edgecompress")
+        return config, metas

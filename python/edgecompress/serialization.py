@@ -1,0 +1,209 @@
+"""Save and load models that hold edgecompress.nn modules: one safetensors file, never pickle.
+
+File layout: a single ``.safetensors`` file. Its tensors are the model's ``state_dict()`` tensors
+under their usual keys: the float parameters and buffers, and for each compressed module its
+canonical arrays (``<module>.weight.<array>``, ``<module>.weight.<group>.<array>`` for grouped
+convolutions) and ``<module>.bias``. Its metadata header holds one entry, ``"edgecompress"``: a
+JSON manifest
+
+    {"format": "edgecompress", "version": 1, "edgecompress_version": "0.1.0",
+     "modules": {"<module path>": {"module": "Int8Linear", "version": 1, "config": {...},
+                                   "weights": [<weight metadata: format, version, ...>]}},
+     "recipe": <whatever JSON-able value was passed to save, or null>}
+
+``load`` checks the whole file against the model before it changes anything, then swaps each float
+module at a saved path (torch.nn.Linear / Conv2d) for its compressed module and loads the float rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import __version__
+from .nn import MODULE_CLASSES, CompressedModule
+
+__all__ = ["load", "read_manifest", "save"]
+
+FILE_VERSION = 1
+_KEY = "edgecompress"
+_EXTRA = "_extra_state"
+
+
+def _check_path(path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+
+
+def _prefix(name: str) -> str:
+    return f"{name}." if name else ""
+
+
+def _under(key: str, names: Any) -> bool:
+    """Whether state-dict ``key`` belongs to one of the modules ``names``."""
+    return any(key.startswith(_prefix(n)) for n in names)
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None) -> None:
+    """Write ``model`` (compressed modules and float rest) to one safetensors file at ``path``.
+
+    ``recipe``: optional JSON-able description of how the model was compressed, kept in the
+    manifest (see ``read_manifest``). The file is written next to ``path`` and then renamed over it.
+    """
+    _check_model(model)
+    path = _check_path(path)
+    try:
+        json.dumps(recipe, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"recipe: expected a JSON-able value, got {type(recipe).__name__} ({e})") from e
+    compressed = [name for name, m in model.named_modules() if isinstance(m, CompressedModule)]
+    modules: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, value in model.state_dict().items():
+        name = key[: -len(_EXTRA)].rstrip(".")
+        if key.endswith(_EXTRA) and name in compressed:
+            modules[name] = value
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"model: state_dict entry {key!r} is a {type(value).__name__}, not a tensor; "
+                             "only tensors and edgecompress.nn modules can be saved (no pickle)")
+        t = value.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in storages:  # tied weights: safetensors refuses shared memory
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[key] = t
+    manifest = {"format": _KEY, "version": FILE_VERSION, "edgecompress_version": __version__,
+                "modules": modules, "recipe": recipe}
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        save_file(tensors, tmp, metadata={_KEY: json.dumps(manifest)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _open(path: str) -> Any:
+    """The safetensors handle of ``path`` (a context manager), or a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no file at {path!r}")
+    try:
+        return safe_open(path, framework="pt")
+    except SafetensorError as e:
+        raise ValueError(f"path: {path!r} is not a complete safetensors file (truncated or corrupt?): {e}") from e
+
+
+def _manifest(f: Any, path: str) -> dict[str, Any]:
+    """The manifest of an open file written by ``save``, after checking it."""
+    text = (f.metadata() or {}).get(_KEY)
+    if text is None:
+        raise ValueError(f"path: {path!r} has no edgecompress manifest (it was not written by edgecompress.save)")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"path: the manifest of {path!r} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != _KEY:
+        raise ValueError(f"path: the manifest of {path!r} is not an edgecompress manifest")
+    version = manifest.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"path: the manifest of {path!r} has no valid file version, got {version!r}")
+    if version > FILE_VERSION:
+        raise ValueError(f"path: {path!r} has file version {version}, newer than this edgecompress reads "
+                         f"(<= {FILE_VERSION}); upgrade edgecompress")
+    modules = manifest.get("modules")
+    if not isinstance(modules, dict) or not all(isinstance(v, dict) for v in modules.values()):
+        raise ValueError(f"path: the manifest of {path!r} has no valid 'modules' table")
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON manifest of a file written by ``save`` (modules, formats, versions, recipe)."""
+    path = _check_path(path)
+    with _open(path) as f:
+        return _manifest(f, path)
+
+
+def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Restore a file written by ``save`` into ``model`` (a fresh model of the saved architecture)
+    in place, and return it.
+
+    Each saved compressed module replaces the torch.nn.Linear / Conv2d (or the compressed module of
+    the same type) at its path, which must have the same configuration (features, channels, kernel,
+    stride, padding, dilation, groups, bias). The float parameters and buffers must match the file's
+    keys and shapes exactly. Any mismatch, a truncated file or a version newer than this edgecompress
+    raises ValueError before the model is changed.
+    """
+    _check_model(model)
+    path = _check_path(path)
+    with _open(path) as f:
+        manifest = _manifest(f, path)
+        replacements, rest = _read_checked(f, manifest, model)
+    for name, new in replacements.items():
+        target = model.get_submodule(name)
+        if isinstance(target, type(new)):
+            target.assign(new)
+        else:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, new)
+    model.load_state_dict(rest, strict=False)
+    return model
+
+
+def _read_checked(f: Any, manifest: dict[str, Any],
+                  model: nn.Module) -> tuple[dict[str, CompressedModule], dict[str, torch.Tensor]]:
+    """The compressed modules (by path) and the float tensors of an open file, checked against ``model``."""
+    keys = set(f.keys())
+    replacements: dict[str, CompressedModule] = {}
+    for name, extra in manifest["modules"].items():
+        cls = MODULE_CLASSES.get(extra.get("module"))
+        if cls is None:
+            raise ValueError(f"module {name!r}: unknown module type {extra.get('module')!r} in the manifest")
+        try:
+            target = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"module {name!r}: saved as {cls.__name__}, but the model has no module there") from None
+        if isinstance(target, cls):
+            expected = target.config()
+        elif isinstance(target, cls.FLOAT_CLASS) and name:
+            expected = cls.float_config(target)
+        else:
+            what = f"{cls.__name__} (the root module is not swapped)" if not name else (
+                f"{cls.__name__} or the {cls.FLOAT_CLASS.__name__} it replaces")
+            raise ValueError(f"module {name!r}: saved as {cls.__name__}; expected the model to have {what} "
+                             f"there, got {type(target).__name__}")
+        own = {k[len(_prefix(name)):]: f.get_tensor(k) for k in keys if k.startswith(_prefix(name))}
+        own[_EXTRA] = extra
+        try:
+            new, used = cls.from_state(own)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"module {name!r}: {e}") from e
+        if set(own) - used:
+            raise ValueError(f"module {name!r}: unexpected tensors {sorted(set(own) - used)[:5]} in the file")
+        if new.config() != expected:
+            raise ValueError(f"module {name!r}: saved {cls.__name__} {new.config()} does not match the model's "
+                             f"{type(target).__name__} {expected}")
+        replacements[name] = new
+    expected_rest = {k: v for k, v in model.state_dict().items() if not _under(k, replacements)}
+    rest = {k: f.get_tensor(k) for k in keys if not _under(k, replacements)}
+    missing, unexpected = sorted(set(expected_rest) - set(rest)), sorted(set(rest) - set(expected_rest))
+    if missing or unexpected:
+        raise ValueError(f"path: the file does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for k, t in rest.items():
+        if tuple(t.shape) != tuple(expected_rest[k].shape):
+            raise ValueError(f"path: {k!r} has shape {tuple(t.shape)} in the file, "
+                             f"{tuple(expected_rest[k].shape)} in the model")
+    return replacements, rest

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+import edgecompress as ec  # noqa: E402
+from edgecompress import nn as enn  # noqa: E402
+from edgecompress import serialization  # noqa: E402
+from nn_oracle import prune_  # noqa: E402
+
+
+class Net(torch.nn.Module):
+    """Every module type at some depth, between float layers with parameters and buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.convs = torch.nn.ModuleList([
+            torch.nn.Conv2d(8, 8, 3, padding=1, groups=2),
+            torch.nn.Conv2d(8, 8, 1),
+            torch.nn.Conv2d(8, 6, 3, stride=2, padding="valid", bias=False),
+        ])
+        self.norm = torch.nn.LayerNorm(6 * 3 * 3)
+        self.head = torch.nn.Sequential(torch.nn.Linear(6 * 3 * 3, 40), torch.nn.ReLU(), torch.nn.Linear(40, 33),
+                                        torch.nn.Linear(33, 20), torch.nn.Linear(20, 10, bias=False))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for c in self.convs:
+            x = torch.relu(c(x))
+        return self.head(self.norm(x.flatten(1)))
+
+
+def _fresh(seed=1):
+    torch.manual_seed(seed)
+    return Net().eval()
+
+
+def _compressed(seed=0):
+    net = _fresh(seed)
+    with torch.no_grad():  # non-default float state, so loading it is visible
+        net.stem[1].running_mean.uniform_(-1, 1)
+        net.stem[1].running_var.uniform_(0.5, 2)
+        net.norm.weight.uniform_(0.5, 2)
+    net.stem[0] = enn.Int8Conv2d.from_float(net.stem[0])
+    net.convs[0] = enn.Int4Conv2d.from_float(net.convs[0], codebook="nf4")
+    net.convs[1] = enn.SparseConv2d.from_float(prune_(net.convs[1]), dtype="int8")
+    net.convs[2] = enn.LowRankConv2d.from_float(net.convs[2], rank=4)
+    net.head[0] = enn.Int8Linear.from_float(net.head[0], granularity="tensor")
+    net.head[2] = enn.Int4Linear.from_float(net.head[2], group_size=64, symmetric=False)
+    net.head[3] = enn.SparseLinear.from_float(prune_(net.head[3]), format="bsr4x1")
+    net.head[4] = enn.LowRankLinear.from_float(net.head[4], energy=0.9, dtype="int8")
+    return net
+
+
+COMPRESSED_PATHS = ["stem.0", "convs.0", "convs.1", "convs.2", "head.0", "head.2", "head.3", "head.4"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    net = _compressed()
+    path = tmp_path_factory.mktemp("ser") / "net.safetensors"
+    ec.save(net, path, recipe={"quantize": {"stem.0": "int8"}, "note": "test"})
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = net(x)
+    return path, x, y
+
+
+def _rewrite(src, dst, change_manifest=None, change_tensors=None):
+    """Copy a saved file with its manifest and/or tensors changed."""
+    tensors = load_file(str(src))
+    with open(src, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    manifest = json.loads(header["__metadata__"]["edgecompress"])
+    if change_manifest:
+        change_manifest(manifest)
+    if change_tensors:
+        change_tensors(tensors)
+    save_file(tensors, str(dst), metadata={"edgecompress": json.dumps(manifest)})
+    return dst
+
+
+def test_save_then_load_into_a_fresh_model_gives_identical_outputs(saved):
+    path, x, y = saved
+    model = _fresh()
+    assert ec.load(path, model) is model
+    with torch.no_grad():
+        assert torch.equal(model(x), y)
+    for p in COMPRESSED_PATHS:
+        assert isinstance(model.get_submodule(p), enn.CompressedModule)
+    assert type(model.head[1]) is torch.nn.ReLU and type(model.norm) is torch.nn.LayerNorm
+
+
+def test_loading_into_an_already_compressed_model_replaces_its_weights(saved):
+    path, x, y = saved
+    model = _compressed(seed=5)
+    ec.load(path, model)
+    with torch.no_grad():
+        assert torch.equal(model(x), y)
+
+
+def test_the_manifest_records_modules_formats_versions_and_recipe(saved):
+    path, _, _ = saved
+    manifest = serialization.read_manifest(path)
+    assert manifest["format"] == "edgecompress" and manifest["version"] == serialization.FILE_VERSION
+    assert manifest["edgecompress_version"] == ec.__version__
+    assert list(manifest["modules"]) == COMPRESSED_PATHS
+    head4 = manifest["modules"]["head.4"]
+    assert head4["module"] == "LowRankLinear" and head4["weights"][0]["format"] == "lowrank"
+    assert head4["weights"][0]["version"] == ec.LowRankWeight.VERSION
+    assert [m["format"] for m in manifest["modules"]["convs.0"]["weights"]] == ["int4", "int4"]  # 2 groups
+    assert manifest["recipe"] == {"quantize": {"stem.0": "int8"}, "note": "test"}
+
+
+def test_the_file_is_safetensors_not_pickle(saved):
+    path, _, _ = saved
+    data = path.read_bytes()
+    header = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])
+    assert set(header["__metadata__"]) == {"edgecompress"}
+    assert header["head.0.weight.qweight"]["dtype"] == "I8" and header["stem.1.running_var"]["dtype"] == "F32"
+    assert "convs.1.weight.indices" in header and header["convs.1.weight.indices"]["dtype"] == "U16"
+
+
+def test_a_model_without_compressed_modules_and_tied_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[1].weight = model[0].weight  # tied: safetensors would refuse shared memory without a copy
+    ec.save(model, tmp_path / "m.safetensors")
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    ec.load(tmp_path / "m.safetensors", fresh)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    assert serialization.read_manifest(tmp_path / "m.safetensors")["modules"] == {}
+
+
+def test_import_edgecompress_does_not_import_torch():
+    code = "import sys, edgecompress; assert 'torch' not in sys.modules; edgecompress.save; assert 'torch' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert ec.save is serialization.save and ec.load is serialization.load
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        ec.nothing  # noqa: B018
+
+
+def test_save_refuses_bad_arguments(tmp_path):
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module, got dict"):
+        ec.save({}, tmp_path / "m.safetensors")
+    with pytest.raises(TypeError, match="path: expected a str or os.PathLike, got int"):
+        ec.save(torch.nn.Linear(2, 2), 3)
+    with pytest.raises(ValueError, match="recipe: expected a JSON-able value, got set"):
+        ec.save(torch.nn.Linear(2, 2), tmp_path / "m.safetensors", recipe={1, 2})
+
+    class WithExtraState(torch.nn.Module):
+        def get_extra_state(self):
+            return {"anything": object()}
+
+        def set_extra_state(self, state):
+            pass
+
+    with pytest.raises(ValueError, match=r"'_extra_state' is a dict, not a tensor; .* \(no pickle\)"):
+        ec.save(WithExtraState(), tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_load_refuses_missing_truncated_and_foreign_files(saved, tmp_path):
+    path, _, _ = saved
+    with pytest.raises(FileNotFoundError, match="path: no file at"):
+        ec.load(tmp_path / "absent.safetensors", _fresh())
+    with pytest.raises(FileNotFoundError, match="path: no file at"):
+        ec.load(tmp_path, _fresh())  # a directory
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+        ec.load(path, None)
+    data = path.read_bytes()
+    for n in (len(data) - 1, len(data) // 2, 7):
+        (tmp_path / "cut.safetensors").write_bytes(data[:n])
+        with pytest.raises(ValueError, match="not a complete safetensors file"):
+            ec.load(tmp_path / "cut.safetensors", _fresh())
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="has no edgecompress manifest"):
+        ec.load(tmp_path / "plain.safetensors", _fresh())
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "bad.safetensors"), metadata={"edgecompress": "{"})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ec.load(tmp_path / "bad.safetensors", _fresh())
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.update(version=2), "file version 2, newer than this edgecompress reads"),
+    (lambda m: m["modules"]["head.0"].update(version=9), "'head.0': Int8Linear state version 9 is newer"),
+    (lambda m: m["modules"]["convs.0"]["weights"][1].update(version=3),
+     "'convs.0': weight format 'int4' version 3 is newer"),
+    (lambda m: m["modules"]["convs.1"]["weights"][0].update(version=2),
+     "'convs.1': weight format 'sparse' version 2 is newer"),
+    (lambda m: m["modules"]["head.2"].update(module="Int9Linear"), "'head.2': unknown module type 'Int9Linear'"),
+    (lambda m: m["modules"]["head.2"]["config"].update(out_features=34),
+     "'head.2': the weights make .* the saved configuration says"),
+    (lambda m: m["modules"].update({"head.9": m["modules"]["head.0"]}),
+     "'head.9': saved as Int8Linear, but the model has no module there"),
+    (lambda m: m["modules"].update({"norm": m["modules"]["head.0"]}),
+     "'norm': saved as Int8Linear; expected the model to have Int8Linear or the Linear it replaces there, got LayerNorm"),
+    (lambda m: m.update(modules=[]), "no valid 'modules' table"),
+])
+def test_load_refuses_newer_versions_and_manifests_that_do_not_match(saved, tmp_path, change, match):
+    path, _, _ = saved
+    bad = _rewrite(path, tmp_path / "bad.safetensors", change_manifest=change)
+    model = _fresh()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        ec.load(bad, model)
+    # nothing changed: the model is checked against the whole file first
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert type(model.head[0]) is torch.nn.Linear
+
+
+def test_load_refuses_a_model_of_another_architecture(saved, tmp_path):
+    path, _, _ = saved
+    model = _fresh()
+    model.head[0] = torch.nn.Linear(6 * 3 * 3, 41)
+    with pytest.raises(ValueError, match="'head.0': saved Int8Linear .*'out_features': 40.* does not match .*'out_features': 41"):
+        ec.load(path, model)
+    model = _fresh()
+    model.norm = torch.nn.LayerNorm(6 * 3 * 3, elementwise_affine=False)
+    with pytest.raises(ValueError, match=r"does not match the model: missing \[\], unexpected \['norm.bias', 'norm.weight'\]"):
+        ec.load(path, model)
+    model = _fresh()
+    model.stem[1] = torch.nn.BatchNorm2d(9)
+    model.stem[0] = torch.nn.Conv2d(3, 9, 3, padding=1)
+    with pytest.raises(ValueError, match="'stem.0': saved Int8Conv2d"):
+        ec.load(path, model)
+    model = _fresh()
+    model.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"missing \['extra.bias', 'extra.weight'\]"):
+        ec.load(path, model)
+    bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.update({"head.0.weight.other": torch.zeros(1)}))
+    with pytest.raises(ValueError, match=r"'head.0': unexpected tensors \['weight.other'\]"):
+        ec.load(bad, _fresh())
+    bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.pop("head.3.weight.values"))
+    with pytest.raises(ValueError, match="'head.3': d: missing array 'values'"):
+        ec.load(bad, _fresh())
+    bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.update({"norm.weight": torch.zeros(5)}))
+    with pytest.raises(ValueError, match=r"'norm.weight' has shape \(5,\) in the file, \(54,\) in the model"):
+        ec.load(bad, _fresh())
+
+
+def test_a_compressed_root_module_round_trips_in_place(tmp_path):
+    m = enn.Int4Linear.from_float(torch.nn.Linear(40, 6), codebook="nf4")
+    ec.save(m, tmp_path / "m.safetensors")
+    fresh = enn.Int4Linear.from_float(torch.nn.Linear(40, 6))
+    assert ec.load(tmp_path / "m.safetensors", fresh) is fresh
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), m(x))
+    with pytest.raises(ValueError, match=r"'': saved as Int4Linear; .*Int4Linear \(the root module is not swapped\)"):
+        ec.load(tmp_path / "m.safetensors", torch.nn.Linear(40, 6))
