@@ -2,6 +2,7 @@
 
 Public API of the native core: ``Int8Weight``, ``Int4Weight``, ``SparseWeight``, ``LowRankWeight``, ``linear``, the raw kernels in ``edgecompress.ops``,
 and the runtime controls ``cpu_info``, ``use_isa``, ``set_num_threads`` and ``get_num_threads``.
+With torch: ``compress(model, recipe, ...)``, ``save`` and ``load`` (imported on first use).
 """
 
 from . import ops, reference
@@ -28,9 +29,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # save / load need torch and safetensors: imported on first use, so `import edgecompress` stays light.
+    # save / load / compress need torch (and safetensors): imported on first use, so `import
+    # edgecompress` stays light. `compress` is the edgecompress.compress package, which is callable
+    # (see its docstring): edgecompress.compress(model, recipe, ...).
     if name in ("save", "load"):
         from . import serialization
 
         return getattr(serialization, name)
+    if name == "compress":
+        import importlib
+
+        return importlib.import_module(".compress", __name__)
     raise AttributeError(f"module 'edgecompress' has no attribute {name!r}")

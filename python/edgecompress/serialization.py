@@ -9,7 +9,8 @@ JSON manifest
     {"format": "edgecompress", "version": 1, "edgecompress_version": "0.1.0",
      "modules": {"<module path>": {"module": "Int8Linear", "version": 1, "config": {...},
                                    "weights": [<weight metadata: format, version, ...>]}},
-     "recipe": <whatever JSON-able value was passed to save, or null>}
+     "recipe": <whatever JSON-able value was passed to save, or null>,
+     "report": <the report of edgecompress.compress passed to save (its to_dict()), or null>}
 
 ``load`` checks the whole file against the model before it changes anything, then swaps each float
 module at a saved path (torch.nn.Linear / Conv2d) for its compressed module and loads the float rest.
@@ -56,18 +57,24 @@ def _under(key: str, names: Any) -> bool:
     return any(key.startswith(_prefix(n)) for n in names)
 
 
-def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None) -> None:
+def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None, report: Any = None) -> None:
     """Write ``model`` (compressed modules and float rest) to one safetensors file at ``path``.
 
-    ``recipe``: optional JSON-able description of how the model was compressed, kept in the
-    manifest (see ``read_manifest``). The file is written next to ``path`` and then renamed over it.
+    ``recipe``: optional JSON-able description of how the model was compressed; ``report``: the
+    report ``edgecompress.compress`` returned (or its ``to_dict()``). Both are kept in the manifest
+    (see ``read_manifest``). The file is written next to ``path`` and then renamed over it.
     """
     _check_model(model)
     path = _check_path(path)
-    try:
-        json.dumps(recipe, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"recipe: expected a JSON-able value, got {type(recipe).__name__} ({e})") from e
+    if hasattr(report, "to_dict"):
+        report = report.to_dict()
+    if report is not None and not isinstance(report, dict):
+        raise TypeError(f"report: expected the report of edgecompress.compress, a dict or None, got {type(report).__name__}")
+    for name, value in (("recipe", recipe), ("report", report)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: expected a JSON-able value, got {type(value).__name__} ({e})") from e
     compressed = [name for name, m in model.named_modules() if isinstance(m, CompressedModule)]
     modules: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
@@ -86,7 +93,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None) -> No
         storages.add(t.untyped_storage().data_ptr())
         tensors[key] = t
     manifest = {"format": _KEY, "version": FILE_VERSION, "edgecompress_version": __version__,
-                "modules": modules, "recipe": recipe}
+                "modules": modules, "recipe": recipe, "report": report}
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         save_file(tensors, tmp, metadata={_KEY: json.dumps(manifest)})

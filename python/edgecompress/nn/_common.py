@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import ops
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 
 Weight = Any  # one of the canonical weight classes of edgecompress.weights
@@ -149,6 +150,10 @@ class CompressedModule(nn.Module):
     def _bias_numpy(self) -> np.ndarray | None:
         return None if self.bias is None else self.bias.numpy()
 
+    def _act_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``ops.linear`` for the activations (none for most formats)."""
+        return {}
+
     @property
     def nbytes(self) -> int:
         """Bytes of the canonical weight arrays (what a file holds, without the bias)."""
@@ -258,3 +263,67 @@ class CompressedModule(nn.Module):
                 raise ValueError(f"weight format {fmt!r} version {v} is newer than this edgecompress reads "
                                  f"(<= {cls.WEIGHT_CLASS.VERSION}); upgrade edgecompress")
         return config, metas
+
+
+def static_input(act_scale: Any, act_zero_point: Any) -> dict[str, Any] | None:
+    """Checked static input quantization, as ``ops.linear`` takes it: {"scale", "zero_point"} (zero
+    point None: symmetric int8; an int in [0, 255]: asymmetric uint8), or None (dynamic, per row)."""
+    if act_scale is None:
+        if act_zero_point is not None:
+            raise ValueError("act_zero_point: only meaningful with act_scale (static quantization)")
+        return None
+    scheme = ops._SCHEMES["symmetric" if act_zero_point is None else "asymmetric"]
+    scale, zero_point = ops._static_quant(act_scale, act_zero_point, scheme)
+    return {"scale": scale, "zero_point": None if act_zero_point is None else zero_point}
+
+
+class StaticInput:
+    """Mixin of the int8 modules: optional static quantization of the input (``act_scale`` and, for
+    asymmetric uint8, ``act_zero_point``), e.g. from calibration; without it each call quantizes
+    its input per row. Kept in the extra state under ``"input_quant"`` (absent when dynamic)."""
+
+    def __init__(self, *args: Any, act_scale: float | None = None, act_zero_point: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_quant = static_input(act_scale, act_zero_point)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, *, act_scale: float | None = None, act_zero_point: int | None = None,
+                   **options: Any) -> CompressedModule:
+        """As the base ``from_float``, plus the static input quantization (see the class)."""
+        m = super().from_float(module, **options)
+        m.input_quant = static_input(act_scale, act_zero_point)
+        return m
+
+    def _act_args(self) -> dict[str, Any]:
+        q = self.input_quant
+        if q is None:
+            return {}
+        return {"act_scheme": "symmetric" if q["zero_point"] is None else "asymmetric",
+                "act_scale": q["scale"], "act_zero_point": q["zero_point"]}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        extra = super().get_extra_state()
+        if self.input_quant is not None:
+            extra["input_quant"] = dict(self.input_quant)
+        return extra
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        module, used = super().from_state(state)
+        q = state[_EXTRA].get("input_quant")
+        if q is not None and (not isinstance(q, dict) or set(q) != {"scale", "zero_point"}):
+            raise ValueError(f"expected input_quant {{'scale', 'zero_point'}} in the extra state, got {q!r}")
+        module.input_quant = None if q is None else static_input(q["scale"], q["zero_point"])
+        return module, used
+
+    def assign(self, other: CompressedModule) -> None:
+        super().assign(other)
+        self.input_quant = other.input_quant
+
+    def extra_repr(self) -> str:
+        q = self.input_quant
+        if q is None:
+            return super().extra_repr()
+        zp = "" if q["zero_point"] is None else f", act_zero_point={q['zero_point']}"
+        return f"{super().extra_repr()}, act_scale={q['scale']:.6g}{zp}"

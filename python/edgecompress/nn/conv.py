@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import ops
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
-from ._common import CompressedModule, Weight, as_numpy, check_input, inference_only
+from ._common import CompressedModule, StaticInput, Weight, as_numpy, check_input, inference_only
 
 __all__ = ["Int4Conv2d", "Int8Conv2d", "LowRankConv2d", "SparseConv2d"]
 
@@ -166,16 +166,17 @@ class _CompressedConv2d(CompressedModule):
         cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=unfold_padding, stride=(sh, sw))  # (B, C*kh*kw, L)
         cols = as_numpy(cols.view(b, g, k_g, ho * wo).permute(1, 0, 3, 2))  # (g, B, L, k_g), one copy
         out = np.empty((g, b, ho * wo, n_g), np.float32)
-        bias = self._bias_numpy()
+        bias, act = self._bias_numpy(), self._act_args()
         for i, weight in enumerate(self.weights):
-            ops.linear(cols[i], weight, None if bias is None else bias[i * n_g:(i + 1) * n_g], out=out[i])
+            ops.linear(cols[i], weight, None if bias is None else bias[i * n_g:(i + 1) * n_g], out=out[i], **act)
         y = torch.from_numpy(out).permute(1, 0, 3, 2)  # (B, g, n_g, L)
         return y.reshape(b, g * n_g, ho, wo).contiguous()
 
 
-class Int8Conv2d(_CompressedConv2d):
-    """nn.Conv2d with Int8Weight(s): ``Int8Conv2d.from_float(conv, granularity="channel" | "tensor")``
-    ("tensor": one scale per group)."""
+class Int8Conv2d(StaticInput, _CompressedConv2d):
+    """nn.Conv2d with Int8Weight(s): ``Int8Conv2d.from_float(conv, granularity="channel" | "tensor",
+    act_scale=None, act_zero_point=None)`` ("tensor": one scale per group; act_*: static input
+    quantization, as Int8Linear)."""
 
     WEIGHT_CLASS = Int8Weight
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import ops
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
-from ._common import CompressedModule, Weight, as_numpy, check_input, inference_only
+from ._common import CompressedModule, StaticInput, Weight, as_numpy, check_input, inference_only
 
 __all__ = ["Int4Linear", "Int8Linear", "LowRankLinear", "SparseLinear"]
 
@@ -70,13 +70,15 @@ class _CompressedLinear(CompressedModule):
         return inference_only(x, self._run)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(ops.linear(as_numpy(x), self.weight, self._bias_numpy()))
+        return torch.from_numpy(ops.linear(as_numpy(x), self.weight, self._bias_numpy(), **self._act_args()))
 
 
-class Int8Linear(_CompressedLinear):
-    """nn.Linear with an Int8Weight: W8A8, activations quantized per row inside each call.
+class Int8Linear(StaticInput, _CompressedLinear):
+    """nn.Linear with an Int8Weight: W8A8, activations quantized per row inside each call, or with
+    one static scale (``act_scale``, and ``act_zero_point`` for asymmetric uint8) from calibration.
 
-    ``Int8Linear.from_float(linear, granularity="channel" | "tensor")``.
+    ``Int8Linear.from_float(linear, granularity="channel" | "tensor", act_scale=None, act_zero_point=None)``;
+    ``Int8Linear(weight, bias, act_scale=..., act_zero_point=...)``.
     """
 
     WEIGHT_CLASS = Int8Weight

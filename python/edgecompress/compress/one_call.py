@@ -1,0 +1,369 @@
+"""``edgecompress.compress(model, recipe, ...)``: swap a model's layers for compressed modules in one call.
+
+How it works, and why:
+
+1. Plan: every nn.Linear and nn.Conv2d (exact types) gets the default recipe, an override (exact
+   name first, then the first matching fnmatch pattern), or none (``exclude``). A pattern that
+   matches no layer is an error: it is almost always a typo.
+2. Inputs: one forward pass of the float model on ``example_inputs`` (else the first calibration
+   batch) with forward pre-hooks records each layer's input. Every measurement below is made on
+   these real inputs, so the speed guard times each layer at the shapes the model gives it.
+3. Calibration (only for static input quantization: "int8-static" or a QuantConfig with an
+   activation spec): the algorithms' own prepare / calibrate / convert on a copy of the model.
+4. Build: each layer's compressed module; pruning recipes prune the layer's weight by magnitude
+   (compress.prune's masks) without touching the float model until the swap.
+5. Measure and guard: the relative output error and the median latency of the compressed layer
+   against the float layer on the captured input (interleaved, warm calls; a few ms per layer).
+   With ``guard=True`` a slower compressed layer falls back to its recipe's ``fallback`` (pruning ->
+   int8) when that is faster, else stays dense; the report says which and why.
+6. Swap in place, and return a CompressReport.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import statistics
+import sys
+import time
+from dataclasses import replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..nn import (CompressedModule, Int4Conv2d, Int4Linear, Int8Conv2d, Int8Linear, LowRankConv2d, LowRankLinear,
+                  SparseConv2d, SparseLinear)
+from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from .lowrank import choose_rank, svd_factors, worth_factorizing
+from .prune._common import as_input_tuple, calibration_batches, check_module, eval_mode, set_submodule
+from .prune.magnitude import compute_masks, weight_scores
+from .prune.masks import parse_pattern
+from .quantize.ptq import calibrate, convert, fold_batchnorm, prepare
+from .recipes import Recipe, parse_recipe
+from .summary import CompressReport, LayerReport
+
+__all__ = ["compress"]
+
+LAYER_TYPES = (nn.Linear, nn.Conv2d)
+MODULES = {  # (family, float type) -> compressed module type
+    ("int8", nn.Linear): Int8Linear, ("int8", nn.Conv2d): Int8Conv2d,
+    ("int4", nn.Linear): Int4Linear, ("int4", nn.Conv2d): Int4Conv2d,
+    ("sparse", nn.Linear): SparseLinear, ("sparse", nn.Conv2d): SparseConv2d,
+    ("lowrank", nn.Linear): LowRankLinear, ("lowrank", nn.Conv2d): LowRankConv2d,
+}
+TIME_BUDGET_S = 0.005  # per layer and side, after at least MIN_REPEATS calls
+MIN_REPEATS, MAX_REPEATS = 5, 51
+
+
+class NotApplicable(Exception):
+    """A recipe cannot compress this layer (the message says why); the layer stays dense."""
+
+
+def compress(model: nn.Module, recipe: Any, calibration_data: Any = None, example_inputs: Any = None, *,
+             overrides: Mapping[str, Any] | None = None, exclude: Sequence[str] = (), guard: bool = True,
+             progress: bool = True) -> CompressReport:
+    """Swap ``model``'s nn.Linear and nn.Conv2d layers for edgecompress.nn modules in place.
+
+    recipe: a name ("int8", "int8-static", "int4-g32", "nf4", "sparse-50", "sparse-75+int8", "2:4",
+    "lowrank-0.5", ...; see ``edgecompress.compress.recipes``) or a QuantConfig. overrides: {layer
+    name or fnmatch pattern: recipe, or None to keep the layer}; exclude: patterns of layers kept
+    as they are (these win). calibration_data: a Tensor or an iterable of batches (tensors or (x, y)
+    tuples); needed by static input quantization. example_inputs: a Tensor or a tuple of Tensors
+    for ``model(*example_inputs)``; default: the first calibration batch. guard: time each layer
+    against the float one on its real input and keep the faster (needs inputs). progress: a
+    progress bar on stderr (tqdm when installed). A QuantConfig with ``fold_batchnorm=True`` folds
+    the BatchNorms into the convolutions before them, in place, first.
+
+    Returns a CompressReport (per layer: format, bytes, error, latencies, notes).
+    """
+    check_module(model)
+    default = parse_recipe(recipe)
+    overrides = _check_overrides(overrides)
+    exclude = _check_patterns(exclude, "exclude")
+    for name, value in (("guard", guard), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    layers = [name for name, m in model.named_modules() if type(m) in LAYER_TYPES]
+    if "" in layers:
+        raise ValueError(f"model: is itself a {type(model).__name__}; compress swaps submodules in place, "
+                         "so wrap it (e.g. in nn.Sequential)")
+    if not layers:
+        raise ValueError("model: has no nn.Linear or nn.Conv2d layer to compress")
+    for where, patterns in (("overrides", list(overrides)), ("exclude", exclude)):
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(n, p) for n in layers):
+                raise ValueError(f"{where}: pattern {p!r} matches no Linear or Conv2d layer "
+                                 f"(layers: {', '.join(layers)})")
+    plan = {name: _lookup(name, default, overrides, exclude) for name in layers}
+
+    batches = None if calibration_data is None else list(calibration_batches(calibration_data, "calibration_data"))
+    if batches is not None and not batches:
+        raise ValueError("calibration_data: expected at least one batch, got none")
+    static = [n for n, r in plan.items() if r is not None and r.config is not None
+              and (r.config.lookup(n) or (None, None))[1] is not None]
+    if static and batches is None:
+        raise ValueError(f"calibration_data: recipe {plan[static[0]].name!r} quantizes inputs statically "
+                         "and needs calibration batches, got None")
+    if example_inputs is not None:
+        example_inputs = as_input_tuple(example_inputs)
+    elif batches is not None:
+        example_inputs = (batches[0],)
+    elif guard:
+        raise ValueError("example_inputs: the speed guard times each layer on its real input; pass "
+                         "example_inputs or calibration_data (or guard=False)")
+
+    for r in {id(r.config): r for r in plan.values() if r is not None and r.config is not None}.values():
+        if r.config.fold_batchnorm:
+            fold_batchnorm(model)
+    inputs = _capture(model, layers, example_inputs) if example_inputs is not None else {}
+    quantized = _quantize(model, plan, batches, progress)
+
+    report = CompressReport(default.name, guard)
+    for name in _progress(layers, "compress: layers", progress):
+        module = model.get_submodule(name)
+        row, new = _compress_layer(name, module, plan[name], inputs.get(name), quantized, guard)
+        report.layers.append(row)
+        if new is not None:
+            set_submodule(model, name, new)
+    return report
+
+
+def _check_patterns(patterns: Any, where: str) -> list[str]:
+    if isinstance(patterns, str) or not isinstance(patterns, Iterable):
+        raise TypeError(f"{where}: expected a list of layer names or fnmatch patterns, got {patterns!r}")
+    patterns = list(patterns)
+    for p in patterns:
+        if not isinstance(p, str) or not p:
+            raise TypeError(f"{where}: expected non-empty str patterns, got {p!r}")
+    return patterns
+
+
+def _check_overrides(overrides: Any) -> dict[str, Recipe | None]:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides: expected a dict {{layer pattern: recipe or None}}, got {type(overrides).__name__}")
+    _check_patterns(list(overrides), "overrides")
+    return {p: None if r is None else parse_recipe(r, f"overrides[{p!r}]") for p, r in overrides.items()}
+
+
+def _lookup(name: str, default: Recipe, overrides: dict[str, Recipe | None], exclude: list[str]) -> Recipe | None:
+    if any(fnmatch.fnmatchcase(name, p) for p in exclude):
+        return None
+    if name in overrides:
+        return overrides[name]
+    return next((r for p, r in overrides.items() if fnmatch.fnmatchcase(name, p)), default)
+
+
+def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Iterable[Any]:
+    """``items`` with a progress bar on stderr: tqdm when installed, else one rewritten line."""
+    if not enabled:
+        yield from items
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(items, desc=desc, file=sys.stderr, leave=False)
+        return
+    for i, item in enumerate(items):
+        print(f"\r{desc}: {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
+        yield item
+    print(file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, names: list[str], example_inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Each layer's input in one forward pass (the first call's, for a layer called more than once)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple) -> None:
+            if name not in seen and args and isinstance(args[0], torch.Tensor):
+                seen[name] = args[0].detach().clone()
+        return record
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with eval_mode(model):
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _quantize(model: nn.Module, plan: dict[str, Recipe | None], batches: list[torch.Tensor] | None,
+              progress: bool) -> dict[str, Any]:
+    """The QuantizedLayer of each layer whose recipe is a QuantConfig: prepare / calibrate / convert
+    on a copy of the model, once per config."""
+    out: dict[str, Any] = {}
+    configs = {id(r.config): r.config for r in plan.values() if r is not None and r.config is not None}
+    for key, config in configs.items():
+        mine = [n for n, r in plan.items() if r is not None and id(r.config) == key]
+        others = [n for n in plan if n not in mine]  # quantized by another recipe, or excluded
+        prepared = prepare(model, replace(config, exclude=[*config.exclude, *others]))
+        for x in _progress(batches or [], "compress: calibration", progress):
+            calibrate(prepared, [x])
+        result = convert(prepared)
+        out.update({n: result.layers.get(n) for n in mine})
+    return out
+
+
+# --- one layer ---------------------------------------------------------------------------------------
+
+def _compress_layer(name: str, module: nn.Module, recipe: Recipe | None, x: torch.Tensor | None,
+                    quantized: dict[str, Any], guard: bool) -> tuple[LayerReport, nn.Module | None]:
+    """The report row of one layer and the module that replaces it (None: it stays)."""
+    kind = type(module).__name__
+    before = 4 * module.weight.numel()
+    row = LayerReport(name, kind, None if recipe is None else recipe.name, "dense", kind, before, before)
+    if recipe is None:
+        row.note = "excluded"
+        return row, None
+    if x is None and guard:
+        row.note = "no input seen on the example inputs: not timed, left dense"
+        return row, None
+    with torch.no_grad():
+        y_float = None if x is None else module(x)
+    n = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    rows = 1 if y_float is None else max(1, y_float.numel() // n)  # rows of the product the kernels see
+    row.rows = None if x is None else rows
+    try:
+        new = _build(recipe, name, module, rows, quantized)
+    except NotApplicable as e:
+        row.note = str(e)
+        return row, None
+    if x is None:
+        _fill(row, new, None, None, None)
+        return row, new
+    error, t_float, t_new = _measure(module, new, x, y_float)
+    _fill(row, new, error, t_float, t_new)
+    if not guard or t_new <= t_float:
+        return row, new
+    slower = f"{recipe.name} {t_new * 1e3:.3f} ms > fp32 {t_float * 1e3:.3f} ms"
+    if recipe.fallback is not None:
+        fallback = _build(parse_recipe(recipe.fallback), name, module, rows, quantized)
+        error_fb, t_float_fb, t_fb = _measure(module, fallback, x, y_float)
+        if t_fb <= t_float_fb:
+            _fill(row, fallback, error_fb, t_float_fb, t_fb)
+            row.note = f"{slower}: fell back to {recipe.fallback}"
+            return row, fallback
+        slower += f" (fallback {recipe.fallback} {t_fb * 1e3:.3f} ms too)"
+    row.format, row.module, row.bytes_after, row.error, row.latency_after_s = "dense", kind, before, 0.0, t_float
+    row.note = f"slower: {slower}; left dense"
+    return row, None
+
+
+def _fill(row: LayerReport, new: CompressedModule, error: float | None, t_float: float | None,
+          t_new: float | None) -> None:
+    row.format, row.module, row.bytes_after = describe_format(new), type(new).__name__, new.nbytes
+    row.error, row.latency_before_s, row.latency_after_s = error, t_float, t_new
+
+
+def describe_format(m: CompressedModule) -> str:
+    """A short name of a compressed module's format: "int8", "int8 static", "int4 g32", "nf4 g32",
+    "sparse csr f32 50%", "lowrank r32", ..."""
+    w = m.weights[0]
+    if isinstance(w, Int8Weight):
+        return "int8 static" if getattr(m, "input_quant", None) else "int8"
+    if isinstance(w, Int4Weight):
+        kind = "int4" if w.codebook is None else ("nf4" if w.codebook.ndim == 1 else "kmeans4")
+        return f"{kind} g{w.group_size}"
+    if isinstance(w, SparseWeight):
+        return f"sparse {w.format} {'i8' if w.dtype == 'int8' else 'f32'} {m.sparsity:.0%}"
+    return f"lowrank r{w.rank}" + ("" if w.dtype == "float32" else f" {w.dtype}")
+
+
+def _build(recipe: Recipe, name: str, module: nn.Module, rows: int, quantized: dict[str, Any]) -> CompressedModule:
+    """The compressed module ``recipe`` makes of ``module``, or NotApplicable."""
+    if recipe.family == "quant":
+        return _from_quantized(module, quantized.get(name))
+    cls = MODULES[recipe.family, type(module)]
+    if recipe.family in ("int8", "int4"):
+        return cls.from_float(module, **recipe.options)
+    if recipe.family == "sparse":
+        return _sparse(cls, recipe, name, module, rows)
+    return _lowrank(cls, recipe, module)
+
+
+def _from_quantized(module: nn.Module, q: Any) -> CompressedModule:
+    if q is None:
+        raise NotApplicable("excluded by its QuantConfig")
+    if q.weight is None:
+        raise NotApplicable(f"{q.weight_spec.bits}-bit weights are simulated only (no deployment format)")
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise NotApplicable("a QuantConfig deploys grouped convolutions to no module yet")
+    if isinstance(q.weight, Int4Weight):
+        return _module(MODULES["int4", type(module)], module, [q.weight])
+    return _module(MODULES["int8", type(module)], module, [q.weight], act_scale=q.input_scale,
+                   act_zero_point=q.input_zero_point)
+
+
+def _module(cls: type, module: nn.Module, weights: list[Any], **options: Any) -> CompressedModule:
+    """A ``cls`` module with ``weights`` (one per group) and the float ``module``'s bias and geometry."""
+    if isinstance(module, nn.Linear):
+        return cls(weights[0], module.bias, **options)
+    return cls(weights, module.bias, kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+               dilation=module.dilation, groups=module.groups, padding_mode=module.padding_mode, **options)
+
+
+def _sparse(cls: type, recipe: Recipe, name: str, module: nn.Module, rows: int) -> CompressedModule:
+    pattern = parse_pattern(recipe.pattern)
+    try:
+        mask = compute_masks({name: module}, {name: weight_scores(module, "magnitude")}, recipe.sparsity,
+                             pattern, "layer")[name]
+    except ValueError as e:  # N:M on a K that is not a multiple of M
+        raise NotApplicable(f"{recipe.pattern} does not apply: {str(e).split(': ', 1)[-1]}") from None
+    pruned = copy.deepcopy(module)
+    with torch.no_grad():
+        pruned.weight.mul_(mask.to(pruned.weight.dtype))
+    if pattern.is_nm:
+        try:  # the dedicated N:M layout, where SparseWeight has it
+            return cls.from_float(pruned, format=recipe.pattern, **recipe.options)
+        except ValueError as e:
+            if not str(e).startswith("format:"):
+                raise
+    return cls.from_float(pruned, format="auto", rows=rows, **recipe.options)
+
+
+def _lowrank(cls: type, recipe: Recipe, module: nn.Module) -> CompressedModule:
+    w = module.weight.detach()
+    groups = getattr(module, "groups", 1)
+    matrices = w.reshape(groups, w.shape[0] // groups, -1)  # one (N, K) matrix per group
+    shape = tuple(matrices.shape[1:])
+    # the param_ratio rule does not look at the singular values
+    rank = choose_rank(torch.empty(0), shape, param_ratio=recipe.param_ratio)
+    if not worth_factorizing(rank, shape):
+        raise NotApplicable(f"rank {rank} of a {shape[0]}x{shape[1]} weight saves no parameters")
+    weights = []
+    for matrix in matrices:
+        u, v = (f.numpy().astype(np.float32) for f in svd_factors(matrix, rank))
+        if recipe.options["dtype"] == "int8":
+            u, v = Int8Weight.from_float(u), Int8Weight.from_float(v)
+        weights.append(LowRankWeight(u, v))
+    return _module(cls, module, weights)
+
+
+@torch.no_grad()
+def _measure(float_module: nn.Module, new: nn.Module, x: torch.Tensor,
+             y_float: torch.Tensor) -> tuple[float, float, float]:
+    """(relative output error, float seconds, compressed seconds): medians of interleaved warm calls."""
+    y = new(x)  # also packs the weight for this CPU
+    norm = float(y_float.double().norm())
+    diff = float((y.double() - y_float.double()).norm())
+    error = diff / norm if norm > 0 else (0.0 if diff == 0 else 1.0)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    spent = 0.0
+    for i in range(MAX_REPEATS):
+        for side, m in enumerate((float_module, new)):
+            t0 = time.perf_counter()
+            m(x)
+            times[side].append(time.perf_counter() - t0)
+        spent += times[0][-1] + times[1][-1]
+        if i + 1 >= MIN_REPEATS and spent > 2 * TIME_BUDGET_S:
+            break
+    return error, statistics.median(times[0]), statistics.median(times[1])

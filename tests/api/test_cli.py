@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import edgecompress as ec  # noqa: E402
+from edgecompress.cli import main  # noqa: E402
+
+
+@pytest.mark.parametrize("command", [[], ["bench"], ["demo"], ["report"]])
+def test_help_works_for_every_command(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: edgecompress")
+    if command == ["demo"]:
+        assert "--recipes" in out and "--quick" in out and "--threads" in out and "--plot" in out
+
+
+def test_demo_quick_prints_the_table(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    plot = tmp_path / "demo.png"
+    assert main(["demo", "--quick", "--recipes", "int8,sparse-75+int8", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    for word in ("accuracy %", "weights KB", "batch 1 ms", "batch 64 ms", "vs fp32 b1", "vs torch int8 b64"):
+        assert word in lines[header]
+    rows = [line.split()[0] for line in lines[header + 2:header + 6]]
+    assert rows == ["torch", "torch", "int8", "sparse-75+int8"]
+    int8 = lines[header + 4].split()
+    assert int8[1] == "4/4" and 80 < float(int8[2]) <= 100 and int8[4] == "25.2%"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in out and not plot.exists()
+    else:
+        assert f"plot written to {plot}" in out and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_refuses_an_unknown_recipe(capsys):
+    assert main(["demo", "--quick", "--recipes", "int8,int7", "--plot", ""]) == 2
+    assert "--recipes: unknown recipe 'int7'" in capsys.readouterr().err
+
+
+def test_report_prints_the_layers_and_the_stored_compress_report(trained_cnn, digits_data, tmp_path, capsys):
+    model = copy.deepcopy(trained_cnn)
+    report = ec.compress(model, "int8", example_inputs=digits_data.x_test[:4], overrides={"fc1": "nf4"},
+                         exclude=["conv1"], guard=False, progress=False)
+    path = tmp_path / "m.safetensors"
+    ec.save(model, path, recipe={"default": "int8"}, report=report)
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    fc1 = next(line for line in lines if line.startswith("fc1 "))
+    assert "Int4Linear" in fc1 and "int4 g32" in fc1 and str(model.fc1.nbytes) in fc1
+    conv2 = next(line for line in lines if line.startswith("conv2 "))
+    assert "Int8Conv2d" in conv2 and "int8 channel" in conv2 and str(model.conv2.nbytes) in conv2
+    assert "3 compressed modules" in out and "recipe: {'default': 'int8'}" in out
+    assert str(report) in out  # the stored compress report, as printed at compress time
+
+
+def test_report_of_a_file_without_a_stored_report_and_of_a_missing_file(tmp_path, capsys):
+    model = torch.nn.Sequential(torch.nn.Linear(32, 8))
+    ec.compress(model, "int8", guard=False, progress=False)
+    path = tmp_path / "m.safetensors"
+    ec.save(model, path)
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Int8Linear" in out and "edgecompress.compress: recipe" not in out
+    assert main(["report", str(tmp_path / "missing.safetensors")]) == 1
+    assert "no file at" in capsys.readouterr().err
