@@ -26,7 +26,6 @@ import time
 import warnings
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -112,12 +111,13 @@ def _onnx(model: nn.Module, x: torch.Tensor, threads: int, tmp: str) -> dict[str
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         return {}
-    path = os.path.join(tmp, f"model-{x.shape[0]}.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    path = os.path.join(tmp, f"{type(model).__name__}-{x.shape[0]}.onnx")
     qpath = path.replace(".onnx", ".int8.onnx")
-    quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
+    if not os.path.exists(qpath):  # exported once per model and batch, sessions made per thread count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+        quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
