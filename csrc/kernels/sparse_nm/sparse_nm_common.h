@@ -1,0 +1,116 @@
+// Code the sparse_nm_f32 tiers share (internal linkage, see gemm_s8/gemm_s8_common.h): the epilogue
+// and the loop over panels and chunks of the vector tiers, built with -ffp-contract=fast like the
+// other float families (sparse_common.h).
+//
+// A vector tier supplies
+//   T: its register of floats (Vec, kLanes, zero, load, fma, hsum) and kMaxRows, the rows of x one
+//     pass over a panel can keep sums for in its registers (kNmPanel sums per row);
+//   P<n, m>: per pattern, the expansion of a chunk (16 kept values, one meta word, see sparse_nm.h)
+//     in parts of kLanes values: index(word, part) turns a row's meta word into the lane indices of
+//     the part, load_x(x, part) loads the x values of the part's span, and select(xs, index)
+//     permutes them into the lanes.
+// nm_panel then computes, per chunk, the indices of the panel's 4 rows once, loads each row of x's
+// span once, and adds select(x) * values into one sum per (row of x, row of W): 4 independent FMA
+// chains even for one row of x.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "../gemm_s8/gemm_s8_common.h"  // unroll<>, with_rows<>, gelu
+#include "edgecompress/sparse_nm.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "sparse_nm reads its packed meta words as little-endian integers"
+#endif
+
+namespace edgecompress {
+namespace {
+
+inline uint32_t nm_word32(const uint8_t* p) {
+  uint32_t w;
+  std::memcpy(&w, p, sizeof(w));
+  return w;
+}
+
+inline float nm_finish(float v, const float* bias, int col, Activation act) {
+  if (bias != nullptr) v = v + bias[col];
+  if (act == Activation::relu) v = v > 0.0f ? v : 0.0f;
+  if (act == Activation::gelu) v = gelu(v);
+  return v;
+}
+
+// Stores sums[i][j] (row i0 + i of x, i < m, row kNmPanel * p + j of W) with the epilogue, rows of
+// W < n.
+inline void nm_store(const SparseNmTask& t, int p, int i0, int m, const float (*sums)[kNmPanel]) {
+  const int r0 = p * kNmPanel;
+  const int rows = t.w->n - r0 < kNmPanel ? t.w->n - r0 : kNmPanel;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < rows; ++j) t.y[(i0 + i) * t.ldy + r0 + j] = nm_finish(sums[i][j], t.bias, r0 + j, t.act);
+}
+
+// Panel p of W times rows i0 .. i0 + M - 1 of x.
+template <class T, class Pat, int M>
+void nm_panel(const SparseNmTask& t, int p, int i0) {
+  using V = typename T::Vec;
+  constexpr int kParts = kNmChunk / T::kLanes;
+  constexpr ptrdiff_t kSpan = Pat::kSpan, kMeta = Pat::kMetaBytes;
+  const ptrdiff_t chunks = t.w->chunks;
+  const float* __restrict vals = t.w->values + p * chunks * kNmPanel * kNmChunk;
+  const uint8_t* __restrict meta = t.w->meta + p * chunks * kNmPanel * kMeta;
+  const float* __restrict x = t.x + i0 * t.ldx;
+  V acc[M][kNmPanel];
+  unroll<M>([&](auto i) { unroll<kNmPanel>([&](auto j) { acc[i.value][j.value] = T::zero(); }); });
+  for (ptrdiff_t c = 0; c < chunks; ++c) {
+    const float* vc = vals + c * kNmPanel * kNmChunk;
+    const uint8_t* mc = meta + c * kNmPanel * kMeta;
+    unroll<kParts>([&](auto q) {
+      decltype(Pat::index(mc, q)) index[kNmPanel];
+      unroll<kNmPanel>([&](auto j) { index[j.value] = Pat::index(mc + j.value * kMeta, q); });
+      unroll<M>([&](auto i) {
+        const auto xs = Pat::load_x(x + i.value * t.ldx + c * kSpan, q);
+        unroll<kNmPanel>([&](auto j) {
+          const V wv = T::load(vc + j.value * kNmChunk + q.value * T::kLanes);
+          acc[i.value][j.value] = T::fma(acc[i.value][j.value], Pat::select(xs, index[j.value]), wv);
+        });
+      });
+    });
+  }
+  float sums[M][kNmPanel];
+  unroll<M>([&](auto i) { unroll<kNmPanel>([&](auto j) { sums[i.value][j.value] = T::hsum(acc[i.value][j.value]); }); });
+  nm_store(t, p, i0, M, sums);
+}
+
+// Every panel of the task times its M rows of x, in passes of at most T::kMaxRows rows per panel
+// (the panel is still in L1/L2 for the next pass).
+template <class T, class Pat, int M>
+void nm_panels(const SparseNmTask& t) {
+  constexpr int kPasses = (M + T::kMaxRows - 1) / T::kMaxRows;
+  for (int p = t.p0; p < t.p1; ++p) {
+    unroll<kPasses>([&](auto pass) {
+      constexpr int i0 = pass.value * T::kMaxRows;
+      nm_panel<T, Pat, (M - i0 < T::kMaxRows ? M - i0 : T::kMaxRows)>(t, p, i0);
+    });
+  }
+}
+
+template <class T, class Pat>
+void nm_pattern(const SparseNmTask& t) {
+  with_rows<kNmRows>(t.m, [&](auto rows) { nm_panels<T, Pat, decltype(rows)::value>(t); });
+}
+
+// The run function of a vector tier.
+template <class T, template <int, int> class P>
+void nm_run(const SparseNmTask& t) {
+  if (t.w->group == 8) return nm_pattern<T, P<4, 8>>(t);
+  if (t.w->kept == 1) return nm_pattern<T, P<1, 4>>(t);
+  nm_pattern<T, P<2, 4>>(t);
+}
+
+}  // namespace
+}  // namespace edgecompress
+
+#define EC_SPARSE_NM_KERNEL(var, name, isa, needs, run) \
+  namespace edgecompress {                              \
+  extern const SparseNmKernel var = {name, isa, needs, run}; \
+  }
