@@ -13,6 +13,7 @@ from . import quantize4
 from .reference import quantize_weight_int8
 from .reference.gemm_q4 import dequantize as _dequantize_q4
 from .reference.gemm_q4 import pack_nibbles, unpack_nibbles
+from .runtime import sparse_f32_kernel, sparse_nm_f32_kernel
 
 __all__ = ["Int4Weight", "Int8Weight", "LowRankWeight", "SparseWeight"]
 
@@ -436,6 +437,10 @@ def _unpack_zero_points(zp: np.ndarray, groups: int) -> np.ndarray:
 
 
 _BLOCKS = {"csr": 1, "bsr4x1": 4, "bsr8x1": 8}
+# N:M layouts: (kept, group), `kept` values stored of every `group` consecutive k.
+_NM = {"2:4": (2, 4), "1:4": (1, 4), "4:8": (4, 8)}
+_NM_BITS = {4: 2, 8: 4}  # bits of one stored position in `meta`, by group size
+_LAYOUTS = tuple(_BLOCKS) + tuple(_NM)
 _AUTO_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
@@ -450,29 +455,108 @@ def _best_of(fn: Any, repeats: int = 5) -> float:
     return best
 
 
+def _nm_geometry(k: int, fmt: str) -> tuple[int, int, int, int]:
+    """(kept, group, values per row, meta bytes per row) of the n:m layout `fmt` for K columns."""
+    kept, group = _NM[fmt]
+    row_values = -(-k // group) * kept
+    return kept, group, row_values, -(-row_values * _NM_BITS[group] // 8)
+
+
+def _nm_groups(w: np.ndarray, group: int) -> np.ndarray:
+    """w (N, K) padded with zero columns to whole groups, viewed as (N, groups, group)."""
+    n, k = w.shape
+    kp = -(-k // group) * group
+    if kp != k:
+        w = np.concatenate([w, np.zeros((n, kp - k), w.dtype)], axis=1)
+    return w.reshape(n, kp // group, group)
+
+
+def _nm_violation(groups: np.ndarray, kept: int) -> tuple[int, int, int] | None:
+    """(row, group, nonzeros) of the first group with more than `kept` nonzeros, or None."""
+    counts = np.count_nonzero(groups, axis=-1)
+    bad = np.flatnonzero(counts > kept)
+    if bad.size == 0:
+        return None
+    r, g = divmod(int(bad[0]), counts.shape[1])
+    return r, g, int(counts[r, g])
+
+
+def _nm_pack_positions(pos: np.ndarray, group: int) -> np.ndarray:
+    """Positions (N, V) in 0..group-1 -> meta (N, ceil(V * bits / 8)) uint8: per row a little-endian bit
+    stream of `bits` per position (2 for groups of 4, 4 for groups of 8), the unused high bits 0."""
+    bits = _NM_BITS[group]
+    per_byte = 8 // bits
+    n, v = pos.shape
+    padded = np.zeros((n, -(-v // per_byte) * per_byte), np.uint8)
+    padded[:, :v] = pos
+    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(padded.reshape(n, -1, per_byte) << shifts, axis=-1).astype(np.uint8)
+
+
+def _nm_unpack_positions(meta: np.ndarray, row_values: int, group: int) -> np.ndarray:
+    """meta (N, B) uint8 -> positions (N, row_values) uint8 (the inverse of _nm_pack_positions)."""
+    bits = _NM_BITS[group]
+    shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
+    pos = (meta[:, :, None] >> shifts) & np.uint8(group - 1)
+    return pos.reshape(meta.shape[0], -1)[:, :row_values]
+
+
 class SparseWeight(_PackedCache):
-    """A pruned weight (N, K) stored by block rows, float32 values.
+    """A pruned float32 weight (N, K): by block rows (csr, bsr) or N:M semi-structured (2:4, 1:4, 4:8).
 
     ``format``: "csr" (unstructured: one value per nonzero), "bsr4x1" or "bsr8x1" (blocks of 4 or 8
     consecutive output rows at one k: a block is kept when any of its values is nonzero). Arrays:
     ``indptr`` int64 (ceil(N / r) + 1), ``indices`` uint16 when K <= 65536 else int32 (the k of each
     block), ``values`` float32 (nnzb, r) (the block's rows; zeros inside a kept block are stored).
+
+    ``format`` "2:4", "1:4" or "4:8" (n:m): at most n nonzeros in every group of m consecutive k of a
+    row; K is padded with zeros to Kp, a multiple of m. Arrays (``indptr`` and ``indices`` are None):
+    ``values`` float32 (N, Kp * n / m): the n kept values of each group in k order (a group with
+    fewer nonzeros keeps zeros too); ``meta`` uint8 (N, ceil(Kp * n / m * b / 8)): the position
+    (0..m-1) of each kept value in its group, increasing inside a group, b = 2 bits per position for
+    m = 4 and b = 4 bits (a nibble) for m = 8, packed as one little-endian bit stream per row: value
+    j's position is ``(meta[r, j * b // 8] >> (j * b % 8)) & (m - 1)``, unused high bits 0. (The
+    native kernels read the same bits, 16 positions at a time, and expand them in registers.)
+
     ``sparsity`` is the fraction of W's values that are not stored.
     """
 
     FORMAT = "sparse"
-    VERSION = 1
+    # Version 2 added the n:m layouts. csr/bsr weights are still saved as version 1, which readers
+    # from before version 2 keep reading; they refuse an n:m file by its version.
+    VERSION = 2
 
-    def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, shape: tuple[int, int],
-                 format: str = "csr") -> None:
-        if format not in _BLOCKS:
-            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)}, got {format!r}")
-        r = _BLOCKS[format]
+    def __init__(self, indptr: np.ndarray | None, indices: np.ndarray | None, values: np.ndarray,
+                 shape: tuple[int, int], format: str = "csr", *, meta: np.ndarray | None = None) -> None:
+        if not isinstance(format, str) or format not in _LAYOUTS:
+            raise ValueError(f"format: expected one of {', '.join(_LAYOUTS)}, got {format!r}")
         if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(v, (int, np.integer)) for v in shape)):
             raise TypeError(f"shape: expected a tuple (N, K) of ints, got {shape!r}")
         n, k = int(shape[0]), int(shape[1])
         if n <= 0 or k <= 0 or n > _MAX_N or k > 2**31 - 1:
             raise ValueError(f"shape: expected positive (N, K) within int32, got {shape}")
+        if format in _NM:
+            if indptr is not None or indices is not None:
+                raise ValueError(f"indptr, indices: a {format} weight has none (pass None; its arrays are values and meta)")
+            self._check_nm(values, meta, n, k, format)
+            self.indptr = self.indices = None
+            self.meta = _frozen(meta)
+        else:
+            if meta is not None:
+                raise ValueError(f"meta: only the n:m formats have meta, not {format!r} (pass None)")
+            self._check_blocks(indptr, indices, values, n, k, _BLOCKS[format])
+            self.indptr = _frozen(indptr)
+            self.indices = _frozen(indices)
+            self.meta = None
+        self.format = format
+        self.auto: dict[str, Any] | None = None  # what format="auto" measured, when it chose this
+        self._shape = (n, k)
+        self.values = _frozen(values)
+        self._init_cache()
+
+    @staticmethod
+    def _check_blocks(indptr: Any, indices: Any, values: Any, n: int, k: int, r: int) -> None:
+        """Checks the arrays of a csr/bsr weight."""
         block_rows = -(-n // r)
         if not isinstance(indptr, np.ndarray) or indptr.dtype != np.int64 or indptr.shape != (block_rows + 1,):
             raise ValueError(f"indptr: expected int64 of shape ({block_rows + 1},), got {getattr(indptr, 'dtype', None)} {getattr(indptr, 'shape', None)}")
@@ -488,32 +572,57 @@ class SparseWeight(_PackedCache):
             raise ValueError(f"values: expected float32 of shape ({nnzb}, {r}), got {getattr(values, 'dtype', None)} {getattr(values, 'shape', None)}")
         if not np.isfinite(values).all():
             raise ValueError("values: expected finite values, got NaN or Inf")
-        self.format = format
-        self.auto: dict[str, Any] | None = None  # what format="auto" measured, when it chose this
-        self._shape = (n, k)
-        self.indptr = _frozen(indptr)
-        self.indices = _frozen(indices)
-        self.values = _frozen(values)
-        self._init_cache()
+
+    @staticmethod
+    def _check_nm(values: Any, meta: Any, n: int, k: int, fmt: str) -> None:
+        """Checks the arrays of an n:m weight."""
+        if k > 2**30:
+            raise ValueError(f"shape: expected K <= 2**30 for the n:m formats, got K = {k}")
+        kept, group, row_values, row_meta = _nm_geometry(k, fmt)
+        if not isinstance(values, np.ndarray) or values.dtype != np.float32 or values.shape != (n, row_values):
+            raise ValueError(f"values: expected float32 of shape ({n}, {row_values}) for {fmt} with K = {k}, "
+                             f"got {getattr(values, 'dtype', type(values).__name__)} {getattr(values, 'shape', '')}")
+        if not np.isfinite(values).all():
+            raise ValueError("values: expected finite values, got NaN or Inf")
+        if not isinstance(meta, np.ndarray) or meta.dtype != np.uint8 or meta.shape != (n, row_meta):
+            raise ValueError(f"meta: expected uint8 of shape ({n}, {row_meta}) for {fmt} with K = {k}, "
+                             f"got {getattr(meta, 'dtype', type(meta).__name__)} {getattr(meta, 'shape', '')}")
+        pos = _nm_unpack_positions(meta, row_values, group)
+        if not np.array_equal(_nm_pack_positions(pos, group), meta):
+            raise ValueError(f"meta: expected {_NM_BITS[group]}-bit positions in 0..{group - 1} and the unused bits 0")
+        groups = row_values // kept
+        if kept > 1 and (np.diff(pos.reshape(n, groups, kept).astype(np.int16), axis=-1) <= 0).any():
+            raise ValueError("meta: expected strictly increasing positions inside each group")
+        if groups * group > k:
+            cols = (groups - 1) * group + pos[:, -kept:].astype(np.int64)
+            if (values[:, -kept:][cols >= k] != 0).any():
+                raise ValueError(f"values: expected zeros at the padding columns {k}..{groups * group - 1}")
 
     @classmethod
     def from_float(cls, w: Any, format: str = "csr", dtype: str = "float32", *, rows: int = 1) -> SparseWeight:
         """Store the nonzeros of a (pruned) float weight; the zeros are what pruning left (this does
         not prune).
 
-        ``format="auto"`` builds every format, times each on this CPU for ``rows`` rows of input
-        (the batch the layer will see), and keeps the fastest. The choice and the timings, with
-        numpy's dense product for comparison, are in ``.auto`` (``dense_faster`` says when the
-        weight is not sparse enough to pay on this CPU). Choices are cached for the life of the
-        process per shape, rows and the fraction (to 1%) each format would store.
+        The n:m formats ("2:4", "1:4", "4:8") need a weight that already has the pattern (at most n
+        nonzeros in every group of m consecutive values along K); otherwise ValueError names the first
+        row and group that has more.
+
+        ``format="auto"`` builds every format (the n:m ones only where the weight has the pattern),
+        times each on this CPU for ``rows`` rows of input (the batch the layer will see), and keeps
+        the fastest. The choice and the timings, with numpy's dense product for comparison, are in
+        ``.auto`` (``dense_faster`` says when the weight is not sparse enough to pay on this CPU).
+        Choices are cached for the life of the process per shape, rows and the fraction (to 1%)
+        each format would store.
         """
         if dtype != "float32":
             raise ValueError(f"dtype: only 'float32' sparse weights are available in this release, got {dtype!r}")
         if format == "auto":
             return cls._auto(_as_float_matrix(w, "w"), rows)
-        if format not in _BLOCKS:
-            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)} or 'auto', got {format!r}")
+        if not isinstance(format, str) or format not in _LAYOUTS:
+            raise ValueError(f"format: expected one of {', '.join(_LAYOUTS)} or 'auto', got {format!r}")
         w = _as_float_matrix(w, "w")
+        if format in _NM:
+            return cls._from_float_nm(w, format)
         n, k = w.shape
         r = _BLOCKS[format]
         block_rows = -(-n // r)
@@ -529,27 +638,48 @@ class SparseWeight(_PackedCache):
         return cls(indptr, indices, values, (n, k), format)
 
     @classmethod
+    def _from_float_nm(cls, w: np.ndarray, fmt: str) -> SparseWeight:
+        n, k = w.shape
+        kept, group = _NM[fmt]
+        groups = _nm_groups(w, group)
+        bad = _nm_violation(groups, kept)
+        if bad is not None:
+            r, g, count = bad
+            raise ValueError(f"w: row {r}, group {g} (columns {g * group}..{min(k, g * group + group) - 1}) has {count} "
+                             f"nonzeros; format {fmt!r} keeps at most {kept} of every {group} consecutive values along K "
+                             "(prune to the pattern first)")
+        # Each group keeps its nonzeros and its first (kept - nonzeros) zero positions, in position order.
+        free = groups == 0
+        fill = kept - group + np.count_nonzero(free, axis=-1, keepdims=True)
+        keep = ~free | (free & (np.cumsum(free, axis=-1, dtype=np.int8) <= fill))
+        values = groups[keep].reshape(n, -1)
+        pos = np.broadcast_to(np.arange(group, dtype=np.uint8), groups.shape)[keep].reshape(n, -1)
+        return cls(None, None, values, (n, k), fmt, meta=_nm_pack_positions(pos, group))
+
+    @classmethod
     def _auto(cls, w: np.ndarray, rows: int) -> SparseWeight:
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
             raise ValueError(f"rows: expected an int >= 1, got {rows!r}")
-        from .runtime import sparse_f32_kernel
-
-        kernel = sparse_f32_kernel()
+        kernels = (sparse_f32_kernel(), sparse_nm_f32_kernel())
         cands = {f: cls.from_float(w, f) for f in _BLOCKS}
+        # The n:m formats are candidates where the weight already has their pattern (no pruning here).
+        cands.update({f: cls._from_float_nm(w, f) for f, (kept, group) in _NM.items()
+                      if _nm_violation(_nm_groups(w, group), kept) is None})
         # Same shape and sparsity can still favour different formats (unstructured vs by blocks):
-        # the key holds each format's stored fraction.
-        key = (w.shape, int(rows), kernel) + tuple(round(1 - c.sparsity, 2) for c in cands.values())
+        # the key holds each candidate's stored fraction.
+        key = (w.shape, int(rows), kernels) + tuple((f, round(1 - c.sparsity, 2)) for f, c in cands.items())
         report = _AUTO_CACHE.get(key)
         if report is None:
             x = np.random.default_rng(0).standard_normal((int(rows), w.shape[1])).astype(np.float32)
             wt = np.ascontiguousarray(w.T)
-            runs = {f: (lambda c=c: _core.linear_sparse_f32(c.packed(kernel), x, None, 0)) for f, c in cands.items()}
+            runs = {f: (lambda c=c: c._linear(x, None, 0)) for f, c in cands.items()}
             runs["dense"] = lambda: x @ wt
             seconds = {f: _best_of(fn) for f, fn in runs.items()}
             dense = seconds.pop("dense")
             chosen = min(seconds, key=seconds.__getitem__)
             report = {"chosen": chosen, "seconds": seconds, "dense_seconds": dense,
-                      "dense_faster": dense < seconds[chosen], "rows": int(rows), "kernel": kernel}
+                      "dense_faster": dense < seconds[chosen], "rows": int(rows),
+                      "kernel": kernels[1] if chosen in _NM else kernels[0]}
             _AUTO_CACHE[key] = report
         out = cands[report["chosen"]]
         out.auto = dict(report)
@@ -561,11 +691,17 @@ class SparseWeight(_PackedCache):
 
     @property
     def block(self) -> int:
-        return _BLOCKS[self.format]
+        """Block height r along N (1 for csr and the n:m formats, which have no blocks)."""
+        return _BLOCKS.get(self.format, 1)
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """(n, m) of an n:m format, else None."""
+        return _NM.get(self.format)
 
     @property
     def nnz(self) -> int:
-        """Stored values (nonzero blocks times the block size)."""
+        """Stored values (nonzero blocks times the block size; for n:m, n per group of m)."""
         return int(self.values.size)
 
     @property
@@ -575,10 +711,19 @@ class SparseWeight(_PackedCache):
 
     @property
     def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes + self.values.nbytes)
+        """Bytes of the canonical arrays (what a file holds)."""
+        arrays = (self.indptr, self.indices, self.values, self.meta)
+        return int(sum(a.nbytes for a in arrays if a is not None))
 
     def to_float(self) -> np.ndarray:
         n, k = self._shape
+        if self.format in _NM:
+            kept, group, row_values, _ = _nm_geometry(k, self.format)
+            groups = row_values // kept
+            pos = _nm_unpack_positions(self.meta, row_values, group).reshape(n, groups, kept)
+            out = np.zeros((n, groups, group), np.float32)
+            np.put_along_axis(out, pos.astype(np.intp), self.values.reshape(n, groups, kept), axis=-1)
+            return out.reshape(n, groups * group)[:, :k].copy()
         r = self.block
         block_rows = len(self.indptr) - 1
         out = np.zeros((block_rows, k, r), np.float32)
@@ -587,18 +732,26 @@ class SparseWeight(_PackedCache):
         return out.transpose(0, 2, 1).reshape(block_rows * r, k)[:n].copy()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"indptr": self.indptr, "indices": self.indices, "values": self.values,
-                "metadata": {"format": self.FORMAT, "version": self.VERSION, "layout": self.format,
-                             "shape": list(self._shape)}}
+        metadata = {"format": self.FORMAT, "version": 1, "layout": self.format, "shape": list(self._shape)}
+        if self.format in _NM:
+            return {"values": self.values, "meta": self.meta, "metadata": {**metadata, "version": 2}}
+        return {"indptr": self.indptr, "indices": self.indices, "values": self.values, "metadata": metadata}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> SparseWeight:
-        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("indptr", "indices", "values"))
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ())
         shape = meta.get("shape")
         if not (isinstance(shape, list) and len(shape) == 2):
             raise ValueError(f"d: expected a 'shape' [N, K] in metadata, got {shape!r}")
-        return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]),
-                   (int(shape[0]), int(shape[1])), meta.get("layout", "csr"))
+        shape = (int(shape[0]), int(shape[1]))
+        layout = meta.get("layout", "csr")
+        if isinstance(layout, str) and layout in _NM:
+            if meta["version"] < 2:
+                raise ValueError(f"d: layout {layout!r} needs format version 2, got version {meta['version']}")
+            _check_metadata(d, cls.FORMAT, cls.VERSION, ("values", "meta"))
+            return cls(None, None, np.asarray(d["values"]), shape, layout, meta=np.asarray(d["meta"]))
+        _check_metadata(d, cls.FORMAT, cls.VERSION, ("indptr", "indices", "values"))
+        return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]), shape, layout)
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: (np.array(v) if isinstance(v, np.ndarray) else v) for key, v in self.state_dict().items()}
@@ -608,7 +761,17 @@ class SparseWeight(_PackedCache):
 
     def _pack(self, kernel: str) -> Any:
         n, k = self._shape
+        if self.format in _NM:
+            kept, group = _NM[self.format]
+            return _core.pack_sparse_nm_f32(n, k, kept, group, self.values, self.meta, kernel)
         return _core.pack_sparse_f32(n, k, self.block, self.indptr, self.indices, self.values.reshape(-1), kernel)
+
+    def _linear(self, x2: np.ndarray, bias: np.ndarray | None, act: int, out2: np.ndarray | None = None) -> np.ndarray:
+        """The native product for checked (M, K) float32 rows x2: the sparse_nm_f32 kernel of the
+        current tier cap for the n:m formats, the sparse_f32 one for the others."""
+        if self.format in _NM:
+            return _core.linear_sparse_nm_f32(self.packed(sparse_nm_f32_kernel()), x2, bias, act, out2)
+        return _core.linear_sparse_f32(self.packed(sparse_f32_kernel()), x2, bias, act, out2)
 
     def __repr__(self) -> str:
         n, k = self._shape
