@@ -19,20 +19,27 @@ std::unique_ptr<PackedSparseNmF32> pack_sparse_nm_f32(const SparseNmKernel& kern
   const ptrdiff_t row_meta = (row_values * (group == 8 ? 4 : 2) + 7) / 8;
   w.chunks = static_cast<int>((row_values + kNmChunk - 1) / kNmChunk);
   w.panels = (n + kNmPanel - 1) / kNmPanel;
-  const ptrdiff_t chunks = w.chunks, word = w.meta_bytes();
+  const ptrdiff_t chunks = w.chunks, dwords = w.meta_bytes();
+  const int bits = group == 8 ? 4 : 2;
   // Zero-initialized: padding values (a row's last chunk, the rows of the last panel past n) are
   // zeros at position 0.
   p->values = AlignedArray<float>(static_cast<size_t>(w.panels) * chunks * kNmPanel * kNmChunk);
-  p->meta = AlignedArray<uint8_t>(static_cast<size_t>(w.panels) * chunks * kNmPanel * word);
+  p->meta = AlignedArray<uint8_t>(static_cast<size_t>(w.panels) * chunks * kNmPanel * dwords);
   for (ptrdiff_t r = 0; r < n; ++r) {
-    const float* src = values + r * row_values;
+    const ptrdiff_t panel = r / kNmPanel, row = r % kNmPanel;
     const uint8_t* src_meta = meta + r * row_meta;
     for (ptrdiff_t c = 0; c < chunks; ++c) {
-      const ptrdiff_t at = (r / kNmPanel * chunks + c) * kNmPanel + r % kNmPanel;  // chunk c of row r
+      const ptrdiff_t block = panel * chunks + c;
       const ptrdiff_t nv = std::min<ptrdiff_t>(kNmChunk, row_values - c * kNmChunk);
-      const ptrdiff_t nm = std::min<ptrdiff_t>(word, row_meta - c * word);
-      std::memcpy(p->values.data() + at * kNmChunk, src + c * kNmChunk, nv * sizeof(float));
-      std::memcpy(p->meta.data() + at * word, src_meta + c * word, nm);
+      std::memcpy(p->values.data() + (block * kNmPanel + row) * kNmChunk, values + r * row_values + c * kNmChunk,
+                  nv * sizeof(float));
+      // Value l's position goes to byte `row` of dword l % D, at bit bits * (l / D) (sparse_nm.h).
+      uint8_t* dst = p->meta.data() + block * kNmPanel * dwords;
+      for (ptrdiff_t l = 0; l < nv; ++l) {
+        const ptrdiff_t j = c * kNmChunk + l;  // value j of the row
+        const int pos = (src_meta[j * bits / 8] >> (j * bits % 8)) & (group - 1);
+        dst[4 * (l % dwords) + row] |= static_cast<uint8_t>(pos << (bits * (l / dwords)));
+      }
     }
   }
   w.values = p->values.data();

@@ -10,16 +10,18 @@
 //     i.e. (meta[j * b / 8] >> (j * b % 8)) & (m - 1). Positions increase inside a group.
 //
 // Packed layout (the same for every tier): each row is cut into chunks of kNmChunk = 16 kept values
-// (the last one padded with zero values at position 0). A chunk covers kNmChunk * m / n consecutive
-// k (its span: 32 for 2:4 and 4:8, 64 for 1:4) and has one little-endian meta word: 32 bits for
-// m = 4, 64 bits for m = 8, which is the canonical row's bit stream cut at chunk boundaries. Rows
-// are grouped in panels of kNmPanel = 4 (zero rows past N), stored chunk by chunk: panel p holds,
-// for c = 0..chunks-1, chunk c of rows 4p..4p+3 (values [p][c][row][16], meta [p][c][row] words).
-// A panel streams once per call as one sequence, and each x value loaded serves its 4 rows (the
-// loads of x, twice the values for 2:4, were what limited a row-at-a-time kernel in cache).
-// The kernels expand a chunk's word into lane indices in registers (shifts and masks) and move the
-// x values of the span into place with register permutes (vpermt2ps, vpermps, tbl): no dense copy
-// of the weight is ever made.
+// (the last one padded with zero values at position 0); a chunk covers kNmChunk * m / n consecutive
+// k (its span: 32 for 2:4 and 4:8, 64 for 1:4). Rows are grouped in panels of kNmPanel = 4 (zero
+// rows past N), stored chunk by chunk: values [panel][chunk][row][16], so a panel streams once per
+// call as one sequence and each x value loaded serves its 4 rows (the loads of x, twice the values
+// for 2:4, were what limited a row-at-a-time kernel in cache).
+// The positions of a panel's chunk are one block of D dwords, D = 4 for m = 4 (2-bit positions)
+// and D = 8 for m = 8 (4-bit positions), transposed so that byte r of dword d holds row r's
+// positions of values d, d + D, d + 2D, ... from its low bits up. One broadcast, one variable shift
+// and one mask then give every lane its position in byte r of its dword, for all 4 rows at once;
+// each row's indices are a byte shift away (x86), or a tbl away (NEON). The kernels add the lane's
+// group offset and move the x values of the span into place with register permutes (vpermt2ps,
+// vpermps, tbl): no dense copy of the weight is ever made.
 //
 // x is read as whole chunk spans: the driver hands the kernels x rows padded with zeros to
 // chunks * span columns, so the kernels have no tails and never read past the caller's x.
@@ -36,7 +38,7 @@
 
 namespace edgecompress {
 
-constexpr int kNmChunk = 16;  // kept values per chunk (one meta word)
+constexpr int kNmChunk = 16;  // kept values per chunk
 constexpr int kNmPanel = 4;   // rows of W per panel
 constexpr int kNmRows = 4;    // rows of x per kernel call
 
@@ -46,9 +48,9 @@ struct SparseNmF32 {
   int chunks = 0;          // chunks per row
   int panels = 0;          // ceil(n / kNmPanel)
   const float* values = nullptr;  // panels * chunks * kNmPanel * kNmChunk
-  const uint8_t* meta = nullptr;  // panels * chunks * kNmPanel * meta_bytes()
+  const uint8_t* meta = nullptr;  // panels * chunks blocks of kNmPanel * meta_bytes()
   int span() const { return kNmChunk * group / kept; }       // k covered by one chunk
-  int meta_bytes() const { return group == 8 ? 8 : 4; }     // bytes of one chunk's meta word
+  int meta_bytes() const { return group == 8 ? 8 : 4; }     // position bytes of one row's chunk (D)
 };
 
 // Panels [p0, p1) of W for m <= kNmRows rows of x (padded: row stride ldx >= chunks * span, zeros

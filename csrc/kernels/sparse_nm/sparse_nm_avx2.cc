@@ -1,6 +1,7 @@
 // sparse_nm_f32 on AVX2: a chunk of 16 kept values is two ymm parts of 8. A part's 8 lane indices
-// come from the broadcast meta word (vpsrlvd, and, or); vpermps permutes each 8-float vector of x
-// in the part's span and fixed blends keep each lane's vector (two for 2:4 and 4:8, four for 1:4).
+// of all 4 rows of a panel come from the position block (broadcast, vpsrlvd, and, or), each row's
+// a vpsrld away; vpermps permutes each 8-float vector of x in the part's span and fixed blends keep
+// each lane's vector (two for 2:4 and 4:8, four for 1:4).
 #if !defined(__AVX2__)
 #error "sparse_nm_avx2.cc must be compiled with the avx2 tier flags"
 #endif
@@ -40,27 +41,37 @@ inline __m256 ymm_select2(const Ymm2& x, __m256i index) {
   return _mm256_blend_ps(_mm256_permutevar8x32_ps(x.lo, index), _mm256_permutevar8x32_ps(x.hi, index), 0xF0);
 }
 
-// Lanes of (word >> shift) & 3 | base: 8 two-bit positions from bits s, s + 2, ..., s + 14.
-template <int s>
-inline __m256i ymm_positions2(uint32_t word, __m256i base) {
-  const __m256i shift = _mm256_setr_epi32(s, s + 2, s + 4, s + 6, s + 8, s + 10, s + 12, s + 14);
-  const __m256i pos = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shift),
-                                       _mm256_set1_epi32(3));
-  return _mm256_or_si256(pos, base);
+// Part q's lane indices of all 4 rows from a 2-bit position block: the 16-byte block in both
+// 128-bit halves puts dword jj % 4 in lane jj, whose field 2q + jj / 4 is value 8q + jj's position;
+// masked per byte and offset by the lane's group, byte r is row r's index.
+template <int q>
+inline __m256i ymm_expand2(const uint8_t* block, __m256i base) {
+  const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+  const __m256i shift = _mm256_setr_epi32(4 * q, 4 * q, 4 * q, 4 * q, 4 * q + 2, 4 * q + 2, 4 * q + 2, 4 * q + 2);
+  return _mm256_or_si256(_mm256_and_si256(_mm256_srlv_epi32(b, shift), _mm256_set1_epi32(nm_bytes4(3))), base);
+}
+
+// Row r's indices: byte r of each lane (vpermps reads an index's low 3 bits only).
+template <class Row>
+inline __m256i ymm_row(__m256i expanded, Row) {
+  return Row::value == 0 ? expanded : _mm256_srli_epi32(expanded, 8 * Row::value);
 }
 
 template <int N, int G>
 struct YmmNm;
 
 // 2:4: part q = values 8q..8q+7 = 4 groups = k 16q..16q+15; lane j reads vector j / 4 at
-// 4 * (j / 2 % 2) + its 2-bit position (bits 16q + 2j of the word).
+// 4 * (j / 2 % 2) + its 2-bit position.
 template <>
 struct YmmNm<2, 4> {
   static constexpr int kSpan = 32, kMetaBytes = 4;
   template <class Part>
-  static __m256i index(const uint8_t* word, Part) {
-    return ymm_positions2<16 * Part::value>(nm_word32(word), _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4));
+  static __m256i expand(const uint8_t* block, Part) {
+    return ymm_expand2<Part::value>(block, _mm256_setr_epi32(0, 0, nm_bytes4(4), nm_bytes4(4), 0, 0, nm_bytes4(4),
+                                                              nm_bytes4(4)));
   }
+  template <class Row>
+  static __m256i index(__m256i expanded, Row row) { return ymm_row(expanded, row); }
   template <class Part>
   static Ymm2 load_x(const float* x, Part) { return ymm_load2(x + 16 * Part::value); }
   static __m256 select(const Ymm2& x, __m256i index) { return ymm_select2(x, index); }
@@ -72,9 +83,12 @@ template <>
 struct YmmNm<1, 4> {
   static constexpr int kSpan = 64, kMetaBytes = 4;
   template <class Part>
-  static __m256i index(const uint8_t* word, Part) {
-    return ymm_positions2<16 * Part::value>(nm_word32(word), _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+  static __m256i expand(const uint8_t* block, Part) {
+    const int four = nm_bytes4(4);
+    return ymm_expand2<Part::value>(block, _mm256_setr_epi32(0, four, 0, four, 0, four, 0, four));
   }
+  template <class Row>
+  static __m256i index(__m256i expanded, Row row) { return ymm_row(expanded, row); }
   template <class Part>
   static Ymm4 load_x(const float* x, Part) {
     return {ymm_load2(x + 32 * Part::value), ymm_load2(x + 32 * Part::value + 16)};
@@ -88,16 +102,17 @@ struct YmmNm<1, 4> {
 };
 
 // 4:8: part q = values 8q..8q+7 = groups 2q, 2q+1 = k 16q..16q+15; lane j reads vector j / 4 at
-// its 4-bit position, from the word's 32-bit half q. vpermps reads only an index's low 3 bits, so
-// the shifted word needs no mask.
+// its 4-bit position, nibble q of dword j of the 32-byte block. vpermps reads only an index's low
+// 3 bits, so the shifted block needs no mask.
 template <>
 struct YmmNm<4, 8> {
   static constexpr int kSpan = 32, kMetaBytes = 8;
   template <class Part>
-  static __m256i index(const uint8_t* word, Part) {
-    const __m256i w = _mm256_set1_epi32(static_cast<int>(nm_word32(word + 4 * Part::value)));
-    return _mm256_srlv_epi32(w, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+  static __m256i expand(const uint8_t* block, Part) {
+    return _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)), 4 * Part::value);
   }
+  template <class Row>
+  static __m256i index(__m256i expanded, Row row) { return ymm_row(expanded, row); }
   template <class Part>
   static Ymm2 load_x(const float* x, Part) { return ymm_load2(x + 16 * Part::value); }
   static __m256 select(const Ymm2& x, __m256i index) { return ymm_select2(x, index); }

@@ -1,7 +1,8 @@
-// sparse_nm_f32 on AVX-512: one zmm holds a whole chunk of 16 kept values. The chunk's meta word is
-// broadcast, shifted per lane (vpsrlvd), masked and offset by the lane's group (vpternlogd), and
-// vpermt2ps moves the 32 x values of the span into the 16 lanes (1:4 spans 64 k: two vpermt2ps and
-// a blend). Then one FMA per row of x and row of the panel.
+// sparse_nm_f32 on AVX-512: one zmm holds a whole chunk of 16 kept values. The position block of a
+// panel's chunk is broadcast, shifted per lane (vpsrlvd), masked and offset by the lane's group
+// (vpternlogd): byte r of each lane is then row r's index, one vpsrld away. vpermt2ps moves the 32 x
+// values of the span into the 16 lanes (1:4 spans 64 k: two vpermt2ps and a blend), then one FMA
+// per row of x and row of the panel.
 #if !defined(__AVX512F__)
 #error "sparse_nm_avx512vnni.cc must be compiled with the avx512vnni tier flags"
 #endif
@@ -33,43 +34,65 @@ struct Zmm4 {
 
 inline Zmm2 zmm_load2(const float* x) { return {_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16)}; }
 
-// (word >> shift) & mask | base, per lane (the positions fill bits the group offsets leave zero).
-inline __m512i zmm_lanes(__m512i word, __m512i shift, int mask, __m512i base) {
-  return _mm512_ternarylogic_epi32(_mm512_srlv_epi32(word, shift), _mm512_set1_epi32(mask), base, 0xEA);
+// The lane indices of all 4 rows of a panel's chunk: lane j's dword d of the broadcast position
+// block, shifted right by the field of value j, masked per byte and offset by the lane's group
+// (the positions fill bits the offsets leave zero), so byte r of each lane is row r's index.
+inline __m512i zmm_expand(__m512i block, __m512i shift, int mask, __m512i base) {
+  return _mm512_ternarylogic_epi32(_mm512_srlv_epi32(block, shift), _mm512_set1_epi32(mask), base, 0xEA);
 }
+
+// Row r's indices: byte r of each lane (vpermt2ps reads an index's low 5 bits only).
+template <class Row>
+inline __m512i zmm_row(__m512i expanded, Row) {
+  return Row::value == 0 ? expanded : _mm512_srli_epi32(expanded, 8 * Row::value);
+}
+
+// Lane offsets g (0..63) repeated in the 4 bytes of a dword.
+#define nm_bytes4(g) static_cast<int>(0x01010101u * (g))
 
 template <int N, int G>
 struct ZmmNm;
 
-// 2:4: 16 values = 8 groups = 32 k; lane j reads k = 4 * (j / 2) + its 2-bit position.
+// 2:4: 16 values = 8 groups = 32 k; lane j reads k = 4 * (j / 2) + its 2-bit position, the field
+// j / 4 of dword j % 4 (the 16-byte block broadcast to every 128-bit lane).
 template <>
 struct ZmmNm<2, 4> {
   static constexpr int kSpan = 32, kMetaBytes = 4;
   template <class Part>
-  static __m512i index(const uint8_t* word, Part) {
-    const __m512i w = _mm512_set1_epi32(static_cast<int>(nm_word32(word)));
-    const __m512i shift = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
-    return zmm_lanes(w, shift, 3, base);
+  static __m512i expand(const uint8_t* block, Part) {
+    const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+    const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    const __m512i base = _mm512_setr_epi32(nm_bytes4(0), nm_bytes4(0), nm_bytes4(4), nm_bytes4(4),
+                                           nm_bytes4(8), nm_bytes4(8), nm_bytes4(12), nm_bytes4(12),
+                                           nm_bytes4(16), nm_bytes4(16), nm_bytes4(20), nm_bytes4(20),
+                                           nm_bytes4(24), nm_bytes4(24), nm_bytes4(28), nm_bytes4(28));
+    return zmm_expand(b, shift, nm_bytes4(3), base);
   }
+  template <class Row>
+  static __m512i index(__m512i expanded, Row row) { return zmm_row(expanded, row); }
   template <class Part>
   static Zmm2 load_x(const float* x, Part) { return zmm_load2(x); }
   static __m512 select(const Zmm2& x, __m512i index) { return _mm512_permutex2var_ps(x.lo, index, x.hi); }
 };
 
-// 1:4: 16 values = 16 groups = 64 k; lane j reads k = 4 * j + its position. vpermt2ps indexes 32
-// floats (it ignores bit 5), so lanes 0-7 come from the first 32 x values and lanes 8-15 from the
-// next 32.
+// 1:4: 16 values = 16 groups = 64 k; lane j reads k = 4 * j + its position (fields as for 2:4).
+// vpermt2ps indexes 32 floats (it ignores bit 5), so lanes 0-7 come from the first 32 x values and
+// lanes 8-15 from the next 32.
 template <>
 struct ZmmNm<1, 4> {
   static constexpr int kSpan = 64, kMetaBytes = 4;
   template <class Part>
-  static __m512i index(const uint8_t* word, Part) {
-    const __m512i w = _mm512_set1_epi32(static_cast<int>(nm_word32(word)));
-    const __m512i shift = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i base = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
-    return zmm_lanes(w, shift, 3, base);
+  static __m512i expand(const uint8_t* block, Part) {
+    const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+    const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    const __m512i base = _mm512_setr_epi32(nm_bytes4(0), nm_bytes4(4), nm_bytes4(8), nm_bytes4(12),
+                                           nm_bytes4(16), nm_bytes4(20), nm_bytes4(24), nm_bytes4(28),
+                                           nm_bytes4(32), nm_bytes4(36), nm_bytes4(40), nm_bytes4(44),
+                                           nm_bytes4(48), nm_bytes4(52), nm_bytes4(56), nm_bytes4(60));
+    return zmm_expand(b, shift, nm_bytes4(3), base);
   }
+  template <class Row>
+  static __m512i index(__m512i expanded, Row row) { return zmm_row(expanded, row); }
   template <class Part>
   static Zmm4 load_x(const float* x, Part) { return {zmm_load2(x), zmm_load2(x + 32)}; }
   static __m512 select(const Zmm4& x, __m512i index) {
@@ -79,19 +102,23 @@ struct ZmmNm<1, 4> {
   }
 };
 
-// 4:8: 16 values = 4 groups = 32 k; lane j reads k = 8 * (j / 4) + its 4-bit position. The 64-bit
-// word's low half holds lanes 0-7, its high half lanes 8-15.
+// 4:8: 16 values = 4 groups = 32 k; lane j reads k = 8 * (j / 4) + its 4-bit position, the nibble
+// j / 8 of dword j % 8 (the 32-byte block broadcast to both 256-bit halves).
 template <>
 struct ZmmNm<4, 8> {
   static constexpr int kSpan = 32, kMetaBytes = 8;
   template <class Part>
-  static __m512i index(const uint8_t* word, Part) {
-    const __m512i w = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(nm_word32(word))), 0xFF00,
-                                             static_cast<int>(nm_word32(word + 4)));
-    const __m512i shift = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-    const __m512i base = _mm512_setr_epi32(0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24);
-    return zmm_lanes(w, shift, 7, base);
+  static __m512i expand(const uint8_t* block, Part) {
+    const __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)));
+    const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m512i base = _mm512_setr_epi32(nm_bytes4(0), nm_bytes4(0), nm_bytes4(0), nm_bytes4(0),
+                                           nm_bytes4(8), nm_bytes4(8), nm_bytes4(8), nm_bytes4(8),
+                                           nm_bytes4(16), nm_bytes4(16), nm_bytes4(16), nm_bytes4(16),
+                                           nm_bytes4(24), nm_bytes4(24), nm_bytes4(24), nm_bytes4(24));
+    return zmm_expand(b, shift, nm_bytes4(7), base);
   }
+  template <class Row>
+  static __m512i index(__m512i expanded, Row row) { return zmm_row(expanded, row); }
   template <class Part>
   static Zmm2 load_x(const float* x, Part) { return zmm_load2(x); }
   static __m512 select(const Zmm2& x, __m512i index) { return _mm512_permutex2var_ps(x.lo, index, x.hi); }
