@@ -18,7 +18,8 @@ namespace {
 struct Zmm {
   using Vec = __m512;
   static constexpr int kLanes = 16;
-  static constexpr int kMaxRows = 4;  // 16 sums, up to 4 x registers and 4 index registers of 32
+  static constexpr int kMaxRows = 4;  // 16 sums, up to 4 x registers per row and the indices of 32
+  static constexpr int kSums = 16;
   static Vec zero() { return _mm512_setzero_ps(); }
   static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   static Vec fma(Vec acc, Vec x, Vec w) { return _mm512_fmadd_ps(x, w, acc); }

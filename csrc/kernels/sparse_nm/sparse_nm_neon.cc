@@ -16,15 +16,20 @@ namespace {
 struct Q {
   using Vec = float32x4_t;
   static constexpr int kLanes = 4;
-  static constexpr int kMaxRows = 4;  // 16 sums, 4 index and up to 4 x registers of 32
+  // One row of x and one panel per pass (4 sums): with 8 or 16, GCC 12 kept some values on the stack
+  // in the chunk loop (x tables, indices and constants fill the 32 registers). Not measured on
+  // hardware (qemu only), so the spill-free choice.
+  static constexpr int kMaxRows = 1;
+  static constexpr int kSums = 4;
   static Vec zero() { return vdupq_n_f32(0.0f); }
   static Vec load(const float* p) { return vld1q_f32(p); }
   static Vec fma(Vec acc, Vec x, Vec w) { return vfmaq_f32(acc, x, w); }
   static float hsum(Vec v) { return vaddvq_f32(v); }
 };
 
-inline uint8x16_t q_u8(const float* p) { return vreinterpretq_u8_f32(vld1q_f32(p)); }
-inline uint8x16x2_t q_table2(const float* p) { return {{q_u8(p), q_u8(p + 4)}}; }
+// x tables loaded straight into the register pairs / quads tbl reads (ld1 of 2 or 4 registers).
+inline uint8x16x2_t q_load2(const float* p) { return vld1q_u8_x2(reinterpret_cast<const uint8_t*>(p)); }
+inline uint8x16x4_t q_load4(const float* p) { return vld1q_u8_x4(reinterpret_cast<const uint8_t*>(p)); }
 
 // 4 x the positions in field `f` (bits * f) of the 16 block bytes at `block`: byte r of dword jj
 // becomes 4 * (row r's position of lane jj).
@@ -59,8 +64,8 @@ struct QNm<2, 4> {
     return q_row<Row>(positions4, uint32x4_t{0x03020100u, 0x03020100u, 0x13121110u, 0x13121110u});
   }
   template <class Part>
-  static uint8x16x2_t load_x(const float* x, Part) { return q_table2(x + 8 * Part::value); }
-  static float32x4_t select(const uint8x16x2_t& x, uint8x16_t index) { return vreinterpretq_f32_u8(vqtbl2q_u8(x, index)); }
+  static uint8x16x2_t load_x(const float* x, Part) { return q_load2(x + 8 * Part::value); }
+  static float32x4_t select(uint8x16x2_t x, uint8x16_t index) { return vreinterpretq_f32_u8(vqtbl2q_u8(x, index)); }
 };
 
 // 1:4: part q = values 4q..4q+3 = groups 4q..4q+3 = k 16q..16q+15 (a 64-byte table); lane j reads
@@ -75,11 +80,8 @@ struct QNm<1, 4> {
     return q_row<Row>(positions4, uint32x4_t{0x03020100u, 0x13121110u, 0x23222120u, 0x33323130u});
   }
   template <class Part>
-  static uint8x16x4_t load_x(const float* x, Part) {
-    const float* xp = x + 16 * Part::value;
-    return {{q_u8(xp), q_u8(xp + 4), q_u8(xp + 8), q_u8(xp + 12)}};
-  }
-  static float32x4_t select(const uint8x16x4_t& x, uint8x16_t index) { return vreinterpretq_f32_u8(vqtbl4q_u8(x, index)); }
+  static uint8x16x4_t load_x(const float* x, Part) { return q_load4(x + 16 * Part::value); }
+  static float32x4_t select(uint8x16x4_t x, uint8x16_t index) { return vreinterpretq_f32_u8(vqtbl4q_u8(x, index)); }
 };
 
 // 4:8: part q = values 4q..4q+3 = group q = k 8q..8q+7 (a 32-byte table); lane j reads the float at
@@ -94,8 +96,8 @@ struct QNm<4, 8> {
   template <class Row>
   static uint8x16_t index(uint8x16_t positions4, Row) { return q_row<Row>(positions4, vdupq_n_u32(0x03020100u)); }
   template <class Part>
-  static uint8x16x2_t load_x(const float* x, Part) { return q_table2(x + 8 * Part::value); }
-  static float32x4_t select(const uint8x16x2_t& x, uint8x16_t index) { return vreinterpretq_f32_u8(vqtbl2q_u8(x, index)); }
+  static uint8x16x2_t load_x(const float* x, Part) { return q_load2(x + 8 * Part::value); }
+  static float32x4_t select(uint8x16x2_t x, uint8x16_t index) { return vreinterpretq_f32_u8(vqtbl2q_u8(x, index)); }
 };
 
 void nm_neon(const SparseNmTask& t) { nm_run<Q, QNm>(t); }
