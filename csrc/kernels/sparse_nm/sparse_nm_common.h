@@ -21,7 +21,7 @@
 #include "edgecompress/sparse_nm.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "sparse_nm reads its packed meta words as little-endian integers"
+#error "sparse_nm reads its packed position blocks as little-endian dwords"
 #endif
 
 namespace edgecompress {
@@ -47,9 +47,10 @@ inline void nm_store(const SparseNmTask& t, int p, int i0, int m, const float (*
 }
 
 // With two or more rows of x, the permutes per chunk keep the core busy long enough that the
-// hardware prefetchers fall behind the weight stream; prefetching 8 KiB ahead (about 30 chunks of a
-// panel) gained 15-20% at DRAM sizes on Zen 4. With one row it gained nothing there and cost 20% on
-// weights in cache (the prefetches compete for load slots), so it is off for M = 1.
+// hardware prefetchers fall behind the weight stream; prefetching 8 KiB ahead (32 chunks of a
+// panel) gained 10-15% at DRAM sizes on Zen 4 for 3 or 4 rows (neutral for 2 rows over 2 panels).
+// With one row it gained nothing there and cost 20% on weights in cache (the prefetches compete
+// for load slots), so it is off for M = 1.
 constexpr ptrdiff_t kNmPrefetchBytes = 8192;
 
 // Panels p .. p + P - 1 of W times rows i0 .. i0 + M - 1 of x: per chunk, each row of x's span is
