@@ -8,6 +8,7 @@ void register_gemm(py::module_& m);
 void register_gemm_q4(py::module_& m);
 void register_sparse(py::module_& m);
 void register_dense(py::module_& m);
+void register_sparse_nm(py::module_& m);
 void register_peak(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
@@ -17,5 +18,6 @@ PYBIND11_MODULE(_core, m) {
   register_gemm_q4(m);
   register_sparse(m);
   register_dense(m);
+  register_sparse_nm(m);
   register_peak(m);
 }

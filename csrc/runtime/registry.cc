@@ -7,6 +7,7 @@
 #include "edgecompress/peak.h"
 #include "edgecompress/sparse.h"
 #include "edgecompress/sparse_s8.h"
+#include "edgecompress/sparse_nm.h"
 
 namespace edgecompress {
 
@@ -15,11 +16,13 @@ extern const GemmQ4Kernel gemm_q4_scalar;
 extern const SparseKernel sparse_f32_scalar;
 extern const DenseKernel dense_f32_scalar;
 extern const SparseS8Kernel sparse_s8_scalar;
+extern const SparseNmKernel sparse_nm_f32_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
 extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512vnni;
 extern const DenseKernel dense_f32_avx2, dense_f32_avx512vnni;
 extern const SparseS8Kernel sparse_s8_avx2, sparse_s8_avx512vnni;
+extern const SparseNmKernel sparse_nm_f32_avx2, sparse_nm_f32_avx512vnni;
 extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
@@ -28,6 +31,7 @@ extern const GemmQ4Kernel gemm_q4_neon, gemm_q4_dotprod;
 extern const SparseKernel sparse_f32_neon;
 extern const DenseKernel dense_f32_neon;
 extern const SparseS8Kernel sparse_s8_neon;
+extern const SparseNmKernel sparse_nm_f32_neon;
 extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
 #endif
 
@@ -84,6 +88,17 @@ const SparseS8Kernel* const kSparseS8[] = {
     &sparse_s8_avx2, &sparse_s8_avx512vnni,
 #elif defined(__aarch64__)
     &sparse_s8_neon,
+#endif
+};
+
+// sparse_nm_f32 (N:M sparse float32 weights): avx2, avx512vnni, neon; avxvnni, dotprod and i8mm
+// inherit the tier below (their instructions do not help a float product).
+const SparseNmKernel* const kSparseNmF32[] = {
+    &sparse_nm_f32_scalar,
+#if defined(__x86_64__) || defined(_M_X64)
+    &sparse_nm_f32_avx2, &sparse_nm_f32_avx512vnni,
+#elif defined(__aarch64__)
+    &sparse_nm_f32_neon,
 #endif
 };
 
@@ -153,5 +168,12 @@ int sparse_s8_kernels(const SparseS8Kernel* const** kernels) {
 }
 
 const SparseS8Kernel* sparse_s8_select(Isa cap) { return select_kernel(kSparseS8, cap); }
+
+int sparse_nm_f32_kernels(const SparseNmKernel* const** kernels) {
+  *kernels = kSparseNmF32;
+  return static_cast<int>(sizeof(kSparseNmF32) / sizeof(kSparseNmF32[0]));
+}
+
+const SparseNmKernel* sparse_nm_f32_select(Isa cap) { return select_kernel(kSparseNmF32, cap); }
 
 }  // namespace edgecompress

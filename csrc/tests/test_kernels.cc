@@ -9,6 +9,7 @@
 //   - with two threads the parallel paths run even for small shapes, and several callers at once,
 //     while the pool is being resized, get the serial results.
 // Kernels this CPU cannot run are listed as skipped with the reason. Exits non-zero on any failure.
+#include <algorithm>
 #include <atomic>
 #include <cinttypes>
 #include <cmath>
@@ -26,6 +27,7 @@
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/sparse.h"
 #include "edgecompress/sparse_s8.h"
+#include "edgecompress/sparse_nm.h"
 #include "edgecompress/dense_f32.h"
 #include "edgecompress/threadpool.h"
 
@@ -542,6 +544,87 @@ bool check_dense_kernel(const DenseKernel& kern) {
   return failures == 0;
 }
 
+// --- sparse_nm_f32 -----------------------------------------------------------------------------
+
+// A random weight with the n:m pattern and its canonical arrays (sparse_nm.h): in each group, `kept`
+// distinct random positions in increasing order, each holding a nonzero with probability `density`
+// (so groups with fewer nonzeros store zeros too); row n / 2 is all zero.
+struct NmWeight {
+  std::vector<float> dense, values;
+  std::vector<uint8_t> meta;
+};
+
+NmWeight nm_weight(const Shape& s, int kept, int group, float density, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f), p01(0.0f, 1.0f);
+  const int groups = (s.k + group - 1) / group, row_values = groups * kept, bits = group == 8 ? 4 : 2;
+  const int row_meta = (row_values * bits + 7) / 8;
+  NmWeight w;
+  w.dense.assign(static_cast<size_t>(s.n) * s.k, 0.0f);
+  w.values.assign(static_cast<size_t>(s.n) * row_values, 0.0f);
+  w.meta.assign(static_cast<size_t>(s.n) * row_meta, 0);
+  std::vector<int> order(group);
+  for (int r = 0; r < s.n; ++r)
+    for (int g = 0; g < groups; ++g) {
+      for (int i = 0; i < group; ++i) order[i] = i;
+      for (int i = group - 1; i > 0; --i) std::swap(order[i], order[std::uniform_int_distribution<int>(0, i)(rng)]);
+      std::sort(order.begin(), order.begin() + kept);
+      for (int q = 0; q < kept; ++q) {
+        const int pos = order[q], col = g * group + pos, j = g * kept + q;
+        const float v = col < s.k && r != s.n / 2 && p01(rng) < density ? u(rng) : 0.0f;
+        w.values[static_cast<size_t>(r) * row_values + j] = v;
+        if (col < s.k) w.dense[static_cast<size_t>(r) * s.k + col] = v;
+        w.meta[static_cast<size_t>(r) * row_meta + j * bits / 8] |= static_cast<uint8_t>(pos << (j * bits % 8));
+      }
+    }
+  return w;
+}
+
+// Every sparse_nm kernel against a float64 dense reference within 1e-5 * (|x| @ |W|.T), for the
+// three patterns over the sweep at densities 1 (every kept slot nonzero) to 0 (an all-zero weight),
+// with and without bias + relu; NaN and Inf in x are refused.
+bool check_nm_kernel(const SparseNmKernel& kern) {
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int patterns[3][2] = {{2, 4}, {1, 4}, {4, 8}};
+  const float densities[4] = {1.0f, 0.7f, 0.3f, 0.0f};
+  int failures = 0, i = 0;
+  for (const Shape& s : sweep()) {
+    for (const auto& pat : patterns) {
+      const NmWeight w = nm_weight(s, pat[0], pat[1], densities[(i++) % 4], rng);
+      auto pw = pack_sparse_nm_f32(kern, s.n, s.k, pat[0], pat[1], w.values.data(), w.meta.data());
+      std::vector<float> x(static_cast<size_t>(s.m) * s.k), bias(s.n);
+      for (auto& v : x) v = u(rng);
+      for (auto& v : bias) v = u(rng);
+      const bool epilogue = i % 2 == 0;
+      const size_t mn = static_cast<size_t>(s.m) * s.n;
+      Guarded<float> y(mn);
+      if (sparse_nm_f32(*pw, x.data(), s.k, s.m, epilogue ? bias.data() : nullptr,
+                        epilogue ? Activation::relu : Activation::none, y.data(), 64) != GemmStatus::ok) ++failures;
+      if (!y.guards_intact()) ++failures;
+      std::vector<double> ref(mn), mag(mn);
+      for (int a = 0; a < s.m; ++a)
+        for (int c = 0; c < s.n; ++c) {
+          double r = epilogue ? bias[c] : 0.0, g = std::fabs(r);
+          for (int q = 0; q < s.k; ++q) {
+            const double p = static_cast<double>(x[static_cast<size_t>(a) * s.k + q]) * w.dense[static_cast<size_t>(c) * s.k + q];
+            r += p, g += std::fabs(p);
+          }
+          ref[static_cast<size_t>(a) * s.n + c] = epilogue && r < 0 ? 0.0 : r, mag[static_cast<size_t>(a) * s.n + c] = g;
+        }
+      const std::string what = std::string(kern.name) + " " + std::to_string(pat[0]) + ":" + std::to_string(pat[1]);
+      failures += count_misses(what.c_str(), s, y.data(), ref, mag, 1e-5);
+      for (float bad_value : {NAN, INFINITY}) {
+        std::vector<float> bad(x);
+        bad[bad.size() / 2] = bad_value;
+        std::vector<float> y2(mn);
+        if (sparse_nm_f32(*pw, bad.data(), s.k, s.m, nullptr, Activation::none, y2.data(), 64) != GemmStatus::nonfinite_input)
+          ++failures;
+      }
+    }
+  }
+  return failures == 0;
+}
+
 }  // namespace
 
 int main() {
@@ -593,6 +676,8 @@ int main() {
   const int dk_count = dense_f32_kernels(&dk);
   const SparseS8Kernel* const* s8k;
   const int s8k_count = sparse_s8_kernels(&s8k);
+  const SparseNmKernel* const* nk;
+  const int nk_count = sparse_nm_f32_kernels(&nk);
   for (int threads : {1, 2}) {
     set_num_threads(threads);
     set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
@@ -609,6 +694,7 @@ int main() {
     for (int i = 0; i < sk_count; ++i) report(sk[i], check_sparse_kernel);
     for (int i = 0; i < dk_count; ++i) report(dk[i], check_dense_kernel);
     for (int i = 0; i < s8k_count; ++i) report(s8k[i], check_sparse_s8_kernel);
+    for (int i = 0; i < nk_count; ++i) report(nk[i], check_nm_kernel);
   }
   set_gemm_s8_min_parallel_macs(0.0);
   for (int i = 0; i < count; ++i) {

@@ -102,6 +102,31 @@ def linear_sparse_f32(
 def sparse_f32_kernels() -> list[dict[str, Any]]: ...
 def sparse_f32_select(cap: str) -> str: ...
 
+class PackedSparseNmF32:
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def nbytes(self) -> int: ...
+
+def pack_sparse_nm_f32(
+    n: int,
+    k: int,
+    kept: int,
+    group: int,
+    values: npt.NDArray[np.float32],
+    meta: npt.NDArray[np.uint8],
+    kernel: str,
+) -> PackedSparseNmF32: ...
+def linear_sparse_nm_f32(
+    w: PackedSparseNmF32,
+    x: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    activation: int,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...
+def sparse_nm_f32_kernels() -> list[dict[str, Any]]: ...
+def sparse_nm_f32_select(cap: str) -> str: ...
+
 class PackedDenseF32:
     @property
     def kernel(self) -> str: ...

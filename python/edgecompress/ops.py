@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .runtime import dense_f32_kernel, gemm_q4_kernel, gemm_s8_kernel, sparse_f32_kernel, sparse_s8_kernel
+from .runtime import dense_f32_kernel, gemm_q4_kernel, gemm_s8_kernel
 from .weights import MAX_K as _MAX_K_INT8
 from .weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 
@@ -60,11 +60,12 @@ def linear(
     for asymmetric, ``act_zero_point`` in [0, 255]) uses that static quantization instead.
     Int4Weight: the weight's ``compute`` mode decides ("int8": activations quantized per row and
     group of K, exact integer dot products; "float": exact dequantization, float32 arithmetic); the
-    act_* arguments do not apply. SparseWeight: float32 arithmetic over the stored float32 values
-    (the act_* arguments do not apply either); int8 values: activations quantized per row
-    (symmetric, dynamic) as for Int8Weight, bit for bit the dense int8 path on the same weight.
-    LowRankWeight: ``(x @ v.T) @ u.T``, each int8 factor through the int8 path (activations quantized per row, the act_* arguments apply to both factors), each
-    float32 factor in float32.
+    act_* arguments do not apply. SparseWeight (any format, N:M included): float32 arithmetic over
+    the stored float32 values (the act_* arguments do not apply either); int8 values: activations
+    quantized per row (symmetric, dynamic) as for Int8Weight, bit for bit the dense int8 path on the
+    same weight. LowRankWeight: ``(x @ v.T) @ u.T``, each int8 factor through the int8 path
+    (activations quantized per row, the act_* arguments apply to both factors), each float32 factor
+    in float32.
     Returns float32 of shape (..., N), written into ``out`` when given (a C-contiguous float32 array
     of that shape that does not overlap x). NaN or Inf in x raises ValueError.
     """
@@ -101,10 +102,8 @@ def linear(
         out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x)
         if isinstance(w, Int4Weight):
             y = _core.linear_q4(w.packed(gemm_q4_kernel()), x2, bias, act, 0 if w.compute == "int8" else 1, out2)
-        elif w.dtype == "int8":
-            y = _core.linear_sparse_s8(w.packed(sparse_s8_kernel()), x2, bias, act, out2)
         else:
-            y = _core.linear_sparse_f32(w.packed(sparse_f32_kernel()), x2, bias, act, out2)
+            y = w._linear(x2, bias, act, out2)
         return out if out is not None else y.reshape(x.shape[:-1] + (n,))
     scheme = _SCHEMES.get(act_scheme) if isinstance(act_scheme, str) else None
     if scheme is None:

@@ -61,8 +61,8 @@ def _kernel(family: str) -> str:
     name = _kernel_by_cap.get((family, cap))
     if name is None:
         select = {"gemm_s8": _core.gemm_s8_select, "gemm_q4": _core.gemm_q4_select,
-                  "sparse_f32": _core.sparse_f32_select, "dense_f32": _core.dense_f32_select,
-                  "sparse_s8": _core.sparse_s8_select}[family]
+                  "sparse_f32": _core.sparse_f32_select, "sparse_nm_f32": _core.sparse_nm_f32_select,
+                  "dense_f32": _core.dense_f32_select, "sparse_s8": _core.sparse_s8_select}[family]
         name = _kernel_by_cap[(family, cap)] = select(cap)
         _log(f"{family} -> {name} (cap {cap})")
     return name
@@ -86,6 +86,11 @@ def sparse_f32_kernel() -> str:
 def sparse_s8_kernel() -> str:
     """Name of the sparse_s8 (pruned int8 weight) kernel serving the current cap."""
     return _kernel("sparse_s8")
+
+
+def sparse_nm_f32_kernel() -> str:
+    """Name of the sparse_nm_f32 (N:M sparse float32 weight) kernel serving the current cap."""
+    return _kernel("sparse_nm_f32")
 
 
 def dense_f32_kernel() -> str:
@@ -154,6 +159,7 @@ def cpu_info() -> dict[str, Any]:
     for fam, listing, select in (("gemm_s8", kernels, gemm_s8_kernel), ("gemm_q4", _core.gemm_q4_kernels(), gemm_q4_kernel),
                                  ("sparse_f32", _core.sparse_f32_kernels(), sparse_f32_kernel),
                                  ("sparse_s8", _core.sparse_s8_kernels(), sparse_s8_kernel),
+                                 ("sparse_nm_f32", _core.sparse_nm_f32_kernels(), sparse_nm_f32_kernel),
                                  ("dense_f32", _core.dense_f32_kernels(), dense_f32_kernel)):
         name = select()
         families[fam] = {"kernel": name, "tier": next(k for k in listing if k["name"] == name)["tier"]}
@@ -177,4 +183,5 @@ if _VERBOSE:
     gemm_q4_kernel()
     sparse_f32_kernel()
     sparse_s8_kernel()
+    sparse_nm_f32_kernel()
     dense_f32_kernel()

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from . import quantize4
+from .runtime import sparse_f32_kernel, sparse_nm_f32_kernel, sparse_s8_kernel
 from .reference import quantize_weight_int8
 from .reference.gemm_q4 import dequantize as _dequantize_q4
 from .reference.gemm_q4 import pack_nibbles, unpack_nibbles
@@ -437,7 +438,10 @@ def _unpack_zero_points(zp: np.ndarray, groups: int) -> np.ndarray:
 
 # Block shape (rows along N, columns along K) of each layout, and the value types it is built for.
 _BLOCKS = {"csr": (1, 1), "bsr4x1": (4, 1), "bsr8x1": (8, 1), "bsr1x4": (1, 4)}
-_DTYPE_FORMATS = {"float32": ("csr", "bsr4x1", "bsr8x1"), "int8": ("csr", "bsr1x4")}
+# N:M layouts (float32): (kept, group), `kept` values stored of every `group` consecutive k.
+_NM = {"2:4": (2, 4), "1:4": (1, 4), "4:8": (4, 8)}
+_NM_BITS = {4: 2, 8: 4}  # bits of one stored position in `meta`, by group size
+_DTYPE_FORMATS = {"float32": ("csr", "bsr4x1", "bsr8x1") + tuple(_NM), "int8": ("csr", "bsr1x4")}
 _AUTO_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
@@ -452,6 +456,52 @@ def _best_of(fn: Any, repeats: int = 5) -> float:
     return best
 
 
+def _nm_geometry(k: int, fmt: str) -> tuple[int, int, int, int]:
+    """(kept, group, values per row, meta bytes per row) of the n:m layout `fmt` for K columns."""
+    kept, group = _NM[fmt]
+    row_values = -(-k // group) * kept
+    return kept, group, row_values, -(-row_values * _NM_BITS[group] // 8)
+
+
+def _nm_groups(w: np.ndarray, group: int) -> np.ndarray:
+    """w (N, K) padded with zero columns to whole groups, viewed as (N, groups, group)."""
+    n, k = w.shape
+    kp = -(-k // group) * group
+    if kp != k:
+        w = np.concatenate([w, np.zeros((n, kp - k), w.dtype)], axis=1)
+    return w.reshape(n, kp // group, group)
+
+
+def _nm_violation(groups: np.ndarray, kept: int) -> tuple[int, int, int] | None:
+    """(row, group, nonzeros) of the first group with more than `kept` nonzeros, or None."""
+    counts = np.count_nonzero(groups, axis=-1)
+    bad = np.flatnonzero(counts > kept)
+    if bad.size == 0:
+        return None
+    r, g = divmod(int(bad[0]), counts.shape[1])
+    return r, g, int(counts[r, g])
+
+
+def _nm_pack_positions(pos: np.ndarray, group: int) -> np.ndarray:
+    """Positions (N, V) in 0..group-1 -> meta (N, ceil(V * bits / 8)) uint8: per row a little-endian bit
+    stream of `bits` per position (2 for groups of 4, 4 for groups of 8), the unused high bits 0."""
+    bits = _NM_BITS[group]
+    per_byte = 8 // bits
+    n, v = pos.shape
+    padded = np.zeros((n, -(-v // per_byte) * per_byte), np.uint8)
+    padded[:, :v] = pos
+    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(padded.reshape(n, -1, per_byte) << shifts, axis=-1).astype(np.uint8)
+
+
+def _nm_unpack_positions(meta: np.ndarray, row_values: int, group: int) -> np.ndarray:
+    """meta (N, B) uint8 -> positions (N, row_values) uint8 (the inverse of _nm_pack_positions)."""
+    bits = _NM_BITS[group]
+    shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
+    pos = (meta[:, :, None] >> shifts) & np.uint8(group - 1)
+    return pos.reshape(meta.shape[0], -1)[:, :row_values]
+
+
 class SparseWeight(_PackedCache):
     """A pruned weight (N, K) stored by blocks, float32 or int8 values.
 
@@ -463,21 +513,50 @@ class SparseWeight(_PackedCache):
     65536 blocks of columns) else int32, ``values`` (nnzb, block size) float32 or int8, and for int8
     ``scale`` float32 (N,) or (1,): W = values * scale of the row. ``sparsity`` is the fraction of
     W's values that are not stored.
+
+    ``format`` "2:4", "1:4" or "4:8" (n:m, float32): at most n nonzeros in every group of m consecutive
+    k of a row; K is padded with zeros to Kp, a multiple of m. Arrays (``indptr`` and ``indices`` are
+    None): ``values`` float32 (N, Kp * n / m): the n kept values of each group in k order (a group with
+    fewer nonzeros keeps zeros too); ``meta`` uint8 (N, ceil(Kp * n / m * b / 8)): the position
+    (0..m-1) of each kept value in its group, increasing inside a group, b = 2 bits per position for
+    m = 4 and b = 4 bits (a nibble) for m = 8, packed as one little-endian bit stream per row: value
+    j's position is ``(meta[r, j * b // 8] >> (j * b % 8)) & (m - 1)``, unused high bits 0. (The
+    native kernels read the same bits, 16 positions at a time, and expand them in registers.)
     """
 
     FORMAT = "sparse"
-    VERSION = 1
+    # Version 2 added the n:m layouts. csr/bsr weights are still saved as version 1, which readers
+    # from before version 2 keep reading; they refuse an n:m file by its version.
+    VERSION = 2
 
-    def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, shape: tuple[int, int],
-                 format: str = "csr", scale: np.ndarray | None = None) -> None:
-        if format not in _BLOCKS:
-            raise ValueError(f"format: expected one of {', '.join(_BLOCKS)}, got {format!r}")
-        br, bc = _BLOCKS[format]
+    def __init__(self, indptr: np.ndarray | None, indices: np.ndarray | None, values: np.ndarray,
+                 shape: tuple[int, int], format: str = "csr", scale: np.ndarray | None = None, *,
+                 meta: np.ndarray | None = None) -> None:
+        if not isinstance(format, str) or format not in _BLOCKS and format not in _NM:
+            raise ValueError(f"format: expected one of {', '.join(tuple(_BLOCKS) + tuple(_NM))}, got {format!r}")
         if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(v, (int, np.integer)) for v in shape)):
             raise TypeError(f"shape: expected a tuple (N, K) of ints, got {shape!r}")
         n, k = int(shape[0]), int(shape[1])
         if n <= 0 or k <= 0 or n > _MAX_N or k > 2**31 - 1:
             raise ValueError(f"shape: expected positive (N, K) within int32, got {shape}")
+        self.format = format
+        self.auto: dict[str, Any] | None = None  # what format="auto" measured, when it chose this
+        self._shape = (n, k)
+        self._init_cache()
+        if format in _NM:
+            if indptr is not None or indices is not None:
+                raise ValueError(f"indptr, indices: a {format} weight has none (pass None; its arrays are values and meta)")
+            if scale is not None:
+                raise ValueError(f"scale: the n:m formats hold float32 values, which have no scale")
+            self._check_nm(values, meta, n, k, format)
+            self.dtype = "float32"
+            self.indptr = self.indices = self.scale = None
+            self.meta = _frozen(meta)
+            self.values = _frozen(values)
+            return
+        if meta is not None:
+            raise ValueError(f"meta: only the n:m formats have meta, not {format!r} (pass None)")
+        br, bc = _BLOCKS[format]
         block_rows, block_cols = -(-n // br), -(-k // bc)
         if not isinstance(indptr, np.ndarray) or indptr.dtype != np.int64 or indptr.shape != (block_rows + 1,):
             raise ValueError(f"indptr: expected int64 of shape ({block_rows + 1},), got {getattr(indptr, 'dtype', None)} {getattr(indptr, 'shape', None)}")
@@ -506,15 +585,37 @@ class SparseWeight(_PackedCache):
                 raise ValueError(f"scale: expected float32 of shape ({n},) or (1,) for int8 values, got {getattr(scale, 'dtype', None)} {getattr(scale, 'shape', None)}")
             if not (np.isfinite(scale).all() and (scale > 0).all()):
                 raise ValueError("scale: expected finite values > 0")
-        self.format = format
         self.dtype = dtype
-        self.auto: dict[str, Any] | None = None  # what format="auto" measured, when it chose this
-        self._shape = (n, k)
         self.indptr = _frozen(indptr)
         self.indices = _frozen(indices)
         self.values = _frozen(values)
         self.scale = None if scale is None else _frozen(scale)
-        self._init_cache()
+        self.meta = None
+
+    @staticmethod
+    def _check_nm(values: Any, meta: Any, n: int, k: int, fmt: str) -> None:
+        """Checks the arrays of an n:m weight."""
+        if k > 2**30:
+            raise ValueError(f"shape: expected K <= 2**30 for the n:m formats, got K = {k}")
+        kept, group, row_values, row_meta = _nm_geometry(k, fmt)
+        if not isinstance(values, np.ndarray) or values.dtype != np.float32 or values.shape != (n, row_values):
+            raise ValueError(f"values: expected float32 of shape ({n}, {row_values}) for {fmt} with K = {k}, "
+                             f"got {getattr(values, 'dtype', type(values).__name__)} {getattr(values, 'shape', '')}")
+        if not np.isfinite(values).all():
+            raise ValueError("values: expected finite values, got NaN or Inf")
+        if not isinstance(meta, np.ndarray) or meta.dtype != np.uint8 or meta.shape != (n, row_meta):
+            raise ValueError(f"meta: expected uint8 of shape ({n}, {row_meta}) for {fmt} with K = {k}, "
+                             f"got {getattr(meta, 'dtype', type(meta).__name__)} {getattr(meta, 'shape', '')}")
+        pos = _nm_unpack_positions(meta, row_values, group)
+        if not np.array_equal(_nm_pack_positions(pos, group), meta):
+            raise ValueError(f"meta: expected {_NM_BITS[group]}-bit positions in 0..{group - 1} and the unused bits 0")
+        groups = row_values // kept
+        if kept > 1 and (np.diff(pos.reshape(n, groups, kept).astype(np.int16), axis=-1) <= 0).any():
+            raise ValueError("meta: expected strictly increasing positions inside each group")
+        if groups * group > k:
+            cols = (groups - 1) * group + pos[:, -kept:].astype(np.int64)
+            if (values[:, -kept:][cols >= k] != 0).any():
+                raise ValueError(f"values: expected zeros at the padding columns {k}..{groups * group - 1}")
 
     @classmethod
     def from_float(cls, w: Any, format: str = "csr", dtype: str = "float32", *, rows: int = 1) -> SparseWeight:
@@ -525,7 +626,12 @@ class SparseWeight(_PackedCache):
         Int8Weight) and stores what stays nonzero; its layouts are "csr" and "bsr1x4", and it runs
         with activations quantized per row like the dense int8 path, bit for bit equal to it.
 
-        ``format="auto"`` builds every layout of the dtype, times each on this CPU for ``rows`` rows
+        The n:m formats ("2:4", "1:4", "4:8"; float32) need a weight that already has the pattern (at
+        most n nonzeros in every group of m consecutive values along K); otherwise ValueError names the
+        first row and group that has more.
+
+        ``format="auto"`` builds every layout of the dtype (the n:m ones only where the weight has the
+        pattern), times each on this CPU for ``rows`` rows
         of input (the batch the layer will see), and keeps the fastest. The choice and the timings,
         with the dense product for comparison (numpy for float32, our int8 kernel for int8), are in
         ``.auto`` (``dense_faster`` says when the weight is not sparse enough to pay on this CPU).
@@ -539,6 +645,8 @@ class SparseWeight(_PackedCache):
         if format not in _DTYPE_FORMATS[dtype]:
             raise ValueError(f"format: expected one of {', '.join(_DTYPE_FORMATS[dtype])} or 'auto' for {dtype}, got {format!r}")
         w = _as_float_matrix(w, "w")
+        if format in _NM:
+            return cls._from_float_nm(w, format)
         scale = None
         if dtype == "int8":
             q, scale = quantize_weight_int8(w, "channel")
@@ -558,17 +666,37 @@ class SparseWeight(_PackedCache):
         return cls(indptr, indices, values, (n, k), format, scale)
 
     @classmethod
+    def _from_float_nm(cls, w: np.ndarray, fmt: str) -> SparseWeight:
+        n, k = w.shape
+        kept, group = _NM[fmt]
+        groups = _nm_groups(w, group)
+        bad = _nm_violation(groups, kept)
+        if bad is not None:
+            r, g, count = bad
+            raise ValueError(f"w: row {r}, group {g} (columns {g * group}..{min(k, g * group + group) - 1}) has {count} "
+                             f"nonzeros; format {fmt!r} keeps at most {kept} of every {group} consecutive values along K "
+                             "(prune to the pattern first)")
+        # Each group keeps its nonzeros and its first (kept - nonzeros) zero positions, in position order.
+        free = groups == 0
+        fill = kept - group + np.count_nonzero(free, axis=-1, keepdims=True)
+        keep = ~free | (free & (np.cumsum(free, axis=-1, dtype=np.int8) <= fill))
+        values = groups[keep].reshape(n, -1)
+        pos = np.broadcast_to(np.arange(group, dtype=np.uint8), groups.shape)[keep].reshape(n, -1)
+        return cls(None, None, values, (n, k), fmt, meta=_nm_pack_positions(pos, group))
+
+    @classmethod
     def _auto(cls, w: np.ndarray, rows: int, dtype: str) -> SparseWeight:
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
             raise ValueError(f"rows: expected an int >= 1, got {rows!r}")
         from . import ops
-        from .runtime import sparse_f32_kernel, sparse_s8_kernel
 
-        kernel = sparse_f32_kernel() if dtype == "float32" else sparse_s8_kernel()
-        cands = {f: cls.from_float(w, f, dtype) for f in _DTYPE_FORMATS[dtype]}
+        kernel = (sparse_f32_kernel(), sparse_nm_f32_kernel()) if dtype == "float32" else sparse_s8_kernel()
+        # The n:m formats are candidates where the weight already has their pattern (no pruning here).
+        cands = {f: cls.from_float(w, f, dtype) for f in _DTYPE_FORMATS[dtype]
+                 if f not in _NM or _nm_violation(_nm_groups(w, _NM[f][1]), _NM[f][0]) is None}
         # Same shape and sparsity can still favour different formats (unstructured vs by blocks):
         # the key holds each format's stored fraction.
-        key = (w.shape, int(rows), dtype, kernel) + tuple(round(1 - c.sparsity, 2) for c in cands.values())
+        key = (w.shape, int(rows), dtype, kernel) + tuple((f, round(1 - c.sparsity, 2)) for f, c in cands.items())
         report = _AUTO_CACHE.get(key)
         if report is None:
             x = np.random.default_rng(0).standard_normal((int(rows), w.shape[1])).astype(np.float32)
@@ -583,7 +711,8 @@ class SparseWeight(_PackedCache):
             dense_s = seconds.pop("dense")
             chosen = min(seconds, key=seconds.__getitem__)
             report = {"chosen": chosen, "seconds": seconds, "dense_seconds": dense_s,
-                      "dense_faster": dense_s < seconds[chosen], "rows": int(rows), "kernel": kernel}
+                      "dense_faster": dense_s < seconds[chosen], "rows": int(rows),
+                      "kernel": kernel if dtype == "int8" else kernel[1] if chosen in _NM else kernel[0]}
             _AUTO_CACHE[key] = report
         out = cands[report["chosen"]]
         out.auto = dict(report)
@@ -595,8 +724,13 @@ class SparseWeight(_PackedCache):
 
     @property
     def block(self) -> tuple[int, int]:
-        """(rows along N, columns along K) of one block."""
-        return _BLOCKS[self.format]
+        """(rows along N, columns along K) of one block ((1, 1) for the n:m formats, which have none)."""
+        return _BLOCKS.get(self.format, (1, 1))
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """(n, m) of an n:m format, else None."""
+        return _NM.get(self.format)
 
     @property
     def nnz(self) -> int:
@@ -610,8 +744,9 @@ class SparseWeight(_PackedCache):
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.scale is None else self.scale.nbytes
-        return int(self.indptr.nbytes + self.indices.nbytes + self.values.nbytes + extra)
+        """Bytes of the canonical arrays (what a file holds)."""
+        arrays = (self.indptr, self.indices, self.values, self.scale, self.meta)
+        return int(sum(a.nbytes for a in arrays if a is not None))
 
     def _dense_blocks(self) -> np.ndarray:
         """The stored values as a dense (N, K) array of their own dtype."""
@@ -626,28 +761,45 @@ class SparseWeight(_PackedCache):
         return np.ascontiguousarray(out[:n, :k])
 
     def to_float(self) -> np.ndarray:
+        if self.format in _NM:
+            n, k = self._shape
+            kept, group, row_values, _ = _nm_geometry(k, self.format)
+            groups = row_values // kept
+            pos = _nm_unpack_positions(self.meta, row_values, group).reshape(n, groups, kept)
+            out = np.zeros((n, groups, group), np.float32)
+            np.put_along_axis(out, pos.astype(np.intp), self.values.reshape(n, groups, kept), axis=-1)
+            return out.reshape(n, groups * group)[:, :k].copy()
         q = self._dense_blocks()
         if self.scale is None:
             return q
         return (q.astype(np.float32) * self.scale[:, None]).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        d = {"indptr": self.indptr, "indices": self.indices, "values": self.values,
-             "metadata": {"format": self.FORMAT, "version": self.VERSION, "layout": self.format,
-                          "shape": list(self._shape)}}
+        metadata = {"format": self.FORMAT, "version": 1, "layout": self.format, "shape": list(self._shape)}
+        if self.format in _NM:
+            return {"values": self.values, "meta": self.meta, "metadata": {**metadata, "version": 2}}
+        d = {"indptr": self.indptr, "indices": self.indices, "values": self.values, "metadata": metadata}
         if self.scale is not None:
             d["scale"] = self.scale
         return d
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> SparseWeight:
-        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("indptr", "indices", "values"))
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ())
         shape = meta.get("shape")
         if not (isinstance(shape, list) and len(shape) == 2):
             raise ValueError(f"d: expected a 'shape' [N, K] in metadata, got {shape!r}")
+        shape = (int(shape[0]), int(shape[1]))
+        layout = meta.get("layout", "csr")
+        if isinstance(layout, str) and layout in _NM:
+            if meta["version"] < 2:
+                raise ValueError(f"d: layout {layout!r} needs format version 2, got version {meta['version']}")
+            _check_metadata(d, cls.FORMAT, cls.VERSION, ("values", "meta"))
+            return cls(None, None, np.asarray(d["values"]), shape, layout, meta=np.asarray(d["meta"]))
+        _check_metadata(d, cls.FORMAT, cls.VERSION, ("indptr", "indices", "values"))
         scale = d.get("scale")
-        return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]),
-                   (int(shape[0]), int(shape[1])), meta.get("layout", "csr"), None if scale is None else np.asarray(scale))
+        return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]), shape, layout,
+                   None if scale is None else np.asarray(scale))
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: (np.array(v) if isinstance(v, np.ndarray) else v) for key, v in self.state_dict().items()}
@@ -657,12 +809,24 @@ class SparseWeight(_PackedCache):
 
     def _pack(self, kernel: str) -> Any:
         n, k = self._shape
+        if self.format in _NM:
+            kept, group = _NM[self.format]
+            return _core.pack_sparse_nm_f32(n, k, kept, group, self.values, self.meta, kernel)
         if self.dtype == "float32":
             return _core.pack_sparse_f32(n, k, self.block[0], self.indptr, self.indices, self.values.reshape(-1), kernel)
         indptr, indices, values = self.indptr, self.indices, self.values
         if self.format == "csr":  # the kernels read 1 x 4 blocks: group each row's nonzeros by k / 4
             indptr, indices, values = _csr_to_1x4(indptr, indices, values.reshape(-1), n, k)
         return _core.pack_sparse_s8(n, k, indptr, indices, values.reshape(-1), self.scale, kernel)
+
+    def _linear(self, x2: np.ndarray, bias: np.ndarray | None, act: int, out2: np.ndarray | None = None) -> np.ndarray:
+        """The native product for checked (M, K) float32 rows x2, on the kernel family of the format
+        (sparse_nm_f32, sparse_s8 or sparse_f32) at the current tier cap."""
+        if self.format in _NM:
+            return _core.linear_sparse_nm_f32(self.packed(sparse_nm_f32_kernel()), x2, bias, act, out2)
+        if self.dtype == "int8":
+            return _core.linear_sparse_s8(self.packed(sparse_s8_kernel()), x2, bias, act, out2)
+        return _core.linear_sparse_f32(self.packed(sparse_f32_kernel()), x2, bias, act, out2)
 
     def __repr__(self) -> str:
         n, k = self._shape

@@ -10,6 +10,7 @@
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/sparse.h"
 #include "edgecompress/sparse_s8.h"
+#include "edgecompress/sparse_nm.h"
 
 namespace edgecompress {
 
@@ -136,6 +137,25 @@ std::unique_ptr<PackedSparseS8> pack_sparse_s8(const SparseS8Kernel& kernel, int
 // sums, gemm_s8's float epilogue. Refuses NaN/Inf in x. Thread pool.
 GemmStatus sparse_s8(const PackedSparseS8& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
                      Activation act, float* y, int max_threads);
+
+// An N:M sparse float32 weight for the sparse_nm_f32 kernels (see sparse_nm.h): panels of 4 rows
+// cut into chunks of 16 kept values and their meta words.
+struct PackedSparseNmF32 {
+  const SparseNmKernel* kernel = nullptr;
+  SparseNmF32 w;
+  AlignedArray<float> values;
+  AlignedArray<uint8_t> meta;
+  size_t nbytes() const { return values.size() * 4 + meta.size(); }
+};
+
+// values: n rows of kp * kept / group floats (kp: k rounded up to a multiple of group); meta: n rows
+// of the canonical packed positions, ceil(row values * bits / 8) bytes (2 bits for group 4, 4 for 8).
+std::unique_ptr<PackedSparseNmF32> pack_sparse_nm_f32(const SparseNmKernel& kernel, int n, int k, int kept, int group,
+                                                      const float* values, const uint8_t* meta);
+
+// y (m, n) = epilogue(x @ W.T) for fp32 x (row stride ldx); refuses NaN/Inf in x. Thread pool.
+GemmStatus sparse_nm_f32(const PackedSparseNmF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
+                         Activation act, float* y, int max_threads);
 
 // True when one of the m rows of x (k floats, row stride ldx) holds NaN or Inf: the float families
 // refuse such input like the quantizing ones (a skipped zero would hide the Inf * 0 = NaN).
