@@ -321,6 +321,8 @@ def _sparse(cls: type, recipe: Recipe, name: str, module: nn.Module, rows: int) 
     pruned = copy.deepcopy(module)
     with torch.no_grad():
         pruned.weight.mul_(mask.to(pruned.weight.dtype))
+    if "format" in recipe.options:  # a layout the recipe names (int8 1 x 4 blocks)
+        return cls.from_float(pruned, **recipe.options)
     if pattern.is_nm:
         try:  # the dedicated N:M layout, where SparseWeight has it
             return cls.from_float(pruned, format=recipe.pattern, **recipe.options)

@@ -8,7 +8,7 @@
 | ``"int4-g32"`` (g64, g128) | Int4Linear / Int4Conv2d: 4-bit groups of 32 along K, scales searched by MSE |
 | ``"nf4"`` | Int4 with the NF4 codebook, groups of 32 |
 | ``"sparse-50"`` (any 1-99) | magnitude pruning to 50% per layer, float32 SparseLinear / SparseConv2d in the layout timed fastest here |
-| ``"sparse-75+int8"`` | the same pruning, int8 values |
+| ``"sparse-75+int8"`` | magnitude pruning to 75% in blocks of 4 consecutive weights along K (the int8 kernels' unit), int8 values in the bsr1x4 layout |
 | ``"2:4"`` (1:4, 4:8; ``+int8``) | 2 of every 4 weights along K kept by magnitude, stored as a SparseWeight |
 | ``"lowrank-0.5"`` (any ratio in (0, 1); ``+int8``) | truncated SVD to half the parameters, LowRankLinear / LowRankConv2d |
 | a ``QuantConfig`` | its plan: int8 or int4 weights, static input scales when it quantizes activations |
@@ -80,6 +80,9 @@ def parse_recipe(recipe: Any, name: str = "recipe") -> Recipe:
     dtype = "int8" if plus_int8 else "float32"
     m = re.fullmatch(r"sparse-([1-9][0-9]?)", base)
     if m:
+        if plus_int8:  # blocks of 1 x 4 along K: what the int8 kernels read, and no stored zeros
+            return Recipe(recipe, "sparse", {"dtype": dtype, "format": "bsr1x4"}, pattern="1x4",
+                          sparsity=int(m[1]) / 100, fallback="int8")
         return Recipe(recipe, "sparse", {"dtype": dtype}, sparsity=int(m[1]) / 100, fallback="int8")
     if base in N_M:
         n, m_ = N_M[base]
