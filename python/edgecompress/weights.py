@@ -445,14 +445,17 @@ _DTYPE_FORMATS = {"float32": ("csr", "bsr4x1", "bsr8x1") + tuple(_NM), "int8": (
 _AUTO_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
-def _best_of(fn: Any, repeats: int = 5) -> float:
-    """Fastest of a few timed calls after a warm-up (a short pack-time measurement)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _best_of(runs: dict[str, Any], rounds: int = 7) -> dict[str, float]:
+    """Fastest call of each candidate over interleaved rounds after a warm-up (a short pack-time
+    measurement): taking turns keeps a slow spell of a shared machine from landing on one candidate."""
+    for fn in runs.values():
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -707,7 +710,7 @@ class SparseWeight(_PackedCache):
             else:
                 dense = Int8Weight.from_float(w)
                 runs["dense"] = lambda: ops.linear(x, dense)
-            seconds = {f: _best_of(fn) for f, fn in runs.items()}
+            seconds = _best_of(runs)
             dense_s = seconds.pop("dense")
             chosen = min(seconds, key=seconds.__getitem__)
             report = {"chosen": chosen, "seconds": seconds, "dense_seconds": dense_s,
