@@ -88,7 +88,7 @@ GemmStatus lowrank_f32(const PackedDenseF32& v, const PackedDenseF32& u, const f
   const int block = std::max(kDenseRows, (16384 / std::max(r, 1)) / kDenseRows * kDenseRows);
   AlignedArray<float>& ws = lowrank_workspace();
   const size_t need = static_cast<size_t>(std::min(block, m)) * r;
-  if (ws.size() < need) ws = AlignedArray<float>(need);
+  ensure_size(ws, need);
   for (int i = 0; i < m; i += block) {
     const int rows = std::min(block, m - i);
     dense_run(v, x + i * ldx, ldx, rows, nullptr, Activation::none, ws.data(), r, max_threads);

@@ -83,11 +83,6 @@ struct Q4Workspace {
   AlignedArray<int8_t> xq;
   AlignedArray<float> xf, sx;
   AlignedArray<int32_t> sumq;
-  template <class T>
-  static T* ensure(AlignedArray<T>& arr, size_t n) {
-    if (arr.size() < n) arr = AlignedArray<T>(std::max(n, arr.size() * 3 / 2));
-    return arr.data();
-  }
 };
 
 Q4Workspace& q4_workspace() {
@@ -145,11 +140,11 @@ GemmStatus gemm_q4(const PackedQ4Weight& p, const float* x, ptrdiff_t ldx, int m
   float *xf = nullptr, *sx = nullptr;
   int32_t* sumq = nullptr;
   if (int8) {
-    xq = Q4Workspace::ensure(ws.xq, static_cast<size_t>(m) * ldq);
-    sx = Q4Workspace::ensure(ws.sx, static_cast<size_t>(m) * lds);
-    sumq = Q4Workspace::ensure(ws.sumq, static_cast<size_t>(m) * lds);
+    xq = ensure_size(ws.xq, static_cast<size_t>(m) * ldq);
+    sx = ensure_size(ws.sx, static_cast<size_t>(m) * lds);
+    sumq = ensure_size(ws.sumq, static_cast<size_t>(m) * lds);
   } else {
-    xf = Q4Workspace::ensure(ws.xf, static_cast<size_t>(m) * ldq);
+    xf = ensure_size(ws.xf, static_cast<size_t>(m) * ldq);
   }
   const double macs = static_cast<double>(m) * n * w.k, min_macs = gemm_min_parallel_macs();
   const int threads = macs < min_macs ? 1 : std::max(1, std::min(max_threads, get_num_threads()));

@@ -85,11 +85,6 @@ struct Workspace {
   AlignedArray<float> row_scale;  // (m)
   AlignedArray<int32_t> row_offset;
   AlignedArray<uint8_t> scratch;  // one quantized row (each thread's)
-  template <class T>
-  static T* ensure(AlignedArray<T>& arr, size_t n) {
-    if (arr.size() < n) arr = AlignedArray<T>(std::max(n, arr.size() * 3 / 2));
-    return arr.data();
-  }
 };
 
 Workspace& workspace() {
@@ -123,9 +118,9 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
   const size_t strip_bytes = static_cast<size_t>(kblocks) * strip_rows_max * kr * kern.a_bytes;
 
   Workspace& ws = workspace();
-  uint8_t* a = Workspace::ensure(ws.a, strip_bytes * strips);
-  float* row_scale = Workspace::ensure(ws.row_scale, static_cast<size_t>(m));
-  int32_t* row_offset = Workspace::ensure(ws.row_offset, static_cast<size_t>(m));
+  uint8_t* a = ensure_size(ws.a, strip_bytes * strips);
+  float* row_scale = ensure_size(ws.row_scale, static_cast<size_t>(m));
+  int32_t* row_offset = ensure_size(ws.row_offset, static_cast<size_t>(m));
 
   const double macs = static_cast<double>(m) * n * k, min_macs = g_min_parallel_macs.load(std::memory_order_relaxed);
   const int threads = macs < min_macs ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
@@ -136,7 +131,7 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
     const int r0 = s * rps, rows = std::min(rps, m - r0);
     uint8_t* scratch;
     try {
-      scratch = Workspace::ensure(workspace().scratch, static_cast<size_t>(kblocks) * kr);
+      scratch = ensure_size(workspace().scratch, static_cast<size_t>(kblocks) * kr);
     } catch (const std::bad_alloc&) {  // never let an exception out of a pool task
       status.store(static_cast<int>(GemmStatus::out_of_memory));
       return;

@@ -18,19 +18,11 @@ std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int
   w.n = n, w.k = k, w.r = r;
   w.block_rows = (n + r - 1) / r;
   const int64_t nnzb = indptr[w.block_rows];
-  p->indptr = AlignedArray<int64_t>(static_cast<size_t>(w.block_rows) + 1);
-  std::memcpy(p->indptr.data(), indptr, (static_cast<size_t>(w.block_rows) + 1) * sizeof(int64_t));
-  p->values = AlignedArray<float>(static_cast<size_t>(nnzb) * r);
-  if (nnzb > 0) std::memcpy(p->values.data(), values, static_cast<size_t>(nnzb) * r * sizeof(float));
-  if (idx16) {
-    p->idx16 = AlignedArray<uint16_t>(static_cast<size_t>(nnzb));
-    if (nnzb > 0) std::memcpy(p->idx16.data(), indices, static_cast<size_t>(nnzb) * 2);
-    w.idx16 = p->idx16.data();
-  } else {
-    p->idx32 = AlignedArray<int32_t>(static_cast<size_t>(nnzb));
-    if (nnzb > 0) std::memcpy(p->idx32.data(), indices, static_cast<size_t>(nnzb) * 4);
-    w.idx32 = p->idx32.data();
-  }
+  p->indptr = aligned_copy(indptr, static_cast<size_t>(w.block_rows) + 1);
+  p->values = aligned_copy(values, static_cast<size_t>(nnzb) * r);
+  copy_block_indices(indices, idx16, static_cast<size_t>(nnzb), &p->idx16, &p->idx32);
+  w.idx16 = p->idx16.data();
+  w.idx32 = p->idx32.data();
   w.indptr = p->indptr.data();
   w.values = p->values.data();
   return p;
@@ -63,8 +55,7 @@ GemmStatus sparse_f32(const PackedSparseF32& p, const float* x, ptrdiff_t ldx, i
     const ptrdiff_t ldt = (static_cast<ptrdiff_t>(m) + 63) / 64 * 64;  // whole chunks of every kernel
     AlignedArray<float>& ws = transpose_workspace();
     const size_t need = static_cast<size_t>(w.k) * ldt;
-    if (ws.size() < need) ws = AlignedArray<float>(need);
-    float* xt = ws.data();
+    float* xt = ensure_size(ws, need);
     for (int c = 0; c < w.k; ++c) std::memset(xt + c * ldt + m, 0, (ldt - m) * sizeof(float));
     for (int i = 0; i < m; ++i)
       for (int c = 0; c < w.k; ++c) xt[c * ldt + i] = x[i * ldx + c];

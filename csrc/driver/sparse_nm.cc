@@ -69,8 +69,7 @@ GemmStatus sparse_nm_f32(const PackedSparseNmF32& p, const float* x, ptrdiff_t l
   const ptrdiff_t ldp = static_cast<ptrdiff_t>(w.chunks) * w.span();
   AlignedArray<float>& ws = padded_x_workspace();
   const size_t need = static_cast<size_t>(m) * ldp;
-  if (ws.size() < need) ws = AlignedArray<float>(need);
-  float* xp = ws.data();
+  float* xp = ensure_size(ws, need);
   for (ptrdiff_t i = 0; i < m; ++i) {
     std::memcpy(xp + i * ldp, x + i * ldx, static_cast<size_t>(w.k) * sizeof(float));
     std::memset(xp + i * ldp + w.k, 0, static_cast<size_t>(ldp - w.k) * sizeof(float));

@@ -68,19 +68,11 @@ std::unique_ptr<PackedSparseS8> pack_sparse_s8(const SparseS8Kernel& kernel, int
   p->kernel = &kernel;
   w.n = n, w.k = k, w.kblocks = (k + 3) / 4;
   const int64_t nnzb = indptr[n];
-  p->indptr = AlignedArray<int64_t>(static_cast<size_t>(n) + 1);
-  std::memcpy(p->indptr.data(), indptr, (static_cast<size_t>(n) + 1) * sizeof(int64_t));
-  p->values = AlignedArray<int8_t>(static_cast<size_t>(nnzb) * 4);
-  if (nnzb > 0) std::memcpy(p->values.data(), values, static_cast<size_t>(nnzb) * 4);
-  if (idx16) {
-    p->idx16 = AlignedArray<uint16_t>(static_cast<size_t>(nnzb));
-    if (nnzb > 0) std::memcpy(p->idx16.data(), indices, static_cast<size_t>(nnzb) * 2);
-    w.idx16 = p->idx16.data();
-  } else {
-    p->idx32 = AlignedArray<int32_t>(static_cast<size_t>(nnzb));
-    if (nnzb > 0) std::memcpy(p->idx32.data(), indices, static_cast<size_t>(nnzb) * 4);
-    w.idx32 = p->idx32.data();
-  }
+  p->indptr = aligned_copy(indptr, static_cast<size_t>(n) + 1);
+  p->values = aligned_copy(values, static_cast<size_t>(nnzb) * 4);
+  copy_block_indices(indices, idx16, static_cast<size_t>(nnzb), &p->idx16, &p->idx32);
+  w.idx16 = p->idx16.data();
+  w.idx32 = p->idx32.data();
   p->rowsum = AlignedArray<int32_t>(static_cast<size_t>(n));
   for (int r = 0; r < n; ++r) {
     int32_t s = 0;
@@ -111,12 +103,6 @@ S8Workspace& s8_workspace() {
   return ws;
 }
 
-template <class T>
-T* grow(AlignedArray<T>& a, size_t n) {
-  if (a.size() < n) a = AlignedArray<T>(n);
-  return a.data();
-}
-
 }  // namespace
 
 GemmStatus sparse_s8(const PackedSparseS8& p, const float* x, ptrdiff_t ldx, int m, const float* bias, Activation act,
@@ -130,10 +116,10 @@ GemmStatus sparse_s8(const PackedSparseS8& p, const float* x, ptrdiff_t ldx, int
   const bool spmv = m <= kSparseS8SpmvRows;
   const int a_rows = spmv ? m : (m + 15) / 16 * 16;
   S8Workspace& ws = s8_workspace();
-  uint8_t* a = grow(ws.a, static_cast<size_t>(a_rows) * lda);
-  uint8_t* row = grow(ws.row, static_cast<size_t>(kp));  // pack_strip's scratch
-  float* row_scale = grow(ws.row_scale, static_cast<size_t>(a_rows));
-  int32_t* acc = grow(ws.acc, static_cast<size_t>(a_rows) * w.n);  // SpMV: (m, n); SpMM: (n, a_rows)
+  uint8_t* a = ensure_size(ws.a, static_cast<size_t>(a_rows) * lda);
+  uint8_t* row = ensure_size(ws.row, static_cast<size_t>(kp));  // pack_strip's scratch
+  float* row_scale = ensure_size(ws.row_scale, static_cast<size_t>(a_rows));
+  int32_t* acc = ensure_size(ws.acc, static_cast<size_t>(a_rows) * w.n);  // SpMV: (m, n); SpMM: (n, a_rows)
   if (spmv) {
     const ActQuant aq{};  // dynamic symmetric, per row
     for (int i = 0; i < m; ++i) {

@@ -550,7 +550,7 @@ class SparseWeight(_PackedCache):
             if indptr is not None or indices is not None:
                 raise ValueError(f"indptr, indices: a {format} weight has none (pass None; its arrays are values and meta)")
             if scale is not None:
-                raise ValueError(f"scale: the n:m formats hold float32 values, which have no scale")
+                raise ValueError("scale: the n:m formats hold float32 values, which have no scale")
             self._check_nm(values, meta, n, k, format)
             self.dtype = "float32"
             self.indptr = self.indices = self.scale = None

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 
 #include "edgecompress/dense_f32.h"
@@ -32,6 +33,33 @@ class AlignedArray {
   T* p_ = nullptr;
   size_t n_ = 0;
 };
+
+// a's data with room for at least n values: per-thread workspaces grow (by at least half, so a
+// slowly rising size does not reallocate every call) and are kept between calls.
+template <class T>
+T* ensure_size(AlignedArray<T>& a, size_t n) {
+  if (a.size() < n) a = AlignedArray<T>(n > a.size() * 3 / 2 ? n : a.size() * 3 / 2);
+  return a.data();
+}
+
+// n values copied from src into new aligned storage (the packers' copies of canonical arrays).
+template <class T>
+AlignedArray<T> aligned_copy(const T* src, size_t n) {
+  AlignedArray<T> a(n);
+  if (n > 0) std::memcpy(a.data(), src, n * sizeof(T));
+  return a;
+}
+
+// A block-row index array (uint16 or int32) copied into whichever of idx16 / idx32 it is; the
+// other stays empty (data() null), which is how the kernels tell them apart.
+inline void copy_block_indices(const void* indices, bool is16, size_t n, AlignedArray<uint16_t>* idx16,
+                               AlignedArray<int32_t>* idx32) {
+  if (is16) {
+    *idx16 = aligned_copy(static_cast<const uint16_t*>(indices), n);
+  } else {
+    *idx32 = aligned_copy(static_cast<const int32_t*>(indices), n);
+  }
+}
 
 // An int8 weight packed for one kernel: panels of kernel->nr columns plus column sums and scales.
 struct PackedS8Weight {
