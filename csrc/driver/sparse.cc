@@ -25,6 +25,13 @@ std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int
   w.idx32 = p->idx32.data();
   w.indptr = p->indptr.data();
   w.values = p->values.data();
+  if (kernel.interleaved && r == 1) {  // one float32 is the layout's 4-byte unit
+    p->il = build_interleaved(n, k, w.indptr, w.idx16, w.idx32, w.values);
+    w.groups = p->il.groups, w.slices = p->il.slices;
+    w.round_ptr = p->il.round_ptr.data();
+    w.ridx = p->il.ridx.data();
+    w.rval = reinterpret_cast<const float*>(p->il.rval.data());
+  }
   return p;
 }
 
@@ -65,7 +72,8 @@ GemmStatus sparse_f32(const PackedSparseF32& p, const float* x, ptrdiff_t ldx, i
   const double work = static_cast<double>(w.indptr[w.block_rows]) * w.r * m;
   const int threads = work < gemm_min_parallel_macs() ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
   const int chunks = std::min(w.block_rows, threads == 1 ? 1 : 8 * threads);
-  const int per = (w.block_rows + chunks - 1) / chunks;
+  int per = (w.block_rows + chunks - 1) / chunks;
+  if (w.round_ptr != nullptr && m <= kSpmvRows) per = (per + 15) / 16 * 16;  // whole groups of 16 rows
   const SparseKernel& kern = *p.kernel;
   auto run = [&](int c) {
     SparseTask task = t;

@@ -11,55 +11,6 @@
 
 namespace edgecompress {
 
-namespace {
-
-// The interleaved SpMV layout (sparse_s8.h): per group of 16 rows and slice of 32 blocks, as many
-// rounds as the busiest of the 16 rows has blocks in that slice. Block order inside a row is free.
-void build_interleaved(PackedSparseS8* p) {
-  SparseS8& w = p->w;
-  constexpr int kBlocksPerSlice = kSparseS8Slice / 4;
-  w.groups = (w.n + 15) / 16;
-  w.slices = (w.kblocks + kBlocksPerSlice - 1) / kBlocksPerSlice;
-  auto block_of = [&](int64_t j) -> int64_t { return w.idx16 != nullptr ? w.idx16[j] : w.idx32[j]; };
-  const size_t cells = static_cast<size_t>(w.groups) * w.slices;
-  p->round_ptr = AlignedArray<int64_t>(cells + 1);
-  int64_t* rp = p->round_ptr.data();
-  std::vector<int32_t> count(static_cast<size_t>(16) * w.slices);
-  for (int g = 0; g < w.groups; ++g) {  // rounds per cell: the largest count of the group's rows
-    std::fill(count.begin(), count.end(), 0);
-    for (int l = 0; l < 16 && 16 * g + l < w.n; ++l)
-      for (int64_t j = w.indptr[16 * g + l]; j < w.indptr[16 * g + l + 1]; ++j) ++count[static_cast<size_t>(l) * w.slices + block_of(j) / kBlocksPerSlice];
-    for (int s = 0; s < w.slices; ++s) {
-      int32_t most = 0;
-      for (int l = 0; l < 16; ++l) most = std::max(most, count[static_cast<size_t>(l) * w.slices + s]);
-      rp[static_cast<size_t>(g) * w.slices + s + 1] = most;
-    }
-  }
-  rp[0] = 0;
-  for (size_t c = 0; c < cells; ++c) rp[c + 1] += rp[c];
-  const int64_t rounds = rp[cells];
-  p->ridx = AlignedArray<uint8_t>(static_cast<size_t>(rounds) * 16);  // zero: padding lanes
-  p->rval = AlignedArray<int8_t>(static_cast<size_t>(rounds) * 64);
-  std::vector<int64_t> next(static_cast<size_t>(16) * w.slices);  // each lane's next round per slice
-  for (int g = 0; g < w.groups; ++g) {
-    for (int l = 0; l < 16; ++l)
-      for (int s = 0; s < w.slices; ++s) next[static_cast<size_t>(l) * w.slices + s] = rp[static_cast<size_t>(g) * w.slices + s];
-    for (int l = 0; l < 16 && 16 * g + l < w.n; ++l) {
-      for (int64_t j = w.indptr[16 * g + l]; j < w.indptr[16 * g + l + 1]; ++j) {
-        const int64_t kb = block_of(j);
-        const int64_t r = next[static_cast<size_t>(l) * w.slices + kb / kBlocksPerSlice]++;
-        p->ridx.data()[16 * r + l] = static_cast<uint8_t>(kb % kBlocksPerSlice);
-        std::memcpy(p->rval.data() + 64 * r + 4 * l, w.values + 4 * j, 4);
-      }
-    }
-  }
-  w.round_ptr = rp;
-  w.ridx = p->ridx.data();
-  w.rval = p->rval.data();
-}
-
-}  // namespace
-
 std::unique_ptr<PackedSparseS8> pack_sparse_s8(const SparseS8Kernel& kernel, int n, int k, const int64_t* indptr,
                                                const void* indices, bool idx16, const int8_t* values,
                                                const float* scale, int scale_len) {
@@ -86,7 +37,13 @@ std::unique_ptr<PackedSparseS8> pack_sparse_s8(const SparseS8Kernel& kernel, int
   w.indptr = p->indptr.data();
   w.values = p->values.data();
   w.rowsum = p->rowsum.data();
-  if (kernel.interleaved) build_interleaved(p.get());
+  if (kernel.interleaved) {  // blocks of 4 int8 are the layout's 4-byte units
+    p->il = build_interleaved(n, w.kblocks, w.indptr, w.idx16, w.idx32, w.values);
+    w.groups = p->il.groups, w.slices = p->il.slices;
+    w.round_ptr = p->il.round_ptr.data();
+    w.ridx = p->il.ridx.data();
+    w.rval = reinterpret_cast<const int8_t*>(p->il.rval.data());
+  }
   return p;
 }
 

@@ -61,6 +61,27 @@ inline void copy_block_indices(const void* indices, bool is16, size_t n, Aligned
   }
 }
 
+// The interleaved SpMV layout of a block-row weight whose blocks are 4-byte units (one float32 of
+// sparse_f32's CSR, one 1 x 4 int8 block of sparse_s8), for kernels that fetch x with register
+// permutes instead of gathers: rows in groups of 16 (one per vector lane), unit columns in slices of
+// kInterleaveSlice (one permute's two source registers of x). For group g and slice s, rounds
+// round_ptr[g * slices + s] .. round_ptr[g * slices + s + 1] - 1 each hold one unit per lane:
+// ridx[16 r + l] its column inside the slice (0..31), rval[64 r + 4 l ..] its 4 bytes; a lane whose
+// row has no more units in the slice gets column 0 and zero bytes. (kInterleaveSlice: sparse.h.)
+
+struct InterleavedLayout {
+  int groups = 0, slices = 0;
+  AlignedArray<int64_t> round_ptr;  // groups * slices + 1
+  AlignedArray<uint8_t> ridx;       // rounds * 16
+  AlignedArray<uint8_t> rval;       // rounds * 64
+  size_t nbytes() const { return round_ptr.size() * 8 + ridx.size() + rval.size(); }
+};
+
+// n rows over `units` unit columns: row i's units are indptr[i] .. indptr[i + 1] - 1 with columns
+// idx16 / idx32 (exactly one non-null) and 4 bytes each at values.
+InterleavedLayout build_interleaved(int n, int units, const int64_t* indptr, const uint16_t* idx16, const int32_t* idx32,
+                                    const void* values);
+
 // An int8 weight packed for one kernel: panels of kernel->nr columns plus column sums and scales.
 struct PackedS8Weight {
   const GemmS8Kernel* kernel = nullptr;
@@ -122,7 +143,8 @@ struct PackedSparseF32 {
   AlignedArray<uint16_t> idx16;
   AlignedArray<int32_t> idx32;
   AlignedArray<float> values;
-  size_t nbytes() const { return indptr.size() * 8 + idx16.size() * 2 + idx32.size() * 4 + values.size() * 4; }
+  InterleavedLayout il;  // the interleaved SpMV layout of CSR weights, when the kernel wants it
+  size_t nbytes() const { return indptr.size() * 8 + idx16.size() * 2 + idx32.size() * 4 + values.size() * 4 + il.nbytes(); }
 };
 
 // indptr: ceil(n / r) + 1 offsets; indices: uint16 (idx16) or int32, one per block; values: r per block.
@@ -145,13 +167,11 @@ struct PackedSparseS8 {
   AlignedArray<int8_t> values;
   AlignedArray<int32_t> rowsum;
   AlignedArray<float> scale;
-  AlignedArray<int64_t> round_ptr;  // the interleaved SpMV layout (sparse_s8.h), when the kernel wants it
-  AlignedArray<uint8_t> ridx;
-  AlignedArray<int8_t> rval;
+  InterleavedLayout il;  // the interleaved SpMV layout, when the kernel wants it
   float scale_min = 0, scale_max = 0;
   size_t nbytes() const {
     return indptr.size() * 8 + idx16.size() * 2 + idx32.size() * 4 + values.size() + rowsum.size() * 4 + scale.size() * 4 +
-           round_ptr.size() * 8 + ridx.size() + rval.size();
+           il.nbytes();
   }
 };
 

@@ -4,8 +4,14 @@
 //   indptr [N / r + 1] (int64): the blocks of block row b are indptr[b] .. indptr[b + 1] - 1;
 //   indices [nnzb] (uint16 when K <= 65536, else int32): each block's k;
 //   values [nnzb][r] (float32): W[b * r + i][k] for i = 0..r-1.
-// Results are float32 sums in block order, so they differ from the dense product by rounding only;
-// the oracle's tolerance is 1e-5 * (|x| @ |W|.T).
+// Results are float32 sums (in block order, or interleaved as below), so they differ from the dense
+// product by rounding only; the oracle's tolerance is 1e-5 * (|x| @ |W|.T).
+//
+// Kernels with `interleaved` also get, for CSR (r = 1) SpMV, the nonzeros in the interleaved layout
+// of driver.h (build_interleaved): rows in groups of 16, one per vector lane, and K in slices of 32
+// columns, so that per round one permute of a slice's two registers of x fetches the 16 lanes' x
+// values (no gather), and one FMA adds them into 16 rows at once. Their SpMV row ranges are whole
+// groups of 16 (the last one may end at n).
 #pragma once
 
 #include <cstddef>
@@ -23,6 +29,11 @@ struct SparseF32 {
   const uint16_t* idx16 = nullptr;  // exactly one of idx16 / idx32
   const int32_t* idx32 = nullptr;
   const float* values = nullptr;
+  // the interleaved SpMV layout (null unless the kernel asks for it and r = 1)
+  int groups = 0, slices = 0;
+  const int64_t* round_ptr = nullptr;  // groups * slices + 1
+  const uint8_t* ridx = nullptr;       // rounds * 16 columns inside the slice
+  const float* rval = nullptr;         // rounds * 16 values
 };
 
 // Block rows [b0, b1) for m rows of activations. For m <= kSpmvRows, x is row-major (m, k) with
@@ -41,11 +52,13 @@ struct SparseTask {
 };
 
 constexpr int kSpmvRows = 4;
+constexpr int kInterleaveSlice = 32;  // columns (units) per slice of the interleaved layout
 
 struct SparseKernel {
   const char* name;
   Isa isa;
   uint32_t needs;
+  bool interleaved;  // wants the interleaved SpMV layout of CSR weights
   void (*run)(const SparseTask& task);
 };
 

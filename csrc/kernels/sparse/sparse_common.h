@@ -158,5 +158,5 @@ void sp_run(const SparseTask& t) {
 
 #define EC_SPARSE_KERNEL(var, name, isa, needs) \
   namespace edgecompress {                      \
-  extern const SparseKernel var = {name, isa, needs, sp_run}; \
+  extern const SparseKernel var = {name, isa, needs, false, sp_run}; \
   }
