@@ -59,6 +59,21 @@ def test_spmv_and_spmm_paths(tier, rng, fmt, m):
         _check(ec.linear(x, w), x, w_dense)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_csr_gemv_rows_of_very_different_lengths(tier, rng, m):
+    # Packed GEMV layouts that put 16 rows side by side must pad the short rows and let the busiest
+    # ones spill: rows range from empty to dense in every group of 16, the last group is partial and
+    # K ends inside a slice.
+    n, k = 45, 301
+    density = np.tile(np.array([0.0, 1.0, 0.02, 0.5, 0.9, 0.1, 1.0, 0.0, 0.3, 0.05, 0.7, 1.0, 0.01, 0.2, 0.95, 0.6]), 3)[:n]
+    w_dense = (rng.standard_normal((n, k)) * (rng.random((n, k)) < density[:, None])).astype(np.float32)
+    w = ec.SparseWeight.from_float(w_dense, format="csr")
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for act in (None, "relu", "gelu"):
+        _check(ec.linear(x, w, bias, act), x, w_dense, bias, act)
+
+
 def test_tiers_agree_within_tolerance(rng):
     # Tiers with FMA round differently from those without; all stay within the oracle's tolerance.
     w_dense = _pruned(rng, 70, 500, 0.75)

@@ -9,6 +9,10 @@
 
 namespace edgecompress {
 
+// The interleaved layout's rounds cover all but the 4 busiest rows of each 16 (driver.h): float32
+// GEMV streams its weight from memory, so bytes decide it.
+constexpr int kSpillRank = 5;
+
 std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int n, int k, int r,
                                                  const int64_t* indptr, const void* indices, bool idx16,
                                                  const float* values) {
@@ -26,11 +30,14 @@ std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int
   w.indptr = p->indptr.data();
   w.values = p->values.data();
   if (kernel.interleaved && r == 1) {  // one float32 is the layout's 4-byte unit
-    p->il = build_interleaved(n, k, w.indptr, w.idx16, w.idx32, w.values);
+    p->il = build_interleaved(n, k, w.indptr, w.idx16, w.idx32, w.values, kSpillRank);
     w.groups = p->il.groups, w.slices = p->il.slices;
     w.round_ptr = p->il.round_ptr.data();
     w.ridx = p->il.ridx.data();
     w.rval = reinterpret_cast<const float*>(p->il.rval.data());
+    w.spill_ptr = p->il.spill_ptr.data();
+    w.spill_idx = p->il.spill_idx.data();
+    w.spill_val = reinterpret_cast<const float*>(p->il.spill_val.data());
   }
   return p;
 }

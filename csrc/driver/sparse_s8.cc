@@ -37,8 +37,9 @@ std::unique_ptr<PackedSparseS8> pack_sparse_s8(const SparseS8Kernel& kernel, int
   w.indptr = p->indptr.data();
   w.values = p->values.data();
   w.rowsum = p->rowsum.data();
-  if (kernel.interleaved) {  // blocks of 4 int8 are the layout's 4-byte units
-    p->il = build_interleaved(n, w.kblocks, w.indptr, w.idx16, w.idx32, w.values);
+  if (kernel.interleaved) {  // blocks of 4 int8 are the layout's 4-byte units; none spill (the
+    // weight is small enough to be compute-bound, where a spilled block costs more than a padded one)
+    p->il = build_interleaved(n, w.kblocks, w.indptr, w.idx16, w.idx32, w.values, 1);
     w.groups = p->il.groups, w.slices = p->il.slices;
     w.round_ptr = p->il.round_ptr.data();
     w.ridx = p->il.ridx.data();

@@ -10,8 +10,9 @@
 // Kernels with `interleaved` also get, for CSR (r = 1) SpMV, the nonzeros in the interleaved layout
 // of driver.h (build_interleaved): rows in groups of 16, one per vector lane, and K in slices of 32
 // columns, so that per round one permute of a slice's two registers of x fetches the 16 lanes' x
-// values (no gather), and one FMA adds them into 16 rows at once. Their SpMV row ranges are whole
-// groups of 16 (the last one may end at n).
+// values (no gather), and one FMA adds them into 16 rows at once; the few nonzeros of a row that
+// spill past its cells' rounds are added one by one. Their SpMV row ranges are whole groups of 16
+// (the last one may end at n).
 #pragma once
 
 #include <cstddef>
@@ -34,6 +35,9 @@ struct SparseF32 {
   const int64_t* round_ptr = nullptr;  // groups * slices + 1
   const uint8_t* ridx = nullptr;       // rounds * 16 columns inside the slice
   const float* rval = nullptr;         // rounds * 16 values
+  const int64_t* spill_ptr = nullptr;  // n + 1: each row's nonzeros past its cells' rounds
+  const int32_t* spill_idx = nullptr;
+  const float* spill_val = nullptr;
 };
 
 // Block rows [b0, b1) for m rows of activations. For m <= kSpmvRows, x is row-major (m, k) with

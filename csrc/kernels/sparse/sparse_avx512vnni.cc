@@ -2,7 +2,8 @@
 // and for CSR SpMV the interleaved layout (sparse.h): 16 rows of W in the 16 lanes; per slice of 32
 // columns, x's two registers per row stay loaded while each round's column indices pick the lanes'
 // x values with one vpermt2ps and one FMA adds them into the 16 rows. No gather and no horizontal
-// sum: CSR's scattered scalar loads of x ran at 0.8-0.9 per cycle, a round does 16 nonzeros.
+// sum: CSR's scattered scalar loads of x ran at 0.8-0.9 per cycle, a round does 16 nonzeros. A
+// row's few nonzeros that spill past the rounds (driver.h) are added one by one.
 #if !defined(__AVX512F__)
 #error "sparse_avx512vnni.cc must be compiled with the avx512vnni tier flags"
 #endif
@@ -49,9 +50,13 @@ void spmv_interleaved(const SparseTask& t) {
     }
     const int row0 = 16 * g, rows = t.b1 - row0 < 16 ? t.b1 - row0 : 16;
     const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+    alignas(64) float spill[M][16] = {};  // the spilled nonzeros, row by row
+    for (int l = 0; l < rows; ++l)
+      for (int64_t j = w.spill_ptr[row0 + l]; j < w.spill_ptr[row0 + l + 1]; ++j)
+        unroll<M>([&](auto m) { spill[m.value][l] += w.spill_val[j] * t.x[m.value * t.ldx + w.spill_idx[j]]; });
     unroll<M>([&](auto m) {
-      __m512 sum = acc[m.value][0];
-      unroll<U - 1>([&](auto u) { sum = _mm512_add_ps(sum, acc[m.value][u.value + 1]); });
+      __m512 sum = _mm512_load_ps(spill[m.value]);
+      unroll<U>([&](auto u) { sum = _mm512_add_ps(sum, acc[m.value][u.value]); });
       float* y = t.y + static_cast<ptrdiff_t>(m.value) * w.n + row0;
       if (t.act == Activation::gelu) {  // the scalar epilogue (gelu is not vectorized)
         alignas(64) float v[16];
