@@ -165,7 +165,8 @@ def main() -> int:
     emit(f"# edgecompress whole-model benchmark: {_core.cpu_model()} ({_core.arch()})\n")
     emit(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     emit(f"- command: `{_command_line()}`")
-    emit(f"- torch {torch.__version__}; method: interleaved rounds, median of {rounds}, warm; error = "
+    emit(f"- torch {torch.__version__}; models compressed (and speed-guarded) at 1 thread; method: interleaved "
+         f"rounds, median of {rounds}, warm; error = "
          "||y - y_fp32|| / ||y_fp32|| on the benchmark input")
     emit("")
     targets: list[str] = []
@@ -174,6 +175,9 @@ def main() -> int:
             model, make_input = build(name, args.quick)
             calib = [make_input(2)]
             compressed: dict[str, tuple[nn.Module, Any]] = {}
+            # The guard times layers at the thread count in force: that of the targets (one thread).
+            torch.set_num_threads(1)
+            ec.set_num_threads(1)
             for recipe in recipes:
                 m = copy.deepcopy(model)
                 report = ec.compress(m, recipe, calibration_data=calib, example_inputs=(make_input(batches[0]),),

@@ -18,7 +18,8 @@ class LayerReport:
     """One layer. ``format``: what the layer is now ("dense" when left as it was); ``module``: its
     type. ``bytes_before`` / ``bytes_after``: weight bytes (float32, then the canonical arrays; the
     bias is float32 in both). ``error``: ||y_c - y_f|| / ||y_f|| on the layer's captured input.
-    ``latency_before_s`` / ``latency_after_s``: median seconds per call on that input (``rows`` rows).
+    ``latency_before_s`` / ``latency_after_s``: seconds per call on that input (``rows`` rows), the
+    fastest of interleaved warm calls.
     ``note``: why the layer is dense or fell back. Unmeasured values are None."""
 
     name: str
