@@ -80,7 +80,8 @@ def _time_batch(fn: Callable[[], Any], min_seconds: float) -> float:
         n = max(n * 2, int(n * min_seconds / max(dt, 1e-9)) + 1)
 
 
-def _measure(cands: dict[str, Callable[[], Any]], rounds: int, min_seconds: float) -> dict[str, float]:
+def _measure(cands: dict[str, Callable[[], Any]], rounds: int, min_seconds: float,
+             reduce: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
     for fn in cands.values():  # warm-up: packing, caches, thread pools
         fn()
         fn()
@@ -91,7 +92,7 @@ def _measure(cands: dict[str, Callable[[], Any]], rounds: int, min_seconds: floa
             # let them go idle so no candidate is timed against another's spinning workers.
             time.sleep(0.02)
             times[k].append(_time_batch(fn, min_seconds))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: reduce(v) for k, v in times.items()}
 
 
 def blas_threads(n: int) -> Any:
