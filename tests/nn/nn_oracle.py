@@ -100,14 +100,17 @@ def conv_pads(kernel, padding, dilation) -> tuple[tuple[int, int], tuple[int, in
     return pads[0], pads[1]
 
 
-def im2col(x: np.ndarray, kernel, stride, pads, dilation, padding_mode: str) -> tuple[np.ndarray, int, int]:
-    """(B, Ho * Wo, C * kh * kw) rows (channel, then kernel row, then kernel column), Ho, Wo."""
+def im2col(x: np.ndarray, kernel, stride, pads, dilation, padding_mode: str,
+           patch_order: str = "chw") -> tuple[np.ndarray, int, int]:
+    """(B, Ho * Wo, C * kh * kw) rows, Ho, Wo; a row runs over (channel, kernel row, kernel column)
+    for patch_order "chw", over (kernel row, kernel column, channel) for "hwc"."""
     xp = np.pad(x, ((0, 0), (0, 0), pads[0], pads[1]), mode=_NUMPY_PAD[padding_mode])
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
     b, c, ho, wo = win.shape[:4]
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5).reshape(b, ho * wo, c * kh * kw)), ho, wo
+    order = (0, 2, 3, 1, 4, 5) if patch_order == "chw" else (0, 2, 3, 4, 5, 1)
+    return np.ascontiguousarray(win.transpose(order).reshape(b, ho * wo, c * kh * kw)), ho, wo
 
 
 def conv_expected(x: np.ndarray, module) -> tuple[np.ndarray, np.ndarray | None]:
@@ -120,7 +123,7 @@ def conv_expected(x: np.ndarray, module) -> tuple[np.ndarray, np.ndarray | None]
     wants, tols = [], []
     for i, w in enumerate(module.weights):
         cols, ho, wo = im2col(x[:, i * c_g:(i + 1) * c_g], cfg["kernel_size"], cfg["stride"], pads, cfg["dilation"],
-                              cfg["padding_mode"])
+                              cfg["padding_mode"], module.patch_order)
         n_g = w.shape[0]
         want, tol = expected(cols.reshape(-1, cols.shape[-1]), w, None if bias is None else bias[i * n_g:(i + 1) * n_g])
         wants.append(want.reshape(x.shape[0], ho * wo, n_g))
@@ -134,4 +137,7 @@ def dequantized_conv_weight(module) -> np.ndarray:
     """The (O, C/groups, kh, kw) float weight a compressed Conv2d module stands for."""
     cfg = module.config()
     w = np.concatenate([wg.to_float() for wg in module.weights], axis=0)
-    return w.reshape(cfg["out_channels"], cfg["in_channels"] // cfg["groups"], *cfg["kernel_size"])
+    c_g = cfg["in_channels"] // cfg["groups"]
+    if module.patch_order == "chw":
+        return w.reshape(cfg["out_channels"], c_g, *cfg["kernel_size"])
+    return np.ascontiguousarray(w.reshape(cfg["out_channels"], *cfg["kernel_size"], c_g).transpose(0, 3, 1, 2))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import edgecompress as ec  # noqa: E402
 from edgecompress import nn as enn  # noqa: E402
+from edgecompress.nn import conv as conv_module  # noqa: E402
 from nn_oracle import (  # noqa: E402
     VARIANT_IDS,
     VARIANTS,
@@ -66,7 +69,8 @@ def test_matches_the_oracle_and_conv2d_on_the_dequantized_weight(variant, rng):
             deq = conv._conv_forward(xt, torch.from_numpy(dequantized_conv_weight(m)), conv.bias).numpy()
         want, tol = conv_expected(x, m)
         assert_matches(got.numpy(), want, tol, CASE_IDS[i])
-        assert got.is_contiguous() and got.shape == deq.shape
+        # the GEMM's (B, Ho, Wo, O) result, seen as NCHW: channels-last memory, no copy
+        assert got.shape == deq.shape and got.is_contiguous(memory_format=torch.channels_last)
         # torch's own convolution of the weight the module stands for: the same up to float
         # rounding, or up to the rounding of activations to int8 (<= half a step of max|row| / 127)
         bound = 2e-2 if int8_activations(m.weights[0]) else 1e-5
@@ -113,3 +117,129 @@ def test_empty_batches_and_channels_last_inputs():
     x = torch.randn(2, 4, 5, 5).to(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(m(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def _chw_twin(m, conv):
+    """The module ``m`` (built by from_float in the "hwc" patch order) built in torch's (c, kh, kw) order."""
+    return type(m).from_float(conv, patch_order="chw")
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "unbatched", "strided"])
+def test_int8_hwc_gathers_the_same_rows_as_torchs_order(layout, rng):
+    # Per-row int8 activations and exact integer sums do not depend on the order of a row's values:
+    # any value the hwc gather puts in the wrong row (or leaves out) changes the result's bits.
+    for i, case in enumerate(CASES):
+        conv = _float_conv(case, "Int8", seed=i)
+        m = enn.Int8Conv2d.from_float(conv)
+        twin = _chw_twin(m, conv)
+        assert (m.patch_order, twin.patch_order) == ("hwc", "chw")
+        if case[2] != 1 and case[0] != case[6]:  # the same weight, its columns moved (the orders coincide
+            # for 1x1 kernels and one channel per group)
+            assert not np.array_equal(m.weights[0].qweight, twin.weights[0].qweight), CASE_IDS[i]
+        x = torch.from_numpy(rng.standard_normal((2, case[0]) + case[8]).astype(np.float32))
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "unbatched":
+            x = x[1]
+        elif layout == "strided":  # every other column of a wider image
+            x = torch.from_numpy(rng.standard_normal((2, case[0], case[8][0], 2 * case[8][1])).astype(np.float32))[..., ::2]
+        with torch.no_grad():
+            got, want = m(x), twin(x)
+            ref = conv(x)
+        assert got.shape == want.shape == ref.shape, CASE_IDS[i]
+        assert torch.equal(got, want), f"{CASE_IDS[i]} {layout}"
+        assert float((got - ref).abs().max()) <= 2e-2 * float(ref.abs().max()), CASE_IDS[i]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+@pytest.mark.parametrize("family", ["Sparse", "LowRank"])
+def test_float_formats_in_hwc_order_match_torchs_conv(family, rng):
+    options = {"Sparse": {}, "LowRank": {"energy": 1.0}}[family]
+    for i, case in enumerate(CASES):
+        conv = _float_conv(case, family, seed=i)
+        m = CONV[family].from_float(conv, **options)
+        x = torch.from_numpy(rng.standard_normal((2, case[0]) + case[8]).astype(np.float32))
+        for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+            with torch.no_grad():
+                torch.testing.assert_close(m(xin), conv(xin), rtol=1e-4, atol=1e-4 * float(conv(xin).abs().max()))
+
+
+def test_int4_groups_run_along_kh_kw_c():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 8, 3, padding=1, bias=False)
+    m = enn.Int4Conv2d.from_float(conv, group_size=32)
+    w = conv.weight.detach()
+    step = float(w.abs().max()) / 7  # at most one int4 step of the largest group scale
+    np.testing.assert_allclose(m.weights[0].to_float(), w.permute(0, 2, 3, 1).reshape(8, -1).numpy(), atol=step)
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        want = conv(x)
+        assert float((m(x) - want).norm() / want.norm()) < 0.15
+    # group j of a row is kernel tap j's 32 channels: scaling tap (0, 0) of every channel moves group 0's
+    # scales alone; in torch's order every group of 32 holds some channel's tap (0, 0)
+    scaled = copy.deepcopy(conv)
+    with torch.no_grad():
+        scaled.weight[:, :, 0, 0] *= 100
+    for order, moved in (("hwc", [0]), ("chw", list(range(9)))):
+        before, after = (np.abs(enn.Int4Conv2d.from_float(c, group_size=32, patch_order=order).weights[0].scale)
+                         for c in (conv, scaled))  # (signed scales: symmetric int4 uses -8 for the largest |w|)
+        assert np.flatnonzero((after > 10 * before).all(axis=0)).tolist() == moved, order
+        np.testing.assert_array_equal(np.delete(after, moved, axis=1), np.delete(before, moved, axis=1))
+
+
+def test_a_one_group_1x1_stride_1_conv_multiplies_channels_last_input_in_place(monkeypatch, rng):
+    conv = torch.nn.Conv2d(16, 8, 1)
+    m = enn.Int8Conv2d.from_float(conv)
+    seen = []
+    linear = conv_module.ops.linear
+
+    def spy(x, *args, **kwargs):
+        seen.append(x)
+        return linear(x, *args, **kwargs)
+
+    monkeypatch.setattr(conv_module.ops, "linear", spy)
+    x = torch.from_numpy(rng.standard_normal((2, 16, 5, 7)).astype(np.float32))
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got_cl, got = m(xcl), m(x)
+        torch.testing.assert_close(got_cl, conv(x), rtol=0, atol=2e-2 * float(conv(x).abs().max()))
+    assert torch.equal(got_cl, got)
+    assert len(seen) == 2 and all(s.shape == (2 * 5 * 7, 16) and s.flags.c_contiguous for s in seen)
+    assert np.shares_memory(seen[0], xcl.numpy())  # the channels-last input is the GEMM's x: no gather
+    assert not np.shares_memory(seen[1], x.numpy())  # an NCHW input is gathered (transposed) first
+
+
+def test_outputs_are_channels_last_and_feed_torch_modules():
+    torch.manual_seed(0)
+    float_model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                      torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.MaxPool2d(2),
+                                      torch.nn.Conv2d(8, 4, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3)).eval()
+    model = torch.nn.Sequential(*[enn.LowRankConv2d.from_float(m, energy=1.0) if isinstance(m, torch.nn.Conv2d) else m
+                                  for m in float_model])
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), float_model(x), rtol=1e-4, atol=1e-4)
+        y = model[0](x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 3, 7, 20])
+def test_blocks_of_rows_across_images_give_the_bits_of_one_block(rows_per_block, monkeypatch, rng):
+    # 2 images of 5 output rows: blocks of 3 rows cross the first image's end, 7 cover one image and
+    # part of the next, 20 hold both. Per-row int8 activations make every block size give the same bits.
+    conv = torch.nn.Conv2d(6, 8, 3, stride=(2, 1), padding=1, groups=2)
+    m = enn.Int8Conv2d.from_float(conv)
+    x = torch.from_numpy(rng.standard_normal((2, 6, 9, 7)).astype(np.float32))
+    with torch.no_grad():
+        whole = m(x)
+        row_bytes = 4 * 7 * m.weights[0].shape[1]  # one output row of 7 pixels
+        assert 4 * m.weights[0].nbytes < row_bytes  # (so the block size is _CHUNK_BYTES's alone)
+        monkeypatch.setattr(conv_module, "_CHUNK_BYTES", rows_per_block * row_bytes)
+        calls = []
+        linear = conv_module.ops.linear
+        monkeypatch.setattr(conv_module.ops, "linear", lambda x, *a, **k: calls.append(x.shape[0]) or linear(x, *a, **k))
+        got = m(x)
+    assert torch.equal(got, whole)
+    blocks = [min(rows_per_block, 10 - r0) * 7 for r0 in range(0, 10, rows_per_block)]
+    assert calls == blocks * 2  # each group's rows, block after block

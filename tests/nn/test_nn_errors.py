@@ -106,6 +106,15 @@ def test_constructors_name_the_bad_argument():
         enn.Int4Conv2d.from_float(torch.nn.Conv2d(4, 4, 3), group_size=16)
     with pytest.raises(TypeError, match="unexpected keyword argument 'ranks'"):
         enn.LowRankLinear.from_float(torch.nn.Linear(4, 4), ranks=2)
+    with pytest.raises(ValueError, match="patch_order: expected one of .*, got 'nhwc'"):
+        enn.SparseConv2d.from_float(torch.nn.Conv2d(4, 4, 3), patch_order="nhwc")
+    # an N:M pattern made along torch's flattened (c, kh, kw) is no N:M pattern along (kh, kw, c)
+    conv = torch.nn.Conv2d(4, 4, 2, bias=False)
+    with torch.no_grad():  # each channel keeps its 2x2 kernel's top row: 4 of 4 channels at a top-row tap
+        conv.weight.copy_(torch.arange(1.0, 1 + 4 * 16).reshape(4, 4, 2, 2) * torch.tensor([[1.0], [0.0]]))
+    assert enn.SparseConv2d.from_float(conv, format="2:4", patch_order="chw").weights[0].format == "2:4"
+    with pytest.raises(ValueError, match="format '2:4' keeps at most 2 of every 4 consecutive values along K"):
+        enn.SparseConv2d.from_float(conv, format="2:4")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -119,6 +128,7 @@ def test_constructors_name_the_bad_argument():
     ({"kernel_size": 3, "groups": 2}, "weight: expected 2 weights .one per group., got 1"),
     ({"kernel_size": 3, "groups": 0}, "groups: expected an int >= 1, got 0"),
     ({"kernel_size": 3, "padding_mode": "mirror"}, "padding_mode: expected one of"),
+    ({"kernel_size": 3, "patch_order": "cwh"}, r"patch_order: expected one of \('hwc', 'chw'\), got 'cwh'"),
 ])
 def test_conv_options_name_the_bad_argument(kwargs, match):
     w = ec.Int8Weight.from_float(np.ones((4, 2 * 9), np.float32))

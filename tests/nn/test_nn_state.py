@@ -37,7 +37,9 @@ def test_state_dict_round_trip_into_a_fresh_module(variant, kind):
     m, fresh, x = _pair(variant, kind)
     sd = m.state_dict()
     assert all(isinstance(v, torch.Tensor) for k, v in sd.items() if k != "_extra_state")
-    assert sd["_extra_state"]["module"] == type(m).__name__ and sd["_extra_state"]["version"] == 1
+    assert sd["_extra_state"]["module"] == type(m).__name__ and sd["_extra_state"]["version"] == type(m).VERSION
+    if kind == "conv":  # version 2 of the conv state: it names the patch order of the weights' columns
+        assert type(m).VERSION == 2 and sd["_extra_state"]["patch_order"] == m.patch_order == "hwc"
     result = fresh.load_state_dict(sd)
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
@@ -109,3 +111,35 @@ def test_loading_refuses_a_mismatched_or_broken_state():
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*weight\.extra"):
         m.load_state_dict(dict(sd, **{"weight.extra": torch.zeros(1)}))
     m.load_state_dict({}, strict=False)  # nothing to load: the module keeps its weight
+
+
+def _old_state(m):
+    """m's state dict as edgecompress wrote it before conv states named their patch order (version 1)."""
+    sd = m.state_dict()
+    extra = {k: v for k, v in sd["_extra_state"].items() if k != "patch_order"}
+    return dict(sd, _extra_state=dict(extra, version=1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_a_state_without_patch_order_loads_in_torchs_order(variant):
+    _, family, options, _ = variant
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)  # noqa: E731
+    conv = prune_(make()) if family == "Sparse" else make()
+    old = CONV[family].from_float(conv, patch_order="chw", **options)
+    fresh = CONV[family].from_float(make(), **FRESH[family])
+    assert fresh.patch_order == "hwc"
+    fresh.load_state_dict(_old_state(old))
+    assert fresh.patch_order == "chw" and "patch_order='chw'" in repr(fresh)
+    x = torch.randn(2, 4, 7, 6)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), old(x))
+        # the patch order is what makes it right: the same arrays read as (kh, kw, c) are another convolution
+        misread, _ = CONV[family].from_state(dict(old.state_dict(), _extra_state=dict(
+            old.state_dict()["_extra_state"], patch_order="hwc")))
+        want = conv(x)
+        assert float((misread(x) - want).norm() / want.norm()) > 0.5
+    sd = _old_state(old)
+    sd["_extra_state"]["patch_order"] = "whc"
+    with pytest.raises(ValueError, match="patch_order: expected one of .*, got 'whc'"):
+        fresh.load_state_dict(sd)

@@ -45,16 +45,16 @@ def _fresh(seed=1):
     return Net().eval()
 
 
-def _compressed(seed=0):
+def _compressed(seed=0, patch_order="hwc"):
     net = _fresh(seed)
     with torch.no_grad():  # non-default float state, so loading it is visible
         net.stem[1].running_mean.uniform_(-1, 1)
         net.stem[1].running_var.uniform_(0.5, 2)
         net.norm.weight.uniform_(0.5, 2)
-    net.stem[0] = enn.Int8Conv2d.from_float(net.stem[0])
-    net.convs[0] = enn.Int4Conv2d.from_float(net.convs[0], codebook="nf4")
-    net.convs[1] = enn.SparseConv2d.from_float(prune_(net.convs[1]), dtype="int8")
-    net.convs[2] = enn.LowRankConv2d.from_float(net.convs[2], rank=4)
+    net.stem[0] = enn.Int8Conv2d.from_float(net.stem[0], patch_order=patch_order)
+    net.convs[0] = enn.Int4Conv2d.from_float(net.convs[0], codebook="nf4", patch_order=patch_order)
+    net.convs[1] = enn.SparseConv2d.from_float(prune_(net.convs[1]), dtype="int8", patch_order=patch_order)
+    net.convs[2] = enn.LowRankConv2d.from_float(net.convs[2], rank=4, patch_order=patch_order)
     net.head[0] = enn.Int8Linear.from_float(net.head[0], granularity="tensor")
     net.head[2] = enn.Int4Linear.from_float(net.head[2], group_size=64, symmetric=False)
     net.head[3] = enn.SparseLinear.from_float(prune_(net.head[3]), format="bsr4x1")
@@ -63,6 +63,7 @@ def _compressed(seed=0):
 
 
 COMPRESSED_PATHS = ["stem.0", "convs.0", "convs.1", "convs.2", "head.0", "head.2", "head.3", "head.4"]
+CONV_PATHS = COMPRESSED_PATHS[:4]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,35 @@ def test_the_manifest_records_modules_formats_versions_and_recipe(saved):
     assert head4["module"] == "LowRankLinear" and head4["weights"][0]["format"] == "lowrank"
     assert head4["weights"][0]["version"] == ec.LowRankWeight.VERSION
     assert [m["format"] for m in manifest["modules"]["convs.0"]["weights"]] == ["int4", "int4"]  # 2 groups
+    for p in CONV_PATHS:
+        assert manifest["modules"][p]["version"] == 2 and manifest["modules"][p]["patch_order"] == "hwc"
+    assert "patch_order" not in manifest["modules"]["head.0"] and manifest["modules"]["head.0"]["version"] == 1
     assert manifest["recipe"] == {"quantize": {"stem.0": "int8"}, "note": "test"}
+
+
+def _as_version_1(manifest):
+    """A manifest as edgecompress wrote it before conv states named their patch order."""
+    for p in CONV_PATHS:
+        del manifest["modules"][p]["patch_order"]
+        manifest["modules"][p]["version"] = 1
+
+
+def test_a_file_from_before_patch_orders_loads_in_torchs_order(tmp_path):
+    net = _compressed(patch_order="chw")
+    ec.save(net, tmp_path / "chw.safetensors")
+    old = _rewrite(tmp_path / "chw.safetensors", tmp_path / "old.safetensors", change_manifest=_as_version_1)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = net(x)
+    for model in (_fresh(), _compressed(seed=5)):  # float layers to swap, or hwc modules to take the weights
+        ec.load(old, model)
+        assert [model.get_submodule(p).patch_order for p in CONV_PATHS] == ["chw"] * 4
+        with torch.no_grad():
+            assert torch.equal(model(x), want)
+    bad = _rewrite(tmp_path / "chw.safetensors", tmp_path / "bad.safetensors",
+                   change_manifest=lambda m: m["modules"]["convs.2"].update(patch_order="hcw"))
+    with pytest.raises(ValueError, match="'convs.2': patch_order: expected one of .*, got 'hcw'"):
+        ec.load(bad, _fresh())
 
 
 def test_the_file_is_safetensors_not_pickle(saved):

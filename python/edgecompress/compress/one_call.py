@@ -297,27 +297,39 @@ def _from_quantized(module: nn.Module, q: Any) -> CompressedModule:
         raise NotApplicable(f"{q.weight_spec.bits}-bit weights are simulated only (no deployment format)")
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         raise NotApplicable("a QuantConfig deploys grouped convolutions to no module yet")
-    if isinstance(q.weight, Int4Weight):
-        return _module(MODULES["int4", type(module)], module, [q.weight])
-    return _module(MODULES["int8", type(module)], module, [q.weight], act_scale=q.input_scale,
+    if isinstance(q.weight, Int4Weight):  # its groups run along torch's (c, kh, kw): the conv keeps that order
+        return _module(MODULES["int4", type(module)], module, [q.weight], patch_order="chw")
+    weight = q.weight
+    if isinstance(module, nn.Conv2d):  # per-row scales: the columns move to the faster (kh, kw, c) order freely
+        qweight = weight.qweight.reshape(module.weight.shape).transpose(0, 2, 3, 1)
+        weight = Int8Weight(np.ascontiguousarray(qweight).reshape(weight.shape), weight.scale)
+    return _module(MODULES["int8", type(module)], module, [weight], act_scale=q.input_scale,
                    act_zero_point=q.input_zero_point)
 
 
-def _module(cls: type, module: nn.Module, weights: list[Any], **options: Any) -> CompressedModule:
-    """A ``cls`` module with ``weights`` (one per group) and the float ``module``'s bias and geometry."""
+def _module(cls: type, module: nn.Module, weights: list[Any], *, patch_order: str = "hwc",
+            **options: Any) -> CompressedModule:
+    """A ``cls`` module with ``weights`` (one per group) and the float ``module``'s bias and geometry;
+    ``patch_order``: the order of a convolution weight's columns, (kh, kw, c) "hwc" or torch's "chw"."""
     if isinstance(module, nn.Linear):
         return cls(weights[0], module.bias, **options)
     return cls(weights, module.bias, kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-               dilation=module.dilation, groups=module.groups, padding_mode=module.padding_mode, **options)
+               dilation=module.dilation, groups=module.groups, padding_mode=module.padding_mode,
+               patch_order=patch_order, **options)
 
 
 def _sparse(cls: type, recipe: Recipe, name: str, module: nn.Module, rows: int) -> CompressedModule:
     pattern = parse_pattern(recipe.pattern)
+    scores = weight_scores(module, "magnitude")
+    conv = isinstance(module, nn.Conv2d)
+    if conv:  # N:M groups and 1x4 blocks run along K in the order from_float builds: (kh, kw, c)
+        scores = scores.permute(0, 2, 3, 1)
     try:
-        mask = compute_masks({name: module}, {name: weight_scores(module, "magnitude")}, recipe.sparsity,
-                             pattern, "layer")[name]
+        mask = compute_masks({name: module}, {name: scores}, recipe.sparsity, pattern, "layer")[name]
     except ValueError as e:  # N:M on a K that is not a multiple of M
         raise NotApplicable(f"{recipe.pattern} does not apply: {str(e).split(': ', 1)[-1]}") from None
+    if conv:
+        mask = mask.permute(0, 3, 1, 2)
     pruned = copy.deepcopy(module)
     with torch.no_grad():
         pruned.weight.mul_(mask.to(pruned.weight.dtype))
@@ -334,6 +346,8 @@ def _sparse(cls: type, recipe: Recipe, name: str, module: nn.Module, rows: int) 
 
 def _lowrank(cls: type, recipe: Recipe, module: nn.Module) -> CompressedModule:
     w = module.weight.detach()
+    if isinstance(module, nn.Conv2d):  # K in the faster (kh, kw, c) order (the SVD only moves v's columns)
+        w = w.permute(0, 2, 3, 1)
     groups = getattr(module, "groups", 1)
     matrices = w.reshape(groups, w.shape[0] // groups, -1)  # one (N, K) matrix per group
     shape = tuple(matrices.shape[1:])
