@@ -35,9 +35,27 @@ def test_nm_masks_by_hand():
 
 
 def test_nm_mask_groups_run_along_k_of_a_conv_weight():
-    # conv weight (1, 2, 1, 2) is the row [w00, w01, w10, w11] along K = in * kh * kw
-    scores = torch.tensor([[[[1.0, 4.0]], [[3.0, 2.0]]]])
-    assert nm_mask(scores, 2, 4).flatten().int().tolist() == [0, 1, 1, 0]
+    # conv weight (1, 2, 1, 4) (channels a, b; one row of 4 taps) is the row K in (kh, kw, c) order,
+    # the conv modules' patch order: [a0, b0, a1, b1 | a2, b2, a3, b3]
+    scores = torch.tensor([[[[9.0, 8.0, 1.0, 1.0]], [[1.0, 1.0, 1.0, 1.0]]]])
+    mask = nm_mask(scores, 2, 4)
+    assert mask[0, :, 0].int().tolist() == [[1, 1, 1, 0], [0, 0, 1, 0]]  # (torch's (c, kh, kw): a0 a1 | b0 b1)
+    # 1x4 blocks too: tap 0 of both channels and tap 1 of both form the first block
+    mask = thresholds([scores], 0.5, parse_pattern("1x4"))[0]
+    assert mask[0, :, 0].int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0]]
+
+
+def test_conv_pruned_to_two_four_deploys_in_the_fast_patch_order(torch_single_thread):
+    from edgecompress.nn import SparseConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))
+    prune_weights(model, torch.randn(1, 8, 6, 6), pattern="2:4")
+    m = SparseConv2d.from_float(model[0], format="2:4")
+    assert m.patch_order == "hwc" and m.weights[0].format == "2:4"
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_block_masks_by_hand():

@@ -114,6 +114,15 @@ def test_constructors_name_the_bad_argument():
         conv.weight.copy_(torch.arange(1.0, 1 + 4 * 16).reshape(4, 4, 2, 2) * torch.tensor([[1.0], [0.0]]))
     assert enn.SparseConv2d.from_float(conv, format="2:4", patch_order="chw").weights[0].format == "2:4"
     with pytest.raises(ValueError, match="format '2:4' keeps at most 2 of every 4 consecutive values along K"):
+        enn.SparseConv2d.from_float(conv, format="2:4", patch_order="hwc")
+    m = enn.SparseConv2d.from_float(conv, format="2:4")  # no order asked for: the one the pattern holds in
+    assert (m.patch_order, m.weights[0].format) == ("chw", "2:4")
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), conv(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a pattern in neither order: the error names the (kh, kw, c) one
+        conv.weight.fill_(1.0)
+    with pytest.raises(ValueError, match="format '2:4' keeps at most 2 of every 4 consecutive values along K"):
         enn.SparseConv2d.from_float(conv, format="2:4")
 
 

@@ -321,15 +321,10 @@ def _module(cls: type, module: nn.Module, weights: list[Any], *, patch_order: st
 def _sparse(cls: type, recipe: Recipe, name: str, module: nn.Module, rows: int) -> CompressedModule:
     pattern = parse_pattern(recipe.pattern)
     scores = weight_scores(module, "magnitude")
-    conv = isinstance(module, nn.Conv2d)
-    if conv:  # N:M groups and 1x4 blocks run along K in the order from_float builds: (kh, kw, c)
-        scores = scores.permute(0, 2, 3, 1)
-    try:
+    try:  # (conv masks: N:M groups and 1x4 blocks along (kh, kw, c), the order from_float builds)
         mask = compute_masks({name: module}, {name: scores}, recipe.sparsity, pattern, "layer")[name]
     except ValueError as e:  # N:M on a K that is not a multiple of M
         raise NotApplicable(f"{recipe.pattern} does not apply: {str(e).split(': ', 1)[-1]}") from None
-    if conv:
-        mask = mask.permute(0, 3, 1, 2)
     pruned = copy.deepcopy(module)
     with torch.no_grad():
         pruned.weight.mul_(mask.to(pruned.weight.dtype))

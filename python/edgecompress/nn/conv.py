@@ -293,10 +293,26 @@ class SparseConv2d(_CompressedConv2d):
     """nn.Conv2d with SparseWeight(s) holding what pruning left:
     ``SparseConv2d.from_float(conv, format="csr" | ..., dtype="float32" | "int8")``.
 
-    Structure along K (N:M groups, 1x4 blocks) must lie along the module's patch order: a weight
-    pruned along torch's flattened (c, kh, kw) keeps its N:M pattern with ``patch_order="chw"``."""
+    Structure along K (N:M groups, 1x4 blocks) lies along the module's patch order. edgecompress's
+    pruners make it along (kh, kw, c), the default; a weight pruned to N:M along torch's flattened
+    (c, kh, kw) by another tool keeps its pattern there, so without an explicit ``patch_order`` an
+    N:M format that only holds in that order builds with ``patch_order="chw"``."""
 
     WEIGHT_CLASS = SparseWeight
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, *, patch_order: str | None = None, **options: Any) -> SparseConv2d:
+        if patch_order is not None:
+            return super().from_float(module, patch_order=patch_order, **options)
+        try:
+            return super().from_float(module, patch_order="hwc", **options)
+        except ValueError as along_hwc:
+            if options.get("format") not in ("2:4", "1:4", "4:8"):
+                raise
+            try:
+                return super().from_float(module, patch_order="chw", **options)
+            except ValueError:
+                raise along_hwc from None
 
 
 class LowRankConv2d(_CompressedConv2d):

@@ -1,7 +1,9 @@
 """Sparsity patterns and the masks they allow, computed from a score per weight.
 
-A weight is seen as the matrix (N, K) = (out, in·kernel) of ``weight.reshape(N, -1)``, the layout of the
-canonical sparse formats. Patterns:
+A weight is seen as the matrix (N, K) of the canonical sparse formats: a Linear weight as it is, a
+Conv2d weight (out, in/groups, kh, kw) with K in (kh, kw, c) order, the patch order of edgecompress's
+conv modules (``rows`` / ``unrows``), so that N:M groups and 1x4 blocks run along what the kernels
+see as K. Patterns:
 
 - ``"unstructured"``: any weight may go.
 - N:M (``"2:4"``, ``"1:4"``, ``"4:8"``): in every group of M consecutive weights along K, the N with
@@ -60,25 +62,40 @@ def parse_pattern(pattern: object) -> Pattern:
     raise ValueError(f"pattern: expected one of {', '.join(map(repr, PATTERNS))}; got {pattern!r}")
 
 
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """The (N, K) matrix of a weight-shaped tensor: 4-D (conv) tensors with K in (kh, kw, c) order."""
+    if t.dim() == 4:
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(t.shape[0], -1)
+
+
+def unrows(matrix: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of ``rows``: the (N, K) matrix back in the weight's ``shape``."""
+    if len(shape) == 4:
+        o, c, kh, kw = shape
+        return matrix.reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+    return matrix.reshape(shape)
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the ``n`` highest scores of every ``m`` consecutive values along K (ties: the first)."""
-    rows = scores.reshape(scores.shape[0], -1)
-    if rows.shape[1] % m:
-        raise ValueError(f"K={rows.shape[1]} is not a multiple of {m}")
-    groups = rows.reshape(rows.shape[0], -1, m)
+    matrix = rows(scores)
+    if matrix.shape[1] % m:
+        raise ValueError(f"K={matrix.shape[1]} is not a multiple of {m}")
+    groups = matrix.reshape(matrix.shape[0], -1, m)
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order[..., :n], True)
-    return mask.reshape(scores.shape)
+    return unrows(mask.reshape(matrix.shape), scores.shape)
 
 
 def _block_view(scores: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean score and element count of each block of the (N, K) matrix (zero-padded at the edges)."""
-    rows = scores.reshape(scores.shape[0], -1).float()
-    (n, k), (r, c) = rows.shape, block
+    rows_ = rows(scores).float()
+    (n, k), (r, c) = rows_.shape, block
     nb, kb = -(-n // r), -(-k // c)
-    padded = rows.new_zeros(nb * r, kb * c)
-    padded[:n, :k] = rows
-    count = rows.new_zeros(nb * r, kb * c)
+    padded = rows_.new_zeros(nb * r, kb * c)
+    padded[:n, :k] = rows_
+    count = rows_.new_zeros(nb * r, kb * c)
     count[:n, :k] = 1
     total = padded.reshape(nb, r, kb, c).sum(dim=(1, 3))
     sizes = count.reshape(nb, r, kb, c).sum(dim=(1, 3))
@@ -88,7 +105,7 @@ def _block_view(scores: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Ten
 def _expand_blocks(keep: torch.Tensor, block: tuple[int, int], shape: torch.Size) -> torch.Tensor:
     r, c = block
     full = keep.repeat_interleave(r, dim=0).repeat_interleave(c, dim=1)
-    return full[: shape[0], : math.prod(shape[1:])].reshape(shape)
+    return unrows(full[: shape[0], : math.prod(shape[1:])], shape)
 
 
 def thresholds(scores: list[torch.Tensor], sparsity: float, pattern: Pattern) -> list[torch.Tensor]:
