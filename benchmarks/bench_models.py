@@ -136,6 +136,7 @@ def _median_rounds(cands: dict[str, Callable[[], Any]], rounds: int) -> dict[str
     for _ in range(rounds):
         for k, fn in cands.items():
             time.sleep(0.02)  # let other thread pools go idle
+            fn()  # once untimed: the previous candidate's memory (freed buffers, caches) is not this one's
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -185,7 +186,7 @@ def main() -> int:
     emit(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     emit(f"- command: `{_command_line()}`")
     emit(f"- torch {torch.__version__}; models compressed (and speed-guarded) at 1 thread; method: interleaved "
-         f"rounds, median of {rounds}, warm; error = "
+         f"rounds (a call, then the timed call), median of {rounds}, warm; error = "
          "||y - y_fp32|| / ||y_fp32|| on the benchmark input")
     emit("")
     targets: list[str] = []
