@@ -46,7 +46,11 @@ void spmv_interleaved(const SparseTask& t) {
         });
       };
       for (; r + U <= r1; r += U) unroll<U>([&](auto u) { round(r + u.value, u); });
-      for (; r < r1; ++r) round(r, Rows<0>{});
+      // The last r1 - r < U rounds go to accumulators U-1, U-2, ...: no chain takes more than
+      // ceil(rounds / U) of a cell's rounds (all of them into one chain bound short cells by latency).
+      unroll<U - 1>([&](auto i) {
+        if (r + static_cast<int64_t>(i.value) < r1) round(r + i.value, Rows<U - 1 - decltype(i)::value>{});
+      });
     }
     const int row0 = 16 * g, rows = t.b1 - row0 < 16 ? t.b1 - row0 : 16;
     const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);

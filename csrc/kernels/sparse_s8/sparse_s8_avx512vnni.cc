@@ -46,7 +46,11 @@ void spmv(const SparseS8Task& t) {
         });
       };
       for (; r + U <= r1; r += U) unroll<U>([&](auto u) { round(r + u.value, u); });
-      for (; r < r1; ++r) round(r, Rows<0>{});
+      // The last r1 - r < U rounds go to accumulators U-1, U-2, ...: no chain takes more than
+      // ceil(rounds / U) of a cell's rounds (all of them into one chain bound short cells by latency).
+      unroll<U - 1>([&](auto i) {
+        if (r + static_cast<int64_t>(i.value) < r1) round(r + i.value, Rows<U - 1 - decltype(i)::value>{});
+      });
     }
     const int rows = t.r1 - 16 * g < 16 ? t.r1 - 16 * g : 16;
     const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
