@@ -445,17 +445,27 @@ _DTYPE_FORMATS = {"float32": ("csr", "bsr4x1", "bsr8x1") + tuple(_NM), "int8": (
 _AUTO_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
-def _best_of(runs: dict[str, Any], rounds: int = 7) -> dict[str, float]:
+def _best_of(runs: dict[str, Any], rounds: int = 7, close: float = 0.1) -> dict[str, float]:
     """Fastest call of each candidate over interleaved rounds after a warm-up (a short pack-time
-    measurement): taking turns keeps a slow spell of a shared machine from landing on one candidate."""
+    measurement): taking turns keeps a slow spell of a shared machine from landing on one candidate.
+    Candidates within ``close`` of the fastest then take twice as many more rounds among themselves,
+    so that a near tie is decided on more than a few calls."""
     for fn in runs.values():
         fn()
     best = {name: float("inf") for name in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+
+    def take_turns(names: list[str], n: int) -> None:
+        for _ in range(n):
+            for name in names:
+                t0 = time.perf_counter()
+                runs[name]()
+                best[name] = min(best[name], time.perf_counter() - t0)
+
+    take_turns(list(runs), rounds)
+    fastest = min(best.values())
+    near = [name for name, t in best.items() if t <= fastest * (1 + close)]
+    if len(near) > 1:
+        take_turns(near, 2 * rounds)
     return best
 
 
