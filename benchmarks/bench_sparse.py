@@ -197,7 +197,8 @@ def _auto_section(emit: Callable[[str], None], shapes: list[tuple[int, ...]], sp
     emit("| shape | dtype | pruning | sparsity | auto chose | auto ms | best layout | best ms | auto / best |")
     emit("|---|---|---|---|---|---|---|---|---|")
     ec.set_num_threads(1)
-    ratios = []
+    ratios: list[float] = []
+    noise: list[float] = []
     rng = np.random.default_rng(1)
     for m, k, n in shapes:
         w_full = rng.standard_normal((n, k)).astype(np.float32)
@@ -210,17 +211,30 @@ def _auto_section(emit: Callable[[str], None], shapes: list[tuple[int, ...]], sp
                     auto = ec.SparseWeight.from_float(w_dense, format="auto", dtype=dtype, rows=m)
                     # auto's pick is that layout: the same object stands for it (two copies of one layout
                     # would only measure noise and cache placement)
+                    same = auto.auto["same_blocks"]  # int8: the other layout, packed to the same blocks
+                    layouts = list(auto.auto["seconds"]) + ([same] if same else [])
                     cands = {f: auto if f == auto.format else ec.SparseWeight.from_float(w_dense, format=f, dtype=dtype)
-                             for f in auto.auto["seconds"]}
+                             for f in layouts}
                     runs = {f: (lambda c=c: ec.linear(x, c)) for f, c in cands.items()}
                     with blas_threads(1):
                         res = _measure(runs, rounds, min_s, min)
                     t_auto = res[auto.format]
                     best = min(res, key=res.__getitem__)
-                    ratios.append(t_auto / res[best])
+                    ratio = f"{t_auto / res[best]:.3f}"
+                    if same:
+                        # Both run one kernel on the same packed bytes: their gap is this run's noise,
+                        # not a choice auto could get wrong, so it is shown but not held to the target.
+                        ratio += " (one kernel: noise)"
+                        noise.append(max(res.values()) / min(res.values()))
+                    else:
+                        ratios.append(t_auto / res[best])
                     emit(f"| {(m, k, n)} | {dtype} | {label} | {s:.0%} | {auto.format} | {t_auto * 1e3:.3f} | {best} | "
-                         f"{res[best] * 1e3:.3f} | {t_auto / res[best]:.3f} |")
+                         f"{res[best] * 1e3:.3f} | {ratio} |")
     emit("")
+    if noise:
+        emit(f"int8 csr and bsr1x4 of one weight pack to the same 1 x 4 blocks (one kernel on the same bytes); "
+             f"format='auto' times only the smaller. Their timed gap here, up to {100 * (max(noise) - 1):.1f}% "
+             f"(median {100 * (float(np.median(noise)) - 1):.1f}%), is what noise alone does to two copies of one layout.\n")
     return ratios
 
 
@@ -335,7 +349,7 @@ def main() -> int:
     worst = max(auto_rows, default=None)
     if worst is not None:
         emit(f"| format='auto' never > 5% slower than the best layout of its weight | worst {100 * (worst - 1):+.1f}% "
-             f"over {len(auto_rows)} weights | {'met' if worst <= 1.05 else 'NOT met'} |")
+             f"over {len(auto_rows)} weights with distinct layouts | {'met' if worst <= 1.05 else 'NOT met'} |")
     emit("")
     write_report(out, args.output)
     return 0

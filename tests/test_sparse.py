@@ -281,10 +281,28 @@ def test_int8_bad_inputs(rng):
 def test_int8_auto(rng, rows):
     w_dense = _pruned_k(rng, 96, 256, 0.9, 4)
     w = ec.SparseWeight.from_float(w_dense, format="auto", dtype="int8", rows=rows)
-    assert w.dtype == "int8" and set(w.auto["seconds"]) == set(INT8_FORMATS)
+    # csr and bsr1x4 run one kernel on the same blocks: only the smaller is timed and kept
+    other = ec.SparseWeight.from_float(w_dense, format=w.auto["same_blocks"], dtype="int8")
+    assert w.dtype == "int8" and set(w.auto["seconds"]) | {other.format} == set(INT8_FORMATS)
+    assert w.format != other.format and w.nbytes <= other.nbytes
     assert w.auto["seconds"][w.format] == min(w.auto["seconds"].values())
     x = rng.standard_normal((rows, 256)).astype(np.float32)
     _check_int8(ec.linear(x, w), x, w)
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_int8_csr_packs_to_the_blocks_of_bsr1x4(rng, block):
+    # What lets format="auto" time only one of the two int8 layouts: the same kernel input.
+    from edgecompress.weights import _csr_to_1x4
+
+    w_dense = _pruned_k(rng, 40, 300, 0.7, block)
+    csr = ec.SparseWeight.from_float(w_dense, format="csr", dtype="int8")
+    bsr = ec.SparseWeight.from_float(w_dense, format="bsr1x4", dtype="int8")
+    indptr, indices, values = _csr_to_1x4(csr.indptr, csr.indices, csr.values.reshape(-1), 40, 300)
+    np.testing.assert_array_equal(indptr, bsr.indptr)
+    np.testing.assert_array_equal(indices, bsr.indices)
+    np.testing.assert_array_equal(values.reshape(-1), bsr.values.reshape(-1))
+    np.testing.assert_array_equal(csr.scale, bsr.scale)
 
 
 @pytest.mark.parametrize("m", [1, 2, 9])

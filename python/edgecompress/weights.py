@@ -648,6 +648,8 @@ class SparseWeight(_PackedCache):
         of input (the batch the layer will see), and keeps the fastest. The choice and the timings,
         with the dense product for comparison (numpy for float32, our int8 kernel for int8), are in
         ``.auto`` (``dense_faster`` says when the weight is not sparse enough to pay on this CPU).
+        For int8, "csr" and "bsr1x4" run one kernel on the same packed 1 x 4 blocks, so only the one
+        that stores fewer bytes is timed and kept (``.auto["same_blocks"]`` names the other).
         Choices are cached for the life of the process per shape, rows, dtype and the fraction (to
         1%) each layout would store.
         """
@@ -707,6 +709,13 @@ class SparseWeight(_PackedCache):
         # The n:m formats are candidates where the weight already has their pattern (no pruning here).
         cands = {f: cls.from_float(w, f, dtype) for f in _DTYPE_FORMATS[dtype]
                  if f not in _NM or _nm_violation(_nm_groups(w, _NM[f][1]), _NM[f][0]) is None}
+        same_blocks = None
+        if dtype == "int8":
+            # int8 csr is packed as the 1 x 4 blocks its nonzeros fall in, which are bsr1x4's blocks
+            # of the same weight: one kernel on the same packed bytes. Timing both would only pick
+            # between two samples of noise; keep the one that stores fewer bytes.
+            same_blocks = max(("bsr1x4", "csr"), key=lambda f: cands[f].nbytes)
+            del cands[same_blocks]
         # Same shape and sparsity can still favour different formats (unstructured vs by blocks):
         # the key holds each format's stored fraction.
         key = (w.shape, int(rows), dtype, kernel) + tuple((f, round(1 - c.sparsity, 2)) for f, c in cands.items())
@@ -723,7 +732,7 @@ class SparseWeight(_PackedCache):
             seconds = _best_of(runs)
             dense_s = seconds.pop("dense")
             chosen = min(seconds, key=seconds.__getitem__)
-            report = {"chosen": chosen, "seconds": seconds, "dense_seconds": dense_s,
+            report = {"chosen": chosen, "seconds": seconds, "same_blocks": same_blocks, "dense_seconds": dense_s,
                       "dense_faster": dense_s < seconds[chosen], "rows": int(rows),
                       "kernel": kernel if dtype == "int8" else kernel[1] if chosen in _NM else kernel[0]}
             _AUTO_CACHE[key] = report
