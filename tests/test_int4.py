@@ -156,6 +156,60 @@ def test_accuracy_mse_beats_rtn_and_nf4_beats_uniform():
     assert _rel_err(gauss, ec.Int4Weight.from_float(gauss, group_size=64, codebook="nf4")) < uniform
 
 
+@pytest.mark.parametrize("g", [32, 64, 128])
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_clipping_search_matches_its_reference(g, threads):
+    """The native search picks the reference's candidate for every group, bit for bit: random scales
+    (some zero, some tiny enough to overflow w / s), symmetric and asymmetric code bounds, near ties."""
+    from edgecompress import _core
+    from edgecompress.reference.quantize4 import best_candidates
+    rng = np.random.default_rng(g)
+    groups, r = 997, 26
+    w = rng.standard_t(3, (groups, g)).astype(np.float32)
+    w[:5] = 0
+    scale = (rng.random((groups, r)) * 2 - 1).astype(np.float32)
+    scale[::7, 3] = 0
+    scale[::11, 5] = 1e-38
+    scale[13, :] = scale[13, 0]  # every candidate equal: the first wins
+    zp = rng.integers(0, 16, (groups, r)).astype(np.float32)
+    zp[::2] = 8
+    zp[13] = 8
+    want = best_candidates(w, scale, -zp, 15 - zp)
+    got = _core.int4_best_candidates(w, scale, -zp, 15 - zp)
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+    assert want[13] == 0
+
+
+def test_mse_search_keeps_each_groups_best_ratio():
+    """method="mse" keeps, per group, the ratio of least reconstruction error among all 26."""
+    from edgecompress.quantize4 import MSE_RATIOS, _groups, _uniform_at
+    rng = np.random.default_rng(4)
+    w = rng.standard_t(3, (64, 256)).astype(np.float32)
+    for sym in (True, False):
+        q = ec.Int4Weight.from_float(w, symmetric=sym, method="mse")
+        wg = _groups(w, 32)
+        errs = []
+        for r in MSE_RATIOS.astype(np.float32):
+            lo, hi = np.minimum(wg.min(-1), 0) * r, np.maximum(wg.max(-1), 0) * r
+            codes, s, zp = _uniform_at(wg, lo, hi, sym)
+            errs.append((((codes.astype(np.float64) - zp[..., None]) * s[..., None].astype(np.float64) - wg) ** 2).sum(-1))
+        best = np.min(errs, axis=0)
+        got = ((q.to_float().reshape(wg.shape).astype(np.float64) - wg) ** 2).sum(-1)
+        assert np.all(got <= best * (1 + 1e-5) + 1e-12)
+
+
+def test_clipping_search_rejects_bad_arrays():
+    from edgecompress import _core
+    w = np.zeros((4, 32), np.float32)
+    s = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _core.int4_best_candidates(np.zeros((4, 12), np.float32), s, s, s)
+    with pytest.raises(ValueError, match="scale, lo, hi"):
+        _core.int4_best_candidates(w, s, s[:3], s)
+    with pytest.raises(ValueError, match="expected float32"):
+        _core.int4_best_candidates(w.astype(np.float64), s, s, s)
+
+
 def test_nf4_table_shape():
     t = nf4_table()
     assert t.shape == (16,) and t[0] == -1 and t[-1] == 1 and 0.0 in t

@@ -71,6 +71,28 @@ py::array linear(const PackedQ4Weight& w, const py::array& x, const py::object& 
   return a.y;
 }
 
+py::array best_candidates(const py::array& w, const py::array& scale, const py::array& lo, const py::array& hi) {
+  require(py::isinstance<py::array_t<float>>(w) && w.ndim() == 2 && contiguous(w) && w.shape(1) > 0 &&
+              w.shape(1) % 8 == 0,
+          "w: expected float32 (groups, g) C-contiguous with g a multiple of 8");
+  const py::ssize_t groups = w.shape(0);
+  for (const py::array* a : {&scale, &lo, &hi}) {
+    require(py::isinstance<py::array_t<float>>(*a) && a->ndim() == 2 && contiguous(*a) && a->shape(0) == groups &&
+                a->shape(1) == scale.shape(1) && a->shape(1) > 0 && a->shape(1) <= INT32_MAX,
+            "scale, lo, hi: expected float32 (groups, r) C-contiguous, r >= 1");
+  }
+  py::array_t<int32_t> best(groups);
+  const float* wp = static_cast<const float*>(w.data());
+  const float* sp = static_cast<const float*>(scale.data());
+  const float* lp = static_cast<const float*>(lo.data());
+  const float* hp = static_cast<const float*>(hi.data());
+  int32_t* bp = best.mutable_data();
+  const int g = static_cast<int>(w.shape(1)), r = static_cast<int>(scale.shape(1));
+  py::gil_scoped_release release;
+  int4_best_candidates(wp, groups, g, r, sp, lp, hp, bp, get_num_threads());
+  return best;
+}
+
 }  // namespace
 
 void register_gemm_q4(py::module_& m) {
@@ -84,6 +106,9 @@ void register_gemm_q4(py::module_& m) {
         py::arg("k"), py::arg("kernel"));
   m.def("linear_q4", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"), py::arg("compute"),
         py::arg("out") = py::none());
+  m.def("int4_best_candidates", &best_candidates, py::arg("w"), py::arg("scale"), py::arg("lo"), py::arg("hi"),
+        "For each group (row of w), the index of the candidate (scale, lo, hi) whose codes "
+        "clip(round(w / scale), lo, hi) * scale have the least squared error (the first of equals).");
   bindings::def_family(m, "gemm_q4", gemm_q4_kernels, gemm_q4_select,
                        [](py::dict& d, const GemmQ4Kernel& k) { d["mr"] = k.mr; });
 }

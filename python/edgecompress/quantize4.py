@@ -1,5 +1,6 @@
 """4-bit weight quantizers behind Int4Weight.from_float: uniform (RTN or MSE-searched clipping) and
-codebooks (NF4, k-means per output channel). numpy only; every function works on all groups at once.
+codebooks (NF4, k-means per output channel). Every function works on all groups at once; the
+clipping search of the uniform quantizer (every group at 26 ratios) runs natively.
 
 Shapes: a weight (N, K) is padded with zeros to Kp = whole groups and viewed as (N, G, g).
 """
@@ -7,13 +8,17 @@ Shapes: a weight (N, K) is padded with zeros to Kp = whole groups and viewed as 
 from __future__ import annotations
 
 from statistics import NormalDist
+from typing import Callable
 
 import numpy as np
+
+from . import _core
 
 _F32 = np.float32
 _F16_MAX = float(np.finfo(np.float16).max)
 # Clipping ratios tried by method="mse": the group's range is scaled by each and the best kept.
 MSE_RATIOS = np.linspace(1.0, 0.5, 26)
+_SEARCH_VALUES = 1 << 18  # values quantized at once by the search (rows x groups x ratios x g)
 
 
 def nf4_table() -> np.ndarray:
@@ -43,29 +48,46 @@ def _to_f16(s: np.ndarray) -> np.ndarray:
     return np.clip(s, -_F16_MAX, _F16_MAX).astype(np.float16)
 
 
-def _uniform_at(wg: np.ndarray, lo: np.ndarray, hi: np.ndarray, symmetric: bool
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Codes, fp16 scales and zero points for groups whose kept range is [lo, hi] (lo <= 0 <= hi)."""
+def _uniform_params(lo: np.ndarray, hi: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """fp16 scales and int32 zero points of groups whose kept range is [lo, hi] (lo <= 0 <= hi)."""
     if symmetric:
         # The level of largest magnitude maps to -8 (the full 4-bit range), as in GGUF Q4_0.
         peak = np.where(-lo > hi, lo, hi)
         s = _to_f16(peak / _F32(-8))
-        zp = np.full(s.shape, 8, np.int32)
-    else:
-        s = _to_f16((hi - lo) / _F32(15))
-        s32 = s.astype(_F32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zp = np.where(s32 != 0, np.clip(np.round(-lo / s32), 0, 15), 8).astype(np.int32)
+        return s, np.full(s.shape, 8, np.int32)
+    s = _to_f16((hi - lo) / _F32(15))
+    s32 = s.astype(_F32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zp = np.where(s32 != 0, np.clip(np.rint(-lo / s32), 0, 15), 8).astype(np.int32)
+    return s, zp
+
+
+def _uniform_at(wg: np.ndarray, lo: np.ndarray, hi: np.ndarray, symmetric: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes, fp16 scales and zero points for groups whose kept range is [lo, hi] (lo <= 0 <= hi)."""
+    s, zp = _uniform_params(lo, hi, symmetric)
     s32 = s.astype(_F32)[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(s32 != 0, np.round(wg / s32), 0)
+        q = np.where(s32 != 0, np.rint(wg / s32), 0)
     q = np.clip(q + zp[..., None], 0, 15).astype(np.uint8)
     return q, s, zp
 
 
-def _recon_error(wg: np.ndarray, q: np.ndarray, s: np.ndarray, zp: np.ndarray) -> np.ndarray:
-    rec = (q.astype(_F32) - zp[..., None]) * s.astype(_F32)[..., None]
-    return ((rec - wg) ** 2).sum(axis=-1)
+def _best_ratios(wg: np.ndarray, error_at: Callable[[slice, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Each group's clipping ratio of lowest reconstruction error (the first of equals), (N, G) float32.
+
+    ``error_at(rows, ratios)``: the errors (n, G, len(ratios)) of rows ``rows`` of ``wg`` quantized
+    at every ratio. All ratios are tried at once on a few rows at a time, so that the temporaries
+    (rows x G x ratios x g values) stay in cache.
+    """
+    n, groups, g = wg.shape
+    ratios = MSE_RATIOS.astype(_F32)
+    step = max(1, _SEARCH_VALUES // (groups * ratios.size * g))
+    best = np.empty((n, groups), np.intp)
+    for r0 in range(0, n, step):
+        rows = slice(r0, min(n, r0 + step))
+        best[rows] = error_at(rows, ratios).argmin(axis=-1)
+    return ratios[best]
 
 
 def quantize_uniform(w: np.ndarray, g: int, symmetric: bool, method: str
@@ -74,14 +96,15 @@ def quantize_uniform(w: np.ndarray, g: int, symmetric: bool, method: str
     wg = _groups(w, g)
     lo = np.minimum(wg.min(axis=-1), 0)
     hi = np.maximum(wg.max(axis=-1), 0)
+    if method == "mse":  # every ratio at once, natively (reference.quantize4 is the spec)
+        ratios = MSE_RATIOS.astype(_F32)
+        s, zp = _uniform_params(lo[..., None] * ratios, hi[..., None] * ratios, symmetric)
+        zp32 = zp.astype(_F32).reshape(-1, ratios.size)
+        best = _core.int4_best_candidates(wg.reshape(-1, g), s.astype(_F32).reshape(-1, ratios.size), -zp32,
+                                          15 - zp32)
+        r = ratios[best].reshape(lo.shape)
+        lo, hi = lo * r, hi * r
     q, s, zp = _uniform_at(wg, lo, hi, symmetric)
-    if method == "mse":
-        err = _recon_error(wg, q, s, zp)
-        for r in MSE_RATIOS[1:]:
-            q2, s2, zp2 = _uniform_at(wg, lo * _F32(r), hi * _F32(r), symmetric)
-            err2 = _recon_error(wg, q2, s2, zp2)
-            better = err2 < err
-            q[better], s[better], zp[better], err[better] = q2[better], s2[better], zp2[better], err2[better]
     n = w.shape[0]
     return q.reshape(n, -1), s, None if symmetric else zp.astype(np.uint8)
 
@@ -142,12 +165,12 @@ def quantize_codebook(w: np.ndarray, g: int, table: np.ndarray | str, method: st
     amax = np.abs(wg).max(axis=-1)
     if isinstance(table, str):
         table = nf4_table() if table == "nf4" else kmeans_tables(wg, amax)
-    q, s = _codebook_at(wg, amax, table)
     if method == "mse":
-        err = _codebook_error(wg, q, s, table)
-        for r in MSE_RATIOS[1:]:
-            q2, s2 = _codebook_at(wg, amax * _F32(r), table)
-            err2 = _codebook_error(wg, q2, s2, table)
-            better = err2 < err
-            q[better], s[better], err[better] = q2[better], s2[better], err2[better]
+        def error_at(rows: slice, ratios: np.ndarray) -> np.ndarray:
+            w4 = wg[rows, :, None, :]
+            t = table if table.ndim == 1 else table[rows]
+            q, s = _codebook_at(w4, amax[rows, :, None] * ratios, t)
+            return _codebook_error(w4, q, s, t)
+        amax = amax * _best_ratios(wg, error_at)
+    q, s = _codebook_at(wg, amax, table)
     return q.reshape(w.shape[0], -1), s, table

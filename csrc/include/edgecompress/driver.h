@@ -144,6 +144,13 @@ std::unique_ptr<PackedQ4Weight> pack_q4_weight(const GemmQ4Kernel& kernel, const
 GemmStatus gemm_q4(const PackedQ4Weight& w, const float* x, ptrdiff_t ldx, int m, Q4Compute compute,
                    const float* bias, Activation act, float* y, int max_threads);
 
+// The clipping search of 4-bit quantization: for each of `groups` groups of g weights (g a multiple
+// of 8) and each of its r candidates (scale, code bounds lo..hi), the squared error of the group's
+// codes clip(round(w / scale), lo, hi) times scale; best[i] = the candidate of least error (the first
+// of equals). scale, lo, hi: (groups, r). Runs on the thread pool.
+void int4_best_candidates(const float* w, int64_t groups, int g, int r, const float* scale, const float* lo,
+                          const float* hi, int32_t* best, int max_threads);
+
 // A pruned float32 weight for the sparse_f32 kernels (see sparse.h): copies of the block-row arrays.
 struct PackedSparseF32 {
   const SparseKernel* kernel = nullptr;
