@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from . import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgecompress", description="Compressed neural networks on CPUs.")
+    parser.add_argument("--version", action="version", version=f"edgecompress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from . import bench, demo
 
@@ -65,12 +69,16 @@ def _report(path: str) -> int:
           f"{manifest.get('edgecompress_version')}")
     for r in rows[:1] + [["-" * w for w in widths]] + rows[1:]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print(f"{len(rows) - 1} compressed modules, {compressed} weight bytes; float rest: {rest} bytes")
+    file_bytes = os.path.getsize(path)
+    print(f"{len(rows) - 1} compressed modules, {compressed} weight bytes; float rest: {rest} bytes; "
+          f"file: {file_bytes} bytes")
     if manifest.get("recipe") is not None:
         print(f"recipe: {manifest['recipe']}")
     if manifest.get("report") is not None:
         try:
-            print(CompressReport.from_dict(manifest["report"]))
+            report = CompressReport.from_dict(manifest["report"])
+            report.file_bytes = file_bytes  # (a file cannot hold its own size)
+            print(report)
         except ValueError as e:
             print(f"the stored compress report is unreadable: {e}", file=sys.stderr)
             return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import statistics
 import sys
 import time
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="apply compress()'s speed guard at batch 1 (layers slower than fp32 stay dense); "
                         "off by default so that every recipe's formats are shown as they are")
     p.add_argument("--plot", default="edgecompress-demo.png",
-                   help="PNG of accuracy vs size and vs latency (needs matplotlib); '' to skip")
+                   help="PNG of accuracy vs size and vs latency, written to this path (default: "
+                        "edgecompress-demo.png in the current directory; needs matplotlib); '' to skip")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's initialization and training")
 
 
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         from .compress import digits
-        from .compress.one_call import compress
+        from .compress.one_call import CompressionWarning, compress
         from .compress.recipes import parse_recipe
     except ImportError as e:
         print(f"edgecompress demo needs torch and scikit-learn: pip install \"edgecompress[demo]\" ({e})",
@@ -140,17 +142,21 @@ def run(args: argparse.Namespace) -> int:
         calibration = [data.x_train[i:i + 64] for i in range(0, 256, 64)]
         models = {"torch fp32": model, "torch dynamic int8": _torch_dynamic_int8(model)}
         swapped = {"torch fp32": "-", "torch dynamic int8": "fc*"}
+        errors: dict[str, float | None] = {}
         for recipe in recipes:
             m = copy.deepcopy(model)
-            report = compress(m, recipe, calibration_data=calibration, example_inputs=data.x_test[:1],
-                              guard=args.guard, progress=False)
+            with warnings.catch_warnings():  # the table shows the error compress() warns about
+                warnings.simplefilter("ignore", CompressionWarning)
+                report = compress(m, recipe, calibration_data=calibration, example_inputs=data.x_test[:1],
+                                  guard=args.guard, progress=False)
             models[recipe] = m
             swapped[recipe] = f"{len(report.swapped)}/{len(report.layers)}"
+            errors[recipe] = report.model_error
         b1 = _latencies(models, data.x_test[:1], rounds)
         b64 = _latencies(models, data.x_test[:64], rounds)
         rows = []
         for name, m in models.items():
-            rows.append({"model": name, "swapped": swapped[name],
+            rows.append({"model": name, "swapped": swapped[name], "error": errors.get(name),
                          "accuracy": digits.accuracy(m, data.x_test, data.y_test), "bytes": _weight_bytes(m),
                          "b1": b1[name], "b64": b64[name]})
     print(_table(rows, args))
@@ -160,12 +166,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    from .compress.one_call import WARN_ERROR
+
     fp32, tq = rows[0], rows[1]
-    head = ["model", "layers", "accuracy %", "weights KB", "size", "batch 1 ms", "batch 64 ms",
+    head = ["model", "layers", "accuracy %", "output err", "weights KB", "size", "batch 1 ms", "batch 64 ms",
             "vs fp32 b1", "vs fp32 b64", "vs torch int8 b1", "vs torch int8 b64"]
     out = [head]
     for r in rows:
-        out.append([r["model"], r["swapped"], f"{r['accuracy']:.2f}", f"{r['bytes'] / 1024:.1f}",
+        err = "-" if r["error"] is None else f"{r['error']:.3f}" + ("!" if r["error"] > WARN_ERROR else "")
+        out.append([r["model"], r["swapped"], f"{r['accuracy']:.2f}", err, f"{r['bytes'] / 1024:.1f}",
                     f"{r['bytes'] / fp32['bytes']:.1%}", f"{r['b1'] * 1e3:.3f}", f"{r['b64'] * 1e3:.3f}",
                     f"{fp32['b1'] / r['b1']:.2f}x", f"{fp32['b64'] / r['b64']:.2f}x",
                     f"{tq['b1'] / r['b1']:.2f}x", f"{tq['b64'] / r['b64']:.2f}x"])
@@ -173,7 +182,8 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in out]
     lines.insert(1, "  ".join("-" * w for w in widths))
     note = (f"layers: Linear/Conv2d layers swapped; speed guard {'on (batch 1)' if args.guard else 'off'}; "
-            "'vs' columns: speedup (> 1 is faster)")
+            "output err: ||y - y_fp32|| / ||y_fp32|| of the logits on the example image ('!': above "
+            f"{WARN_ERROR:g}, where compress() warns); 'vs' columns: speedup (> 1 is faster)")
     return "\n".join(lines + [note])
 
 
@@ -200,4 +210,4 @@ def _plot(rows: list[dict[str, Any]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"plot written to {path}")
+    print(f"plot written to {os.path.abspath(path)}")

@@ -66,6 +66,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None, repor
     """
     _check_model(model)
     path = _check_path(path)
+    report_object = report
     if hasattr(report, "to_dict"):
         report = report.to_dict()
     if report is not None and not isinstance(report, dict):
@@ -101,6 +102,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None, repor
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    if hasattr(report_object, "file_bytes"):  # the report of edgecompress.compress learns its file's size
+        report_object.file_bytes = os.path.getsize(path)
 
 
 def _open(path: str) -> Any:

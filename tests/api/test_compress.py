@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 
@@ -10,7 +11,12 @@ torch = pytest.importorskip("torch")
 import edgecompress as ec  # noqa: E402
 from edgecompress import nn as enn  # noqa: E402
 from edgecompress.compress import digits  # noqa: E402
+from edgecompress.compress.one_call import WARN_ERROR, CompressionWarning  # noqa: E402
 from edgecompress.compress.quantize import QuantConfig, QuantSpec  # noqa: E402
+
+# The pruning and low-rank recipes, one-shot on this small model, lose more than compress() tolerates
+# silently: those tests expect its warning (test_each_recipe checks when it comes).
+lossy = pytest.mark.filterwarnings("ignore::edgecompress.compress.one_call.CompressionWarning")
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 # recipe -> (module type of a Linear, of a Conv2d, bound on the relative error of the model's logits)
@@ -43,10 +49,18 @@ def test_each_recipe_swaps_the_layers_and_stays_close_to_the_float_model(recipe,
     x = digits_data.x_test[:64]
     with torch.no_grad():
         want = trained_cnn(x)
-    report = ec.compress(model, recipe, calibration_data=batches, example_inputs=x, guard=False, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = ec.compress(model, recipe, calibration_data=batches, example_inputs=x, guard=False, progress=False)
     with torch.no_grad():
         got = model(x)
     assert _rel(got, want) < bound
+    # the whole model's error, measured by compress on the same inputs, and a warning exactly when it is large
+    assert report.model_error == pytest.approx(_rel(got, want), rel=1e-4)
+    assert report.top1_agreement == float((got.argmax(1) == want.argmax(1)).double().mean())
+    assert [w.category for w in caught] == ([CompressionWarning] if report.model_error > WARN_ERROR else [])
+    assert report.model_bytes_before == 4 * sum(p.numel() for p in trained_cnn.state_dict().values()
+                                                 if p.is_floating_point()) + 8 * 2  # (+ BN's int64 counters)
     for name in report.swapped:
         m = model.get_submodule(name)
         assert type(m) is (lin_type if name.startswith("fc") else conv_type)
@@ -64,6 +78,7 @@ def test_each_recipe_swaps_the_layers_and_stays_close_to_the_float_model(recipe,
     assert acc > (20 if recipe == "sparse-75+int8" else 80)
 
 
+@lossy
 @pytest.mark.parametrize("recipe, fmt, order", [
     ("2:4", "sparse 2:4 f32 50%", "hwc"),  # the N:M groups and 1x4 blocks run along the module's K order,
     ("sparse-75+int8", "sparse bsr1x4 i8 75%", "hwc"),  # so the dedicated layouts hold them
@@ -115,6 +130,7 @@ def test_exclude_wins_over_overrides_and_exact_names_over_patterns(trained_cnn, 
     assert type(model.fc1) is enn.LowRankLinear and type(model.fc2) is torch.nn.Linear
 
 
+@lossy
 def test_compress_save_load_gives_identical_outputs(trained_cnn, digits_data, batches, tmp_path):
     model = copy.deepcopy(trained_cnn)
     report = ec.compress(model, "int8-static", calibration_data=batches, overrides={"fc1": "sparse-75+int8", "conv2": "nf4"},
@@ -127,7 +143,10 @@ def test_compress_save_load_gives_identical_outputs(trained_cnn, digits_data, ba
         assert torch.equal(fresh(x), model(x))
     assert fresh.fc2.input_quant == model.fc2.input_quant
     manifest = ec.serialization.read_manifest(path)
-    assert manifest["report"] == json.loads(report.to_json()) and manifest["recipe"] == "int8-static"
+    stored = json.loads(report.to_json())
+    assert report.file_bytes == path.stat().st_size
+    stored["model"]["file_bytes"] = None  # learnt after the file was written
+    assert manifest["report"] == stored and manifest["recipe"] == "int8-static"
 
 
 def test_the_speed_guard_leaves_a_tiny_layer_dense_and_guard_false_swaps_it():
@@ -211,7 +230,10 @@ def test_compress_is_callable_and_import_stays_light():
     ({"overrides": ["fc1"]}, TypeError, "overrides: expected a dict"),
     ({"overrides": {"fc1": "nf5"}}, ValueError, "overrides\\['fc1'\\]: unknown recipe 'nf5'"),
     ({"guard": "yes"}, TypeError, "guard: expected a bool"),
-    ({"example_inputs": [1, 2]}, TypeError, "example_inputs: expected a Tensor or a tuple of Tensors"),
+    ({"example_inputs": [1, 2]}, TypeError, "example_inputs: expected a Tensor, a tuple of Tensors or a dict"),
+    ({"example_inputs": {"x": 3}}, TypeError, "example_inputs: expected a dict of keyword arguments"),
+    ({"max_error": 0}, ValueError, "max_error: expected a float > 0 or None, got 0"),
+    ({"max_error": "1%"}, TypeError, "max_error: expected a float > 0"),
     ({"calibration_data": 3}, TypeError, "calibration_data: expected a Tensor or an iterable"),
     ({"calibration_data": []}, ValueError, "calibration_data: expected at least one batch"),
 ])
@@ -236,3 +258,81 @@ def test_save_refuses_a_report_that_is_not_one(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(TypeError, match="report: expected the report of edgecompress.compress"):
         ec.save(model, tmp_path / "m.safetensors", report="fast")
+
+
+def test_a_collapsing_recipe_warns_and_max_error_undoes_it(trained_cnn, digits_data):
+    """One-shot 75% block pruning turns this model into noise; compress says so, and with max_error
+    refuses, leaving the model as it was."""
+    x = digits_data.x_test[:64]
+    model = copy.deepcopy(trained_cnn)
+    with pytest.warns(CompressionWarning, match=r"relative output error on example_inputs is .*largest layer errors: "):
+        report = ec.compress(model, "sparse-75+int8", example_inputs=x, guard=False, progress=False)
+    assert report.model_error > WARN_ERROR and "whole-model output error" in str(report)
+
+    model = copy.deepcopy(trained_cnn)
+    with pytest.raises(ValueError, match=r"max_error: .* above max_error=0.05; the model was left as it was"):
+        ec.compress(model, "sparse-75+int8", example_inputs=x, guard=False, progress=False, max_error=0.05)
+    assert all(type(model.get_submodule(n)) in (torch.nn.Linear, torch.nn.Conv2d) for n in LAYERS)
+    with torch.no_grad():
+        assert torch.equal(model(x), trained_cnn(x))
+    # int8 passes the same bound, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = ec.compress(model, "int8", example_inputs=x, guard=False, progress=False, max_error=0.05)
+    assert report.model_error < 0.05 and len(report.swapped) == 4
+
+
+class _KeywordModel(torch.nn.Module):
+    """Called as model(input_ids=..., attention_mask=...), as Hugging Face models are; returns a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 32)
+        self.fc = torch.nn.Linear(32, 64)
+        self.head = torch.nn.Linear(64, 50, bias=False)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = torch.relu(self.fc(self.embed(input_ids)))
+        if attention_mask is not None:
+            h = h * attention_mask[..., None]
+        return {"logits": self.head(h), "mask": attention_mask}
+
+
+def test_example_inputs_may_be_keyword_arguments():
+    torch.manual_seed(0)
+    model = _KeywordModel().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones(2, 7)}
+    with torch.no_grad():
+        want = model(**kwargs)["logits"]
+    report = ec.compress(model, "int8", example_inputs=kwargs, progress=False, guard=False)
+    assert report.swapped == ["fc", "head"]
+    with torch.no_grad():
+        got = model(**kwargs)["logits"]
+    # the error of the floating-point outputs (logits and the float mask, which is unchanged)
+    want_err = float((got - want).norm() / torch.cat([want.flatten(), torch.ones(14)]).norm())
+    assert report.model_error == pytest.approx(want_err, rel=1e-4) and report.model_error < 0.02
+
+
+def test_the_report_counts_the_whole_model_and_tied_weights_once(tmp_path):
+    """A head tied to the embedding: its float copy stays in the embedding, so compressing the head adds
+    bytes; the whole-model figures say so (the per-layer total alone claimed 25%)."""
+    torch.manual_seed(0)
+    model = _KeywordModel().eval()
+    model.head = torch.nn.Linear(32, 50, bias=False)
+    model.fc = torch.nn.Linear(32, 32)
+    model.head.weight = model.embed.weight
+    kwargs = {"input_ids": torch.randint(0, 50, (2, 7))}
+    float_bytes = 4 * (50 * 32 + 32 * 32 + 32)  # the tied weight once
+    report = ec.compress(model, "int8", example_inputs=kwargs, progress=False, guard=False)
+    assert report.model_bytes_before == float_bytes
+    int8 = model.fc.nbytes + model.head.nbytes
+    assert report.model_bytes_after == 4 * 50 * 32 + int8 + 4 * 32
+    assert "tied to embed" in report["head"].note and "whole model:" in str(report)
+    assert report.totals()["size_ratio"] < 0.3 < report.model_bytes_after / report.model_bytes_before
+    path = tmp_path / "m.safetensors"
+    ec.save(model, path, report=report)
+    assert report.file_bytes == path.stat().st_size
+    assert report.to_dict()["model"]["model_bytes_after"] == report.model_bytes_after
+    back = type(report).from_dict(json.loads(report.to_json()))
+    assert back.model_bytes_before == report.model_bytes_before and back.model_error == report.model_error

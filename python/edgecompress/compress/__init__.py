@@ -27,7 +27,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["CompressReport", "LayerReport", "compress"]
+__all__ = ["CompressReport", "CompressionWarning", "LayerReport", "compress"]
 
 
 class _CallablePackage(types.ModuleType):
@@ -41,10 +41,10 @@ sys.modules[__name__].__class__ = _CallablePackage
 
 
 def __getattr__(name: str) -> Any:
-    if name == "compress":
-        from .one_call import compress
+    if name in ("compress", "CompressionWarning"):
+        from . import one_call
 
-        return compress
+        return getattr(one_call, name)
     if name in ("CompressReport", "LayerReport"):
         from . import summary
 

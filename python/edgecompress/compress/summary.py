@@ -7,6 +7,7 @@ manifest with ``CompressReport.from_dict``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
@@ -49,11 +50,23 @@ class LayerReport:
 @dataclass
 class CompressReport:
     """Per-layer results of ``edgecompress.compress``. ``str(report)`` is a table; ``to_dict()``,
-    ``to_json()`` and ``to_markdown()`` export it; ``totals()`` sums the swapped layers."""
+    ``to_json()`` and ``to_markdown()`` export it; ``totals()`` sums the swapped layers.
+
+    Whole model: ``model_bytes_before`` / ``model_bytes_after``: the bytes of all parameters and
+    buffers (tied weights counted once) and of the compressed arrays, what a saved file holds as
+    tensors; ``model_error``: ||y_c - y_f|| / ||y_f|| of the whole model's outputs on the example
+    inputs; ``top1_agreement``: the share of positions of its first output whose argmax over the
+    last axis is unchanged; ``file_bytes``: the size of the file ``edgecompress.save`` last wrote
+    with this report. Unmeasured values are None."""
 
     recipe: str
     guard: bool
     layers: list[LayerReport] = field(default_factory=list)
+    model_bytes_before: Optional[int] = None
+    model_bytes_after: Optional[int] = None
+    model_error: Optional[float] = None
+    top1_agreement: Optional[float] = None
+    file_bytes: Optional[int] = None
 
     def __getitem__(self, name: str) -> LayerReport:
         for layer in self.layers:
@@ -78,7 +91,11 @@ class CompressReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "guard": self.guard, "layers": [asdict(r) for r in self.layers],
-                "totals": self.totals()}
+                "totals": self.totals(), "model": self._model()}
+
+    def _model(self) -> dict[str, Any]:
+        values = {k: getattr(self, k) for k in _MODEL_KEYS}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -93,7 +110,11 @@ class CompressReport:
             layers = [LayerReport(**{k: v for k, v in r.items() if k in names}) for r in d["layers"]]
         except (TypeError, AttributeError) as e:
             raise ValueError(f"report: a layer entry is not a LayerReport ({e})") from e
-        return cls(str(d.get("recipe")), bool(d.get("guard")), layers)
+        model = d.get("model") or {}
+        if not isinstance(model, dict):
+            raise ValueError(f"report: expected 'model' to be a dict, got {type(model).__name__}")
+        return cls(str(d.get("recipe")), bool(d.get("guard")), layers,
+                   **{k: model[k] for k in _MODEL_KEYS if isinstance(model.get(k), (int, float))})
 
     def _rows(self) -> list[list[str]]:
         rows = [["layer", "kind", "format", "bytes before", "bytes after", "error", "fp32 ms", "ms", "speedup", "note"]]
@@ -106,19 +127,37 @@ class CompressReport:
                      f"{t['bytes_after']}{ratio}", "", _ms(t["latency_before_s"]), _ms(t["latency_after_s"]), "", ""])
         return rows
 
+    def summary_lines(self) -> list[str]:
+        """The whole-model figures, one line each (those measured)."""
+        out = []
+        before, after = self.model_bytes_before, self.model_bytes_after
+        if before is not None and after is not None:
+            out.append(f"whole model: {after} bytes of {before} ({after / before:.1%}; all parameters and buffers, "
+                       "tied weights once)" if before else f"whole model: {after} bytes")
+        if self.file_bytes is not None:
+            out.append(f"file: {self.file_bytes} bytes")
+        if self.model_error is not None:
+            top1 = "" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.1%}"
+            out.append(f"whole-model output error on the example inputs: {self.model_error:.3g}{top1}")
+        return out
+
     def __str__(self) -> str:
         rows = self._rows()
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         head = f"edgecompress.compress: recipe {self.recipe}, speed guard {'on' if self.guard else 'off'}"
-        return "\n".join([head, lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+        return "\n".join([head, lines[0], "  ".join("-" * w for w in widths), *lines[1:], *self.summary_lines()])
 
     def to_markdown(self) -> str:
         rows = self._rows()
         lines = [f"recipe `{self.recipe}`, speed guard {'on' if self.guard else 'off'}", "",
                  "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
+        lines += [""] + [f"- {line}" for line in self.summary_lines()] if self.summary_lines() else []
         return "\n".join(lines) + "\n"
+
+
+_MODEL_KEYS = ("model_bytes_before", "model_bytes_after", "model_error", "top1_agreement", "file_bytes")
 
 
 def _num(v: float | None, spec: str, suffix: str = "") -> str:
