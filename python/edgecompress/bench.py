@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -138,7 +139,11 @@ class _Peers:
             lin = torch.nn.Linear(k, n, bias=False)
             with torch.no_grad():
                 lin.weight.copy_(torch.from_numpy(w_float))
-            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+            with warnings.catch_warnings():  # the peer as users build it; torch announces its deprecation
+                warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+                warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization", category=DeprecationWarning)
+                qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                              dtype=torch.qint8)
             xt = torch.from_numpy(x)
 
             def torch_dynamic() -> Any:
