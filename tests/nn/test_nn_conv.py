@@ -243,3 +243,21 @@ def test_blocks_of_rows_across_images_give_the_bits_of_one_block(rows_per_block,
     assert torch.equal(got, whole)
     blocks = [min(rows_per_block, 10 - r0) * 7 for r0 in range(0, 10, rows_per_block)]
     assert calls == blocks * 2  # each group's rows, block after block
+
+
+def test_a_call_under_inference_mode_leaves_later_calls_in_any_mode_working(rng):
+    # The im2col scratch buffer outlives calls; made as a tensor under inference_mode() (here by a
+    # larger input, so that it grows there), it refused every later in-place gather outside it.
+    torch.manual_seed(0)
+    first, other = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(3, 4, 3, stride=2)
+    a, b = enn.Int8Conv2d.from_float(first), enn.LowRankConv2d.from_float(other, energy=1.0)
+    with torch.inference_mode():
+        a(torch.randn(2, 3, 48, 48))
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        want_a, want_b = first(x), other(x)
+        torch.testing.assert_close(a(x), want_a, rtol=0, atol=2e-2 * float(want_a.abs().max()))
+        torch.testing.assert_close(b(x), want_b, rtol=1e-5, atol=1e-5)
+    assert b(x.requires_grad_()).requires_grad  # grad mode too
+    ec.compress(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), "int8", example_inputs=x.detach(), guard=False,
+                progress=False)

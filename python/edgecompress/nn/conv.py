@@ -32,6 +32,8 @@ the GEMM reads it (ResNet-18's 3x3 layers at batch 8, one thread: up to 1.17x fa
 the whole batch first), and the buffer stays small. It is a scratch buffer kept per thread and
 reused by every call: a fresh allocation is fresh memory from the OS each call, and its page faults
 cost more than the copy (9x the copy for a whole batch-8 im2col of ResNet-18's first 3x3 layer).
+The buffer is numpy memory that each call wraps in a tensor of its own, so no tensor (with the
+autograd mode of the call that made it) outlives a call.
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ _SCRATCH = threading.local()
 
 
 def _scratch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialized float32 tensor of ``shape`` in this thread's reusable im2col buffer."""
+    """An uninitialized float32 tensor of ``shape`` in this thread's reusable im2col buffer.
+
+    The buffer is numpy memory, and each call wraps it in a new tensor: a tensor kept between calls
+    would carry the autograd mode of the call that made it (one made under torch.inference_mode()
+    refuses the in-place gather outside it)."""
     n = math.prod(shape)
     buf = getattr(_SCRATCH, "cols", None)
-    if buf is None or buf.numel() < n:
-        buf = _SCRATCH.cols = torch.empty(n, dtype=torch.float32)
-    return buf[:n].view(shape)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.cols = np.empty(n, np.float32)
+    return torch.from_numpy(buf[:n]).view(shape)
 
 
 def _pair(value: Any, name: str, minimum: int) -> list[int]:
