@@ -22,21 +22,25 @@ from torch import nn
 
 from .. import ops
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ._library import NO_BACKWARD, register
 
 Weight = Any  # one of the canonical weight classes of edgecompress.weights
 _EXTRA = "_extra_state"
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def check_input(x: Any, name: str = "input") -> torch.Tensor:
-    """x as a float32 CPU tensor, or TypeError / ValueError saying what is wrong with it."""
+    """x as a float32, float16 or bfloat16 CPU tensor, or TypeError / ValueError saying what is wrong with it."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu":
         raise ValueError(f"{name}: expected a CPU tensor (edgecompress.nn runs CPU kernels), got device {x.device}")
     if x.layout != torch.strided:
         raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {x.layout}")
-    if x.dtype != torch.float32:
-        raise TypeError(f"{name}: expected a float32 tensor, got {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float32, float16 or bfloat16 tensor, got {x.dtype}")
     return x
 
 
@@ -54,15 +58,26 @@ class _InferenceOnly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        raise RuntimeError("edgecompress.nn modules are inference-only: they have no backward pass "
-                           "(train the float model, then compress it)")
+        raise RuntimeError(NO_BACKWARD)
 
 
-def inference_only(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """run(x); when autograd tracks x, the result is tracked too and a backward pass raises RuntimeError."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _InferenceOnly.apply(x, run)
-    return run(x)
+def _traced(x: torch.Tensor) -> bool:
+    """Whether a tracer (torch.compile, torch.export, torch.jit.trace, fake tensors) runs this call."""
+    return type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def run_op(op: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, module: CompressedModule) -> torch.Tensor:
+    """``module._run`` on a checked input: the kernels compute in float32, and the result comes back
+    in the input's dtype (as a float16 / bfloat16 model expects). A tracer sees the custom op ``op``
+    (see _library); eager calls skip the op's dispatch, which costs more than a small layer's kernel."""
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)  # (no conversion nodes in exported graphs)
+    if _traced(x32):
+        y = op(x32, module.op_handle)
+    elif torch.is_grad_enabled() and x32.requires_grad:  # tracked, and a backward pass raises
+        y = _InferenceOnly.apply(x32, module._run)
+    else:
+        y = module._run(x32)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 def bias_tensor(bias: Any, n: int) -> torch.Tensor | None:
@@ -129,6 +144,12 @@ class CompressedModule(nn.Module):
                 raise TypeError(f"weight: expected {self.WEIGHT_CLASS.__name__}, got {type(w).__name__}")
         self.weights: tuple[Weight, ...] = tuple(weights)
         self.register_buffer("bias", bias_tensor(bias, sum(w.shape[0] for w in self.weights)))
+        self.op_handle = register(self)  # how the custom ops find this module (see _library)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a copy (deepcopy, pickle) is a module of its own: the original's handle points elsewhere
+        super().__setstate__(state)
+        self.op_handle = register(self)
 
     # --- what subclasses define ---------------------------------------------------------------------
 
@@ -148,7 +169,8 @@ class CompressedModule(nn.Module):
     # --- shared -------------------------------------------------------------------------------------
 
     def _bias_numpy(self) -> np.ndarray | None:
-        return None if self.bias is None else self.bias.numpy()
+        # float32 even after model.half() or .to(torch.bfloat16), which convert buffers too
+        return None if self.bias is None else self.bias.to(torch.float32).numpy()
 
     def _act_args(self) -> dict[str, Any]:
         """Keyword arguments of ``ops.linear`` for the activations (none for most formats)."""
