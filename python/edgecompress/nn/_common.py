@@ -6,7 +6,9 @@ left, a LowRankWeight's factors are float32 or int8), so loading by fixed parame
 cannot restore them. A module writes each canonical array as a tensor under ``weight.<array>``
 (``weight.<group>.<array>`` for a grouped convolution), the bias under ``bias`` and a JSON-able
 description under ``_extra_state`` (``get_extra_state``: module type, state version, configuration,
-each weight's metadata). ``_load_from_state_dict`` rebuilds the weights from all of that together,
+each weight's metadata), stored as a uint8 tensor of its UTF-8 JSON: a state dict of tensors alone
+is what safetensors, and so transformers' ``save_pretrained``, can write (loading also takes the
+description as a dict). ``_load_from_state_dict`` rebuilds the weights from all of that together,
 so a freshly constructed module of the same type loads any variant of its format. The canonical
 arrays are read-only; state_dict() hands out copies so that editing a state dict cannot change a
 weight behind its packed form.
@@ -14,6 +16,7 @@ weight behind its packed form.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -78,6 +81,27 @@ def run_op(op: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, mod
     else:
         y = module._run(x32)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def encode_extra_state(extra: dict[str, Any]) -> torch.Tensor:
+    """A module's extra state as the uint8 tensor of its UTF-8 JSON (what state_dict() holds)."""
+    return torch.frombuffer(bytearray(json.dumps(extra).encode()), dtype=torch.uint8)
+
+
+def decode_extra_state(value: Any) -> Any:
+    """The extra state a state dict holds: decoded from a uint8 tensor (or numpy array) of UTF-8
+    JSON, else as it is (a dict, or something the checks of ``_check_extra`` refuse)."""
+    if not isinstance(value, (torch.Tensor, np.ndarray)):
+        return value
+    a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+    if a.dtype != np.uint8 or a.ndim != 1:
+        raise ValueError(f"expected the extra state as a 1-D uint8 tensor of JSON text, got {a.dtype} "
+                         f"of shape {a.shape}")
+    try:
+        return json.loads(a.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise ValueError(f"expected the extra state as UTF-8 JSON text, got bytes that are not: "
+                         f"{type(e).__name__}") from None
 
 
 def bias_tensor(bias: Any, n: int) -> torch.Tensor | None:
@@ -205,6 +229,7 @@ class CompressedModule(nn.Module):
                 if key != "metadata":
                     destination[pre + key] = torch.from_numpy(np.array(a))
         super()._save_to_state_dict(destination, prefix, keep_vars)  # bias, then the extra state
+        destination[prefix + _EXTRA] = encode_extra_state(destination[prefix + _EXTRA])
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
@@ -232,7 +257,15 @@ class CompressedModule(nn.Module):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
         """A module of this class from its own state dict entries (keys without the module's
-        prefix; tensors or numpy arrays, and the extra state); also returns the keys it used."""
+        prefix; tensors or numpy arrays, and the extra state: a dict or its encoded tensor); also
+        returns the keys it used."""
+        if _EXTRA in state:
+            state = dict(state, **{_EXTRA: decode_extra_state(state[_EXTRA])})
+        return cls._from_state(state)
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        """from_state once the extra state is a dict (what subclasses extend)."""
         config, metas = cls._check_extra(state.get(_EXTRA))
         used = {_EXTRA}
         arrays = {}
@@ -331,8 +364,8 @@ class StaticInput:
         return extra
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
-        module, used = super().from_state(state)
+    def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        module, used = super()._from_state(state)
         q = state[_EXTRA].get("input_quant")
         if q is not None and (not isinstance(q, dict) or set(q) != {"scale", "zero_point"}):
             raise ValueError(f"expected input_quant {{'scale', 'zero_point'}} in the extra state, got {q!r}")

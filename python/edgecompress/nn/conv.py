@@ -201,8 +201,8 @@ class _CompressedConv2d(CompressedModule):
         return dict(super().get_extra_state(), patch_order=self.patch_order)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
-        module, used = super().from_state(state)
+    def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        module, used = super()._from_state(state)
         module.patch_order = _check_patch_order(state[_EXTRA].get("patch_order", "chw"))
         return module, used
 
