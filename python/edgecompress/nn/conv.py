@@ -84,7 +84,7 @@ def _pair(value: Any, name: str, minimum: int) -> list[int]:
 
 
 class _CompressedConv2d(CompressedModule):
-    """A 2-D convolution on NCHW float32 CPU tensors (or unbatched CHW), as torch.nn.Conv2d.
+    """A 2-D convolution on NCHW CPU tensors (or unbatched CHW), as torch.nn.Conv2d.
 
     ``weight``: one canonical weight (out_channels, in_channels * kh * kw) for groups=1, or a
     sequence of ``groups`` weights (out_channels/groups, in_channels/groups * kh * kw). Their
