@@ -2,7 +2,8 @@
 
 Public API of the native core: ``Int8Weight``, ``Int4Weight``, ``SparseWeight``, ``LowRankWeight``, ``linear``, the raw kernels in ``edgecompress.ops``,
 and the runtime controls ``cpu_info``, ``use_isa``, ``set_num_threads`` and ``get_num_threads``.
-With torch: ``compress(model, recipe, ...)``, ``save`` and ``load`` (imported on first use).
+With torch: ``compress(model, recipe, ...)``, ``save``, ``load`` and ``from_pretrained`` (a transformers
+model saved with ``save_pretrained``) (imported on first use).
 """
 
 from . import ops, reference
@@ -32,7 +33,7 @@ def __getattr__(name: str):
     # save / load / compress need torch (and safetensors): imported on first use, so `import
     # edgecompress` stays light. `compress` is the edgecompress.compress package, which is callable
     # (see its docstring): edgecompress.compress(model, recipe, ...).
-    if name in ("save", "load"):
+    if name in ("save", "load", "from_pretrained"):
         from . import serialization
 
         return getattr(serialization, name)

@@ -29,8 +29,9 @@ from torch import nn
 
 from . import __version__
 from .nn import MODULE_CLASSES, CompressedModule
+from .nn._common import decode_extra_state
 
-__all__ = ["load", "read_manifest", "save"]
+__all__ = ["from_pretrained", "load", "load_state_dict", "read_manifest", "save"]
 
 FILE_VERSION = 1
 _KEY = "edgecompress"
@@ -83,7 +84,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None, repor
     for key, value in model.state_dict().items():
         name = key[: -len(_EXTRA)].rstrip(".")
         if key.endswith(_EXTRA) and name in compressed:
-            modules[name] = value
+            modules[name] = model.get_submodule(name).get_extra_state()  # (the state dict holds it encoded)
             continue
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"model: state_dict entry {key!r} is a {type(value).__name__}, not a tensor; "
@@ -161,6 +162,75 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     with _open(path) as f:
         manifest = _manifest(f, path)
         replacements, rest = _read_checked(f, manifest, model)
+    return _swap_in(model, replacements, rest)
+
+
+class _StateDict:
+    """A state dict seen through the two methods of an open safetensors file that loading uses."""
+
+    def __init__(self, state_dict: dict[str, Any]) -> None:
+        self._state = state_dict
+
+    def keys(self) -> Any:
+        return self._state.keys()
+
+    def get_tensor(self, key: str) -> Any:
+        return self._state[key]
+
+
+def load_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> nn.Module:
+    """Restore the ``state_dict()`` of a model holding edgecompress.nn modules (e.g. read back from
+    what transformers' ``save_pretrained`` wrote) into ``model``, a fresh model of the saved
+    architecture, in place, and return it: as ``load``, with the compressed modules found by their
+    ``<path>._extra_state`` entries. Weights tied to a loaded one (which ``save_pretrained`` leaves
+    out of its files) may be missing."""
+    _check_model(model)
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
+    swappable = (nn.Linear, nn.Conv2d, CompressedModule)
+    modules: dict[str, Any] = {}
+    named = dict(model.named_modules())
+    for key, value in state_dict.items():
+        name = key[: -len(_EXTRA)].rstrip(".")
+        if key.endswith(_EXTRA) and isinstance(named.get(name), swappable):
+            try:
+                extra = decode_extra_state(value)
+            except ValueError as e:
+                raise ValueError(f"module {name!r}: {e}") from None
+            if not isinstance(extra, dict):
+                raise ValueError(f"module {name!r}: expected its extra state to be a dict, got {type(extra).__name__}")
+            modules[name] = extra
+    replacements, rest = _read_checked(_StateDict(state_dict), {"modules": modules}, model)
+    return _swap_in(model, replacements, rest)
+
+
+def from_pretrained(model_class: Any, path: str | os.PathLike) -> nn.Module:
+    """A transformers model with edgecompress.nn modules from the directory its ``save_pretrained``
+    wrote: ``model_class`` (e.g. ``transformers.BertModel``) is built from the saved config, then
+    ``load_state_dict`` restores the saved tensors (one or several safetensors shards) into it. The
+    model is returned in eval mode."""
+    path = _check_path(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"path: no directory at {path!r}")
+    config_class = getattr(model_class, "config_class", None)
+    if config_class is None or not hasattr(config_class, "from_pretrained"):
+        raise TypeError(f"model_class: expected a transformers model class, got {model_class!r}")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as fh:
+            files = sorted(set(json.load(fh)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        with _open(os.path.join(path, name)) as f:
+            state.update((k, f.get_tensor(k)) for k in f.keys())
+    model = model_class(config_class.from_pretrained(path))
+    return load_state_dict(model, state).eval()
+
+
+def _swap_in(model: nn.Module, replacements: dict[str, CompressedModule], rest: dict[str, torch.Tensor]) -> nn.Module:
+    """Put checked compressed modules in place and load the float rest."""
     for name, new in replacements.items():
         target = model.get_submodule(name)
         if isinstance(target, type(new)):
@@ -208,7 +278,8 @@ def _read_checked(f: Any, manifest: dict[str, Any],
         replacements[name] = new
     expected_rest = {k: v for k, v in model.state_dict().items() if not _under(k, replacements)}
     rest = {k: f.get_tensor(k) for k in keys if not _under(k, replacements)}
-    missing, unexpected = sorted(set(expected_rest) - set(rest)), sorted(set(rest) - set(expected_rest))
+    missing = sorted(k for k in set(expected_rest) - set(rest) if not _tied(k, rest, expected_rest))
+    unexpected = sorted(set(rest) - set(expected_rest))
     if missing or unexpected:
         raise ValueError(f"path: the file does not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
@@ -217,3 +288,10 @@ def _read_checked(f: Any, manifest: dict[str, Any],
             raise ValueError(f"path: {k!r} has shape {tuple(t.shape)} in the file, "
                              f"{tuple(expected_rest[k].shape)} in the model")
     return replacements, rest
+
+
+def _tied(key: str, present: Any, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether the model's tensor ``key`` is the same memory as one of the ``present`` keys (tied)."""
+    t = tensors[key]
+    return any(k in present and tensors[k].data_ptr() == t.data_ptr() and tensors[k].shape == t.shape
+               for k in tensors if k != key)

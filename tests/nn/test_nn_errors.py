@@ -36,11 +36,12 @@ def test_a_tensor_on_another_device_is_refused(lin, conv):
         conv(torch.empty(1, 3, 5, 5, device="meta"))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
 def test_other_dtypes_are_refused_not_converted(lin, conv, dtype):
-    with pytest.raises(TypeError, match=f"input: expected a float32 tensor, got {dtype}"):
+    # float64 would silently lose precision in the float32 kernels; half types lose nothing
+    with pytest.raises(TypeError, match=f"input: expected a float32, float16 or bfloat16 tensor, got {dtype}"):
         lin(torch.zeros(2, 16, dtype=dtype))
-    with pytest.raises(TypeError, match="expected a float32 tensor"):
+    with pytest.raises(TypeError, match="expected a float32, float16 or bfloat16 tensor"):
         conv(torch.zeros(1, 3, 5, 5, dtype=dtype))
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,23 @@ def test_repr_shows_format_bits_sparsity_and_bytes():
 def test_empty_batches():
     m = enn.SparseLinear.from_float(prune_(torch.nn.Linear(8, 3)))
     assert m(torch.zeros(0, 8)).shape == (0, 3) and m(torch.zeros(2, 0, 8)).shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_compute_in_float32_and_return_their_dtype(dtype):
+    torch.manual_seed(0)
+    lin, conv = torch.nn.Linear(32, 8).to(dtype), torch.nn.Conv2d(3, 4, 3, padding=1).to(dtype)
+    # from_float of a half-precision module: the same weights as from its float32 copy
+    modules = [enn.Int8Linear.from_float(lin), enn.Int4Linear.from_float(lin), enn.LowRankLinear.from_float(lin, energy=1.0),
+               enn.Int8Conv2d.from_float(conv), enn.SparseConv2d.from_float(conv)]
+    twins = [type(m).from_float(copy.deepcopy(f).float(), **o) for m, f, o in
+             zip(modules, [lin, lin, lin, conv, conv], [{}, {}, {"energy": 1.0}, {}, {}])]
+    for m, twin in zip(modules, twins):
+        shape = (2, 5, 32) if hasattr(m, "in_features") else (2, 3, 6, 6)
+        x = torch.randn(shape).to(dtype)
+        with torch.no_grad():
+            y = m(x)
+            assert y.dtype == dtype
+            assert torch.equal(y, twin(x.float()).to(dtype))
+            m.to(dtype)  # model.half() / .to(bfloat16) after compressing converts the bias buffer too
+            assert torch.equal(m(x), y)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -36,10 +37,14 @@ def _pair(variant, kind, seed=0):
 def test_state_dict_round_trip_into_a_fresh_module(variant, kind):
     m, fresh, x = _pair(variant, kind)
     sd = m.state_dict()
-    assert all(isinstance(v, torch.Tensor) for k, v in sd.items() if k != "_extra_state")
-    assert sd["_extra_state"]["module"] == type(m).__name__ and sd["_extra_state"]["version"] == type(m).VERSION
+    # tensors only (what safetensors writes): the extra state is its JSON text as uint8
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+    assert sd["_extra_state"].dtype == torch.uint8
+    extra = json.loads(sd["_extra_state"].numpy().tobytes())
+    assert extra == m.get_extra_state()
+    assert extra["module"] == type(m).__name__ and extra["version"] == type(m).VERSION
     if kind == "conv":  # version 2 of the conv state: it names the patch order of the weights' columns
-        assert type(m).VERSION == 2 and sd["_extra_state"]["patch_order"] == m.patch_order == "hwc"
+        assert type(m).VERSION == 2 and extra["patch_order"] == m.patch_order == "hwc"
     result = fresh.load_state_dict(sd)
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
@@ -97,11 +102,12 @@ def test_loading_refuses_a_mismatched_or_broken_state():
         enn.Int8Linear.from_float(torch.nn.Linear(16, 4, bias=False)).load_state_dict(sd)
     with pytest.raises(ValueError, match="expected Int4Linear state, got state of 'Int8Linear'"):
         enn.Int4Linear.from_float(torch.nn.Linear(16, 4)).load_state_dict(sd)
-    newer = dict(sd, _extra_state=dict(sd["_extra_state"], version=2))
+    extra = m.get_extra_state()  # (a state dict may hold it as a dict too)
+    newer = dict(sd, _extra_state=dict(extra, version=2))
     with pytest.raises(ValueError, match="Int8Linear state version 2 is newer"):
         m.load_state_dict(newer)
-    meta = dict(sd["_extra_state"]["weights"][0], version=2)
-    newer = dict(sd, _extra_state=dict(sd["_extra_state"], weights=[meta]))
+    meta = dict(extra["weights"][0], version=2)
+    newer = dict(sd, _extra_state=dict(extra, weights=[meta]))
     with pytest.raises(ValueError, match="weight format 'int8' version 2 is newer"):
         m.load_state_dict(newer)
     with pytest.raises(ValueError, match="missing array 'scale'"):
@@ -111,12 +117,18 @@ def test_loading_refuses_a_mismatched_or_broken_state():
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*weight\.extra"):
         m.load_state_dict(dict(sd, **{"weight.extra": torch.zeros(1)}))
     m.load_state_dict({}, strict=False)  # nothing to load: the module keeps its weight
+    for bad, words in ((torch.tensor([0xFF, 0xFE], dtype=torch.uint8), "UTF-8 JSON text"),
+                       (torch.tensor(list(b"[" * 100_000), dtype=torch.uint8), "UTF-8 JSON text"),
+                       (torch.zeros(2, 2, dtype=torch.uint8), "1-D uint8 tensor"),
+                       (torch.zeros(3), "1-D uint8 tensor")):
+        with pytest.raises(ValueError, match=words):
+            m.load_state_dict(dict(sd, _extra_state=bad))
 
 
 def _old_state(m):
     """m's state dict as edgecompress wrote it before conv states named their patch order (version 1)."""
     sd = m.state_dict()
-    extra = {k: v for k, v in sd["_extra_state"].items() if k != "patch_order"}
+    extra = {k: v for k, v in m.get_extra_state().items() if k != "patch_order"}
     return dict(sd, _extra_state=dict(extra, version=1))
 
 
@@ -136,7 +148,7 @@ def test_a_state_without_patch_order_loads_in_torchs_order(variant):
         assert torch.equal(fresh(x), old(x))
         # the patch order is what makes it right: the same arrays read as (kh, kw, c) are another convolution
         misread, _ = CONV[family].from_state(dict(old.state_dict(), _extra_state=dict(
-            old.state_dict()["_extra_state"], patch_order="hwc")))
+            old.get_extra_state(), patch_order="hwc")))
         want = conv(x)
         assert float((misread(x) - want).norm() / want.norm()) > 0.5
     sd = _old_state(old)

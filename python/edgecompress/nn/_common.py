@@ -6,7 +6,9 @@ left, a LowRankWeight's factors are float32 or int8), so loading by fixed parame
 cannot restore them. A module writes each canonical array as a tensor under ``weight.<array>``
 (``weight.<group>.<array>`` for a grouped convolution), the bias under ``bias`` and a JSON-able
 description under ``_extra_state`` (``get_extra_state``: module type, state version, configuration,
-each weight's metadata). ``_load_from_state_dict`` rebuilds the weights from all of that together,
+each weight's metadata), stored as a uint8 tensor of its UTF-8 JSON: a state dict of tensors alone
+is what safetensors, and so transformers' ``save_pretrained``, can write (loading also takes the
+description as a dict). ``_load_from_state_dict`` rebuilds the weights from all of that together,
 so a freshly constructed module of the same type loads any variant of its format. The canonical
 arrays are read-only; state_dict() hands out copies so that editing a state dict cannot change a
 weight behind its packed form.
@@ -14,6 +16,7 @@ weight behind its packed form.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -22,21 +25,25 @@ from torch import nn
 
 from .. import ops
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ._library import NO_BACKWARD, register
 
 Weight = Any  # one of the canonical weight classes of edgecompress.weights
 _EXTRA = "_extra_state"
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def check_input(x: Any, name: str = "input") -> torch.Tensor:
-    """x as a float32 CPU tensor, or TypeError / ValueError saying what is wrong with it."""
+    """x as a float32, float16 or bfloat16 CPU tensor, or TypeError / ValueError saying what is wrong with it."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu":
         raise ValueError(f"{name}: expected a CPU tensor (edgecompress.nn runs CPU kernels), got device {x.device}")
     if x.layout != torch.strided:
         raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {x.layout}")
-    if x.dtype != torch.float32:
-        raise TypeError(f"{name}: expected a float32 tensor, got {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float32, float16 or bfloat16 tensor, got {x.dtype}")
     return x
 
 
@@ -54,15 +61,47 @@ class _InferenceOnly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        raise RuntimeError("edgecompress.nn modules are inference-only: they have no backward pass "
-                           "(train the float model, then compress it)")
+        raise RuntimeError(NO_BACKWARD)
 
 
-def inference_only(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """run(x); when autograd tracks x, the result is tracked too and a backward pass raises RuntimeError."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _InferenceOnly.apply(x, run)
-    return run(x)
+def _traced(x: torch.Tensor) -> bool:
+    """Whether a tracer (torch.compile, torch.export, torch.jit.trace, fake tensors) runs this call."""
+    return type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def run_op(op: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, module: CompressedModule) -> torch.Tensor:
+    """``module._run`` on a checked input: the kernels compute in float32, and the result comes back
+    in the input's dtype (as a float16 / bfloat16 model expects). A tracer sees the custom op ``op``
+    (see _library); eager calls skip the op's dispatch, which costs more than a small layer's kernel."""
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)  # (no conversion nodes in exported graphs)
+    if _traced(x32):
+        y = op(x32, module.op_handle)
+    elif torch.is_grad_enabled() and x32.requires_grad:  # tracked, and a backward pass raises
+        y = _InferenceOnly.apply(x32, module._run)
+    else:
+        y = module._run(x32)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def encode_extra_state(extra: dict[str, Any]) -> torch.Tensor:
+    """A module's extra state as the uint8 tensor of its UTF-8 JSON (what state_dict() holds)."""
+    return torch.frombuffer(bytearray(json.dumps(extra).encode()), dtype=torch.uint8)
+
+
+def decode_extra_state(value: Any) -> Any:
+    """The extra state a state dict holds: decoded from a uint8 tensor (or numpy array) of UTF-8
+    JSON, else as it is (a dict, or something the checks of ``_check_extra`` refuse)."""
+    if not isinstance(value, (torch.Tensor, np.ndarray)):
+        return value
+    a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+    if a.dtype != np.uint8 or a.ndim != 1:
+        raise ValueError(f"expected the extra state as a 1-D uint8 tensor of JSON text, got {a.dtype} "
+                         f"of shape {a.shape}")
+    try:
+        return json.loads(a.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise ValueError(f"expected the extra state as UTF-8 JSON text, got bytes that are not: "
+                         f"{type(e).__name__}") from None
 
 
 def bias_tensor(bias: Any, n: int) -> torch.Tensor | None:
@@ -129,6 +168,12 @@ class CompressedModule(nn.Module):
                 raise TypeError(f"weight: expected {self.WEIGHT_CLASS.__name__}, got {type(w).__name__}")
         self.weights: tuple[Weight, ...] = tuple(weights)
         self.register_buffer("bias", bias_tensor(bias, sum(w.shape[0] for w in self.weights)))
+        self.op_handle = register(self)  # how the custom ops find this module (see _library)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a copy (deepcopy, pickle) is a module of its own: the original's handle points elsewhere
+        super().__setstate__(state)
+        self.op_handle = register(self)
 
     # --- what subclasses define ---------------------------------------------------------------------
 
@@ -148,7 +193,8 @@ class CompressedModule(nn.Module):
     # --- shared -------------------------------------------------------------------------------------
 
     def _bias_numpy(self) -> np.ndarray | None:
-        return None if self.bias is None else self.bias.numpy()
+        # float32 even after model.half() or .to(torch.bfloat16), which convert buffers too
+        return None if self.bias is None else self.bias.to(torch.float32).numpy()
 
     def _act_args(self) -> dict[str, Any]:
         """Keyword arguments of ``ops.linear`` for the activations (none for most formats)."""
@@ -183,6 +229,7 @@ class CompressedModule(nn.Module):
                 if key != "metadata":
                     destination[pre + key] = torch.from_numpy(np.array(a))
         super()._save_to_state_dict(destination, prefix, keep_vars)  # bias, then the extra state
+        destination[prefix + _EXTRA] = encode_extra_state(destination[prefix + _EXTRA])
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
@@ -210,7 +257,15 @@ class CompressedModule(nn.Module):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
         """A module of this class from its own state dict entries (keys without the module's
-        prefix; tensors or numpy arrays, and the extra state); also returns the keys it used."""
+        prefix; tensors or numpy arrays, and the extra state: a dict or its encoded tensor); also
+        returns the keys it used."""
+        if _EXTRA in state:
+            state = dict(state, **{_EXTRA: decode_extra_state(state[_EXTRA])})
+        return cls._from_state(state)
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        """from_state once the extra state is a dict (what subclasses extend)."""
         config, metas = cls._check_extra(state.get(_EXTRA))
         used = {_EXTRA}
         arrays = {}
@@ -309,8 +364,8 @@ class StaticInput:
         return extra
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
-        module, used = super().from_state(state)
+    def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        module, used = super()._from_state(state)
         q = state[_EXTRA].get("input_quant")
         if q is not None and (not isinstance(q, dict) or set(q) != {"scale", "zero_point"}):
             raise ValueError(f"expected input_quant {{'scale', 'zero_point'}} in the extra state, got {q!r}")

@@ -18,13 +18,14 @@ is no gather at all: the input is the (B * H * W, C) matrix. Modules built from 
 order, and state saved before the patch order existed, keep the order (c, kh, kw) ("chw"; see
 ``patch_order``).
 
-The output is the GEMM's (B, Ho, Wo, O) result itself, seen as (B, O, Ho, Wo): an NCHW-shaped tensor
-in channels-last memory format (as torch's own quantized convolutions return), not a contiguous one.
-Torch's elementwise ops, norms and pools keep that format, so the next convolution gets channels-last
-input and needs no layout copy: ResNet-18 with int8 convolutions (one thread) ran in two thirds of
-the time it took with a contiguous NCHW copy of each output (22 against 32 ms at batch 1, 196
-against 293 ms at batch 8). Code that calls ``.view`` on an output, rather than ``.reshape`` or
-``flatten``, may need ``.contiguous()`` first.
+The output's memory format follows the input's, as torch's convolution does: a channels-last input
+gives a channels-last output, which is the GEMM's (B, Ho, Wo, O) result itself seen as (B, O, Ho,
+Wo), no copy; any other input gives a contiguous NCHW output (so ``y.view(n, -1)`` works), at the
+cost of one transposing copy, and for kernels larger than 1x1 a channels-last copy of the input.
+For speed, pass channels-last input (``x.to(memory_format=torch.channels_last)``): torch's
+elementwise ops, norms and pools keep that format, so each following convolution gets channels-last
+input too; ResNet-18 with int8 convolutions (one thread) ran in two thirds of the time it took with
+NCHW copies around each convolution (22 against 32 ms at batch 1, 196 against 293 ms at batch 8).
 
 The rows are gathered and multiplied a few MiB at a time (at least 4x the weight's bytes, so that
 the weight is not streamed again for every small block): each block of rows is still in cache when
@@ -32,6 +33,8 @@ the GEMM reads it (ResNet-18's 3x3 layers at batch 8, one thread: up to 1.17x fa
 the whole batch first), and the buffer stays small. It is a scratch buffer kept per thread and
 reused by every call: a fresh allocation is fresh memory from the OS each call, and its page faults
 cost more than the copy (9x the copy for a whole batch-8 im2col of ResNet-18's first 3x3 layer).
+The buffer is numpy memory that each call wraps in a tensor of its own, so no tensor (with the
+autograd mode of the call that made it) outlives a call.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from torch import nn
 
 from .. import ops
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
-from ._common import _EXTRA, CompressedModule, StaticInput, Weight, check_input, inference_only
+from . import _library
+from ._common import _EXTRA, CompressedModule, StaticInput, Weight, check_input, run_op
 
 __all__ = ["Int4Conv2d", "Int8Conv2d", "LowRankConv2d", "SparseConv2d"]
 
@@ -58,12 +62,16 @@ _SCRATCH = threading.local()
 
 
 def _scratch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialized float32 tensor of ``shape`` in this thread's reusable im2col buffer."""
+    """An uninitialized float32 tensor of ``shape`` in this thread's reusable im2col buffer.
+
+    The buffer is numpy memory, and each call wraps it in a new tensor: a tensor kept between calls
+    would carry the autograd mode of the call that made it (one made under torch.inference_mode()
+    refuses the in-place gather outside it)."""
     n = math.prod(shape)
     buf = getattr(_SCRATCH, "cols", None)
-    if buf is None or buf.numel() < n:
-        buf = _SCRATCH.cols = torch.empty(n, dtype=torch.float32)
-    return buf[:n].view(shape)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.cols = np.empty(n, np.float32)
+    return torch.from_numpy(buf[:n]).view(shape)
 
 
 def _pair(value: Any, name: str, minimum: int) -> list[int]:
@@ -76,7 +84,7 @@ def _pair(value: Any, name: str, minimum: int) -> list[int]:
 
 
 class _CompressedConv2d(CompressedModule):
-    """A 2-D convolution on NCHW float32 CPU tensors (or unbatched CHW), as torch.nn.Conv2d.
+    """A 2-D convolution on NCHW CPU tensors (or unbatched CHW), as torch.nn.Conv2d.
 
     ``weight``: one canonical weight (out_channels, in_channels * kh * kw) for groups=1, or a
     sequence of ``groups`` weights (out_channels/groups, in_channels/groups * kh * kw). Their
@@ -84,7 +92,8 @@ class _CompressedConv2d(CompressedModule):
     kw) flattened as torch stores it; "hwc" is the weight permuted to (O, kh, kw, C/groups) first,
     what ``from_float`` builds and the faster order (see the module notes). ``stride``, ``padding``
     (ints, pairs, "valid" or "same"), ``dilation``, ``groups`` and ``padding_mode`` mean what they
-    mean in torch. The output is NCHW-shaped in channels-last memory format (see the module notes).
+    mean in torch. Inputs are float32, float16 or bfloat16 (computed in float32, returned in the
+    input's dtype). The output's memory format follows the input's (see the module notes).
     """
 
     FLOAT_CLASS = nn.Conv2d
@@ -192,8 +201,8 @@ class _CompressedConv2d(CompressedModule):
         return dict(super().get_extra_state(), patch_order=self.patch_order)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
-        module, used = super().from_state(state)
+    def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
+        module, used = super()._from_state(state)
         module.patch_order = _check_patch_order(state[_EXTRA].get("patch_order", "chw"))
         return module, used
 
@@ -210,11 +219,34 @@ class _CompressedConv2d(CompressedModule):
             raise ValueError(f"input: expected shape (N, {self.in_channels}, H, W) or ({self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
         if x.ndim == 3:
-            return inference_only(x.unsqueeze(0), self._run).squeeze(0)
-        return inference_only(x, self._run)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        self.output_size(x.shape)  # (a clear error for too small an image before the op runs)
+        return run_op(_library.conv2d, x, self)
+
+    def output_size(self, shape: Sequence[int]) -> tuple[int, int]:
+        """(Ho, Wo) of an (N, C, H, W) input, or ValueError when the image is smaller than the kernel."""
+        left, right, top, bottom = self._pads
+        h, w = shape[-2] + top + bottom, shape[-1] + left + right
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        ho = (h - dh * (kh - 1) - 1) // sh + 1
+        wo = (w - dw * (kw - 1) - 1) // sw + 1
+        if ho < 1 or wo < 1:
+            raise ValueError(f"input: a {h}x{w} image (padded) is smaller than the dilated {kh}x{kw} kernel")
+        return ho, wo
+
+    @staticmethod
+    def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+        """The output's memory format for input x, as torch's convolution picks it: channels last for
+        a channels-last input (one that is not also contiguous), else contiguous."""
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return torch.channels_last
+        return torch.contiguous_format
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of a float32 (N, C, H, W) input (the body of the custom op edgecompress::conv2d)."""
         x = x.detach()
+        memory_format = self.output_memory_format(x)
+        ho, wo = self.output_size(x.shape)
         if any(self._pads):  # explicit padding, as torch's own Conv2d does for the non-zero modes
             x = F.pad(x, self._pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
         hwc = self.patch_order == "hwc"
@@ -222,11 +254,7 @@ class _CompressedConv2d(CompressedModule):
         if hwc and kh * kw > 1:  # (free for channels-last input: F.pad keeps that layout, except "circular")
             # A 1x1 kernel reads each pixel once: its gather is the transposing copy this would make.
             x = x.contiguous(memory_format=torch.channels_last)
-        b, _, h, w = x.shape
-        ho = (h - dh * (kh - 1) - 1) // sh + 1
-        wo = (w - dw * (kw - 1) - 1) // sw + 1
-        if ho < 1 or wo < 1:
-            raise ValueError(f"input: a {h}x{w} image (padded) is smaller than the dilated {kh}x{kw} kernel")
+        b = x.shape[0]
         g = self.groups
         n_g, k_g = self.weights[0].shape
         c_g = k_g // (kh * kw)
@@ -239,7 +267,7 @@ class _CompressedConv2d(CompressedModule):
         bias, act = self._bias_numpy(), self._act_args()
         if g == 1 and view.is_contiguous():  # 1x1, stride 1, channels-last input: the (B * H * W, C) matrix
             ops.linear(view.reshape(-1, k_g).numpy(), self.weights[0], bias, out=out[0], **act)
-            return self._nchw(out, b, ho, wo)
+            return self._nchw(out, b, ho, wo, memory_format)
         rows = b * ho  # output rows of wo pixels, image after image
         step = max(1, max(_CHUNK_BYTES, 4 * self.weights[0].nbytes) // (4 * wo * k_g))  # rows per gather
         for i, weight in enumerate(self.weights):
@@ -252,15 +280,16 @@ class _CompressedConv2d(CompressedModule):
                         view[i, j, lo - j * ho:hi - j * ho])
                 ops.linear(cols.numpy(), weight, None if bias is None else bias[i * n_g:(i + 1) * n_g],
                            out=out[i, r0 * wo:r1 * wo], **act)
-        return self._nchw(out, b, ho, wo)
+        return self._nchw(out, b, ho, wo, memory_format)
 
     @staticmethod
-    def _nchw(out: np.ndarray, b: int, ho: int, wo: int) -> torch.Tensor:
-        """The GEMMs' (groups, B * Ho * Wo, O/groups) output as (B, O, Ho, Wo) in channels-last memory."""
+    def _nchw(out: np.ndarray, b: int, ho: int, wo: int, memory_format: torch.memory_format) -> torch.Tensor:
+        """The GEMMs' (groups, B * Ho * Wo, O/groups) output as (B, O, Ho, Wo) in ``memory_format``."""
         g, _, n_g = out.shape
         # (B, Ho, Wo, O) memory, the groups' channels side by side (a copy only for several groups)
         y = torch.from_numpy(out).view(g, b, ho, wo, n_g).permute(1, 2, 3, 0, 4).reshape(b, ho, wo, g * n_g)
-        return y.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (copies only when n_g = 1 < g)
+        # channels last: no copy (except when n_g = 1 < g); contiguous: one transposing copy
+        return y.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
 
 
 def _check_patch_order(patch_order: Any) -> str:

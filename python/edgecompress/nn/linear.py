@@ -10,17 +10,19 @@ from torch import nn
 
 from .. import ops
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
-from ._common import CompressedModule, StaticInput, Weight, as_numpy, check_input, inference_only
+from . import _library
+from ._common import CompressedModule, StaticInput, Weight, as_numpy, check_input, run_op
 
 __all__ = ["Int4Linear", "Int8Linear", "LowRankLinear", "SparseLinear"]
 
 
 class _CompressedLinear(CompressedModule):
-    """y = x @ W.T + bias for x of shape (..., in_features), float32 on the CPU, as torch.nn.Linear.
+    """y = x @ W.T + bias for x of shape (..., in_features) on the CPU, as torch.nn.Linear.
 
     Construct from a canonical weight (N, K) and an optional bias (N,), or convert a float module
     with ``from_float``. The weight is packed for this CPU on the first call, once; each call passes
-    the activations to ``edgecompress.linear`` without a copy when they are contiguous.
+    the activations to ``edgecompress.linear`` without a copy when they are contiguous float32
+    (float16 / bfloat16 inputs are computed in float32 and the result cast back).
     """
 
     FLOAT_CLASS = nn.Linear
@@ -67,9 +69,10 @@ class _CompressedLinear(CompressedModule):
         x = check_input(input)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input: expected shape (..., {self.in_features}), got {tuple(x.shape)}")
-        return inference_only(x, self._run)
+        return run_op(_library.linear, x, self)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel on a float32 input (the body of the custom op edgecompress::linear)."""
         return torch.from_numpy(ops.linear(as_numpy(x), self.weight, self._bias_numpy(), **self._act_args()))
 
 
