@@ -369,7 +369,7 @@ class Int4Weight(_PackedCache):
         w = cls(np.asarray(d["qweight"]), np.asarray(d["scale"]), None if zp is None else np.asarray(zp),
                 None if cb is None else np.asarray(cb), k=k, compute=meta["compute"])
         group_size = meta["group_size"]
-        if isinstance(group_size, bool) or group_size != w.group_size:
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size != w.group_size:
             raise ValueError(f"d: metadata group_size {show(group_size)} does not match qweight (group size {w.group_size})")
         return w
 
