@@ -121,8 +121,10 @@ def test_the_manifest_records_modules_formats_versions_and_recipe(saved):
     assert head4["weights"][0]["version"] == ec.LowRankWeight.VERSION
     assert [m["format"] for m in manifest["modules"]["convs.0"]["weights"]] == ["int4", "int4"]  # 2 groups
     for p in CONV_PATHS:
-        assert manifest["modules"][p]["version"] == 2 and manifest["modules"][p]["patch_order"] == "hwc"
-    assert "patch_order" not in manifest["modules"]["head.0"] and manifest["modules"]["head.0"]["version"] == 1
+        assert manifest["modules"][p]["version"] == (3 if p == "stem.0" else 2)  # stem.0: Int8Conv2d
+        assert manifest["modules"][p]["patch_order"] == "hwc"
+    assert "patch_order" not in manifest["modules"]["head.0"] and manifest["modules"]["head.0"]["version"] == 2
+    assert manifest["modules"]["head.0"]["input_quant"] is None and "input_quant" not in manifest["modules"]["head.2"]
     assert manifest["recipe"] == {"quantize": {"stem.0": "int8"}, "note": "test"}
 
 
@@ -131,6 +133,7 @@ def _as_version_1(manifest):
     for p in CONV_PATHS:
         del manifest["modules"][p]["patch_order"]
         manifest["modules"][p]["version"] = 1
+    del manifest["modules"]["stem.0"]["input_quant"]  # (then left out when the input was quantized dynamically)
 
 
 def test_a_file_from_before_patch_orders_loads_in_torchs_order(tmp_path):
@@ -270,7 +273,10 @@ def test_load_refuses_a_model_of_another_architecture(saved, tmp_path):
     with pytest.raises(ValueError, match=r"missing \['extra.bias', 'extra.weight'\]"):
         ec.load(path, model)
     bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.update({"head.0.weight.other": torch.zeros(1)}))
-    with pytest.raises(ValueError, match=r"'head.0': unexpected tensors \['weight.other'\]"):
+    with pytest.raises(ValueError, match=r"'head.0': d: unknown arrays \['other'\] for format 'int8'"):
+        ec.load(bad, _fresh())
+    bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.update({"head.0.other": torch.zeros(1)}))
+    with pytest.raises(ValueError, match=r"'head.0': unexpected tensors \['other'\]"):
         ec.load(bad, _fresh())
     bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.pop("head.3.weight.values"))
     with pytest.raises(ValueError, match="'head.3': d: missing array 'values'"):
