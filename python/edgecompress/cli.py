@@ -66,7 +66,7 @@ def _report(path: str) -> int:
     lines.append(f"{len(rows) - 1} compressed modules, {compressed} weight bytes; float rest: {rest} bytes")
     if manifest["recipe"] is not None:
         lines.append(f"recipe: {show(manifest['recipe'])}")
-    if manifest["report"] is not None:
+    if manifest.get("report") is not None:
         try:
             lines.append(str(CompressReport.from_dict(manifest["report"])))
         except (TypeError, ValueError, KeyError, AttributeError) as e:  # a hand-edited report's entries

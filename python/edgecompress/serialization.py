@@ -151,10 +151,11 @@ def _manifest(f: Any, path: str) -> dict[str, Any]:
     if version > FILE_VERSION:
         raise ValueError(f"path: {path!r} has file version {version}, newer than this edgecompress reads "
                          f"(<= {FILE_VERSION}); upgrade edgecompress")
-    expected = _MANIFEST_KEYS | ({_DIGEST} if version >= 2 else set())
-    if set(manifest) != expected:
+    allowed = _MANIFEST_KEYS | ({_DIGEST} if version >= 2 else set())
+    required = allowed - ({"report"} if version == 1 else set())  # (early version 1 files have no report)
+    if not required <= set(manifest) <= allowed:
         raise ValueError(f"path: the manifest of {path!r} (file version {version}) has the keys "
-                         f"{show(sorted(str(k) for k in manifest))}, expected {sorted(expected)}")
+                         f"{show(sorted(str(k) for k in manifest))}, expected {sorted(allowed)}")
     modules = manifest.get("modules")
     if not isinstance(modules, dict) or not all(isinstance(v, dict) for v in modules.values()):
         raise ValueError(f"path: the manifest of {path!r} has no valid 'modules' table")
