@@ -82,3 +82,14 @@ def test_out_overlapping_x_is_refused(rng):
     buf = np.zeros((2, 8), np.float32)
     with pytest.raises(ValueError, match="out: must not overlap x"):
         ec.linear(buf, w, out=buf)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_bias_with_nan_or_inf_is_refused_for_every_format(rng, bad):
+    w_float = rng.standard_normal((8, 16)).astype(np.float32)
+    bias = np.zeros(8, np.float32)
+    bias[5] = bad
+    for w in (ec.Int8Weight.from_float(w_float), ec.Int4Weight.from_float(w_float), ec.SparseWeight.from_float(w_float),
+              ec.LowRankWeight.from_float(w_float, rank=2)):
+        with pytest.raises(ValueError, match="bias: expected finite values, got NaN or Inf"):
+            ec.linear(np.ones((2, 16), np.float32), w, bias)

@@ -240,6 +240,48 @@ def test_state_dict_from_newer_version_is_refused(rng):
         ec.Int4Weight.from_state_dict(d)
 
 
+def test_a_codebook_entry_times_scale_that_overflows_float32_is_refused(rng):
+    # Float mode dequantizes the padding columns past K too, and multiplies them by zero inputs: an
+    # entry x scale that overflows there (here: code 15, used only in the padding) made every output NaN.
+    n, k = 3, 40
+    codes = np.full((n, 64), 7, np.uint8)  # NF4 entry 7 is 0.0
+    codes[:, k:] = 15
+    qweight = ref.gemm_q4.pack_nibbles(codes, 32)
+    table = nf4_table().copy()
+    table[15] = 1e38
+    scale = np.full((n, 2), 2.0, np.float16)
+    d = ec.Int4Weight(qweight, scale, None, table, k=k, compute="float").state_dict()  # 2e38: finite
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    ok = ec.Int4Weight.from_state_dict(d)
+    np.testing.assert_array_equal(ec.linear(x, ok), np.zeros((2, n), np.float32))
+    d["scale"] = np.full((n, 2), 4.0, np.float16)  # 4e38 overflows
+    with pytest.raises(ValueError, match=r"codebook, scale: row 0: a codebook entry times a scale .*overflows float32"):
+        ec.Int4Weight.from_state_dict(d)
+    # Whatever the padding codes of a weight whose products stay finite, the outputs are the same.
+    w = ec.Int4Weight.from_float(rng.standard_normal((n, k)).astype(np.float32), codebook="nf4", compute="float")
+    codes = ref.gemm_q4.unpack_nibbles(w.qweight)
+    codes[:, k:] = rng.integers(0, 16, (n, 64 - k))
+    other = ec.Int4Weight(ref.gemm_q4.pack_nibbles(codes, 32), w.scale, None, w.codebook, k=k, compute="float")
+    np.testing.assert_array_equal(ec.linear(x, other), ec.linear(x, w))
+
+
+def test_state_dicts_with_unknown_missing_or_mistyped_entries_are_refused(rng):
+    d = _random_weight(rng, 4, 40, 32, "asymmetric").state_dict()
+    for change, exc, match in [
+        (lambda d: d["metadata"].update(compte="float"), ValueError, r"metadata of format 'int4'.*unknown \['compte'\]"),
+        (lambda d: d["metadata"].pop("compute"), ValueError, r"metadata of format 'int4'.*missing \['compute'\]"),
+        (lambda d: d.update(zero_points=d.pop("zero_point")), ValueError, r"unknown arrays \['zero_points'\]"),
+        (lambda d: d.update(qweight=np.array(3, np.uint8)), ValueError, r"qweight: expected a non-empty 3-D"),
+        (lambda d: d["metadata"].update(group_size=32.0), ValueError, "metadata group_size 32.0 does not match"),
+        (lambda d: d["metadata"].update(k=[[[[[[1]]]]]]), ValueError, r"expected an int 'k' in metadata, got \[\[\[\["),
+        (lambda d: d["metadata"].update(version=True), ValueError, "format version True is not supported"),
+    ]:
+        bad = {**d, "metadata": dict(d["metadata"])}
+        change(bad)
+        with pytest.raises(exc, match=match):
+            ec.Int4Weight.from_state_dict(bad)
+
+
 def test_packed_size_stays_within_ten_percent(rng):
     for kind in KINDS:
         w = _random_weight(rng, 64, 4096, 32, kind)

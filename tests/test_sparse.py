@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -306,13 +307,41 @@ def test_int8_csr_packs_to_the_blocks_of_bsr1x4(rng, block):
     np.testing.assert_array_equal(csr.scale, bsr.scale)
 
 
-@pytest.mark.parametrize("m", [1, 2, 9])
-def test_int8_block_order_inside_a_row_is_free(tier, rng, m):
-    # The canonical arrays may list a row's blocks in any order (the interleaved GEMV layout
-    # re-buckets them): a shuffled copy gives the same bits.
-    w = ec.SparseWeight.from_float(_pruned_k(rng, 37, 700, 0.8, 4), format="bsr1x4", dtype="int8")
-    order = np.concatenate([rng.permutation(np.arange(a, b)) for a, b in zip(w.indptr[:-1], w.indptr[1:])])
-    shuffled = ec.SparseWeight(w.indptr, w.indices[order], w.values[order], w.shape, "bsr1x4", w.scale)
-    x = rng.standard_normal((m, 700)).astype(np.float32)
-    np.testing.assert_array_equal(ec.linear(x, shuffled), ec.linear(x, w))
-    _check_int8(ec.linear(x, shuffled), x, w)
+@pytest.mark.parametrize("fmt, dtype", [("csr", "float32"), ("bsr4x1", "float32"), ("csr", "int8"), ("bsr1x4", "int8")])
+def test_columns_out_of_order_or_listed_twice_in_a_row_are_refused(rng, fmt, dtype):
+    # The kernels add every copy of a column that to_float() keeps once; for int8 bsr1x4 enough
+    # copies of one block would wrap the int32 accumulator. The canonical arrays list each row's
+    # columns once, in increasing order.
+    w = ec.SparseWeight.from_float(_pruned_k(rng, 12, 64, 0.5, 4), format=fmt, dtype=dtype)
+    row = 2 if fmt != "bsr4x1" else 1
+    a, b = int(w.indptr[row]), int(w.indptr[row + 1])
+    assert b - a >= 2
+    order = np.arange(len(w.indices))
+    order[a], order[a + 1] = a + 1, a
+    what = "block row" if fmt == "bsr4x1" else "row"
+    with pytest.raises(ValueError, match=rf"indices: expected strictly increasing columns within each {re.escape(what)}, "
+                                         rf"{re.escape(what)} {row} has {w.indices[a]} after {w.indices[a + 1]}"):
+        ec.SparseWeight(w.indptr, w.indices[order], w.values[order], w.shape, fmt, w.scale)
+    # the same block 1000 times in one row, through a state dict (as a crafted file would hold it)
+    d = w.state_dict()
+    d["indptr"] = np.array([0] + [1000] * w.indptr.size, np.int64)[:w.indptr.size]
+    d["indices"] = np.full(1000, w.indices[0], w.indices.dtype)
+    d["values"] = np.repeat(w.values[:1], 1000, axis=0)
+    with pytest.raises(ValueError, match=f"{what} 0 has {w.indices[0]} after {w.indices[0]}"):
+        ec.SparseWeight.from_state_dict(d)
+
+
+def test_values_past_k_or_n_in_the_last_blocks_are_refused(rng):
+    # bsr1x4 with K % 4 != 0: some tiers read the padding columns of the last block, others do not.
+    w = ec.SparseWeight.from_float(_pruned_k(rng, 6, 30, 0.3), format="bsr1x4", dtype="int8")
+    last = np.flatnonzero(w.indices == 7)  # columns 28..31 of K = 30
+    assert last.size
+    values = w.values.copy()
+    values[last[0], 3] = 90
+    with pytest.raises(ValueError, match=r"values: expected zeros at the padding columns 30\.\.31 \(past K = 30\)"):
+        ec.SparseWeight(w.indptr, w.indices, values, w.shape, "bsr1x4", w.scale)
+    f = ec.SparseWeight.from_float(_pruned(rng, 10, 16, 0.3), format="bsr8x1")  # rows 10..15 pad the last block row
+    values = f.values.copy()
+    values[-1, 5] = 1.0
+    with pytest.raises(ValueError, match=r"values: expected zeros at the padding rows 10\.\.15 \(past N = 10\)"):
+        ec.SparseWeight(f.indptr, f.indices, values, f.shape, "bsr8x1")

@@ -66,3 +66,24 @@ def test_arrays_are_read_only_and_packing_cached(rng):
     p1 = q.packed(ec.cpu_info()["families"]["gemm_s8"]["kernel"])
     assert q.packed(p1.kernel) is p1
     assert "Int8Weight(shape=(4, 8)" in repr(q)
+
+
+def test_state_dicts_with_unknown_or_mismatched_metadata_are_refused(rng):
+    d = ec.Int8Weight.from_float(rng.standard_normal((8, 16)).astype(np.float32)).state_dict()
+    with pytest.raises(ValueError, match=r"unknown \['granulrity'\]"):
+        ec.Int8Weight.from_state_dict({**d, "metadata": {**d["metadata"], "granulrity": "tensor"}})
+    with pytest.raises(ValueError, match=r"metadata granularity 'tensor' does not match the scale of shape \(8,\)"):
+        ec.Int8Weight.from_state_dict({**d, "metadata": {**d["metadata"], "granularity": "tensor"}})
+    with pytest.raises(ValueError, match=r"unknown arrays \['zero_point'\]"):
+        ec.Int8Weight.from_state_dict({**d, "zero_point": np.zeros(8, np.int8)})
+    s = ec.SparseWeight.from_float(np.eye(4, dtype=np.float32)).state_dict()
+    for shape in ([4, float("inf")], [4, 4.0], [4, True], [[[[[[[4]]]]]]]):
+        with pytest.raises(ValueError, match=r"expected a 'shape' \[N, K\] of ints in metadata"):
+            ec.SparseWeight.from_state_dict({**s, "metadata": {**s["metadata"], "shape": shape}})
+    with pytest.raises(ValueError, match=r"expected a 'layout' in metadata, one of csr, .*got 'cs'"):
+        ec.SparseWeight.from_state_dict({**s, "metadata": {**s["metadata"], "layout": "cs"}})
+    with pytest.raises(ValueError, match=r"missing \['layout'\]"):
+        ec.SparseWeight.from_state_dict({**s, "metadata": {k: v for k, v in s["metadata"].items() if k != "layout"}})
+    lr = ec.LowRankWeight.from_float(rng.standard_normal((8, 16)).astype(np.float32), rank=2).state_dict()
+    with pytest.raises(ValueError, match="expected metadata 'dtypes'"):
+        ec.LowRankWeight.from_state_dict({**lr, "metadata": {**lr["metadata"], "dtypes": {"u": "float32", "v": "float32", "w": "int8"}}})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from . import __version__
+from .weights import show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,56 +35,56 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(path: str) -> int:
-    """Print the compressed modules of a saved model and its stored compress report."""
+    """Print the compressed modules of a saved model and its stored compress report; a file that is
+    not a readable edgecompress file gets a one-line error and exit code 1."""
     try:
         from safetensors import safe_open
 
         from .compress.summary import CompressReport
         from .serialization import read_manifest
     except ImportError as e:
-        print(f"edgecompress report needs torch and safetensors: pip install \"edgecompress[torch]\" ({e})",
+        print(f"edgecompress report: needs torch and safetensors: pip install \"edgecompress[torch]\" ({e})",
               file=sys.stderr)
         return 1
     try:
         manifest = read_manifest(path)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"edgecompress report: {e}", file=sys.stderr)
+        with safe_open(path, framework="pt") as f:
+            sizes = {key: math.prod(f.get_slice(key).get_shape()) * _DTYPE_BYTES.get(f.get_slice(key).get_dtype(), 4)
+                     for key in f.keys()}
+    except (OSError, ValueError) as e:  # (read_manifest checked the file; OSError: it changed since)
+        print(f"edgecompress report: {_one_line(e)}", file=sys.stderr)
         return 1
-    sizes = {}
-    with safe_open(path, framework="pt") as f:
-        for key in f.keys():
-            s = f.get_slice(key)
-            n = 1
-            for d in s.get_shape():
-                n *= d
-            sizes[key] = n * _DTYPE_BYTES.get(s.get_dtype(), 4)
     rows = [["module", "type", "formats", "weight bytes", "config"]]
     for name, extra in manifest["modules"].items():
         weight_bytes = sum(b for k, b in sizes.items() if k.startswith(f"{name}.weight."))
-        formats = sorted({_format(w) for w in extra.get("weights", [])})
-        config = ", ".join(f"{k}={v}" for k, v in extra.get("config", {}).items())
-        rows.append([name, str(extra.get("module")), ", ".join(formats), str(weight_bytes), config])
+        formats = sorted({_format(w) for w in extra["weights"]})
+        config = ", ".join(f"{k}={show(v)}" for k, v in extra["config"].items())
+        rows.append([name, extra["module"], ", ".join(formats), str(weight_bytes), config])
     compressed = sum(int(r[3]) for r in rows[1:])
     rest = sum(b for k, b in sizes.items() if not any(k.startswith(f"{n}.") for n in manifest["modules"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print(f"{path}: edgecompress file version {manifest['version']}, written by edgecompress "
-          f"{manifest.get('edgecompress_version')}")
-    for r in rows[:1] + [["-" * w for w in widths]] + rows[1:]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines = [f"{path}: edgecompress file version {manifest['version']}, written by edgecompress "
+             f"{show(manifest['edgecompress_version'])}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows[:1] + [["-" * w for w in widths]] + rows[1:]]
     file_bytes = os.path.getsize(path)
-    print(f"{len(rows) - 1} compressed modules, {compressed} weight bytes; float rest: {rest} bytes; "
-          f"file: {file_bytes} bytes")
-    if manifest.get("recipe") is not None:
-        print(f"recipe: {manifest['recipe']}")
+    lines.append(f"{len(rows) - 1} compressed modules, {compressed} weight bytes; float rest: {rest} bytes; "
+                 f"file: {file_bytes} bytes")
+    if manifest["recipe"] is not None:
+        lines.append(f"recipe: {show(manifest['recipe'])}")
     if manifest.get("report") is not None:
         try:
             report = CompressReport.from_dict(manifest["report"])
             report.file_bytes = file_bytes  # (a file cannot hold its own size)
-            print(report)
-        except ValueError as e:
-            print(f"the stored compress report is unreadable: {e}", file=sys.stderr)
+            lines.append(str(report))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # a hand-edited report's entries
+            print(f"edgecompress report: the stored compress report is unreadable: {_one_line(e)}", file=sys.stderr)
             return 1
+    print("\n".join(lines))
     return 0
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:500]
 
 
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2, "I8": 1, "U8": 1,
@@ -90,11 +92,13 @@ _DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I1
 
 
 def _format(meta: dict) -> str:
-    """A weight's format and its main option, from its metadata."""
-    fmt = meta.get("format")
-    detail = {"int8": meta.get("granularity"), "sparse": meta.get("layout"),
-              "int4": f"g{meta.get('group_size')}", "lowrank": "/".join(sorted(set((meta.get("dtypes") or {}).values())))}
-    return f"{fmt} {detail.get(fmt) or ''}".strip()
+    """A weight's format and its main option, from its metadata (checked only for its format)."""
+    fmt = meta["format"]
+    dtypes = meta.get("dtypes")
+    detail = {"int8": meta.get("granularity"), "sparse": meta.get("layout"), "int4": f"g{show(meta.get('group_size'))}",
+              "lowrank": "/".join(sorted({show(v) for v in dtypes.values()})) if isinstance(dtypes, dict) else None}
+    value = detail.get(fmt)
+    return f"{fmt} {value[:80] if isinstance(value, str) else '' if value is None else show(value)}".strip()
 
 
 if __name__ == "__main__":

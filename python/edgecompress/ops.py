@@ -83,6 +83,8 @@ def linear(
             raise TypeError(f"bias: expected a float32 numpy array, got {_dtype_name(bias)}")
         if bias.shape != (n,):
             raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
+        if not np.isfinite(bias).all():
+            raise ValueError("bias: expected finite values, got NaN or Inf")
         bias = _contiguous(bias)
     act = _ACTIVATIONS.get(activation) if activation is None or isinstance(activation, str) else None
     if act is None:

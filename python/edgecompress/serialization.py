@@ -6,18 +6,28 @@ canonical arrays (``<module>.weight.<array>``, ``<module>.weight.<group>.<array>
 convolutions) and ``<module>.bias``. Its metadata header holds one entry, ``"edgecompress"``: a
 JSON manifest
 
-    {"format": "edgecompress", "version": 1, "edgecompress_version": "0.1.0",
-     "modules": {"<module path>": {"module": "Int8Linear", "version": 1, "config": {...},
-                                   "weights": [<weight metadata: format, version, ...>]}},
+    {"format": "edgecompress", "version": 2, "edgecompress_version": "0.1.0",
+     "modules": {"<module path>": {"module": "Int8Linear", "version": 2, "config": {...},
+                                   "weights": [<weight metadata: format, version, ...>], ...}},
      "recipe": <whatever JSON-able value was passed to save, or null>,
-     "report": <the report of edgecompress.compress passed to save (its to_dict()), or null>}
+     "report": <the report of edgecompress.compress passed to save (its to_dict()), or null>,
+     "tied": {"<key>": "<key of the same tensor>"},
+     "sha256": <hex digest of the manifest without it and of every tensor: name, dtype, shape, bytes>}
+
+Tied weights (a language model's head and its embedding) are stored once: "tied" names each state
+dict key left out and the key whose tensor it shares; load reads that tensor for both.
 
 ``load`` checks the whole file against the model before it changes anything, then swaps each float
 module at a saved path (torch.nn.Linear / Conv2d) for its compressed module and loads the float rest.
+
+Why a digest: most damage to a file is caught by the checks of the formats (indices, shapes, dtypes,
+keys), but a changed float value or digit of a scale is a valid file that computes something else.
+The digest turns any such change into a refusal. Version 1 files (no digest) load as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -30,12 +40,16 @@ from torch import nn
 from . import __version__
 from .nn import MODULE_CLASSES, CompressedModule
 from .nn._common import decode_extra_state
+from .weights import show
 
 __all__ = ["from_pretrained", "load", "load_state_dict", "read_manifest", "save"]
 
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2: the manifest holds the "sha256" digest of the file's content and the "tied" keys
 _KEY = "edgecompress"
 _EXTRA = "_extra_state"
+_DIGEST = "sha256"
+_TIED = "tied"
+_MANIFEST_KEYS = {"format", "version", "edgecompress_version", "modules", "recipe", "report"}
 
 
 def _check_path(path: Any) -> str:
@@ -75,12 +89,14 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None, repor
     for name, value in (("recipe", recipe), ("report", report)):
         try:
             json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise ValueError(f"{name}: expected a JSON-able value, got {type(value).__name__} ({e})") from e
     compressed = [name for name, m in model.named_modules() if isinstance(m, CompressedModule)]
     modules: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
+    saved: dict[tuple[Any, ...], str] = {}  # each saved tensor's memory -> its key, to store tied weights once
     storages: set[int] = set()
+    tied: dict[str, str] = {}
     for key, value in model.state_dict().items():
         name = key[: -len(_EXTRA)].rstrip(".")
         if key.endswith(_EXTRA) and name in compressed:
@@ -90,12 +106,18 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None, repor
             raise ValueError(f"model: state_dict entry {key!r} is a {type(value).__name__}, not a tensor; "
                              "only tensors and edgecompress.nn modules can be saved (no pickle)")
         t = value.detach().to("cpu").contiguous()
-        if t.untyped_storage().data_ptr() in storages:  # tied weights: safetensors refuses shared memory
-            t = t.clone()
+        memory = (t.data_ptr(), t.dtype, tuple(t.shape))
+        if memory in saved:  # a tied weight: stored once
+            tied[key] = saved[memory]
+            continue
+        if t.untyped_storage().data_ptr() in storages:  # another view of a saved tensor's memory:
+            t = t.clone()  # safetensors refuses shared memory
+        saved[memory] = key
         storages.add(t.untyped_storage().data_ptr())
         tensors[key] = t
     manifest = {"format": _KEY, "version": FILE_VERSION, "edgecompress_version": __version__,
-                "modules": modules, "recipe": recipe, "report": report}
+                "modules": modules, "recipe": recipe, "report": report, _TIED: tied}
+    manifest[_DIGEST] = _digest(manifest, tensors)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         save_file(tensors, tmp, metadata={_KEY: json.dumps(manifest)})
@@ -105,6 +127,17 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: Any = None, repor
             os.remove(tmp)
     if hasattr(report_object, "file_bytes"):  # the report of edgecompress.compress learns its file's size
         report_object.file_bytes = os.path.getsize(path)
+
+
+def _digest(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the manifest (without its digest, keys sorted) and of each tensor's name, dtype,
+    shape and bytes, in name order."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in manifest.items() if k != _DIGEST}, sort_keys=True).encode())
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(f"\0{key}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def _open(path: str) -> Any:
@@ -124,8 +157,8 @@ def _manifest(f: Any, path: str) -> dict[str, Any]:
         raise ValueError(f"path: {path!r} has no edgecompress manifest (it was not written by edgecompress.save)")
     try:
         manifest = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"path: the manifest of {path!r} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # (RecursionError: nested too deep to parse)
+        raise ValueError(f"path: the manifest of {path!r} is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != _KEY:
         raise ValueError(f"path: the manifest of {path!r} is not an edgecompress manifest")
     version = manifest.get("version")
@@ -134,9 +167,25 @@ def _manifest(f: Any, path: str) -> dict[str, Any]:
     if version > FILE_VERSION:
         raise ValueError(f"path: {path!r} has file version {version}, newer than this edgecompress reads "
                          f"(<= {FILE_VERSION}); upgrade edgecompress")
+    allowed = _MANIFEST_KEYS | ({_DIGEST, _TIED} if version >= 2 else set())
+    required = allowed - ({"report"} if version == 1 else set())  # (early version 1 files have no report)
+    if not required <= set(manifest) <= allowed:
+        raise ValueError(f"path: the manifest of {path!r} (file version {version}) has the keys "
+                         f"{show(sorted(str(k) for k in manifest))}, expected {sorted(allowed)}")
+    tied = manifest.get(_TIED, {})
+    if not isinstance(tied, dict) or not all(isinstance(v, str) for v in tied.values()):
+        raise ValueError(f"path: the manifest of {path!r} has no valid 'tied' table")
     modules = manifest.get("modules")
     if not isinstance(modules, dict) or not all(isinstance(v, dict) for v in modules.values()):
         raise ValueError(f"path: the manifest of {path!r} has no valid 'modules' table")
+    for name, extra in modules.items():
+        cls = MODULE_CLASSES.get(extra.get("module")) if isinstance(extra.get("module"), str) else None
+        if cls is None:
+            raise ValueError(f"module {show(name)}: unknown module type {show(extra.get('module'))} in the manifest")
+        try:
+            cls._check_extra(extra)
+        except ValueError as e:
+            raise ValueError(f"module {show(name)}: {e}") from None
     return manifest
 
 
@@ -161,21 +210,21 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     path = _check_path(path)
     with _open(path) as f:
         manifest = _manifest(f, path)
-        replacements, rest = _read_checked(f, manifest, model)
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        intact = manifest["version"] < 2 or manifest[_DIGEST] == _digest(manifest, tensors)
+    except RecursionError:  # a manifest nested about as deep as json parses: not one save wrote
+        intact = False
+    if not intact:
+        raise ValueError(f"path: the content of {path!r} does not match its sha256 digest (the file was changed "
+                         "or damaged after it was saved)")
+    for key, source in manifest.get(_TIED, {}).items():  # (checked by _manifest)
+        if key in tensors or source not in tensors:
+            raise ValueError(f"path: tied key {show(key)} of {path!r} names {show(source)}, which the file does "
+                             "not hold, or is itself stored")
+        tensors[key] = tensors[source]
+    replacements, rest = _read_checked(tensors, manifest, model)
     return _swap_in(model, replacements, rest)
-
-
-class _StateDict:
-    """A state dict seen through the two methods of an open safetensors file that loading uses."""
-
-    def __init__(self, state_dict: dict[str, Any]) -> None:
-        self._state = state_dict
-
-    def keys(self) -> Any:
-        return self._state.keys()
-
-    def get_tensor(self, key: str) -> Any:
-        return self._state[key]
 
 
 def load_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> nn.Module:
@@ -200,7 +249,7 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> nn.Module:
             if not isinstance(extra, dict):
                 raise ValueError(f"module {name!r}: expected its extra state to be a dict, got {type(extra).__name__}")
             modules[name] = extra
-    replacements, rest = _read_checked(_StateDict(state_dict), {"modules": modules}, model)
+    replacements, rest = _read_checked(state_dict, {"modules": modules}, model)
     return _swap_in(model, replacements, rest)
 
 
@@ -242,15 +291,13 @@ def _swap_in(model: nn.Module, replacements: dict[str, CompressedModule], rest: 
     return model
 
 
-def _read_checked(f: Any, manifest: dict[str, Any],
+def _read_checked(tensors: dict[str, torch.Tensor], manifest: dict[str, Any],
                   model: nn.Module) -> tuple[dict[str, CompressedModule], dict[str, torch.Tensor]]:
-    """The compressed modules (by path) and the float tensors of an open file, checked against ``model``."""
-    keys = set(f.keys())
+    """The compressed modules (by path) and the float tensors of a file, checked against ``model``."""
+    keys = set(tensors)
     replacements: dict[str, CompressedModule] = {}
     for name, extra in manifest["modules"].items():
-        cls = MODULE_CLASSES.get(extra.get("module"))
-        if cls is None:
-            raise ValueError(f"module {name!r}: unknown module type {extra.get('module')!r} in the manifest")
+        cls = MODULE_CLASSES[extra["module"]]  # (checked by _manifest)
         try:
             target = model.get_submodule(name)
         except AttributeError:
@@ -264,7 +311,7 @@ def _read_checked(f: Any, manifest: dict[str, Any],
                 f"{cls.__name__} or the {cls.FLOAT_CLASS.__name__} it replaces")
             raise ValueError(f"module {name!r}: saved as {cls.__name__}; expected the model to have {what} "
                              f"there, got {type(target).__name__}")
-        own = {k[len(_prefix(name)):]: f.get_tensor(k) for k in keys if k.startswith(_prefix(name))}
+        own = {k[len(_prefix(name)):]: tensors[k] for k in keys if k.startswith(_prefix(name))}
         own[_EXTRA] = extra
         try:
             new, used = cls.from_state(own)
@@ -277,7 +324,7 @@ def _read_checked(f: Any, manifest: dict[str, Any],
                              f"{type(target).__name__} {expected}")
         replacements[name] = new
     expected_rest = {k: v for k, v in model.state_dict().items() if not _under(k, replacements)}
-    rest = {k: f.get_tensor(k) for k in keys if not _under(k, replacements)}
+    rest = {k: tensors[k] for k in keys if not _under(k, replacements)}
     missing = sorted(k for k in set(expected_rest) - set(rest) if not _tied(k, rest, expected_rest))
     unexpected = sorted(set(rest) - set(expected_rest))
     if missing or unexpected:
@@ -287,6 +334,8 @@ def _read_checked(f: Any, manifest: dict[str, Any],
         if tuple(t.shape) != tuple(expected_rest[k].shape):
             raise ValueError(f"path: {k!r} has shape {tuple(t.shape)} in the file, "
                              f"{tuple(expected_rest[k].shape)} in the model")
+        if t.dtype != expected_rest[k].dtype:  # load_state_dict would convert, reading float bits as ints
+            raise ValueError(f"path: {k!r} has dtype {t.dtype} in the file, {expected_rest[k].dtype} in the model")
     return replacements, rest
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import threading
 import time
 from typing import Any
@@ -36,20 +37,49 @@ def _as_float_matrix(w: Any, name: str) -> np.ndarray:
     return w.astype(np.float32, copy=False)
 
 
-def _check_metadata(d: Any, fmt: str, version_max: int, arrays: tuple[str, ...]) -> dict[str, Any]:
-    """The metadata dict of a state_dict() for format `fmt`, after checking it and the arrays it needs."""
+# Untrusted values (a file's metadata) appear in error messages bounded: a value nested 1,000 deep or
+# megabytes long would otherwise make the message itself fail (RecursionError) or flood the terminal.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 80, 80
+
+
+def show(value: Any) -> str:
+    """repr(value), shortened for an error message."""
+    return _REPR.repr(value)
+
+
+def _check_metadata(d: Any, fmt: str, version_max: int, fields: tuple[str, ...], arrays: tuple[str, ...] | None,
+                    optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The metadata dict of a state_dict() for format `fmt`, after checking it and its keys: exactly
+    `fields` besides format and version in the metadata; the `arrays`, and of `optional` any, next to
+    it (arrays None: not checked yet, the metadata decides which). A key it does not know is refused:
+    a misspelled one would otherwise be ignored in silence."""
     if not isinstance(d, dict):
         raise TypeError(f"d: expected a dict from state_dict(), got {type(d).__name__}")
     meta = d.get("metadata")
     if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise ValueError(f"d: expected metadata with format {fmt!r}, got {meta!r}")
+        raise ValueError(f"d: expected metadata with format {fmt!r}, got {show(meta)}")
     version = meta.get("version")
-    if not isinstance(version, int) or version > version_max or version < 1:
-        raise ValueError(f"d: format version {version!r} is not supported (this edgecompress reads <= {version_max})")
+    if isinstance(version, bool) or not isinstance(version, int) or version > version_max or version < 1:
+        raise ValueError(f"d: format version {show(version)} is not supported (this edgecompress reads <= {version_max})")
+    _check_keys(meta, {"format", "version", *fields}, "metadata of format " + repr(fmt))
+    if arrays is None:
+        return meta
     for key in arrays:
         if key not in d:
             raise ValueError(f"d: missing array {key!r}")
+    unknown = sorted(str(k) for k in set(d) - {"metadata", *arrays, *optional})
+    if unknown:
+        raise ValueError(f"d: unknown arrays {show(unknown)} for format {fmt!r} (expected {', '.join(arrays + optional)})")
     return meta
+
+
+def _check_keys(table: dict[str, Any], expected: set[str], what: str) -> None:
+    """Exactly the keys `expected` in `table`, or ValueError naming the missing and the unknown ones."""
+    missing, unknown = sorted(expected - set(table)), sorted(str(k) for k in set(table) - expected)
+    if missing or unknown:
+        raise ValueError(f"d: {what}: expected the keys {sorted(expected)}, got {show(sorted(str(k) for k in table))}"
+                         + (f" (missing {missing})" if missing else "") + (f" (unknown {show(unknown)})" if unknown else ""))
 
 
 class _PackedCache:
@@ -146,8 +176,12 @@ class Int8Weight(_PackedCache):
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> Int8Weight:
-        _check_metadata(d, cls.FORMAT, cls.VERSION, ("qweight", "scale"))
-        return cls(np.asarray(d["qweight"]), np.asarray(d["scale"]))
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("granularity",), ("qweight", "scale"))
+        w = cls(np.asarray(d["qweight"]), np.asarray(d["scale"]))
+        if meta["granularity"] != w.granularity:
+            raise ValueError(f"d: metadata granularity {show(meta['granularity'])} does not match the scale "
+                             f"of shape {w.scale.shape} ({w.granularity!r})")
+        return w
 
     def __getstate__(self) -> dict[str, Any]:
         # Copies (copy.deepcopy, multiprocessing) carry the canonical arrays only; packing is per
@@ -228,8 +262,17 @@ class Int4Weight(_PackedCache):
                 raise ValueError(f"codebook: expected shape (16,) or ({n}, 16), got {codebook.shape}")
             if not np.isfinite(codebook).all():
                 raise ValueError("codebook: expected finite values, got NaN or Inf")
+            # Float mode multiplies the dequantized padding columns past K by zero inputs: an entry x
+            # scale that overflows there would turn every output into NaN. Bounding each row's largest
+            # product keeps every dequantized value finite, which makes the padding codes harmless.
+            table_max = np.abs(codebook.astype(np.float64)).max(axis=-1)
+            largest = table_max * np.abs(scale.astype(np.float64)).max(axis=1)
+            bad = np.flatnonzero(largest >= float(np.finfo(np.float32).max))
+            if bad.size:
+                raise ValueError(f"codebook, scale: row {bad[0]}: a codebook entry times a scale of that row "
+                                 f"overflows float32 (max |entry| x max |scale| = {largest[bad[0]]:.3g})")
         if compute not in ("int8", "float"):
-            raise ValueError(f"compute: expected 'int8' or 'float', got {compute!r}")
+            raise ValueError(f"compute: expected 'int8' or 'float', got {show(compute)}")
         self.k = k
         self.group_size = g
         self.compute = compute
@@ -317,15 +360,18 @@ class Int4Weight(_PackedCache):
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> Int4Weight:
-        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("qweight", "scale"))
-        k = meta.get("k")
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("k", "group_size", "compute"), ("qweight", "scale"),
+                               ("zero_point", "codebook"))
+        k = meta["k"]
         if isinstance(k, bool) or not isinstance(k, int):
-            raise ValueError(f"d: expected an int 'k' in metadata, got {k!r}")
-        if meta.get("group_size") != 2 * np.asarray(d["qweight"]).shape[-1]:
-            raise ValueError(f"d: metadata group_size {meta.get('group_size')!r} does not match qweight")
+            raise ValueError(f"d: expected an int 'k' in metadata, got {show(k)}")
         zp, cb = d.get("zero_point"), d.get("codebook")
-        return cls(np.asarray(d["qweight"]), np.asarray(d["scale"]), None if zp is None else np.asarray(zp),
-                   None if cb is None else np.asarray(cb), k=k, compute=meta.get("compute", "int8"))
+        w = cls(np.asarray(d["qweight"]), np.asarray(d["scale"]), None if zp is None else np.asarray(zp),
+                None if cb is None else np.asarray(cb), k=k, compute=meta["compute"])
+        group_size = meta["group_size"]
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size != w.group_size:
+            raise ValueError(f"d: metadata group_size {show(group_size)} does not match qweight (group size {w.group_size})")
+        return w
 
     def __getstate__(self) -> dict[str, Any]:
         d = self.state_dict()
@@ -523,9 +569,10 @@ class SparseWeight(_PackedCache):
     multiple of 4: the unit of int8 dot-product instructions; int8). A block is kept when any of its
     values is nonzero, and stores its zeros too. Arrays: ``indptr`` int64 (block rows + 1),
     ``indices`` (each block's column of blocks: k, or k / 4 for bsr1x4) uint16 when they fit (K <=
-    65536 blocks of columns) else int32, ``values`` (nnzb, block size) float32 or int8, and for int8
-    ``scale`` float32 (N,) or (1,): W = values * scale of the row. ``sparsity`` is the fraction of
-    W's values that are not stored.
+    65536 blocks of columns) else int32, strictly increasing within each row of blocks (each block
+    once), ``values`` (nnzb, block size) float32 or int8 (zeros where a last block reaches past N or
+    K), and for int8 ``scale`` float32 (N,) or (1,): W = values * scale of the row. ``sparsity`` is
+    the fraction of W's values that are not stored.
 
     ``format`` "2:4", "1:4" or "4:8" (n:m, float32): at most n nonzeros in every group of m consecutive
     k of a row; K is padded with zeros to Kp, a multiple of m. Arrays (``indptr`` and ``indices`` are
@@ -548,7 +595,7 @@ class SparseWeight(_PackedCache):
         if not isinstance(format, str) or format not in _BLOCKS and format not in _NM:
             raise ValueError(f"format: expected one of {', '.join(tuple(_BLOCKS) + tuple(_NM))}, got {format!r}")
         if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(v, (int, np.integer)) for v in shape)):
-            raise TypeError(f"shape: expected a tuple (N, K) of ints, got {shape!r}")
+            raise TypeError(f"shape: expected a tuple (N, K) of ints, got {show(shape)}")
         n, k = int(shape[0]), int(shape[1])
         if n <= 0 or k <= 0 or n > _MAX_N or k > 2**31 - 1:
             raise ValueError(f"shape: expected positive (N, K) within int32, got {shape}")
@@ -581,6 +628,7 @@ class SparseWeight(_PackedCache):
             raise ValueError(f"indices: expected {np.dtype(idx_dtype).name} of shape ({nnzb},), got {getattr(indices, 'dtype', None)} {getattr(indices, 'shape', None)}")
         if nnzb and (int(indices.min()) < 0 or int(indices.max()) >= block_cols):
             raise ValueError(f"indices: expected block columns in 0..{block_cols - 1}")
+        _check_increasing(indptr, indices, "row" if br == 1 else "block row")
         dtype = "int8" if isinstance(values, np.ndarray) and values.dtype == np.int8 else "float32"
         if format not in _DTYPE_FORMATS[dtype]:
             raise ValueError(f"format: {format!r} is not a layout for {dtype} values (those are {', '.join(_DTYPE_FORMATS[dtype])})")
@@ -598,6 +646,7 @@ class SparseWeight(_PackedCache):
                 raise ValueError(f"scale: expected float32 of shape ({n},) or (1,) for int8 values, got {getattr(scale, 'dtype', None)} {getattr(scale, 'shape', None)}")
             if not (np.isfinite(scale).all() and (scale > 0).all()):
                 raise ValueError("scale: expected finite values > 0")
+        _check_block_padding(indptr, indices, values, n, k, br, bc)
         self.dtype = dtype
         self.indptr = _frozen(indptr)
         self.indices = _frozen(indices)
@@ -807,20 +856,22 @@ class SparseWeight(_PackedCache):
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> SparseWeight:
-        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ())
-        shape = meta.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 2):
-            raise ValueError(f"d: expected a 'shape' [N, K] in metadata, got {shape!r}")
-        shape = (int(shape[0]), int(shape[1]))
-        layout = meta.get("layout", "csr")
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("layout", "shape"), None)
+        shape, layout = meta["shape"], meta["layout"]
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+            raise ValueError(f"d: expected a 'shape' [N, K] of ints in metadata, got {show(shape)}")
         if isinstance(layout, str) and layout in _NM:
             if meta["version"] < 2:
                 raise ValueError(f"d: layout {layout!r} needs format version 2, got version {meta['version']}")
-            _check_metadata(d, cls.FORMAT, cls.VERSION, ("values", "meta"))
-            return cls(None, None, np.asarray(d["values"]), shape, layout, meta=np.asarray(d["meta"]))
-        _check_metadata(d, cls.FORMAT, cls.VERSION, ("indptr", "indices", "values"))
+            _check_metadata(d, cls.FORMAT, cls.VERSION, ("layout", "shape"), ("values", "meta"))
+            return cls(None, None, np.asarray(d["values"]), tuple(shape), layout, meta=np.asarray(d["meta"]))
+        if not (isinstance(layout, str) and layout in _BLOCKS):
+            raise ValueError(f"d: expected a 'layout' in metadata, one of {', '.join(tuple(_BLOCKS) + tuple(_NM))}, "
+                             f"got {show(layout)}")
+        _check_metadata(d, cls.FORMAT, cls.VERSION, ("layout", "shape"), ("indptr", "indices", "values"), ("scale",))
         scale = d.get("scale")
-        return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]), shape, layout,
+        return cls(np.asarray(d["indptr"]), np.asarray(d["indices"]), np.asarray(d["values"]), tuple(shape), layout,
                    None if scale is None else np.asarray(scale))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -854,6 +905,33 @@ class SparseWeight(_PackedCache):
         n, k = self._shape
         return (f"SparseWeight(shape=({n}, {k}), format={self.format!r}, dtype={self.dtype!r}, "
                 f"sparsity={self.sparsity:.3f}, nbytes={self.nbytes})")
+
+
+def _check_increasing(indptr: np.ndarray, indices: np.ndarray, row: str) -> None:
+    """Strictly increasing block columns within each row: a column listed twice would be added twice
+    by the kernels (and could wrap an int8 accumulator) while to_float() keeps one copy."""
+    if indices.size < 2:
+        return
+    step = np.diff(indices.astype(np.int64))
+    row_ends = indptr[1:-1]
+    step[row_ends[(row_ends > 0) & (row_ends < indices.size)] - 1] = 1  # the step into the next row
+    bad = np.flatnonzero(step <= 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        r = int(np.searchsorted(indptr, i, side="right")) - 1
+        raise ValueError(f"indices: expected strictly increasing columns within each {row}, {row} {r} has "
+                         f"{int(indices[i])} after {int(indices[i - 1])}")
+
+
+def _check_block_padding(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n: int, k: int, br: int,
+                         bc: int) -> None:
+    """Zeros where the last blocks reach past N or K: kernels of different tiers read those places
+    or not, so a nonzero there would make the tiers disagree."""
+    blocks = values.reshape(-1, br, bc)
+    if k % bc and (blocks[indices == -(-k // bc) - 1][:, :, k % bc:] != 0).any():
+        raise ValueError(f"values: expected zeros at the padding columns {k}..{-(-k // bc) * bc - 1} (past K = {k})")
+    if n % br and (blocks[int(indptr[-2]):][:, n % br:, :] != 0).any():
+        raise ValueError(f"values: expected zeros at the padding rows {n}..{-(-n // br) * br - 1} (past N = {n})")
 
 
 def _csr_to_1x4(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n: int,
@@ -976,16 +1054,16 @@ class LowRankWeight(_PackedCache):
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> LowRankWeight:
-        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ())
-        dtypes = meta.get("dtypes")
-        if not (isinstance(dtypes, dict) and all(dtypes.get(f) in ("float32", "int8") for f in ("u", "v"))):
-            raise ValueError(f"d: expected metadata 'dtypes' {{'u': 'float32' | 'int8', 'v': ...}}, got {dtypes!r}")
+        meta = _check_metadata(d, cls.FORMAT, cls.VERSION, ("dtypes",), None)
+        dtypes = meta["dtypes"]
+        if not (isinstance(dtypes, dict) and set(dtypes) == {"u", "v"}
+                and all(dtypes[f] in ("float32", "int8") for f in ("u", "v"))):
+            raise ValueError(f"d: expected metadata 'dtypes' {{'u': 'float32' | 'int8', 'v': ...}}, got {show(dtypes)}")
+        arrays = {name: (f"{name}.qweight", f"{name}.scale") if dtypes[name] == "int8" else (name,) for name in ("u", "v")}
+        _check_metadata(d, cls.FORMAT, cls.VERSION, ("dtypes",), arrays["u"] + arrays["v"])
         factors = []
         for name in ("u", "v"):
-            keys = (f"{name}.qweight", f"{name}.scale") if dtypes[name] == "int8" else (name,)
-            for key in keys:
-                if key not in d:
-                    raise ValueError(f"d: missing array {key!r}")
+            keys = arrays[name]
             factors.append(Int8Weight(np.asarray(d[keys[0]]), np.asarray(d[keys[1]])) if dtypes[name] == "int8"
                            else np.asarray(d[name]))
         return cls(*factors)

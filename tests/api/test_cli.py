@@ -78,3 +78,29 @@ def test_report_of_a_file_without_a_stored_report_and_of_a_missing_file(tmp_path
     assert "Int8Linear" in out and "edgecompress.compress: recipe" not in out
     assert main(["report", str(tmp_path / "missing.safetensors")]) == 1
     assert "no file at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m["modules"]["0"].update(weights=[1]),
+    lambda m: m["modules"]["0"].update(config=[1]),
+    lambda m: m["modules"]["0"].update(module=["Int8Linear"]),
+    lambda m: m["modules"]["0"]["weights"][0].update(format="lowrank", dtypes=[1]),
+    lambda m: m.update(report={"layers": [{"name": "0", "bytes_before": "x", "error": "y"}]}),
+    lambda m: m.update(modules={"0": {}}),
+    lambda m: m.update(version=True),
+])
+def test_report_of_a_crafted_manifest_is_a_one_line_error(tmp_path, capsys, change):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = torch.nn.Sequential(torch.nn.Linear(32, 8))
+    ec.compress(model, "int8", guard=False, progress=False)
+    path = tmp_path / "m.safetensors"
+    ec.save(model, path)
+    manifest = ec.serialization.read_manifest(path)
+    change(manifest)
+    save_file(load_file(str(path)), str(path), metadata={"edgecompress": json.dumps(manifest)})
+    assert main(["report", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("edgecompress report: ") and err.count("\n") == 1, err

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgecompress import nn as enn  # noqa: E402
+from edgecompress.nn._common import StaticInput  # noqa: E402
 from nn_oracle import VARIANT_IDS, VARIANTS, prune_  # noqa: E402
 
 LINEAR = {"Int8": enn.Int8Linear, "Int4": enn.Int4Linear, "Sparse": enn.SparseLinear, "LowRank": enn.LowRankLinear}
@@ -44,7 +45,9 @@ def test_state_dict_round_trip_into_a_fresh_module(variant, kind):
     assert extra == m.get_extra_state()
     assert extra["module"] == type(m).__name__ and extra["version"] == type(m).VERSION
     if kind == "conv":  # version 2 of the conv state: it names the patch order of the weights' columns
-        assert type(m).VERSION == 2 and extra["patch_order"] == m.patch_order == "hwc"
+        assert type(m).VERSION >= 2 and extra["patch_order"] == m.patch_order == "hwc"
+    if isinstance(m, StaticInput):  # and the int8 modules always say how they quantize their input
+        assert type(m).VERSION == type(m).INPUT_QUANT_SINCE and extra["input_quant"] is None
     result = fresh.load_state_dict(sd)
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
@@ -103,8 +106,8 @@ def test_loading_refuses_a_mismatched_or_broken_state():
     with pytest.raises(ValueError, match="expected Int4Linear state, got state of 'Int8Linear'"):
         enn.Int4Linear.from_float(torch.nn.Linear(16, 4)).load_state_dict(sd)
     extra = m.get_extra_state()  # (a state dict may hold it as a dict too)
-    newer = dict(sd, _extra_state=dict(extra, version=2))
-    with pytest.raises(ValueError, match="Int8Linear state version 2 is newer"):
+    newer = dict(sd, _extra_state=dict(extra, version=enn.Int8Linear.VERSION + 1))
+    with pytest.raises(ValueError, match=f"Int8Linear state version {enn.Int8Linear.VERSION + 1} is newer"):
         m.load_state_dict(newer)
     meta = dict(extra["weights"][0], version=2)
     newer = dict(sd, _extra_state=dict(extra, weights=[meta]))
@@ -114,8 +117,11 @@ def test_loading_refuses_a_mismatched_or_broken_state():
         m.load_state_dict({k: v for k, v in sd.items() if k != "weight.scale"})
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*_extra_state"):
         m.load_state_dict({k: v for k, v in sd.items() if k != "_extra_state"})
-    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*weight\.extra"):
-        m.load_state_dict(dict(sd, **{"weight.extra": torch.zeros(1)}))
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*\"extra\""):
+        m.load_state_dict(dict(sd, extra=torch.zeros(1)))
+    # an array the weight's format does not have (a misspelled "zero_points", say) is refused
+    with pytest.raises(ValueError, match=r"Int8Linear: d: unknown arrays \['extra'\] for format 'int8'"):
+        m.load_state_dict(dict(sd, **{"weight.extra": torch.zeros(1)}), strict=False)
     m.load_state_dict({}, strict=False)  # nothing to load: the module keeps its weight
     for bad, words in ((torch.tensor([0xFF, 0xFE], dtype=torch.uint8), "UTF-8 JSON text"),
                        (torch.tensor(list(b"[" * 100_000), dtype=torch.uint8), "UTF-8 JSON text"),
@@ -126,9 +132,10 @@ def test_loading_refuses_a_mismatched_or_broken_state():
 
 
 def _old_state(m):
-    """m's state dict as edgecompress wrote it before conv states named their patch order (version 1)."""
+    """m's state dict as edgecompress wrote it before conv states named their patch order (version 1),
+    which left input_quant out when the input was quantized dynamically."""
     sd = m.state_dict()
-    extra = {k: v for k, v in m.get_extra_state().items() if k != "patch_order"}
+    extra = {k: v for k, v in m.get_extra_state().items() if k != "patch_order" and v is not None}
     return dict(sd, _extra_state=dict(extra, version=1))
 
 
@@ -151,7 +158,46 @@ def test_a_state_without_patch_order_loads_in_torchs_order(variant):
             old.get_extra_state(), patch_order="hwc")))
         want = conv(x)
         assert float((misread(x) - want).norm() / want.norm()) > 0.5
-    sd = _old_state(old)
-    sd["_extra_state"]["patch_order"] = "whc"
+    sd = dict(old.state_dict(), _extra_state=dict(old.get_extra_state(), patch_order="whc"))
     with pytest.raises(ValueError, match="patch_order: expected one of .*, got 'whc'"):
         fresh.load_state_dict(sd)
+    # from version 2 on the patch order is part of the state: without it, or misspelled, it is refused
+    # (it would load as the old order, another convolution)
+    version = type(old).VERSION
+    for extra, words in [({k: v for k, v in old.get_extra_state().items() if k != "patch_order"},
+                          rf"missing \['patch_order'\]"),
+                         (dict(old.get_extra_state(), patch_ordr="hwc"), rf"unknown \['patch_ordr'\]")]:
+        with pytest.raises(ValueError, match=rf"state version {version}: expected the keys .* in the extra state.*{words}"):
+            fresh.load_state_dict(dict(old.state_dict(), _extra_state=extra))
+
+
+def test_the_int8_modules_state_always_says_how_the_input_is_quantized():
+    # A lost "input_quant" switched a static layer to dynamic quantization in silence: states of the
+    # current version always hold it (None: dynamic), older ones load as they were written.
+    torch.manual_seed(0)
+    static = enn.Int8Linear.from_float(torch.nn.Linear(8, 4), act_scale=0.05)
+    dynamic = enn.Int8Linear.from_float(torch.nn.Linear(8, 4))
+    assert dynamic.get_extra_state()["input_quant"] is None
+    sd = static.state_dict()
+    extra = {k: v for k, v in static.get_extra_state().items() if k != "input_quant"}
+    with pytest.raises(ValueError, match=r"Int8Linear state version 2: .* missing \['input_quant'\]"):
+        dynamic.load_state_dict(dict(sd, _extra_state=extra))
+    assert dynamic.input_quant is None
+    dynamic.load_state_dict(dict(sd, _extra_state=dict(extra, version=1, input_quant={"scale": 0.05, "zero_point": None})))
+    assert dynamic.input_quant == {"scale": np.float32(0.05).item(), "zero_point": None}
+    dynamic.load_state_dict(dict(sd, _extra_state=dict(extra, version=1)))  # version 1 without it: dynamic
+    assert dynamic.input_quant is None
+
+
+def test_a_bias_with_nan_or_of_another_dtype_is_refused():
+    torch.manual_seed(0)
+    m = enn.Int8Linear.from_float(torch.nn.Linear(8, 4))
+    sd = m.state_dict()
+    bias = sd["bias"].clone()
+    bias[1] = float("nan")
+    with pytest.raises(ValueError, match="bias: expected finite values, got NaN or Inf"):
+        m.load_state_dict(dict(sd, bias=bias))
+    with pytest.raises(ValueError, match="bias: expected a float32 tensor, got int32"):
+        m.load_state_dict(dict(sd, bias=sd["bias"].view(torch.int32)))
+    with pytest.raises(ValueError, match="bias: expected finite values, got NaN or Inf"):
+        enn.Int4Linear(enn.Int4Linear.from_float(torch.nn.Linear(32, 4)).weight, torch.tensor([0.0, float("inf"), 0, 0]))

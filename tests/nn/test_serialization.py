@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import edgecompress as ec  # noqa: E402
@@ -78,7 +79,8 @@ def saved(tmp_path_factory):
 
 
 def _rewrite(src, dst, change_manifest=None, change_tensors=None):
-    """Copy a saved file with its manifest and/or tensors changed."""
+    """Copy a saved file with its manifest and/or tensors changed, and its digest made to match (as
+    anyone can: the digest catches damage, the checks behind it catch crafted content)."""
     tensors = load_file(str(src))
     with open(src, "rb") as f:
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
@@ -87,6 +89,8 @@ def _rewrite(src, dst, change_manifest=None, change_tensors=None):
         change_manifest(manifest)
     if change_tensors:
         change_tensors(tensors)
+    if "sha256" in manifest:
+        manifest["sha256"] = serialization._digest(manifest, tensors)
     save_file(tensors, str(dst), metadata={"edgecompress": json.dumps(manifest)})
     return dst
 
@@ -121,16 +125,22 @@ def test_the_manifest_records_modules_formats_versions_and_recipe(saved):
     assert head4["weights"][0]["version"] == ec.LowRankWeight.VERSION
     assert [m["format"] for m in manifest["modules"]["convs.0"]["weights"]] == ["int4", "int4"]  # 2 groups
     for p in CONV_PATHS:
-        assert manifest["modules"][p]["version"] == 2 and manifest["modules"][p]["patch_order"] == "hwc"
-    assert "patch_order" not in manifest["modules"]["head.0"] and manifest["modules"]["head.0"]["version"] == 1
+        assert manifest["modules"][p]["version"] == (3 if p == "stem.0" else 2)  # stem.0: Int8Conv2d
+        assert manifest["modules"][p]["patch_order"] == "hwc"
+    assert "patch_order" not in manifest["modules"]["head.0"] and manifest["modules"]["head.0"]["version"] == 2
+    assert manifest["modules"]["head.0"]["input_quant"] is None and "input_quant" not in manifest["modules"]["head.2"]
     assert manifest["recipe"] == {"quantize": {"stem.0": "int8"}, "note": "test"}
 
 
 def _as_version_1(manifest):
-    """A manifest as edgecompress wrote it before conv states named their patch order."""
+    """A manifest as edgecompress wrote it before conv states named their patch order (file version 1,
+    without a digest)."""
+    del manifest["sha256"], manifest["report"], manifest["tied"]  # (the first version 1 files had no report either)
+    manifest["version"] = 1
     for p in CONV_PATHS:
         del manifest["modules"][p]["patch_order"]
         manifest["modules"][p]["version"] = 1
+    del manifest["modules"]["stem.0"]["input_quant"]  # (then left out when the input was quantized dynamically)
 
 
 def test_a_file_from_before_patch_orders_loads_in_torchs_order(tmp_path):
@@ -170,7 +180,12 @@ def test_a_model_without_compressed_modules_and_tied_weights_round_trip(tmp_path
     x = torch.randn(3, 4)
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))
-    assert serialization.read_manifest(tmp_path / "m.safetensors")["modules"] == {}
+    manifest = serialization.read_manifest(tmp_path / "m.safetensors")
+    assert manifest["modules"] == {}
+    # the tied weight is stored once (a language model's head and embedding were stored twice)
+    assert manifest["tied"] == {"1.weight": "0.weight"}
+    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
+        assert sorted(f.keys()) == ["0.bias", "0.weight", "1.bias"]
 
 
 def test_import_edgecompress_does_not_import_torch():
@@ -223,7 +238,7 @@ def test_load_refuses_missing_truncated_and_foreign_files(saved, tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda m: m.update(version=2), "file version 2, newer than this edgecompress reads"),
+    (lambda m: m.update(version=3), "file version 3, newer than this edgecompress reads"),
     (lambda m: m["modules"]["head.0"].update(version=9), "'head.0': Int8Linear state version 9 is newer"),
     (lambda m: m["modules"]["convs.0"]["weights"][1].update(version=3),
      "'convs.0': weight format 'int4' version 3 is newer"),
@@ -270,7 +285,10 @@ def test_load_refuses_a_model_of_another_architecture(saved, tmp_path):
     with pytest.raises(ValueError, match=r"missing \['extra.bias', 'extra.weight'\]"):
         ec.load(path, model)
     bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.update({"head.0.weight.other": torch.zeros(1)}))
-    with pytest.raises(ValueError, match=r"'head.0': unexpected tensors \['weight.other'\]"):
+    with pytest.raises(ValueError, match=r"'head.0': d: unknown arrays \['other'\] for format 'int8'"):
+        ec.load(bad, _fresh())
+    bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.update({"head.0.other": torch.zeros(1)}))
+    with pytest.raises(ValueError, match=r"'head.0': unexpected tensors \['other'\]"):
         ec.load(bad, _fresh())
     bad = _rewrite(path, tmp_path / "t.safetensors", change_tensors=lambda t: t.pop("head.3.weight.values"))
     with pytest.raises(ValueError, match="'head.3': d: missing array 'values'"):
@@ -290,3 +308,74 @@ def test_a_compressed_root_module_round_trips_in_place(tmp_path):
         assert torch.equal(fresh(x), m(x))
     with pytest.raises(ValueError, match=r"'': saved as Int4Linear; .*Int4Linear \(the root module is not swapped\)"):
         ec.load(tmp_path / "m.safetensors", torch.nn.Linear(40, 6))
+
+
+def _with_header(src, dst, change):
+    """Copy a saved file with its safetensors header JSON changed by ``change`` (the data as it is)."""
+    data = src.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    return dst
+
+
+def _manifest_text(header):
+    return header["__metadata__"]["edgecompress"]
+
+
+@pytest.mark.parametrize("change, match", [
+    (None, None),  # a value nested 1,000 deep: json raised RecursionError
+    (lambda m: m["modules"]["head.3"]["weights"][0].update(shape=[20, float("inf")]),  # OverflowError before
+     r"'head.3': d: expected a 'shape' \[N, K\] of ints in metadata, got \[20, inf\]"),
+    (lambda m: m.update(recpe=None), r"has the keys \[.*'recpe'.*\], expected"),
+    (lambda m: m["modules"]["convs.1"].pop("patch_order"),
+     r"'convs.1': SparseConv2d state version 2: expected the keys .* missing \['patch_order'\]"),
+    (lambda m: m["modules"]["convs.1"].update(patch_ordr=m["modules"]["convs.1"].pop("patch_order")),
+     r"'convs.1': SparseConv2d state version 2: .* unknown \['patch_ordr'\]"),
+    (lambda m: m["modules"]["stem.0"].pop("input_quant"),
+     r"'stem.0': Int8Conv2d state version 3: .* missing \['input_quant'\]"),
+    (lambda m: m["modules"]["head.2"]["weights"][0].update(compte="float"),
+     r"'head.2': d: metadata of format 'int4': .*unknown \['compte'\]"),
+])
+def test_manifests_that_loaded_silently_wrong_or_crashed_are_refused(saved, tmp_path, change, match):
+    path, _, _ = saved
+    if change is None:
+        bad = _with_header(path, tmp_path / "deep.safetensors", lambda h: h["__metadata__"].update(
+            edgecompress=_manifest_text(h)[:-1] + ', "deep": ' + "[" * 1000 + "]" * 1000 + "}"))
+        match = "the manifest of .* is not valid JSON"
+    else:
+        bad = _rewrite(path, tmp_path / "bad.safetensors", change_manifest=change)
+    with pytest.raises(ValueError, match=match):
+        ec.load(bad, _fresh())
+
+
+def test_a_float_tensor_relabelled_as_int32_is_refused(saved, tmp_path):
+    path, _, _ = saved
+    for key in ("norm.weight", "head.0.bias"):  # a float tensor of the rest, and a compressed module's bias
+        bad = _rewrite(path, tmp_path / "i32.safetensors", change_tensors=lambda t: t.update({key: t[key].view(torch.int32)}))
+        with pytest.raises(ValueError, match=f"has dtype torch.int32 in the file, torch.float32 in the model|"
+                                             "'head.0': bias: expected a float32 tensor, got int32"):
+            ec.load(bad, _fresh())
+
+
+def test_any_change_to_the_content_of_a_saved_file_is_refused(saved, tmp_path):
+    path, x, y = saved
+    data = bytearray(path.read_bytes())
+    header_end = 8 + struct.unpack("<Q", data[:8])[0]
+    offsets = json.loads(data[8:header_end])["norm.weight"]["data_offsets"]
+    data[header_end + offsets[0] + 2] ^= 0x01  # a float of the rest: still a valid file, another model
+    (tmp_path / "flip.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match its sha256 digest"):
+        ec.load(tmp_path / "flip.safetensors", _fresh())
+    digit = _with_header(path, tmp_path / "digit.safetensors", lambda h: h["__metadata__"].update(
+        edgecompress=_manifest_text(h).replace('"k": 40', '"k": 39')))  # head.2's int4 K, a valid value
+    with pytest.raises(ValueError, match="does not match its sha256 digest"):
+        ec.load(digit, _fresh())
+    model = _fresh()
+    ec.load(_with_header(path, tmp_path / "spaces.safetensors", lambda h: h["__metadata__"].update(
+        edgecompress=_manifest_text(h).replace(", ", ",  "))), model)  # the same content
+    with torch.no_grad():
+        assert torch.equal(model(x), y)

@@ -191,8 +191,8 @@ def state_nbytes(model: nn.Module) -> int:
     canonical arrays of its compressed modules, i.e. what ``edgecompress.save`` writes as tensors."""
     seen: set[tuple[int, int]] = set()
     total = 0
-    for value in model.state_dict().values():
-        if isinstance(value, torch.Tensor):
+    for key, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor) and not key.endswith("_extra_state"):  # (a module's metadata)
             key = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes())
             if key not in seen:
                 seen.add(key)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight, show
 from ._library import NO_BACKWARD, register
 
 Weight = Any  # one of the canonical weight classes of edgecompress.weights
@@ -118,7 +118,10 @@ def bias_tensor(bias: Any, n: int) -> torch.Tensor | None:
         raise TypeError(f"bias: expected a float tensor, got {t.dtype}")
     if tuple(t.shape) != (n,):
         raise ValueError(f"bias: expected shape ({n},), got {tuple(t.shape)}")
-    return t.to("cpu", torch.float32, copy=True).contiguous()
+    t = t.to("cpu", torch.float32, copy=True).contiguous()
+    if not torch.isfinite(t).all():
+        raise ValueError("bias: expected finite values, got NaN or Inf")
+    return t
 
 
 def weight_prefix(index: int, count: int) -> str:
@@ -285,11 +288,20 @@ class CompressedModule(nn.Module):
             if "bias" not in arrays:
                 raise ValueError("missing tensor 'bias'")
             bias = arrays["bias"]
+            if bias.dtype != np.float32:  # what state_dict() writes; an int32 label would read float bits as ints
+                raise TypeError(f"bias: expected a float32 tensor, got {bias.dtype}")
             used.add("bias")
         module = cls._build(weights, bias, config)
         if module.config() != config:
-            raise ValueError(f"the weights make {module.config()}, the saved configuration says {config}")
+            raise ValueError(f"the weights make {module.config()}, the saved configuration says {show(config)}")
         return module, used
+
+    @classmethod
+    def _extra_keys(cls, version: int) -> dict[str, bool]:
+        """The keys of an extra state of state version ``version``, each with whether it is required
+        (a key a state of that version does not have is refused: a misspelling would otherwise
+        load as its default in silence)."""
+        return {"module": True, "version": True, "config": True, "weights": True}
 
     @classmethod
     def _check_extra(cls, extra: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -297,23 +309,30 @@ class CompressedModule(nn.Module):
         if not isinstance(extra, dict):
             raise ValueError(f"expected {cls.__name__} extra state (a dict), got {type(extra).__name__}")
         if extra.get("module") != cls.__name__:
-            raise ValueError(f"expected {cls.__name__} state, got state of {extra.get('module')!r}")
+            raise ValueError(f"expected {cls.__name__} state, got state of {show(extra.get('module'))}")
         version = extra.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"expected a state version (an int >= 1), got {version!r}")
+            raise ValueError(f"expected a state version (an int >= 1), got {show(version)}")
         if version > cls.VERSION:
             raise ValueError(f"{cls.__name__} state version {version} is newer than this edgecompress "
                              f"reads (<= {cls.VERSION}); upgrade edgecompress")
+        keys = cls._extra_keys(version)
+        missing = sorted(k for k, required in keys.items() if required and k not in extra)
+        unknown = sorted(str(k) for k in extra if k not in keys)
+        if missing or unknown:
+            raise ValueError(f"{cls.__name__} state version {version}: expected the keys {sorted(keys)} in the extra "
+                             f"state" + (f", missing {missing}" if missing else "")
+                             + (f", unknown {show(unknown)}" if unknown else ""))
         config = extra.get("config")
         if not isinstance(config, dict) or set(config) != set(cls.CONFIG_KEYS):
-            raise ValueError(f"expected a config with keys {sorted(cls.CONFIG_KEYS)}, got {config!r}")
+            raise ValueError(f"expected a config with keys {sorted(cls.CONFIG_KEYS)}, got {show(config)}")
         metas = extra.get("weights")
         if not isinstance(metas, list) or not metas or not all(isinstance(m, dict) for m in metas):
-            raise ValueError(f"expected a non-empty list of weight metadata, got {metas!r}")
+            raise ValueError(f"expected a non-empty list of weight metadata, got {show(metas)}")
         for meta in metas:
             fmt, v = meta.get("format"), meta.get("version")
             if fmt != cls.WEIGHT_CLASS.FORMAT:
-                raise ValueError(f"expected weights of format {cls.WEIGHT_CLASS.FORMAT!r}, got {fmt!r}")
+                raise ValueError(f"expected weights of format {cls.WEIGHT_CLASS.FORMAT!r}, got {show(fmt)}")
             if isinstance(v, int) and v > cls.WEIGHT_CLASS.VERSION:
                 raise ValueError(f"weight format {fmt!r} version {v} is newer than this edgecompress reads "
                                  f"(<= {cls.WEIGHT_CLASS.VERSION}); upgrade edgecompress")
@@ -335,7 +354,12 @@ def static_input(act_scale: Any, act_zero_point: Any) -> dict[str, Any] | None:
 class StaticInput:
     """Mixin of the int8 modules: optional static quantization of the input (``act_scale`` and, for
     asymmetric uint8, ``act_zero_point``), e.g. from calibration; without it each call quantizes
-    its input per row. Kept in the extra state under ``"input_quant"`` (absent when dynamic)."""
+    its input per row. Kept in the extra state under ``"input_quant"``: None when dynamic. States
+    before ``INPUT_QUANT_SINCE`` (the module's state version that made it required) left it out
+    when dynamic; from that version on a state without it is refused, since a lost key would
+    otherwise switch a static layer to dynamic quantization."""
+
+    INPUT_QUANT_SINCE = 1  # set by each module class
 
     def __init__(self, *args: Any, act_scale: float | None = None, act_zero_point: int | None = None,
                  **kwargs: Any) -> None:
@@ -358,17 +382,18 @@ class StaticInput:
                 "act_scale": q["scale"], "act_zero_point": q["zero_point"]}
 
     def get_extra_state(self) -> dict[str, Any]:
-        extra = super().get_extra_state()
-        if self.input_quant is not None:
-            extra["input_quant"] = dict(self.input_quant)
-        return extra
+        return dict(super().get_extra_state(), input_quant=None if self.input_quant is None else dict(self.input_quant))
+
+    @classmethod
+    def _extra_keys(cls, version: int) -> dict[str, bool]:
+        return dict(super()._extra_keys(version), input_quant=version >= cls.INPUT_QUANT_SINCE)
 
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
         module, used = super()._from_state(state)
         q = state[_EXTRA].get("input_quant")
         if q is not None and (not isinstance(q, dict) or set(q) != {"scale", "zero_point"}):
-            raise ValueError(f"expected input_quant {{'scale', 'zero_point'}} in the extra state, got {q!r}")
+            raise ValueError(f"expected input_quant {{'scale', 'zero_point'}} in the extra state, got {show(q)}")
         module.input_quant = None if q is None else static_input(q["scale"], q["zero_point"])
         return module, used
 

@@ -201,6 +201,11 @@ class _CompressedConv2d(CompressedModule):
         return dict(super().get_extra_state(), patch_order=self.patch_order)
 
     @classmethod
+    def _extra_keys(cls, version: int) -> dict[str, bool]:
+        keys = super()._extra_keys(version)
+        return dict(keys, patch_order=True) if version >= 2 else keys
+
+    @classmethod
     def _from_state(cls, state: dict[str, Any]) -> tuple[CompressedModule, set[str]]:
         module, used = super()._from_state(state)
         module.patch_order = _check_patch_order(state[_EXTRA].get("patch_order", "chw"))
@@ -304,6 +309,7 @@ class Int8Conv2d(StaticInput, _CompressedConv2d):
     quantization, as Int8Linear)."""
 
     WEIGHT_CLASS = Int8Weight
+    VERSION = INPUT_QUANT_SINCE = 3  # 3: the extra state always holds "input_quant" (None: dynamic)
 
 
 class Int4Conv2d(_CompressedConv2d):

@@ -85,6 +85,7 @@ class Int8Linear(StaticInput, _CompressedLinear):
     """
 
     WEIGHT_CLASS = Int8Weight
+    VERSION = INPUT_QUANT_SINCE = 2  # 2: the extra state always holds "input_quant" (None: dynamic)
 
 
 class Int4Linear(_CompressedLinear):
