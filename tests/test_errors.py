@@ -93,3 +93,19 @@ def test_a_bias_with_nan_or_inf_is_refused_for_every_format(rng, bad):
               ec.LowRankWeight.from_float(w_float, rank=2)):
         with pytest.raises(ValueError, match="bias: expected finite values, got NaN or Inf"):
             ec.linear(np.ones((2, 16), np.float32), w, bias)
+
+
+@pytest.mark.parametrize("make", [
+    lambda w: ec.Int8Weight.from_float(w),
+    lambda w: ec.Int4Weight.from_float(w),
+    lambda w: ec.SparseWeight.from_float(w, format="csr"),
+    lambda w: ec.SparseWeight.from_float(w * np.tile([1, 0, 0, 1], 16), format="2:4"),
+    lambda w: ec.LowRankWeight.from_float(w, rank=8),
+], ids=["int8", "int4", "csr", "2:4", "lowrank"])
+def test_out_overlapping_bias_is_refused(make, rng):
+    w = make(rng.standard_normal((8, 64)).astype(np.float32))
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    buf = np.zeros((3, 8), np.float32)
+    with pytest.raises(ValueError, match="out: must not overlap bias"):
+        ec.linear(x, w, buf[1], out=buf)
+    assert not buf.any()  # refused before any native code wrote into it

@@ -71,6 +71,29 @@ def test_use_isa_is_per_thread():
     assert seen == [ec.runtime._PROCESS_CAP]  # a new thread starts at the process cap
 
 
+def test_use_isa_in_interleaved_generators_leaves_no_cap():
+    # Generators share their caller's context: blocks that exit in another order than they were
+    # entered must each end their own cap and leave the one from before.
+    before = ec.current_tier()
+    tiers = _supported()[:2]
+    if len(tiers) < 2:
+        pytest.skip("needs two tiers")
+
+    def capped(tier):
+        with ec.use_isa(tier):
+            yield ec.current_tier()
+            yield ec.current_tier()
+
+    a, b = capped(tiers[0]), capped(tiers[1])
+    assert next(a) == tiers[0]
+    assert next(b) == tiers[1]
+    assert next(a) == tiers[1]  # the most recently entered open block applies
+    a.close()  # a's block exits while b's is still open
+    assert ec.current_tier() == tiers[1]
+    b.close()
+    assert ec.current_tier() == before
+
+
 def test_use_isa_errors():
     with pytest.raises(ValueError, match="expected one of .*got 'sse9'"):
         with ec.use_isa("sse9"):
@@ -110,6 +133,8 @@ def test_env_bad_values_are_clear_errors():
     assert r.returncode != 0 and "EDGECOMPRESS_ISA: expected one of" in r.stderr
     r = _run("import edgecompress", EDGECOMPRESS_NUM_THREADS="two")
     assert r.returncode != 0 and "EDGECOMPRESS_NUM_THREADS: expected a positive integer" in r.stderr
+    r = _run("import edgecompress", EDGECOMPRESS_NUM_THREADS=str(10**30))
+    assert r.returncode != 0 and "EDGECOMPRESS_NUM_THREADS must be <=" in r.stderr
 
 
 def test_num_threads_env_and_default():
@@ -127,20 +152,30 @@ def test_num_threads_env_and_default():
 
 def test_set_num_threads_validation():
     before = ec.get_num_threads()
+    cpus = _core.default_num_threads()
     try:
-        ec.set_num_threads(3)
-        assert ec.get_num_threads() == 3
+        ec.set_num_threads(cpus)  # no warning up to the CPUs
+        assert ec.get_num_threads() == cpus
+        with pytest.warns(RuntimeWarning, match=f"n = {cpus + 1} is more than the {cpus} CPUs"):
+            ec.set_num_threads(cpus + 1)
+        assert ec.get_num_threads() == cpus + 1
     finally:
         ec.set_num_threads(before)
     with pytest.raises(ValueError, match="n must be >= 1, got 0"):
         ec.set_num_threads(0)
     with pytest.raises(TypeError, match="n must be an int, got float"):
         ec.set_num_threads(2.0)
+    # Far beyond any machine: a message, not pybind's signature dump (an overflowing C int) nor
+    # a million OS threads.
+    for huge in (10**30, 2**31 - 1):
+        with pytest.raises(ValueError, match=f"set_num_threads: n must be <= [0-9]+, got {huge}"):
+            ec.set_num_threads(huge)
+    assert ec.get_num_threads() == before
     import numpy as np
 
     try:
-        ec.set_num_threads(np.int64(2))
-        assert ec.get_num_threads() == 2
+        ec.set_num_threads(np.int64(1))
+        assert ec.get_num_threads() == 1
     finally:
         ec.set_num_threads(before)
 

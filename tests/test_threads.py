@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+import warnings
 
 import numpy as np
+import pytest
 
 import edgecompress as ec
 
@@ -66,3 +70,55 @@ def test_gil_released_during_kernel():
     assert t1 - t0 > 0.02, "call too short to observe"
     inside = [s for s in stamps if t0 + 0.005 < s < t1 - 0.005]
     assert inside, f"no Python thread ran during a {t1 - t0:.3f} s kernel call"
+
+
+def _wait_or_kill(pid: int, timeout: float) -> int | None:
+    """The child's exit status, or None (after killing it) if it has not exited within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_packs():
+    # A child forked while another thread is inside a weight's first packing must be able to pack
+    # and use that same weight (the packing thread does not exist in the child).
+    rng = np.random.default_rng(1)
+    dense = rng.standard_normal((2048, 2048)).astype(np.float32)
+    x = rng.standard_normal((1, 2048)).astype(np.float32)
+    current = [ec.Int8Weight.from_float(dense)]
+    stop = threading.Event()
+
+    def packer():
+        while not stop.is_set():
+            w = ec.Int8Weight(current[0].qweight, current[0].scale)
+            current[0] = w
+            ec.linear(x, w)
+
+    t = threading.Thread(target=packer)
+    t.start()
+    statuses = []
+    try:
+        for _ in range(5):
+            time.sleep(0.02)
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns on any fork of a multi-threaded process: that is this test.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:
+                try:
+                    ec.linear(x, current[0])
+                    os._exit(0)
+                finally:
+                    os._exit(1)
+            statuses.append(_wait_or_kill(pid, 10.0))
+    finally:
+        stop.set()
+        t.join()
+    assert statuses == [0] * 5, f"child exit statuses (None: hung and was killed): {statuses}"

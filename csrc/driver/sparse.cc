@@ -13,6 +13,15 @@ namespace edgecompress {
 // GEMV streams its weight from memory, so bytes decide it.
 constexpr int kSpillRank = 5;
 
+// The layout's rounds take at most 16 bytes per nonzero (each holds >= kSpillRank of them), but its
+// table of cells has one entry per 16 rows x 32 columns whatever the nonzeros. Below one nonzero
+// per cell there is nothing to interleave (almost every nonzero would spill) and that table alone
+// would outweigh the CSR arrays many times (N * K / 64 bytes), so such weights keep plain CSR.
+bool interleaved_pays(int n, int k, int64_t nnz) {
+  const int64_t cells = (static_cast<int64_t>(n) + 15) / 16 * ((static_cast<int64_t>(k) + kInterleaveSlice - 1) / kInterleaveSlice);
+  return cells <= nnz;
+}
+
 std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int n, int k, int r,
                                                  const int64_t* indptr, const void* indices, bool idx16,
                                                  const float* values) {
@@ -29,7 +38,7 @@ std::unique_ptr<PackedSparseF32> pack_sparse_f32(const SparseKernel& kernel, int
   w.idx32 = p->idx32.data();
   w.indptr = p->indptr.data();
   w.values = p->values.data();
-  if (kernel.interleaved && r == 1) {  // one float32 is the layout's 4-byte unit
+  if (kernel.interleaved && r == 1 && interleaved_pays(n, k, nnzb)) {  // one float32 is the layout's 4-byte unit
     p->il = build_interleaved(n, k, w.indptr, w.idx16, w.idx32, w.values, kSpillRank);
     w.groups = p->il.groups, w.slices = p->il.slices;
     w.round_ptr = p->il.round_ptr.data();

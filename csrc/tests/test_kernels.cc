@@ -415,6 +415,23 @@ bool check_sparse_kernel(const SparseKernel& kern) {
   return failures == 0;
 }
 
+// Packing is plain C++ whatever the kernel's tier, so every kernel's packed size is checked here,
+// even one this CPU cannot run: a nearly empty CSR weight must pack to about its own size (the
+// interleaved layout's table of cells once grew with N * K: 64 MB here).
+bool check_sparse_packed_size(const SparseKernel& kern) {
+  const int n = 65536, k = 65536;
+  std::vector<int64_t> indptr(n + 1);
+  std::vector<uint16_t> idx(n);
+  std::vector<float> vals(n, 1.0f);
+  for (int i = 0; i < n; ++i) indptr[i + 1] = i + 1, idx[i] = static_cast<uint16_t>((i * 7919) % k);
+  auto pw = pack_sparse_f32(kern, n, k, 1, indptr.data(), idx.data(), true, vals.data());
+  const size_t csr = indptr.size() * 8 + idx.size() * 2 + vals.size() * 4;
+  if (pw->nbytes() <= 2 * csr) return true;
+  std::printf("  FAIL %s: one nonzero per row of (%d, %d) packs to %zu bytes, its CSR arrays are %zu\n", kern.name, n, k,
+              pw->nbytes(), csr);
+  return false;
+}
+
 // --- sparse_s8 ----------------------------------------------------------------------------------
 
 // Every sparse_s8 kernel against the dense int8 path on the same weight (zeros where no block is
@@ -695,6 +712,11 @@ int main() {
     for (int i = 0; i < dk_count; ++i) report(dk[i], check_dense_kernel);
     for (int i = 0; i < s8k_count; ++i) report(s8k[i], check_sparse_s8_kernel);
     for (int i = 0; i < nk_count; ++i) report(nk[i], check_nm_kernel);
+  }
+  for (int i = 0; i < sk_count; ++i) {
+    const bool ok = check_sparse_packed_size(*sk[i]);
+    std::printf("%s %s (packed size of a nearly empty CSR weight)\n", ok ? "PASS" : "FAIL", sk[i]->name);
+    ok ? ++passed : ++failed;
   }
   set_gemm_s8_min_parallel_macs(0.0);
   for (int i = 0; i < count; ++i) {

@@ -67,7 +67,7 @@ def linear(
     (activations quantized per row, the act_* arguments apply to both factors), each float32 factor
     in float32.
     Returns float32 of shape (..., N), written into ``out`` when given (a C-contiguous float32 array
-    of that shape that does not overlap x). NaN or Inf in x raises ValueError.
+    of that shape that does not overlap x or bias). NaN or Inf in x raises ValueError.
     """
     if type(x) is not np.ndarray:
         x = np.asarray(x)
@@ -101,7 +101,7 @@ def linear(
         x2 = _contiguous(x).reshape(-1, k)
         if x2.shape[0] > _MAX_ROWS:
             raise ValueError(f"x: expected at most {_MAX_ROWS} rows, got {x2.shape[0]}")
-        out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x)
+        out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x, bias)
         if isinstance(w, Int4Weight):
             y = _core.linear_q4(w.packed(gemm_q4_kernel()), x2, bias, act, 0 if w.compute == "int8" else 1, out2)
         else:
@@ -124,7 +124,7 @@ def linear(
         raise ValueError(f"x: expected at most {_MAX_ROWS} rows, got {x2.shape[0]}")
     out2 = None
     if out is not None:
-        out2 = _check_out(out, x.shape[:-1] + (n,), x)
+        out2 = _check_out(out, x.shape[:-1] + (n,), x, bias)
     packed = w.packed(gemm_s8_kernel())
     y = _core.linear_s8(packed, x2, bias, act, scheme, scale, zero_point, out2)
     return out if out is not None else y.reshape(x.shape[:-1] + (n,))
@@ -134,7 +134,7 @@ def _linear_lowrank(x: np.ndarray, w: LowRankWeight, bias: np.ndarray | None, ac
                     out: np.ndarray | None, **act_args: Any) -> np.ndarray:
     n, k = w.shape
     x2 = _contiguous(x).reshape(-1, k)
-    out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x)
+    out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x, bias)
     m = x2.shape[0]
     # (numpy has no erf: a gelu epilogue stays in the native call at every batch size)
     pv, pu = w.packed(dense_f32_kernel()) if w.dtype != "int8" else (None, None)
@@ -164,15 +164,18 @@ def _factor_product(x2: np.ndarray, f: np.ndarray | Int8Weight, packed: Any, bia
     return y
 
 
-def _check_out(out: Any, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
+def _check_out(out: Any, shape: tuple[int, ...], x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    # The kernels read x and bias while they write out, so any overlap gives wrong results. Weights
+    # cannot overlap: their arrays are read-only copies and kernels read the packed form.
     if not isinstance(out, np.ndarray) or out.dtype != np.float32:
         raise TypeError(f"out: expected a float32 numpy array, got {_dtype_name(out)}")
     if out.shape != shape:
         raise ValueError(f"out: expected shape {shape}, got {out.shape}")
     if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
         raise ValueError("out: expected a writeable, aligned, C-contiguous array")
-    if np.shares_memory(out, x):
-        raise ValueError("out: must not overlap x")
+    for name, a in (("x", x), ("bias", bias)):
+        if a is not None and np.shares_memory(out, a):
+            raise ValueError(f"out: must not overlap {name} (it shares memory with {name})")
     return out.reshape(-1, shape[-1])
 
 

@@ -12,6 +12,7 @@ import contextvars
 import operator
 import os
 import sys
+import warnings
 from typing import Any, Iterator
 
 from . import _core
@@ -47,17 +48,22 @@ def _env_cap() -> str:
 
 
 _PROCESS_CAP = _env_cap()
-_cap: contextvars.ContextVar[str] = contextvars.ContextVar("edgecompress_isa", default=_PROCESS_CAP)
+# The open use_isa blocks of this context, innermost last, as (block, tier) pairs. Each block
+# removes its own entry on exit rather than restoring the value it saw on entry: generators that
+# enter blocks and are resumed in an interleaved order share one context, and restoring would
+# leave a finished block's cap in force (or drop a live one).
+_caps: contextvars.ContextVar[tuple[tuple[object, str], ...]] = contextvars.ContextVar("edgecompress_isa", default=())
 _kernel_by_cap: dict[tuple[str, str], str] = {}
 
 
 def current_tier() -> str:
     """The tier cap in force here (``use_isa`` block, else ``EDGECOMPRESS_ISA``, else the top tier)."""
-    return _cap.get()
+    caps = _caps.get()
+    return caps[-1][1] if caps else _PROCESS_CAP
 
 
 def _kernel(family: str) -> str:
-    cap = _cap.get()
+    cap = current_tier()
     name = _kernel_by_cap.get((family, cap))
     if name is None:
         select = {"gemm_s8": _core.gemm_s8_select, "gemm_q4": _core.gemm_q4_select,
@@ -103,17 +109,20 @@ def use_isa(tier: str) -> Iterator[str]:
     """Cap the ISA tier inside a ``with`` block (this thread / async context only).
 
     Raises ValueError for a tier this architecture does not have, one this CPU cannot run, or one
-    above the process cap set by ``EDGECOMPRESS_ISA``.
+    above the process cap set by ``EDGECOMPRESS_ISA``. Blocks left open in generators that run
+    interleaved (in one thread) share the cap: the most recently entered open block's tier applies,
+    and each block's cap ends when it exits.
     """
     _check_tier(tier, "use_isa")
     if LADDER.index(tier) > LADDER.index(_PROCESS_CAP):
         raise ValueError(f"use_isa: tier {tier!r} is above the process cap EDGECOMPRESS_ISA={_PROCESS_CAP}")
-    token = _cap.set(tier)
+    block = object()
+    _caps.set(_caps.get() + ((block, tier),))
     _log(f"use_isa({tier}): gemm_s8 -> {gemm_s8_kernel()}")
     try:
         yield tier
     finally:
-        _cap.reset(token)
+        _caps.set(tuple(c for c in _caps.get() if c[0] is not block))
 
 
 def get_num_threads() -> int:
@@ -121,8 +130,29 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+# Workers start on demand, one OS thread each: far more than any CPU has would only exhaust the
+# process's threads. The bound leaves room for oversubscribing the largest machines on purpose.
+_MAX_THREADS = max(1024, 4 * int(_core.default_num_threads()))
+
+
+def _set_threads(n: int, source: str) -> None:
+    """Set n >= 1 threads, after checking the upper bound; `source` names the setting in messages."""
+    if n > _MAX_THREADS:
+        raise ValueError(f"{source} must be <= {_MAX_THREADS}, got {n}")
+    cpus = int(_core.default_num_threads())
+    if n > cpus:
+        # Threads beyond the CPUs take turns on them, and a parallel kernel waits for its slowest
+        # thread: almost always slower than n = cpus, so say so rather than let it pass silently.
+        warnings.warn(f"{source} = {n} is more than the {cpus} CPUs this process may run on; the extra "
+                      f"threads share CPUs and usually make the kernels slower", RuntimeWarning, stacklevel=3)
+    _core.set_num_threads(n)
+
+
 def set_num_threads(n: int) -> None:
-    """Set the threads the kernels use; n >= 1. The default is the CPUs in the affinity mask."""
+    """Set the threads the kernels use; n >= 1. The default is the CPUs in the affinity mask.
+
+    More threads than those CPUs are allowed (up to a bound) but warn with a RuntimeWarning.
+    """
     if isinstance(n, bool):
         raise TypeError("set_num_threads: n must be an int, got bool")
     try:
@@ -131,7 +161,7 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    _core.set_num_threads(n)
+    _set_threads(n, "set_num_threads: n")
 
 
 def _threads_from_env() -> None:
@@ -144,7 +174,7 @@ def _threads_from_env() -> None:
         raise ValueError(f"EDGECOMPRESS_NUM_THREADS: expected a positive integer, got {value!r}") from None
     if n < 1:
         raise ValueError(f"EDGECOMPRESS_NUM_THREADS: expected a positive integer, got {value!r}")
-    _core.set_num_threads(n)
+    _set_threads(n, "EDGECOMPRESS_NUM_THREADS")
 
 
 def cpu_info() -> dict[str, Any]:

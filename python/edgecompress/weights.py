@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import reprlib
 import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -88,6 +90,7 @@ class _PackedCache:
     def _init_cache(self) -> None:
         self._packed: dict[str, Any] = {}
         self._lock = threading.Lock()
+        _PACK_LOCK_OWNERS.add(self)
 
     def _pack(self, kernel: str) -> Any:
         raise NotImplementedError
@@ -101,6 +104,21 @@ class _PackedCache:
                 if p is None:
                     p = self._packed[kernel] = self._pack(kernel)
         return p
+
+
+# A fork() while another thread packs copies that weight's lock held by a thread the child does not
+# have: the child gets fresh locks (nothing it packs is half-built, the packer's result never
+# reached the dict).
+_PACK_LOCK_OWNERS: weakref.WeakSet[_PackedCache] = weakref.WeakSet()
+
+
+def _fresh_pack_locks_after_fork() -> None:
+    for owner in _PACK_LOCK_OWNERS:
+        owner._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_pack_locks_after_fork)
 
 
 class Int8Weight(_PackedCache):

@@ -4,8 +4,8 @@
 //
 // Packed layout: panels of kDensePanel = 16 output columns; panel p holds, for k = 0..K-1, the 16
 // values W[16p + i][k] (zero past N), so a panel streams once per call while x stays in L1.
-// Results are float32 sums in k order (with FMA where the tier has it): within the oracle's
-// tolerance 1e-5 * (|x| @ |W|.T) of the exact product.
+// Results are float32 sums in k order (with FMA where the tier has it): within the worst-case
+// bound of float32 sums, gamma(K + 2) * (|x| @ |W|.T) of the exact product (reference/rounding.py).
 #pragma once
 
 #include <cstddef>

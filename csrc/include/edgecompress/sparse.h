@@ -5,7 +5,7 @@
 //   indices [nnzb] (uint16 when K <= 65536, else int32): each block's k;
 //   values [nnzb][r] (float32): W[b * r + i][k] for i = 0..r-1.
 // Results are float32 sums (in block order, or interleaved as below), so they differ from the dense
-// product by rounding only; the oracle's tolerance is 1e-5 * (|x| @ |W|.T).
+// product by rounding only: within gamma(K + 2) * (|x| @ |W|.T) (reference/rounding.py).
 //
 // Kernels with `interleaved` also get, for CSR (r = 1) SpMV, the nonzeros in the interleaved layout
 // of driver.h (build_interleaved): rows in groups of 16, one per vector lane, and K in slices of 32

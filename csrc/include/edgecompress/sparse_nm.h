@@ -27,7 +27,8 @@
 // chunks * span columns, so the kernels have no tails and never read past the caller's x.
 //
 // Results are float32 sums (FMA where the tier has it, in an order that differs between tiers):
-// within the oracle's tolerance 1e-5 * (|x| @ |W|.T) of the exact product.
+// within the worst-case bound of float32 sums, gamma(K + 2) * (|x| @ |W|.T) of the exact product
+// (reference/rounding.py).
 #pragma once
 
 #include <cstddef>

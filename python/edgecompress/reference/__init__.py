@@ -10,7 +10,9 @@ from .gemm_q4 import float_tolerance as int4_float_tolerance
 from .gemm_q4 import linear_int4
 from .lowrank import linear_lowrank
 from .lowrank import tolerance as lowrank_tolerance
+from .rounding import gamma as float32_sum_gamma
 from .sparse import linear_sparse
+from .sparse import tolerance as sparse_tolerance
 from .gemm_s8 import (
     gelu,
     linear_int8,
@@ -27,6 +29,8 @@ __all__ = [
     "linear_int4",
     "linear_lowrank",
     "linear_sparse",
+    "sparse_tolerance",
+    "float32_sum_gamma",
     "lowrank_tolerance",
     "gelu",
     "linear_int8",

@@ -18,8 +18,9 @@ all in float32, in this order, so every tier returns these bits. Rows whose scal
 overflow float32 (max sx * max|scale| >= 2^64) take the same sum in float64, rounded once.
 
 float: y = x @ w.T in float32 with w the dequantized weight (as `dequantize`: (q - zp) * scale, exact,
-or float32(table[q] * scale)); no activation quantization. Tolerance against float64 arithmetic:
-1e-5 * (|x| @ |w|.T) + 1e-30.
+or float32(table[q] * scale)); no activation quantization. Tolerance against float64 arithmetic
+(``float_tolerance``): gamma(K + 2) * (|x| @ |w|.T) + 1e-30, the worst case of float32 sums of K
+products (rounding.py), about (K + 2) * 6e-8.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .gemm_s8 import gelu, quantize_rows_symmetric
+from .rounding import gamma
 
 _F32 = np.float32
 ROW_F64_LIMIT = 2.0**64  # max sx * max|scale| at or above this: the row is scaled in float64
@@ -145,5 +147,5 @@ def linear_int4(
 
 
 def float_tolerance(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Allowed |error| of the float mode for each output: 1e-5 * (|x| @ |w|.T) + 1e-30."""
-    return 1e-5 * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T) + 1e-30
+    """Allowed |error| of the float mode for each output: gamma(K + 2) * (|x| @ |w|.T) + 1e-30."""
+    return gamma(w.shape[1] + 2) * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T) + 1e-30

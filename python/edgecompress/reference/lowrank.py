@@ -1,8 +1,9 @@
 """Oracle of LowRankWeight: W = U @ V with u (N, r) and v (r, K).
 
-Float32 factors: y = (x @ v.T) @ u.T (+ bias), then the activation, in float64. The kernels round
-the r-long intermediate to float32 and sum in float32, so the tolerance per output is
-``2e-5 * ((|x| @ |v|.T) @ |u|.T + |bias|)`` (``tolerance``).
+Float32 factors: y = (x @ v.T) @ u.T (+ bias), then the activation, in float64. The kernels sum
+x @ v.T in float32 (K terms), round it to float32, then sum r terms and the bias in float32, so
+the tolerance per output (``tolerance``) is gamma(K + r + 4) * ((|x| @ |v|.T) @ |u|.T + |bias|)
+(rounding.py: the two sums' roundings in a row plus this oracle's own), about (K + r + 4) * 6e-8.
 Int8 factors: two int8 layers in a row, each bit-exact (``linear_int8`` on v, then on u).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .gemm_s8 import gelu
+from .rounding import gamma
 
 
 def linear_lowrank(x: np.ndarray, u: np.ndarray, v: np.ndarray, bias: np.ndarray | None = None,
@@ -33,4 +35,4 @@ def tolerance(x: np.ndarray, u: np.ndarray, v: np.ndarray, bias: np.ndarray | No
     mag = (np.abs(x.astype(np.float64)) @ np.abs(v.astype(np.float64)).T) @ np.abs(u.astype(np.float64)).T
     if bias is not None:
         mag = mag + np.abs(bias.astype(np.float64))[None, :]
-    return 2e-5 * mag + 1e-30
+    return gamma(v.shape[1] + u.shape[1] + 4) * mag + 1e-30

@@ -1,7 +1,9 @@
-"""Oracle of the sparse float32 family (SparseWeight): the dense product of the stored weight.
+"""Oracle of the sparse float32 family (SparseWeight, N:M included): the dense product of the stored weight.
 
-The kernels sum in block order in float32; the tolerance against this float64 product is
-1e-5 * (|x| @ |w|.T) + 1e-30 per output (the same as the 4-bit float mode).
+The kernels sum in float32 in an order of their own (block order, SIMD lanes, spills); the
+tolerance against this float64 product (``tolerance``) is gamma(K + 2) * (|x| @ |w|.T + |bias|)
+per output (rounding.py: K products and additions, the bias, this oracle's own rounding to
+float32), about (K + 2) * 6e-8: 1e-5 at K = 166, 6e-5 at K = 1024, 6e-2 at K = 2^20.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .gemm_s8 import gelu
+from .rounding import gamma
 
 
 def linear_sparse(x: np.ndarray, w_dense: np.ndarray, bias: np.ndarray | None = None,
@@ -23,3 +26,11 @@ def linear_sparse(x: np.ndarray, w_dense: np.ndarray, bias: np.ndarray | None = 
     elif activation == "gelu":
         y = gelu(y)
     return y
+
+
+def tolerance(x: np.ndarray, w_dense: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """The allowed |kernel - oracle| per output before the activation (module docstring)."""
+    mag = np.abs(x.astype(np.float64)) @ np.abs(w_dense.astype(np.float64)).T
+    if bias is not None:
+        mag = mag + np.abs(bias.astype(np.float64))[None, :]
+    return gamma(w_dense.shape[1] + 2) * mag + 1e-30
