@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import os
 import pathlib
 import sys
@@ -28,6 +29,7 @@ from torch import nn
 import edgecompress as ec
 from edgecompress.bench import _command_line, cpu_slug, write_report
 from edgecompress.compress.recipes import parse_recipe
+from edgecompress.timing import interleaved_rounds
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_models import build  # noqa: E402
@@ -74,19 +76,22 @@ def main() -> int:
     for name, batch in (("bert", 1), ("resnet18", 1)):
         model, make_input = build(name, args.quick)
         x = make_input(batch)
-        times: dict[str, list[float]] = {r: [] for r in RECIPES}
+        fresh: dict[str, nn.Module] = {}  # each timed call compresses an untouched copy, made untimed
         results = {}
-        for _ in range(rounds):
-            for recipe in RECIPES:
-                m = copy.deepcopy(model)
-                t0 = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # (the report below shows the error it would warn about)
-                    report = ec.compress(m, recipe, example_inputs=x, progress=False)
-                times[recipe].append(time.perf_counter() - t0)
-                with tempfile.TemporaryDirectory() as tmp:
-                    ec.save(m, os.path.join(tmp, "m.safetensors"), report=report)
-                results[recipe] = report
+
+        def fresh_copy(recipe: str) -> None:
+            fresh[recipe] = copy.deepcopy(model)
+
+        def run(recipe: str) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (the report below shows the error it would warn about)
+                results[recipe] = ec.compress(fresh[recipe], recipe, example_inputs=x, progress=False)
+
+        times = interleaved_rounds({r: functools.partial(run, r) for r in RECIPES}, rounds, warmup=0,
+                                   before=fresh_copy)
+        for recipe in RECIPES:  # saving fills the report's file size
+            with tempfile.TemporaryDirectory() as tmp:
+                ec.save(fresh[recipe], os.path.join(tmp, "m.safetensors"), report=results[recipe])
         weights = {r: _weights_seconds(model, r) for r in RECIPES}
         base = min(times["int8"])
         lines += [f"## {name} ({'quick' if args.quick else 'full size'}), input {tuple(x.shape)}", "",

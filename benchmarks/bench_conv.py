@@ -20,7 +20,6 @@ import datetime
 import pathlib
 import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import torch
@@ -31,6 +30,7 @@ import edgecompress as ec
 from edgecompress import _core
 from edgecompress import nn as enn
 from edgecompress.bench import _command_line, blas_threads, cpu_slug, write_report
+from edgecompress.timing import interleaved_rounds
 
 # name, in, out, kernel, stride, padding, input side
 SHAPES = [
@@ -78,14 +78,8 @@ def held_weight(m: enn.CompressedModule) -> torch.Tensor:
 
 
 def _blocks_median(cands: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(rounds):
-        for k, fn in cands.items():
-            for call in range(3):
-                t0 = time.perf_counter()
-                fn()
-                if call:
-                    times[k].append(time.perf_counter() - t0)
+    # Each turn: one untimed call (the previous candidate's memory left behind), then two timed ones.
+    times = interleaved_rounds(cands, rounds, warmup=0, samples=2, before=lambda k: cands[k]())
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -22,7 +22,6 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from typing import Any, Callable
 
@@ -32,6 +31,7 @@ from torch import nn
 import edgecompress as ec
 from edgecompress import _core
 from edgecompress.bench import _command_line, blas_threads, cpu_slug, write_report
+from edgecompress.timing import interleaved_rounds
 
 RECIPES = ["int8", "int8-static", "int4-g32", "nf4", "sparse-50", "2:4", "lowrank-0.5", "sparse-75+int8"]
 FP32 = "torch fp32"
@@ -130,16 +130,9 @@ def _onnx(model: nn.Module, x: torch.Tensor, threads: int, tmp: str) -> dict[str
 
 
 def _median_rounds(cands: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    for fn in cands.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(rounds):
-        for k, fn in cands.items():
-            time.sleep(0.02)  # let other thread pools go idle
-            fn()  # once untimed: the previous candidate's memory (freed buffers, caches) is not this one's
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    # Each turn: a pause (other thread pools go idle), once untimed (the previous candidate's memory --
+    # freed buffers, caches -- is not this one's), then the timed call.
+    times = interleaved_rounds(cands, rounds, pause=0.02, before=lambda k: cands[k]())
     return {k: statistics.median(v) for k, v in times.items()}
 
 

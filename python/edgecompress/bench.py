@@ -24,7 +24,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from typing import Any, Callable
 
@@ -34,6 +33,7 @@ from . import _core
 from .ops import linear
 from .reference import linear_int8, quantize_weight_int8
 from .runtime import LADDER, get_num_threads, set_num_threads, use_isa
+from .timing import interleaved_rounds, time_call
 from .weights import Int8Weight
 
 SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024)]
@@ -68,31 +68,10 @@ def write_report(lines: list[str], output: str | None) -> None:
             f.write(report + "\n")
 
 
-def _time_batch(fn: Callable[[], Any], min_seconds: float) -> float:
-    """Seconds per call, from a batch of calls lasting at least min_seconds."""
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt >= min_seconds:
-            return dt / n
-        n = max(n * 2, int(n * min_seconds / max(dt, 1e-9)) + 1)
-
-
 def _measure(cands: dict[str, Callable[[], Any]], rounds: int, min_seconds: float,
              reduce: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
-    for fn in cands.values():  # warm-up: packing, caches, thread pools
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(rounds):
-        for k, fn in cands.items():
-            # Thread pools spin for a while after their last job (ours, OpenMP's, onnxruntime's);
-            # let them go idle so no candidate is timed against another's spinning workers.
-            time.sleep(0.02)
-            times[k].append(_time_batch(fn, min_seconds))
+    # Two warm-up calls (packing, caches, thread pools); the pause lets spinning thread pools go idle.
+    times = interleaved_rounds(cands, rounds, warmup=2, min_seconds=min_seconds, pause=0.02)
     return {k: reduce(v) for k, v in times.items()}
 
 
@@ -246,7 +225,7 @@ def _call_overhead() -> float:
     x = rng.standard_normal((1, 64)).astype(np.float32)
     set_num_threads(1)
     linear(x, w)
-    return min(_time_batch(lambda: linear(x, w), 0.02) for _ in range(7))
+    return min(time_call(lambda: linear(x, w), min_seconds=0.02) for _ in range(7))
 
 
 def _targets(summary: list[dict[str, Any]], peaks: dict[str, float]) -> list[str]:

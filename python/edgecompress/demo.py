@@ -20,6 +20,8 @@ import time
 import warnings
 from typing import Any, Callable
 
+from .timing import interleaved_rounds
+
 DEFAULT_RECIPES = ("int8", "int8-static", "int4-g32", "nf4", "sparse-50", "sparse-75+int8", "2:4", "lowrank-0.5")
 
 
@@ -70,17 +72,8 @@ def _latencies(models: dict[str, Any], x: Any, rounds: int) -> dict[str, float]:
     import torch
 
     calls: dict[str, Callable[[], Any]] = {name: (lambda m=m: m(x)) for name, m in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
-        for fn in calls.values():
-            fn()
-        for _ in range(rounds):
-            for name, fn in calls.items():
-                reps = 5
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    fn()
-                times[name].append((time.perf_counter() - t0) / reps)
+        times = interleaved_rounds(calls, rounds, number=5)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

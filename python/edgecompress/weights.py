@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import reprlib
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -17,6 +16,7 @@ from .runtime import sparse_f32_kernel, sparse_nm_f32_kernel, sparse_s8_kernel
 from .reference import quantize_weight_int8
 from .reference.gemm_q4 import dequantize as _dequantize_q4
 from .reference.gemm_q4 import pack_nibbles, unpack_nibbles
+from .timing import interleaved_rounds
 
 __all__ = ["Int4Weight", "Int8Weight", "LowRankWeight", "SparseWeight"]
 
@@ -511,26 +511,8 @@ _AUTO_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 def _best_of(runs: dict[str, Any], rounds: int = 7, close: float = 0.1) -> dict[str, float]:
     """Fastest call of each candidate over interleaved rounds after a warm-up (a short pack-time
-    measurement): taking turns keeps a slow spell of a shared machine from landing on one candidate.
-    Candidates within ``close`` of the fastest then take twice as many more rounds among themselves,
-    so that a near tie is decided on more than a few calls."""
-    for fn in runs.values():
-        fn()
-    best = {name: float("inf") for name in runs}
-
-    def take_turns(names: list[str], n: int) -> None:
-        for _ in range(n):
-            for name in names:
-                t0 = time.perf_counter()
-                runs[name]()
-                best[name] = min(best[name], time.perf_counter() - t0)
-
-    take_turns(list(runs), rounds)
-    fastest = min(best.values())
-    near = [name for name, t in best.items() if t <= fastest * (1 + close)]
-    if len(near) > 1:
-        take_turns(near, 2 * rounds)
-    return best
+    measurement); candidates within ``close`` of the fastest take more rounds among themselves."""
+    return {name: min(t) for name, t in interleaved_rounds(runs, rounds, close=close).items()}
 
 
 def _nm_geometry(k: int, fmt: str) -> tuple[int, int, int, int]:

@@ -29,7 +29,6 @@ import copy
 import fnmatch
 import math
 import sys
-import time
 import warnings
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -40,6 +39,7 @@ from torch import nn
 
 from ..nn import (CompressedModule, Int4Conv2d, Int4Linear, Int8Conv2d, Int8Linear, LowRankConv2d, LowRankLinear,
                   SparseConv2d, SparseLinear)
+from ..timing import interleaved_rounds
 from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 from .lowrank import choose_rank, svd_factors, worth_factorizing
 from .prune._common import as_input_tuple, calibration_batches, check_module, eval_mode, set_submodule
@@ -495,14 +495,6 @@ def _measure(float_module: nn.Module, new: nn.Module, x: torch.Tensor,
     norm = float(y_float.double().norm())
     diff = float((y.double() - y_float.double()).norm())
     error = diff / norm if norm > 0 else (0.0 if diff == 0 else 1.0)
-    times: dict[int, list[float]] = {0: [], 1: []}
-    spent = 0.0
-    for i in range(MAX_REPEATS):
-        for side, m in enumerate((float_module, new)):
-            t0 = time.perf_counter()
-            m(x)
-            times[side].append(time.perf_counter() - t0)
-        spent += times[0][-1] + times[1][-1]
-        if i + 1 >= MIN_REPEATS and spent > 2 * TIME_BUDGET_S:
-            break
-    return error, min(times[0]), min(times[1])
+    times = interleaved_rounds({"float": lambda: float_module(x), "compressed": lambda: new(x)}, MAX_REPEATS,
+                               warmup=0, budget=2 * TIME_BUDGET_S, min_rounds=MIN_REPEATS)
+    return error, min(times["float"]), min(times["compressed"])
