@@ -11,8 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "edgecompress/gemm_s8.h"
+#include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
 

@@ -30,8 +30,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "edgecompress/gemm_s8.h"  // Activation
+#include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
 
