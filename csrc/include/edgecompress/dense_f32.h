@@ -45,7 +45,4 @@ struct DenseKernel {
   void (*run)(const DenseTask& task);
 };
 
-int dense_f32_kernels(const DenseKernel* const** kernels);
-const DenseKernel* dense_f32_select(Isa cap);
-
 }  // namespace edgecompress

@@ -76,7 +76,4 @@ struct GemmQ4Kernel {
   void (*run)(const Q4Tile& tile);
 };
 
-int gemm_q4_kernels(const GemmQ4Kernel* const** kernels);
-const GemmQ4Kernel* gemm_q4_select(Isa cap);
-
 }  // namespace edgecompress

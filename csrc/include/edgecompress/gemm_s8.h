@@ -65,11 +65,4 @@ struct GemmS8Kernel {
   void (*run)(const GemmS8Tile& tile);
 };
 
-// Every gemm_s8 kernel built into this binary, lowest tier first.
-int gemm_s8_kernels(const GemmS8Kernel* const** kernels);
-
-// The kernel the registry picks for a tier cap: the highest tier at or below `cap` whose build runs
-// on this CPU. Never null (the scalar kernel runs everywhere).
-const GemmS8Kernel* gemm_s8_select(Isa cap);
-
 }  // namespace edgecompress

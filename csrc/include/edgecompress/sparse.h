@@ -67,7 +67,4 @@ struct SparseKernel {
   void (*run)(const SparseTask& task);
 };
 
-int sparse_f32_kernels(const SparseKernel* const** kernels);
-const SparseKernel* sparse_f32_select(Isa cap);
-
 }  // namespace edgecompress

@@ -76,7 +76,4 @@ struct SparseNmKernel {
   void (*run)(const SparseNmTask& task);
 };
 
-int sparse_nm_f32_kernels(const SparseNmKernel* const** kernels);
-const SparseNmKernel* sparse_nm_f32_select(Isa cap);
-
 }  // namespace edgecompress

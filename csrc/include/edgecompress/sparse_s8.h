@@ -93,7 +93,4 @@ struct SparseS8Kernel {
   bool (*pack_strip)(const float* x, ptrdiff_t ldx, int m, int k, uint8_t* strips, float* row_scale, uint8_t* scratch);
 };
 
-int sparse_s8_kernels(const SparseS8Kernel* const** kernels);
-const SparseS8Kernel* sparse_s8_select(Isa cap);
-
 }  // namespace edgecompress
