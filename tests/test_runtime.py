@@ -41,6 +41,21 @@ def test_cpu_info_reports_everything():
     json.dumps(info)  # plain data
 
 
+def test_families_come_from_the_native_registry():
+    # The registry's one table (registry.h) names the families; cpu_info reports each, in its order,
+    # and each has its two bindings.
+    families = _core.families()
+    assert families == ["gemm_s8", "gemm_q4", "sparse_f32", "sparse_s8", "sparse_nm_f32", "dense_f32"]
+    assert list(ec.cpu_info()["families"]) == families
+    with ec.use_isa("scalar"):
+        info = ec.cpu_info()["families"]
+    for fam in families:
+        first = getattr(_core, f"{fam}_kernels")()[0]
+        assert first["tier"] == "scalar" and first["name"].startswith(f"{fam}_"), first
+        assert getattr(_core, f"{fam}_select")("scalar") == first["name"] == info[fam]["kernel"]
+        assert info[fam]["tier"] == "scalar"
+
+
 def test_detected_features_match_tiers():
     feats = set(ec.cpu_info()["features"])
     ok = dict((t, _core.tier_support(t)[0]) for t in LADDER)

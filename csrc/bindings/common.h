@@ -12,6 +12,7 @@
 #include "edgecompress/cpu.h"
 #include "edgecompress/driver.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/registry.h"
 
 namespace edgecompress::bindings {
 
@@ -75,13 +76,21 @@ inline void raise_for(GemmStatus status) {
   if (status == GemmStatus::out_of_memory) throw std::bad_alloc();
 }
 
-// Defines `<family>_kernels()` (every kernel built in, lowest tier first, as dicts; `extra(dict,
-// kernel)` adds family-specific fields) and `<family>_select(cap)` (the registry's pick under a cap).
-template <class K, class Extra>
+// Fields a family's kernels add to their dicts in `<family>_kernels()` (besides name, tier and
+// runs_here): an overload per family that has any.
+template <class K>
+void kernel_fields(pybind11::dict&, const K&) {}
+inline void kernel_fields(pybind11::dict& d, const GemmS8Kernel& k) { d["mr"] = k.mr, d["nr"] = k.nr, d["kr"] = k.kr; }
+inline void kernel_fields(pybind11::dict& d, const GemmQ4Kernel& k) { d["mr"] = k.mr; }
+inline void kernel_fields(pybind11::dict& d, const SparseS8Kernel& k) { d["a_unsigned"] = k.a_unsigned; }
+
+// Defines `<family>_kernels()` (every kernel built in, lowest tier first, as dicts) and
+// `<family>_select(cap)` (the registry's pick under a cap) for one row of EC_KERNEL_FAMILIES.
+template <class K>
 void def_family(pybind11::module_& m, const std::string& family, int (*list)(const K* const**),
-                const K* (*select)(Isa), Extra extra) {
+                const K* (*select)(Isa)) {
   namespace py = pybind11;
-  m.def((family + "_kernels").c_str(), [list, extra] {
+  m.def((family + "_kernels").c_str(), [list] {
     const K* const* ks;
     const int n = list(&ks);
     py::list out;
@@ -89,7 +98,7 @@ void def_family(pybind11::module_& m, const std::string& family, int (*list)(con
       py::dict d;
       d["name"] = ks[i]->name;
       d["tier"] = isa_name(ks[i]->isa);
-      extra(d, *ks[i]);
+      kernel_fields(d, *ks[i]);
       d["runs_here"] = cpu_has(ks[i]->needs);
       out.append(d);
     }
@@ -100,12 +109,6 @@ void def_family(pybind11::module_& m, const std::string& family, int (*list)(con
     if (!isa_from_name(cap.c_str(), &isa)) throw std::invalid_argument("unknown tier '" + cap + "'");
     return std::string(select(isa)->name);
   }, ("Name of the " + family + " kernel the registry picks under a tier cap.").c_str());
-}
-
-template <class K>
-void def_family(pybind11::module_& m, const std::string& family, int (*list)(const K* const**),
-                const K* (*select)(Isa)) {
-  def_family(m, family, list, select, [](pybind11::dict&, const K&) {});
 }
 
 }  // namespace edgecompress::bindings

@@ -64,5 +64,4 @@ void register_dense(py::module_& m) {
         py::arg("out") = py::none());
   m.def("linear_lowrank_f32", &lowrank, py::arg("v"), py::arg("u"), py::arg("x"), py::arg("bias"),
         py::arg("activation"), py::arg("out") = py::none());
-  bindings::def_family(m, "dense_f32", dense_f32_kernels, dense_f32_select);
 }

@@ -109,6 +109,4 @@ void register_gemm_q4(py::module_& m) {
   m.def("int4_best_candidates", &best_candidates, py::arg("w"), py::arg("scale"), py::arg("lo"), py::arg("hi"),
         "For each group (row of w), the index of the candidate (scale, lo, hi) whose codes "
         "clip(round(w / scale), lo, hi) * scale have the least squared error (the first of equals).");
-  bindings::def_family(m, "gemm_q4", gemm_q4_kernels, gemm_q4_select,
-                       [](py::dict& d, const GemmQ4Kernel& k) { d["mr"] = k.mr; });
 }

@@ -4,10 +4,12 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "edgecompress/cpu.h"
-#include "edgecompress/gemm_s8.h"
+#include "edgecompress/registry.h"
 #include "edgecompress/threadpool.h"
+#include "common.h"
 
 namespace py = pybind11;
 using namespace edgecompress;
@@ -51,23 +53,14 @@ void register_runtime(py::module_& m) {
     const bool ok = isa_supported(tier_from_name(name), &why);
     return py::make_tuple(ok, ok ? py::none() : py::object(py::str(why)));
   }, "(supported, reason) for a tier on this CPU.");
-  m.def("gemm_s8_kernels", [] {
-    const GemmS8Kernel* const* ks;
-    const int n = gemm_s8_kernels(&ks);
-    py::list out;
-    for (int i = 0; i < n; ++i) {
-      py::dict d;
-      d["name"] = ks[i]->name;
-      d["tier"] = isa_name(ks[i]->isa);
-      d["mr"] = ks[i]->mr, d["nr"] = ks[i]->nr, d["kr"] = ks[i]->kr;
-      d["runs_here"] = cpu_has(ks[i]->needs);
-      out.append(d);
-    }
-    return out;
-  }, "Every gemm_s8 kernel built into this binary, lowest tier first.");
-  m.def("gemm_s8_select", [](const std::string& cap) {
-    return std::string(gemm_s8_select(tier_from_name(cap))->name);
-  }, "Name of the gemm_s8 kernel the registry picks under a tier cap.");
+  // Every family of the registry (registry.h): its two functions, and the list of their names.
+  std::vector<std::string> families;
+#define EC_DEF_FAMILY(family, Kernel)                                  \
+  bindings::def_family(m, #family, family##_kernels, family##_select); \
+  families.push_back(#family);
+  EC_KERNEL_FAMILIES(EC_DEF_FAMILY)
+#undef EC_DEF_FAMILY
+  m.def("families", [families] { return families; }, "Every kernel family of the registry, in its order.");
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw std::invalid_argument("n must be >= 1");

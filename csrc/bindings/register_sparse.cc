@@ -115,7 +115,6 @@ void register_sparse(py::module_& m) {
         py::arg("values"), py::arg("kernel"));
   m.def("linear_sparse_f32", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
-  bindings::def_family(m, "sparse_f32", sparse_f32_kernels, sparse_f32_select);
   py::class_<PackedSparseS8>(m, "PackedSparseS8", "A pruned int8 weight packed for sparse_s8 (opaque).")
       .def_property_readonly("kernel", [](const PackedSparseS8& w) { return std::string(w.kernel->name); })
       .def_property_readonly("nbytes", &PackedSparseS8::nbytes);
@@ -123,6 +122,4 @@ void register_sparse(py::module_& m) {
         py::arg("scale"), py::arg("kernel"));
   m.def("linear_sparse_s8", &linear_s8, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
-  bindings::def_family(m, "sparse_s8", sparse_s8_kernels, sparse_s8_select,
-                       [](py::dict& d, const SparseS8Kernel& k) { d["a_unsigned"] = k.a_unsigned; });
 }

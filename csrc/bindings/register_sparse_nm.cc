@@ -60,5 +60,4 @@ void register_sparse_nm(py::module_& m) {
         py::arg("meta"), py::arg("kernel"));
   m.def("linear_sparse_nm_f32", &linear, py::arg("w"), py::arg("x"), py::arg("bias"), py::arg("activation"),
         py::arg("out") = py::none());
-  bindings::def_family(m, "sparse_nm_f32", sparse_nm_f32_kernels, sparse_nm_f32_select);
 }

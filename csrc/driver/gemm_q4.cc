@@ -116,11 +116,7 @@ void q4_row_f64(const PackedQ4Weight& p, const int8_t* xq, const float* sx, cons
       const int col = panel * kQ4Panel + j;
       double v = acc[j];
       if (w.table_i8 != nullptr) v *= static_cast<double>(w.table_scale[w.per_channel ? col : 0]);
-      float f = static_cast<float>(v);
-      if (bias != nullptr) f = f + bias[col];
-      if (act == Activation::relu) f = f > 0.0f ? f : 0.0f;
-      if (act == Activation::gelu) f = gelu(f);
-      y[col] = f;
+      y[col] = bias_act(static_cast<float>(v), bias, col, act);
     }
   }
 }

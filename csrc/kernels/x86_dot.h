@@ -5,7 +5,7 @@
 // fresh register and copies it back (an extra vmovdqa per instruction, sometimes a spill), which
 // costs up to half the issue bandwidth. Inline asm with a read-write accumulator keeps the
 // accumulation in place.
-// Internal linkage: see gemm_s8/gemm_s8_common.h.
+// Internal linkage: see common/act_quant.h.
 #pragma once
 
 #include <immintrin.h>

@@ -1,13 +1,9 @@
-// THE dispatch table: every kernel built into this binary, per family, lowest tier first. Adding a
-// tier to a family is one new file and one row here; a tier without its own kernel for a family
-// inherits the tier below.
-#include "edgecompress/dense_f32.h"
-#include "edgecompress/gemm_q4.h"
-#include "edgecompress/gemm_s8.h"
+// THE dispatch table: every kernel built into this binary, per family (registry.h lists the
+// families), lowest tier first. Adding a tier to a family is one new file and one row here; a tier
+// without its own kernel for a family inherits the tier below.
+#include "edgecompress/registry.h"
+
 #include "edgecompress/peak.h"
-#include "edgecompress/sparse.h"
-#include "edgecompress/sparse_s8.h"
-#include "edgecompress/sparse_nm.h"
 
 namespace edgecompress {
 
@@ -37,7 +33,7 @@ extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
 
 namespace {
 
-const GemmS8Kernel* const kGemmS8[] = {
+const GemmS8Kernel* const gemm_s8_list[] = {
     &gemm_s8_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     // Two builds of the 256-bit VNNI tier: the VEX encoding (AVX-VNNI CPUs) is preferred; the EVEX
@@ -47,11 +43,10 @@ const GemmS8Kernel* const kGemmS8[] = {
     &gemm_s8_neon, &gemm_s8_dotprod, &gemm_s8_i8mm,
 #endif
 };
-constexpr int kGemmS8Count = sizeof(kGemmS8) / sizeof(kGemmS8[0]);
 
 // i8mm has no gemm_q4 kernel of its own: the dotprod one serves it (a GEMV-first family; smmla pays
 // only for GEMM tiles).
-const GemmQ4Kernel* const kGemmQ4[] = {
+const GemmQ4Kernel* const gemm_q4_list[] = {
     &gemm_q4_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     // The VBMI build of the avx512vnni tier is listed first: where it runs, it wins.
@@ -62,7 +57,7 @@ const GemmQ4Kernel* const kGemmQ4[] = {
 };
 
 // sparse_f32 has kernels for avx2, avx512vnni and neon; the tiers between inherit the one below.
-const SparseKernel* const kSparseF32[] = {
+const SparseKernel* const sparse_f32_list[] = {
     &sparse_f32_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     &sparse_f32_avx2, &sparse_f32_avx512vnni,
@@ -72,7 +67,7 @@ const SparseKernel* const kSparseF32[] = {
 };
 
 // dense_f32 (float32 weights, the factors of LowRankWeight): like sparse_f32, avx2, avx512vnni, neon.
-const DenseKernel* const kDenseF32[] = {
+const DenseKernel* const dense_f32_list[] = {
     &dense_f32_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     &dense_f32_avx2, &dense_f32_avx512vnni,
@@ -82,7 +77,7 @@ const DenseKernel* const kDenseF32[] = {
 };
 
 // sparse_s8 (pruned int8 weights, 1 x 4 blocks): vpdpbusd on avx512vnni; the portable kernel elsewhere.
-const SparseS8Kernel* const kSparseS8[] = {
+const SparseS8Kernel* const sparse_s8_list[] = {
     &sparse_s8_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     &sparse_s8_avx2, &sparse_s8_avx512vnni,
@@ -93,7 +88,7 @@ const SparseS8Kernel* const kSparseS8[] = {
 
 // sparse_nm_f32 (N:M sparse float32 weights): avx2, avx512vnni, neon; avxvnni, dotprod and i8mm
 // inherit the tier below (their instructions do not help a float product).
-const SparseNmKernel* const kSparseNmF32[] = {
+const SparseNmKernel* const sparse_nm_f32_list[] = {
     &sparse_nm_f32_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     &sparse_nm_f32_avx2, &sparse_nm_f32_avx512vnni,
@@ -129,51 +124,19 @@ const PeakProbe* const kPeaks[] = {
 
 }  // namespace
 
-int gemm_s8_kernels(const GemmS8Kernel* const** kernels) {
-  *kernels = kGemmS8;
-  return kGemmS8Count;
-}
-
 int peak_probes(const PeakProbe* const** probes) {
   *probes = kPeaks;
   return static_cast<int>(sizeof(kPeaks) / sizeof(kPeaks[0])) - 1;
 }
 
-const GemmS8Kernel* gemm_s8_select(Isa cap) { return select_kernel(kGemmS8, cap); }
-
-int gemm_q4_kernels(const GemmQ4Kernel* const** kernels) {
-  *kernels = kGemmQ4;
-  return static_cast<int>(sizeof(kGemmQ4) / sizeof(kGemmQ4[0]));
-}
-
-const GemmQ4Kernel* gemm_q4_select(Isa cap) { return select_kernel(kGemmQ4, cap); }
-
-int sparse_f32_kernels(const SparseKernel* const** kernels) {
-  *kernels = kSparseF32;
-  return static_cast<int>(sizeof(kSparseF32) / sizeof(kSparseF32[0]));
-}
-
-const SparseKernel* sparse_f32_select(Isa cap) { return select_kernel(kSparseF32, cap); }
-
-int dense_f32_kernels(const DenseKernel* const** kernels) {
-  *kernels = kDenseF32;
-  return static_cast<int>(sizeof(kDenseF32) / sizeof(kDenseF32[0]));
-}
-
-const DenseKernel* dense_f32_select(Isa cap) { return select_kernel(kDenseF32, cap); }
-
-int sparse_s8_kernels(const SparseS8Kernel* const** kernels) {
-  *kernels = kSparseS8;
-  return static_cast<int>(sizeof(kSparseS8) / sizeof(kSparseS8[0]));
-}
-
-const SparseS8Kernel* sparse_s8_select(Isa cap) { return select_kernel(kSparseS8, cap); }
-
-int sparse_nm_f32_kernels(const SparseNmKernel* const** kernels) {
-  *kernels = kSparseNmF32;
-  return static_cast<int>(sizeof(kSparseNmF32) / sizeof(kSparseNmF32[0]));
-}
-
-const SparseNmKernel* sparse_nm_f32_select(Isa cap) { return select_kernel(kSparseNmF32, cap); }
+// Each family's two functions (registry.h), from its list above.
+#define EC_DEFINE_FAMILY(family, Kernel)                                        \
+  int family##_kernels(const Kernel* const** kernels) {                         \
+    *kernels = family##_list;                                                   \
+    return static_cast<int>(sizeof(family##_list) / sizeof(family##_list[0])); \
+  }                                                                             \
+  const Kernel* family##_select(Isa cap) { return select_kernel(family##_list, cap); }
+EC_KERNEL_FAMILIES(EC_DEFINE_FAMILY)
+#undef EC_DEFINE_FAMILY
 
 }  // namespace edgecompress

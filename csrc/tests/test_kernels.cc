@@ -29,6 +29,7 @@
 #include "edgecompress/sparse_s8.h"
 #include "edgecompress/sparse_nm.h"
 #include "edgecompress/dense_f32.h"
+#include "edgecompress/registry.h"
 #include "edgecompress/threadpool.h"
 
 using namespace edgecompress;

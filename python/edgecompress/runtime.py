@@ -21,6 +21,9 @@ __all__ = ["cpu_info", "get_num_threads", "set_num_threads", "use_isa", "current
 
 LADDER: tuple[str, ...] = tuple(_core.ladder())
 FEATURES: tuple[str, ...] = tuple(_core.cpu_features())  # detected once, at import
+# Every kernel family, in the native registry's order (its one table, registry.h); each has
+# _core.<family>_kernels() and _core.<family>_select(cap).
+FAMILIES: tuple[str, ...] = tuple(_core.families())
 _VERBOSE = os.environ.get("EDGECOMPRESS_VERBOSE", "") not in ("", "0")
 
 
@@ -62,14 +65,16 @@ def current_tier() -> str:
     return caps[-1][1] if caps else _PROCESS_CAP
 
 
+def _family_function(family: str, what: str) -> Any:
+    """_core's ``<family>_kernels`` or ``<family>_select`` (``what``) for a family of FAMILIES."""
+    return getattr(_core, f"{family}_{what}")
+
+
 def _kernel(family: str) -> str:
     cap = current_tier()
     name = _kernel_by_cap.get((family, cap))
     if name is None:
-        select = {"gemm_s8": _core.gemm_s8_select, "gemm_q4": _core.gemm_q4_select,
-                  "sparse_f32": _core.sparse_f32_select, "sparse_nm_f32": _core.sparse_nm_f32_select,
-                  "dense_f32": _core.dense_f32_select, "sparse_s8": _core.sparse_s8_select}[family]
-        name = _kernel_by_cap[(family, cap)] = select(cap)
+        name = _kernel_by_cap[(family, cap)] = _family_function(family, "select")(cap)
         _log(f"{family} -> {name} (cap {cap})")
     return name
 
@@ -186,12 +191,9 @@ def cpu_info() -> dict[str, Any]:
         ok, reason = _core.tier_support(t)
         tiers[t] = {"built": t in built, "supported": ok, "reason": reason}
     families = {}
-    for fam, listing, select in (("gemm_s8", kernels, gemm_s8_kernel), ("gemm_q4", _core.gemm_q4_kernels(), gemm_q4_kernel),
-                                 ("sparse_f32", _core.sparse_f32_kernels(), sparse_f32_kernel),
-                                 ("sparse_s8", _core.sparse_s8_kernels(), sparse_s8_kernel),
-                                 ("sparse_nm_f32", _core.sparse_nm_f32_kernels(), sparse_nm_f32_kernel),
-                                 ("dense_f32", _core.dense_f32_kernels(), dense_f32_kernel)):
-        name = select()
+    for fam in FAMILIES:
+        name = _kernel(fam)
+        listing = _family_function(fam, "kernels")()
         families[fam] = {"kernel": name, "tier": next(k for k in listing if k["name"] == name)["tier"]}
     return {
         "arch": _core.arch(),
@@ -209,9 +211,5 @@ def cpu_info() -> dict[str, Any]:
 _threads_from_env()
 if _VERBOSE:
     _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(FEATURES)}")
-    gemm_s8_kernel()
-    gemm_q4_kernel()
-    sparse_f32_kernel()
-    sparse_s8_kernel()
-    sparse_nm_f32_kernel()
-    dense_f32_kernel()
+    for _family in FAMILIES:
+        _kernel(_family)

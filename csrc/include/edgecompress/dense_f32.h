@@ -11,8 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "edgecompress/gemm_s8.h"
+#include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
 
@@ -43,8 +44,5 @@ struct DenseKernel {
   uint32_t needs;
   void (*run)(const DenseTask& task);
 };
-
-int dense_f32_kernels(const DenseKernel* const** kernels);
-const DenseKernel* dense_f32_select(Isa cap);
 
 }  // namespace edgecompress

@@ -15,8 +15,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "edgecompress/gemm_s8.h"
+#include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
 
@@ -74,8 +75,5 @@ struct GemmQ4Kernel {
                   float* xf, float* sx, int32_t* sumq);
   void (*run)(const Q4Tile& tile);
 };
-
-int gemm_q4_kernels(const GemmQ4Kernel* const** kernels);
-const GemmQ4Kernel* gemm_q4_select(Isa cap);
 
 }  // namespace edgecompress

@@ -26,26 +26,9 @@
 
 #include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
-
-// How activations become integers, per call.
-enum class ActScheme : int {
-  dynamic_symmetric = 0,  // per row: s = max|x| / 127, q = round(x / s) in [-127, 127]
-  dynamic_asymmetric,     // per row: s = (max(x,0) - min(x,0)) / 255, zp, q = round(x / s) + zp in [0, 255]
-  static_symmetric,       // given s: q = clamp(round(x / s), -128, 127)
-  static_asymmetric,      // given s, zp: q = clamp(round(x / s) + zp, 0, 255)
-  raw_s8,                 // x is already int8 (qgemm)
-  raw_u8,                 // x is already uint8 (qgemm)
-};
-
-struct ActQuant {
-  ActScheme scheme = ActScheme::dynamic_symmetric;
-  float scale = 1.0f;      // static schemes
-  int32_t zero_point = 0;  // static_asymmetric
-};
-
-enum class Activation : int { none = 0, relu = 1, gelu = 2 };
 
 // One output tile for a micro-kernel, with its fused epilogue.
 struct GemmS8Tile {
@@ -81,13 +64,5 @@ struct GemmS8Kernel {
                  float* row_scale, int32_t* row_offset, uint8_t* scratch);
   void (*run)(const GemmS8Tile& tile);
 };
-
-// Every gemm_s8 kernel built into this binary, lowest tier first.
-int gemm_s8_kernels(const GemmS8Kernel* const** kernels);
-
-// The kernel the registry picks for a tier cap: the highest tier at or below `cap` whose build runs
-// on this CPU. Never null (the scalar kernel runs everywhere).
-const GemmS8Kernel* gemm_s8_select(Isa cap);
-
 
 }  // namespace edgecompress

@@ -18,8 +18,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "edgecompress/gemm_s8.h"
+#include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
 
@@ -65,8 +66,5 @@ struct SparseKernel {
   bool interleaved;  // wants the interleaved SpMV layout of CSR weights
   void (*run)(const SparseTask& task);
 };
-
-int sparse_f32_kernels(const SparseKernel* const** kernels);
-const SparseKernel* sparse_f32_select(Isa cap);
 
 }  // namespace edgecompress

@@ -34,8 +34,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "edgecompress/gemm_s8.h"
+#include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
 
@@ -74,8 +75,5 @@ struct SparseNmKernel {
   uint32_t needs;
   void (*run)(const SparseNmTask& task);
 };
-
-int sparse_nm_f32_kernels(const SparseNmKernel* const** kernels);
-const SparseNmKernel* sparse_nm_f32_select(Isa cap);
 
 }  // namespace edgecompress

@@ -30,8 +30,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "edgecompress/gemm_s8.h"  // Activation
+#include "edgecompress/cpu.h"
 #include "edgecompress/isa.h"
+#include "edgecompress/types.h"
 
 namespace edgecompress {
 
@@ -91,8 +92,5 @@ struct SparseS8Kernel {
   // Returns false if x has NaN or Inf.
   bool (*pack_strip)(const float* x, ptrdiff_t ldx, int m, int k, uint8_t* strips, float* row_scale, uint8_t* scratch);
 };
-
-int sparse_s8_kernels(const SparseS8Kernel* const** kernels);
-const SparseS8Kernel* sparse_s8_select(Isa cap);
 
 }  // namespace edgecompress

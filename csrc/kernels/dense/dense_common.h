@@ -7,7 +7,8 @@
 
 #include <cstring>
 
-#include "../gemm_s8/gemm_s8_common.h"  // unroll<>, gelu
+#include "../common/epilogue.h"
+#include "../common/unroll.h"
 #include "edgecompress/dense_f32.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // vectors wider than a tier's registers: internal linkage
@@ -30,13 +31,6 @@ constexpr int kDfVecs = kDensePanel / kDfLanes;
 constexpr int df_group(int m) {
   const int pw = 8 / (kDfVecs * m);
   return pw < 1 ? 1 : (pw > 4 ? 4 : pw);
-}
-
-inline float df_finish(float v, const float* bias, int col, Activation act) {
-  if (bias != nullptr) v = v + bias[col];
-  if (act == Activation::relu) v = v > 0.0f ? v : 0.0f;
-  if (act == Activation::gelu) v = gelu(v);
-  return v;
 }
 
 template <int M, int PW>
@@ -65,7 +59,7 @@ void df_group_run(const DenseTask& t, int p) {
       const int c0 = (p + j) * kDensePanel;
       const int cols = w.n - c0 < kDensePanel ? w.n - c0 : kDensePanel;
       float* __restrict yr = t.y + m * t.ldy + c0;
-      for (int i = 0; i < cols; ++i) yr[i] = df_finish(sums[j * kDensePanel + i], t.bias, c0 + i, t.act);
+      for (int i = 0; i < cols; ++i) yr[i] = bias_act(sums[j * kDensePanel + i], t.bias, c0 + i, t.act);
     }
   }
 }

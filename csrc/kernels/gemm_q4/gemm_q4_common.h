@@ -2,7 +2,7 @@
 // kernels, and on every tier the float mode and per-channel codebooks), and the epilogue.
 //
 // Plain C++ compiled by each tier's translation unit with that tier's flags; internal linkage, no
-// standard-library templates (see gemm_s8/gemm_s8_common.h for why). Float operations are written in
+// standard-library templates (see common/act_quant.h for why). Float operations are written in
 // the oracle's order (python/edgecompress/reference/gemm_q4.py) and the project builds with
 // -ffp-contract=off, so the int8 mode returns the oracle's bits on every tier.
 #pragma once
@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <cstring>
 
-#include "../gemm_s8/gemm_s8_common.h"
+#include "../common/act_quant.h"
+#include "../common/epilogue.h"
+#include "../common/unroll.h"
 #include "edgecompress/gemm_q4.h"
 
 namespace edgecompress {
@@ -114,14 +116,7 @@ inline void q4_store(const Q4Tile& t, const float* __restrict acc) {
   for (int r = 0; r < t.rows; ++r) {
     float v[kQ4Panel];
     for (int j = 0; j < n; ++j) v[j] = scaled ? acc[r * kQ4Panel + j] * a[j] : acc[r * kQ4Panel + j];
-    if (bias != nullptr) {
-      for (int j = 0; j < n; ++j) v[j] = v[j] + bias[j];
-    }
-    if (t.act == Activation::relu) {
-      for (int j = 0; j < n; ++j) v[j] = v[j] > 0.0f ? v[j] : 0.0f;
-    } else if (t.act == Activation::gelu) {
-      for (int j = 0; j < n; ++j) v[j] = gelu(v[j]);
-    }
+    bias_act_row(v, n, bias, t.act);
     float* y = t.y + r * t.ldy;
     for (int j = 0; j < n; ++j) y[j] = v[j];
   }

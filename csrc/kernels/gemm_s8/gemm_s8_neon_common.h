@@ -1,5 +1,5 @@
 // What the neon and dotprod kernels share: their 8-column tiles keep, per row and accumulator set,
-// two int32x4 accumulators (columns 0-3 and 4-7). Internal linkage: see gemm_s8_common.h.
+// two int32x4 accumulators (columns 0-3 and 4-7). Internal linkage: see common/act_quant.h.
 #pragma once
 
 #include <arm_neon.h>

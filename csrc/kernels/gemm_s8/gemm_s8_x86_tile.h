@@ -3,7 +3,7 @@
 // 4 bytes of packed activations (one int32: 4 u8 for VNNI, 2 int16 for AVX2) and multiply-adds.
 // The tiers differ only in Ops: the vector type, how a weight vector is loaded (AVX2 sign-extends
 // int8 to int16) and the multiply-accumulate instruction (x86_dot.h). Internal linkage: see
-// gemm_s8_common.h.
+// common/act_quant.h.
 #pragma once
 
 #include <cassert>

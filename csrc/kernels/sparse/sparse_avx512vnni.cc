@@ -65,7 +65,7 @@ void spmv_interleaved(const SparseTask& t) {
       if (t.act == Activation::gelu) {  // the scalar epilogue (gelu is not vectorized)
         alignas(64) float v[16];
         _mm512_store_ps(v, sum);
-        for (int i = 0; i < rows; ++i) y[i] = sp_finish(v[i], t.bias, row0 + i, t.act);
+        for (int i = 0; i < rows; ++i) y[i] = bias_act(v[i], t.bias, row0 + i, t.act);
         return;
       }
       if (t.bias != nullptr) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, t.bias + row0));

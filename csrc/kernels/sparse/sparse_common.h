@@ -1,5 +1,5 @@
 // The sparse_f32 kernels, written once with GCC/Clang vector extensions and compiled by each tier's
-// translation unit with that tier's flags, with internal linkage (see gemm_s8/gemm_s8_common.h).
+// translation unit with that tier's flags, with internal linkage (see common/act_quant.h).
 // Unlike the integer families these files are built with -ffp-contract=fast (CMakeLists.txt): a
 // multiply-add is one FMA where the tier has it, so tiers differ in rounding, within the oracle's
 // tolerance (sparse.h).
@@ -17,7 +17,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "../gemm_s8/gemm_s8_common.h"  // unroll<>
+#include "../common/epilogue.h"
+#include "../common/unroll.h"
 #include "edgecompress/sparse.h"
 
 
@@ -45,13 +46,6 @@ inline V sp_load(const float* p) {
   return v;
 }
 
-inline float sp_finish(float v, const float* bias, int col, Activation act) {
-  if (bias != nullptr) v = v + bias[col];
-  if (act == Activation::relu) v = v > 0.0f ? v : 0.0f;
-  if (act == Activation::gelu) v = gelu(v);
-  return v;
-}
-
 // Sum of 16 partial sums in a fixed tree (overwrites a).
 inline float sp_hsum(float* a) {
   for (int w = 8; w >= 1; w /= 2)
@@ -73,7 +67,7 @@ void sp_csr_spmv(const SparseTask& t, const Idx* __restrict idx) {
       for (; j + 16 <= j1; j += 16)
         for (int l = 0; l < 16; ++l) a[l] = a[l] + vals[j + l] * x[idx[j + l]];
       for (int l = 0; j < j1; ++j, ++l) a[l] = a[l] + vals[j] * x[idx[j]];
-      t.y[static_cast<ptrdiff_t>(m) * w.n + row] = sp_finish(sp_hsum(a), t.bias, row, t.act);
+      t.y[static_cast<ptrdiff_t>(m) * w.n + row] = bias_act(sp_hsum(a), t.bias, row, t.act);
     }
   }
 }
@@ -95,7 +89,7 @@ void sp_bsr_spmv(const SparseTask& t, const Idx* __restrict idx) {
       if (j < j1) acc0 = acc0 + sp_load<V>(vals + j * R) * x[idx[j]];
       const V acc = acc0 + acc1;
       for (int i = 0; i < R && b * R + i < w.n; ++i) {
-        t.y[static_cast<ptrdiff_t>(m) * w.n + b * R + i] = sp_finish(acc[i], t.bias, b * R + i, t.act);
+        t.y[static_cast<ptrdiff_t>(m) * w.n + b * R + i] = bias_act(acc[i], t.bias, b * R + i, t.act);
       }
     }
   }
@@ -128,7 +122,7 @@ void sp_spmm(const SparseTask& t, const Idx* __restrict idx) {
       const int cols = w.n - b * R < R ? w.n - b * R : R;
       for (int l = 0; l < rows; ++l) {
         float* __restrict yr = t.y + static_cast<ptrdiff_t>(m0 + l) * w.n + b * R;
-        for (int i = 0; i < cols; ++i) yr[i] = sp_finish(out[i][l], t.bias, b * R + i, t.act);
+        for (int i = 0; i < cols; ++i) yr[i] = bias_act(out[i][l], t.bias, b * R + i, t.act);
       }
     }
   }

@@ -1,4 +1,4 @@
-// Code the sparse_nm_f32 tiers share (internal linkage, see gemm_s8/gemm_s8_common.h): the epilogue
+// Code the sparse_nm_f32 tiers share (internal linkage, see common/act_quant.h): the epilogue
 // and the loop over panels and chunks of the vector tiers, built with -ffp-contract=fast like the
 // other float families (sparse_common.h).
 //
@@ -17,7 +17,8 @@
 
 #include <cstdint>
 
-#include "../gemm_s8/gemm_s8_common.h"  // unroll<>, with_rows<>, gelu
+#include "../common/epilogue.h"
+#include "../common/unroll.h"
 #include "edgecompress/sparse_nm.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -30,20 +31,13 @@ namespace {
 // A byte value (a lane's group offset or a mask) repeated in the 4 bytes of a dword.
 constexpr int nm_bytes4(int v) { return static_cast<int>(0x01010101u * static_cast<uint32_t>(v)); }
 
-inline float nm_finish(float v, const float* bias, int col, Activation act) {
-  if (bias != nullptr) v = v + bias[col];
-  if (act == Activation::relu) v = v > 0.0f ? v : 0.0f;
-  if (act == Activation::gelu) v = gelu(v);
-  return v;
-}
-
 // Stores sums[i][j] (row i0 + i of x, i < m, row kNmPanel * p + j of W) with the epilogue, rows of
 // W < n.
 inline void nm_store(const SparseNmTask& t, int p, int i0, int m, const float (*sums)[kNmPanel]) {
   const int r0 = p * kNmPanel;
   const int rows = t.w->n - r0 < kNmPanel ? t.w->n - r0 : kNmPanel;
   for (int i = 0; i < m; ++i)
-    for (int j = 0; j < rows; ++j) t.y[(i0 + i) * t.ldy + r0 + j] = nm_finish(sums[i][j], t.bias, r0 + j, t.act);
+    for (int j = 0; j < rows; ++j) t.y[(i0 + i) * t.ldy + r0 + j] = bias_act(sums[i][j], t.bias, r0 + j, t.act);
 }
 
 // With two or more rows of x, the permutes per chunk keep the core busy long enough that the

@@ -1,11 +1,13 @@
 // The portable sparse_s8 kernel (signed int8 activations), compiled by each tier's translation unit
 // with that tier's flags so the compiler vectorizes what it can. Internal linkage (see
-// gemm_s8_common.h). Tiers with dot-product instructions have their own files.
+// common/act_quant.h). Tiers with dot-product instructions have their own files.
 #pragma once
 
 #include <cstdint>
 
-#include "../gemm_s8/gemm_s8_common.h"  // gelu
+#include "../common/act_quant.h"
+#include "../common/epilogue.h"
+#include "../common/unroll.h"
 #include "edgecompress/sparse_s8.h"
 
 namespace edgecompress {
@@ -69,18 +71,11 @@ bool s8_pack_strip(const float* x, ptrdiff_t ldx, int m, int k, uint8_t* strips,
   return true;
 }
 
-inline bool s8_row_is_normal(float rs, const SparseS8Finish& f) {
-  return rs * f.scale_min >= 1.17549435e-38f && rs * f.scale_max <= 3.40282347e38f;
-}
+inline bool s8_row_is_normal(float rs, const SparseS8Finish& f) { return scales_normal(rs, f.scale_min, f.scale_max); }
 
 // One output value, exactly as gemm_s8's finish_tile.
 inline float s8_finish_one(int32_t v, float rs, bool normal, int c, const SparseS8Finish& f) {
-  float y = normal ? static_cast<float>(v) * (rs * f.scale[c])
-                   : static_cast<float>(static_cast<double>(v) * static_cast<double>(rs) * static_cast<double>(f.scale[c]));
-  if (f.bias != nullptr) y = y + f.bias[c];
-  if (f.act == Activation::relu) y = y > 0.0f ? y : 0.0f;
-  if (f.act == Activation::gelu) y = gelu(y);
-  return y;
+  return bias_act(normal ? dequantize_normal(v, rs, f.scale[c]) : dequantize_wide(v, rs, f.scale[c]), f.bias, c, f.act);
 }
 
 // 16 columns at a time: each output line is written once, whole, while the 16 source rows stay in L1
