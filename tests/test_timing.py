@@ -83,9 +83,8 @@ def test_budget_stops_only_at_the_end_of_a_round(monkeypatch):
     assert {k: len(t) for k, t in times.items()} == {"a": 2, "b": 2, "c": 2}
 
 
-def test_close_candidates_take_twice_the_rounds_among_themselves(monkeypatch):
-    # a fake clock per candidate: "slow" takes 2 s a call, "a" and "b" 1 s
-    cost = {"a": 1.0, "b": 1.0, "slow": 2.0}
+def costed(monkeypatch, cost):
+    """Candidates that advance a fake clock by cost[name] seconds a call, and the list of their calls."""
     now = [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
     calls = []
@@ -96,24 +95,20 @@ def test_close_candidates_take_twice_the_rounds_among_themselves(monkeypatch):
             now[0] += cost[name]
         return call
 
-    times = interleaved_rounds({n: candidate(n) for n in cost}, 2, warmup=1, close=0.1)
+    return {n: candidate(n) for n in cost}, calls
+
+
+def test_close_candidates_take_twice_the_rounds_among_themselves(monkeypatch):
+    # "slow" takes 2 s a call, "a" and "b" 1 s
+    candidates, calls = costed(monkeypatch, {"a": 1.0, "b": 1.0, "slow": 2.0})
+    times = interleaved_rounds(candidates, 2, warmup=1, close=0.1)
     assert calls == ["a", "b", "slow"] + ["a", "b", "slow"] * 2 + ["a", "b"] * 4
     assert times == {"a": [1.0] * 6, "b": [1.0] * 6, "slow": [2.0] * 2}
 
 
 def test_close_with_one_clear_winner_adds_no_rounds(monkeypatch):
-    cost = {"fast": 1.0, "slow": 2.0}
-    now = [0.0]
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
-    calls = []
-
-    def candidate(name):
-        def call():
-            calls.append(name)
-            now[0] += cost[name]
-        return call
-
-    times = interleaved_rounds({n: candidate(n) for n in cost}, 3, warmup=0, close=0.1)
+    candidates, calls = costed(monkeypatch, {"fast": 1.0, "slow": 2.0})
+    times = interleaved_rounds(candidates, 3, warmup=0, close=0.1)
     assert calls == ["fast", "slow"] * 3
     assert {k: len(t) for k, t in times.items()} == {"fast": 3, "slow": 3}
 

@@ -153,7 +153,8 @@ class CompressReport:
         lines = [f"recipe `{self.recipe}`, speed guard {'on' if self.guard else 'off'}", "",
                  "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
-        lines += [""] + [f"- {line}" for line in self.summary_lines()] if self.summary_lines() else []
+        summary = self.summary_lines()
+        lines += [""] + [f"- {line}" for line in summary] if summary else []
         return "\n".join(lines) + "\n"
 
 
