@@ -10,6 +10,7 @@ void register_sparse(py::module_& m);
 void register_dense(py::module_& m);
 void register_sparse_nm(py::module_& m);
 void register_peak(py::module_& m);
+void register_engine(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "edgecompress native core (private: use the edgecompress package)";
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
   register_dense(m);
   register_sparse_nm(m);
   register_peak(m);
+  register_engine(m);
 }

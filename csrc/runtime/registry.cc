@@ -13,12 +13,14 @@ extern const SparseKernel sparse_f32_scalar;
 extern const DenseKernel dense_f32_scalar;
 extern const SparseS8Kernel sparse_s8_scalar;
 extern const SparseNmKernel sparse_nm_f32_scalar;
+extern const EngineKernel engine_f32_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
 extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512vnni;
 extern const DenseKernel dense_f32_avx2, dense_f32_avx512vnni;
 extern const SparseS8Kernel sparse_s8_avx2, sparse_s8_avx512vnni;
 extern const SparseNmKernel sparse_nm_f32_avx2, sparse_nm_f32_avx512vnni;
+extern const EngineKernel engine_f32_avx2, engine_f32_avx512vnni;
 extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
@@ -28,6 +30,7 @@ extern const SparseKernel sparse_f32_neon;
 extern const DenseKernel dense_f32_neon;
 extern const SparseS8Kernel sparse_s8_neon;
 extern const SparseNmKernel sparse_nm_f32_neon;
+extern const EngineKernel engine_f32_neon;
 extern const PeakProbe peak_fmla_q, peak_smlal_q, peak_sdot_q, peak_smmla_q;
 #endif
 
@@ -94,6 +97,16 @@ const SparseNmKernel* const sparse_nm_f32_list[] = {
     &sparse_nm_f32_avx2, &sparse_nm_f32_avx512vnni,
 #elif defined(__aarch64__)
     &sparse_nm_f32_neon,
+#endif
+};
+
+// engine_f32 (the engine's float ops between products): avx2, avx512vnni, neon, like dense_f32.
+const EngineKernel* const engine_f32_list[] = {
+    &engine_f32_scalar,
+#if defined(__x86_64__) || defined(_M_X64)
+    &engine_f32_avx2, &engine_f32_avx512vnni,
+#elif defined(__aarch64__)
+    &engine_f32_neon,
 #endif
 };
 

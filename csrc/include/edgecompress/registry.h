@@ -13,6 +13,7 @@
 #pragma once
 
 #include "edgecompress/dense_f32.h"
+#include "edgecompress/engine_ops.h"
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
 #include "edgecompress/isa.h"
@@ -26,7 +27,8 @@
   X(sparse_f32, SparseKernel)      \
   X(sparse_s8, SparseS8Kernel)     \
   X(sparse_nm_f32, SparseNmKernel) \
-  X(dense_f32, DenseKernel)
+  X(dense_f32, DenseKernel)        \
+  X(engine_f32, EngineKernel)
 
 namespace edgecompress {
 

@@ -12,11 +12,13 @@
 #include <cstdint>
 
 #include "edgecompress/types.h"
+#include "vmath.h"
 
 namespace edgecompress {
 namespace {
 
-inline float gelu(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
+// GELU (erf form) without a libm call, so the epilogue loops vectorize (vmath.h).
+inline float gelu(float v) { return gelu_approx(v); }
 
 // Whether rs times every column scale in [cs_min, cs_max] is a normal float32 (dequantize_normal
 // applies), or some product needs dequantize_wide.

@@ -1,0 +1,140 @@
+// The engine's native plan (engine.h) as _core.EnginePlan. edgecompress.engine plans a program for
+// one set of input shapes and hands over plain tuples; these checks guard only the boundary (operand
+// spaces and indices, the kinds of weights, the byte sizes of the caller's arrays on each run).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edgecompress/engine.h"
+#include "edgecompress/threadpool.h"
+#include "common.h"
+
+namespace py = pybind11;
+using namespace edgecompress;
+using bindings::require;
+
+namespace {
+
+struct PyPlan {
+  std::unique_ptr<engine::Plan> plan;
+  std::vector<int64_t> input_bytes, output_bytes;
+  py::list keepalive;  // the constant arrays and packed weights the nodes point into
+};
+
+engine::Ref to_ref(const py::handle& h, size_t n_in, size_t n_out, size_t n_const) {
+  const auto t = h.cast<std::tuple<int, int, int64_t>>();
+  engine::Ref r;
+  const int space = std::get<0>(t);
+  require(space >= 0 && space <= static_cast<int>(engine::Space::constant), "operand: unknown space");
+  r.space = static_cast<engine::Space>(space);
+  r.index = std::get<1>(t);
+  r.offset = std::get<2>(t);
+  const size_t limit = r.space == engine::Space::input ? n_in : r.space == engine::Space::output ? n_out
+                       : r.space == engine::Space::constant ? n_const : 1;
+  require(r.index >= 0 && static_cast<size_t>(r.index) < limit && r.offset >= 0, "operand: index out of range");
+  return r;
+}
+
+void set_weight(engine::Node& nd, const py::object& w) {
+  if (py::isinstance<PackedS8Weight>(w)) nd.wkind = engine::WeightKind::s8, nd.weight = w.cast<PackedS8Weight*>();
+  else if (py::isinstance<PackedQ4Weight>(w)) nd.wkind = engine::WeightKind::q4, nd.weight = w.cast<PackedQ4Weight*>();
+  else if (py::isinstance<PackedSparseF32>(w)) nd.wkind = engine::WeightKind::sparse_f32, nd.weight = w.cast<PackedSparseF32*>();
+  else if (py::isinstance<PackedSparseS8>(w)) nd.wkind = engine::WeightKind::sparse_s8, nd.weight = w.cast<PackedSparseS8*>();
+  else if (py::isinstance<PackedSparseNmF32>(w)) nd.wkind = engine::WeightKind::sparse_nm_f32, nd.weight = w.cast<PackedSparseNmF32*>();
+  else if (py::isinstance<PackedDenseF32>(w)) nd.wkind = engine::WeightKind::dense_f32, nd.weight = w.cast<PackedDenseF32*>();
+  else throw py::type_error("linear node: expected a packed weight");
+}
+
+std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, const py::list& constants,
+                                  const std::vector<int64_t>& input_bytes, const std::vector<int64_t>& output_bytes,
+                                  const std::string& kernel) {
+  require(arena_bytes >= 0, "arena_bytes: expected >= 0");
+  auto p = std::make_unique<PyPlan>();
+  p->input_bytes = input_bytes;
+  p->output_bytes = output_bytes;
+  std::vector<const void*> cptr;
+  for (const auto& c : constants) {
+    const auto a = py::reinterpret_borrow<py::array>(c);
+    require(py::isinstance<py::array>(c) && bindings::contiguous(a), "constants: expected C-contiguous arrays");
+    cptr.push_back(a.data());
+    p->keepalive.append(c);
+  }
+  std::vector<engine::Node> out;
+  for (const auto& item : nodes) {
+    const auto t = item.cast<py::tuple>();
+    require(t.size() == 9, "node: expected 9 fields");
+    engine::Node nd;
+    const int op = t[0].cast<int>();
+    require(op >= 0 && op < static_cast<int>(engine::Op::count), "node: unknown op");
+    nd.op = static_cast<engine::Op>(op);
+    const auto ins = t[1].cast<py::list>(), outs = t[2].cast<py::list>();
+    require(ins.size() <= 4 && outs.size() <= 2, "node: too many operands");
+    for (size_t i = 0; i < ins.size(); ++i) nd.in[i] = to_ref(ins[i], input_bytes.size(), output_bytes.size(), cptr.size());
+    for (size_t i = 0; i < outs.size(); ++i) nd.out[i] = to_ref(outs[i], input_bytes.size(), output_bytes.size(), cptr.size());
+    const auto ints = t[3].cast<std::vector<int64_t>>();
+    const auto floats = t[4].cast<std::vector<float>>();
+    require(ints.size() <= 10 && floats.size() <= 2, "node: too many attributes");
+    for (size_t i = 0; i < ints.size(); ++i) nd.i[i] = ints[i];
+    for (size_t i = 0; i < floats.size(); ++i) nd.f[i] = floats[i];
+    if (nd.op == engine::Op::linear) {
+      set_weight(nd, t[5]);
+      p->keepalive.append(t[5]);
+      const int scheme = t[6].cast<int>();
+      require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "node: act scheme out of range");
+      nd.aq.scheme = static_cast<ActScheme>(scheme);
+      nd.aq.scale = t[7].cast<py::tuple>()[0].cast<float>();
+      nd.aq.zero_point = t[7].cast<py::tuple>()[1].cast<int>();
+      nd.q4 = t[8].cast<int>() == 0 ? Q4Compute::int8 : Q4Compute::float32;
+      require(nd.i[2] >= 0 && nd.i[2] <= static_cast<int>(Activation::gelu), "node: activation out of range");
+    }
+    out.push_back(nd);
+  }
+  const EngineKernel& k = bindings::kernel_by_name(engine_f32_kernels, kernel);
+  p->plan = std::make_unique<engine::Plan>(std::move(out), arena_bytes, std::move(cptr), k);
+  return p;
+}
+
+std::vector<const void*> check_arrays(const py::list& arrays, const std::vector<int64_t>& bytes, const char* what,
+                                      bool writeable) {
+  require(arrays.size() == bytes.size(), std::string(what) + ": wrong count");
+  std::vector<const void*> ptrs;
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    require(py::isinstance<py::array>(arrays[i]), std::string(what) + ": expected numpy arrays");
+    const auto a = py::reinterpret_borrow<py::array>(arrays[i]);
+    require(bindings::contiguous(a) && a.nbytes() == bytes[i] && (!writeable || a.writeable()),
+            std::string(what) + " " + std::to_string(i) + ": expected a C-contiguous array of " + std::to_string(bytes[i]) +
+                " bytes");
+    ptrs.push_back(a.data());
+  }
+  return ptrs;
+}
+
+py::tuple run(PyPlan& p, const py::list& inputs, const py::list& outputs, bool profile) {
+  const auto in = check_arrays(inputs, p.input_bytes, "inputs", false);
+  const auto outc = check_arrays(outputs, p.output_bytes, "outputs", true);
+  std::vector<void*> out;
+  for (const void* o : outc) out.push_back(const_cast<void*>(o));
+  std::vector<double> seconds(profile ? p.plan->nodes().size() : 0);
+  engine::RunResult r;
+  {
+    py::gil_scoped_release release;
+    r = p.plan->run(in.data(), out.data(), get_num_threads(), profile ? seconds.data() : nullptr);
+  }
+  if (r.status == engine::RunStatus::out_of_memory) throw std::bad_alloc();
+  return py::make_tuple(static_cast<int>(r.status), r.node, profile ? py::cast(seconds) : py::none());
+}
+
+}  // namespace
+
+void register_engine(py::module_& m) {
+  py::class_<PyPlan>(m, "EnginePlan", "An engine program planned for one set of input shapes (opaque).")
+      .def(py::init(&make_plan), py::arg("nodes"), py::arg("arena_bytes"), py::arg("constants"), py::arg("input_bytes"),
+           py::arg("output_bytes"), py::arg("kernel"))
+      .def_property_readonly("arena_bytes", [](const PyPlan& p) { return p.plan->arena_bytes(); })
+      .def("run", &run, py::arg("inputs"), py::arg("outputs"), py::arg("profile") = false,
+           "Runs every node; returns (status, failed node, per-node seconds or None).");
+}

@@ -1,0 +1,297 @@
+// The engine's native executor (engine.h): one node after another, each spread over the thread pool.
+#include "edgecompress/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include "edgecompress/threadpool.h"
+
+namespace edgecompress {
+namespace engine {
+
+namespace {
+
+// HF-style additive mask: masked scores get the lowest float, so a row whose keys are all masked
+// becomes uniform (as in torch) instead of NaN.
+constexpr float kMasked = -3.40282347e38f;
+// Queries per attention task: enough tasks for every thread even at batch 1.
+constexpr int kQueryChunk = 32;
+// Values per element-wise task.
+constexpr int64_t kChunk = 16384;
+
+struct Ctx {
+  uint8_t* arena;
+  const void* const* inputs;
+  void* const* outputs;
+  const std::vector<const void*>* constants;
+  const EngineKernel* k;
+  int threads;
+};
+
+template <class T>
+T* at(const Ctx& c, const Ref& r) {
+  uint8_t* base = nullptr;
+  switch (r.space) {
+    case Space::none: return nullptr;
+    case Space::arena: base = c.arena; break;
+    case Space::input: base = static_cast<uint8_t*>(const_cast<void*>(c.inputs[r.index])); break;
+    case Space::output: base = static_cast<uint8_t*>(c.outputs[r.index]); break;
+    case Space::constant: base = static_cast<uint8_t*>(const_cast<void*>((*c.constants)[r.index])); break;
+  }
+  return reinterpret_cast<T*>(base + r.offset);
+}
+
+RunStatus from_gemm(GemmStatus s) {
+  if (s == GemmStatus::nonfinite_input) return RunStatus::nonfinite_input;
+  if (s == GemmStatus::out_of_memory) return RunStatus::out_of_memory;
+  return RunStatus::ok;
+}
+
+RunStatus run_linear(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  const float* bias = at<const float>(c, nd.in[1]);
+  float* y = at<float>(c, nd.out[0]);
+  const int m = static_cast<int>(nd.i[0]);
+  const ptrdiff_t ldx = nd.i[1];
+  const Activation act = static_cast<Activation>(nd.i[2]);
+  switch (nd.wkind) {
+    case WeightKind::s8:
+      return from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(nd.weight), x, ldx, m, nd.aq, bias, act, y, nullptr,
+                               c.threads));
+    case WeightKind::q4:
+      return from_gemm(gemm_q4(*static_cast<const PackedQ4Weight*>(nd.weight), x, ldx, m, nd.q4, bias, act, y, c.threads));
+    case WeightKind::sparse_f32:
+      return from_gemm(sparse_f32(*static_cast<const PackedSparseF32*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+    case WeightKind::sparse_s8:
+      return from_gemm(sparse_s8(*static_cast<const PackedSparseS8*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+    case WeightKind::sparse_nm_f32:
+      return from_gemm(
+          sparse_nm_f32(*static_cast<const PackedSparseNmF32*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+    case WeightKind::dense_f32:
+      return from_gemm(dense_f32(*static_cast<const PackedDenseF32*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+    case WeightKind::none: break;
+  }
+  return RunStatus::ok;
+}
+
+void run_norm(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  const float* r = at<const float>(c, nd.in[1]);
+  const float* gamma = at<const float>(c, nd.in[2]);
+  const float* beta = at<const float>(c, nd.in[3]);
+  float* y = at<float>(c, nd.out[0]);
+  float* sum = at<float>(c, nd.out[1]);
+  const int64_t rows = nd.i[0];
+  const int n = static_cast<int>(nd.i[1]);
+  const bool rms = nd.i[2] != 0;
+  const float eps = nd.f[0];
+  const int64_t per = std::max<int64_t>(1, kChunk / n);
+  const int tasks = static_cast<int>((rows + per - 1) / per);
+  auto body = [&](int t) {
+    const int64_t r1 = std::min(rows, (t + 1) * per);
+    for (int64_t i = t * per; i < r1; ++i) {
+      c.k->norm_row(x + i * n, r ? r + i * n : nullptr, gamma, beta, eps, rms, n, y + i * n, sum ? sum + i * n : nullptr);
+    }
+  };
+  parallel_for(tasks, c.threads, body);
+}
+
+// Per-thread scratch of the attention tasks: K of one head transposed, and one chunk of scores.
+thread_local AlignedArray<float> t_kt, t_scores;
+
+RunStatus run_attention(const Node& nd, const Ctx& c) {
+  const float* q = at<const float>(c, nd.in[0]);
+  const float* k = at<const float>(c, nd.in[1]);
+  const float* v = at<const float>(c, nd.in[2]);
+  const int64_t* mask = at<const int64_t>(c, nd.in[3]);
+  float* y = at<float>(c, nd.out[0]);
+  const int batch = static_cast<int>(nd.i[0]), sq = static_cast<int>(nd.i[1]), heads = static_cast<int>(nd.i[2]);
+  const int kv_heads = static_cast<int>(nd.i[3]), d = static_cast<int>(nd.i[4]);
+  const ptrdiff_t ldq = nd.i[5], ldk = nd.i[8], ldv = nd.i[9];
+  const bool causal = nd.i[6] != 0;
+  const int sk = static_cast<int>(nd.i[7]);
+  const float scale = nd.f[0];
+  const ptrdiff_t ldy = static_cast<ptrdiff_t>(heads) * d;
+  const int chunks = (sq + kQueryChunk - 1) / kQueryChunk;
+  const int group = heads / kv_heads;
+  bool oom = false;
+  auto body = [&](int t) {
+    const int b = t / (heads * chunks), h = (t / chunks) % heads, q0 = (t % chunks) * kQueryChunk;
+    const int nq = std::min(kQueryChunk, sq - q0);
+    const int g = h / group;
+    float* kt;
+    float* sc;
+    try {
+      kt = ensure_size(t_kt, static_cast<size_t>(d) * sk);
+      sc = ensure_size(t_scores, static_cast<size_t>(nq) * sk);
+    } catch (const std::bad_alloc&) {
+      oom = true;
+      return;
+    }
+    const float* kb = k + static_cast<ptrdiff_t>(b) * sk * ldk + static_cast<ptrdiff_t>(g) * d;
+    for (int j = 0; j < sk; ++j) {
+      for (int e = 0; e < d; ++e) kt[static_cast<ptrdiff_t>(e) * sk + j] = kb[j * ldk + e];
+    }
+    const float* qb = q + (static_cast<ptrdiff_t>(b) * sq + q0) * ldq + static_cast<ptrdiff_t>(h) * d;
+    c.k->gemm_nn(nq, sk, d, scale, qb, ldq, kt, sk, sc, sk);
+    for (int i = 0; i < nq; ++i) {
+      float* row = sc + static_cast<ptrdiff_t>(i) * sk;
+      if (mask != nullptr) {
+        const int64_t* mb = mask + static_cast<ptrdiff_t>(b) * sk;
+        for (int j = 0; j < sk; ++j) row[j] = mb[j] != 0 ? row[j] : row[j] + kMasked;
+      }
+      if (causal) {  // query q0 + i sits at key position (sk - sq) + q0 + i
+        for (int j = sk - sq + q0 + i + 1; j < sk; ++j) row[j] += kMasked;
+      }
+      c.k->softmax_row(row, sk);
+    }
+    const float* vb = v + static_cast<ptrdiff_t>(b) * sk * ldv + static_cast<ptrdiff_t>(g) * d;
+    float* yb = y + (static_cast<ptrdiff_t>(b) * sq + q0) * ldy + static_cast<ptrdiff_t>(h) * d;
+    c.k->gemm_nn(nq, d, sk, 1.0f, sc, sk, vb, ldv, yb, ldy);
+  };
+  parallel_for(batch * heads * chunks, c.threads, body);
+  return oom ? RunStatus::out_of_memory : RunStatus::ok;
+}
+
+void run_elementwise(const Node& nd, const Ctx& c) {
+  const float* a = at<const float>(c, nd.in[0]);
+  const float* b = at<const float>(c, nd.in[1]);
+  float* y = at<float>(c, nd.out[0]);
+  const int64_t n = nd.i[0];
+  const int64_t nb = nd.op == Op::gelu ? n : nd.i[1];
+  // tasks start at multiples of nb, so b lines up with each task's first value
+  const int64_t per = nb >= n ? kChunk : std::max<int64_t>(1, kChunk / nb) * nb;
+  const int tasks = static_cast<int>((n + per - 1) / per);
+  auto body = [&](int t) {
+    const int64_t s = t * per, len = std::min(n, s + per) - s;
+    if (nd.op == Op::gelu) {
+      c.k->gelu(a + s, y + s, len);
+    } else if (nb >= n) {
+      c.k->binary(nd.op == Op::add ? 0 : 1, a + s, b + s, len, y + s, len);
+    } else {
+      c.k->binary(nd.op == Op::add ? 0 : 1, a + s, b, nb, y + s, len);
+    }
+  };
+  parallel_for(tasks, c.threads, body);
+}
+
+void run_softmax(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  float* y = at<float>(c, nd.out[0]);
+  const int64_t rows = nd.i[0];
+  const int n = static_cast<int>(nd.i[1]);
+  const int64_t per = std::max<int64_t>(1, kChunk / n);
+  auto body = [&](int t) {
+    const int64_t r1 = std::min(rows, (t + 1) * per);
+    for (int64_t i = t * per; i < r1; ++i) {
+      if (y != x) std::memcpy(y + i * n, x + i * n, sizeof(float) * n);
+      c.k->softmax_row(y + i * n, n);
+    }
+  };
+  parallel_for(static_cast<int>((rows + per - 1) / per), c.threads, body);
+}
+
+RunStatus run_embedding(const Node& nd, const Ctx& c) {
+  const int64_t* ids = at<const int64_t>(c, nd.in[0]);
+  const int64_t count = nd.i[0], width = nd.i[1], vocab = nd.i[2];
+  for (int64_t t = 0; t < count; ++t) {
+    if (ids[t] < 0 || ids[t] >= vocab) return RunStatus::index_out_of_range;
+  }
+  float* y = at<float>(c, nd.out[0]);
+  if (nd.i[3] == 0) {
+    const float* table = at<const float>(c, nd.in[1]);
+    for (int64_t t = 0; t < count; ++t) std::memcpy(y + t * width, table + ids[t] * width, sizeof(float) * width);
+  } else {
+    const int8_t* table = at<const int8_t>(c, nd.in[1]);
+    const float* scale = at<const float>(c, nd.in[2]);
+    for (int64_t t = 0; t < count; ++t) {
+      const int8_t* row = table + ids[t] * width;
+      const float s = scale[ids[t]];
+      float* yt = y + t * width;
+      for (int64_t e = 0; e < width; ++e) yt[e] = static_cast<float>(row[e]) * s;
+    }
+  }
+  return RunStatus::ok;
+}
+
+void run_position_ids(const Node& nd, const Ctx& c) {
+  const int64_t* ids = at<const int64_t>(c, nd.in[0]);
+  int64_t* y = at<int64_t>(c, nd.out[0]);
+  const int64_t rows = nd.i[0], cols = nd.i[1], mode = nd.i[2], base = nd.i[3];
+  for (int64_t b = 0; b < rows; ++b) {
+    int64_t seen = 0;
+    for (int64_t s = 0; s < cols; ++s) {
+      const int64_t i = b * cols + s;
+      if (mode == 0) {
+        y[i] = base + s;
+      } else {
+        seen += ids[i] != base;
+        y[i] = ids[i] != base ? base + seen : base;
+      }
+    }
+  }
+}
+
+void run_mean_pool(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  const int64_t* mask = at<const int64_t>(c, nd.in[1]);
+  float* y = at<float>(c, nd.out[0]);
+  const int64_t batch = nd.i[0], seq = nd.i[1], width = nd.i[2];
+  for (int64_t b = 0; b < batch; ++b) {
+    float* yb = y + b * width;
+    std::fill(yb, yb + width, 0.0f);
+    int64_t kept = 0;
+    for (int64_t s = 0; s < seq; ++s) {
+      if (mask != nullptr && mask[b * seq + s] == 0) continue;
+      ++kept;
+      const float* xs = x + (b * seq + s) * width;
+      for (int64_t e = 0; e < width; ++e) yb[e] += xs[e];
+    }
+    // like sentence-transformers: the count is clamped away from 0 (an all-padding row gives zeros)
+    const float inv = 1.0f / std::max(static_cast<float>(kept), 1e-9f);
+    for (int64_t e = 0; e < width; ++e) yb[e] *= inv;
+  }
+}
+
+RunStatus run_node(const Node& nd, const Ctx& c) {
+  switch (nd.op) {
+    case Op::linear: return run_linear(nd, c);
+    case Op::norm: run_norm(nd, c); return RunStatus::ok;
+    case Op::attention: return run_attention(nd, c);
+    case Op::gelu:
+    case Op::add:
+    case Op::mul: run_elementwise(nd, c); return RunStatus::ok;
+    case Op::softmax: run_softmax(nd, c); return RunStatus::ok;
+    case Op::embedding: return run_embedding(nd, c);
+    case Op::position_ids: run_position_ids(nd, c); return RunStatus::ok;
+    case Op::mean_pool: run_mean_pool(nd, c); return RunStatus::ok;
+    case Op::count: break;
+  }
+  return RunStatus::ok;
+}
+
+}  // namespace
+
+Plan::Plan(std::vector<Node> nodes, int64_t arena_bytes, std::vector<const void*> constants, const EngineKernel& kernel)
+    : nodes_(std::move(nodes)), arena_bytes_(arena_bytes), constants_(std::move(constants)), kernel_(&kernel),
+      arena_(static_cast<size_t>(arena_bytes)) {}
+
+RunResult Plan::run(const void* const* inputs, void* const* outputs, int max_threads, double* node_seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Ctx c{arena_.data(), inputs, outputs, &constants_, kernel_, max_threads};
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const RunStatus s = run_node(nodes_[i], c);
+    if (node_seconds != nullptr) {
+      node_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    if (s != RunStatus::ok) return {s, static_cast<int>(i)};
+  }
+  return {};
+}
+
+}  // namespace engine
+}  // namespace edgecompress

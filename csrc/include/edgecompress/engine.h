@@ -1,0 +1,89 @@
+// The native executor of an engine program (python/edgecompress/engine): a plan is the program
+// planned for one set of input shapes — every node with its sizes fixed and every operand placed
+// (the arena of reused buffers, a caller's input or output, or a constant array) — and a run executes
+// the nodes in order, each on the thread pool, without returning to Python.
+//
+// The Python planner checks every size, offset and array before it builds a plan; a run checks only
+// what depends on the input values (token ids against the table size) and NaN/Inf, and reports them
+// by status and node.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "edgecompress/driver.h"
+#include "edgecompress/engine_ops.h"
+#include "edgecompress/types.h"
+
+namespace edgecompress {
+namespace engine {
+
+enum class Op : int {
+  linear = 0,    // in: x (i0 rows, row stride i1 floats), bias?; out: y (i0, n) contiguous. i2: Activation
+  norm,          // in: x, residual?, gamma, beta?; out: y, sum?. i0 rows, i1 n, i2 rms; f0 eps
+  attention,     // in: q, k, v (row strides i5, i8, i9 floats), mask? (int64 (i0, i7)); out: y
+                 // (i0 * i1, i2 * i4). i0 batch, i1 queries, i2 heads, i3 kv heads, i4 head size,
+                 // i6 causal, i7 keys per sequence; f0 scale
+  gelu,          // in: x; out: y. i0 values
+  add,           // in: a, b; out: y. i0 values, i1 length of b (b repeats every i1 values)
+  mul,           // as add
+  softmax,       // in: x; out: y. i0 rows, i1 n
+  embedding,     // in: ids (int64, i0), table (i2 rows of i1), scale? (int8 table: one per row); out: y.
+                 // i3: 0 float32 table, 1 int8 table
+  position_ids,  // in: ids (int64 (i0, i1)); out: int64 (i0, i1). i2 mode: 0 -> i3 + s;
+                 // 1 -> for ids != i3 (the padding id): i3 + their running count in the row, else i3
+  mean_pool,     // in: x (i0, i1, i2), mask? (int64 (i0, i1)); out: y (i0, i2)
+  count
+};
+
+// Where an operand lives. offset: bytes from the start of the arena / the array.
+enum class Space : int { none = 0, arena, input, output, constant };
+struct Ref {
+  Space space = Space::none;
+  int index = 0;
+  int64_t offset = 0;
+};
+
+enum class WeightKind : int { none = 0, s8, q4, sparse_f32, sparse_s8, sparse_nm_f32, dense_f32 };
+
+struct Node {
+  Op op = Op::count;
+  Ref in[4];
+  Ref out[2];
+  int64_t i[10] = {};
+  float f[2] = {};
+  WeightKind wkind = WeightKind::none;  // linear: the packed weight's type
+  const void* weight = nullptr;         // linear: the Packed* weight
+  ActQuant aq;                          // linear on an int8 weight
+  Q4Compute q4 = Q4Compute::int8;       // linear on a 4-bit weight
+};
+
+enum class RunStatus : int { ok = 0, nonfinite_input, index_out_of_range, out_of_memory };
+struct RunResult {
+  RunStatus status = RunStatus::ok;
+  int node = -1;  // the node that failed
+};
+
+class Plan {
+ public:
+  // constants: the addresses of the constant arrays (kept alive by the caller).
+  Plan(std::vector<Node> nodes, int64_t arena_bytes, std::vector<const void*> constants, const EngineKernel& kernel);
+  // Runs every node. node_seconds (optional, one per node) receives each node's wall time. Calls of
+  // one plan from several threads run one at a time (they share the arena).
+  RunResult run(const void* const* inputs, void* const* outputs, int max_threads, double* node_seconds);
+  const std::vector<Node>& nodes() const { return nodes_; }
+  int64_t arena_bytes() const { return arena_bytes_; }
+
+ private:
+  std::vector<Node> nodes_;
+  int64_t arena_bytes_;
+  std::vector<const void*> constants_;
+  const EngineKernel* kernel_;
+  AlignedArray<uint8_t> arena_;
+  std::mutex mu_;
+};
+
+}  // namespace engine
+}  // namespace edgecompress

@@ -1,0 +1,38 @@
+// The engine_f32 kernel family: the float32 operations of an engine program between its products
+// (normalization, softmax, GELU, element-wise ops and the small products inside attention). One
+// source (kernels/engine/engine_impl.h) written for a vector of W floats, built per tier with that
+// tier's flags: scalar W = 1, avx2 W = 8, avx512 W = 16, neon W = 4.
+//
+// Results: float32 arithmetic with multiply-adds fused where the tier has them, so tiers agree
+// within float32 rounding (the numpy oracles in reference/engine.py have tolerances), not bit for bit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "edgecompress/cpu.h"
+#include "edgecompress/isa.h"
+
+namespace edgecompress {
+
+struct EngineKernel {
+  const char* name;
+  Isa isa;
+  uint32_t needs;
+  // y = norm(x + r) * gamma + beta over one row of n: LayerNorm (mean and variance), or RMSNorm
+  // (rms == true: no mean, no beta). r, beta may be null; sum, when given, receives x + r.
+  // y may alias x or r.
+  void (*norm_row)(const float* x, const float* r, const float* gamma, const float* beta, float eps, bool rms, int n,
+                   float* y, float* sum);
+  // x = softmax(x) over one row of n, in place (max subtracted first).
+  void (*softmax_row)(float* x, int n);
+  // y = gelu(x) (erf form), n values; y may alias x.
+  void (*gelu)(const float* x, float* y, int64_t n);
+  // y[i] = a[i] + b[i % nb] (op 0) or a[i] * b[i % nb] (op 1), n values; y may alias a.
+  void (*binary)(int op, const float* a, const float* b, int64_t nb, float* y, int64_t n);
+  // c (m, n) = alpha * a (m, k) @ b (k, n): row strides lda, ldb, ldc; c is overwritten.
+  void (*gemm_nn)(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb,
+                  float* c, ptrdiff_t ldc);
+};
+
+}  // namespace edgecompress

@@ -1,0 +1,152 @@
+// The engine_f32 kernels (engine_ops.h), written once for a vector of EC_ENGINE_WIDTH floats (GCC /
+// Clang vector extensions: the same source becomes SSE2, AVX2, AVX-512 or NEON code under each
+// tier's flags). Element-wise loops are left to the compiler's vectorizer; reductions and the
+// product keep explicit vector accumulators (a float reduction does not vectorize without
+// reassociation, which we allow only here, where the oracle has a tolerance).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "edgecompress/engine_ops.h"
+#include "../common/vmath.h"
+
+#ifndef EC_ENGINE_WIDTH
+#error "define EC_ENGINE_WIDTH (floats per vector) before including engine_impl.h"
+#endif
+
+namespace edgecompress {
+namespace {
+
+constexpr int W = EC_ENGINE_WIDTH;
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef float vfu __attribute__((vector_size(W * 4), aligned(4), may_alias));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+inline vf splat(float a) { return vf{} + a; }
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < W; ++i) s += v[i];
+  return s;
+}
+
+void norm_row(const float* x, const float* r, const float* gamma, const float* beta, float eps, bool rms, int n,
+              float* y, float* sum) {
+  // v = x + r lands in `sum` when asked for, else in y: the passes below read it from there.
+  float* v = sum != nullptr ? sum : y;
+  if (r != nullptr) {
+    for (int i = 0; i < n; ++i) v[i] = x[i] + r[i];
+  } else if (v != x) {
+    for (int i = 0; i < n; ++i) v[i] = x[i];
+  }
+  int i = 0;
+  float mean = 0.0f;
+  if (!rms) {
+    vf acc = vf{};
+    for (; i + W <= n; i += W) acc += load(v + i);
+    float s = hsum(acc);
+    for (; i < n; ++i) s += v[i];
+    mean = s / static_cast<float>(n);
+  }
+  vf acc = vf{};
+  const vf vm = splat(mean);
+  for (i = 0; i + W <= n; i += W) {
+    const vf d = load(v + i) - vm;
+    acc += d * d;
+  }
+  float ss = hsum(acc);
+  for (; i < n; ++i) ss += (v[i] - mean) * (v[i] - mean);
+  const float rstd = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+  if (beta != nullptr) {
+    for (i = 0; i < n; ++i) y[i] = (v[i] - mean) * rstd * gamma[i] + beta[i];
+  } else {
+    for (i = 0; i < n; ++i) y[i] = (v[i] - mean) * rstd * gamma[i];
+  }
+}
+
+void softmax_row(float* x, int n) {
+  float mx = -INFINITY;
+  for (int i = 0; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  // exp as its own element-wise loop: the compiler vectorizes it whole (vmath.h is branch-free)
+  for (int i = 0; i < n; ++i) x[i] = exp_approx(x[i] - mx);
+  int i = 0;
+  vf acc = vf{};
+  for (; i + W <= n; i += W) acc += load(x + i);
+  float s = hsum(acc);
+  for (; i < n; ++i) s += x[i];
+  const float inv = 1.0f / s;
+  for (i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void gelu(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = gelu_approx(x[i]);
+}
+
+void binary(int op, const float* a, const float* b, int64_t nb, float* y, int64_t n) {
+  for (int64_t i0 = 0; i0 < n; i0 += nb) {
+    const int64_t len = n - i0 < nb ? n - i0 : nb;
+    const float* ai = a + i0;
+    float* yi = y + i0;
+    if (op == 0) {
+      for (int64_t i = 0; i < len; ++i) yi[i] = ai[i] + b[i];
+    } else {
+      for (int64_t i = 0; i < len; ++i) yi[i] = ai[i] * b[i];
+    }
+  }
+}
+
+// Rows in blocks of MR, columns in blocks of two vectors: 2 * MR accumulators stay in registers
+// while k streams (b loaded once per row block, a broadcast).
+constexpr int MR = 4;
+
+template <int R>
+inline void gemm_block(int j0, int k, float alpha, const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb,
+                       float* c, ptrdiff_t ldc) {
+  vf acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = vf{};
+  for (int p = 0; p < k; ++p) {
+    const vf b0 = load(b + p * ldb + j0), b1 = load(b + p * ldb + j0 + W);
+    for (int r = 0; r < R; ++r) {
+      const vf av = splat(a[r * lda + p]);
+      acc0[r] += av * b0;
+      acc1[r] += av * b1;
+    }
+  }
+  const vf va = splat(alpha);
+  for (int r = 0; r < R; ++r) {
+    store(c + r * ldc + j0, acc0[r] * va);
+    store(c + r * ldc + j0 + W, acc1[r] * va);
+  }
+}
+
+template <int R>
+void gemm_rows(int n, int k, float alpha, const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c,
+               ptrdiff_t ldc) {
+  int j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) gemm_block<R>(j, k, alpha, a, lda, b, ldb, c, ldc);
+  for (; j < n; ++j) {  // the last columns, one at a time
+    for (int r = 0; r < R; ++r) {
+      float s = 0.0f;
+      for (int p = 0; p < k; ++p) s += a[r * lda + p] * b[p * ldb + j];
+      c[r * ldc + j] = s * alpha;
+    }
+  }
+}
+
+void gemm_nn(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, float* c,
+             ptrdiff_t ldc) {
+  int i = 0;
+  for (; i + MR <= m; i += MR) gemm_rows<MR>(n, k, alpha, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
+  for (; i < m; ++i) gemm_rows<1>(n, k, alpha, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
+}
+
+}  // namespace
+}  // namespace edgecompress
+
+#define EC_ENGINE_KERNEL(sym, name, isa, needs) \
+  namespace edgecompress {                      \
+  extern const EngineKernel sym;                \
+  const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, gemm_nn}; \
+  }

@@ -1,0 +1,95 @@
+"""The inference engine: a whole model as one native plan, run with numpy alone.
+
+    prog = edgecompress.engine.export(model, example_inputs, recipe="int8")   # torch, transformers
+    y = prog(input_ids, attention_mask)                                       # numpy in, numpy out
+    prog.save("model.safetensors")
+    prog = edgecompress.engine.load("model.safetensors")                      # numpy only
+
+A Program is a graph of coarse ops (linear on every weight format with fused epilogues, a fused QKV
+projection, LayerNorm / RMSNorm with the residual add, softmax, attention with padding mask, causal
+mask and grouped-query heads, embedding lookup, element-wise add / mul, mean pooling, reshape views)
+whose weights are in the canonical formats. ``prog.reference(...)`` runs the numpy specification of the
+same graph; ``prog.profile(...)`` (or ``EDGECOMPRESS_PROFILE=1``) gives the time per node and per op.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .io import load, save
+from .ops import OPS, Node
+from .program import Input, Program
+
+__all__ = ["Input", "Node", "OPS", "Program", "export", "load", "save"]
+
+
+def _example(example_inputs: Any) -> dict[str, np.ndarray]:
+    if not isinstance(example_inputs, dict) or "input_ids" not in example_inputs:
+        raise TypeError("example_inputs: expected a dict with 'input_ids' (and 'attention_mask', optionally "
+                        f"'token_type_ids'), got {type(example_inputs).__name__}")
+    out = {}
+    for k, v in example_inputs.items():
+        if k not in ("input_ids", "attention_mask", "token_type_ids"):
+            raise ValueError(f"example_inputs: unknown key {k!r} (expected input_ids, attention_mask, token_type_ids)")
+        a = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        if not np.issubdtype(a.dtype, np.integer) or a.ndim != 2:
+            raise ValueError(f"example_inputs[{k!r}]: expected an integer (batch, seq) array, got {a.dtype} {a.shape}")
+        out[k] = a.astype(np.int64)
+    out.setdefault("attention_mask", np.ones_like(out["input_ids"]))
+    return out
+
+
+def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str | None = None, guard: bool = False,
+           **options: Any) -> Program:
+    """The Program of a Hugging Face BERT-family encoder (BertModel and its checkpoints such as MiniLM,
+    RobertaModel, DistilBertModel).
+
+    example_inputs: {"input_ids": (batch, seq), "attention_mask": ..., "token_type_ids": ...} integer
+    arrays (numpy or torch). recipe: None (float32) or a recipe of ``edgecompress.compress`` ("int8",
+    "int8-static", "int4-g32", "nf4", "sparse-75+int8", "2:4", "lowrank-0.5", ...): the model is
+    compressed first by ``compress`` on a copy (same recipes and report; ``options`` such as
+    ``overrides`` and ``exclude`` pass through), then imported. ``guard=True`` applies compress's speed
+    guard, which times each layer as a torch module against torch's float layer; off by default because
+    the engine runs neither (its float products are its own kernels, and a torch timing on a busy
+    machine would leave layers in float32 by noise). The task head and pooler are not part of the
+    program and are not compressed. pooling: None (output last_hidden_state) or "mean".
+    The program's ``report`` is compress's report (None for float32), and ``info["error"]`` the relative
+    error of its output against the float torch model on the example inputs.
+    """
+    import torch
+
+    from ..compress import CompressionWarning, compress
+    from .bert import build
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    ex = _example(example_inputs)
+    torch_ex = {k: torch.from_numpy(v) for k, v in ex.items()}
+    model = model.eval()
+    with torch.inference_mode():
+        want = model(**torch_ex)[0].float().numpy()
+    report = None
+    target = model
+    if recipe is not None:
+        target = copy.deepcopy(model)
+        exclude = list(options.pop("exclude", ()))
+        if getattr(target, "pooler", None) is not None:
+            exclude.append("pooler.*")
+        report = compress(target, recipe, example_inputs=torch_ex, guard=guard, progress=False, exclude=exclude,
+                          **options)
+    program = build(target, pooling=pooling, token_type_ids="token_type_ids" in ex)
+    program.report = report
+    if pooling == "mean":  # the float model's output pooled the same way
+        m = ex["attention_mask"][..., None] != 0
+        want = (want * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    got = program(**ex)
+    err = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
+    program.info["error"] = err
+    if err > 0.1:
+        warnings.warn(f"export: the program's output differs from the float model's by {err:.1%} of its norm",
+                      CompressionWarning, stacklevel=2)
+    return program

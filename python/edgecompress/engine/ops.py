@@ -1,0 +1,322 @@
+"""The engine's operations: for each op, its shape rule, its numpy specification (the oracle in
+edgecompress.reference.engine, or the reference of the weight's format for ``linear``) and its
+lowering to nodes of the native executor (csrc/include/edgecompress/engine.h).
+
+Every value is a float32 or int64 array of concrete shape once the program is planned for one set of
+input shapes; ops read and write whole values (a ``reshape`` output shares its input's buffer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import _core
+from .. import reference as ref
+from ..reference import engine as eref
+from ..runtime import dense_f32_kernel, gemm_q4_kernel, gemm_s8_kernel, sparse_f32_kernel, sparse_nm_f32_kernel, sparse_s8_kernel
+from ..weights import Int4Weight, Int8Weight, SparseWeight
+
+__all__ = ["Node", "OPS", "Shape"]
+
+Shape = tuple[tuple[int, ...], str]  # (shape, dtype name)
+
+# native op ids and operand spaces: csrc/include/edgecompress/engine.h
+NATIVE_OP = {"linear": 0, "norm": 1, "attention": 2, "gelu": 3, "add": 4, "mul": 5, "softmax": 6, "embedding": 7,
+             "position_ids": 8, "mean_pool": 9}
+ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
+NO_REF = (0, 0, 0)
+LINEAR_WEIGHTS = (np.ndarray, Int8Weight, Int4Weight, SparseWeight)
+
+
+@dataclass
+class Node:
+    """One op of a program: ``inputs`` name values or constants ("" for an optional input left out)."""
+
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "inputs": self.inputs, "outputs": self.outputs, "attrs": self.attrs, "name": self.name}
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class OpError(ValueError):
+    """A shape rule's refusal; the program adds the node's name and op."""
+
+
+def _expect(cond: bool, what: str) -> None:
+    if not cond:
+        raise OpError(what)
+
+
+# ---- shape rules: (node, input shapes (None for absent), weights) -> output shapes ----
+
+def _infer_linear(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    w = weights[node.attrs["weight"]]
+    n, k = w.shape
+    (xs, xd) = s[0]
+    _expect(xd == "float32" and len(xs) >= 1 and xs[-1] == k, f"expected a float32 input (..., {k}), got {xd} {xs}")
+    if s[1] is not None:
+        _expect(s[1] == ((n,), "float32"), f"expected a float32 bias ({n},), got {s[1]}")
+    return [(xs[:-1] + (n,), "float32")]
+
+
+def _infer_norm(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    xs, xd = s[0]
+    _expect(xd == "float32" and len(xs) >= 1, f"expected a float32 input, got {xd} {xs}")
+    if s[1] is not None:
+        _expect(s[1] == s[0], f"expected the residual to match x {xs}, got {s[1]}")
+    for i, what in ((2, "gamma"), (3, "beta")):
+        if s[i] is not None:
+            _expect(s[i] == ((xs[-1],), "float32"), f"expected {what} float32 ({xs[-1]},), got {s[i]}")
+    _expect(s[2] is not None, "gamma is required")
+    return [(xs, "float32")] * len(node.outputs)
+
+
+def _attention_parts(node: Node) -> int:
+    """How many of the inputs carry q, k and v: 1 (one fused projection) or 3."""
+    return 1 if node.attrs.get("layout", "fused") == "fused" else 3
+
+
+def _infer_attention(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """Inputs: qkv (batch, seq, (heads + 2 kv_heads) * head_dim) and mask? (attrs layout "fused"), or
+    q, k, v (batch, seq, heads * head_dim / kv_heads * head_dim each) and mask? (layout "separate")."""
+    a = node.attrs
+    h, kv, d = a["heads"], a["kv_heads"], a["head_dim"]
+    _expect(isinstance(h, int) and isinstance(kv, int) and isinstance(d, int) and h >= 1 and kv >= 1 and d >= 1
+            and h % kv == 0, f"expected heads a multiple of kv_heads >= 1 and head_dim >= 1, got {h}, {kv}, {d}")
+    parts = _attention_parts(node)
+    _expect(a.get("layout", "fused") in ("fused", "separate") and all(x is not None for x in s[:parts]),
+            "expected layout 'fused' (qkv, mask?) or 'separate' (q, k, v, mask?)")
+    widths = [(h + 2 * kv) * d] if parts == 1 else [h * d, kv * d, kv * d]
+    xs = s[0][0]
+    for x, width in zip(s[:parts], widths):
+        _expect(x[1] == "float32" and len(x[0]) == 3 and x[0][2] == width and x[0][:2] == xs[:2],
+                f"expected float32 {xs[:2] + (width,)}, got {x}")
+    mask = s[parts]
+    if mask is not None:
+        _expect(mask == (xs[:2], "int64"), f"expected an int64 mask {xs[:2]}, got {mask}")
+    return [((xs[0], xs[1], h * d), "float32")]
+
+
+def _infer_same(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    _expect(s[0][1] == "float32", f"expected float32, got {s[0][1]}")
+    return [s[0]]
+
+
+def _infer_binary(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    (a, ad), (b, bd) = s[0], s[1]
+    _expect(ad == bd == "float32" and len(b) <= len(a) and a[len(a) - len(b):] == b,
+            f"expected float32 operands where b's shape {b} ends a's {a}")
+    return [s[0]]
+
+
+def _infer_embedding(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    (ids, idd), (table, td) = s[0], s[1]
+    _expect(idd == "int64", f"expected int64 ids, got {idd}")
+    _expect(len(table) == 2 and td in ("float32", "int8"), f"expected a float32 or int8 table (rows, width), got {td} {table}")
+    if td == "int8":
+        _expect(s[2] == ((table[0],), "float32"), f"expected float32 scales ({table[0]},) for an int8 table, got {s[2]}")
+    return [(ids + (table[1],), "float32")]
+
+
+def _infer_position_ids(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    _expect(s[0][1] == "int64" and len(s[0][0]) == 2, f"expected int64 ids (batch, seq), got {s[0]}")
+    return [s[0]]
+
+
+def _infer_mean_pool(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    xs, xd = s[0]
+    _expect(xd == "float32" and len(xs) == 3, f"expected float32 (batch, seq, width), got {xd} {xs}")
+    if s[1] is not None:
+        _expect(s[1] == (xs[:2], "int64"), f"expected an int64 mask {xs[:2]}, got {s[1]}")
+    return [((xs[0], xs[2]), "float32")]
+
+
+def _infer_reshape(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    xs, xd = s[0]
+    want = [xs[i] if d == 0 else d for i, d in enumerate(node.attrs["shape"])]
+    if -1 in want:
+        known = _prod(tuple(d for d in want if d != -1))
+        _expect(known > 0 and _prod(xs) % known == 0, f"cannot reshape {xs} to {node.attrs['shape']}")
+        want[want.index(-1)] = _prod(xs) // known
+    _expect(_prod(tuple(want)) == _prod(xs), f"cannot reshape {xs} to {node.attrs['shape']}")
+    return [(tuple(want), xd)]
+
+
+# ---- the numpy specification: (node, input arrays, weights) -> outputs ----
+
+def _ref_linear(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    w = weights[node.attrs["weight"]]
+    x, bias = a[0], a[1]
+    act = node.attrs.get("activation")
+    x2 = x.reshape(-1, x.shape[-1])
+    if isinstance(w, np.ndarray):
+        y = ref.linear_sparse(x2, w, bias, act)  # the float product in float64
+    elif isinstance(w, Int8Weight):
+        scale = node.attrs.get("act_scale")
+        zp = node.attrs.get("act_zero_point")
+        y = ref.linear_int8(x2, w.qweight, w.scale, bias, act, act_scheme="asymmetric" if zp is not None else "symmetric",
+                            act_scale=scale, act_zero_point=zp)
+    elif isinstance(w, Int4Weight):
+        y = ref.linear_int4(x2, w.qweight, w.scale, w.zero_point, w.codebook, bias, act, compute=w.compute)
+    elif w.dtype == "int8":
+        y = ref.linear_int8(x2, w._dense_blocks().reshape(w.shape[0], -1)[:, : w.shape[1]], w.scale, bias, act)
+    else:
+        y = ref.linear_sparse(x2, w.to_float(), bias, act)
+    return [y.reshape(x.shape[:-1] + (w.shape[0],))]
+
+
+def _ref_norm(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    y, total = eref.layernorm(a[0], a[1], a[2], a[3], node.attrs["eps"], rms=node.op == "rmsnorm")
+    return [y, total][: len(node.outputs)]
+
+
+def _ref_attention(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    t = node.attrs
+    parts = _attention_parts(node)
+    qkv = a[0] if parts == 1 else np.concatenate(a[:3], axis=-1)
+    return [eref.attention(qkv, a[parts], t["heads"], t["kv_heads"], t["head_dim"], t["causal"], t["scale"])]
+
+
+def _ref_binary(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    return [(a[0] + a[1] if node.op == "add" else a[0] * a[1]).astype(np.float32)]
+
+
+_REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarray]]] = {
+    "linear": _ref_linear,
+    "layernorm": _ref_norm,
+    "rmsnorm": _ref_norm,
+    "attention": _ref_attention,
+    "gelu": lambda n, a, w: [eref.gelu(a[0])],
+    "add": _ref_binary,
+    "mul": _ref_binary,
+    "softmax": lambda n, a, w: [eref.softmax(a[0])],
+    "embedding": lambda n, a, w: [eref.embedding(a[0], a[1], a[2])],
+    "position_ids": lambda n, a, w: [eref.position_ids(a[0], n.attrs["mode"], n.attrs["base"])],
+    "mean_pool": lambda n, a, w: [eref.mean_pool(a[0], a[1])],
+    "reshape": lambda n, a, w: [a[0].reshape(_infer_reshape(n, [(a[0].shape, str(a[0].dtype))], w)[0][0])],
+}
+
+
+# ---- lowering to native nodes: (node, operand refs, input shapes, program) -> node tuples ----
+# A native node: (op id, [input refs], [output refs], ints, floats, packed weight, act scheme,
+# (act scale, act zero point), q4 compute).
+
+def _native(op: str, ins: list[tuple[int, int, int]], outs: list[tuple[int, int, int]], ints: list[int],
+            floats: tuple[float, ...] = ()) -> tuple[Any, ...]:
+    return (NATIVE_OP[op], ins, outs, ints, list(floats), None, 0, (1.0, 0), 0)
+
+
+def packed_weight(w: Any) -> tuple[Any, int]:
+    """The native packed form of a linear weight for the kernel the registry picks now, and the q4
+    compute mode (0 int8, 1 float32)."""
+    if isinstance(w, np.ndarray):
+        return _core.pack_dense_f32(w, dense_f32_kernel()), 0
+    if isinstance(w, Int8Weight):
+        return w.packed(gemm_s8_kernel()), 0
+    if isinstance(w, Int4Weight):
+        return w.packed(gemm_q4_kernel()), 0 if w.compute == "int8" else 1
+    if w.pattern is not None:
+        return w.packed(sparse_nm_f32_kernel()), 0
+    return w.packed(sparse_s8_kernel() if w.dtype == "int8" else sparse_f32_kernel()), 0
+
+
+def _lower_linear(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[[str], tuple[Any, int]]) -> list[tuple[Any, ...]]:
+    xs = s[0][0]
+    pw, q4 = packed(node.attrs["weight"])
+    scale, zp = node.attrs.get("act_scale"), node.attrs.get("act_zero_point")
+    scheme = 0 if scale is None else (3 if zp is not None else 2)
+    ints = [_prod(xs[:-1]), xs[-1], ACTIVATIONS[node.attrs.get("activation")]]
+    return [(NATIVE_OP["linear"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme,
+             (float(scale or 1.0), int(zp or 0)), q4)]
+
+
+def _lower_norm(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    xs = s[0][0]
+    ins = [x or NO_REF for x in r[:4]]
+    return [_native("norm", ins, r[4:], [_prod(xs[:-1]), xs[-1], int(node.op == "rmsnorm")], (node.attrs["eps"],))]
+
+
+def _lower_attention(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    t = node.attrs
+    b, sq, _ = s[0][0]
+    h, kv, d = t["heads"], t["kv_heads"], t["head_dim"]
+    if _attention_parts(node) == 1:
+        q = r[0]
+        k, v = (q[0], q[1], q[2] + 4 * h * d), (q[0], q[1], q[2] + 4 * (h + kv) * d)
+        lds = [(h + 2 * kv) * d] * 3
+        mask, out = r[1], r[-1]
+    else:
+        q, k, v = r[0], r[1], r[2]
+        lds = [h * d, kv * d, kv * d]
+        mask, out = r[3], r[-1]
+    ints = [b, sq, h, kv, d, lds[0], int(t["causal"]), sq, lds[1], lds[2]]
+    return [_native("attention", [q, k, v, mask or NO_REF], [out], ints, (t["scale"],))]
+
+
+def _lower_unary(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    xs = s[0][0]
+    if node.op == "softmax":
+        return [_native("softmax", [r[0]], [r[1]], [_prod(xs[:-1]), xs[-1]])]
+    return [_native("gelu", [r[0]], [r[1]], [_prod(xs)])]
+
+
+def _lower_binary(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    return [_native(node.op, [r[0], r[1]], [r[2]], [_prod(s[0][0]), _prod(s[1][0])])]
+
+
+def _lower_embedding(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    (ids, _), (table, td) = s[0], s[1]
+    ins = [r[0], r[1]] + ([r[2]] if td == "int8" else [])
+    return [_native("embedding", ins, [r[-1]], [_prod(ids), table[1], table[0], int(td == "int8")])]
+
+
+def _lower_position_ids(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    b, sq = s[0][0]
+    mode = {"arange": 0, "padded": 1}[node.attrs["mode"]]
+    return [_native("position_ids", [r[0]], [r[1]], [b, sq, mode, node.attrs["base"]])]
+
+
+def _lower_mean_pool(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    b, sq, width = s[0][0]
+    return [_native("mean_pool", [r[0], r[1] or NO_REF], [r[2]], [b, sq, width])]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    infer: Callable[..., list[Shape]]
+    lower: Callable[..., list[tuple[Any, ...]]] | None  # None: a view (reshape)
+    inputs: tuple[int, int]  # (required, total) inputs
+    outputs: tuple[int, int]  # (min, max) outputs
+    attrs: tuple[str, ...] = ()  # required attributes
+    optional: tuple[int, ...] = ()  # inputs that may be left out ("")
+
+
+OPS: dict[str, OpSpec] = {
+    "linear": OpSpec(_infer_linear, _lower_linear, (1, 2), (1, 1), ("weight",), (1,)),
+    "layernorm": OpSpec(_infer_norm, _lower_norm, (3, 4), (1, 2), ("eps",), (1, 3)),
+    "rmsnorm": OpSpec(_infer_norm, _lower_norm, (3, 4), (1, 2), ("eps",), (1, 3)),
+    "attention": OpSpec(_infer_attention, _lower_attention, (1, 4), (1, 1), ("heads", "kv_heads", "head_dim", "causal", "scale"), (1, 3)),
+    "gelu": OpSpec(_infer_same, _lower_unary, (1, 1), (1, 1)),
+    "softmax": OpSpec(_infer_same, _lower_unary, (1, 1), (1, 1)),
+    "add": OpSpec(_infer_binary, _lower_binary, (2, 2), (1, 1)),
+    "mul": OpSpec(_infer_binary, _lower_binary, (2, 2), (1, 1)),
+    "embedding": OpSpec(_infer_embedding, _lower_embedding, (2, 3), (1, 1), (), (2,)),
+    "position_ids": OpSpec(_infer_position_ids, _lower_position_ids, (1, 1), (1, 1), ("mode", "base")),
+    "mean_pool": OpSpec(_infer_mean_pool, _lower_mean_pool, (1, 2), (1, 1), (), (1,)),
+    "reshape": OpSpec(_infer_reshape, None, (1, 1), (1, 1), ("shape",)),
+}
+REFERENCE = _REFERENCE

@@ -1,0 +1,336 @@
+"""Program: a graph of typed values and coarse ops with its weights in the canonical formats, planned
+once per set of input shapes and run as one native call.
+
+Planning (``_plan``): shapes inferred node by node (ops.OPS), every intermediate value placed in one
+arena whose buffers are reused once their last reader has run (first fit, 64-byte aligned), weights
+packed for this CPU once per kernel, and the whole list handed to ``_core.EnginePlan``. A call looks
+the plan up by its input shapes, allocates the outputs and makes one native call with the GIL
+released; Python does nothing per node.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ..runtime import _kernel
+from .ops import LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
+
+__all__ = ["Input", "Program"]
+
+_SPACE_ARENA, _SPACE_INPUT, _SPACE_OUTPUT, _SPACE_CONSTANT = 1, 2, 3, 4
+_STATUS = {1: "expected finite values, got NaN or Inf", 2: "a token id out of range of its embedding table"}
+_ALIGN = 64
+_PROFILE = os.environ.get("EDGECOMPRESS_PROFILE", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class Input:
+    """A program input: ``dims`` are ints (fixed) or names (sizes the caller chooses; inputs that
+    share a name must agree)."""
+
+    name: str
+    dtype: str  # "float32" or "int64"
+    dims: tuple[int | str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+
+
+@dataclass
+class _Plan:
+    native: Any
+    outputs: list[Shape]
+    input_dtypes: list[str]
+
+
+class Program:
+    """A model as one native plan. Build one with ``edgecompress.engine.export`` (from a torch model)
+    or ``edgecompress.engine.load`` (from a saved file); call it with numpy arrays."""
+
+    def __init__(self, inputs: list[Input], outputs: list[str], nodes: list[Node], weights: dict[str, Any],
+                 info: dict[str, Any] | None = None) -> None:
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.nodes = list(nodes)
+        self.weights = dict(weights)
+        self.info = dict(info or {})
+        self.report: Any = None  # compress's report when export compressed the model
+        self._check()
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._packed: dict[tuple[str, str], tuple[Any, int]] = {}
+
+    # ---- structure ----
+
+    def _check(self) -> None:
+        """Every op known with its attributes and operand counts, every operand defined before use,
+        every linear weight in a format the engine runs, names unique."""
+        defined = {i.name for i in self.inputs} | set(self.weights)
+        if len(defined) != len(self.inputs) + len(self.weights):
+            raise ValueError("program: an input shares its name with a weight or another input")
+        for i in self.inputs:
+            if i.dtype not in ("float32", "int64"):
+                raise ValueError(f"program input {i.name!r}: expected dtype float32 or int64, got {i.dtype!r}")
+        for n in self.nodes:
+            spec = OPS.get(n.op)
+            if spec is None:
+                raise ValueError(f"node {n.name!r}: unknown op {n.op!r} (known: {', '.join(sorted(OPS))})")
+            if not spec.inputs[0] <= len(n.inputs) <= spec.inputs[1]:
+                raise ValueError(f"node {n.name!r} ({n.op}): expected {spec.inputs[0]}..{spec.inputs[1]} inputs, got {len(n.inputs)}")
+            if not spec.outputs[0] <= len(n.outputs) <= spec.outputs[1]:
+                raise ValueError(f"node {n.name!r} ({n.op}): expected {spec.outputs[0]}..{spec.outputs[1]} outputs, got {len(n.outputs)}")
+            missing = [a for a in spec.attrs if a not in n.attrs]
+            if missing:
+                raise ValueError(f"node {n.name!r} ({n.op}): missing attributes {missing}")
+            for k, name in enumerate(n.inputs):
+                if not isinstance(name, str) or (name == "" and k not in spec.optional):
+                    raise ValueError(f"node {n.name!r} ({n.op}): input {k} is required")
+                if name and name not in defined:
+                    raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is not defined before it")
+            if n.op == "linear":
+                w = self.weights.get(n.attrs["weight"])
+                if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
+                    raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} is not a float32 matrix or an "
+                                     f"Int8Weight, Int4Weight or SparseWeight")
+            for o in n.outputs:
+                if o in defined:
+                    raise ValueError(f"node {n.name!r}: output {o!r} is defined twice")
+                defined.add(o)
+        for o in self.outputs:
+            if o not in defined or o in self.weights or o in {i.name for i in self.inputs}:
+                raise ValueError(f"program output {o!r}: expected a value computed by a node")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weights as stored (canonical formats)."""
+        return sum(w.nbytes for w in self.weights.values())
+
+    def __repr__(self) -> str:
+        ops: dict[str, int] = {}
+        for n in self.nodes:
+            ops[n.op] = ops.get(n.op, 0) + 1
+        return (f"Program(inputs={[i.name for i in self.inputs]}, outputs={self.outputs}, nodes={len(self.nodes)} "
+                f"{ops}, weights={self.nbytes / 1e6:.1f} MB)")
+
+    # ---- inputs ----
+
+    def _arrays(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[np.ndarray]:
+        names = [i.name for i in self.inputs]
+        if len(args) > len(names):
+            raise TypeError(f"program: expected at most {len(names)} inputs ({', '.join(names)}), got {len(args)}")
+        given = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise TypeError(f"program: unknown input {k!r} (inputs: {', '.join(names)})")
+            if k in given:
+                raise TypeError(f"program: input {k!r} given twice")
+            given[k] = v
+        out, sizes = [], {}
+        for spec in self.inputs:
+            if spec.name not in given:
+                raise TypeError(f"program: missing input {spec.name!r} (inputs: {', '.join(names)})")
+            a = given[spec.name]
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{spec.name}: expected a numpy array, got {type(a).__name__}")
+            if spec.dtype == "float32":
+                if a.dtype != np.float32:
+                    raise TypeError(f"{spec.name}: expected float32, got {a.dtype}")
+            elif a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer):
+                a = a.astype(np.int64, copy=False)
+            else:
+                raise TypeError(f"{spec.name}: expected an integer array, got {a.dtype}")
+            if a.ndim != len(spec.dims):
+                raise ValueError(f"{spec.name}: expected {len(spec.dims)} dimensions {tuple(spec.dims)}, got shape {a.shape}")
+            for d, size in zip(spec.dims, a.shape):
+                if size < 1:
+                    raise ValueError(f"{spec.name}: expected no empty dimension, got shape {a.shape}")
+                if isinstance(d, int):
+                    if size != d:
+                        raise ValueError(f"{spec.name}: expected shape {tuple(spec.dims)}, got {a.shape}")
+                elif sizes.setdefault(d, (size, spec.name))[0] != size:
+                    raise ValueError(f"{spec.name}: dimension {d!r} is {size}, but {sizes[d][1]} has {sizes[d][0]}")
+            out.append(np.ascontiguousarray(a))
+        return out
+
+    # ---- the numpy specification ----
+
+    def reference(self, *args: Any, **kwargs: Any) -> Any:
+        """The program run by the numpy oracle, node by node: the specification ``__call__`` is
+        tested against."""
+        env: dict[str, Any] = dict(self.weights)
+        env.update(zip((i.name for i in self.inputs), self._arrays(args, kwargs)))
+        for n in self.nodes:
+            self._infer(n, self._input_shapes(n, env))
+            outs = REFERENCE[n.op](n, [env[x] if x else None for x in n.inputs] + [None] * (OPS[n.op].inputs[1] - len(n.inputs)), self.weights)
+            env.update(zip(n.outputs, outs))
+        res = [env[o] for o in self.outputs]
+        return res[0] if len(res) == 1 else tuple(res)
+
+    def _input_shapes(self, n: Node, env: dict[str, Any]) -> list[Shape | None]:
+        shapes: list[Shape | None] = []
+        for x in n.inputs + [""] * (OPS[n.op].inputs[1] - len(n.inputs)):
+            if not x:
+                shapes.append(None)
+            else:
+                v = env[x]
+                shapes.append(v if isinstance(v, tuple) else (tuple(v.shape), str(v.dtype)))
+        return shapes
+
+    # ---- planning ----
+
+    def _infer(self, n: Node, shapes: list[Shape | None]) -> list[Shape]:
+        try:
+            return OPS[n.op].infer(n, shapes, self.weights)
+        except OpError as e:
+            raise ValueError(f"node {n.name!r} ({n.op}): {e}") from None
+        except (KeyError, TypeError) as e:  # attributes of the wrong kind (a file's graph)
+            raise ValueError(f"node {n.name!r} ({n.op}): invalid attributes ({type(e).__name__}: {e})") from None
+
+    def _packed_weight(self, name: str) -> tuple[Any, int]:
+        w = self.weights[name]
+        family = ("dense_f32" if isinstance(w, np.ndarray) else
+                  {"Int8Weight": "gemm_s8", "Int4Weight": "gemm_q4"}.get(type(w).__name__, "sparse"))
+        key = (name, family if family != "sparse" else repr(w.pattern) + w.dtype)
+        # the packed form depends on the kernel chosen under the current tier cap (use_isa)
+        key = key + (_kernel("engine_f32"), _kernel("gemm_s8"), _kernel("gemm_q4"))
+        got = self._packed.get(key)
+        if got is None:
+            got = self._packed[key] = packed_weight(w)
+        return got
+
+    def _plan(self, arrays: list[np.ndarray]) -> _Plan:
+        shapes: dict[str, Any] = {name: (tuple(w.shape), str(w.dtype)) for name, w in self.weights.items()
+                                  if isinstance(w, np.ndarray)}
+        shapes.update({i.name: (a.shape, str(a.dtype)) for i, a in zip(self.inputs, arrays)})
+        alias: dict[str, str] = {}
+        last_use: dict[str, int] = {}
+        node_shapes = []
+        for k, n in enumerate(self.nodes):
+            ins = self._input_shapes(n, shapes)
+            outs = self._infer(n, ins)
+            node_shapes.append(ins)
+            for x in n.inputs:
+                if x:
+                    last_use[alias.get(x, x)] = k
+            for o, s in zip(n.outputs, outs):
+                shapes[o] = s
+            if OPS[n.op].lower is None:  # a view: the output is its input's buffer
+                alias[n.outputs[0]] = alias.get(n.inputs[0], n.inputs[0])
+        for o in self.outputs:
+            if o in alias:
+                raise ValueError(f"program output {o!r}: a view of another value cannot be an output")
+        constants: list[np.ndarray] = []
+        const_index: dict[str, int] = {}
+        refs: dict[str, tuple[int, int, int]] = {i.name: (_SPACE_INPUT, k, 0) for k, i in enumerate(self.inputs)}
+        refs.update({o: (_SPACE_OUTPUT, k, 0) for k, o in enumerate(self.outputs)})
+        live: list[tuple[int, int, str]] = []  # (offset, size, value) of arena buffers in use
+        arena = 0
+        native = []
+        for k, n in enumerate(self.nodes):
+            for x in n.inputs:
+                if x and x in self.weights and x not in refs:
+                    const_index[x] = len(constants)
+                    constants.append(self.weights[x])
+                    refs[x] = (_SPACE_CONSTANT, const_index[x], 0)
+            # buffers whose last reader ran before this node are free again
+            live = [b for b in live if last_use.get(b[2], -1) >= k]
+            for o in n.outputs:
+                if o in refs or o in alias:
+                    continue
+                shape, dtype = shapes[o]
+                size = -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // _ALIGN) * _ALIGN
+                offset = 0
+                for b in sorted(live):
+                    if b[0] - offset >= size:
+                        break
+                    offset = max(offset, b[0] + b[1])
+                live.append((offset, size, o))
+                arena = max(arena, offset + size)
+                refs[o] = (_SPACE_ARENA, 0, offset)
+            if OPS[n.op].lower is None:
+                refs[n.outputs[0]] = refs[alias[n.outputs[0]]]
+                continue
+            r = [refs[x] if x else None for x in n.inputs] + [None] * (OPS[n.op].inputs[1] - len(n.inputs))
+            r += [refs[o] for o in n.outputs]
+            native += OPS[n.op].lower(n, r, node_shapes[k], self._packed_weight)
+        outs = [shapes[o] for o in self.outputs]
+        plan = _core.EnginePlan(native, arena, constants, [a.nbytes for a in arrays],
+                                [int(np.prod(s)) * np.dtype(d).itemsize for s, d in outs], _kernel("engine_f32"))
+        return _Plan(plan, outs, [str(a.dtype) for a in arrays])
+
+    def _get_plan(self, arrays: list[np.ndarray]) -> _Plan:
+        key = tuple(a.shape for a in arrays) + (_kernel("engine_f32"), _kernel("gemm_s8"))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(arrays)
+        return plan
+
+    # ---- running ----
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool) -> tuple[list[np.ndarray], Any]:
+        arrays = self._arrays(args, kwargs)
+        plan = self._get_plan(arrays)
+        outs = [np.empty(s, dtype=d) for s, d in plan.outputs]
+        status, node, seconds = plan.native.run(arrays, outs, profile)
+        if status != 0:
+            raise ValueError(f"program: {_STATUS.get(status, 'failed')} (native node {node}); check the inputs")
+        return outs, seconds
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the program on numpy arrays (positionally in ``inputs`` order, or by name). Returns the
+        output array (a tuple for several)."""
+        if _PROFILE:
+            outs, seconds = self._run(args, kwargs, True)
+            print(self._profile_table(seconds), file=sys.stderr)
+        else:
+            outs, _ = self._run(args, kwargs, False)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _native_names(self) -> list[tuple[str, str]]:
+        """(node name, op) of each native node, in order (a linear on a low-rank weight is two)."""
+        names = []
+        for n in self.nodes:
+            if OPS[n.op].lower is not None:
+                names.append((n.name, n.op))
+        return names
+
+    def profile(self, *args: Any, rounds: int = 10, **kwargs: Any) -> dict[str, Any]:
+        """Time per node and per op type over ``rounds`` runs (after one warm-up run): a dict with
+        ``"nodes"`` [(name, op, seconds)], ``"ops"`` {op: seconds}, ``"native"`` (the sum) and
+        ``"total"`` (wall time of a whole call, Python included), all per run."""
+        import time
+
+        self._run(args, kwargs, True)
+        names = self._native_names()
+        acc = np.zeros(len(names))
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            _, seconds = self._run(args, kwargs, True)
+            acc += np.asarray(seconds)
+        total = (time.perf_counter() - t0) / rounds
+        acc /= rounds
+        ops: dict[str, float] = {}
+        for (name, op), t in zip(names, acc):
+            ops[op] = ops.get(op, 0.0) + float(t)
+        return {"nodes": [(name, op, float(t)) for (name, op), t in zip(names, acc)], "ops": ops,
+                "native": float(acc.sum()), "total": total}
+
+    def _profile_table(self, seconds: list[float]) -> str:
+        ops: dict[str, float] = {}
+        lines = ["edgecompress profile (ms):"]
+        for (name, op), t in zip(self._native_names(), seconds):
+            ops[op] = ops.get(op, 0.0) + t
+            lines.append(f"  {name:40s} {op:12s} {t * 1e3:8.3f}")
+        lines.append("  per op: " + ", ".join(f"{op} {t * 1e3:.3f}" for op, t in sorted(ops.items(), key=lambda kv: -kv[1])))
+        return "\n".join(lines)
+
+    def save(self, path: Any) -> None:
+        """Write the program to one safetensors file (see edgecompress.engine.io)."""
+        from .io import save
+
+        save(self, path)

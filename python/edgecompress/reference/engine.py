@@ -1,0 +1,90 @@
+"""The numpy oracle of the engine's operations (edgecompress.engine): float64 arithmetic, float32
+results. The native kernels (engine_f32 family) compute in float32 with their own summation order and
+the exp / erf approximations of csrc/kernels/common/vmath.h, so they match these within float32
+rounding: ``tolerance`` per op in tests/engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .gemm_s8 import gelu
+
+__all__ = ["attention", "embedding", "gelu", "layernorm", "mean_pool", "position_ids", "softmax"]
+
+_F32 = np.float32
+# The additive mask of masked scores (as Hugging Face models use): the lowest float32, so a row whose
+# keys are all masked becomes uniform instead of NaN.
+MASKED = float(np.finfo(np.float32).min)
+
+
+def layernorm(x: np.ndarray, residual: np.ndarray | None, gamma: np.ndarray, beta: np.ndarray | None, eps: float,
+              rms: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(norm(x + residual) * gamma + beta, x + residual) over the last axis; RMSNorm when ``rms``
+    (no mean, no beta). The sum is rounded to float32 first, as the kernels keep it."""
+    v = x if residual is None else (x.astype(_F32) + residual.astype(_F32)).astype(_F32)
+    v64 = v.astype(np.float64)
+    mean = np.zeros(v.shape[:-1] + (1,)) if rms else v64.mean(axis=-1, keepdims=True)
+    var = ((v64 - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (v64 - mean) / np.sqrt(var + eps) * gamma.astype(np.float64)
+    if beta is not None:
+        y = y + beta.astype(np.float64)
+    return y.astype(_F32), v
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (max subtracted first)."""
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(_F32)
+
+
+def attention(qkv: np.ndarray, mask: np.ndarray | None, heads: int, kv_heads: int, head_dim: int, causal: bool,
+              scale: float) -> np.ndarray:
+    """Scaled dot-product attention over a fused projection qkv (B, S, (heads + 2 kv_heads) * head_dim):
+    q, k, v side by side in that order, query head h reading key/value head h // (heads // kv_heads).
+    mask (B, S): 0 marks padding keys. causal: query i sees keys 0..i. Returns (B, S, heads * head_dim)."""
+    b, s, _ = qkv.shape
+    d = head_dim
+    x = qkv.astype(np.float64)
+    q = x[..., : heads * d].reshape(b, s, heads, d).transpose(0, 2, 1, 3)
+    k = x[..., heads * d: (heads + kv_heads) * d].reshape(b, s, kv_heads, d).transpose(0, 2, 1, 3)
+    v = x[..., (heads + kv_heads) * d:].reshape(b, s, kv_heads, d).transpose(0, 2, 1, 3)
+    group = heads // kv_heads
+    k = np.repeat(k, group, axis=1)
+    v = np.repeat(v, group, axis=1)
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale
+    if mask is not None:
+        scores = np.where(mask[:, None, None, :] != 0, scores, scores + MASKED)
+    if causal:
+        scores = np.where(np.tril(np.ones((s, s), dtype=bool))[None, None], scores, scores + MASKED)
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    p = p / p.sum(axis=-1, keepdims=True)
+    y = (p @ v).transpose(0, 2, 1, 3).reshape(b, s, heads * d)
+    return y.astype(_F32)
+
+
+def embedding(ids: np.ndarray, table: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """Rows of table at ids; an int8 table is dequantized with one scale per row."""
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise ValueError(f"ids: expected values in [0, {table.shape[0]}), got {ids.min()}..{ids.max()}")
+    rows = table[ids]
+    if scale is not None:
+        rows = (rows.astype(_F32) * scale[ids][..., None]).astype(_F32)
+    return rows.astype(_F32)
+
+
+def position_ids(ids: np.ndarray, mode: str, base: int) -> np.ndarray:
+    """Positions of the tokens of ids (B, S): ``"arange"``: base + s; ``"padded"`` (RoBERTa): tokens
+    other than the padding id ``base`` count from base + 1 in each row, padding gets base."""
+    if mode == "arange":
+        return np.broadcast_to(base + np.arange(ids.shape[-1], dtype=np.int64), ids.shape).copy()
+    keep = ids != base
+    return np.where(keep, base + np.cumsum(keep, axis=-1), base).astype(np.int64)
+
+
+def mean_pool(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Mean over the sequence axis of x (B, S, H) of the tokens whose mask is not 0 (all without a mask);
+    the count is clamped to 1e-9, so an all-padding row gives zeros."""
+    keep = np.ones(x.shape[:2]) if mask is None else (mask != 0).astype(np.float64)
+    total = (x.astype(np.float64) * keep[..., None]).sum(axis=1)
+    return (total / np.maximum(keep.sum(axis=1), 1e-9)[:, None]).astype(_F32)
