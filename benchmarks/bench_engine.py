@@ -268,20 +268,9 @@ def ort_profile(peers: OrtPeers, label: str, feed: dict[str, np.ndarray], runs: 
     return by_op
 
 
-def op_seconds(profile: dict[str, Any]) -> dict[str, float]:
-    """The seconds per op type of one program.profile() result: its numeric entries (the others, such
-    as the per-node detail, are not op types)."""
-    return {k: float(v) for k, v in profile.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def ours_profile(program: Any, feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
-    """Seconds per run by op type from program.profile(), averaged over `runs` calls after one warm-up."""
-    program.profile(feed["input_ids"], feed["attention_mask"])
-    by_op: dict[str, float] = {}
-    for _ in range(runs):
-        for op, sec in op_seconds(program.profile(feed["input_ids"], feed["attention_mask"])).items():
-            by_op[op] = by_op.get(op, 0.0) + sec / runs
-    return by_op
+    """Seconds per run by op type from program.profile() (its "ops" table), averaged over `runs`."""
+    return dict(program.profile(feed["input_ids"], feed["attention_mask"], rounds=runs)["ops"])
 
 
 def python_overhead(program: Any, runs: int) -> tuple[float, float]:
@@ -291,7 +280,7 @@ def python_overhead(program: Any, runs: int) -> tuple[float, float]:
     ids, mask = np.array([[101]], np.int64), np.ones((1, 1), np.int64)
     program(ids, mask)
     call = statistics.median(time_call(lambda: program(ids, mask), min_seconds=0.05) for _ in range(runs))
-    native = statistics.median(sum(op_seconds(program.profile(ids, mask)).values()) for _ in range(runs))
+    native = statistics.median(program.profile(ids, mask, rounds=20)["native"] for _ in range(runs))
     return call, native
 
 

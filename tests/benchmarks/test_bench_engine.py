@@ -45,9 +45,10 @@ class _FakeProgram:
             return self.model(input_ids=torch.from_numpy(input_ids),
                               attention_mask=torch.from_numpy(attention_mask)).last_hidden_state.numpy()
 
-    def profile(self, input_ids, attention_mask):
+    def profile(self, input_ids, attention_mask, rounds=10):
         self(input_ids, attention_mask)
-        return {"linear": 2e-4, "attention": 1e-4, "nodes": [{"name": "layer0.qkv", "seconds": 5e-5}]}
+        return {"ops": {"linear": 2e-4, "attention": 1e-4}, "nodes": [("layer0.qkv", "linear", 5e-5)],
+                "native": 3e-4, "total": 3.5e-4}
 
 
 def _fake_engine(exported: list):
@@ -115,7 +116,7 @@ def test_ort_profile_sums_kernel_times_by_op_type(ort_peers, tmp_path):
     assert all(v > 0 for v in by_op.values()) and sum(by_op.values()) < 1.0
 
 
-def test_ours_profile_and_overhead_use_the_numeric_entries(tiny_model):
+def test_ours_profile_and_overhead_read_the_profile(tiny_model):
     prog = _FakeProgram(tiny_model)
     feed = be.make_inputs(1, 16, TINY["vocab_size"])
     assert be.ours_profile(prog, feed, 2) == pytest.approx({"linear": 2e-4, "attention": 1e-4})
