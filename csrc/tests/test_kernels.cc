@@ -29,6 +29,8 @@
 #include "edgecompress/sparse_s8.h"
 #include "edgecompress/sparse_nm.h"
 #include "edgecompress/dense_f32.h"
+#include "edgecompress/engine.h"
+#include "edgecompress/engine_ops.h"
 #include "edgecompress/registry.h"
 #include "edgecompress/threadpool.h"
 
@@ -493,6 +495,183 @@ bool check_sparse_s8_kernel(const SparseS8Kernel& kern) {
   return failures == 0;
 }
 
+
+// --- engine_f32 and the engine's executor ---------------------------------------------------------
+
+// |got - want| <= tol * scale + tol at each of n values; prints the first misses.
+int misses(const char* what, const float* got, const std::vector<double>& want, double scale, double tol) {
+  int bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= tol * (scale + 1.0))) {
+      if (++bad <= 3) std::printf("  FAIL %s at %zu: %.9g vs %.9g\n", what, i, got[i], want[i]);
+    }
+  }
+  return bad;
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+// One attention head group in float64: qkv (b, s, (h + 2 kv) d), mask (b, s) -> (b, s, h d).
+std::vector<double> attention_ref(const std::vector<float>& qkv, const std::vector<int64_t>& mask, int b, int s, int h,
+                                  int kv, int d, bool causal, double scale) {
+  const int w = (h + 2 * kv) * d;
+  std::vector<double> y(static_cast<size_t>(b) * s * h * d);
+  for (int bi = 0; bi < b; ++bi)
+    for (int hi = 0; hi < h; ++hi)
+      for (int i = 0; i < s; ++i) {
+        const int g = hi / (h / kv);
+        std::vector<double> p(s);
+        double mx = -1e300;
+        for (int j = 0; j < s; ++j) {
+          double dot = 0;
+          for (int e = 0; e < d; ++e) dot += double(qkv[(bi * s + i) * w + hi * d + e]) * qkv[(bi * s + j) * w + (h + g) * d + e];
+          dot *= scale;
+          if (mask[bi * s + j] == 0) dot += -3.4028234663852886e38;
+          if (causal && j > i) dot += -3.4028234663852886e38;
+          p[j] = dot;
+          mx = std::max(mx, dot);
+        }
+        double sum = 0;
+        for (int j = 0; j < s; ++j) sum += p[j] = std::exp(p[j] - mx);
+        for (int e = 0; e < d; ++e) {
+          double acc = 0;
+          for (int j = 0; j < s; ++j) acc += p[j] / sum * qkv[(bi * s + j) * w + (h + kv + g) * d + e];
+          y[((bi * s + i) * h + hi) * d + e] = acc;
+        }
+      }
+  return y;
+}
+
+// Each op of the family against float64 over sizes that are not multiples of any vector width, then
+// a small program through the executor (embedding -> attention with padding, causal and grouped
+// heads -> a dense_f32 linear -> LayerNorm with the residual -> mean pool) against float64, run
+// twice with the same bits, and an out-of-range token id refused by status.
+bool check_engine_kernel(const EngineKernel& k) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  int bad = 0;
+  for (int n : {1, 7, 33, 100, 384, 513}) {
+    std::vector<float> x(n), r(n), g(n), be(n), y(n), sum(n);
+    for (int i = 0; i < n; ++i) x[i] = 3 * nd(rng), r[i] = nd(rng), g[i] = nd(rng), be[i] = nd(rng);
+    std::vector<double> want(n), v(n);
+    // gelu (erf form)
+    k.gelu(x.data(), y.data(), n);
+    for (int i = 0; i < n; ++i) want[i] = 0.5 * x[i] * std::erfc(-x[i] / std::sqrt(2.0));
+    bad += misses("gelu", y.data(), want, 0.0, 1e-6);
+    // softmax
+    std::copy(x.begin(), x.end(), y.begin());
+    k.softmax_row(y.data(), n);
+    double mx = -1e300, tot = 0;
+    for (int i = 0; i < n; ++i) mx = std::max(mx, double(x[i]));
+    for (int i = 0; i < n; ++i) tot += want[i] = std::exp(double(x[i]) - mx);
+    for (int i = 0; i < n; ++i) want[i] /= tot;
+    bad += misses("softmax", y.data(), want, 0.0, 1e-6);
+    // LayerNorm and RMSNorm of x + r, with the sum
+    for (int rms = 0; rms < 2; ++rms) {
+      k.norm_row(x.data(), r.data(), g.data(), rms ? nullptr : be.data(), 1e-5f, rms != 0, n, y.data(), sum.data());
+      double mean = 0, var = 0;
+      for (int i = 0; i < n; ++i) v[i] = double(float(x[i] + r[i])), mean += rms ? 0 : v[i] / n;
+      for (int i = 0; i < n; ++i) var += (v[i] - mean) * (v[i] - mean) / n;
+      for (int i = 0; i < n; ++i) want[i] = (v[i] - mean) / std::sqrt(var + 1e-5) * g[i] + (rms ? 0 : be[i]);
+      bad += misses(rms ? "rmsnorm" : "layernorm", y.data(), want, max_abs(want), 1e-5);
+      bad += misses("norm sum", sum.data(), v, 0.0, 0.0);
+    }
+    // add with a broadcast operand
+    const int nb = std::max(1, n / 3);
+    k.binary(0, x.data(), r.data(), nb, y.data(), n);
+    for (int i = 0; i < n; ++i) want[i] = double(float(x[i] + r[i % nb]));
+    bad += misses("add", y.data(), want, 0.0, 0.0);
+  }
+  for (int m : {1, 3, 5, 17}) for (int n : {1, 9, 16, 33}) for (int kk : {1, 8, 37}) {
+    std::vector<float> a(m * kk), b(kk * n), c(m * n);
+    for (auto& e : a) e = nd(rng);
+    for (auto& e : b) e = nd(rng);
+    k.gemm_nn(m, n, kk, 0.5f, a.data(), kk, b.data(), n, c.data(), n);
+    std::vector<double> want(m * n);
+    double mag = 0;
+    for (int i = 0; i < m; ++i) for (int j = 0; j < n; ++j) {
+      double acc = 0, am = 0;
+      for (int p = 0; p < kk; ++p) acc += double(a[i * kk + p]) * b[p * n + j], am += std::fabs(a[i * kk + p] * b[p * n + j]);
+      want[i * n + j] = 0.5 * acc;
+      mag = std::max(mag, am);
+    }
+    bad += misses("gemm_nn", c.data(), want, mag, 1e-6);
+  }
+  // The program: batch 2, seq 5 (row 1 padded after 3 tokens), 4 query heads and 2 kv heads of 3.
+  const int B = 2, S = 5, H = 4, KV = 2, D = 3, V = 11, W = (H + 2 * KV) * D, HD = H * D;
+  std::vector<float> table(V * W), lw(HD * HD), gamma(HD), beta(HD);
+  for (auto* vec : {&table, &lw, &gamma, &beta}) for (auto& e : *vec) e = nd(rng);
+  std::vector<int64_t> ids = {1, 4, 9, 10, 0, 3, 3, 7, 2, 2}, mask = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+  auto pw = pack_dense_f32(*dense_f32_select(k.isa), lw.data(), HD, HD);
+  using engine::Ref;
+  using engine::Space;
+  const int64_t qkv_at = 0, att_at = 4 * B * S * W, lin_at = att_at + 4 * B * S * HD, ln_at = lin_at + 4 * B * S * HD;
+  std::vector<engine::Node> nodes(5);
+  nodes[0].op = engine::Op::embedding;
+  nodes[0].in[0] = {Space::input, 0, 0}, nodes[0].in[1] = {Space::constant, 0, 0}, nodes[0].out[0] = {Space::arena, 0, qkv_at};
+  nodes[0].i[0] = B * S, nodes[0].i[1] = W, nodes[0].i[2] = V;
+  for (int causal = 0; causal < 2; ++causal) {
+    nodes[1].op = engine::Op::attention;
+    nodes[1].in[0] = {Space::arena, 0, qkv_at}, nodes[1].in[1] = {Space::arena, 0, qkv_at + 4 * H * D};
+    nodes[1].in[2] = {Space::arena, 0, qkv_at + 4 * (H + KV) * D}, nodes[1].in[3] = {Space::input, 1, 0};
+    nodes[1].out[0] = {Space::arena, 0, att_at};
+    const int64_t ai[10] = {B, S, H, KV, D, W, causal, S, W, W};
+    std::copy(ai, ai + 10, nodes[1].i);
+    nodes[1].f[0] = 0.5f;
+    nodes[2].op = engine::Op::linear, nodes[2].wkind = engine::WeightKind::dense_f32, nodes[2].weight = pw.get();
+    nodes[2].in[0] = {Space::arena, 0, att_at}, nodes[2].out[0] = {Space::arena, 0, lin_at};
+    nodes[2].i[0] = B * S, nodes[2].i[1] = HD;
+    nodes[3].op = engine::Op::norm;
+    nodes[3].in[0] = {Space::arena, 0, lin_at}, nodes[3].in[1] = {Space::arena, 0, att_at};
+    nodes[3].in[2] = {Space::constant, 1, 0}, nodes[3].in[3] = {Space::constant, 2, 0}, nodes[3].out[0] = {Space::arena, 0, ln_at};
+    nodes[3].i[0] = B * S, nodes[3].i[1] = HD, nodes[3].f[0] = 1e-5f;
+    nodes[4].op = engine::Op::mean_pool;
+    nodes[4].in[0] = {Space::arena, 0, ln_at}, nodes[4].in[1] = {Space::input, 1, 0}, nodes[4].out[0] = {Space::output, 0, 0};
+    nodes[4].i[0] = B, nodes[4].i[1] = S, nodes[4].i[2] = HD;
+    engine::Plan plan(nodes, ln_at + 4 * B * S * HD, {table.data(), gamma.data(), beta.data()}, k);
+    std::vector<float> out(B * HD, -1.0f), again(B * HD);
+    const void* ins[2] = {ids.data(), mask.data()};
+    void* outs[1] = {out.data()};
+    if (plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok) ++bad;
+    outs[0] = again.data();
+    if (plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok || std::memcmp(out.data(), again.data(), 4 * out.size())) ++bad;
+    // float64 reference of the same program
+    std::vector<float> qkv(B * S * W);
+    for (int t = 0; t < B * S; ++t) std::copy(&table[ids[t] * W], &table[ids[t] * W] + W, &qkv[t * W]);
+    std::vector<double> att = attention_ref(qkv, mask, B, S, H, KV, D, causal != 0, 0.5), want(B * HD, 0.0);
+    for (int b = 0; b < B; ++b) {
+      int kept = 0;
+      for (int s2 = 0; s2 < S; ++s2) {
+        const int t = b * S + s2;
+        std::vector<double> v(HD);
+        double mean = 0, var = 0;
+        for (int o = 0; o < HD; ++o) {
+          double acc = 0;
+          for (int p = 0; p < HD; ++p) acc += att[t * HD + p] * lw[o * HD + p];
+          v[o] = acc + att[t * HD + o];
+          mean += v[o] / HD;
+        }
+        for (int o = 0; o < HD; ++o) var += (v[o] - mean) * (v[o] - mean) / HD;
+        if (!mask[t]) continue;
+        ++kept;
+        for (int o = 0; o < HD; ++o) want[b * HD + o] += (v[o] - mean) / std::sqrt(var + 1e-5) * gamma[o] + beta[o];
+      }
+      for (int o = 0; o < HD; ++o) want[b * HD + o] /= kept;
+    }
+    bad += misses(causal ? "program (causal)" : "program", out.data(), want, max_abs(want), 1e-4);
+    std::vector<int64_t> bad_ids = ids;
+    bad_ids[7] = V;
+    const void* bad_ins[2] = {bad_ids.data(), mask.data()};
+    const engine::RunResult rr = plan.run(bad_ins, outs, 64, nullptr);
+    if (rr.status != engine::RunStatus::index_out_of_range || rr.node != 0) ++bad;
+  }
+  return bad == 0;
+}
+
 // --- dense_f32 and the low-rank product -------------------------------------------------------
 
 // |got - ref| <= tol * mag + tiny at every element of a (m, n) result; prints the first misses.
@@ -696,6 +875,8 @@ int main() {
   const int s8k_count = sparse_s8_kernels(&s8k);
   const SparseNmKernel* const* nk;
   const int nk_count = sparse_nm_f32_kernels(&nk);
+  const EngineKernel* const* ek;
+  const int ek_count = engine_f32_kernels(&ek);
   for (int threads : {1, 2}) {
     set_num_threads(threads);
     set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
@@ -713,6 +894,7 @@ int main() {
     for (int i = 0; i < dk_count; ++i) report(dk[i], check_dense_kernel);
     for (int i = 0; i < s8k_count; ++i) report(s8k[i], check_sparse_s8_kernel);
     for (int i = 0; i < nk_count; ++i) report(nk[i], check_nm_kernel);
+    for (int i = 0; i < ek_count; ++i) report(ek[i], check_engine_kernel);
   }
   for (int i = 0; i < sk_count; ++i) {
     const bool ok = check_sparse_packed_size(*sk[i]);

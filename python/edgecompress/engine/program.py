@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..runtime import _kernel
+from ..runtime import _kernel, current_tier
 from .ops import LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
 
 __all__ = ["Input", "Program"]
@@ -63,7 +63,7 @@ class Program:
         self.report: Any = None  # compress's report when export compressed the model
         self._check()
         self._plans: dict[tuple[Any, ...], _Plan] = {}
-        self._packed: dict[tuple[str, str], tuple[Any, int]] = {}
+        self._packed: dict[tuple[str, str], tuple[Any, int]] = {}  # (weight, tier cap) -> packed
 
     # ---- structure ----
 
@@ -192,15 +192,11 @@ class Program:
             raise ValueError(f"node {n.name!r} ({n.op}): invalid attributes ({type(e).__name__}: {e})") from None
 
     def _packed_weight(self, name: str) -> tuple[Any, int]:
-        w = self.weights[name]
-        family = ("dense_f32" if isinstance(w, np.ndarray) else
-                  {"Int8Weight": "gemm_s8", "Int4Weight": "gemm_q4"}.get(type(w).__name__, "sparse"))
-        key = (name, family if family != "sparse" else repr(w.pattern) + w.dtype)
-        # the packed form depends on the kernel chosen under the current tier cap (use_isa)
-        key = key + (_kernel("engine_f32"), _kernel("gemm_s8"), _kernel("gemm_q4"))
+        # the packed form depends on the kernels chosen under the tier cap in force (use_isa)
+        key = (name, current_tier())
         got = self._packed.get(key)
         if got is None:
-            got = self._packed[key] = packed_weight(w)
+            got = self._packed[key] = packed_weight(self.weights[name])
         return got
 
     def _plan(self, arrays: list[np.ndarray]) -> _Plan:
@@ -264,7 +260,7 @@ class Program:
         return _Plan(plan, outs, [str(a.dtype) for a in arrays])
 
     def _get_plan(self, arrays: list[np.ndarray]) -> _Plan:
-        key = tuple(a.shape for a in arrays) + (_kernel("engine_f32"), _kernel("gemm_s8"))
+        key = (current_tier(),) + tuple(a.shape for a in arrays)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._plan(arrays)
