@@ -102,7 +102,7 @@ void run_norm(const Node& nd, const Ctx& c) {
 // Per-thread scratch of the attention tasks: K of one head transposed, V of one head packed (its rows
 // are a whole projection row apart: at 1152 floats, 4.5 KiB, they would fall into a few L1 sets and
 // evict each other), and one chunk of scores.
-thread_local AlignedArray<float> t_kt, t_v, t_scores;
+thread_local AlignedArray<float> t_kt, t_v, t_scores, t_mask;
 
 RunStatus run_attention(const Node& nd, const Ctx& c) {
   const float* q = at<const float>(c, nd.in[0]);
@@ -127,10 +127,12 @@ RunStatus run_attention(const Node& nd, const Ctx& c) {
     float* kt;
     float* vp;
     float* sc;
+    float* madd;
     try {
       kt = ensure_size(t_kt, static_cast<size_t>(d) * sk);
       vp = ensure_size(t_v, static_cast<size_t>(d) * sk);
       sc = ensure_size(t_scores, static_cast<size_t>(nq) * sk);
+      madd = ensure_size(t_mask, static_cast<size_t>(sk));
     } catch (const std::bad_alloc&) {
       oom = true;
       return;
@@ -141,11 +143,19 @@ RunStatus run_attention(const Node& nd, const Ctx& c) {
     }
     const float* qb = q + (static_cast<ptrdiff_t>(b) * sq + q0) * ldq + static_cast<ptrdiff_t>(h) * d;
     c.k->gemm_nn(nq, sk, d, scale, qb, ldq, kt, sk, sc, sk);
+    // the padding mask as one additive row (0 or kMasked), or nothing when no key is padding
+    bool padded = false;
+    if (mask != nullptr) {
+      const int64_t* mb = mask + static_cast<ptrdiff_t>(b) * sk;
+      for (int j = 0; j < sk; ++j) {
+        madd[j] = mb[j] != 0 ? 0.0f : kMasked;
+        padded |= mb[j] == 0;
+      }
+    }
     for (int i = 0; i < nq; ++i) {
       float* row = sc + static_cast<ptrdiff_t>(i) * sk;
-      if (mask != nullptr) {
-        const int64_t* mb = mask + static_cast<ptrdiff_t>(b) * sk;
-        for (int j = 0; j < sk; ++j) row[j] = mb[j] != 0 ? row[j] : row[j] + kMasked;
+      if (padded) {
+        for (int j = 0; j < sk; ++j) row[j] += madd[j];
       }
       if (causal) {  // query q0 + i sits at key position (sk - sq) + q0 + i
         for (int j = sk - sq + q0 + i + 1; j < sk; ++j) row[j] += kMasked;

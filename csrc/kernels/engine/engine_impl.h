@@ -67,8 +67,16 @@ void norm_row(const float* x, const float* r, const float* gamma, const float* b
 }
 
 void softmax_row(float* x, int n) {
+  // the max with vector lanes (a scalar max reduction does not vectorize without -ffast-math)
+  vf vmx = splat(-INFINITY);
+  int i0 = 0;
+  for (; i0 + W <= n; i0 += W) {
+    const vf v = load(x + i0);
+    vmx = v > vmx ? v : vmx;
+  }
   float mx = -INFINITY;
-  for (int i = 0; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  for (int l = 0; l < W; ++l) mx = vmx[l] > mx ? vmx[l] : mx;
+  for (; i0 < n; ++i0) mx = x[i0] > mx ? x[i0] : mx;
   // exp as its own element-wise loop: the compiler vectorizes it whole (vmath.h is branch-free)
   for (int i = 0; i < n; ++i) x[i] = exp_approx(x[i] - mx);
   int i = 0;
