@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..formats import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 from . import _library
 from ._common import _EXTRA, CompressedModule, StaticInput, Weight, check_input, run_op
 
