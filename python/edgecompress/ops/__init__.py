@@ -27,7 +27,7 @@ from ..runtime import (dense_f32_kernel, gemm_q4_kernel, gemm_s8_kernel, sparse_
                        sparse_s8_kernel)
 from . import packing
 
-__all__ = ["linear", "packed", "qgemm"]
+__all__ = ["conv2d", "linear", "packed", "qgemm"]
 
 _ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 _SCHEMES = {"symmetric": 0, "asymmetric": 1}
@@ -299,9 +299,10 @@ def packed(w: Int8Weight | Int4Weight | SparseWeight | LowRankWeight) -> Any:
     return packing.cached(w, fmt.kernel(w), fmt.pack)
 
 
-# formats/ is numpy only; the two steps of its constructors that need the kernels are plugged in
-# here (formats/_common.py says why). autoformat times linear(), so it comes after it.
+# The modules built on linear() and the table come after them. formats/ is numpy only; the two steps
+# of its constructors that need the kernels are plugged in here (formats/_common.py says why).
 from . import autoformat  # noqa: E402
+from .conv import conv2d  # noqa: E402
 
 plug("sparse_auto", autoformat.sparse_auto)
 plug("int4_clip_search", _core.int4_best_candidates)
