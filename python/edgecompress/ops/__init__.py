@@ -98,11 +98,11 @@ def linear(
     act = _ACTIVATIONS.get(activation) if activation is None or isinstance(activation, str) else None
     if act is None:
         raise ValueError(f"activation: expected None, 'relu' or 'gelu', got {activation!r}")
-    return fmt.linear(x, w, bias, activation, act, out, act_scheme, act_scale, act_zero_point)
+    return fmt.linear(fmt, x, w, bias, activation, act, out, act_scheme, act_scale, act_zero_point)
 
 
-def _linear_int8(x: np.ndarray, w: Int8Weight, bias: np.ndarray | None, activation: str | None, act: int,
-                 out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
+def _linear_int8(fmt: _FormatOps, x: np.ndarray, w: Int8Weight, bias: np.ndarray | None, activation: str | None,
+                 act: int, out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
     n, k = w.shape
     scheme = _SCHEMES.get(act_scheme) if isinstance(act_scheme, str) else None
     if scheme is None:
@@ -117,7 +117,7 @@ def _linear_int8(x: np.ndarray, w: Int8Weight, bias: np.ndarray | None, activati
     if k > max_k:
         raise ValueError(f"w: expected K <= {max_k} for exact int32 accumulation with {act_scheme} activations, got K = {k}")
     x2, out2 = _rows(x, w, bias, out)
-    y = _core.linear_s8(packed(w), x2, bias, act, scheme, scale, zero_point, out2)
+    y = _core.linear_s8(fmt.packed(w), x2, bias, act, scheme, scale, zero_point, out2)
     return out if out is not None else y.reshape(x.shape[:-1] + (n,))
 
 
@@ -127,11 +127,11 @@ def _dynamic_only(what: str, act_scheme: Any, act_scale: Any, act_zero_point: An
         raise ValueError(f"act_scheme/act_scale/act_zero_point: not used with a {what}")
 
 
-def _linear_int4(x: np.ndarray, w: Int4Weight, bias: np.ndarray | None, activation: str | None, act: int,
-                 out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
+def _linear_int4(fmt: _FormatOps, x: np.ndarray, w: Int4Weight, bias: np.ndarray | None, activation: str | None,
+                 act: int, out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
     _dynamic_only(type(w).__name__, act_scheme, act_scale, act_zero_point)
     x2, out2 = _rows(x, w, bias, out)
-    y = _core.linear_q4(packed(w), x2, bias, act, 0 if w.compute == "int8" else 1, out2)
+    y = _core.linear_q4(fmt.packed(w), x2, bias, act, 0 if w.compute == "int8" else 1, out2)
     return out if out is not None else y.reshape(x.shape[:-1] + (w.shape[0],))
 
 
@@ -145,15 +145,15 @@ _SPARSE_KERNELS = {"sparse_nm_f32": (sparse_nm_f32_kernel, _core.linear_sparse_n
                    "sparse_f32": (sparse_f32_kernel, _core.linear_sparse_f32)}
 
 
-def _linear_sparse(x: np.ndarray, w: SparseWeight, bias: np.ndarray | None, activation: str | None, act: int,
-                   out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
+def _linear_sparse(fmt: _FormatOps, x: np.ndarray, w: SparseWeight, bias: np.ndarray | None, activation: str | None,
+                   act: int, out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
     _dynamic_only("int8 SparseWeight (dynamic symmetric activations only)" if w.dtype == "int8" else type(w).__name__,
                   act_scheme, act_scale, act_zero_point)
     n, k = w.shape
     if w.dtype == "int8" and k > _MAX_K_INT8:
         raise ValueError(f"w: expected K <= {_MAX_K_INT8} for exact int32 accumulation, got K = {k}")
     x2, out2 = _rows(x, w, bias, out)
-    y = _SPARSE_KERNELS[sparse_family(w)][1](packed(w), x2, bias, act, out2)
+    y = _SPARSE_KERNELS[sparse_family(w)][1](fmt.packed(w), x2, bias, act, out2)
     return out if out is not None else y.reshape(x.shape[:-1] + (n,))
 
 
@@ -167,15 +167,15 @@ def _rows(x: np.ndarray, w: Any, bias: np.ndarray | None, out: np.ndarray | None
     return x2, None if out is None else _check_out(out, x.shape[:-1] + (n,), x, bias)
 
 
-def _linear_lowrank(x: np.ndarray, w: LowRankWeight, bias: np.ndarray | None, activation: str | None, act: int,
-                    out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
+def _linear_lowrank(fmt: _FormatOps, x: np.ndarray, w: LowRankWeight, bias: np.ndarray | None, activation: str | None,
+                    act: int, out: np.ndarray | None, act_scheme: Any, act_scale: Any, act_zero_point: Any) -> np.ndarray:
     act_args = {"act_scheme": act_scheme, "act_scale": act_scale, "act_zero_point": act_zero_point}
     n, k = w.shape
     x2 = _contiguous(x).reshape(-1, k)
     out2 = None if out is None else _check_out(out, x.shape[:-1] + (n,), x, bias)
     m = x2.shape[0]
     # (numpy has no erf: a gelu epilogue stays in the native call at every batch size)
-    pv, pu = packed(w) if w.dtype != "int8" else (None, None)
+    pv, pu = fmt.packed(w) if w.dtype != "int8" else (None, None)
     if w.dtype == "float32" and (m <= LOWRANK_FUSED_MAX_ROWS or activation == "gelu"):
         y = _core.linear_lowrank_f32(pv, pu, x2, bias, act, out2)
     else:
@@ -270,7 +270,10 @@ class _FormatOps:
 
     kernel: Callable[[Any], str]  # the name of the kernel that runs weight w at the current tier cap
     pack: Callable[[Any, str], Any]  # w packed for that kernel (packing.py)
-    linear: Callable[..., np.ndarray]  # linear() after its common checks
+    linear: Callable[..., np.ndarray]  # linear() after its common checks, given this row first
+
+    def packed(self, w: Any) -> Any:
+        return packing.cached(w, self.kernel(w), self.pack)
 
 
 _FORMATS: dict[type, _FormatOps] = {
@@ -295,8 +298,7 @@ def packed(w: Int8Weight | Int4Weight | SparseWeight | LowRankWeight) -> Any:
     """w packed for the kernel that runs it now (the registry's pick at the current tier cap): built on
     the first call, then the same object for as long as w lives (one per kernel, i.e. per tier in use).
     A LowRankWeight gives (v, u) packed for the dense_f32 kernel, None for an int8 factor."""
-    fmt = _format(w)
-    return packing.cached(w, fmt.kernel(w), fmt.pack)
+    return _format(w).packed(w)
 
 
 # The modules built on linear() and the table come after them. formats/ is numpy only; the two steps

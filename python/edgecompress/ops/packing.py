@@ -2,9 +2,10 @@
 
 A weight (formats/) is portable and knows nothing of kernels; each kernel reads its own layout
 (panels, interleaved blocks, expanded zero points), built here on first use and kept for the life of
-the weight object: in a weak table keyed by the weight, so a weight that is dropped takes its packed
-forms with it, and a copy (pickle, deepcopy) packs again in its own process. One lock per weight
-makes concurrent first calls pack once; a fork gets fresh locks (below).
+the weight object: in a table by the weight's id(), whose entry leaves with the weight (a finalizer),
+so a weight that is dropped takes its packed forms with it, and a copy (pickle, deepcopy) packs again
+in its own process. (A WeakKeyDictionary would do the same at twice the cost per call.) One lock per
+weight makes concurrent first calls pack once; a fork gets fresh locks (below).
 """
 
 from __future__ import annotations
@@ -78,18 +79,20 @@ class _Packs:
         self.lock = threading.Lock()
 
 
-_PACKS: weakref.WeakKeyDictionary[Any, _Packs] = weakref.WeakKeyDictionary()
+_PACKS: dict[int, _Packs] = {}  # by id() of a live weight: its finalizer removes the entry before the id is free
 _PACKS_LOCK = threading.Lock()  # guards adding a weight to _PACKS
 
 
 def cached(w: Any, kernel: str, pack: Callable[[Any, str], Any]) -> Any:
     """``pack(w, kernel)``, built on the first call for this weight object and kernel, then the same object."""
-    packs = _PACKS.get(w)
+    key = id(w)
+    packs = _PACKS.get(key)
     if packs is None:
         with _PACKS_LOCK:
-            packs = _PACKS.get(w)
+            packs = _PACKS.get(key)
             if packs is None:
-                packs = _PACKS[w] = _Packs()
+                packs = _PACKS[key] = _Packs()
+                weakref.finalize(w, _PACKS.pop, key, None).atexit = False
     p = packs.by_kernel.get(kernel)
     if p is None:
         with packs.lock:
