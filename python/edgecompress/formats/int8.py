@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import MAX_N, as_float_matrix, check_metadata, show
+from ._common import MAX_N, as_float_matrix, check_metadata, frozen, show
 
 __all__ = ["Int8Weight", "quantize_weight_int8"]
 
@@ -57,10 +57,8 @@ class Int8Weight:
             raise ValueError("scale: expected finite values, got NaN or Inf")
         if (scale < 0).any():
             raise ValueError("scale: expected values >= 0")
-        self.qweight = np.array(qweight, order="C", copy=True)
-        self.scale = np.array(scale, order="C", copy=True)
-        self.qweight.flags.writeable = False
-        self.scale.flags.writeable = False
+        self.qweight = frozen(qweight)
+        self.scale = frozen(scale)
 
     @classmethod
     def from_float(cls, w: Any, granularity: str = "channel") -> Int8Weight:
