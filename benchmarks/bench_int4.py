@@ -33,8 +33,9 @@ from edgecompress.bench import (
     cpu_slug,
     write_report,
 )
+from edgecompress.convert import to_onnx_matmulnbits
 from edgecompress.reference import linear_int4
-from edgecompress.runtime import LADDER, gemm_q4_kernel, use_isa
+from edgecompress.runtime import LADDER, use_isa
 
 SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024),
           (1, 4096, 11008), (1, 11008, 4096)]
@@ -49,7 +50,7 @@ def _ort_matmulnbits(w4: ec.Int4Weight, level: int, threads: int) -> Callable[[n
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         return None
-    d = w4.to_onnx_matmulnbits()
+    d = to_onnx_matmulnbits(w4)
     n, k = w4.shape
     inits = [numpy_helper.from_array(d["B"], "B"), numpy_helper.from_array(d["scales"], "scales")]
     node = helper.make_node("MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft",
@@ -133,7 +134,7 @@ def main() -> int:
                 with use_isa(tier):
                     if not np.array_equal(ec.linear(x[:2], w), want):
                         raise AssertionError(f"q4 {tier} {name} differs from the oracle at {(m, k, n)}")
-        packed_bytes = weights["g32"].packed(gemm_q4_kernel()).nbytes
+        packed_bytes = ec.ops.packed(weights["g32"]).nbytes
         ops = 2.0 * m * k * n
         for t in threads:
             ec.set_num_threads(t)
@@ -145,14 +146,14 @@ def main() -> int:
                             continue
                         wc = w.with_compute(compute) if compute != w.compute else w
                         label = f"q4 {tier} {compute} {name}"
-                        nbytes_of[label] = wc.packed(gemm_q4_kernel()).nbytes
+                        nbytes_of[label] = ec.ops.packed(wc).nbytes
 
                         def ours(tier: str = tier, wc: ec.Int4Weight = wc) -> Any:
                             with use_isa(tier):
                                 return ec.linear(x, wc)
                         cands[label] = ours
             cands[f"int8 {top} (ours)"] = lambda: ec.linear(x, w8)
-            nbytes_of[f"int8 {top} (ours)"] = w8.packed(ec.runtime.gemm_s8_kernel()).nbytes
+            nbytes_of[f"int8 {top} (ours)"] = ec.ops.packed(w8).nbytes
             wt = np.ascontiguousarray(w_float.T)
             cands["numpy fp32"] = lambda: x @ wt
             for level in (0, 4):

@@ -9,7 +9,8 @@ import pytest
 
 import edgecompress as ec
 from edgecompress import reference as ref
-from edgecompress.quantize4 import nf4_table
+from edgecompress.convert import from_gguf_q4_0, from_onnx_matmulnbits, to_gguf_q4_0, to_onnx_matmulnbits
+from edgecompress.formats.quantize4 import nf4_table
 from sweeps import GEMM_SHAPES
 
 KINDS = ["symmetric", "asymmetric", "nf4", "table-per-tensor", "kmeans-per-channel"]
@@ -182,7 +183,7 @@ def test_clipping_search_matches_its_reference(g, threads):
 
 def test_mse_search_keeps_each_groups_best_ratio():
     """method="mse" keeps, per group, the ratio of least reconstruction error among all 26."""
-    from edgecompress.quantize4 import MSE_RATIOS, _groups, _uniform_at
+    from edgecompress.formats.quantize4 import MSE_RATIOS, _groups, _uniform_at
     rng = np.random.default_rng(4)
     w = rng.standard_t(3, (64, 256)).astype(np.float32)
     for sym in (True, False):
@@ -285,15 +286,15 @@ def test_state_dicts_with_unknown_missing_or_mistyped_entries_are_refused(rng):
 def test_packed_size_stays_within_ten_percent(rng):
     for kind in KINDS:
         w = _random_weight(rng, 64, 4096, 32, kind)
-        packed = w.packed(ec.runtime.gemm_q4_kernel())
+        packed = ec.ops.packed(w)
         assert packed.nbytes <= 1.1 * w.nbytes, kind
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_onnx_matmulnbits_round_trip(rng, symmetric):
     w = ec.Int4Weight.from_float(rng.standard_normal((12, 100)).astype(np.float32), symmetric=symmetric)
-    d = w.to_onnx_matmulnbits()
-    back = ec.Int4Weight.from_onnx_matmulnbits(d["B"], d["scales"], d.get("zero_points"), **{
+    d = to_onnx_matmulnbits(w)
+    back = from_onnx_matmulnbits(d["B"], d["scales"], d.get("zero_points"), **{
         k: v for k, v in d["attributes"].items()})
     for a, b in ((w.qweight, back.qweight), (w.scale, back.scale), (w.zero_point, back.zero_point)):
         np.testing.assert_array_equal(a, b)
@@ -307,7 +308,7 @@ def test_onnxruntime_matmulnbits_computes_our_weight(rng, symmetric):
 
     n, k, g = 24, 100, 32
     w = ec.Int4Weight.from_float(rng.standard_normal((n, k)).astype(np.float32), symmetric=symmetric, group_size=g)
-    d = w.to_onnx_matmulnbits()
+    d = to_onnx_matmulnbits(w)
     inits = [numpy_helper.from_array(d["B"], "B"), numpy_helper.from_array(d["scales"], "scales")]
     inputs = ["x", "B", "scales"]
     if "zero_points" in d:
@@ -330,12 +331,12 @@ def test_gguf_q4_0_round_trip(rng):
     gguf = pytest.importorskip("gguf")
     w = rng.standard_normal((8, 96)).astype(np.float32)
     blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0)
-    ours = ec.Int4Weight.from_gguf_q4_0(blocks, (8, 96))
+    ours = from_gguf_q4_0(blocks, (8, 96))
     np.testing.assert_array_equal(ours.to_float(), gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_0))
-    np.testing.assert_array_equal(ours.to_gguf_q4_0(), blocks.reshape(8, -1))
+    np.testing.assert_array_equal(to_gguf_q4_0(ours), blocks.reshape(8, -1))
     mine = ec.Int4Weight.from_float(w)
     np.testing.assert_array_equal(
-        gguf.quants.dequantize(mine.to_gguf_q4_0(), gguf.GGMLQuantizationType.Q4_0).reshape(8, 96), mine.to_float())
+        gguf.quants.dequantize(to_gguf_q4_0(mine), gguf.GGMLQuantizationType.Q4_0).reshape(8, 96), mine.to_float())
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -373,6 +374,6 @@ def test_bad_inputs_are_clear_errors(rng):
     with pytest.raises(ValueError, match="compute"):
         good.with_compute("int4")
     with pytest.raises(ValueError, match="Q4_0"):
-        ec.Int4Weight.from_float(w, symmetric=False).to_gguf_q4_0()
+        to_gguf_q4_0(ec.Int4Weight.from_float(w, symmetric=False))
     with pytest.raises(ValueError, match="blocks"):
-        ec.Int4Weight.from_gguf_q4_0(np.zeros(17, np.uint8), (4, 64))
+        from_gguf_q4_0(np.zeros(17, np.uint8), (4, 64))

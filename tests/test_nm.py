@@ -259,8 +259,8 @@ def test_auto_considers_the_patterns_the_weight_has(rng):
 def test_packing_and_kernel_listing(rng):
     w = ec.SparseWeight.from_float(_nm_dense(rng, 6, 40, "1:4"), format="1:4")
     kernel = ec.cpu_info()["families"]["sparse_nm_f32"]["kernel"]
-    p = w.packed(kernel)
-    assert w.packed(kernel) is p and p.kernel == kernel
+    p = ec.ops.packed(w)
+    assert ec.ops.packed(w) is p and p.kernel == kernel
     # 2 panels x 1 chunk x 4 rows x (16 values + one 4-byte word)
     assert p.nbytes == 2 * 4 * (16 * 4 + 4)
     names = [k["name"] for k in _core.sparse_nm_f32_kernels()]

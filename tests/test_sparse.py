@@ -294,13 +294,13 @@ def test_int8_auto(rng, rows):
 @pytest.mark.parametrize("block", [1, 4])
 def test_int8_csr_packs_to_the_blocks_of_bsr1x4(rng, block):
     # What lets format="auto" time only one of the two int8 layouts: the same kernel input.
-    from edgecompress.weights import _csr_to_1x4
+    from edgecompress.ops.packing import csr_to_1x4
 
     w_dense = _pruned_k(rng, 40, 300, 0.7, block)
     w_dense[3, 7] = 1e-7  # quantizes to zero: neither layout may keep it (or a block for it)
     csr = ec.SparseWeight.from_float(w_dense, format="csr", dtype="int8")
     bsr = ec.SparseWeight.from_float(w_dense, format="bsr1x4", dtype="int8")
-    indptr, indices, values = _csr_to_1x4(csr.indptr, csr.indices, csr.values.reshape(-1), 40, 300)
+    indptr, indices, values = csr_to_1x4(csr.indptr, csr.indices, csr.values.reshape(-1), 40, 300)
     np.testing.assert_array_equal(indptr, bsr.indptr)
     np.testing.assert_array_equal(indices, bsr.indices)
     np.testing.assert_array_equal(values.reshape(-1), bsr.values.reshape(-1))

@@ -9,7 +9,7 @@ model saved with ``save_pretrained``) (imported on first use).
 from . import ops, reference
 from .ops import linear
 from .runtime import cpu_info, current_tier, get_num_threads, set_num_threads, use_isa
-from .weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from .formats import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 
 __version__ = "0.1.0"
 

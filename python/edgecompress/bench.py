@@ -34,7 +34,7 @@ from .ops import linear
 from .reference import linear_int8, quantize_weight_int8
 from .runtime import LADDER, get_num_threads, set_num_threads, use_isa
 from .timing import interleaved_rounds, time_call
-from .weights import Int8Weight
+from .formats import Int8Weight
 
 SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024)]
 QUICK_SHAPES = [(1, 1024, 1024), (64, 512, 512)]

@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import __version__
-from .weights import show
+from .formats._common import show
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from torch import nn
 from . import __version__
 from .nn import MODULE_CLASSES, CompressedModule
 from .nn._common import decode_extra_state
-from .weights import show
+from .formats._common import show
 
 __all__ = ["from_pretrained", "load", "load_state_dict", "read_manifest", "save"]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import edgecompress as ec  # noqa: E402
 from edgecompress import nn as enn  # noqa: E402
-from edgecompress.nn import conv as conv_module  # noqa: E402
+from edgecompress.ops import conv as ops_conv  # noqa: E402
 from nn_oracle import (  # noqa: E402
     VARIANT_IDS,
     VARIANTS,
@@ -192,13 +192,13 @@ def test_a_one_group_1x1_stride_1_conv_multiplies_channels_last_input_in_place(m
     conv = torch.nn.Conv2d(16, 8, 1)
     m = enn.Int8Conv2d.from_float(conv)
     seen = []
-    linear = conv_module.ops.linear
+    linear = ops_conv.linear
 
     def spy(x, *args, **kwargs):
         seen.append(x)
         return linear(x, *args, **kwargs)
 
-    monkeypatch.setattr(conv_module.ops, "linear", spy)
+    monkeypatch.setattr(ops_conv, "linear", spy)
     x = torch.from_numpy(rng.standard_normal((2, 16, 5, 7)).astype(np.float32))
     xcl = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -249,10 +249,10 @@ def test_blocks_of_rows_across_images_give_the_bits_of_one_block(rows_per_block,
         whole = m(x)
         row_bytes = 4 * 7 * m.weights[0].shape[1]  # one output row of 7 pixels
         assert 4 * m.weights[0].nbytes < row_bytes  # (so the block size is _CHUNK_BYTES's alone)
-        monkeypatch.setattr(conv_module, "_CHUNK_BYTES", rows_per_block * row_bytes)
+        monkeypatch.setattr(ops_conv, "_CHUNK_BYTES", rows_per_block * row_bytes)
         calls = []
-        linear = conv_module.ops.linear
-        monkeypatch.setattr(conv_module.ops, "linear", lambda x, *a, **k: calls.append(x.shape[0]) or linear(x, *a, **k))
+        linear = ops_conv.linear
+        monkeypatch.setattr(ops_conv, "linear", lambda x, *a, **k: calls.append(x.shape[0]) or linear(x, *a, **k))
         got = m(x)
     assert torch.equal(got, whole)
     blocks = [min(rows_per_block, 10 - r0) * 7 for r0 in range(0, 10, rows_per_block)]

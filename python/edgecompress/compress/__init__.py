@@ -2,7 +2,7 @@
 and the one-call API that applies them.
 
 Needs torch (``pip install "edgecompress[torch]"``). The algorithms produce the canonical weight formats
-of :mod:`edgecompress.weights`; running them fast inside torch is :mod:`edgecompress.nn`'s job.
+of :mod:`edgecompress.formats`; running them fast inside torch is :mod:`edgecompress.nn`'s job.
 
 - ``edgecompress.compress(model, recipe, calibration_data, example_inputs, ...)``: swap a model's
   layers for compressed modules by recipe ("int8", "nf4", "sparse-75+int8", ...), with a speed guard

@@ -40,7 +40,7 @@ from torch import nn
 from ..nn import (CompressedModule, Int4Conv2d, Int4Linear, Int8Conv2d, Int8Linear, LowRankConv2d, LowRankLinear,
                   SparseConv2d, SparseLinear)
 from ..timing import interleaved_rounds
-from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..formats import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 from .lowrank import choose_rank, svd_factors, worth_factorizing
 from .prune._common import as_input_tuple, calibration_batches, check_module, eval_mode, set_submodule
 from .prune.magnitude import compute_masks, weight_scores

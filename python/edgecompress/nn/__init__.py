@@ -2,7 +2,7 @@
 
 ``Int8Linear``, ``Int4Linear``, ``SparseLinear``, ``LowRankLinear`` replace ``torch.nn.Linear``;
 ``Int8Conv2d``, ``Int4Conv2d``, ``SparseConv2d``, ``LowRankConv2d`` replace ``torch.nn.Conv2d``.
-Each holds canonical weights (``edgecompress.weights``) and a float32 bias; build one with
+Each holds canonical weights (``edgecompress.formats``) and a float32 bias; build one with
 ``from_float(module, **format_options)`` or from a weight you already have. Inputs are float32,
 float16 or bfloat16 CPU tensors (the kernels compute in float32; the output has the input's dtype);
 a backward pass through a module raises RuntimeError. Each module is a torch custom op

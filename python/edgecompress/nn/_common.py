@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight, show
+from ..formats import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..formats._common import show
 from ._library import NO_BACKWARD, register
 
-Weight = Any  # one of the canonical weight classes of edgecompress.weights
+Weight = Any  # one of the canonical weight classes of edgecompress.formats
 _EXTRA = "_extra_state"
 
 

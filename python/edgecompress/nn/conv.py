@@ -1,22 +1,15 @@
-"""Drop-in replacements for torch.nn.Conv2d: im2col (one strided gather) onto the linear kernels.
+"""Drop-in replacements for torch.nn.Conv2d on the compressed convolution of the ops layer
+(``edgecompress.ops.conv2d``: im2col, one strided gather, onto the linear kernels; its notes say why
+the gather works as it does).
 
-Each call gathers the input into rows of kh * kw * C/groups values, one row per output pixel, and
-multiplies them by the compressed weight of each group (out_channels/groups, kh * kw * C/groups). A
-grouped convolution holds one canonical weight per group (a depthwise convolution runs, but its
-one-row weights gain nothing from compression). Padding modes other than "zeros", and the uneven
-padding of "same" with even kernels, pad the input with torch first.
+A grouped convolution holds one canonical weight per group (a depthwise convolution runs, but its
+one-row weights gain nothing from compression). Padding follows ``padding_mode``, and "same" pads
+even kernels unevenly, as torch does.
 
-Why the patch order is (kh, kw, c) ("hwc"): the gather copies the input kh * kw times, and its speed
-is the speed of its innermost run. Read from a channels-last (NHWC) input, a patch row is kh * kw runs
-of C/groups contiguous values; read from NCHW in torch's weight order (c, kh, kw), the runs are kw
-values long (one value for 1x1 kernels), and the gather took 3 to 4 times the int8 GEMM's time on
-ResNet-18's 3x3 layers (batch 1, one thread). So ``from_float`` permutes the float weight (O,
-C/groups, kh, kw) to (O, kh, kw, C/groups) before compressing it, and each call converts an NCHW
-input to channels last once (free when it already is). A 1x1 kernel reads each pixel once, so it
-gathers from the input as it is; with stride 1, no padding, one group and channels-last input there
-is no gather at all: the input is the (B * H * W, C) matrix. Modules built from weights in torch's
-order, and state saved before the patch order existed, keep the order (c, kh, kw) ("chw"; see
-``patch_order``).
+The patch order: ``from_float`` permutes the float weight (O, C/groups, kh, kw) to (O, kh, kw,
+C/groups) before compressing it ("hwc"), the order whose gather is fast (see ops/conv.py). Modules
+built from weights in torch's order, and state saved before the patch order existed, keep the order
+(c, kh, kw) ("chw"; see ``patch_order``).
 
 The output's memory format follows the input's, as torch's convolution does: a channels-last input
 gives a channels-last output, which is the GEMM's (B, Ho, Wo, O) result itself seen as (B, O, Ho,
@@ -26,62 +19,23 @@ For speed, pass channels-last input (``x.to(memory_format=torch.channels_last)``
 elementwise ops, norms and pools keep that format, so each following convolution gets channels-last
 input too; ResNet-18 with int8 convolutions (one thread) ran in two thirds of the time it took with
 NCHW copies around each convolution (22 against 32 ms at batch 1, 196 against 293 ms at batch 8).
-
-The rows are gathered and multiplied a few MiB at a time (at least 4x the weight's bytes, so that
-the weight is not streamed again for every small block): each block of rows is still in cache when
-the GEMM reads it (ResNet-18's 3x3 layers at batch 8, one thread: up to 1.17x faster than gathering
-the whole batch first), and the buffer stays small. It is a scratch buffer kept per thread and
-reused by every call: a fresh allocation is fresh memory from the OS each call, and its page faults
-cost more than the copy (9x the copy for a whole batch-8 im2col of ResNet-18's first 3x3 layer).
-The buffer is numpy memory that each call wraps in a tensor of its own, so no tensor (with the
-autograd mode of the call that made it) outlives a call.
 """
 
 from __future__ import annotations
 
-import math
-import threading
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..formats import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..ops.conv import PADDING_MODES, PATCH_ORDERS, pair
 from . import _library
 from ._common import _EXTRA, CompressedModule, StaticInput, Weight, check_input, run_op
 
 __all__ = ["Int4Conv2d", "Int8Conv2d", "LowRankConv2d", "SparseConv2d"]
-
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-PATCH_ORDERS = ("hwc", "chw")
-_CHUNK_BYTES = 4 << 20  # im2col rows gathered and multiplied at a time (at least 4x the weight's bytes)
-_SCRATCH = threading.local()
-
-
-def _scratch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialized float32 tensor of ``shape`` in this thread's reusable im2col buffer.
-
-    The buffer is numpy memory, and each call wraps it in a new tensor: a tensor kept between calls
-    would carry the autograd mode of the call that made it (one made under torch.inference_mode()
-    refuses the in-place gather outside it)."""
-    n = math.prod(shape)
-    buf = getattr(_SCRATCH, "cols", None)
-    if buf is None or buf.size < n:
-        buf = _SCRATCH.cols = np.empty(n, np.float32)
-    return torch.from_numpy(buf[:n]).view(shape)
-
-
-def _pair(value: Any, name: str, minimum: int) -> list[int]:
-    """An int or a pair of ints >= minimum, as a list [h, w]."""
-    v = [value, value] if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
-    if (not isinstance(v, (list, tuple)) or len(v) != 2
-            or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) and e >= minimum for e in v)):
-        raise ValueError(f"{name}: expected an int or a pair of ints >= {minimum}, got {value!r}")
-    return [int(e) for e in v]
-
 
 class _CompressedConv2d(CompressedModule):
     """A 2-D convolution on NCHW CPU tensors (or unbatched CHW), as torch.nn.Conv2d.
@@ -107,9 +61,9 @@ class _CompressedConv2d(CompressedModule):
                  padding_mode: str = "zeros", patch_order: str = "chw") -> None:
         weights = list(weight) if isinstance(weight, (list, tuple)) else [weight]
         super().__init__(weights, bias)
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.dilation = _pair(dilation, "dilation", 1)
+        self.kernel_size = pair(kernel_size, "kernel_size", 1)
+        self.stride = pair(stride, "stride", 1)
+        self.dilation = pair(dilation, "dilation", 1)
         if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
             raise ValueError(f"groups: expected an int >= 1, got {groups!r}")
         self.groups = int(groups)
@@ -120,19 +74,19 @@ class _CompressedConv2d(CompressedModule):
         if len(shapes) != 1 or next(iter(shapes))[1] % kk:
             raise ValueError(f"weight: expected every group's weight to be (out_channels/groups, "
                              f"in_channels/groups * {kk}), got shapes {sorted(shapes)}")
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode: expected one of {_PADDING_MODES}, got {padding_mode!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode: expected one of {tuple(PADDING_MODES)}, got {padding_mode!r}")
         self.padding_mode = padding_mode
         self.patch_order = _check_patch_order(patch_order)
-        self.padding: list[int] | str = padding if isinstance(padding, str) else _pair(padding, "padding", 0)
+        self.padding: list[int] | str = padding if isinstance(padding, str) else pair(padding, "padding", 0)
         if isinstance(padding, str):
             if padding not in ("valid", "same"):
                 raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
             if padding == "same" and self.stride != [1, 1]:
                 raise ValueError("padding: 'same' needs stride 1 (as in torch)")
-        # (left, right, top, bottom), F.pad's order for the last two dimensions
+        # (top, bottom, left, right), ops.conv2d's padding
         pads = []
-        for i in (1, 0):
+        for i in (0, 1):
             if self.padding == "same":
                 total = self.dilation[i] * (self.kernel_size[i] - 1)
                 pads += [total // 2, total - total // 2]
@@ -230,14 +184,8 @@ class _CompressedConv2d(CompressedModule):
 
     def output_size(self, shape: Sequence[int]) -> tuple[int, int]:
         """(Ho, Wo) of an (N, C, H, W) input, or ValueError when the image is smaller than the kernel."""
-        left, right, top, bottom = self._pads
-        h, w = shape[-2] + top + bottom, shape[-1] + left + right
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        ho = (h - dh * (kh - 1) - 1) // sh + 1
-        wo = (w - dw * (kw - 1) - 1) // sw + 1
-        if ho < 1 or wo < 1:
-            raise ValueError(f"input: a {h}x{w} image (padded) is smaller than the dilated {kh}x{kw} kernel")
-        return ho, wo
+        return ops.conv.output_size(shape[-2], shape[-1], self.kernel_size, self.stride, self._pads, self.dilation,
+                                    "input")
 
     @staticmethod
     def output_memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -250,51 +198,11 @@ class _CompressedConv2d(CompressedModule):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of a float32 (N, C, H, W) input (the body of the custom op edgecompress::conv2d)."""
         x = x.detach()
-        memory_format = self.output_memory_format(x)
-        ho, wo = self.output_size(x.shape)
-        if any(self._pads):  # explicit padding, as torch's own Conv2d does for the non-zero modes
-            x = F.pad(x, self._pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
-        hwc = self.patch_order == "hwc"
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        if hwc and kh * kw > 1:  # (free for channels-last input: F.pad keeps that layout, except "circular")
-            # A 1x1 kernel reads each pixel once: its gather is the transposing copy this would make.
-            x = x.contiguous(memory_format=torch.channels_last)
-        b = x.shape[0]
-        g = self.groups
-        n_g, k_g = self.weights[0].shape
-        c_g = k_g // (kh * kw)
-        # im2col as one strided view: cols[g, b, oh, ow, <patch>] = x[b, g c_g + c, oh sh + i dh, ow sw + j dw]
-        # with <patch> = (i, j, c) or (c, i, j)
-        sb, sc, sy, sx = x.stride()
-        patch = ((kh, kw, c_g), (sy * dh, sx * dw, sc)) if hwc else ((c_g, kh, kw), (sc, sy * dh, sx * dw))
-        view = x.as_strided((g, b, ho, wo) + patch[0], (c_g * sc, sb, sy * sh, sx * sw) + patch[1])
-        out = np.empty((g, b * ho * wo, n_g), np.float32)
-        bias, act = self._bias_numpy(), self._act_args()
-        if g == 1 and view.is_contiguous():  # 1x1, stride 1, channels-last input: the (B * H * W, C) matrix
-            ops.linear(view.reshape(-1, k_g).numpy(), self.weights[0], bias, out=out[0], **act)
-            return self._nchw(out, b, ho, wo, memory_format)
-        rows = b * ho  # output rows of wo pixels, image after image
-        step = max(1, max(_CHUNK_BYTES, 4 * self.weights[0].nbytes) // (4 * wo * k_g))  # rows per gather
-        for i, weight in enumerate(self.weights):
-            for r0 in range(0, rows, step):
-                r1 = min(rows, r0 + step)
-                cols = _scratch(((r1 - r0) * wo, k_g))
-                for j in range(r0 // ho, (r1 - 1) // ho + 1):  # the images these rows come from
-                    lo, hi = max(r0, j * ho), min(r1, (j + 1) * ho)
-                    cols[(lo - r0) * wo:(hi - r0) * wo].view((hi - lo, wo) + patch[0]).copy_(
-                        view[i, j, lo - j * ho:hi - j * ho])
-                ops.linear(cols.numpy(), weight, None if bias is None else bias[i * n_g:(i + 1) * n_g],
-                           out=out[i, r0 * wo:r1 * wo], **act)
-        return self._nchw(out, b, ho, wo, memory_format)
-
-    @staticmethod
-    def _nchw(out: np.ndarray, b: int, ho: int, wo: int, memory_format: torch.memory_format) -> torch.Tensor:
-        """The GEMMs' (groups, B * Ho * Wo, O/groups) output as (B, O, Ho, Wo) in ``memory_format``."""
-        g, _, n_g = out.shape
-        # (B, Ho, Wo, O) memory, the groups' channels side by side (a copy only for several groups)
-        y = torch.from_numpy(out).view(g, b, ho, wo, n_g).permute(1, 2, 3, 0, 4).reshape(b, ho, wo, g * n_g)
-        # channels last: no copy (except when n_g = 1 < g); contiguous: one transposing copy
-        return y.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+        y = ops.conv2d(x.numpy(), self.weights, self._bias_numpy(), kernel_size=self.kernel_size, stride=self.stride,
+                       padding=self._pads, dilation=self.dilation, padding_mode=self.padding_mode,
+                       patch_order=self.patch_order, **self._act_args())
+        # (B, Ho, Wo, O) as (B, O, Ho, Wo): channels last is that memory itself; contiguous, one transposing copy
+        return torch.from_numpy(y).permute(0, 3, 1, 2).contiguous(memory_format=self.output_memory_format(x))
 
 
 def _check_patch_order(patch_order: Any) -> str:

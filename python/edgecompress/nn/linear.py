@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..formats import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 from . import _library
 from ._common import CompressedModule, StaticInput, Weight, as_numpy, check_input, run_op
 

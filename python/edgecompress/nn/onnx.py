@@ -11,7 +11,7 @@ with ``TRANSLATIONS``, which turns each ``edgecompress::linear`` custom op into:
 - Int8Linear with a static input scale: QuantizeLinear / DequantizeLinear of the input with that
   scale (and zero point), DequantizeLinear of the weight, MatMul, bias.
 - Int4Linear: onnxruntime's ``com.microsoft`` MatMulNBits, whose layout Int4Weight already is
-  (``Int4Weight.to_onnx_matmulnbits``, exact), with accuracy_level 4 (int8 activations) for
+  (``edgecompress.convert.to_onnx_matmulnbits``, exact), with accuracy_level 4 (int8 activations) for
   compute="int8" and float arithmetic for compute="float"; codebook weights have no MatMulNBits form.
 
 The other formats and the convolutions have no standard ONNX form here: exporting them raises
@@ -34,6 +34,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('edgecompress.nn.onnx needs onnxscript: pip install "edgecompress[onnx]"') from e
 
+from ..convert import to_onnx_matmulnbits
 from . import _library
 from ._common import CompressedModule
 from .linear import Int4Linear, Int8Linear
@@ -86,7 +87,7 @@ def _int8_linear(x: Any, m: Int8Linear) -> Any:
 
 def _int4_linear(x: Any, m: Int4Linear) -> Any:
     try:
-        d = m.weight.to_onnx_matmulnbits()
+        d = to_onnx_matmulnbits(m.weight)
     except ValueError as e:
         raise ValueError(f"Int4Linear: {e} (export it with a uniform 4-bit weight, or keep it out of ONNX)") from None
     inputs = [x, _const(d["B"]), _const(d["scales"])]

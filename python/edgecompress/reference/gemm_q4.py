@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+# The byte layout is the format's (Int4Weight): the oracle reads it with the format's one codec.
+from ..formats.int4 import dequantize, pack_nibbles, unpack_nibbles, unpack_zero_points  # noqa: F401
 from .gemm_s8 import gelu, quantize_rows_symmetric
 from .rounding import gamma
 
@@ -34,50 +36,11 @@ _F32 = np.float32
 ROW_F64_LIMIT = 2.0**64  # max sx * max|scale| at or above this: the row is scaled in float64
 
 
-def unpack_nibbles(qweight: np.ndarray) -> np.ndarray:
-    """(N, G, g/2) bytes, low nibble first -> (N, G * g) codes in 0..15."""
-    n = qweight.shape[0]
-    lo = qweight & 0x0F
-    hi = qweight >> 4
-    return np.stack([lo, hi], axis=-1).reshape(n, -1)
-
-
-def pack_nibbles(codes: np.ndarray, group_size: int) -> np.ndarray:
-    """(N, Kp) codes in 0..15 -> (N, Kp / g, g / 2) bytes, low nibble first."""
-    n, kp = codes.shape
-    c = codes.astype(np.uint8).reshape(n, kp // 2, 2)
-    return (c[..., 0] | (c[..., 1] << 4)).reshape(n, kp // group_size, group_size // 2)
-
-
-def unpack_zero_points(zero_point: np.ndarray | None, groups: int) -> np.ndarray | None:
-    """(N, ceil(G/2)) bytes of 4-bit zero points, low nibble first -> (N, G) in 0..15."""
-    if zero_point is None:
-        return None
-    return unpack_nibbles(zero_point[:, :, None].reshape(zero_point.shape[0], -1, 1))[:, :groups]
-
-
 def codebook_int8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer form of codebook tables (16,) or (N, 16): int8 entries and the scale a per table."""
     t = np.atleast_2d(np.asarray(table, dtype=_F32))
     ct, a = quantize_rows_symmetric(t)
     return ct, a
-
-
-def dequantize(qweight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, codebook: np.ndarray | None,
-               k: int) -> np.ndarray:
-    """The float32 (N, K) weight the 4-bit codes stand for."""
-    n, groups, half = qweight.shape
-    g = 2 * half
-    codes = unpack_nibbles(qweight).astype(np.int32)
-    s = np.repeat(scale.astype(_F32), g, axis=1)
-    if codebook is not None:
-        table = np.asarray(codebook, dtype=_F32)
-        vals = table[codes] if table.ndim == 1 else np.take_along_axis(table, codes, axis=1)
-    else:
-        zp = unpack_zero_points(zero_point, groups)
-        zp = np.full((n, groups), 8, np.int32) if zp is None else zp.astype(np.int32)
-        vals = (codes - np.repeat(zp, g, axis=1)).astype(_F32)
-    return (vals * s)[:, :k].astype(_F32)
 
 
 def _codes_as_int(qweight: np.ndarray, zero_point: np.ndarray | None, codebook: np.ndarray | None

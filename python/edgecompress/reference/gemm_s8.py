@@ -6,19 +6,10 @@ import math
 
 import numpy as np
 
+# The weight quantizer is the format's own (Int8Weight.from_float); the oracle names it for its users.
+from ..formats.int8 import quantize_weight_int8  # noqa: F401
+
 _F32 = np.float32
-
-
-def quantize_weight_int8(w: np.ndarray, granularity: str = "channel") -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 in [-127, 127]: scale = max|w| / 127 per output row (or per tensor); 1 if zero."""
-    w = np.asarray(w, dtype=_F32)
-    amax = np.abs(w).max(axis=1) if granularity == "channel" else np.abs(w).max().reshape(1)
-    scale = (amax / _F32(127)).astype(_F32)
-    scale[scale == 0] = 1
-    q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
-
-
 _TINY = np.finfo(_F32).tiny  # smallest normal float32
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ... import quantize4
+from ...formats import quantize4
 from ..observers import QParams, make_observer
 from .config import DEFAULT_INT4_GROUP, QuantSpec
 
@@ -84,7 +84,7 @@ def _nearest(v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 class _CodebookObserver:
     """The 'observer' of a codebook spec: keeps the latest (N, K) weight; ``qparams()`` fits the group
     scales (max |w|, or MSE-searched) and the table (NF4, or k-means per channel) with the 4-bit
-    quantizers of ``edgecompress.quantize4``."""
+    quantizers of ``edgecompress.formats.quantize4``."""
 
     def __init__(self, spec: QuantSpec) -> None:
         self.spec = spec

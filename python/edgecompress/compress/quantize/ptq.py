@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...reference.gemm_q4 import pack_nibbles
-from ...weights import Int4Weight, Int8Weight
+from ...formats.int4 import pack_nibbles
+from ...formats import Int4Weight, Int8Weight
 from .config import QuantConfig, QuantSpec
 from .fake_quantize import FakeQuantize, QuantConv2d, QuantLinear, int4_group_size, weight_rows
 

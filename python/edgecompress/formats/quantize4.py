@@ -1,6 +1,7 @@
 """4-bit weight quantizers behind Int4Weight.from_float: uniform (RTN or MSE-searched clipping) and
 codebooks (NF4, k-means per output channel). Every function works on all groups at once; the
-clipping search of the uniform quantizer (every group at 26 ratios) runs natively.
+clipping search of the uniform quantizer (every group at 26 ratios) runs natively, through the
+"int4_clip_search" the ops layer plugs in (_common.py says why; reference.quantize4 is its spec).
 
 Shapes: a weight (N, K) is padded with zeros to Kp = whole groups and viewed as (N, G, g).
 """
@@ -12,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _core
+from ._common import plugged
 
 _F32 = np.float32
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -96,12 +97,12 @@ def quantize_uniform(w: np.ndarray, g: int, symmetric: bool, method: str
     wg = _groups(w, g)
     lo = np.minimum(wg.min(axis=-1), 0)
     hi = np.maximum(wg.max(axis=-1), 0)
-    if method == "mse":  # every ratio at once, natively (reference.quantize4 is the spec)
+    if method == "mse":  # every ratio at once, natively
         ratios = MSE_RATIOS.astype(_F32)
         s, zp = _uniform_params(lo[..., None] * ratios, hi[..., None] * ratios, symmetric)
         zp32 = zp.astype(_F32).reshape(-1, ratios.size)
-        best = _core.int4_best_candidates(wg.reshape(-1, g), s.astype(_F32).reshape(-1, ratios.size), -zp32,
-                                          15 - zp32)
+        best = plugged("int4_clip_search")(wg.reshape(-1, g), s.astype(_F32).reshape(-1, ratios.size), -zp32,
+                                           15 - zp32)
         r = ratios[best].reshape(lo.shape)
         lo, hi = lo * r, hi * r
     q, s, zp = _uniform_at(wg, lo, hi, symmetric)
