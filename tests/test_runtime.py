@@ -45,7 +45,7 @@ def test_families_come_from_the_native_registry():
     # The registry's one table (registry.h) names the families; cpu_info reports each, in its order,
     # and each has its two bindings.
     families = _core.families()
-    assert families == ["gemm_s8", "gemm_q4", "sparse_f32", "sparse_s8", "sparse_nm_f32", "dense_f32"]
+    assert families == ["gemm_s8", "gemm_q4", "sparse_f32", "sparse_s8", "sparse_nm_f32", "dense_f32", "engine_f32"]
     assert list(ec.cpu_info()["families"]) == families
     with ec.use_isa("scalar"):
         info = ec.cpu_info()["families"]

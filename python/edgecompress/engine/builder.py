@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..weights import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
+from ..formats import Int4Weight, Int8Weight, LowRankWeight, SparseWeight
 from .ops import Node
 from .program import Input, Program
 

@@ -16,8 +16,9 @@ import numpy as np
 from .. import _core
 from .. import reference as ref
 from ..reference import engine as eref
-from ..runtime import dense_f32_kernel, gemm_q4_kernel, gemm_s8_kernel, sparse_f32_kernel, sparse_nm_f32_kernel, sparse_s8_kernel
-from ..weights import Int4Weight, Int8Weight, SparseWeight
+from .. import ops
+from ..runtime import dense_f32_kernel
+from ..formats import Int4Weight, Int8Weight, SparseWeight
 
 __all__ = ["Node", "OPS", "Shape"]
 
@@ -221,17 +222,12 @@ def _native(op: str, ins: list[tuple[int, int, int]], outs: list[tuple[int, int,
 
 
 def packed_weight(w: Any) -> tuple[Any, int]:
-    """The native packed form of a linear weight for the kernel the registry picks now, and the q4
-    compute mode (0 int8, 1 float32)."""
+    """The native packed form of a linear weight for the kernel the registry picks now (the ops
+    layer's, shared with every other user of the weight; a float32 array is packed for dense_f32), and
+    the q4 compute mode (0 int8, 1 float32)."""
     if isinstance(w, np.ndarray):
         return _core.pack_dense_f32(w, dense_f32_kernel()), 0
-    if isinstance(w, Int8Weight):
-        return w.packed(gemm_s8_kernel()), 0
-    if isinstance(w, Int4Weight):
-        return w.packed(gemm_q4_kernel()), 0 if w.compute == "int8" else 1
-    if w.pattern is not None:
-        return w.packed(sparse_nm_f32_kernel()), 0
-    return w.packed(sparse_s8_kernel() if w.dtype == "int8" else sparse_f32_kernel()), 0
+    return ops.packed(w), 0 if not isinstance(w, Int4Weight) or w.compute == "int8" else 1
 
 
 def _lower_linear(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[[str], tuple[Any, int]]) -> list[tuple[Any, ...]]:
