@@ -41,6 +41,7 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "U8": np.uint8, 
            "I32": np.int32, "I64": np.int64}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 2**20
+_SLICE = 4 * 2**20  # bytes hashed between releases of their pages (load)
 
 
 def _path(path: Any) -> str:
@@ -49,12 +50,18 @@ def _path(path: Any) -> str:
     return os.fspath(path)
 
 
-def _digest(doc: dict[str, Any], tensors: dict[str, np.ndarray]) -> str:
+def _digest(doc: dict[str, Any], tensors: dict[str, np.ndarray], done: Any = None) -> str:
+    """sha256 of the document (without its digest) and of every tensor; ``done(name, begin, end)`` is
+    called after each slice of a tensor's bytes is hashed."""
     h = hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         a = tensors[name]
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        data = memoryview(np.ascontiguousarray(a)).cast("B")
+        for b in range(0, len(data), _SLICE):
+            h.update(data[b:b + _SLICE])
+            if done is not None:
+                done(name, b, min(len(data), b + _SLICE))
     return h.hexdigest()
 
 
@@ -185,6 +192,23 @@ def _program(doc: dict[str, Any], tensors: dict[str, np.ndarray], path: str) -> 
     return Program(inputs, outputs, nodes, weights, doc["info"] if isinstance(doc["info"], dict) else {})
 
 
+def _releaser(buf: Any, header: dict[str, Any], start: int) -> Any:
+    """A function that unmaps the pages of one hashed tensor from this process (they stay in the page
+    cache): the weights' pages come back as packing reads them, a float table's only as rows are looked
+    up, so loading never holds the whole file plus the packed copies."""
+    if not (hasattr(buf, "madvise") and hasattr(mmap, "MADV_DONTNEED")):
+        return None
+    page = mmap.PAGESIZE
+
+    def release(name: str, begin: int, end: int) -> None:
+        b = header[name]["data_offsets"][0]
+        lo = (start + b + begin) // page * page
+        if start + b + end > lo:
+            buf.madvise(mmap.MADV_DONTNEED, lo, start + b + end - lo)
+
+    return release
+
+
 def load(path: Any) -> Program:
     """The program saved at ``path`` (memory-mapped; see the module docstring)."""
     path = _path(path)
@@ -198,7 +222,7 @@ def load(path: Any) -> Program:
     header, start = _header(buf, size, path)
     doc = _doc(header, path)
     tensors = _tensors(header, buf, start, size, path)
-    if doc["sha256"] != _digest(doc, tensors):
+    if doc["sha256"] != _digest(doc, tensors, _releaser(buf, header, start)):
         raise ValueError(f"path: the content of {path!r} does not match its digest (the file was changed or damaged)")
     program = _program(doc, tensors, path)
     for n in program.nodes:  # attributes come from the file: check them by planning nothing yet, only by op rules

@@ -51,10 +51,30 @@ def as_float_matrix(w: Any, name: str) -> np.ndarray:
 
 def frozen(a: np.ndarray) -> np.ndarray:
     """A read-only C-contiguous copy of a: a weight's arrays never change after it is built (the
-    packed forms are built from them once)."""
+    packed forms are built from them once). An array that nothing can write already (a C-contiguous,
+    read-only view whose memory is a read-only buffer, e.g. a file mapped for reading by
+    edgecompress.engine.load) is kept as it is: copying it would only double the memory of a load."""
+    if _immutable(a):
+        return a
     a = np.array(a, order="C", copy=True)
     a.flags.writeable = False
     return a
+
+
+def _immutable(a: Any) -> bool:
+    if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.aligned and not a.flags.writeable):
+        return False
+    base = a
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    if base is None:
+        return False
+    try:
+        return memoryview(base).readonly
+    except TypeError:
+        return False
 
 
 def state_copy(d: dict[str, Any]) -> dict[str, Any]:
