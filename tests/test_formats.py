@@ -112,3 +112,19 @@ def test_every_format_has_its_kernel_and_packing(rng):
     assert ops.packed(ec.LowRankWeight.from_float(w, rank=4, dtype="int8")) == (None, None)
     with pytest.raises(TypeError, match="w: expected an Int8Weight, Int4Weight, SparseWeight or LowRankWeight, got ndarray"):
         ops.packed(w)
+
+
+def test_frozen_keeps_only_arrays_nothing_can_write():
+    from edgecompress.formats._common import frozen
+
+    q = np.arange(-8, 8, dtype=np.int8).reshape(4, 4)
+    from_bytes = np.frombuffer(q.tobytes(), dtype=np.int8).reshape(4, 4)  # memory of an immutable buffer
+    assert frozen(from_bytes) is from_bytes
+    view = q.view()
+    view.flags.writeable = False  # read-only view, but q can still change it: copied
+    kept = frozen(view)
+    assert kept is not view and not np.shares_memory(kept, q)
+    q[0, 0] = 99
+    assert kept[0, 0] == -8
+    w = ec.Int8Weight(from_bytes, np.ones(4, np.float32))
+    assert np.shares_memory(w.qweight, from_bytes)  # a loaded file's pages are not copied
