@@ -62,7 +62,9 @@ _KNOWN = {"Linear", "Int8Linear", "Int4Linear", "SparseLinear", "LowRankLinear",
           "RobertaSelfAttention", "RobertaSdpaSelfAttention", "RobertaSelfOutput", "RobertaIntermediate",
           "RobertaOutput", "RobertaPooler",
           "DistilBertModel", "Embeddings", "Transformer", "TransformerBlock", "MultiHeadSelfAttention",
-          "DistilBertSdpaAttention", "DistilBertFlashAttention2", "FFN"}
+          "DistilBertSdpaAttention", "DistilBertFlashAttention2", "FFN",
+          # transformers >= 5: one attention class for every implementation (same q/k/v/out_lin)
+          "DistilBertSelfAttention"}
 
 
 def _check_modules(model: Any) -> None:
