@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import _core
 from ..runtime import _kernel
-from .ops import LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
+from ..weights import Int8Weight, show
+from .ops import ATTRS, LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
 
 __all__ = ["Input", "Program"]
 
@@ -87,16 +88,33 @@ class Program:
             missing = [a for a in spec.attrs if a not in n.attrs]
             if missing:
                 raise ValueError(f"node {n.name!r} ({n.op}): missing attributes {missing}")
+            rules = ATTRS.get(n.op, {})
+            for key, value in n.attrs.items():
+                if key not in rules:
+                    raise ValueError(f"node {n.name!r} ({n.op}): unknown attribute {show(key)} (known: {', '.join(rules) or 'none'})")
+                ok, expected = rules[key]
+                if not ok(value):
+                    raise ValueError(f"node {n.name!r} ({n.op}): attribute {key!r}: expected {expected}, got {show(value)}")
             for k, name in enumerate(n.inputs):
                 if not isinstance(name, str) or (name == "" and k not in spec.optional):
                     raise ValueError(f"node {n.name!r} ({n.op}): input {k} is required")
                 if name and name not in defined:
                     raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is not defined before it")
+                if name in self.weights and not isinstance(self.weights[name], np.ndarray):
+                    raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is a compressed weight "
+                                     f"({type(self.weights[name]).__name__}), which only a linear node reads (through "
+                                     f"its 'weight' attribute)")
             if n.op == "linear":
                 w = self.weights.get(n.attrs["weight"])
                 if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
                     raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} is not a float32 matrix or an "
                                      f"Int8Weight, Int4Weight or SparseWeight")
+                # static input quantization is the int8 product's (ops.linear refuses it elsewhere too);
+                # a zero point alone would mean dynamic asymmetric to the oracle and nothing natively
+                if "act_scale" in n.attrs and not isinstance(w, Int8Weight):
+                    raise ValueError(f"node {n.name!r}: act_scale applies to an Int8Weight, not a {type(w).__name__}")
+                if "act_zero_point" in n.attrs and "act_scale" not in n.attrs:
+                    raise ValueError(f"node {n.name!r}: act_zero_point needs act_scale (static quantization)")
             for o in n.outputs:
                 if o in defined:
                     raise ValueError(f"node {n.name!r}: output {o!r} is defined twice")
