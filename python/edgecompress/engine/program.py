@@ -296,8 +296,24 @@ class Program:
         outs = [np.empty(s, dtype=d) for s, d in plan.outputs]
         status, node, seconds = plan.native.run(arrays, outs, profile)
         if status != 0:
-            raise ValueError(f"program: {_STATUS.get(status, 'failed')} (native node {node}); check the inputs")
+            raise ValueError(self._failure(status, node))
         return outs, seconds
+
+    def _failure(self, status: int, index: int) -> str:
+        """The message of a native run's failure ``status`` at native node ``index``: the node, and for
+        an id out of range the input that holds it."""
+        nodes = [n for n in self.nodes if OPS[n.op].lower is not None]  # one native node each
+        if not 0 <= index < len(nodes):
+            return f"program: {_STATUS.get(status, 'failed')} (native node {index}); check the inputs"
+        n = nodes[index]
+        where = f"node {n.name!r} ({n.op})"
+        if status == 2 and n.op == "embedding":
+            rows = self.weights[n.inputs[1]].shape[0] if n.inputs[1] in self.weights else "?"
+            if n.inputs[0] in {i.name for i in self.inputs}:
+                return f"{n.inputs[0]}: expected ids in [0, {rows}) (the table of {where}), got a value outside"
+            return (f"{where}: an index computed from the inputs ({n.inputs[0]!r}) is outside its table of {rows} rows "
+                    f"(for positions: a sequence longer than the model's position table)")
+        return f"{where}: {_STATUS.get(status, 'failed')}; check the inputs"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the program on numpy arrays (positionally in ``inputs`` order, or by name). Returns the
