@@ -188,6 +188,10 @@ def test_shape_errors_name_the_node():
     with pytest.raises(ValueError, match=r"node 'r' \(reshape\): cannot reshape \(3, 8\) to \[5, -1\]"):
         program(np.ones((3, WIDTH), np.float32))
     assert program(np.ones((5, WIDTH), np.float32)).shape == (5, WIDTH)
+    g = _graph(lambda g, x: g.op("reshape", [x], "r", shape=[0, 0, 0]))  # keeps a third dimension of a 2-D x
+    g.op("gelu", ["r"], "out")
+    with pytest.raises(ValueError, match=r"node 'r' \(reshape\): cannot reshape \(3, 8\) to \[0, 0, 0\] \(a 0 keeps"):
+        g.program(["out"], {})(np.ones((3, WIDTH), np.float32))
 
 
 def test_program_structure_errors():

@@ -147,6 +147,8 @@ def _infer_mean_pool(node: Node, s: list[Shape | None], weights: dict[str, Any])
 
 def _infer_reshape(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
     xs, xd = s[0]
+    _expect(all(d != 0 or i < len(xs) for i, d in enumerate(node.attrs["shape"])),
+            f"cannot reshape {xs} to {node.attrs['shape']} (a 0 keeps a dimension the input does not have)")
     want = [xs[i] if d == 0 else d for i, d in enumerate(node.attrs["shape"])]
     if -1 in want:
         known = _prod(tuple(d for d in want if d != -1))
