@@ -202,3 +202,6 @@ def test_program_structure_errors():
         g.program(["view"], {})(np.ones((1, WIDTH), np.float32))
     with pytest.raises(ValueError, match="program output 'x': expected a value computed by a node"):
         _graph(lambda g, x: None).program(["x"], {})
+    g = _graph(lambda g, x: g.op("gelu", [x], "y"))
+    with pytest.raises(ValueError, match="program output 'y': listed twice"):
+        g.program(["y", "y"], {})

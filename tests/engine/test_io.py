@@ -288,6 +288,8 @@ CRAFTED = [
     ("too-many-inputs", _set(["nodes", "probs", "inputs"], ["ln2", "ln2"]), "expected 1..1 inputs"),
     ("output-twice", _set(["nodes", "ln1", "outputs"], ["ln0"]), "defined twice"),
     ("program-output-unknown", _set(["outputs"], ["nothing"]), "program output 'nothing'"),
+    ("program-output-twice", _set(["outputs"], ["pool", "pool"]), "program output 'pool': listed twice"),
+    ("program-output-not-str", _set(["outputs"], [["pool"]]), "malformed"),
     ("input-dtype", _set(["inputs", 0, "dtype"], "int8"), "expected dtype float32 or int64"),
     ("input-dims", _set(["inputs", 0, "dims"], [1.5, "seq"]), "malformed"),
     ("linear-weight-missing", _set(["nodes", "ffn6", "attrs", "weight"], "nothing"), "is not a float32 matrix"),

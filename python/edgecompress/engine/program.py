@@ -119,9 +119,11 @@ class Program:
                 if o in defined:
                     raise ValueError(f"node {n.name!r}: output {o!r} is defined twice")
                 defined.add(o)
-        for o in self.outputs:
-            if o not in defined or o in self.weights or o in {i.name for i in self.inputs}:
-                raise ValueError(f"program output {o!r}: expected a value computed by a node")
+        for k, o in enumerate(self.outputs):
+            if not isinstance(o, str) or o not in defined or o in self.weights or o in {i.name for i in self.inputs}:
+                raise ValueError(f"program output {show(o)}: expected a value computed by a node")
+            if o in self.outputs[:k]:  # the plan writes a value once: a second output would stay unwritten
+                raise ValueError(f"program output {o!r}: listed twice")
 
     @property
     def nbytes(self) -> int:
