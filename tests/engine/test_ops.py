@@ -10,6 +10,8 @@ normalized from, never by more; ``_close`` checks |got - want| <= rtol * max|wan
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,9 @@ from edgecompress.reference import engine as eref
 # (batch, seq, width): widths 1, 7, 33, 100, 384 (no multiple of 16 but the last, a real hidden size),
 # seq 1 ... 512 (512 once: it is the slow case of the oracle).
 SHAPES = [(1, 1, 1), (2, 3, 7), (3, 17, 33), (1, 128, 100), (2, 17, 384), (3, 1, 100), (1, 512, 33)]
+# past the executor's chunk of 16384 values, so element-wise ops split into several tasks (the `threads`
+# fixture runs them on 1 and 2 threads); 20000 values per row of the (seq, width) operand of a broadcast
+LARGE = [(3, 200, 100)]
 # float32 rounding of sums of up to a few hundred terms, against a float64 oracle
 RTOL = 1e-5
 
@@ -62,7 +67,7 @@ def _mask(rng, b, s, all_padding_row=True):
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("beta", [False, True])
 @pytest.mark.parametrize("sum_output", [False, True])
-def test_norm(tier, rng, op, residual, beta, sum_output):
+def test_norm(tier, threads, rng, op, residual, beta, sum_output):
     for b, s, w in SHAPES:
         g = GraphBuilder()
         x = g.input("x", "float32", ("batch", "seq", w))
@@ -83,8 +88,8 @@ def test_norm(tier, rng, op, residual, beta, sum_output):
 # ---- element-wise ----
 
 
-def test_softmax_and_gelu(tier, rng):
-    for b, s, w in SHAPES:
+def test_softmax_and_gelu(tier, threads, rng):
+    for b, s, w in SHAPES + LARGE:
         for op in ("softmax", "gelu"):
             g = GraphBuilder()
             x = g.input("x", "float32", ("batch", "seq", w))
@@ -96,8 +101,8 @@ def test_softmax_and_gelu(tier, rng):
 
 
 @pytest.mark.parametrize("op", ["add", "mul"])
-def test_binary_broadcast(tier, rng, op):
-    for b, s, w in SHAPES:
+def test_binary_broadcast(tier, threads, rng, op):
+    for b, s, w in SHAPES + LARGE:
         g = GraphBuilder()
         x = g.input("x", "float32", ("batch", "seq", w))
         y = g.input("y", "float32", ("batch", "seq", w))
@@ -196,7 +201,7 @@ def _attention_program(layout, heads, kv_heads, head_dim, causal, masked):
 @pytest.mark.parametrize("layout", ["fused", "separate"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention(tier, rng, layout, causal, masked):
+def test_attention(tier, threads, rng, layout, causal, masked):
     for b, s, h, kv, d in ATTENTION:
         p, widths = _attention_program(layout, h, kv, d, causal, masked)
         args = [_x(rng, b, s, wd, scale=2) for wd in widths] + ([_mask(rng, b, s)] if masked else [])
@@ -250,8 +255,11 @@ def test_reshape_view(tier, rng):
 # ---- linear on every weight format ----
 
 
-def _weights(rng, n, k):
-    """(name, weight, act attrs) for every linear weight format the engine runs."""
+@functools.lru_cache(maxsize=None)
+def _weights(n, k):
+    """(name, weight, act attrs) for every linear weight format the engine runs (built once per shape:
+    the low-rank SVDs are the slow part of these tests)."""
+    rng = np.random.default_rng(n * 1000 + k)
     w = rng.standard_normal((n, k)).astype(np.float32)
     pruned = np.where(rng.random((n, k)) < 0.7, 0, w).astype(np.float32)
     k4 = k - k % 4
@@ -284,12 +292,12 @@ LINEAR_SHAPES = [(1, 1, 4, 1), (2, 3, 36, 7), (3, 17, 100, 33), (1, 33, 384, 100
 
 
 @pytest.mark.parametrize("activation", [None, "gelu", "relu"])
-def test_linear_formats(tier, rng, activation):
+def test_linear_formats(tier, threads, rng, activation):
     """RTOL for the quantized formats too: their int8 / int4 products are bit-exact against the oracle's
     integer arithmetic (tests/test_gemm_s8.py), so only the float epilogue and the LayerNorm after it
     differ. A static act_scale saturates part of x here, which a dynamic scale would not."""
     for b, s, k, n in LINEAR_SHAPES:
-        for name, w, act in _weights(rng, n, k):
+        for name, w, act in _weights(n, k):
             g = GraphBuilder()
             x = g.input("x", "float32", ("batch", "seq", k))
             bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
@@ -307,3 +315,27 @@ def test_linear_formats(tier, rng, activation):
                     want = eref.gelu(want.astype(np.float32))
                 ln = (want - want.mean(-1, keepdims=True)) / np.sqrt(want.var(-1, keepdims=True) + 1e-5)
                 _close(p.reference(a), ln.astype(np.float32), rtol=1e-4, what="reference against numpy")
+
+
+def test_concurrent_calls(rng):
+    """Python threads calling one program at once (the GIL is released during a run): every result is the
+    one a lone call gives, for calls of the same shapes (one plan, one arena) and of different ones."""
+    import threading
+
+    p, (width,) = _attention_program("fused", 4, 2, 16, False, True)
+    calls = [(_x(rng, 2, s, width), _mask(rng, 2, s)) for s in (33, 33, 64, 7)]
+    want = [p(*c) for c in calls]
+    wrong = []
+
+    def work(first):
+        for r in range(40):
+            k = (first + r) % len(calls)
+            if not np.array_equal(p(*calls[k]), want[k]):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
