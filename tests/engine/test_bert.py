@@ -197,6 +197,37 @@ def test_mean_pooling(family, hidden, heads):
     assert program.info["error"] < 1e-5
 
 
+def test_export_argument_errors():
+    model = _model("bert", 64, 2)
+    ids, mask = _inputs(7)
+    with pytest.raises(ValueError, match="model: expected a Hugging Face BertModel, RobertaModel or DistilBertModel .*Linear"):
+        engine.export(torch.nn.Linear(3, 3), {"input_ids": ids})
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module, got dict"):
+        engine.export({}, {"input_ids": ids})
+    with pytest.raises(ValueError, match="pooling: expected None or 'mean', got 'max'"):
+        engine.export(model, {"input_ids": ids}, pooling="max")
+    with pytest.raises(TypeError, match="example_inputs: expected a dict with 'input_ids'"):
+        engine.export(model, ids)
+    with pytest.raises(ValueError, match=r"example_inputs\['input_ids'\]: expected an integer \(batch, seq\) array, got float64"):
+        engine.export(model, {"input_ids": ids.astype(float)})
+    with pytest.raises(ValueError, match="example_inputs: unknown key 'mask'"):
+        engine.export(model, {"input_ids": ids, "mask": mask})
+
+
+def test_model_with_pooler():
+    """The pooler is not part of the program (nor compressed): the program gives last_hidden_state."""
+    torch.manual_seed(3)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=40, max_position_embeddings=40)
+    model = transformers.BertModel(config).eval()
+    ids, mask = _inputs(7)
+    program = _export(model, ids, mask, "int8")
+    assert len([n for n in program.nodes if n.op == "linear"]) == 4  # qkv, out, ffn1, ffn2: no pooler
+    assert isinstance(model.pooler.dense, torch.nn.Linear)  # the caller's model is left as it was
+    keep = mask != 0
+    assert _rel(program(ids, mask)[keep], _torch(model, ids, mask)[keep]) < 0.01
+
+
 class _Swish(torch.nn.Module):
     def forward(self, x):
         return x * torch.sigmoid(x)

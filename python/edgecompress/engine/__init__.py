@@ -64,10 +64,13 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
     import torch
 
     from ..compress import CompressionWarning, compress
-    from .bert import build
+    from .bert import _family, build
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    _family(model)  # before running the model: another model fails there with torch's error, not ours
+    if pooling not in (None, "mean"):
+        raise ValueError(f"pooling: expected None or 'mean', got {pooling!r}")
     ex = _example(example_inputs)
     torch_ex = {k: torch.from_numpy(v) for k, v in ex.items()}
     model = model.eval()
