@@ -137,6 +137,8 @@ def _graph(edit):
     ("layernorm", ["x", "", "g"], {}, r"missing attributes \['eps'\]"),
     ("layernorm", ["x", "", "g"], {"eps": "1e-5"}, "attribute 'eps': expected a finite float >= 0, got '1e-5'"),
     ("layernorm", ["x", "", "g"], {"eps": float("nan")}, "attribute 'eps'"),
+    ("layernorm", ["x", "", "g"], {"eps": 10**400}, "attribute 'eps'"),  # no float holds it
+    ("layernorm", ["x", "", "g"], {"eps": True}, "attribute 'eps'"),
     ("layernorm", ["x", "", "g"], {"eps": 1e-5, "elementwise": True}, "unknown attribute 'elementwise'"),
     ("layernorm", ["x", "", ""], {"eps": 1e-5}, "input 2 is required"),
     ("reshape", ["x"], {"shape": [-1, -1]}, "attribute 'shape'"),

@@ -8,6 +8,7 @@ input shapes; ops read and write whole values (a ``reshape`` output shares its i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -306,8 +307,13 @@ def _int(lo: int, hi: int = _I32) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi), f"an int in [{lo}, {hi}]"
 
 
+def _finite(v: Any) -> bool:
+    """A finite float, or an int a float holds exactly (JSON may write 1.0 as 1; a huge int would not convert)."""
+    return (isinstance(v, float) and math.isfinite(v)) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2**53)
+
+
 def _float(what: str, ok: Callable[[float], bool]) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and ok(v)), what
+    return (lambda v: _finite(v) and ok(v)), what
 
 
 def _one_of(*values: Any) -> tuple[Callable[[Any], bool], str]:

@@ -91,10 +91,12 @@ class Program:
             rules = ATTRS.get(n.op, {})
             for key, value in n.attrs.items():
                 if key not in rules:
-                    raise ValueError(f"node {n.name!r} ({n.op}): unknown attribute {show(key)} (known: {', '.join(rules) or 'none'})")
+                    raise ValueError(f"node {n.name!r} ({n.op}): unknown attribute {show(key)} "
+                                     f"(known: {', '.join(rules) or 'none'})")
                 ok, expected = rules[key]
                 if not ok(value):
-                    raise ValueError(f"node {n.name!r} ({n.op}): attribute {key!r}: expected {expected}, got {show(value)}")
+                    raise ValueError(f"node {n.name!r} ({n.op}): attribute {key!r}: expected {expected}, "
+                                     f"got {show(value)}")
             for k, name in enumerate(n.inputs):
                 if not isinstance(name, str) or (name == "" and k not in spec.optional):
                     raise ValueError(f"node {n.name!r} ({n.op}): input {k} is required")
