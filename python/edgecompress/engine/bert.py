@@ -62,7 +62,9 @@ _KNOWN = {"Linear", "Int8Linear", "Int4Linear", "SparseLinear", "LowRankLinear",
           "RobertaSelfAttention", "RobertaSdpaSelfAttention", "RobertaSelfOutput", "RobertaIntermediate",
           "RobertaOutput", "RobertaPooler",
           "DistilBertModel", "Embeddings", "Transformer", "TransformerBlock", "MultiHeadSelfAttention",
-          "DistilBertSdpaAttention", "DistilBertFlashAttention2", "FFN"}
+          "DistilBertSdpaAttention", "DistilBertFlashAttention2", "FFN",
+          # transformers >= 5: one attention class for every implementation (same q/k/v/out_lin)
+          "DistilBertSelfAttention"}
 
 
 def _check_modules(model: Any) -> None:
@@ -86,14 +88,16 @@ def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = Fals
     (and token_type_ids when asked, BERT only), output last_hidden_state (batch, seq, hidden), or the
     masked mean over the sequence with ``pooling="mean"``."""
     family = _family(model)
-    _check_modules(model)
     config = model.config
+    # the configuration's activation first: an unsupported one also has a module the importer does not
+    # know (e.g. NewGELUActivation), and the configuration's name is the one the user can act on
+    act = _activation(config)
+    _check_modules(model)
     pos_type = getattr(config, "position_embedding_type", "absolute")
     if pos_type != "absolute":
         raise ValueError(f"model config: position_embedding_type {pos_type!r} is not supported (only 'absolute')")
     if getattr(config, "is_decoder", False):
         raise ValueError("model config: is_decoder models are not supported by the encoder importer")
-    act = _activation(config)
     g = GraphBuilder()
     ids = g.input("input_ids", "int64", ("batch", "seq"))
     mask = g.input("attention_mask", "int64", ("batch", "seq"))

@@ -8,6 +8,7 @@ input shapes; ops read and write whole values (a ``reshape`` output shares its i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -148,6 +149,8 @@ def _infer_mean_pool(node: Node, s: list[Shape | None], weights: dict[str, Any])
 
 def _infer_reshape(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
     xs, xd = s[0]
+    _expect(all(d != 0 or i < len(xs) for i, d in enumerate(node.attrs["shape"])),
+            f"cannot reshape {xs} to {node.attrs['shape']} (a 0 keeps a dimension the input does not have)")
     want = [xs[i] if d == 0 else d for i, d in enumerate(node.attrs["shape"])]
     if -1 in want:
         known = _prod(tuple(d for d in want if d != -1))
@@ -291,13 +294,57 @@ def _lower_mean_pool(node: Node, r: list[Any], s: list[Shape | None], packed: An
     return [_native("mean_pool", [r[0], r[1] or NO_REF], [r[2]], [b, sq, width])]
 
 
+# ---- attributes: what each may hold (a file's graph reaches the kernels through them) ----
+
+_I32 = 2**31 - 1
+
+
+def _int(lo: int, hi: int = _I32) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi), f"an int in [{lo}, {hi}]"
+
+
+def _finite(v: Any) -> bool:
+    """A finite float, or an int a float holds exactly (JSON may write 1.0 as 1; a huge int would not convert)."""
+    return (isinstance(v, float) and math.isfinite(v)) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2**53)
+
+
+def _float(what: str, ok: Callable[[float], bool]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _finite(v) and ok(v)), what
+
+
+def _one_of(*values: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, (str, type(None))) and v in values), "one of " + ", ".join(map(repr, values))
+
+
+def _shape(v: Any) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) >= 1 and sum(d == -1 for d in v) <= 1
+            and all(isinstance(d, int) and not isinstance(d, bool) and -1 <= d <= _I32 for d in v))
+
+
+_NORM_ATTRS = {"eps": _float("a finite float >= 0", lambda v: v >= 0)}
+ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "linear": {"weight": ((lambda v: isinstance(v, str)), "a weight's name"),
+               "activation": _one_of(*ACTIVATIONS),
+               # the static input quantization of ops.linear: a normal float32 scale, a uint8 zero point
+               "act_scale": _float("a finite float >= 1.18e-38", lambda v: v >= np.finfo(np.float32).tiny),
+               "act_zero_point": _int(0, 255)},
+    "layernorm": _NORM_ATTRS,
+    "rmsnorm": _NORM_ATTRS,
+    "attention": {"heads": _int(1), "kv_heads": _int(1), "head_dim": _int(1),
+                  "causal": ((lambda v: isinstance(v, bool)), "a bool"),
+                  "scale": _float("a finite float", lambda v: True), "layout": _one_of("fused", "separate")},
+    "position_ids": {"mode": _one_of("arange", "padded"), "base": _int(0)},
+    "reshape": {"shape": (_shape, "a list of ints >= -1 (0: keep that dimension), at most one -1")},
+}
+
+
 @dataclass(frozen=True)
 class OpSpec:
     infer: Callable[..., list[Shape]]
     lower: Callable[..., list[tuple[Any, ...]]] | None  # None: a view (reshape)
     inputs: tuple[int, int]  # (required, total) inputs
     outputs: tuple[int, int]  # (min, max) outputs
-    attrs: tuple[str, ...] = ()  # required attributes
+    attrs: tuple[str, ...] = ()  # required attributes (ATTRS: every attribute the op takes)
     optional: tuple[int, ...] = ()  # inputs that may be left out ("")
 
 

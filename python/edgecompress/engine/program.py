@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from ..formats import Int8Weight
+from ..formats._common import show
 from ..runtime import _kernel, current_tier
-from .ops import LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
+from .ops import ATTRS, LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
 
 __all__ = ["Input", "Program"]
 
@@ -87,23 +89,44 @@ class Program:
             missing = [a for a in spec.attrs if a not in n.attrs]
             if missing:
                 raise ValueError(f"node {n.name!r} ({n.op}): missing attributes {missing}")
+            rules = ATTRS.get(n.op, {})
+            for key, value in n.attrs.items():
+                if key not in rules:
+                    raise ValueError(f"node {n.name!r} ({n.op}): unknown attribute {show(key)} "
+                                     f"(known: {', '.join(rules) or 'none'})")
+                ok, expected = rules[key]
+                if not ok(value):
+                    raise ValueError(f"node {n.name!r} ({n.op}): attribute {key!r}: expected {expected}, "
+                                     f"got {show(value)}")
             for k, name in enumerate(n.inputs):
                 if not isinstance(name, str) or (name == "" and k not in spec.optional):
                     raise ValueError(f"node {n.name!r} ({n.op}): input {k} is required")
                 if name and name not in defined:
                     raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is not defined before it")
+                if name in self.weights and not isinstance(self.weights[name], np.ndarray):
+                    raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is a compressed weight "
+                                     f"({type(self.weights[name]).__name__}), which only a linear node reads (through "
+                                     f"its 'weight' attribute)")
             if n.op == "linear":
                 w = self.weights.get(n.attrs["weight"])
                 if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
                     raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} is not a float32 matrix or an "
                                      f"Int8Weight, Int4Weight or SparseWeight")
+                # static input quantization is the int8 product's (ops.linear refuses it elsewhere too);
+                # a zero point alone would mean dynamic asymmetric to the oracle and nothing natively
+                if "act_scale" in n.attrs and not isinstance(w, Int8Weight):
+                    raise ValueError(f"node {n.name!r}: act_scale applies to an Int8Weight, not a {type(w).__name__}")
+                if "act_zero_point" in n.attrs and "act_scale" not in n.attrs:
+                    raise ValueError(f"node {n.name!r}: act_zero_point needs act_scale (static quantization)")
             for o in n.outputs:
                 if o in defined:
                     raise ValueError(f"node {n.name!r}: output {o!r} is defined twice")
                 defined.add(o)
-        for o in self.outputs:
-            if o not in defined or o in self.weights or o in {i.name for i in self.inputs}:
-                raise ValueError(f"program output {o!r}: expected a value computed by a node")
+        for k, o in enumerate(self.outputs):
+            if not isinstance(o, str) or o not in defined or o in self.weights or o in {i.name for i in self.inputs}:
+                raise ValueError(f"program output {show(o)}: expected a value computed by a node")
+            if o in self.outputs[:k]:  # the plan writes a value once: a second output would stay unwritten
+                raise ValueError(f"program output {o!r}: listed twice")
 
     @property
     def nbytes(self) -> int:
@@ -274,8 +297,24 @@ class Program:
         outs = [np.empty(s, dtype=d) for s, d in plan.outputs]
         status, node, seconds = plan.native.run(arrays, outs, profile)
         if status != 0:
-            raise ValueError(f"program: {_STATUS.get(status, 'failed')} (native node {node}); check the inputs")
+            raise ValueError(self._failure(status, node))
         return outs, seconds
+
+    def _failure(self, status: int, index: int) -> str:
+        """The message of a native run's failure ``status`` at native node ``index``: the node, and for
+        an id out of range the input that holds it."""
+        nodes = [n for n in self.nodes if OPS[n.op].lower is not None]  # one native node each
+        if not 0 <= index < len(nodes):
+            return f"program: {_STATUS.get(status, 'failed')} (native node {index}); check the inputs"
+        n = nodes[index]
+        where = f"node {n.name!r} ({n.op})"
+        if status == 2 and n.op == "embedding":
+            rows = self.weights[n.inputs[1]].shape[0] if n.inputs[1] in self.weights else "?"
+            if n.inputs[0] in {i.name for i in self.inputs}:
+                return f"{n.inputs[0]}: expected ids in [0, {rows}) (the table of {where}), got a value outside"
+            return (f"{where}: an index computed from the inputs ({n.inputs[0]!r}) is outside its table of {rows} rows "
+                    f"(for positions: a sequence longer than the model's position table)")
+        return f"{where}: {_STATUS.get(status, 'failed')}; check the inputs"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the program on numpy arrays (positionally in ``inputs`` order, or by name). Returns the

@@ -167,7 +167,10 @@ def run_batches(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tens
 def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
     """Run ``batches`` through a prepared model in eval mode so its observers see them; returns it."""
     _check_model(model)
-    run_batches(model, _batches(batches))
+    model.eval()
+    with torch.no_grad():
+        for x in _batches(batches):  # only the observers' view matters: the outputs may be any type
+            model(x)  # (a Hugging Face model returns a ModelOutput, which run_batches cannot concatenate)
     return model
 
 

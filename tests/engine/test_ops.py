@@ -1,0 +1,341 @@
+"""Every engine op on every tier that runs here: the native program against its numpy specification
+(``Program.reference``) over a shape sweep (widths not multiples of 16, heads 1..16, seq 1..512,
+batch 1..3, padding masks).
+
+Tolerances are relative to the oracle's magnitude: the oracle computes in float64 and rounds once,
+the kernels compute in float32 with their own summation order and the exp / erf approximations of
+vmath.h, so an output element is off by a few float32 ulps of the largest value it was summed or
+normalized from, never by more; ``_close`` checks |got - want| <= rtol * max|want| + atol.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import edgecompress as ec
+from edgecompress.engine.builder import GraphBuilder
+from edgecompress.reference import engine as eref
+
+# (batch, seq, width): widths 1, 7, 33, 100, 384 (no multiple of 16 but the last, a real hidden size),
+# seq 1 ... 512 (512 once: it is the slow case of the oracle).
+SHAPES = [(1, 1, 1), (2, 3, 7), (3, 17, 33), (1, 128, 100), (2, 17, 384), (3, 1, 100), (1, 512, 33)]
+# past the executor's chunk of 16384 values, so element-wise ops split into several tasks (the `threads`
+# fixture runs them on 1 and 2 threads); 20000 values per row of the (seq, width) operand of a broadcast
+LARGE = [(3, 200, 100)]
+# float32 rounding of sums of up to a few hundred terms, against a float64 oracle
+RTOL = 1e-5
+
+
+def _close(got, want, rtol=RTOL, atol=1e-6, what=""):
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape, got.dtype)
+    assert np.isfinite(got).all(), what
+    bound = rtol * float(np.abs(want).max(initial=0.0)) + atol
+    err = float(np.abs(got.astype(np.float64) - want).max(initial=0.0))
+    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
+
+
+def _check(program, *inputs, rtol=RTOL, atol=1e-6, what=""):
+    """The native outputs against the reference outputs; returns the native ones."""
+    got, want = program(*inputs), program.reference(*inputs)
+    if not isinstance(got, tuple):
+        got, want = (got,), (want,)
+    for k, (g, w) in enumerate(zip(got, want)):
+        _close(g, w, rtol, atol, f"{what} output {k}")
+    return got if len(got) > 1 else got[0]
+
+
+def _x(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale + rng.uniform(-1, 1)).astype(np.float32)
+
+
+def _mask(rng, b, s, all_padding_row=True):
+    """A padding mask with random lengths 1..s per row; with ``all_padding_row`` (and b > 1) the last
+    row is all padding."""
+    lengths = rng.integers(1, s + 1, b)
+    if all_padding_row and b > 1:
+        lengths[-1] = 0
+    return (np.arange(s)[None, :] < lengths[:, None]).astype(np.int64)
+
+
+# ---- normalization ----
+
+
+@pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("beta", [False, True])
+@pytest.mark.parametrize("sum_output", [False, True])
+def test_norm(tier, threads, rng, op, residual, beta, sum_output):
+    for b, s, w in SHAPES:
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("batch", "seq", w))
+        r = g.input("r", "float32", ("batch", "seq", w)) if residual else ""
+        gamma = g.weight("gamma", rng.uniform(0.5, 1.5, w))
+        bt = g.weight("beta", rng.standard_normal(w)) if beta else ""
+        outs = g.op(op, [x, r, gamma, bt], "norm", n_outputs=2 if sum_output else 1, eps=1e-5)
+        p = g.program(outs if sum_output else [outs], {})
+        args = [_x(rng, b, s, w, scale=3)] + ([_x(rng, b, s, w)] if residual else [])
+        got = _check(p, *args, what=f"{op} {(b, s, w)}")
+        if sum_output:  # the sum is x + residual rounded to float32, exactly
+            np.testing.assert_array_equal(got[1], args[0] + args[1] if residual else args[0])
+        y = got[0] if sum_output else got
+        if w > 1 and op == "layernorm" and not beta:  # normalized rows: mean 0 before gamma
+            assert np.abs((y / p.weights["gamma"]).mean(axis=-1)).max() < 1e-4
+
+
+# ---- element-wise ----
+
+
+def test_softmax_and_gelu(tier, threads, rng):
+    for b, s, w in SHAPES + LARGE:
+        for op in ("softmax", "gelu"):
+            g = GraphBuilder()
+            x = g.input("x", "float32", ("batch", "seq", w))
+            p = g.program([g.op(op, [x], op)], {})
+            a = _x(rng, b, s, w, scale=4)
+            got = _check(p, a, what=f"{op} {(b, s, w)}")
+            if op == "softmax":
+                np.testing.assert_allclose(got.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_binary_broadcast(tier, threads, rng, op):
+    for b, s, w in SHAPES + LARGE:
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("batch", "seq", w))
+        y = g.input("y", "float32", ("batch", "seq", w))
+        z = g.input("z", "float32", ("seq", w))
+        t = g.op(op, [x, y], "same")  # same shape
+        t = g.op(op, [t, z], "rows")  # (seq, width) over every batch
+        t = g.op(op, [t, g.weight("c", rng.standard_normal(w))], "vector")  # (width,) over every row
+        p = g.program([t], {})
+        a, c, d = _x(rng, b, s, w), _x(rng, b, s, w), _x(rng, s, w)
+        got = _check(p, a, c, d, what=f"{op} {(b, s, w)}")
+        want = (a + c + d + p.weights["c"]) if op == "add" else (a * c * d * p.weights["c"])
+        _close(got, want.astype(np.float32), what="against numpy")
+
+
+# ---- embeddings and positions ----
+
+
+@pytest.mark.parametrize("table_dtype", ["float32", "int8"])
+def test_embedding(tier, rng, table_dtype):
+    for b, s, w in SHAPES:
+        rows = 50
+        g = GraphBuilder()
+        ids = g.input("ids", "int64", ("batch", "seq"))
+        if table_dtype == "float32":
+            table = g.weight("table", rng.standard_normal((rows, w)))
+            ins = [ids, table]
+        else:
+            q = rng.integers(-127, 128, (rows, w)).astype(np.int8)
+            ins = [ids, g.weight("table", q), g.weight("scale", rng.uniform(0.01, 0.1, rows))]
+        p = g.program([g.op("embedding", ins, "emb")], {})
+        i = rng.integers(0, rows, (b, s))
+        i[0, 0], i[-1, -1] = 0, rows - 1  # both ends of the table
+        got = _check(p, i, rtol=0, atol=0, what=f"embedding {table_dtype} {(b, s, w)}")
+        if table_dtype == "float32":
+            np.testing.assert_array_equal(got, p.weights["table"][i])
+        else:
+            np.testing.assert_array_equal(got, p.weights["table"][i] * p.weights["scale"][i][..., None])
+
+
+@pytest.mark.parametrize("mode,base", [("arange", 0), ("arange", 2), ("padded", 1)])
+def test_position_ids(tier, rng, mode, base):
+    """Positions feed an embedding (a float output): arange counts base + s; padded (RoBERTa) counts
+    the non-padding tokens from base + 1 and gives padding the padding id."""
+    for b, s, _ in SHAPES:
+        g = GraphBuilder()
+        ids = g.input("ids", "int64", ("batch", "seq"))
+        pos = g.op("position_ids", [ids], "pos", mode=mode, base=base)
+        table = np.arange(600, dtype=np.float32)[:, None]  # row r holds r: the output is the position
+        p = g.program([g.op("embedding", [pos, g.weight("table", table)], "emb")], {})
+        i = rng.integers(0, 5, (b, s))  # padding id 1 at random places, as left or inner padding
+        got = _check(p, i, rtol=0, atol=0, what=f"position_ids {mode} {(b, s)}")[..., 0]
+        if mode == "arange":
+            np.testing.assert_array_equal(got, np.broadcast_to(base + np.arange(s), (b, s)))
+        else:
+            keep = i != base
+            np.testing.assert_array_equal(got, np.where(keep, base + np.cumsum(keep, axis=1), base))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_mean_pool(tier, rng, masked):
+    for b, s, w in SHAPES:
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("batch", "seq", w))
+        m = g.input("m", "int64", ("batch", "seq")) if masked else ""
+        p = g.program([g.op("mean_pool", [x, m] if masked else [x], "pool")], {})
+        a = _x(rng, b, s, w)
+        args = [a] + ([_mask(rng, b, s)] if masked else [])
+        got = _check(p, *args, what=f"mean_pool {(b, s, w)}")
+        keep = args[1] != 0 if masked else np.ones((b, s), bool)
+        for row in range(b):
+            if keep[row].any():
+                _close(got[row], a[row][keep[row]].mean(axis=0), what="against numpy")
+            else:  # an all-padding row pools to zeros, not NaN
+                np.testing.assert_array_equal(got[row], 0)
+
+
+# ---- attention ----
+
+# (batch, seq, heads, kv_heads, head_dim): heads 1..16, grouped-query heads, head_dim not a multiple of 16
+ATTENTION = [(1, 1, 1, 1, 1), (2, 3, 2, 1, 7), (3, 17, 4, 2, 8), (2, 17, 3, 3, 33), (1, 128, 16, 4, 24),
+             (2, 33, 12, 12, 32), (3, 5, 8, 1, 13), (1, 512, 2, 2, 16)]
+
+
+def _attention_program(layout, heads, kv_heads, head_dim, causal, masked):
+    g = GraphBuilder()
+    widths = [(heads + 2 * kv_heads) * head_dim] if layout == "fused" else [heads * head_dim, kv_heads * head_dim,
+                                                                              kv_heads * head_dim]
+    ins = [g.input(n, "float32", ("batch", "seq", wd)) for n, wd in zip("qkv" if layout != "fused" else ["qkv"], widths)]
+    if masked:
+        ins.append(g.input("mask", "int64", ("batch", "seq")))
+    out = g.op("attention", ins, "attn", layout=layout, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+               causal=causal, scale=1.0 / np.sqrt(head_dim))
+    return g.program([out], {}), widths
+
+
+@pytest.mark.parametrize("layout", ["fused", "separate"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention(tier, threads, rng, layout, causal, masked):
+    for b, s, h, kv, d in ATTENTION:
+        p, widths = _attention_program(layout, h, kv, d, causal, masked)
+        args = [_x(rng, b, s, wd, scale=2) for wd in widths] + ([_mask(rng, b, s)] if masked else [])
+        _check(p, *args, what=f"attention {layout} causal={causal} {(b, s, h, kv, d)}")
+
+
+def test_attention_against_numpy(rng):
+    """The oracle itself against a direct per-head loop: grouped heads read kv head h // group, a padding
+    key gets no weight, an all-padding row attends uniformly (as transformers' additive mask does)."""
+    b, s, h, kv, d = 2, 6, 4, 2, 5
+    p, (width,) = _attention_program("fused", h, kv, d, False, True)
+    qkv = _x(rng, b, s, width)
+    mask = np.array([[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]])
+    got = p(qkv, mask)
+    q = qkv[..., : h * d].reshape(b, s, h, d)
+    k = qkv[..., h * d: (h + kv) * d].reshape(b, s, kv, d)
+    v = qkv[..., (h + kv) * d:].reshape(b, s, kv, d)
+    for bi in range(b):
+        for hi in range(h):
+            scores = q[bi, :, hi] @ k[bi, :, hi // 2].T / np.sqrt(d)
+            if mask[bi].any():
+                scores = np.where(mask[bi] != 0, scores, -np.inf)
+            else:
+                scores = np.zeros_like(scores)
+            e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            want = (e / e.sum(axis=-1, keepdims=True)) @ v[bi, :, hi // 2]
+            _close(got[bi, :, hi * d:(hi + 1) * d], want.astype(np.float32), what=f"batch {bi} head {hi}")
+
+
+# ---- views ----
+
+
+def test_reshape_view(tier, rng):
+    """A reshape shares its input's buffer: (batch, seq, heads * d) -> (batch, seq, heads, d) then a softmax
+    per head, and a -1 dimension."""
+    for b, s, w in SHAPES:
+        heads = 1 if w in (1, 7, 33) else 4
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("batch", "seq", w))
+        t = g.op("gelu", [x], "gelu")
+        t = g.op("reshape", [t], "split", shape=[0, 0, heads, -1])
+        t = g.op("softmax", [t], "softmax")
+        t = g.op("reshape", [t], "merge", shape=[0, -1])
+        p = g.program([g.op("add", [t, t], "twice")], {})
+        a = _x(rng, b, s, w, scale=3)
+        got = _check(p, a, what=f"reshape {(b, s, w)}")
+        assert got.shape == (b, s * w)
+        np.testing.assert_allclose(got.reshape(b, s, heads, -1).sum(axis=-1), 2.0, rtol=1e-5)
+
+
+# ---- linear on every weight format ----
+
+
+@functools.lru_cache(maxsize=None)
+def _weights(n, k):
+    """(name, weight, act attrs) for every linear weight format the engine runs (built once per shape:
+    the low-rank SVDs are the slow part of these tests)."""
+    rng = np.random.default_rng(n * 1000 + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    pruned = np.where(rng.random((n, k)) < 0.7, 0, w).astype(np.float32)
+    k4 = k - k % 4
+    nm = w[:, :k4].reshape(n, -1, 4).copy()
+    order = np.argsort(np.abs(nm), axis=-1)
+    np.put_along_axis(nm, order[..., :2], 0, axis=-1)  # keep the 2 largest of every 4
+    nm = np.concatenate([nm.reshape(n, k4), np.zeros((n, k - k4), np.float32)], axis=1)
+    out = [("float32", w, {}),
+           ("int8", ec.Int8Weight.from_float(w), {}),
+           ("int8-tensor", ec.Int8Weight.from_float(w, "tensor"), {}),
+           ("int8-static", ec.Int8Weight.from_float(w), {"act_scale": 0.02}),
+           ("int8-static-asym", ec.Int8Weight.from_float(w), {"act_scale": 0.03, "act_zero_point": 120}),
+           ("int4-g32", ec.Int4Weight.from_float(w, 32), {}),
+           ("int4-g32-asym", ec.Int4Weight.from_float(w, 32, symmetric=False), {}),
+           ("nf4", ec.Int4Weight.from_float(w, 32, codebook="nf4"), {}),
+           ("int4-f32", ec.Int4Weight.from_float(w, 32, compute="float"), {}),
+           ("csr", ec.SparseWeight.from_float(pruned, "csr"), {}),
+           ("bsr4x1", ec.SparseWeight.from_float(pruned, "bsr4x1"), {}),
+           ("csr-int8", ec.SparseWeight.from_float(pruned, "csr", "int8"), {}),
+           ("2:4", ec.SparseWeight.from_float(nm, "2:4"), {}),
+           ("lowrank", ec.LowRankWeight.from_float(w, rank=max(1, min(n, k) // 2)), {}),
+           ("lowrank-int8", ec.LowRankWeight.from_float(w, rank=max(1, min(n, k) // 2), dtype="int8"), {})]
+    if k % 4 == 0:
+        out.append(("bsr1x4-int8", ec.SparseWeight.from_float(pruned, "bsr1x4", "int8"), {}))
+    return out
+
+
+# (batch, seq, in, out): in and out not multiples of 16 but one pair; in a multiple of 4 for bsr1x4
+LINEAR_SHAPES = [(1, 1, 4, 1), (2, 3, 36, 7), (3, 17, 100, 33), (1, 33, 384, 100), (2, 5, 64, 384)]
+
+
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+def test_linear_formats(tier, threads, rng, activation):
+    """RTOL for the quantized formats too: their int8 / int4 products are bit-exact against the oracle's
+    integer arithmetic (tests/test_gemm_s8.py), so only the float epilogue and the LayerNorm after it
+    differ. A static act_scale saturates part of x here, which a dynamic scale would not."""
+    for b, s, k, n in LINEAR_SHAPES:
+        for name, w, act in _weights(n, k):
+            g = GraphBuilder()
+            x = g.input("x", "float32", ("batch", "seq", k))
+            bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+            y = g.linear(x, w, bias, "fc", activation, **act)
+            t = g.op("layernorm", [y, "", g.weight("gamma", np.ones(n, np.float32))], "ln", eps=1e-5) if n > 1 else y
+            p = g.program([t], {})
+            a = _x(rng, b, s, k)
+            _check(p, a, atol=1e-5,
+                   what=f"linear {name} {activation} {(b, s, k, n)}")
+            if name == "float32" and n > 1:  # and the oracle against numpy
+                want = a @ w.T + (0 if bias is None else bias)
+                if activation == "relu":
+                    want = np.maximum(want, 0)
+                elif activation == "gelu":
+                    want = eref.gelu(want.astype(np.float32))
+                ln = (want - want.mean(-1, keepdims=True)) / np.sqrt(want.var(-1, keepdims=True) + 1e-5)
+                _close(p.reference(a), ln.astype(np.float32), rtol=1e-4, what="reference against numpy")
+
+
+def test_concurrent_calls(rng):
+    """Python threads calling one program at once (the GIL is released during a run): every result is the
+    one a lone call gives, for calls of the same shapes (one plan, one arena) and of different ones."""
+    import threading
+
+    p, (width,) = _attention_program("fused", 4, 2, 16, False, True)
+    calls = [(_x(rng, 2, s, width), _mask(rng, 2, s)) for s in (33, 33, 64, 7)]
+    want = [p(*c) for c in calls]
+    wrong = []
+
+    def work(first):
+        for r in range(40):
+            k = (first + r) % len(calls)
+            if not np.array_equal(p(*calls[k]), want[k]):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
