@@ -426,3 +426,9 @@ def test_header_edits_without_digest(saved, tmp_path):
     with pytest.raises(ValueError, match="not a JSON object"):
         engine.load(target)
     assert os.path.getsize(path) == len(data)  # the original untouched
+
+
+def test_save_into_a_missing_directory_names_it(tmp_path):
+    program = _every_format_program()
+    with pytest.raises(FileNotFoundError, match="no directory"):
+        program.save(tmp_path / "missing" / "p.safetensors")

@@ -339,3 +339,16 @@ def test_concurrent_calls(rng):
     for t in threads:
         t.join()
     assert wrong == []
+
+
+def test_plans_are_kept_for_the_recent_shapes_only():
+    from edgecompress.engine import program as program_module
+
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("rows", 4))
+    p = g.program([g.op("gelu", [x], "y")], {})
+    for rows in range(1, program_module.MAX_PLANS + 6):
+        y = p(np.full((rows, 4), 0.5, np.float32))
+        assert y.shape == (rows, 4)
+    assert len(p._plans) == program_module.MAX_PLANS
+    assert ((program_module.MAX_PLANS + 5, 4) in [k[1] for k in p._plans])  # the newest stays

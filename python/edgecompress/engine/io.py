@@ -68,6 +68,9 @@ def _digest(doc: dict[str, Any], tensors: dict[str, np.ndarray], done: Any = Non
 def save(program: Program, path: Any) -> None:
     """Write ``program`` to one safetensors file at ``path`` (see the module docstring)."""
     path = _path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"path: no directory {folder!r} to write {os.path.basename(path)!r} into")
     tensors: dict[str, np.ndarray] = {}
     weights: dict[str, Any] = {}
     for name, w in program.weights.items():

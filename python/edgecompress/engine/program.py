@@ -28,6 +28,9 @@ __all__ = ["Input", "Program"]
 _SPACE_ARENA, _SPACE_INPUT, _SPACE_OUTPUT, _SPACE_CONSTANT = 1, 2, 3, 4
 _STATUS = {1: "expected finite values, got NaN or Inf", 2: "a token id out of range of its embedding table"}
 _ALIGN = 64
+# Plans kept per program, one per set of input shapes (each holds its arena): callers with many
+# sequence lengths reuse the recent ones without memory growing with every length seen.
+MAX_PLANS = 32
 _PROFILE = os.environ.get("EDGECOMPRESS_PROFILE", "") not in ("", "0")
 
 
@@ -286,6 +289,8 @@ class Program:
         key = (current_tier(),) + tuple(a.shape for a in arrays)
         plan = self._plans.get(key)
         if plan is None:
+            if len(self._plans) >= MAX_PLANS:  # the oldest shape's plan (and its arena) goes
+                del self._plans[next(iter(self._plans))]
             plan = self._plans[key] = self._plan(arrays)
         return plan
 
