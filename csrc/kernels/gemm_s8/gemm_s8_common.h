@@ -44,6 +44,25 @@ void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
     const int32_t* __restrict a = acc + r * kNr;
     float* __restrict y = t.y + r * ldy;
     const float rs = row_scale[r];
+    if (n == kNr && scales_normal(rs, t.col_scale_min, t.col_scale_max)) {
+      // A whole tile row: dequantize, bias and activation in registers, one store (three passes over
+      // y made each pass wait on the previous one's stores). Same operations, same order, same bits.
+      float v[kNr];
+      for (int c = 0; c < kNr; ++c) {
+        const int32_t q = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
+        v[c] = dequantize_normal(q, rs, col_scale[c]);
+      }
+      if (bias != nullptr) {
+        for (int c = 0; c < kNr; ++c) v[c] = v[c] + bias[c];
+      }
+      if (act == Activation::relu) {
+        for (int c = 0; c < kNr; ++c) v[c] = v[c] > 0.0f ? v[c] : 0.0f;
+      } else if (act == Activation::gelu) {
+        for (int c = 0; c < kNr; ++c) v[c] = gelu(v[c]);
+      }
+      for (int c = 0; c < kNr; ++c) y[c] = v[c];
+      continue;
+    }
     if (scales_normal(rs, t.col_scale_min, t.col_scale_max)) {
       // Every scale product of the row is a normal float: float32 throughout.
       for (int c = 0; c < n; ++c) {
