@@ -49,6 +49,7 @@ import logging
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -442,6 +443,7 @@ def main() -> int:
     results: dict[tuple[str, int, int], dict[str, float]] = {}
     profiles: list[str] = []
     overhead = None
+    memory = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             config = MODELS[name]
@@ -490,8 +492,7 @@ def main() -> int:
                 torch.set_num_threads(1)
                 ec.set_num_threads(1)
                 overhead = python_overhead(programs["ours int8"], 7)
-                memory = load_memory(programs["ours int8"], make_inputs(1, 128, MODELS["minilm"]["vocab_size"]
-                                                                         if isinstance(MODELS.get("minilm"), dict) else 30522), tmp)
+                memory = load_memory(programs["ours int8"], make_inputs(1, SEQ, model.config.vocab_size), tmp)
     emit("## Targets (this run)\n")
     emit("| target | this run | |")
     emit("|---|---|---|")

@@ -6,6 +6,7 @@
 
 #include "edgecompress/driver.h"
 #include "edgecompress/threadpool.h"
+#include "../kernels/common/vmath.h"
 
 namespace edgecompress {
 
@@ -20,6 +21,18 @@ bool rows_nonfinite(const float* x, ptrdiff_t ldx, int m, int k) {
     }
   }
   return bad != 0;
+}
+
+void gelu_pass(float* y, int64_t count, int max_threads) {
+  constexpr int64_t kChunk = 16384;
+  const int tasks = static_cast<int>((count + kChunk - 1) / kChunk);
+  const int threads = static_cast<double>(count) * 64 < gemm_min_parallel_macs() ? 1 : max_threads;
+  auto body = [&](int t) {
+    float* __restrict v = y + t * kChunk;
+    const int64_t n = std::min(kChunk, count - t * kChunk);
+    for (int64_t i = 0; i < n; ++i) v[i] = gelu_approx(v[i]);
+  };
+  parallel_for(tasks, threads, body);
 }
 
 std::unique_ptr<PackedDenseF32> pack_dense_f32(const DenseKernel& kernel, const float* w, int n, int k) {

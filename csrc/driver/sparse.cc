@@ -69,7 +69,7 @@ GemmStatus sparse_f32(const PackedSparseF32& p, const float* x, ptrdiff_t ldx, i
   t.w = &w;
   t.m = m;
   t.bias = bias;
-  t.act = act;
+  t.act = kernel_activation(act);
   t.y = y;
   if (m <= kSpmvRows) {
     t.x = x;
@@ -98,6 +98,7 @@ GemmStatus sparse_f32(const PackedSparseF32& p, const float* x, ptrdiff_t ldx, i
     if (task.b0 < task.b1) kern.run(task);
   };
   parallel_for(chunks, threads, run);
+  if (act == Activation::gelu) gelu_pass(y, static_cast<int64_t>(m) * w.n, threads);
   return GemmStatus::ok;
 }
 

@@ -87,13 +87,14 @@ GemmStatus sparse_nm_f32(const PackedSparseNmF32& p, const float* x, ptrdiff_t l
       const int p1 = p_end - p0 <= tile ? p_end : p0 + tile;
       for (int i = 0; i < m; i += kNmRows) {
         const SparseNmTask t{&w,  p0,  p1, std::min(kNmRows, m - i), xp + i * ldp, ldp,
-                             bias, act, y + static_cast<ptrdiff_t>(i) * w.n, w.n};
+                             bias, kernel_activation(act), y + static_cast<ptrdiff_t>(i) * w.n, w.n};
         kern.run(t);
       }
       p0 = p1;
     }
   };
   parallel_for(parts, threads, run);
+  if (act == Activation::gelu) gelu_pass(y, static_cast<int64_t>(m) * w.n, threads);
   return GemmStatus::ok;
 }
 

@@ -94,7 +94,7 @@ GemmStatus sparse_s8(const PackedSparseS8& p, const float* x, ptrdiff_t ldx, int
   const int chunks = std::min(w.n, threads == 1 ? 1 : 8 * threads);
   const int per = ((w.n + chunks - 1) / chunks + 15) / 16 * 16;  // groups of 16 rows stay whole
   // SpMM: the kernel's rows of W become columns of y: each chunk transposes and finishes its own.
-  const SparseS8Finish fin{acc, a_rows, m, 0, 0, row_scale, p.scale.data(), p.scale_min, p.scale_max, bias, act, y, w.n};
+  const SparseS8Finish fin{acc, a_rows, m, 0, 0, row_scale, p.scale.data(), p.scale_min, p.scale_max, bias, kernel_activation(act), y, w.n};
   auto run = [&](int c) {
     const int r0 = c * per, r1 = std::min(w.n, (c + 1) * per);
     if (spmv) {
@@ -118,6 +118,7 @@ GemmStatus sparse_s8(const PackedSparseS8& p, const float* x, ptrdiff_t ldx, int
       for (int c = 0; c < w.n; ++c) y[i * w.n + c] = s8_finish_one(acc[i * w.n + c], row_scale[i], normal, c, fin);
     }
   }
+  if (act == Activation::gelu) gelu_pass(y, static_cast<int64_t>(m) * w.n, threads);
   return GemmStatus::ok;
 }
 

@@ -221,6 +221,14 @@ std::unique_ptr<PackedSparseNmF32> pack_sparse_nm_f32(const SparseNmKernel& kern
 GemmStatus sparse_nm_f32(const PackedSparseNmF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
                          Activation act, float* y, int max_threads);
 
+// y = gelu(y) over count values, on the thread pool: the families whose epilogue finishes one value at
+// a time (the sparse ones) run their kernels with the bias only and apply GELU in this vectorized pass
+// (a scalar GELU per output cost more than their product).
+void gelu_pass(float* y, int64_t count, int max_threads);
+
+// The activation a sparse family's kernels apply: GELU is left to gelu_pass.
+inline Activation kernel_activation(Activation act) { return act == Activation::gelu ? Activation::none : act; }
+
 // True when one of the m rows of x (k floats, row stride ldx) holds NaN or Inf: the float families
 // refuse such input like the quantizing ones (a skipped zero would hide the Inf * 0 = NaN).
 bool rows_nonfinite(const float* x, ptrdiff_t ldx, int m, int k);

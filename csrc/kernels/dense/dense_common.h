@@ -59,7 +59,11 @@ void df_group_run(const DenseTask& t, int p) {
       const int c0 = (p + j) * kDensePanel;
       const int cols = w.n - c0 < kDensePanel ? w.n - c0 : kDensePanel;
       float* __restrict yr = t.y + m * t.ldy + c0;
-      for (int i = 0; i < cols; ++i) yr[i] = bias_act(sums[j * kDensePanel + i], t.bias, c0 + i, t.act);
+      // the epilogue as whole-row passes (bias_act_row vectorizes; a per-value call with its branches
+      // did not, and a scalar GELU per output cost more than the product at K = 384)
+      float* __restrict v = sums + j * kDensePanel;
+      bias_act_row(v, cols, t.bias != nullptr ? t.bias + c0 : nullptr, t.act);
+      for (int i = 0; i < cols; ++i) yr[i] = v[i];
     }
   }
 }
