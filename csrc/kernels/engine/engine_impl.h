@@ -25,7 +25,8 @@ typedef float vfu __attribute__((vector_size(W * 4), aligned(4), may_alias));
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
-inline vf splat(float a) { return vf{} + a; }
+// a - 0 is a for every a (a + 0 is not, for -0), so the compiler folds it to a plain broadcast
+inline vf splat(float a) { return a - vf{}; }
 inline float hsum(vf v) {
   float s = 0.0f;
   for (int i = 0; i < W; ++i) s += v[i];
