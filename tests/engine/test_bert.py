@@ -290,3 +290,22 @@ def test_profile_environment_variable(value, prints):
         assert "the_gelu" in done.stderr and "the_softmax" in done.stderr and "per op:" in done.stderr
     else:
         assert "edgecompress profile" not in done.stderr
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_int8_token_table(family):
+    """embeddings="int8": the token table is int8 with one scale per row (a quarter of its bytes), the
+    lookup dequantizes exactly as the oracle does, and the output stays within 1% of torch's."""
+    model = _model(family, 64, 4)
+    ids, mask = _inputs(7)
+    full = _export(model, ids, mask, "int8")
+    small = _export(model, ids, mask, "int8", embeddings="int8")
+    table = small.weights["embeddings.word.table"]
+    assert table.dtype == np.int8 and small.weights["embeddings.word.scale"].shape == (VOCAB,)
+    assert full.nbytes - small.nbytes == VOCAB * 64 * 3 - VOCAB * 4
+    got, want = small(ids, mask), _torch(model, ids, mask, attn="eager")
+    keep = mask.astype(bool)
+    assert _rel(got[keep], want[keep]) < 0.01
+    np.testing.assert_allclose(got, small.reference(ids, mask), rtol=0, atol=1e-3 * np.abs(got).max())
+    with pytest.raises(ValueError, match="embeddings: expected 'float32' or 'int8'"):
+        _export(model, ids, mask, "int8", embeddings="int4")

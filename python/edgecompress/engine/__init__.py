@@ -44,7 +44,7 @@ def _example(example_inputs: Any) -> dict[str, np.ndarray]:
 
 
 def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str | None = None, guard: bool = False,
-           **options: Any) -> Program:
+           embeddings: str = "float32", **options: Any) -> Program:
     """The Program of a Hugging Face BERT-family encoder (BertModel and its checkpoints such as MiniLM,
     RobertaModel, DistilBertModel).
 
@@ -57,6 +57,8 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
     the engine runs neither (its float products are its own kernels, and a torch timing on a busy
     machine would leave layers in float32 by noise). The task head and pooler are not part of the
     program and are not compressed. pooling: None (output last_hidden_state) or "mean".
+    embeddings: "float32" (the token table as it is) or "int8" (the token table quantized per row,
+    symmetric, a quarter of its bytes: in a MiniLM-sized model it is most of the file).
     The program's ``report`` is compress's report (None for float32), and ``info["error"]`` the relative
     error of its output against the float torch model on the example inputs (on their tokens: the
     positions whose attention mask is not 0).
@@ -71,6 +73,8 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
     _family(model)  # before running the model: another model fails there with torch's error, not ours
     if pooling not in (None, "mean"):
         raise ValueError(f"pooling: expected None or 'mean', got {pooling!r}")
+    if embeddings not in ("float32", "int8"):
+        raise ValueError(f"embeddings: expected 'float32' or 'int8', got {embeddings!r}")
     ex = _example(example_inputs)
     torch_ex = {k: torch.from_numpy(v) for k, v in ex.items()}
     model = model.eval()
@@ -85,7 +89,7 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
             exclude.append("pooler.*")
         report = compress(target, recipe, example_inputs=torch_ex, guard=guard, progress=False, exclude=exclude,
                           **options)
-    program = build(target, pooling=pooling, token_type_ids="token_type_ids" in ex)
+    program = build(target, pooling=pooling, token_type_ids="token_type_ids" in ex, embeddings=embeddings)
     program.report = report
     if pooling == "mean":  # the float model's output pooled the same way
         m = ex["attention_mask"][..., None] != 0

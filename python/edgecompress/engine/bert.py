@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..formats import Int8Weight
 from .builder import GraphBuilder, concat_rows
 
 __all__ = ["build"]
@@ -83,7 +84,7 @@ def _activation(config: Any) -> str:
     return _ACT[act]
 
 
-def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = False) -> Any:
+def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = False, embeddings: str = "float32") -> Any:
     """The Program of a (possibly compressed) BERT-family encoder: inputs input_ids and attention_mask
     (and token_type_ids when asked, BERT only), output last_hidden_state (batch, seq, hidden), or the
     masked mean over the sequence with ``pooling="mean"``."""
@@ -103,7 +104,13 @@ def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = Fals
     mask = g.input("attention_mask", "int64", ("batch", "seq"))
     emb = model.embeddings
     hidden = emb.word_embeddings.embedding_dim
-    x = g.op("embedding", [ids, g.weight("embeddings.word.table", _np(emb.word_embeddings.weight))], "embeddings.word")
+    table = _np(emb.word_embeddings.weight)
+    if embeddings == "int8":  # one scale per token's row: the lookup dequantizes the rows it reads
+        q = Int8Weight.from_float(table)
+        x = g.op("embedding", [ids, g.weight("embeddings.word.table", np.asarray(q.qweight)),
+                               g.weight("embeddings.word.scale", np.asarray(q.scale))], "embeddings.word")
+    else:
+        x = g.op("embedding", [ids, g.weight("embeddings.word.table", table)], "embeddings.word")
     if family == "roberta":
         pos = g.op("position_ids", [ids], "embeddings.position_ids", mode="padded", base=int(emb.padding_idx))
     else:
