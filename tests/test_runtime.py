@@ -133,6 +133,18 @@ def test_avx512_cap_runs_the_float_kernels_and_inherits_the_integer_ones():
             assert ec.cpu_info()["families"]["dense_f32"]["kernel"] == "dense_f32_avx512"
 
 
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_benchmarks_time_and_rate_the_gemm_s8_kernel_that_serves_a_tier():
+    from edgecompress import bench
+
+    # avx512 has no gemm_s8 kernel: the int8 benchmark does not time the tier below twice, and a
+    # cap of avx512 is rated against the instruction of the kernel it inherits.
+    own = {k["tier"] for k in _core.gemm_s8_kernels() if k["runs_here"]} - {"scalar"}
+    assert bench.gemm_s8_tiers() == [t for t in LADDER if t in own] and "avx512" not in bench.gemm_s8_tiers()
+    assert bench.int8_probe_for("avx512") == bench.int8_probe_for("avxvnni") is not None
+    assert bench.int8_probe_for("scalar") is None
+
+
 def test_use_isa_is_per_thread():
     import threading
 
