@@ -61,7 +61,7 @@ from torch import nn
 
 import edgecompress as ec
 from edgecompress import _core
-from edgecompress.bench import FP32_PROBE, TIER_PROBE, _command_line, cpu_slug, write_report
+from edgecompress.bench import FP32_PROBE, _command_line, cpu_slug, int8_probe_for, write_report
 from edgecompress.runtime import LADDER
 from edgecompress.timing import time_call
 
@@ -383,7 +383,7 @@ def _limits(models: list[str], quick: bool) -> tuple[dict[str, tuple[str, float]
     tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0]]
     running = {p["name"] for p in _core.peak_probes() if p["runs_here"]}
     peaks: dict[str, tuple[str, float]] = {}
-    int8_probe = TIER_PROBE.get(tiers[-1]) if tiers else None
+    int8_probe = int8_probe_for(tiers[-1]) if tiers else None
     fp32_probe = FP32_PROBE.get(_core.arch())
     for kind, probe in (("int8", int8_probe), ("fp32", fp32_probe)):
         if probe in running:

@@ -31,6 +31,7 @@ from edgecompress.bench import (
     blas_threads,
     common_arguments,
     cpu_slug,
+    int8_probe_for,
     write_report,
 )
 from edgecompress.convert import to_onnx_matmulnbits
@@ -176,7 +177,7 @@ def main() -> int:
                 if nb and read_s:
                     pct = f"{100 * read_s / sec * nb / packed_bytes:.0f}% of read bw"
                 elif m > 4 and c.split()[0] in ("q4", "int8") and " int8 " in f" {c} ":
-                    probe = TIER_PROBE.get(c.split()[1])
+                    probe = int8_probe_for(c.split()[1])
                     if probe in peaks:
                         pct = f"{100 * ops / sec / (peaks[probe] * t):.0f}% of {probe}"
                 emit(f"| {c} | {sec * 1e3:.3f} | {ops / sec / 1e9:.1f} | {gbs} | {pct} |")

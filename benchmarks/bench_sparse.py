@@ -30,7 +30,7 @@ import edgecompress as ec
 from edgecompress import _core
 from edgecompress.bench import (
     FP32_PROBE,
-    TIER_PROBE,
+    int8_probe_for,
     _aligned_bytes,
     _command_line,
     _measure,
@@ -257,7 +257,7 @@ def main() -> int:
     read_probe = next((q["name"] for q in reversed(_core.peak_probes()) if q["runs_here"]), None)
     fma_probe = FP32_PROBE.get(_core.arch())
     fma_peak = _core.peak_ops(fma_probe, 0.3) if fma_probe else None
-    int8_probe = TIER_PROBE.get(top)
+    int8_probe = int8_probe_for(top)
     int8_peak = _core.peak_ops(int8_probe, 0.3) if int8_probe else None
     if args.output is None and not args.quick:
         suffix = {"all": "sparse", "pruned": "sparse-pruned", "nm": "sparse-nm"}[args.section]

@@ -24,6 +24,11 @@ def _supported():
     return [t for t in LADDER if _core.tier_support(t)[0]]
 
 
+def _top_tier_running_here(family):
+    """The highest tier of a family's kernels that this CPU runs (what it gets without a cap)."""
+    return max((k["tier"] for k in getattr(_core, f"{family}_kernels")() if k["runs_here"]), key=LADDER.index)
+
+
 def test_cpu_info_reports_everything():
     info = ec.cpu_info()
     assert info["arch"] in ("x86_64", "aarch64")
@@ -34,9 +39,11 @@ def test_cpu_info_reports_everything():
     for t, d in info["tiers"].items():
         assert d["supported"] == (d["reason"] is None), t
     assert info["tiers"]["scalar"]["supported"]
-    fam = info["families"]["gemm_s8"]
-    assert fam["tier"] == _supported()[-1]
-    assert fam["kernel"].startswith("gemm_s8_") and fam["tier"] in fam["kernel"]
+    for name, fam in info["families"].items():
+        assert fam["tier"] == _top_tier_running_here(name), name
+        assert fam["kernel"].startswith(f"{name}_") and fam["tier"] in fam["kernel"]
+    # The top supported tier serves some family with a kernel of its own (avx512: the float families).
+    assert max((fam["tier"] for fam in info["families"].values()), key=LADDER.index) == _supported()[-1]
     assert info["num_threads"] == ec.get_num_threads()
     json.dumps(info)  # plain data
 
@@ -60,7 +67,8 @@ def test_detected_features_match_tiers():
     feats = set(ec.cpu_info()["features"])
     ok = dict((t, _core.tier_support(t)[0]) for t in LADDER)
     if "avx512vnni" in ok:
-        assert ok["avx512vnni"] == ({"avx512f", "avx512bw", "avx512vl", "avx512vnni"} <= feats)
+        assert ok["avx512"] == ({"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= feats)
+        assert ok["avx512vnni"] == ({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"} <= feats)
         assert ok["avx2"] == ("avx2" in feats and "fma" in feats)
         assert ok["avxvnni"] == ("avxvnni" in feats or ({"avx512vnni", "avx512vl"} <= feats))
     if "i8mm" in ok:
@@ -69,10 +77,72 @@ def test_detected_features_match_tiers():
 
 def test_use_isa_caps_and_restores(tier):
     assert ec.current_tier() == tier
-    assert ec.cpu_info()["families"]["gemm_s8"]["tier"] == tier
+    # Every family runs at or below the cap, and the cap's own kernels serve some family (a tier
+    # without its own kernel for a family inherits the one below: gemm_s8 under avx512 runs avx2
+    # or avxvnni, the float families under avx512vnni run avx512).
+    chosen = [fam["tier"] for fam in ec.cpu_info()["families"].values()]
+    assert max(chosen, key=LADDER.index) == tier, chosen
     with ec.use_isa("scalar"):
         assert ec.cpu_info()["families"]["gemm_s8"]["kernel"] == "gemm_s8_4x8_scalar"
     assert ec.current_tier() == tier
+
+
+FLOAT_FAMILIES = ["sparse_f32", "sparse_nm_f32", "dense_f32", "engine_f32"]
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_x86_ladder_has_an_avx512_tier_for_the_float_families():
+    # AVX-512 F/BW/DQ/VL without VNNI (Skylake-X) is a tier of its own, below avx512vnni: the
+    # float families' 512-bit kernels live there, the integer families' VNNI kernels stay above.
+    assert LADDER == ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni")
+    for fam in FLOAT_FAMILIES:
+        kernels = getattr(_core, f"{fam}_kernels")()
+        assert [(k["name"], k["tier"]) for k in kernels] == [
+            (f"{fam}_scalar", "scalar"), (f"{fam}_avx2", "avx2"), (f"{fam}_avx512", "avx512")]
+    for fam in ["gemm_s8", "gemm_q4", "sparse_s8"]:
+        tiers = [k["tier"] for k in getattr(_core, f"{fam}_kernels")()]
+        assert "avx512" not in tiers and tiers[-1] == "avx512vnni", (fam, tiers)
+    assert ec.cpu_info()["tiers_built"] == list(LADDER)
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_avx512_tier_without_avx512_is_a_clear_error():
+    if _core.tier_support("avx512")[0]:
+        pytest.skip("this CPU has AVX-512 F/BW/DQ/VL")
+    assert not {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(ec.cpu_info()["features"])
+    with pytest.raises(ValueError, match=r"use_isa: tier 'avx512' cannot run here: this CPU lacks AVX-512 F/BW/DQ/VL$"):
+        with ec.use_isa("avx512"):
+            pass
+    r = _run("import edgecompress", EDGECOMPRESS_ISA="avx512")
+    assert r.returncode != 0
+    assert "ValueError: EDGECOMPRESS_ISA: tier 'avx512' cannot run here: this CPU lacks AVX-512 F/BW/DQ/VL" in r.stderr
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_avx512_cap_runs_the_float_kernels_and_inherits_the_integer_ones():
+    if not _core.tier_support("avx512")[0]:
+        pytest.skip(f"tier avx512: {_core.tier_support('avx512')[1]}")
+    with ec.use_isa("avx512"):
+        families = ec.cpu_info()["families"]
+    for fam in FLOAT_FAMILIES:
+        assert families[fam]["kernel"] == f"{fam}_avx512"
+    for fam in ["gemm_s8", "gemm_q4", "sparse_s8"]:
+        assert families[fam]["tier"] in ("avx2", "avxvnni"), families[fam]
+    if _core.tier_support("avx512vnni")[0]:
+        with ec.use_isa("avx512vnni"):
+            assert ec.cpu_info()["families"]["dense_f32"]["kernel"] == "dense_f32_avx512"
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_benchmarks_time_and_rate_the_gemm_s8_kernel_that_serves_a_tier():
+    from edgecompress import bench
+
+    # avx512 has no gemm_s8 kernel: the int8 benchmark does not time the tier below twice, and a
+    # cap of avx512 is rated against the instruction of the kernel it inherits.
+    own = {k["tier"] for k in _core.gemm_s8_kernels() if k["runs_here"]} - {"scalar"}
+    assert bench.gemm_s8_tiers() == [t for t in LADDER if t in own] and "avx512" not in bench.gemm_s8_tiers()
+    assert bench.int8_probe_for("avx512") == bench.int8_probe_for("avxvnni") is not None
+    assert bench.int8_probe_for("scalar") is None
 
 
 def test_use_isa_is_per_thread():

@@ -17,7 +17,7 @@ namespace edgecompress {
 namespace {
 
 #if defined(__x86_64__) || defined(_M_X64)
-constexpr Isa kLadder[] = {Isa::scalar, Isa::avx2, Isa::avxvnni, Isa::avx512vnni};
+constexpr Isa kLadder[] = {Isa::scalar, Isa::avx2, Isa::avxvnni, Isa::avx512, Isa::avx512vnni};
 #elif defined(__aarch64__)
 constexpr Isa kLadder[] = {Isa::scalar, Isa::neon, Isa::dotprod, Isa::i8mm};
 #else
@@ -25,7 +25,7 @@ constexpr Isa kLadder[] = {Isa::scalar};
 #endif
 constexpr int kLadderSize = sizeof(kLadder) / sizeof(kLadder[0]);
 
-constexpr const char* kNames[] = {"scalar", "avx2", "avxvnni", "avx512vnni", "neon", "dotprod", "i8mm"};
+constexpr const char* kNames[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "dotprod", "i8mm"};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<int>(Isa::count), "one name per tier");
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -170,10 +170,11 @@ const CpuFeatures& cpu_features() {
 
 bool cpu_has(uint32_t needs) { return (cpu_features().bits & needs) == needs; }
 
-bool isa_supported(Isa isa, std::string* why) {
-  const CpuFeatures& f = cpu_features();
+bool isa_supported(Isa isa, std::string* why) { return isa_supported_for(isa, cpu_features().bits, why); }
+
+bool isa_supported_for(Isa isa, uint32_t cpu_bits, std::string* why) {
   if (isa_rank(isa) < 0) {
-    if (why != nullptr) *why = std::string(isa_name(isa)) + " is not a tier of " + f.arch;
+    if (why != nullptr) *why = std::string(isa_name(isa)) + " is not a tier of " + cpu_features().arch;
     return false;
   }
   // Each tier's builds (two for avxvnni: VEX, or EVEX on AVX-512 CPUs) and what they need.
@@ -185,13 +186,15 @@ bool isa_supported(Isa isa, std::string* why) {
       builds[0] = kNeedsAvxVnni, builds[1] = kNeedsAvx512Vnni;
       missing = "AVX-VNNI (or AVX-512 F/BW/DQ/VL/VNNI)";
       break;
+    case Isa::avx512: builds[0] = kNeedsAvx512, missing = "AVX-512 F/BW/DQ/VL"; break;
     case Isa::avx512vnni: builds[0] = kNeedsAvx512Vnni, missing = "AVX-512 F/BW/DQ/VL/VNNI"; break;
     case Isa::neon: builds[0] = kNeedsNeon, missing = "Advanced SIMD (NEON)"; break;
     case Isa::dotprod: builds[0] = kNeedsDotprod, missing = "the dot-product extension (SDOT)"; break;
     case Isa::i8mm: builds[0] = kNeedsI8mm, missing = "the int8 matrix-multiply extension (SMMLA)"; break;
     default: return true;  // scalar
   }
-  if (cpu_has(builds[0]) || (builds[1] != 0 && cpu_has(builds[1]))) return true;
+  auto has = [cpu_bits](uint32_t needs) { return (cpu_bits & needs) == needs; };
+  if (has(builds[0]) || (builds[1] != 0 && has(builds[1]))) return true;
   if (why != nullptr) *why = std::string("this CPU lacks ") + missing;
   return false;
 }

@@ -3,6 +3,7 @@
 // without its own kernel for a family inherits the tier below.
 #include "edgecompress/registry.h"
 
+#include "edgecompress/cpu.h"
 #include "edgecompress/peak.h"
 
 namespace edgecompress {
@@ -16,11 +17,11 @@ extern const SparseNmKernel sparse_nm_f32_scalar;
 extern const EngineKernel engine_f32_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
-extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512vnni;
-extern const DenseKernel dense_f32_avx2, dense_f32_avx512vnni;
+extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512;
+extern const DenseKernel dense_f32_avx2, dense_f32_avx512;
 extern const SparseS8Kernel sparse_s8_avx2, sparse_s8_avx512vnni;
-extern const SparseNmKernel sparse_nm_f32_avx2, sparse_nm_f32_avx512vnni;
-extern const EngineKernel engine_f32_avx2, engine_f32_avx512vnni;
+extern const SparseNmKernel sparse_nm_f32_avx2, sparse_nm_f32_avx512;
+extern const EngineKernel engine_f32_avx2, engine_f32_avx512;
 extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
 #elif defined(__aarch64__)
@@ -59,21 +60,22 @@ const GemmQ4Kernel* const gemm_q4_list[] = {
 #endif
 };
 
-// sparse_f32 has kernels for avx2, avx512vnni and neon; the tiers between inherit the one below.
+// sparse_f32 has kernels for avx2, avx512 and neon; the tiers between and above inherit the one below
+// (avx512vnni's instructions do not help a float product).
 const SparseKernel* const sparse_f32_list[] = {
     &sparse_f32_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
-    &sparse_f32_avx2, &sparse_f32_avx512vnni,
+    &sparse_f32_avx2, &sparse_f32_avx512,
 #elif defined(__aarch64__)
     &sparse_f32_neon,
 #endif
 };
 
-// dense_f32 (float32 weights, the factors of LowRankWeight): like sparse_f32, avx2, avx512vnni, neon.
+// dense_f32 (float32 weights, the factors of LowRankWeight): like sparse_f32, avx2, avx512, neon.
 const DenseKernel* const dense_f32_list[] = {
     &dense_f32_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
-    &dense_f32_avx2, &dense_f32_avx512vnni,
+    &dense_f32_avx2, &dense_f32_avx512,
 #elif defined(__aarch64__)
     &dense_f32_neon,
 #endif
@@ -89,36 +91,37 @@ const SparseS8Kernel* const sparse_s8_list[] = {
 #endif
 };
 
-// sparse_nm_f32 (N:M sparse float32 weights): avx2, avx512vnni, neon; avxvnni, dotprod and i8mm
-// inherit the tier below (their instructions do not help a float product).
+// sparse_nm_f32 (N:M sparse float32 weights): avx2, avx512, neon; avxvnni, avx512vnni, dotprod and
+// i8mm inherit the tier below (their instructions do not help a float product).
 const SparseNmKernel* const sparse_nm_f32_list[] = {
     &sparse_nm_f32_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
-    &sparse_nm_f32_avx2, &sparse_nm_f32_avx512vnni,
+    &sparse_nm_f32_avx2, &sparse_nm_f32_avx512,
 #elif defined(__aarch64__)
     &sparse_nm_f32_neon,
 #endif
 };
 
-// engine_f32 (the engine's float ops between products): avx2, avx512vnni, neon, like dense_f32.
+// engine_f32 (the engine's float ops between products): avx2, avx512, neon, like dense_f32.
 const EngineKernel* const engine_f32_list[] = {
     &engine_f32_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
-    &engine_f32_avx2, &engine_f32_avx512vnni,
+    &engine_f32_avx2, &engine_f32_avx512,
 #elif defined(__aarch64__)
     &engine_f32_neon,
 #endif
 };
 
-// The highest-tier kernel at or below `cap` that runs here; earlier entries win ties.
+// The highest-tier kernel at or below `cap` that a CPU with the features `cpu_bits` runs; earlier
+// entries win ties.
 template <class K, size_t N>
-const K* select_kernel(const K* const (&list)[N], Isa cap) {
+const K* select_kernel(const K* const (&list)[N], Isa cap, uint32_t cpu_bits) {
   const int cap_rank = isa_rank(cap);
   const K* best = list[0];
   int best_rank = 0;
   for (const K* k : list) {
     const int rank = isa_rank(k->isa);
-    if (rank > best_rank && rank <= cap_rank && cpu_has(k->needs)) {
+    if (rank > best_rank && rank <= cap_rank && (k->needs & cpu_bits) == k->needs) {
       best = k;
       best_rank = rank;
     }
@@ -142,13 +145,16 @@ int peak_probes(const PeakProbe* const** probes) {
   return static_cast<int>(sizeof(kPeaks) / sizeof(kPeaks[0])) - 1;
 }
 
-// Each family's two functions (registry.h), from its list above.
+// Each family's functions (registry.h), from its list above.
 #define EC_DEFINE_FAMILY(family, Kernel)                                        \
   int family##_kernels(const Kernel* const** kernels) {                         \
     *kernels = family##_list;                                                   \
     return static_cast<int>(sizeof(family##_list) / sizeof(family##_list[0])); \
   }                                                                             \
-  const Kernel* family##_select(Isa cap) { return select_kernel(family##_list, cap); }
+  const Kernel* family##_select_for(Isa cap, uint32_t cpu_bits) {              \
+    return select_kernel(family##_list, cap, cpu_bits);                         \
+  }                                                                             \
+  const Kernel* family##_select(Isa cap) { return family##_select_for(cap, cpu_features().bits); }
 EC_KERNEL_FAMILIES(EC_DEFINE_FAMILY)
 #undef EC_DEFINE_FAMILY
 

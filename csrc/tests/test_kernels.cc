@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "edgecompress/cpu.h"
 #include "edgecompress/driver.h"
 #include "edgecompress/gemm_q4.h"
 #include "edgecompress/gemm_s8.h"
@@ -822,6 +823,80 @@ bool check_nm_kernel(const SparseNmKernel& kern) {
   return failures == 0;
 }
 
+// Why a kernel this CPU cannot run is skipped: what its tier needs, or, where the CPU runs the tier
+// through another build (e.g. avxvnni on AVX-512 VNNI), that this build is not the one.
+template <class K>
+std::string skip_reason(const K& k) {
+  std::string why;
+  if (isa_supported(k.isa, &why)) why = std::string("this CPU runs tier ") + isa_name(k.isa) + " through another build";
+  return why;
+}
+
+// The registry's choice on models of CPUs (their feature bits), whatever CPU runs the test: each
+// family's tier under a cap, and which tiers each model supports. The float families (sparse_f32,
+// sparse_nm_f32, dense_f32, engine_f32) need no integer dot product: their AVX-512 kernels run on
+// AVX-512 CPUs without VNNI, while an AVX-VNNI CPU without AVX-512 never gets them.
+bool check_selection_on_cpu_models() {
+  struct Model {
+    const char* name;
+    uint32_t bits;
+    Isa cap, gemm, sparse_s8, floats;  // gemm: gemm_s8 and gemm_q4
+  };
+  int failures = 0;
+  auto expect = [&](const Model& m, const char* family, Isa got, Isa want) {
+    if (got == want) return;
+    std::printf("  %s: %s picks tier %s, expected %s\n", m.name, family, isa_name(got), isa_name(want));
+    ++failures;
+  };
+  auto expect_support = [&](const char* model, uint32_t bits, Isa tier, bool want, const char* why_wanted) {
+    std::string why;
+    const bool got = isa_supported_for(tier, bits, &why);
+    if (got == want && (want || why == why_wanted)) return;
+    std::printf("  %s: tier %s supported %d (%s), expected %d\n", model, isa_name(tier), got, why.c_str(), want);
+    ++failures;
+  };
+#if defined(__x86_64__) || defined(_M_X64)
+  const Isa top = Isa::avx512vnni;
+  const Model models[] = {
+      {"Zen 3 (AVX2)", kNeedsAvx2, top, Isa::avx2, Isa::avx2, Isa::avx2},
+      {"Alder Lake (AVX-VNNI, no AVX-512)", kNeedsAvxVnni, top, Isa::avxvnni, Isa::avx2, Isa::avx2},
+      {"Skylake-X (AVX-512 F/BW/DQ/VL, no VNNI)", kNeedsAvx512, top, Isa::avx2, Isa::avx2, Isa::avx512},
+      {"Cascade Lake (AVX-512 VNNI)", kNeedsAvx512Vnni, top, Isa::avx512vnni, Isa::avx512vnni, Isa::avx512},
+      {"Cascade Lake capped at avx512", kNeedsAvx512Vnni, Isa::avx512, Isa::avxvnni, Isa::avx2, Isa::avx512},
+      {"Cascade Lake capped at avxvnni", kNeedsAvx512Vnni, Isa::avxvnni, Isa::avxvnni, Isa::avx2, Isa::avx2},
+  };
+  expect_support("Zen 3", kNeedsAvx2, Isa::avx512, false, "this CPU lacks AVX-512 F/BW/DQ/VL");
+  expect_support("Alder Lake", kNeedsAvxVnni, Isa::avxvnni, true, "");
+  expect_support("Alder Lake", kNeedsAvxVnni, Isa::avx512, false, "this CPU lacks AVX-512 F/BW/DQ/VL");
+  expect_support("Skylake-X", kNeedsAvx512, Isa::avx512, true, "");
+  expect_support("Skylake-X", kNeedsAvx512, Isa::avxvnni, false, "this CPU lacks AVX-VNNI (or AVX-512 F/BW/DQ/VL/VNNI)");
+  expect_support("Skylake-X", kNeedsAvx512, Isa::avx512vnni, false, "this CPU lacks AVX-512 F/BW/DQ/VL/VNNI");
+  expect_support("Skylake-X without DQ", kNeedsAvx512 & ~kAvx512Dq, Isa::avx512, false, "this CPU lacks AVX-512 F/BW/DQ/VL");
+  expect_support("Cascade Lake", kNeedsAvx512Vnni, Isa::avx512, true, "");
+  expect_support("Cascade Lake", kNeedsAvx512Vnni, Isa::avx512vnni, true, "");
+#elif defined(__aarch64__)
+  const Isa top = Isa::i8mm;
+  const Model models[] = {
+      {"Cortex-A53 (NEON)", kNeedsNeon, top, Isa::neon, Isa::neon, Isa::neon},
+      {"Cortex-A76 (dot product)", kNeedsDotprod, top, Isa::dotprod, Isa::neon, Isa::neon},
+  };
+  expect_support("Cortex-A53", kNeedsNeon, Isa::dotprod, false, "this CPU lacks the dot-product extension (SDOT)");
+#else
+  const Model models[] = {{"any", 0, Isa::scalar, Isa::scalar, Isa::scalar, Isa::scalar}};
+  (void)expect_support;
+#endif
+  for (const Model& m : models) {
+    expect(m, "gemm_s8", gemm_s8_select_for(m.cap, m.bits)->isa, m.gemm);
+    expect(m, "gemm_q4", gemm_q4_select_for(m.cap, m.bits)->isa, m.gemm);
+    expect(m, "sparse_s8", sparse_s8_select_for(m.cap, m.bits)->isa, m.sparse_s8);
+    expect(m, "sparse_f32", sparse_f32_select_for(m.cap, m.bits)->isa, m.floats);
+    expect(m, "sparse_nm_f32", sparse_nm_f32_select_for(m.cap, m.bits)->isa, m.floats);
+    expect(m, "dense_f32", dense_f32_select_for(m.cap, m.bits)->isa, m.floats);
+    expect(m, "engine_f32", engine_f32_select_for(m.cap, m.bits)->isa, m.floats);
+  }
+  return failures == 0;
+}
+
 }  // namespace
 
 int main() {
@@ -837,9 +912,7 @@ int main() {
     for (int i = 0; i < count; ++i) {
       const GemmS8Kernel& k = *kernels[i];
       if (!cpu_has(k.needs)) {
-        std::string why;
-        if (isa_supported(k.isa, &why)) why = std::string("this CPU runs tier ") + isa_name(k.isa) + " through another build";
-        if (threads == 1) std::printf("SKIP %s: %s\n", k.name, why.c_str());
+        if (threads == 1) std::printf("SKIP %s: %s\n", k.name, skip_reason(k).c_str());
         ++skipped;
         continue;
       }
@@ -857,7 +930,7 @@ int main() {
     for (int i = 0; i < q4_count; ++i) {
       const GemmQ4Kernel& k = *q4[i];
       if (!cpu_has(k.needs)) {
-        if (threads == 1) std::printf("SKIP %s: this CPU lacks its features\n", k.name);
+        if (threads == 1) std::printf("SKIP %s: %s\n", k.name, skip_reason(k).c_str());
         ++skipped;
         continue;
       }
@@ -882,7 +955,7 @@ int main() {
     set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
     auto report = [&](auto* k, auto check) {
       if (!cpu_has(k->needs)) {
-        if (threads == 1) std::printf("SKIP %s: this CPU lacks its features\n", k->name);
+        if (threads == 1) std::printf("SKIP %s: %s\n", k->name, skip_reason(*k).c_str());
         ++skipped;
         return;
       }
@@ -908,6 +981,9 @@ int main() {
     std::printf("%s %s (concurrent callers, pool resized meanwhile)\n", ok ? "PASS" : "FAIL", kernels[i]->name);
     ok ? ++passed : ++failed;
   }
+  const bool models_ok = check_selection_on_cpu_models();
+  std::printf("%s registry choice on models of CPUs\n", models_ok ? "PASS" : "FAIL");
+  models_ok ? ++passed : ++failed;
   std::printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
   return failed == 0 && passed > 0 ? 0 : 1;
 }

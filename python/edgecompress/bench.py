@@ -38,10 +38,25 @@ from .formats import Int8Weight
 
 SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024)]
 QUICK_SHAPES = [(1, 1024, 1024), (64, 512, 512)]
-# The instruction each tier's gemm_s8 kernel is built on, for the "% of peak" column.
+# The instruction each tier's gemm_s8 kernel is built on, for the "% of peak" column (int8_probe_for
+# resolves a tier cap to the kernel that serves it).
 TIER_PROBE = {"scalar": None, "avx2": "vpmaddwd_ymm", "avxvnni": "vpdpbusd_ymm", "avx512vnni": "vpdpbusd_zmm",
               "neon": "smlal_q", "dotprod": "sdot_q", "i8mm": "smmla_q"}
 FP32_PROBE = {"x86_64": "fma_f32_ymm", "aarch64": "fmla_f32_q"}
+
+
+def int8_probe_for(cap: str) -> str | None:
+    """The instruction of the gemm_s8 kernel that serves the tier cap `cap` on this CPU: a tier
+    without a gemm_s8 kernel of its own (avx512 has only float kernels) runs the one below."""
+    name = _core.gemm_s8_select(cap)
+    return TIER_PROBE.get(next(k["tier"] for k in _core.gemm_s8_kernels() if k["name"] == name))
+
+
+def gemm_s8_tiers() -> list[str]:
+    """The SIMD tiers this CPU runs that have a gemm_s8 kernel of their own (the others would time
+    the kernel of the tier below again)."""
+    own = {k["tier"] for k in _core.gemm_s8_kernels()}
+    return [t for t in LADDER[1:] if t in own and _core.tier_support(t)[0]]
 
 
 def common_arguments(p: argparse.ArgumentParser) -> None:
@@ -274,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     all_threads = _core.default_num_threads()
     threads = sorted({1, all_threads}) if not args.threads else [int(t) for t in args.threads.split(",")]
     # The scalar tier is the specification, not a contender: only on request.
-    tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0]] if not args.tiers else args.tiers.split(",")
+    tiers = gemm_s8_tiers() if not args.tiers else args.tiers.split(",")
     rounds = args.rounds or (3 if quick else 7)
     min_s = 0.005 if quick else 0.03
     peers = _Peers(not args.no_peers)
@@ -360,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
                 limit_txt = ""
                 if c.startswith("edgecompress"):
                     tier = c.split()[-1]
-                    probe = TIER_PROBE.get(tier)
+                    probe = int8_probe_for(tier)
                     if m <= 4 and read_seconds:
                         limit_txt = f"{n * k / sec / 1e9:.1f} GB/s = {100 * read_seconds / sec:.0f}% of read bw"
                     elif m <= 4:

@@ -184,8 +184,9 @@ def _threads_from_env() -> None:
 
 def cpu_info() -> dict[str, Any]:
     """What this CPU has, which tiers are built and usable, and what each kernel family runs now."""
-    kernels = _core.gemm_s8_kernels()
-    built = [t for t in LADDER if any(k["tier"] == t for k in kernels)]
+    # A tier is built when any family has a kernel of it (avx512 has only the float families').
+    listings = {fam: _family_function(fam, "kernels")() for fam in FAMILIES}
+    built = [t for t in LADDER if any(k["tier"] == t for listing in listings.values() for k in listing)]
     tiers = {}
     for t in LADDER:
         ok, reason = _core.tier_support(t)
@@ -193,8 +194,7 @@ def cpu_info() -> dict[str, Any]:
     families = {}
     for fam in FAMILIES:
         name = _kernel(fam)
-        listing = _family_function(fam, "kernels")()
-        families[fam] = {"kernel": name, "tier": next(k for k in listing if k["name"] == name)["tier"]}
+        families[fam] = {"kernel": name, "tier": next(k for k in listings[fam] if k["name"] == name)["tier"]}
     return {
         "arch": _core.arch(),
         "model": _core.cpu_model(),

@@ -36,7 +36,8 @@ enum CpuFeature : uint32_t {
 // What each tier's flags enable (CMakeLists.txt, EC_FLAGS_<tier>).
 constexpr uint32_t kNeedsAvx2 = kAvx2 | kFma | kF16c | kBmi2;
 constexpr uint32_t kNeedsAvxVnni = kNeedsAvx2 | kAvxVnni;
-constexpr uint32_t kNeedsAvx512Vnni = kNeedsAvx2 | kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vnni;
+constexpr uint32_t kNeedsAvx512 = kNeedsAvx2 | kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl;
+constexpr uint32_t kNeedsAvx512Vnni = kNeedsAvx512 | kAvx512Vnni;
 constexpr uint32_t kNeedsAvx512Vbmi = kNeedsAvx512Vnni | kAvx512Vbmi;  // a second build of the tier
 constexpr uint32_t kNeedsNeon = kNeon;
 constexpr uint32_t kNeedsDotprod = kNeon | kDotprod;
@@ -51,5 +52,8 @@ bool cpu_has(uint32_t needs);
 // Whether the running CPU (and OS) can execute the instructions of a tier's kernels, counting every
 // build of the tier (see isa.h). When it cannot and `why` is given, says what is missing.
 bool isa_supported(Isa isa, std::string* why = nullptr);
+
+// The same for a CPU with the CpuFeature bits `cpu_bits` (a model of a CPU, for tests).
+bool isa_supported_for(Isa isa, uint32_t cpu_bits, std::string* why = nullptr);
 
 }  // namespace edgecompress

@@ -3,6 +3,10 @@
 // A tier names a kernel design point (e.g. "256-bit VNNI"), not one instruction encoding: the
 // avxvnni tier runs on CPUs with AVX-VNNI (VEX encoding) and on CPUs with AVX-512 VNNI + VL (the same
 // 256-bit kernel, EVEX encoded). The registry decides which build of a tier serves a CPU.
+//
+// x86-64 runs scalar -> avx2 -> avxvnni -> avx512 -> avx512vnni. avx512 (F/BW/DQ/VL) holds the
+// 512-bit float kernels, which need no VNNI: AVX-512 CPUs without VNNI (Skylake-X) run them, and
+// avx512vnni inherits them. An AVX-VNNI CPU without AVX-512 (Alder Lake) stops at avxvnni.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +18,7 @@ enum class Isa : int {
   // x86-64
   avx2,
   avxvnni,
+  avx512,
   avx512vnni,
   // aarch64
   neon,

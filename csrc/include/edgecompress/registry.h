@@ -9,6 +9,9 @@
 //   const Kernel* <family>_select(Isa cap)               the highest tier at or below `cap` whose
 //                                                         build runs on this CPU (never null: the
 //                                                         scalar kernel runs everywhere)
+//   const Kernel* <family>_select_for(Isa cap, uint32_t cpu_bits)
+//                                                         the same for a CPU with the CpuFeature
+//                                                         bits `cpu_bits` (a model of a CPU, for tests)
 // Adding a family is one row here, one list in registry.cc and its kernels.
 #pragma once
 
@@ -32,8 +35,9 @@
 
 namespace edgecompress {
 
-#define EC_DECLARE_FAMILY(family, Kernel)                 \
-  int family##_kernels(const Kernel* const** kernels); \
+#define EC_DECLARE_FAMILY(family, Kernel)                           \
+  int family##_kernels(const Kernel* const** kernels);           \
+  const Kernel* family##_select_for(Isa cap, uint32_t cpu_bits); \
   const Kernel* family##_select(Isa cap);
 EC_KERNEL_FAMILIES(EC_DECLARE_FAMILY)
 #undef EC_DECLARE_FAMILY

@@ -4,7 +4,7 @@
 // values of the span into the 16 lanes (1:4 spans 64 k: two vpermt2ps and a blend), then one FMA
 // per row of x and row of the panel.
 #if !defined(__AVX512F__)
-#error "sparse_nm_avx512vnni.cc must be compiled with the avx512vnni tier flags"
+#error "sparse_nm_avx512.cc must be compiled with the avx512 tier flags"
 #endif
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 AVX-512 headers (see gemm_q4_avx512vnni.cc)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -130,4 +130,4 @@ void nm_avx512(const SparseNmTask& t) { nm_run<Zmm, ZmmNm>(t); }
 }  // namespace
 }  // namespace edgecompress
 
-EC_SPARSE_NM_KERNEL(sparse_nm_f32_avx512vnni, "sparse_nm_f32_avx512vnni", Isa::avx512vnni, kNeedsAvx512Vnni, nm_avx512)
+EC_SPARSE_NM_KERNEL(sparse_nm_f32_avx512, "sparse_nm_f32_avx512", Isa::avx512, kNeedsAvx512, nm_avx512)

@@ -5,7 +5,7 @@
 // sum: CSR's scattered scalar loads of x ran at 0.8-0.9 per cycle, a round does 16 nonzeros. A
 // row's few nonzeros that spill past the rounds (driver.h) are added one by one.
 #if !defined(__AVX512F__)
-#error "sparse_avx512vnni.cc must be compiled with the avx512vnni tier flags"
+#error "sparse_avx512.cc must be compiled with the avx512 tier flags"
 #endif
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 AVX-512 headers (see gemm_q4_avx512vnni.cc)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -85,6 +85,6 @@ void run(const SparseTask& t) {
 
 }  // namespace
 
-extern const SparseKernel sparse_f32_avx512vnni = {"sparse_f32_avx512vnni", Isa::avx512vnni, kNeedsAvx512Vnni, true, run};
+extern const SparseKernel sparse_f32_avx512 = {"sparse_f32_avx512", Isa::avx512, kNeedsAvx512, true, run};
 
 }  // namespace edgecompress

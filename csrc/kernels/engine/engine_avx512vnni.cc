@@ -1,8 +1,0 @@
-// engine_f32 on AVX-512: 512-bit vectors.
-#if !defined(__AVX512F__)
-#error "engine_avx512vnni.cc must be compiled with the avx512vnni tier flags"
-#endif
-#define EC_ENGINE_WIDTH 16
-#include "engine_impl.h"
-
-EC_ENGINE_KERNEL(engine_f32_avx512vnni, "engine_f32_avx512vnni", Isa::avx512vnni, kNeedsAvx512Vnni)
