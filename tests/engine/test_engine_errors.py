@@ -207,3 +207,22 @@ def test_program_structure_errors():
     g = _graph(lambda g, x: g.op("gelu", [x], "y"))
     with pytest.raises(ValueError, match="program output 'y': listed twice"):
         g.program(["y", "y"], {})
+
+
+def test_uint8_inputs_too_deep_for_exact_int32_sums_are_refused():
+    """Static asymmetric inputs are uint8 (|x - zero point| <= 255): a K that int8 inputs allow can
+    overflow their int32 sums, so the program refuses it as ops.linear does."""
+    import edgecompress as ec
+    from edgecompress.ops import MAX_K_UINT8
+
+    k = MAX_K_UINT8 + 1
+    w = ec.Int8Weight(np.ones((1, k), np.int8), np.ones(1, np.float32))
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("rows", k))
+    g.linear(x, w, None, "deep", act_scale=0.1, act_zero_point=128)
+    with pytest.raises(ValueError, match=f"K = {k}, above {MAX_K_UINT8}, the longest K"):
+        g.program(["deep"], {})
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("rows", k))
+    g.linear(x, w, None, "deep", act_scale=0.1)  # int8 inputs: allowed
+    assert g.program(["deep"], {}).weights["deep.weight"].shape == (1, k)

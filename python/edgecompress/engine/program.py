@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..formats import Int8Weight
+from ..formats import Int8Weight, SparseWeight
+from ..formats.int8 import MAX_K
+from ..ops import MAX_K_UINT8
 from ..formats._common import show
 from ..runtime import _kernel, current_tier
 from .ops import ATTRS, LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
@@ -121,6 +123,12 @@ class Program:
                     raise ValueError(f"node {n.name!r}: act_scale applies to an Int8Weight, not a {type(w).__name__}")
                 if "act_zero_point" in n.attrs and "act_scale" not in n.attrs:
                     raise ValueError(f"node {n.name!r}: act_zero_point needs act_scale (static quantization)")
+                # exact int32 sums (ops.linear's bound): int8 activations, or uint8 ones with a zero point
+                int8_input = isinstance(w, Int8Weight) or (isinstance(w, SparseWeight) and w.dtype == "int8")
+                max_k = MAX_K_UINT8 if "act_zero_point" in n.attrs else MAX_K
+                if int8_input and w.shape[1] > max_k:
+                    raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} has K = {w.shape[1]}, above "
+                                     f"{max_k}, the longest K whose int8 products sum exactly in int32")
             for o in n.outputs:
                 if o in defined:
                     raise ValueError(f"node {n.name!r}: output {o!r} is defined twice")

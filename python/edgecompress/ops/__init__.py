@@ -33,7 +33,8 @@ _ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 _SCHEMES = {"symmetric": 0, "asymmetric": 1}
 # Longest K with an exactly representable int32 accumulator for uint8 activations (|activation -
 # zero point| <= 255, |weight| <= 127); int8 activations allow formats.int8.MAX_K.
-_MAX_K_UINT8 = (2**31 - 1) // (127 * 255)
+MAX_K_UINT8 = (2**31 - 1) // (127 * 255)
+_MAX_K_UINT8 = MAX_K_UINT8
 _MAX_ROWS = 2**31 - 1
 # Up to this many rows, two float32 low-rank factors run the fused native call (each factor streams
 # once per 4 rows); above it, two numpy (BLAS) matrix products are faster (benchmarks/bench_lowrank.py).
