@@ -77,7 +77,7 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
     for (size_t i = 0; i < outs.size(); ++i) nd.out[i] = to_ref(outs[i], input_bytes.size(), output_bytes.size(), cptr.size());
     const auto ints = t[3].cast<std::vector<int64_t>>();
     const auto floats = t[4].cast<std::vector<float>>();
-    require(ints.size() <= 10 && floats.size() <= 2, "node: too many attributes");
+    require(ints.size() <= 11 && floats.size() <= 2, "node: too many attributes");
     for (size_t i = 0; i < ints.size(); ++i) nd.i[i] = ints[i];
     for (size_t i = 0; i < floats.size(); ++i) nd.f[i] = floats[i];
     if (nd.op == engine::Op::linear) {

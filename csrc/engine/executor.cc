@@ -114,15 +114,21 @@ RunStatus run_attention(const Node& nd, const Ctx& c) {
   const int kv_heads = static_cast<int>(nd.i[3]), d = static_cast<int>(nd.i[4]);
   const ptrdiff_t ldq = nd.i[5], ldk = nd.i[8], ldv = nd.i[9];
   const bool causal = nd.i[6] != 0;
-  const int sk = static_cast<int>(nd.i[7]);
+  const int sk_all = static_cast<int>(nd.i[7]);
   const float scale = nd.f[0];
+  const bool packed = nd.i[10] != 0;  // packed sequences: `mask` holds the offsets of their rows
   const ptrdiff_t ldy = static_cast<ptrdiff_t>(heads) * d;
   const int chunks = (sq + kQueryChunk - 1) / kQueryChunk;
   const int group = heads / kv_heads;
   bool oom = false;
   auto body = [&](int t) {
     const int b = t / (heads * chunks), h = (t / chunks) % heads, q0 = (t % chunks) * kQueryChunk;
-    const int nq = std::min(kQueryChunk, sq - q0);
+    // rows of this sequence: a packed one starts at its offset and is as long as it is
+    const ptrdiff_t row0 = packed ? mask[b] : static_cast<ptrdiff_t>(b) * sq;
+    const int len = packed ? static_cast<int>(mask[b + 1] - mask[b]) : sq;
+    const int sk = packed ? len : sk_all;
+    if (q0 >= len) return;
+    const int nq = std::min(kQueryChunk, len - q0);
     const int g = h / group;
     float* kt;
     float* vp;
@@ -137,15 +143,16 @@ RunStatus run_attention(const Node& nd, const Ctx& c) {
       oom = true;
       return;
     }
-    const float* kb = k + static_cast<ptrdiff_t>(b) * sk * ldk + static_cast<ptrdiff_t>(g) * d;
+    const ptrdiff_t krow0 = packed ? row0 : static_cast<ptrdiff_t>(b) * sk;
+    const float* kb = k + krow0 * ldk + static_cast<ptrdiff_t>(g) * d;
     for (int j = 0; j < sk; ++j) {
       for (int e = 0; e < d; ++e) kt[static_cast<ptrdiff_t>(e) * sk + j] = kb[j * ldk + e];
     }
-    const float* qb = q + (static_cast<ptrdiff_t>(b) * sq + q0) * ldq + static_cast<ptrdiff_t>(h) * d;
+    const float* qb = q + (row0 + q0) * ldq + static_cast<ptrdiff_t>(h) * d;
     c.k->gemm_nn(nq, sk, d, scale, qb, ldq, kt, sk, sc, sk);
     // the padding mask as one additive row (0 or kMasked), or nothing when no key is padding
     bool padded = false;
-    if (mask != nullptr) {
+    if (mask != nullptr && !packed) {
       const int64_t* mb = mask + static_cast<ptrdiff_t>(b) * sk;
       for (int j = 0; j < sk; ++j) {
         madd[j] = mb[j] != 0 ? 0.0f : kMasked;
@@ -157,14 +164,14 @@ RunStatus run_attention(const Node& nd, const Ctx& c) {
       if (padded) {
         for (int j = 0; j < sk; ++j) row[j] += madd[j];
       }
-      if (causal) {  // query q0 + i sits at key position (sk - sq) + q0 + i
-        for (int j = sk - sq + q0 + i + 1; j < sk; ++j) row[j] += kMasked;
+      if (causal) {  // query q0 + i sits at key position (sk - len) + q0 + i
+        for (int j = sk - len + q0 + i + 1; j < sk; ++j) row[j] += kMasked;
       }
       c.k->softmax_row(row, sk);
     }
-    const float* vb = v + static_cast<ptrdiff_t>(b) * sk * ldv + static_cast<ptrdiff_t>(g) * d;
+    const float* vb = v + krow0 * ldv + static_cast<ptrdiff_t>(g) * d;
     for (int j = 0; j < sk; ++j) std::memcpy(vp + static_cast<ptrdiff_t>(j) * d, vb + j * ldv, sizeof(float) * d);
-    float* yb = y + (static_cast<ptrdiff_t>(b) * sq + q0) * ldy + static_cast<ptrdiff_t>(h) * d;
+    float* yb = y + (row0 + q0) * ldy + static_cast<ptrdiff_t>(h) * d;
     c.k->gemm_nn(nq, d, sk, 1.0f, sc, sk, vp, d, yb, ldy);
   };
   parallel_for(batch * heads * chunks, c.threads, body);
@@ -271,6 +278,41 @@ void run_mean_pool(const Node& nd, const Ctx& c) {
   }
 }
 
+RunStatus run_pack(const Node& nd, const Ctx& c) {
+  const int64_t* mask = at<const int64_t>(c, nd.in[0]);
+  int64_t* index = at<int64_t>(c, nd.out[0]);
+  int64_t* offsets = at<int64_t>(c, nd.out[1]);
+  const int64_t batch = nd.i[0], seq = nd.i[1], want = nd.i[2];
+  int64_t n = 0;
+  offsets[0] = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t s = 0; s < seq; ++s) {
+      if (mask[b * seq + s] == 0) continue;
+      if (n == want) return RunStatus::bad_input;  // more tokens than the plan holds
+      index[n++] = b * seq + s;
+    }
+    offsets[b + 1] = n;
+  }
+  return n == want ? RunStatus::ok : RunStatus::bad_input;
+}
+
+RunStatus run_gather_scatter(const Node& nd, const Ctx& c) {
+  const uint8_t* x = at<const uint8_t>(c, nd.in[0]);
+  const int64_t* index = at<const int64_t>(c, nd.in[1]);
+  uint8_t* y = at<uint8_t>(c, nd.out[0]);
+  const int64_t rows = nd.i[0], bytes = nd.i[1], n = nd.i[2];
+  for (int64_t t = 0; t < n; ++t) {
+    if (index[t] < 0 || index[t] >= rows) return RunStatus::index_out_of_range;
+  }
+  if (nd.op == Op::gather) {
+    for (int64_t t = 0; t < n; ++t) std::memcpy(y + t * bytes, x + index[t] * bytes, static_cast<size_t>(bytes));
+  } else {
+    std::memset(y, 0, static_cast<size_t>(rows * bytes));
+    for (int64_t t = 0; t < n; ++t) std::memcpy(y + index[t] * bytes, x + t * bytes, static_cast<size_t>(bytes));
+  }
+  return RunStatus::ok;
+}
+
 RunStatus run_node(const Node& nd, const Ctx& c) {
   switch (nd.op) {
     case Op::linear: return run_linear(nd, c);
@@ -283,6 +325,9 @@ RunStatus run_node(const Node& nd, const Ctx& c) {
     case Op::embedding: return run_embedding(nd, c);
     case Op::position_ids: run_position_ids(nd, c); return RunStatus::ok;
     case Op::mean_pool: run_mean_pool(nd, c); return RunStatus::ok;
+    case Op::pack: return run_pack(nd, c);
+    case Op::gather:
+    case Op::scatter: return run_gather_scatter(nd, c);
     case Op::count: break;
   }
   return RunStatus::ok;

@@ -664,6 +664,49 @@ bool check_engine_kernel(const EngineKernel& k) {
       for (int o = 0; o < HD; ++o) want[b * HD + o] /= kept;
     }
     bad += misses(causal ? "program (causal)" : "program", out.data(), want, max_abs(want), 1e-4);
+    // The same attention on packed sequences (pack -> gather -> attention -> scatter) gives the
+    // padded one's rows at the tokens and zeros at the padding.
+    {
+      const int T = 8;  // tokens of `mask`
+      const int64_t e_at = 0, idx_at = 4 * B * S * W, off_at = idx_at + 8 * T, rows_at = off_at + 8 * (B + 1);
+      const int64_t patt_at = rows_at + 4 * T * W, att2_at = patt_at + 4 * T * HD;
+      std::vector<engine::Node> pk(6), pd(2);
+      pk[0] = nodes[0];
+      pk[0].out[0] = {Space::arena, 0, e_at};
+      pk[1].op = engine::Op::pack, pk[1].in[0] = {Space::input, 1, 0};
+      pk[1].out[0] = {Space::arena, 0, idx_at}, pk[1].out[1] = {Space::arena, 0, off_at};
+      pk[1].i[0] = B, pk[1].i[1] = S, pk[1].i[2] = T;
+      pk[2].op = engine::Op::gather, pk[2].in[0] = {Space::arena, 0, e_at}, pk[2].in[1] = {Space::arena, 0, idx_at};
+      pk[2].out[0] = {Space::arena, 0, rows_at}, pk[2].i[0] = B * S, pk[2].i[1] = 4 * W, pk[2].i[2] = T;
+      pk[3] = nodes[1];
+      pk[3].in[0] = {Space::arena, 0, rows_at}, pk[3].in[1] = {Space::arena, 0, rows_at + 4 * H * D};
+      pk[3].in[2] = {Space::arena, 0, rows_at + 4 * (H + KV) * D}, pk[3].in[3] = {Space::arena, 0, off_at};
+      pk[3].out[0] = {Space::arena, 0, patt_at};
+      pk[3].i[1] = T, pk[3].i[7] = T, pk[3].i[10] = 1;
+      pk[4].op = engine::Op::scatter, pk[4].in[0] = {Space::arena, 0, patt_at}, pk[4].in[1] = {Space::arena, 0, idx_at};
+      pk[4].out[0] = {Space::output, 0, 0}, pk[4].i[0] = B * S, pk[4].i[1] = 4 * HD, pk[4].i[2] = T;
+      pk.resize(5);
+      pd[0] = nodes[0];
+      pd[1] = nodes[1];
+      pd[1].out[0] = {Space::output, 0, 0};
+      pd.resize(2);
+      engine::Plan packed_plan(pk, att2_at, {table.data(), gamma.data(), beta.data()}, k);
+      engine::Plan padded_plan(pd, att_at, {table.data(), gamma.data(), beta.data()}, k);
+      std::vector<float> yp(B * S * HD, -1.0f), yd(B * S * HD);
+      const void* ins2[2] = {ids.data(), mask.data()};
+      void* op[1] = {yp.data()};
+      void* od[1] = {yd.data()};
+      if (packed_plan.run(ins2, op, 64, nullptr).status != engine::RunStatus::ok) ++bad;
+      if (padded_plan.run(ins2, od, 64, nullptr).status != engine::RunStatus::ok) ++bad;
+      std::vector<double> want(B * S * HD);
+      for (int t = 0; t < B * S; ++t)
+        for (int o = 0; o < HD; ++o) want[t * HD + o] = mask[t] ? yd[t * HD + o] : 0.0;
+      bad += misses(causal ? "packed attention (causal)" : "packed attention", yp.data(), want, max_abs(want), 1e-6);
+      std::vector<int64_t> more = mask;
+      more[8] = 1;  // a token the plan was not made for
+      const void* ins3[2] = {ids.data(), more.data()};
+      if (packed_plan.run(ins3, op, 64, nullptr).status != engine::RunStatus::bad_input) ++bad;
+    }
     std::vector<int64_t> bad_ids = ids;
     bad_ids[7] = V;
     const void* bad_ins[2] = {bad_ids.data(), mask.data()};

@@ -352,3 +352,51 @@ def test_plans_are_kept_for_the_recent_shapes_only():
         assert y.shape == (rows, 4)
     assert len(p._plans) == program_module.MAX_PLANS
     assert ((program_module.MAX_PLANS + 5, 4) in [k[1] for k in p._plans])  # the newest stays
+
+
+@pytest.mark.parametrize("heads,kv_heads,d", [(1, 1, 8), (4, 2, 16), (12, 12, 32)])
+@pytest.mark.parametrize("lengths", [[5], [7, 0, 3, 12], [0, 0], [40, 1, 33]], ids=["one", "mixed", "empty", "long"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_sequences(tier, threads, heads, kv_heads, d, lengths, causal):
+    """pack -> gather -> attention on packed rows -> scatter: each sequence on its own tokens (empty ones
+    and an all-empty batch included), against the oracle, and equal on the tokens to the padded
+    attention with its mask; padded positions are 0."""
+    rng = np.random.default_rng(sum(lengths) + heads)
+    b, s = len(lengths), max(max(lengths), 1)
+    mask = (np.arange(s)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    width = (heads + 2 * kv_heads) * d
+    qkv = _x(rng, b, s, width)
+    attrs = dict(heads=heads, kv_heads=kv_heads, head_dim=d, causal=causal, scale=d ** -0.5)
+    g = GraphBuilder()
+    x = g.input("qkv", "float32", ("b", "s", width))
+    m = g.input("mask", "int64", ("b", "s"))
+    index, offsets = g.op("pack", [m], "tokens", n_outputs=2)
+    rows = g.op("gather", [x, index], "rows")
+    y = g.op("attention", [rows, offsets], "att", layout="packed", **attrs)
+    out = g.op("scatter", [y, index, m], "out")
+    program = g.program([out], {})
+    got = _check(program, qkv, mask, what=f"packed {lengths}")
+    keep = mask != 0
+    assert not got[~keep].any()
+    g2 = GraphBuilder()
+    x2 = g2.input("qkv", "float32", ("b", "s", width))
+    m2 = g2.input("mask", "int64", ("b", "s"))
+    padded = g2.program([g2.op("attention", [x2, m2], "att", **attrs)], {})(qkv, mask)
+    _close(got[keep], padded[keep], what="packed vs padded")
+
+
+def test_gather_of_ids_and_an_index_out_of_its_rows():
+    g = GraphBuilder()
+    ids = g.input("ids", "int64", ("b", "s"))
+    m = g.input("mask", "int64", ("b", "s"))
+    index, _ = g.op("pack", [m], "tokens", n_outputs=2)
+    program = g.program([g.op("gather", [ids, index], "picked")], {})
+    ids_in = np.arange(12, dtype=np.int64).reshape(3, 4)
+    mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 1]])
+    np.testing.assert_array_equal(program(ids_in, mask), [0, 1, 8, 10, 11])
+    np.testing.assert_array_equal(program.reference(ids_in, mask), [0, 1, 8, 10, 11])
+    with pytest.raises(ValueError, match="node 'tokens' \\(pack\\): expected an int64 program input"):
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("b", "s"))
+        g.op("pack", [x], "tokens", n_outputs=2)
+        g.program(["tokens:0"], {})

@@ -25,7 +25,9 @@ enum class Op : int {
   norm,          // in: x, residual?, gamma, beta?; out: y, sum?. i0 rows, i1 n, i2 rms; f0 eps
   attention,     // in: q, k, v (row strides i5, i8, i9 floats), mask? (int64 (i0, i7)); out: y
                  // (i0 * i1, i2 * i4). i0 batch, i1 queries, i2 heads, i3 kv heads, i4 head size,
-                 // i6 causal, i7 keys per sequence; f0 scale
+                 // i6 causal, i7 keys per sequence; f0 scale. i10 = 1: packed sequences, in[3] holds
+                 // the offsets (int64 (i0 + 1)) of each sequence's rows in q, k, v and y, i1 = i7 the
+                 // longest a sequence can be
   gelu,          // in: x; out: y. i0 values
   add,           // in: a, b; out: y. i0 values, i1 length of b (b repeats every i1 values)
   mul,           // as add
@@ -35,6 +37,12 @@ enum class Op : int {
   position_ids,  // in: ids (int64 (i0, i1)); out: int64 (i0, i1). i2 mode: 0 -> i3 + s;
                  // 1 -> for ids != i3 (the padding id): i3 + their running count in the row, else i3
   mean_pool,     // in: x (i0, i1, i2), mask? (int64 (i0, i1)); out: y (i0, i2)
+  pack,          // in: mask (int64 (i0, i1)); out: index (int64 (i2)) of the positions whose mask is not 0,
+                 // in order, and offsets (int64 (i0 + 1)) of each sequence's first token among them.
+                 // i2: the count the plan was made for (another count is bad_input)
+  gather,        // in: x (i0 rows of i1 bytes), index (int64 (i2)); out: y (i2 rows): y[t] = x[index[t]]
+  scatter,       // in: x (i2 rows of i1 bytes), index (int64 (i2)); out: y (i0 rows, zero but for
+                 // y[index[t]] = x[t])
   count
 };
 
@@ -52,7 +60,7 @@ struct Node {
   Op op = Op::count;
   Ref in[4];
   Ref out[2];
-  int64_t i[10] = {};
+  int64_t i[11] = {};
   float f[2] = {};
   WeightKind wkind = WeightKind::none;  // linear: the packed weight's type
   const void* weight = nullptr;         // linear: the Packed* weight
@@ -60,7 +68,7 @@ struct Node {
   Q4Compute q4 = Q4Compute::int8;       // linear on a 4-bit weight
 };
 
-enum class RunStatus : int { ok = 0, nonfinite_input, index_out_of_range, out_of_memory };
+enum class RunStatus : int { ok = 0, nonfinite_input, index_out_of_range, out_of_memory, bad_input };
 struct RunResult {
   RunStatus status = RunStatus::ok;
   int node = -1;  // the node that failed

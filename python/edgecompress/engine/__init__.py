@@ -44,7 +44,7 @@ def _example(example_inputs: Any) -> dict[str, np.ndarray]:
 
 
 def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str | None = None, guard: bool = False,
-           embeddings: str = "float32", **options: Any) -> Program:
+           embeddings: str = "float32", packed: bool = True, **options: Any) -> Program:
     """The Program of a Hugging Face BERT-family encoder (BertModel and its checkpoints such as MiniLM,
     RobertaModel, DistilBertModel).
 
@@ -59,6 +59,10 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
     program and are not compressed. pooling: None (output last_hidden_state) or "mean".
     embeddings: "float32" (the token table as it is) or "int8" (the token table quantized per row,
     symmetric, a quarter of its bytes: in a MiniLM-sized model it is most of the file).
+    packed (default): each sequence runs at its true length: the tokens of a batch (where the mask is
+    not 0) are packed into one matrix for every layer and attention stays within each sequence, so
+    padding costs nothing; the output is zero at padded positions (transformers computes values there
+    that mean nothing). packed=False runs the padded batch as transformers does.
     The program's ``report`` is compress's report (None for float32), and ``info["error"]`` the relative
     error of its output against the float torch model on the example inputs (on their tokens: the
     positions whose attention mask is not 0).
@@ -89,7 +93,8 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
             exclude.append("pooler.*")
         report = compress(target, recipe, example_inputs=torch_ex, guard=guard, progress=False, exclude=exclude,
                           **options)
-    program = build(target, pooling=pooling, token_type_ids="token_type_ids" in ex, embeddings=embeddings)
+    program = build(target, pooling=pooling, token_type_ids="token_type_ids" in ex, embeddings=embeddings,
+                    packed=packed)
     program.report = report
     if pooling == "mean":  # the float model's output pooled the same way
         m = ex["attention_mask"][..., None] != 0

@@ -84,10 +84,28 @@ def _activation(config: Any) -> str:
     return _ACT[act]
 
 
-def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = False, embeddings: str = "float32") -> Any:
+def _layer_modules(family: str, layer: Any) -> tuple[Any, ...]:
+    """((query, key, value), attention output, LayerNorm 1, FFN in, FFN out, LayerNorm 2) of a layer."""
+    if family == "distilbert":
+        at = layer.attention
+        return ((at.q_lin, at.k_lin, at.v_lin), at.out_lin, layer.sa_layer_norm, layer.ffn.lin1, layer.ffn.lin2,
+                layer.output_layer_norm)
+    sa = layer.attention.self
+    return ((sa.query, sa.key, sa.value), layer.attention.output.dense, layer.attention.output.LayerNorm,
+            layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm)
+
+
+def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = False, embeddings: str = "float32",
+          packed: bool = True) -> Any:
     """The Program of a (possibly compressed) BERT-family encoder: inputs input_ids and attention_mask
     (and token_type_ids when asked, BERT only), output last_hidden_state (batch, seq, hidden), or the
-    masked mean over the sequence with ``pooling="mean"``."""
+    masked mean over the sequence with ``pooling="mean"``.
+
+    packed: the tokens of every sequence (the positions whose mask is not 0) are gathered into one
+    (tokens, hidden) matrix right after the lookups, every layer runs on them alone (attention within
+    each sequence), and the output is scattered back, zero at padding. A batch of sequences of
+    different lengths then costs the sum of their lengths, not batch x longest. Needs one fused QKV
+    product per layer; a model whose Q, K, V weights cannot be joined is built unpacked."""
     family = _family(model)
     config = model.config
     # the configuration's activation first: an unsupported one also has a module the importer does not
@@ -99,22 +117,36 @@ def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = Fals
         raise ValueError(f"model config: position_embedding_type {pos_type!r} is not supported (only 'absolute')")
     if getattr(config, "is_decoder", False):
         raise ValueError("model config: is_decoder models are not supported by the encoder importer")
+    layers = model.encoder.layer if family != "distilbert" else model.transformer.layer
+    modules = [_layer_modules(family, layer) for layer in layers]
+    qkv_parts = [[_linear_parts(m) for m in mods[0]] for mods in modules]
+    fused = [concat_rows([w for w, _, _ in parts]) if all(q == parts[0][2] for _, _, q in parts) else None
+             for parts in qkv_parts]
+    packed = packed and all(f is not None for f in fused)
     g = GraphBuilder()
     ids = g.input("input_ids", "int64", ("batch", "seq"))
     mask = g.input("attention_mask", "int64", ("batch", "seq"))
+    if packed:
+        index, offsets = g.op("pack", [mask], "tokens", n_outputs=2)
+
+    def tokens(v: str, name: str) -> str:  # a (batch, seq) value's entries at the tokens, when packed
+        return g.op("gather", [v, index], name) if packed else v
+
     emb = model.embeddings
     hidden = emb.word_embeddings.embedding_dim
     table = _np(emb.word_embeddings.weight)
+    token_ids = tokens(ids, "embeddings.token_ids")
     if embeddings == "int8":  # one scale per token's row: the lookup dequantizes the rows it reads
         q = Int8Weight.from_float(table)
-        x = g.op("embedding", [ids, g.weight("embeddings.word.table", np.asarray(q.qweight)),
+        x = g.op("embedding", [token_ids, g.weight("embeddings.word.table", np.asarray(q.qweight)),
                                g.weight("embeddings.word.scale", np.asarray(q.scale))], "embeddings.word")
     else:
-        x = g.op("embedding", [ids, g.weight("embeddings.word.table", table)], "embeddings.word")
+        x = g.op("embedding", [token_ids, g.weight("embeddings.word.table", table)], "embeddings.word")
     if family == "roberta":
         pos = g.op("position_ids", [ids], "embeddings.position_ids", mode="padded", base=int(emb.padding_idx))
     else:
         pos = g.op("position_ids", [ids], "embeddings.position_ids", mode="arange", base=0)
+    pos = tokens(pos, "embeddings.token_positions")
     p = g.op("embedding", [pos, g.weight("embeddings.position.table", _np(emb.position_embeddings.weight))], "embeddings.position")
     x = g.op("add", [x, p], "embeddings.add_position")
     if family != "distilbert":
@@ -122,7 +154,7 @@ def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = Fals
         if token_type_ids:
             if family != "bert":
                 raise ValueError("token_type_ids: only BERT models take token type ids")
-            tt = g.input("token_type_ids", "int64", ("batch", "seq"))
+            tt = tokens(g.input("token_type_ids", "int64", ("batch", "seq")), "embeddings.token_types")
             t = g.op("embedding", [tt, g.weight("embeddings.token_type.table", types)], "embeddings.token_type")
         else:
             t = g.weight("embeddings.token_type0", types[0])  # every token of type 0, as transformers does without ids
@@ -132,24 +164,16 @@ def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = Fals
              eps=float(emb.LayerNorm.eps))
     heads = config.num_attention_heads if family != "distilbert" else config.n_heads
     d = hidden // heads
-    layers = model.encoder.layer if family != "distilbert" else model.transformer.layer
-    for i, layer in enumerate(layers):
+    for i, ((qkv_mods, out_mod, ln1, ffn1, ffn2, ln2), parts) in enumerate(zip(modules, qkv_parts)):
         pre = f"layer{i}"
-        if family == "distilbert":
-            at = layer.attention
-            qkv_mods, out_mod = (at.q_lin, at.k_lin, at.v_lin), at.out_lin
-            ln1, ffn1, ffn2, ln2 = layer.sa_layer_norm, layer.ffn.lin1, layer.ffn.lin2, layer.output_layer_norm
-        else:
-            sa = layer.attention.self
-            qkv_mods, out_mod = (sa.query, sa.key, sa.value), layer.attention.output.dense
-            ln1, ffn1 = layer.attention.output.LayerNorm, layer.intermediate.dense
-            ffn2, ln2 = layer.output.dense, layer.output.LayerNorm
-        parts = [_linear_parts(m) for m in qkv_mods]
-        fused = concat_rows([w for w, _, _ in parts]) if all(q == parts[0][2] for _, _, q in parts) else None
         attn = dict(heads=heads, kv_heads=heads, head_dim=d, causal=False, scale=1.0 / float(np.sqrt(d)))
-        if fused is not None:
+        if packed:
             bias = None if parts[0][1] is None else np.concatenate([b for _, b, _ in parts])
-            qkv = g.linear(x, fused, bias, f"{pre}.qkv", **parts[0][2])
+            qkv = g.linear(x, fused[i], bias, f"{pre}.qkv", **parts[0][2])
+            ctx = g.op("attention", [qkv, offsets], f"{pre}.attention", layout="packed", **attn)
+        elif fused[i] is not None:
+            bias = None if parts[0][1] is None else np.concatenate([b for _, b, _ in parts])
+            qkv = g.linear(x, fused[i], bias, f"{pre}.qkv", **parts[0][2])
             ctx = g.op("attention", [qkv, mask], f"{pre}.attention", **attn)
         else:
             qkv3 = [g.linear(x, w, b, f"{pre}.{n}", **q) for (w, b, q), n in zip(parts, "qkv")]
@@ -164,11 +188,13 @@ def build(model: Any, *, pooling: str | None = None, token_type_ids: bool = Fals
         o = g.linear(h, w, b, f"{pre}.ffn2", **q)
         x = g.op("layernorm", [o, x, g.weight(f"{pre}.ln2.gamma", _np(ln2.weight)), g.weight(f"{pre}.ln2.beta", _np(ln2.bias))],
                  f"{pre}.ln2", eps=float(ln2.eps))
+    if packed:
+        x = g.op("scatter", [x, index, mask], "last_hidden_state")
     out = x
     if pooling == "mean":
         out = g.op("mean_pool", [x, mask], "mean_pool")
     elif pooling is not None:
         raise ValueError(f"pooling: expected None or 'mean', got {pooling!r}")
     info = {"family": family, "model": type(model).__name__, "hidden": hidden, "heads": heads, "layers": len(layers),
-            "pooling": pooling}
+            "pooling": pooling, "packed": packed}
     return g.program([out], info)

@@ -27,6 +27,7 @@ Shape = tuple[tuple[int, ...], str]  # (shape, dtype name)
 
 # native op ids and operand spaces: csrc/include/edgecompress/engine.h
 NATIVE_OP = {"linear": 0, "norm": 1, "attention": 2, "gelu": 3, "add": 4, "mul": 5, "softmax": 6, "embedding": 7,
+             "pack": 10, "gather": 11, "scatter": 12,
              "position_ids": 8, "mean_pool": 9}
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 NO_REF = (0, 0, 0)
@@ -89,19 +90,29 @@ def _infer_norm(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> l
 
 def _attention_parts(node: Node) -> int:
     """How many of the inputs carry q, k and v: 1 (one fused projection) or 3."""
-    return 1 if node.attrs.get("layout", "fused") == "fused" else 3
+    return 3 if node.attrs.get("layout", "fused") == "separate" else 1
 
 
 def _infer_attention(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
     """Inputs: qkv (batch, seq, (heads + 2 kv_heads) * head_dim) and mask? (attrs layout "fused"), or
-    q, k, v (batch, seq, heads * head_dim / kv_heads * head_dim each) and mask? (layout "separate")."""
+    q, k, v (batch, seq, heads * head_dim / kv_heads * head_dim each) and mask? (layout "separate"), or
+    (layout "packed") qkv (tokens, (heads + 2 kv_heads) * head_dim) of sequences packed one after
+    another, and their offsets (batch + 1,) from a pack node."""
     a = node.attrs
     h, kv, d = a["heads"], a["kv_heads"], a["head_dim"]
     _expect(isinstance(h, int) and isinstance(kv, int) and isinstance(d, int) and h >= 1 and kv >= 1 and d >= 1
             and h % kv == 0, f"expected heads a multiple of kv_heads >= 1 and head_dim >= 1, got {h}, {kv}, {d}")
+    layout = a.get("layout", "fused")
     parts = _attention_parts(node)
-    _expect(a.get("layout", "fused") in ("fused", "separate") and all(x is not None for x in s[:parts]),
-            "expected layout 'fused' (qkv, mask?) or 'separate' (q, k, v, mask?)")
+    _expect(layout in ("fused", "separate", "packed") and all(x is not None for x in s[:parts]),
+            "expected layout 'fused' (qkv, mask?), 'separate' (q, k, v, mask?) or 'packed' (qkv, offsets)")
+    if layout == "packed":
+        (xs, xd), off = s[0], s[1]
+        _expect(xd == "float32" and len(xs) == 2 and xs[1] == (h + 2 * kv) * d,
+                f"expected float32 (tokens, {(h + 2 * kv) * d}), got {xd} {xs}")
+        _expect(off is not None and off[1] == "int64" and len(off[0]) == 1 and off[0][0] >= 2,
+                f"expected the int64 offsets (batch + 1,) of the packed sequences, got {off}")
+        return [((xs[0], h * d), "float32")]
     widths = [(h + 2 * kv) * d] if parts == 1 else [h * d, kv * d, kv * d]
     xs = s[0][0]
     for x, width in zip(s[:parts], widths):
@@ -111,6 +122,31 @@ def _infer_attention(node: Node, s: list[Shape | None], weights: dict[str, Any])
     if mask is not None:
         _expect(mask == (xs[:2], "int64"), f"expected an int64 mask {xs[:2]}, got {mask}")
     return [((xs[0], xs[1], h * d), "float32")]
+
+
+def _infer_pack(node: Node, s: list[Shape | None], weights: dict[str, Any], count: int) -> list[Shape]:
+    """mask (batch, seq) -> the positions of its tokens (tokens,) and each sequence's offset (batch + 1,);
+    ``count``: the tokens of this call's mask (the plan is made per count)."""
+    (ms, md) = s[0]
+    _expect(md == "int64" and len(ms) == 2, f"expected an int64 mask (batch, seq), got {md} {ms}")
+    return [((count,), "int64"), ((ms[0] + 1,), "int64")]
+
+
+def _infer_gather(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """x (batch, seq, ...) and index (tokens,) -> x's rows at index (tokens, ...)."""
+    (xs, xd), (ix, idd) = s[0], s[1]
+    _expect(len(xs) >= 2 and xd in ("float32", "int64"), f"expected float32 or int64 (batch, seq, ...), got {xd} {xs}")
+    _expect(idd == "int64" and len(ix) == 1, f"expected an int64 index (tokens,), got {idd} {ix}")
+    return [((ix[0],) + tuple(xs[2:]), xd)]
+
+
+def _infer_scatter(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """x (tokens, ...), index (tokens,) and like (batch, seq) -> (batch, seq, ...), zero where no token."""
+    (xs, xd), (ix, idd), (ls, _) = s[0], s[1], s[2]
+    _expect(xd in ("float32", "int64") and len(xs) >= 1, f"expected float32 or int64 (tokens, ...), got {xd} {xs}")
+    _expect(idd == "int64" and ix == (xs[0],), f"expected an int64 index ({xs[0]},), got {idd} {ix}")
+    _expect(len(ls) == 2, f"expected a (batch, seq) array to take the shape of, got {ls}")
+    return [(tuple(ls) + tuple(xs[1:]), xd)]
 
 
 def _infer_same(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
@@ -190,9 +226,33 @@ def _ref_norm(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndar
 
 def _ref_attention(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
     t = node.attrs
+    args = (t["heads"], t["kv_heads"], t["head_dim"], t["causal"], t["scale"])
+    if t.get("layout") == "packed":
+        off, width = a[1], t["heads"] * t["head_dim"]
+        parts = [eref.attention(a[0][off[b]:off[b + 1]][None], None, *args)[0] for b in range(len(off) - 1)
+                 if off[b + 1] > off[b]]  # (an all-padding sequence has no rows)
+        return [np.concatenate(parts) if parts else np.zeros((0, width), np.float32)]
     parts = _attention_parts(node)
     qkv = a[0] if parts == 1 else np.concatenate(a[:3], axis=-1)
-    return [eref.attention(qkv, a[parts], t["heads"], t["kv_heads"], t["head_dim"], t["causal"], t["scale"])]
+    return [eref.attention(qkv, a[parts], *args)]
+
+
+def _ref_pack(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    keep = a[0] != 0
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
+    return [np.flatnonzero(keep.reshape(-1)).astype(np.int64), offsets]
+
+
+def _ref_gather(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    x = a[0]
+    return [x.reshape((-1,) + x.shape[2:])[a[1]]]
+
+
+def _ref_scatter(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    x, index, like = a[0], a[1], a[2]
+    y = np.zeros((like.size,) + x.shape[1:], x.dtype)
+    y[index] = x
+    return [y.reshape(like.shape + x.shape[1:])]
 
 
 def _ref_binary(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
@@ -211,6 +271,9 @@ _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarra
     "embedding": lambda n, a, w: [eref.embedding(a[0], a[1], a[2])],
     "position_ids": lambda n, a, w: [eref.position_ids(a[0], n.attrs["mode"], n.attrs["base"])],
     "mean_pool": lambda n, a, w: [eref.mean_pool(a[0], a[1])],
+    "pack": _ref_pack,
+    "gather": _ref_gather,
+    "scatter": _ref_scatter,
     "reshape": lambda n, a, w: [a[0].reshape(_infer_reshape(n, [(a[0].shape, str(a[0].dtype))], w)[0][0])],
 }
 
@@ -251,19 +314,39 @@ def _lower_norm(node: Node, r: list[Any], s: list[Shape | None], packed: Any) ->
 
 def _lower_attention(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
     t = node.attrs
-    b, sq, _ = s[0][0]
     h, kv, d = t["heads"], t["kv_heads"], t["head_dim"]
-    if _attention_parts(node) == 1:
+    layout = t.get("layout", "fused")
+    if layout == "separate":
+        b, sq, _ = s[0][0]
+        q, k, v = r[0], r[1], r[2]
+        lds = [h * d, kv * d, kv * d]
+        mask = r[3]
+    else:
         q = r[0]
         k, v = (q[0], q[1], q[2] + 4 * h * d), (q[0], q[1], q[2] + 4 * (h + kv) * d)
         lds = [(h + 2 * kv) * d] * 3
-        mask, out = r[1], r[-1]
-    else:
-        q, k, v = r[0], r[1], r[2]
-        lds = [h * d, kv * d, kv * d]
-        mask, out = r[3], r[-1]
-    ints = [b, sq, h, kv, d, lds[0], int(t["causal"]), sq, lds[1], lds[2]]
-    return [_native("attention", [q, k, v, mask or NO_REF], [out], ints, (t["scale"],))]
+        mask = r[1]
+        if layout == "packed":  # the offsets take the mask's place; a sequence is at most all tokens
+            b, sq = s[1][0][0] - 1, s[0][0][0]
+        else:
+            b, sq, _ = s[0][0]
+    ints = [b, sq, h, kv, d, lds[0], int(t["causal"]), sq, lds[1], lds[2], int(layout == "packed")]
+    return [_native("attention", [q, k, v, mask or NO_REF], [r[-1]], ints, (t["scale"],))]
+
+
+def _lower_pack(node: Node, r: list[Any], s: list[Shape | None], packed: Any, count: int = 0) -> list[tuple[Any, ...]]:
+    b, sq = s[0][0]
+    return [_native("pack", [r[0]], [r[1], r[2]], [b, sq, count])]
+
+
+def _lower_gather(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    (xs, xd), (ix, _) = s[0], s[1]
+    return [_native("gather", [r[0], r[1]], [r[2]], [xs[0] * xs[1], np.dtype(xd).itemsize * _prod(xs[2:]), ix[0]])]
+
+
+def _lower_scatter(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    (xs, xd), (ls, _) = s[0], s[2]
+    return [_native("scatter", [r[0], r[1]], [r[3]], [_prod(ls), np.dtype(xd).itemsize * _prod(xs[1:]), xs[0]])]
 
 
 def _lower_unary(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
@@ -332,7 +415,7 @@ ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "rmsnorm": _NORM_ATTRS,
     "attention": {"heads": _int(1), "kv_heads": _int(1), "head_dim": _int(1),
                   "causal": ((lambda v: isinstance(v, bool)), "a bool"),
-                  "scale": _float("a finite float", lambda v: True), "layout": _one_of("fused", "separate")},
+                  "scale": _float("a finite float", lambda v: True), "layout": _one_of("fused", "separate", "packed")},
     "position_ids": {"mode": _one_of("arange", "padded"), "base": _int(0)},
     "reshape": {"shape": (_shape, "a list of ints >= -1 (0: keep that dimension), at most one -1")},
 }
@@ -360,6 +443,9 @@ OPS: dict[str, OpSpec] = {
     "embedding": OpSpec(_infer_embedding, _lower_embedding, (2, 3), (1, 1), (), (2,)),
     "position_ids": OpSpec(_infer_position_ids, _lower_position_ids, (1, 1), (1, 1), ("mode", "base")),
     "mean_pool": OpSpec(_infer_mean_pool, _lower_mean_pool, (1, 2), (1, 1), (), (1,)),
+    "pack": OpSpec(_infer_pack, _lower_pack, (1, 1), (2, 2)),
+    "gather": OpSpec(_infer_gather, _lower_gather, (2, 2), (1, 1)),
+    "scatter": OpSpec(_infer_scatter, _lower_scatter, (3, 3), (1, 1)),
     "reshape": OpSpec(_infer_reshape, None, (1, 1), (1, 1), ("shape",)),
 }
 REFERENCE = _REFERENCE

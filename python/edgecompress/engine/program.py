@@ -28,7 +28,8 @@ from .ops import ATTRS, LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, pa
 __all__ = ["Input", "Program"]
 
 _SPACE_ARENA, _SPACE_INPUT, _SPACE_OUTPUT, _SPACE_CONSTANT = 1, 2, 3, 4
-_STATUS = {1: "expected finite values, got NaN or Inf", 2: "a token id out of range of its embedding table"}
+_STATUS = {1: "expected finite values, got NaN or Inf", 2: "a token id out of range of its embedding table",
+           4: "the mask changed while the program ran (its tokens no longer match the plan)"}
 _ALIGN = 64
 # Plans kept per program, one per set of input shapes (each holds its arena): callers with many
 # sequence lengths reuse the recent ones without memory growing with every length seen.
@@ -71,6 +72,7 @@ class Program:
         self._check()
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._packed: dict[tuple[str, str], tuple[Any, int]] = {}  # (weight, tier cap) -> packed
+        self._pack_inputs = [n.inputs[0] for n in self.nodes if n.op == "pack"]
 
     # ---- structure ----
 
@@ -112,6 +114,8 @@ class Program:
                     raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is a compressed weight "
                                      f"({type(self.weights[name]).__name__}), which only a linear node reads (through "
                                      f"its 'weight' attribute)")
+            if n.op == "pack" and n.inputs[0] not in {i.name for i in self.inputs if i.dtype == "int64"}:
+                raise ValueError(f"node {n.name!r} (pack): expected an int64 program input (the mask), got {n.inputs[0]!r}")
             if n.op == "linear":
                 w = self.weights.get(n.attrs["weight"])
                 if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
@@ -197,9 +201,11 @@ class Program:
         """The program run by the numpy oracle, node by node: the specification ``__call__`` is
         tested against."""
         env: dict[str, Any] = dict(self.weights)
-        env.update(zip((i.name for i in self.inputs), self._arrays(args, kwargs)))
+        arrays = self._arrays(args, kwargs)
+        env.update(zip((i.name for i in self.inputs), arrays))
+        counts = self._counts(arrays)
         for n in self.nodes:
-            self._infer(n, self._input_shapes(n, env))
+            self._infer(n, self._input_shapes(n, env), counts)
             outs = REFERENCE[n.op](n, [env[x] if x else None for x in n.inputs] + [None] * (OPS[n.op].inputs[1] - len(n.inputs)), self.weights)
             env.update(zip(n.outputs, outs))
         res = [env[o] for o in self.outputs]
@@ -217,8 +223,16 @@ class Program:
 
     # ---- planning ----
 
-    def _infer(self, n: Node, shapes: list[Shape | None]) -> list[Shape]:
+    def _counts(self, arrays: list[np.ndarray]) -> dict[str, int]:
+        """The tokens (nonzero values) of each input a pack node reads: the sizes that depend on the
+        values of the inputs, not only on their shapes."""
+        named = dict(zip((i.name for i in self.inputs), arrays))
+        return {n.inputs[0]: int(np.count_nonzero(named[n.inputs[0]])) for n in self.nodes if n.op == "pack"}
+
+    def _infer(self, n: Node, shapes: list[Shape | None], counts: dict[str, int]) -> list[Shape]:
         try:
+            if n.op == "pack":
+                return OPS[n.op].infer(n, shapes, self.weights, counts[n.inputs[0]])
             return OPS[n.op].infer(n, shapes, self.weights)
         except OpError as e:
             raise ValueError(f"node {n.name!r} ({n.op}): {e}") from None
@@ -233,7 +247,7 @@ class Program:
             got = self._packed[key] = packed_weight(self.weights[name])
         return got
 
-    def _plan(self, arrays: list[np.ndarray]) -> _Plan:
+    def _plan(self, arrays: list[np.ndarray], counts: dict[str, int]) -> _Plan:
         shapes: dict[str, Any] = {name: (tuple(w.shape), str(w.dtype)) for name, w in self.weights.items()
                                   if isinstance(w, np.ndarray)}
         shapes.update({i.name: (a.shape, str(a.dtype)) for i, a in zip(self.inputs, arrays)})
@@ -242,7 +256,7 @@ class Program:
         node_shapes = []
         for k, n in enumerate(self.nodes):
             ins = self._input_shapes(n, shapes)
-            outs = self._infer(n, ins)
+            outs = self._infer(n, ins, counts)
             node_shapes.append(ins)
             for x in n.inputs:
                 if x:
@@ -287,19 +301,21 @@ class Program:
                 continue
             r = [refs[x] if x else None for x in n.inputs] + [None] * (OPS[n.op].inputs[1] - len(n.inputs))
             r += [refs[o] for o in n.outputs]
-            native += OPS[n.op].lower(n, r, node_shapes[k], self._packed_weight)
+            extra = {"count": counts[n.inputs[0]]} if n.op == "pack" else {}
+            native += OPS[n.op].lower(n, r, node_shapes[k], self._packed_weight, **extra)
         outs = [shapes[o] for o in self.outputs]
         plan = _core.EnginePlan(native, arena, constants, [a.nbytes for a in arrays],
                                 [int(np.prod(s)) * np.dtype(d).itemsize for s, d in outs], _kernel("engine_f32"))
         return _Plan(plan, outs, [str(a.dtype) for a in arrays])
 
     def _get_plan(self, arrays: list[np.ndarray]) -> _Plan:
-        key = (current_tier(),) + tuple(a.shape for a in arrays)
+        counts = self._counts(arrays) if self._pack_inputs else {}
+        key = (current_tier(),) + tuple(a.shape for a in arrays) + tuple(counts.values())
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= MAX_PLANS:  # the oldest shape's plan (and its arena) goes
                 del self._plans[next(iter(self._plans))]
-            plan = self._plans[key] = self._plan(arrays)
+            plan = self._plans[key] = self._plan(arrays, counts)
         return plan
 
     # ---- running ----
@@ -323,8 +339,12 @@ class Program:
         where = f"node {n.name!r} ({n.op})"
         if status == 2 and n.op == "embedding":
             rows = self.weights[n.inputs[1]].shape[0] if n.inputs[1] in self.weights else "?"
-            if n.inputs[0] in {i.name for i in self.inputs}:
-                return f"{n.inputs[0]}: expected ids in [0, {rows}) (the table of {where}), got a value outside"
+            source = n.inputs[0]
+            producer = {o: m for m in self.nodes for o in m.outputs}.get(source)
+            if producer is not None and producer.op == "gather":  # the ids of the tokens, packed
+                source = producer.inputs[0]
+            if source in {i.name for i in self.inputs}:
+                return f"{source}: expected ids in [0, {rows}) (the table of {where}), got a value outside"
             return (f"{where}: an index computed from the inputs ({n.inputs[0]!r}) is outside its table of {rows} rows "
                     f"(for positions: a sequence longer than the model's position table)")
         return f"{where}: {_STATUS.get(status, 'failed')}; check the inputs"
