@@ -238,21 +238,7 @@ def _ref_attention(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np
 
 
 def _ref_pack(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
-    keep = a[0] != 0
-    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
-    return [np.flatnonzero(keep.reshape(-1)).astype(np.int64), offsets]
-
-
-def _ref_gather(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
-    x = a[0]
-    return [x.reshape((-1,) + x.shape[2:])[a[1]]]
-
-
-def _ref_scatter(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
-    x, index, like = a[0], a[1], a[2]
-    y = np.zeros((like.size,) + x.shape[1:], x.dtype)
-    y[index] = x
-    return [y.reshape(like.shape + x.shape[1:])]
+    return list(eref.pack(a[0]))
 
 
 def _ref_binary(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
@@ -272,8 +258,8 @@ _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarra
     "position_ids": lambda n, a, w: [eref.position_ids(a[0], n.attrs["mode"], n.attrs["base"])],
     "mean_pool": lambda n, a, w: [eref.mean_pool(a[0], a[1])],
     "pack": _ref_pack,
-    "gather": _ref_gather,
-    "scatter": _ref_scatter,
+    "gather": lambda n, a, w: [eref.gather(a[0], a[1])],
+    "scatter": lambda n, a, w: [eref.scatter(a[0], a[1], a[2].shape)],
     "reshape": lambda n, a, w: [a[0].reshape(_infer_reshape(n, [(a[0].shape, str(a[0].dtype))], w)[0][0])],
 }
 

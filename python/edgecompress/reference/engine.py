@@ -10,7 +10,8 @@ import numpy as np
 
 from .gemm_s8 import gelu
 
-__all__ = ["attention", "embedding", "gelu", "layernorm", "mean_pool", "position_ids", "softmax"]
+__all__ = ["attention", "embedding", "gather", "gelu", "layernorm", "mean_pool", "pack", "position_ids", "scatter",
+           "softmax"]
 
 _F32 = np.float32
 # The additive mask of masked scores (as Hugging Face models use): the lowest float32, so a row whose
@@ -88,3 +89,23 @@ def mean_pool(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     keep = np.ones(x.shape[:2]) if mask is None else (mask != 0).astype(np.float64)
     total = (x.astype(np.float64) * keep[..., None]).sum(axis=1)
     return (total / np.maximum(keep.sum(axis=1), 1e-9)[:, None]).astype(_F32)
+
+
+def pack(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens of a (batch, seq) mask: their flat positions (where the mask is not 0), in order, and
+    each sequence's offset among them (batch + 1 values)."""
+    keep = mask != 0
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
+    return np.flatnonzero(keep.reshape(-1)).astype(np.int64), offsets
+
+
+def gather(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The entries of x (batch, seq, ...) at the flat positions ``index``: (tokens, ...)."""
+    return x.reshape((-1,) + x.shape[2:])[index]
+
+
+def scatter(x: np.ndarray, index: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """x (tokens, ...) put back at the flat positions ``index`` of a (batch, seq, ...) array of zeros."""
+    y = np.zeros((shape[0] * shape[1],) + x.shape[1:], x.dtype)
+    y[index] = x
+    return y.reshape(tuple(shape) + x.shape[1:])
