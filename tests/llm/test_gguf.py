@@ -280,7 +280,7 @@ def test_own_writer_round_trip(tmp_path, version, alignment):
             view = f.raw(name)
             assert view.tobytes() == raw and not view.flags.writeable and not view.flags.owndata
         assert np.array_equal(f.dequantize("b"), dequantize(f.raw("b"), "BF16", (3,)))
-        with pytest.raises(ValueError, match=r"tensor 'd' of type IQ2_XXS: type_name: no dequantizer for GGML type IQ2_XXS"):
+        with pytest.raises(ValueError, match=r"tensor 'd' has GGML type IQ2_XXS, which cannot be loaded; supported: F32, F16, BF16, Q4_0"):
             f.dequantize("d")
         with pytest.raises(ValueError, match="name: no tensor 'e'"):
             f.raw("e")
@@ -489,8 +489,12 @@ def test_fuzzed_files_give_value_errors_only(tmp_path):
                          ("c", *tensor_of(rng, "F16", (2, 3))), ("d", *tensor_of(rng, "Q5_K", (256,)))], version=2)]
     path = tmp_path / "fuzz.gguf"
     counts = {"ok": 0, "ValueError": 0}
-    previous = signal.signal(signal.SIGALRM, too_slow)
-    signal.alarm(120)
+    # a hang fails the test instead of stalling the run (SIGALRM: POSIX only; elsewhere the final
+    # time assertion still catches a slow parse)
+    alarm = hasattr(signal, "SIGALRM")
+    if alarm:
+        previous = signal.signal(signal.SIGALRM, too_slow)
+        signal.alarm(120)
     start = time.perf_counter()
     try:
         for data, fields in bases:
@@ -507,8 +511,9 @@ def test_fuzzed_files_give_value_errors_only(tmp_path):
                     _check_opened(f, len(mutated))
                 counts["ok"] += 1
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+        if alarm:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
     assert sum(counts.values()) > 3000
     assert counts["ValueError"] > 2000, counts
     assert time.perf_counter() - start < 120

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .quants import GGML_TYPES, TYPE_NAMES_BY_ID, dequantize
+from .quants import DEQUANTIZABLE_TYPES, GGML_TYPES, TYPE_NAMES_BY_ID, dequantize
 
 __all__ = ["GGUFFile", "GGUFTensorInfo", "MAX_ARRAY_LENGTH", "MAX_ARRAY_NESTING", "MAX_DIMS",
            "MAX_KEY_BYTES", "MAX_STRING_BYTES", "MAX_TENSOR_NAME_BYTES"]
@@ -291,10 +291,9 @@ class GGUFFile:
     def dequantize(self, name: str) -> np.ndarray:
         """The float32 values of tensor ``name``, in numpy order (see ``quants.dequantize``)."""
         info = self._info(name)
-        try:
-            return dequantize(self.raw(name), info.type_name, info.shape)
-        except ValueError as e:
-            raise ValueError(f"tensor {name!r} of type {info.type_name}: {e}") from None
+        if info.type_name not in DEQUANTIZABLE_TYPES:
+            raise ValueError(f"tensor {name!r} has GGML type {info.type_name}, which cannot be loaded; supported: {', '.join(DEQUANTIZABLE_TYPES)}")
+        return dequantize(self.raw(name), info.type_name, info.shape)
 
     def close(self) -> None:
         """Release the mapping. Arrays returned by ``raw`` keep it alive until they are freed."""
