@@ -23,7 +23,7 @@ from ..formats.int8 import MAX_K
 from ..ops import MAX_K_UINT8
 from ..formats._common import show
 from ..runtime import _kernel, current_tier
-from .ops import ATTRS, LINEAR_WEIGHTS, OPS, REFERENCE, Node, OpError, Shape, packed_weight
+from .ops import ATTRS, LINEAR_WEIGHTS, NATIVE_OP, OPS, REFERENCE, Node, OpError, Shape, packed_weight
 
 __all__ = ["Input", "Program"]
 
@@ -55,6 +55,8 @@ class _Plan:
     native: Any
     outputs: list[Shape]
     input_dtypes: list[str]
+    owners: list[Node]  # the program node of each native node (a linear with GELU lowers to two)
+    labels: list[tuple[str, str]]  # (name, op) of each native node, for profiles
 
 
 class Program:
@@ -71,7 +73,7 @@ class Program:
         self.report: Any = None  # compress's report when export compressed the model
         self._check()
         self._plans: dict[tuple[Any, ...], _Plan] = {}
-        self._packed: dict[tuple[str, str], tuple[Any, int]] = {}  # (weight, tier cap) -> packed
+        self._packed: dict[tuple[str, str], tuple[Any, int, int]] = {}  # (weight, tier cap) -> packed
         self._pack_inputs = [n.inputs[0] for n in self.nodes if n.op == "pack"]
 
     # ---- structure ----
@@ -239,7 +241,7 @@ class Program:
         except (KeyError, TypeError) as e:  # attributes of the wrong kind (a file's graph)
             raise ValueError(f"node {n.name!r} ({n.op}): invalid attributes ({type(e).__name__}: {e})") from None
 
-    def _packed_weight(self, name: str) -> tuple[Any, int]:
+    def _packed_weight(self, name: str) -> tuple[Any, int, int]:
         # the packed form depends on the kernels chosen under the tier cap in force (use_isa)
         key = (name, current_tier())
         got = self._packed.get(key)
@@ -274,7 +276,8 @@ class Program:
         refs.update({o: (_SPACE_OUTPUT, k, 0) for k, o in enumerate(self.outputs)})
         live: list[tuple[int, int, str]] = []  # (offset, size, value) of arena buffers in use
         arena = 0
-        native = []
+        native: list[tuple[Any, ...]] = []
+        owners: list[Node] = []
         for k, n in enumerate(self.nodes):
             for x in n.inputs:
                 if x and x in self.weights and x not in refs:
@@ -302,11 +305,16 @@ class Program:
             r = [refs[x] if x else None for x in n.inputs] + [None] * (OPS[n.op].inputs[1] - len(n.inputs))
             r += [refs[o] for o in n.outputs]
             extra = {"count": counts[n.inputs[0]]} if n.op == "pack" else {}
-            native += OPS[n.op].lower(n, r, node_shapes[k], self._packed_weight, **extra)
+            lowered = OPS[n.op].lower(n, r, node_shapes[k], self._packed_weight, **extra)
+            native += lowered
+            owners += [n] * len(lowered)
         outs = [shapes[o] for o in self.outputs]
         plan = _core.EnginePlan(native, arena, constants, [a.nbytes for a in arrays],
                                 [int(np.prod(s)) * np.dtype(d).itemsize for s, d in outs], _kernel("engine_f32"))
-        return _Plan(plan, outs, [str(a.dtype) for a in arrays])
+        op_names = {v: k for k, v in NATIVE_OP.items()}
+        labels = [(n.name if op_names[t[0]] in (n.op, "norm") else f"{n.name}/{op_names[t[0]]}",
+                   n.op if op_names[t[0]] == "norm" else op_names[t[0]]) for n, t in zip(owners, native)]
+        return _Plan(plan, outs, [str(a.dtype) for a in arrays], owners, labels)
 
     def _get_plan(self, arrays: list[np.ndarray]) -> _Plan:
         counts = self._counts(arrays) if self._pack_inputs else {}
@@ -320,22 +328,21 @@ class Program:
 
     # ---- running ----
 
-    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool) -> tuple[list[np.ndarray], Any]:
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], profile: bool) -> tuple[list[np.ndarray], Any, _Plan]:
         arrays = self._arrays(args, kwargs)
         plan = self._get_plan(arrays)
         outs = [np.empty(s, dtype=d) for s, d in plan.outputs]
         status, node, seconds = plan.native.run(arrays, outs, profile)
         if status != 0:
-            raise ValueError(self._failure(status, node))
-        return outs, seconds
+            raise ValueError(self._failure(plan, status, node))
+        return outs, seconds, plan
 
-    def _failure(self, status: int, index: int) -> str:
+    def _failure(self, plan: _Plan, status: int, index: int) -> str:
         """The message of a native run's failure ``status`` at native node ``index``: the node, and for
         an id out of range the input that holds it."""
-        nodes = [n for n in self.nodes if OPS[n.op].lower is not None]  # one native node each
-        if not 0 <= index < len(nodes):
+        if not 0 <= index < len(plan.owners):
             return f"program: {_STATUS.get(status, 'failed')} (native node {index}); check the inputs"
-        n = nodes[index]
+        n = plan.owners[index]
         where = f"node {n.name!r} ({n.op})"
         if status == 2 and n.op == "embedding":
             rows = self.weights[n.inputs[1]].shape[0] if n.inputs[1] in self.weights else "?"
@@ -353,19 +360,11 @@ class Program:
         """Run the program on numpy arrays (positionally in ``inputs`` order, or by name). Returns the
         output array (a tuple for several)."""
         if _PROFILE:
-            outs, seconds = self._run(args, kwargs, True)
-            print(self._profile_table(seconds), file=sys.stderr)
+            outs, seconds, plan = self._run(args, kwargs, True)
+            print(self._profile_table(plan.labels, seconds), file=sys.stderr)
         else:
-            outs, _ = self._run(args, kwargs, False)
+            outs, _, _ = self._run(args, kwargs, False)
         return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def _native_names(self) -> list[tuple[str, str]]:
-        """(node name, op) of each native node, in order (a linear on a low-rank weight is two)."""
-        names = []
-        for n in self.nodes:
-            if OPS[n.op].lower is not None:
-                names.append((n.name, n.op))
-        return names
 
     def profile(self, *args: Any, rounds: int = 10, **kwargs: Any) -> dict[str, Any]:
         """Time per node and per op type over ``rounds`` runs (after one warm-up run): a dict with
@@ -373,12 +372,12 @@ class Program:
         ``"total"`` (wall time of a whole call, Python included), all per run."""
         import time
 
-        self._run(args, kwargs, True)
-        names = self._native_names()
+        _, _, plan = self._run(args, kwargs, True)
+        names = plan.labels
         acc = np.zeros(len(names))
         t0 = time.perf_counter()
         for _ in range(rounds):
-            _, seconds = self._run(args, kwargs, True)
+            _, seconds, _ = self._run(args, kwargs, True)
             acc += np.asarray(seconds)
         total = (time.perf_counter() - t0) / rounds
         acc /= rounds
@@ -388,10 +387,10 @@ class Program:
         return {"nodes": [(name, op, float(t)) for (name, op), t in zip(names, acc)], "ops": ops,
                 "native": float(acc.sum()), "total": total}
 
-    def _profile_table(self, seconds: list[float]) -> str:
+    def _profile_table(self, labels: list[tuple[str, str]], seconds: list[float]) -> str:
         ops: dict[str, float] = {}
         lines = ["edgecompress profile (ms):"]
-        for (name, op), t in zip(self._native_names(), seconds):
+        for (name, op), t in zip(labels, seconds):
             ops[op] = ops.get(op, 0.0) + t
             lines.append(f"  {name:40s} {op:12s} {t * 1e3:8.3f}")
         lines.append("  per op: " + ", ".join(f"{op} {t * 1e3:.3f}" for op, t in sorted(ops.items(), key=lambda kv: -kv[1])))
