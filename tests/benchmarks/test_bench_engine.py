@@ -122,12 +122,19 @@ def test_ort_profile_sums_kernel_times_by_op_type(ort_peers, tmp_path):
     assert all(v > 0 for v in by_op.values()) and sum(by_op.values()) < 1.0
 
 
-def test_ours_profile_and_overhead_read_the_profile(tiny_model):
+def test_ours_profile_reads_the_ops_table(tiny_model):
     prog = _FakeProgram(tiny_model)
     feed = be.make_inputs(1, 16, TINY["vocab_size"])
     assert be.ours_profile(prog, feed, 2) == pytest.approx({"linear": 2e-4, "attention": 1e-4})
+
+
+def test_python_overhead_times_a_call_and_its_native_run(tiny_model):
+    from edgecompress import engine
+
+    feed = be.make_inputs(1, 16, TINY["vocab_size"])
+    prog = engine.export(tiny_model, feed)
     call, native = be.python_overhead(prog, 1)
-    assert native == pytest.approx(3e-4) and call > 0
+    assert 0 < native < call < 0.05  # the call holds the native run, and Python's part is small
 
 
 def test_targets_met_not_met_and_not_measured():
