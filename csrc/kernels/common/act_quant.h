@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "edgecompress/types.h"
+#include "vmath.h"
 
 namespace edgecompress {
 namespace {
@@ -32,18 +33,6 @@ inline float round_half_even(float t) {
 inline float clampf(float t, float lo, float hi) {
   t = t < lo ? lo : t;
   return t > hi ? hi : t;
-}
-
-inline uint32_t float_bits(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  return b;
-}
-
-inline float bits_float(uint32_t b) {
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
 }
 
 // Maps float bits to integers with the same order (for non-NaN values): the reductions below run

@@ -40,16 +40,21 @@ inline float bias_act(float v, const float* bias, int col, Activation act) {
   return v;
 }
 
-// The same over a row of n values in place, one pass per step so that each vectorizes.
-inline void bias_act_row(float* __restrict y, int n, const float* __restrict bias, Activation act) {
-  if (bias != nullptr) {
-    for (int c = 0; c < n; ++c) y[c] = y[c] + bias[c];
-  }
+// The activation over a row of n values in place.
+inline void act_row(float* __restrict y, int n, Activation act) {
   if (act == Activation::relu) {
     for (int c = 0; c < n; ++c) y[c] = y[c] > 0.0f ? y[c] : 0.0f;
   } else if (act == Activation::gelu) {
     for (int c = 0; c < n; ++c) y[c] = gelu(y[c]);
   }
+}
+
+// Bias, then activation, over a row of n values in place, one pass per step so that each vectorizes.
+inline void bias_act_row(float* __restrict y, int n, const float* __restrict bias, Activation act) {
+  if (bias != nullptr) {
+    for (int c = 0; c < n; ++c) y[c] = y[c] + bias[c];
+  }
+  act_row(y, n, act);
 }
 
 }  // namespace

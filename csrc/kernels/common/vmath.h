@@ -23,23 +23,24 @@
 namespace edgecompress {
 namespace {
 
-inline float bits_to_float(int32_t i) {
-  float f;
-  std::memcpy(&f, &i, 4);
-  return f;
+// A float's bits and back (every family's bit tricks use these).
+inline uint32_t float_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return b;
 }
 
-inline int32_t float_to_bits(float f) {
-  int32_t i;
-  std::memcpy(&i, &f, 4);
-  return i;
+inline float bits_float(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
 }
 
 // a if c else b, through bit masks: compilers if-convert a select between two computed floats only
 // under -ffast-math, but vectorize this form everywhere.
 inline float select(bool c, float a, float b) {
-  const int32_t m = c ? -1 : 0;
-  return bits_to_float((float_to_bits(a) & m) | (float_to_bits(b) & ~m));
+  const uint32_t m = c ? 0xffffffffu : 0u;
+  return bits_float((float_bits(a) & m) | (float_bits(b) & ~m));
 }
 
 inline float exp_approx(float x) {
@@ -47,7 +48,7 @@ inline float exp_approx(float x) {
   x = select(x > 88.0f, 88.0f, x);
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
   float kf = x * 1.44269504088896341f + magic;
-  const int32_t n = float_to_bits(kf) - float_to_bits(magic);
+  const int32_t n = static_cast<int32_t>(float_bits(kf) - float_bits(magic));
   kf = kf - magic;
   float r = x - kf * 0.693145751953125f;  // ln2 high part: 16 significant bits, exact times n
   r = r - kf * 1.42860682030941723e-6f;   // ln2 low part
@@ -59,11 +60,11 @@ inline float exp_approx(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  return p * bits_to_float((n + 127) << 23);
+  return p * bits_float(static_cast<uint32_t>(n + 127) << 23);
 }
 
 inline float gelu_approx(float x) {
-  const float ax = bits_to_float(float_to_bits(x) & 0x7fffffff);
+  const float ax = bits_float(float_bits(x) & 0x7fffffffu);
   float z = ax * 0.707106781186547524f;
   const bool tiny = z > 9.25f;
   z = select(tiny, 9.25f, z);

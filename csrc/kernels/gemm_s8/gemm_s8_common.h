@@ -52,14 +52,7 @@ void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
         const int32_t q = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
         v[c] = dequantize_normal(q, rs, col_scale[c]);
       }
-      if (bias != nullptr) {
-        for (int c = 0; c < kNr; ++c) v[c] = v[c] + bias[c];
-      }
-      if (act == Activation::relu) {
-        for (int c = 0; c < kNr; ++c) v[c] = v[c] > 0.0f ? v[c] : 0.0f;
-      } else if (act == Activation::gelu) {
-        for (int c = 0; c < kNr; ++c) v[c] = gelu(v[c]);
-      }
+      bias_act_row(v, kNr, bias, act);
       for (int c = 0; c < kNr; ++c) y[c] = v[c];
       continue;
     }
