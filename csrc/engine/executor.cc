@@ -118,6 +118,12 @@ RunStatus run_attention(const Node& nd, const Ctx& c) {
   const float scale = nd.f[0];
   const bool packed = nd.i[10] != 0;  // packed sequences: `mask` holds the offsets of their rows
   const ptrdiff_t ldy = static_cast<ptrdiff_t>(heads) * d;
+  if (packed) {  // the offsets come from a value of the program: rows of sequences must lie in the q/k/v rows
+    if (mask[0] < 0) return RunStatus::bad_input;
+    for (int b = 0; b < batch; ++b) {
+      if (mask[b + 1] < mask[b] || mask[b + 1] > sq) return RunStatus::bad_input;
+    }
+  }
   const int chunks = (sq + kQueryChunk - 1) / kQueryChunk;
   const int group = heads / kv_heads;
   bool oom = false;

@@ -226,3 +226,18 @@ def test_uint8_inputs_too_deep_for_exact_int32_sums_are_refused():
     x = g.input("x", "float32", ("rows", k))
     g.linear(x, w, None, "deep", act_scale=0.1)  # int8 inputs: allowed
     assert g.program(["deep"], {}).weights["deep.weight"].shape == (1, k)
+
+
+def test_packed_attention_refuses_offsets_outside_its_rows():
+    """Offsets that are a program input rather than a pack node's: the native run checks them against
+    the rows before it reads any (ValueError, never a read outside q, k, v)."""
+    g = GraphBuilder()
+    qkv = g.input("qkv", "float32", ("t", 24))
+    off = g.input("offsets", "int64", ("b1",))
+    y = g.op("attention", [qkv, off], "att", layout="packed", heads=2, kv_heads=2, head_dim=4, causal=False, scale=0.5)
+    program = g.program([y], {})
+    x = np.ones((5, 24), np.float32)
+    assert program(x, np.array([0, 2, 5])).shape == (5, 8)
+    for bad in ([0, 2, 6], [0, 3, 2], [-1, 2, 5], [0, 1000000, 5]):
+        with pytest.raises(ValueError, match="offsets or a token count that do not fit"):
+            program(x, np.array(bad))

@@ -27,7 +27,8 @@ enum class Op : int {
                  // (i0 * i1, i2 * i4). i0 batch, i1 queries, i2 heads, i3 kv heads, i4 head size,
                  // i6 causal, i7 keys per sequence; f0 scale. i10 = 1: packed sequences, in[3] holds
                  // the offsets (int64 (i0 + 1)) of each sequence's rows in q, k, v and y, i1 = i7 the
-                 // longest a sequence can be
+                 // longest a sequence can be (the rows there are; offsets outside 0..i1 or decreasing
+                 // are bad_input)
   gelu,          // in: x; out: y. i0 values
   add,           // in: a, b; out: y. i0 values, i1 length of b (b repeats every i1 values)
   mul,           // as add

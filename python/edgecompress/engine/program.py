@@ -29,7 +29,8 @@ __all__ = ["Input", "Program"]
 
 _SPACE_ARENA, _SPACE_INPUT, _SPACE_OUTPUT, _SPACE_CONSTANT = 1, 2, 3, 4
 _STATUS = {1: "expected finite values, got NaN or Inf", 2: "a token id out of range of its embedding table",
-           4: "the mask changed while the program ran (its tokens no longer match the plan)"}
+           4: "offsets or a token count that do not fit the rows they index (a mask changed while the program ran, "
+              "or offsets that are not a pack node's)"}
 _ALIGN = 64
 # Plans kept per program, one per set of input shapes (each holds its arena): callers with many
 # sequence lengths reuse the recent ones without memory growing with every length seen.
