@@ -55,7 +55,6 @@ class Input:
 class _Plan:
     native: Any
     outputs: list[Shape]
-    input_dtypes: list[str]
     owners: list[Node]  # the program node of each native node (a linear with GELU lowers to two)
     labels: list[tuple[str, str]]  # (name, op) of each native node, for profiles
 
@@ -230,7 +229,7 @@ class Program:
         """The tokens (nonzero values) of each input a pack node reads: the sizes that depend on the
         values of the inputs, not only on their shapes."""
         named = dict(zip((i.name for i in self.inputs), arrays))
-        return {n.inputs[0]: int(np.count_nonzero(named[n.inputs[0]])) for n in self.nodes if n.op == "pack"}
+        return {name: int(np.count_nonzero(named[name])) for name in self._pack_inputs}
 
     def _infer(self, n: Node, shapes: list[Shape | None], counts: dict[str, int]) -> list[Shape]:
         try:
@@ -315,10 +314,10 @@ class Program:
         op_names = {v: k for k, v in NATIVE_OP.items()}
         labels = [(n.name if op_names[t[0]] in (n.op, "norm") else f"{n.name}/{op_names[t[0]]}",
                    n.op if op_names[t[0]] == "norm" else op_names[t[0]]) for n, t in zip(owners, native)]
-        return _Plan(plan, outs, [str(a.dtype) for a in arrays], owners, labels)
+        return _Plan(plan, outs, owners, labels)
 
     def _get_plan(self, arrays: list[np.ndarray]) -> _Plan:
-        counts = self._counts(arrays) if self._pack_inputs else {}
+        counts = self._counts(arrays)
         key = (current_tier(),) + tuple(a.shape for a in arrays) + tuple(counts.values())
         plan = self._plans.get(key)
         if plan is None:
