@@ -102,7 +102,7 @@ void run_norm(const Node& nd, const Ctx& c) {
 // Per-thread scratch of the attention tasks: K of one head transposed, V of one head packed (its rows
 // are a whole projection row apart: at 1152 floats, 4.5 KiB, they would fall into a few L1 sets and
 // evict each other), and one chunk of scores.
-thread_local AlignedArray<float> t_kt, t_v, t_scores, t_mask;
+thread_local AlignedArray<float> t_kt, t_v, t_scores, t_mask, t_rope;
 
 RunStatus run_attention(const Node& nd, const Ctx& c) {
   const float* q = at<const float>(c, nd.in[0]);
@@ -319,6 +319,145 @@ RunStatus run_gather_scatter(const Node& nd, const Ctx& c) {
   return RunStatus::ok;
 }
 
+RunStatus run_rope(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  const int64_t pos = *at<const int64_t>(c, nd.in[1]);
+  const float* inv_freq = at<const float>(c, nd.in[2]);
+  const float* gamma = at<const float>(c, nd.in[3]);
+  float* y = at<float>(c, nd.out[0]);
+  const int64_t rows = nd.i[0], width = nd.i[6];
+  const int heads = static_cast<int>(nd.i[1] + nd.i[2]), d = static_cast<int>(nd.i[3]);
+  const int half = static_cast<int>(nd.i[4] / 2), qheads = static_cast<int>(nd.i[1]);
+  const bool neox = nd.i[5] != 0;
+  if (pos < 0) return RunStatus::bad_input;
+  auto body = [&](int t) {
+    const float* xr = x + t * width;
+    float* yr = y + t * width;
+    if (yr != xr) std::memcpy(yr, xr, sizeof(float) * width);
+    const float p = static_cast<float>(pos + t);
+    float* cs = ensure_size(t_rope, 2 * static_cast<size_t>(half));
+    float* sn = cs + half;
+    for (int j = 0; j < half; ++j) {  // the angle in float32, as transformers computes it
+      const float a = p * inv_freq[j];
+      cs[j] = std::cos(a);
+      sn[j] = std::sin(a);
+    }
+    for (int h = 0; h < heads; ++h) {
+      float* v = yr + static_cast<ptrdiff_t>(h) * d;
+      if (gamma != nullptr) c.k->norm_row(v, nullptr, gamma + (h < qheads ? 0 : d), nullptr, nd.f[0], true, d, v, nullptr);
+      for (int j = 0; j < half; ++j) {
+        float* u0 = neox ? v + j : v + 2 * j;
+        float* u1 = neox ? v + j + half : v + 2 * j + 1;
+        const float x0 = *u0, x1 = *u1;
+        *u0 = x0 * cs[j] - x1 * sn[j];
+        *u1 = x0 * sn[j] + x1 * cs[j];
+      }
+    }
+  };
+  parallel_for(static_cast<int>(rows), c.threads, body);
+  return RunStatus::ok;
+}
+
+RunStatus run_kv_attention(const Node& nd, const Ctx& c) {
+  const float* qkv = at<const float>(c, nd.in[0]);
+  float* kc = at<float>(c, nd.in[1]);
+  float* vc = at<float>(c, nd.in[2]);
+  const int64_t pos = *at<const int64_t>(c, nd.in[3]);
+  float* y = at<float>(c, nd.out[0]);
+  const int n = static_cast<int>(nd.i[0]), heads = static_cast<int>(nd.i[1]), kv_heads = static_cast<int>(nd.i[2]);
+  const int d = static_cast<int>(nd.i[3]);
+  const int64_t slots = nd.i[4], window = nd.i[5];
+  const ptrdiff_t ld = nd.i[6], ldc = static_cast<ptrdiff_t>(kv_heads) * d, ldy = static_cast<ptrdiff_t>(heads) * d;
+  const float scale = nd.f[0];
+  if (pos < 0 || (window == 0 && pos + n > slots)) return RunStatus::bad_input;
+  // the cached keys any query of this call may see: [lo, pos)
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+  const int cached = static_cast<int>(pos - lo);
+  const int chunks = (n + kQueryChunk - 1) / kQueryChunk;
+  const int group = heads / kv_heads;
+  bool oom = false;
+  auto body = [&](int t) {
+    const int h = t / chunks, q0 = (t % chunks) * kQueryChunk, nq = std::min(kQueryChunk, n - q0);
+    const int g = h / group;
+    const int sk = cached + q0 + nq;
+    float *kt, *vp, *sc;
+    try {
+      kt = ensure_size(t_kt, static_cast<size_t>(d) * sk);
+      vp = ensure_size(t_v, static_cast<size_t>(d) * sk);
+      sc = ensure_size(t_scores, static_cast<size_t>(nq) * sk);
+    } catch (const std::bad_alloc&) {
+      oom = true;
+      return;
+    }
+    const float* knew = qkv + static_cast<ptrdiff_t>(heads + g) * d;
+    const float* vnew = qkv + static_cast<ptrdiff_t>(heads + kv_heads + g) * d;
+    for (int j = 0; j < sk; ++j) {
+      const float* kr = j < cached ? kc + ((lo + j) % slots) * ldc + static_cast<ptrdiff_t>(g) * d : knew + (j - cached) * ld;
+      const float* vr = j < cached ? vc + ((lo + j) % slots) * ldc + static_cast<ptrdiff_t>(g) * d : vnew + (j - cached) * ld;
+      for (int e = 0; e < d; ++e) kt[static_cast<ptrdiff_t>(e) * sk + j] = kr[e];
+      std::memcpy(vp + static_cast<ptrdiff_t>(j) * d, vr, sizeof(float) * d);
+    }
+    c.k->gemm_nn(nq, sk, d, scale, qkv + q0 * ld + static_cast<ptrdiff_t>(h) * d, ld, kt, sk, sc, sk);
+    for (int i = 0; i < nq; ++i) {
+      float* row = sc + static_cast<ptrdiff_t>(i) * sk;
+      const int64_t p = pos + q0 + i;
+      // keys after the query (the call's own later tokens) and, in a window, those too far back
+      for (int j = cached + q0 + i + 1; j < sk; ++j) row[j] = kMasked;
+      if (window > 0) {
+        for (int j = 0; j < sk; ++j) {
+          const int64_t kp = j < cached ? lo + j : pos + (j - cached);
+          if (p - kp >= window) row[j] = kMasked;
+        }
+      }
+      c.k->softmax_row(row, sk);
+    }
+    c.k->gemm_nn(nq, d, sk, 1.0f, sc, sk, vp, d, y + q0 * ldy + static_cast<ptrdiff_t>(h) * d, ldy);
+  };
+  parallel_for(heads * chunks, c.threads, body);
+  if (oom) return RunStatus::out_of_memory;
+  // store the call's keys and values (after the reads: in a window's ring they replace older ones)
+  for (int64_t t = std::max<int64_t>(0, n - slots); t < n; ++t) {
+    float* kd = kc + ((pos + t) % slots) * ldc;
+    float* vd = vc + ((pos + t) % slots) * ldc;
+    for (int g = 0; g < kv_heads; ++g) {
+      std::memcpy(kd + static_cast<ptrdiff_t>(g) * d, qkv + t * ld + static_cast<ptrdiff_t>(heads + g) * d, sizeof(float) * d);
+      std::memcpy(vd + static_cast<ptrdiff_t>(g) * d, qkv + t * ld + static_cast<ptrdiff_t>(heads + kv_heads + g) * d,
+                  sizeof(float) * d);
+    }
+  }
+  return RunStatus::ok;
+}
+
+void run_glu(const Node& nd, const Ctx& c) {
+  const float* gate = at<const float>(c, nd.in[0]);
+  const float* up = at<const float>(c, nd.in[1]);
+  float* y = at<float>(c, nd.out[0]);
+  const int64_t rows = nd.i[0], n = nd.i[1], ldg = nd.i[3], ldu = nd.i[4];
+  const int act = static_cast<int>(nd.i[2]);
+  const int64_t per = std::max<int64_t>(1, kChunk / n);
+  auto body = [&](int t) {
+    const int64_t r1 = std::min(rows, (t + 1) * per);
+    for (int64_t i = t * per; i < r1; ++i) c.k->glu(act, gate + i * ldg, up + i * ldu, y + i * n, n);
+  };
+  parallel_for(static_cast<int>((rows + per - 1) / per), c.threads, body);
+}
+
+void run_concat(const Node& nd, const Ctx& c) {
+  float* y = at<float>(c, nd.out[0]);
+  const int64_t rows = nd.i[0];
+  int64_t width = 0;
+  for (int k = 0; k < 4; ++k) width += nd.i[1 + k];
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t col = 0;
+    for (int k = 0; k < 4; ++k) {
+      const int64_t w = nd.i[1 + k];
+      if (w == 0) continue;
+      std::memcpy(y + r * width + col, at<const float>(c, nd.in[k]) + r * w, sizeof(float) * w);
+      col += w;
+    }
+  }
+}
+
 RunStatus run_node(const Node& nd, const Ctx& c) {
   switch (nd.op) {
     case Op::linear: return run_linear(nd, c);
@@ -334,6 +473,10 @@ RunStatus run_node(const Node& nd, const Ctx& c) {
     case Op::pack: return run_pack(nd, c);
     case Op::gather:
     case Op::scatter: return run_gather_scatter(nd, c);
+    case Op::rope: return run_rope(nd, c);
+    case Op::kv_attention: return run_kv_attention(nd, c);
+    case Op::glu: run_glu(nd, c); return RunStatus::ok;
+    case Op::concat: run_concat(nd, c); return RunStatus::ok;
     case Op::count: break;
   }
   return RunStatus::ok;

@@ -400,3 +400,98 @@ def test_gather_of_ids_and_an_index_out_of_its_rows():
         x = g.input("x", "float32", ("b", "s"))
         g.op("pack", [x], "tokens", n_outputs=2)
         g.program(["tokens:0"], {})
+
+
+# ---- decoder ops: rope, kv_attention (with its caches), glu, concat ----
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_rope(tier, threads, rng, neox, qk_norm):
+    for t, h, kv, d, rd, pos in [(1, 1, 1, 2, 2, 0), (7, 4, 2, 16, 16, 5), (33, 3, 1, 64, 32, 1000), (2, 8, 8, 256, 256, 70000)]:
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("t", (h + 2 * kv) * d))
+        p = g.input("pos", "int64", (1,))
+        freq = (1.0 / 10000.0 ** (np.arange(0, rd, 2) / rd)).astype(np.float32)
+        ins = [x, p, g.weight("freq", freq)]
+        attrs = {}
+        if qk_norm:
+            ins.append(g.weight("gamma", _x(rng, 2, d)))
+            attrs["eps"] = 1e-6
+        out = g.op("rope", ins, "rope", heads=h, kv_heads=kv, head_dim=d, rope_dims=rd, neox=neox, **attrs)
+        prog = g.program([out], {})
+        # angles up to 70000 rad: sin/cos of a float32 angle, against the oracle's float64 of the same angle
+        _check(prog, _x(rng, t, (h + 2 * kv) * d), np.array([pos]), rtol=2e-5, what=f"rope {(t, h, kv, d, rd, pos)}")
+
+
+def _kv_program(h, kv, d, slots, window):
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("t", (h + 2 * kv) * d))
+    kc = g.input("k", "float32", (slots, kv * d))
+    vc = g.input("v", "float32", (slots, kv * d))
+    p = g.input("pos", "int64", (1,))
+    out = g.op("kv_attention", [x, kc, vc, p], "attn", heads=h, kv_heads=kv, head_dim=d, window=window,
+               scale=1.0 / np.sqrt(d))
+    return g.program([out], {})
+
+
+@pytest.mark.parametrize("h,kv,d", [(1, 1, 8), (4, 2, 16), (4, 1, 64)])
+@pytest.mark.parametrize("window", [0, 5])
+def test_kv_attention_calls_in_sequence(tier, threads, rng, h, kv, d, window):
+    """A sequence fed in uneven chunks (1 token, 3, 70: past the query chunk of 64; a window ring that
+    wraps): each call's output and the caches it leaves equal the oracle's, which updates its own
+    copies of the caches."""
+    slots = 80 if window == 0 else window
+    prog = _kv_program(h, kv, d, slots, window)
+    kc, vc = np.zeros((slots, kv * d), np.float32), np.zeros((slots, kv * d), np.float32)
+    kr, vr = kc.copy(), vc.copy()
+    pos = 0
+    for n in [1, 3, 70, 1, 2]:
+        if window == 0 and pos + n > slots:
+            break
+        x = _x(rng, n, (h + 2 * kv) * d, scale=2)
+        got = prog(x, kc, vc, np.array([pos]))
+        want = prog.reference(x, kr, vr, np.array([pos]))
+        _close(got, want, what=f"kv_attention pos={pos} n={n}")
+        np.testing.assert_array_equal(kc, kr)
+        np.testing.assert_array_equal(vc, vr)
+        pos += n
+
+
+def test_kv_attention_refuses_positions_past_its_cache(rng):
+    prog = _kv_program(2, 1, 8, 16, 0)
+    kc, vc = np.zeros((16, 8), np.float32), np.zeros((16, 8), np.float32)
+    with pytest.raises(ValueError, match="kv_attention"):
+        prog(_x(rng, 4, 32), kc, vc, np.array([13]))
+    with pytest.raises(ValueError, match="kv_attention"):
+        prog(_x(rng, 1, 32), kc, vc, np.array([-1]))
+    with pytest.raises(TypeError, match="in place"):
+        prog(_x(rng, 1, 32), kc[:, ::1].T.copy().T, vc, np.array([0]))
+    ro = kc.copy()
+    ro.flags.writeable = False
+    with pytest.raises(TypeError, match="in place"):
+        prog(_x(rng, 1, 32), ro, vc, np.array([0]))
+    with pytest.raises(ValueError, match="window"):
+        _kv_program(2, 1, 8, 4, 5)(_x(rng, 1, 32), kc[:4], vc[:4], np.array([0]))
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("joined", [False, True])
+def test_glu(tier, threads, rng, act, joined):
+    for rows, n in [(1, 1), (3, 7), (17, 100), (200, 300)]:
+        g = GraphBuilder()
+        if joined:
+            out = g.op("glu", [g.input("x", "float32", ("r", 2 * n))], "glu", act=act)
+            args = [_x(rng, rows, 2 * n, scale=4)]
+        else:
+            out = g.op("glu", [g.input("a", "float32", ("r", n)), g.input("b", "float32", ("r", n))], "glu", act=act)
+            args = [_x(rng, rows, n, scale=4), _x(rng, rows, n)]
+        _check(g.program([out], {}), *args, rtol=2e-6, atol=1e-6, what=f"glu {act} {(rows, n)}")
+
+
+def test_concat(tier, rng):
+    g = GraphBuilder()
+    ins = [g.input(n, "float32", ("r", w)) for n, w in (("a", 3), ("b", 16), ("c", 1))]
+    out = g.op("concat", ins, "cat")
+    got = _check(g.program([out], {}), _x(rng, 5, 3), _x(rng, 5, 16), _x(rng, 5, 1), rtol=0, atol=0)
+    assert got.shape == (5, 20)

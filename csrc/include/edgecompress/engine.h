@@ -44,6 +44,20 @@ enum class Op : int {
   gather,        // in: x (i0 rows of i1 bytes), index (int64 (i2)); out: y (i2 rows): y[t] = x[index[t]]
   scatter,       // in: x (i2 rows of i1 bytes), index (int64 (i2)); out: y (i0 rows, zero but for
                  // y[index[t]] = x[t])
+  rope,          // in: qkv (i0 rows of i6 floats: i1 query heads, i2 key heads, then values, each i3
+                 // wide), pos (int64 (1)), inv_freq (i4 / 2), qk_gamma? (2, i3); out: the same rows with
+                 // each query and key head RMS-normalized by its gamma row (when given; f0 eps) and its
+                 // first i4 values rotated by angle (pos + row) * inv_freq: pairs (2j, 2j + 1) (i5 = 0,
+                 // GPT-J / llama.cpp "norm") or (j, j + i4 / 2) (i5 = 1, GPT-NeoX). Values copied.
+  kv_attention,  // in: qkv (rotated, as rope's out), k_cache, v_cache (i4 slots of i2 * i3 floats, read and
+                 // written: the caller's state), pos (int64 (1)); out: y (i0, i1 * i3). Query t sits at
+                 // position pos + t and sees keys at positions <= its own (and, i5 > 0, within the last i5
+                 // of them), the earlier ones from the cache (position p in slot p % i4), the call's own from
+                 // qkv; then the call's keys and values are stored. i6: the row stride of qkv; f0 scale.
+                 // pos < 0, or (i5 = 0) pos + i0 > i4: bad_input
+  glu,           // in: gate, up (i0 rows; row strides i3, i4 floats); out: y (i0, i1) = act(gate) * up,
+                 // i2 act: 0 SiLU, 1 GELU (tanh form)
+  concat,        // in: up to 4 arrays of i0 rows, widths i1..i4 (0: absent); out: y (i0, their sum)
   count
 };
 

@@ -30,6 +30,9 @@ struct EngineKernel {
   void (*gelu)(const float* x, float* y, int64_t n);
   // y[i] = a[i] + b[i % nb] (op 0) or a[i] * b[i % nb] (op 1), n values; y may alias a.
   void (*binary)(int op, const float* a, const float* b, int64_t nb, float* y, int64_t n);
+  // y = act(gate) * up over n values: act 0 SiLU (x * sigmoid(x)), 1 GELU in its tanh form (the gated
+  // feed-forward of Llama and Gemma). y may alias gate or up.
+  void (*glu)(int act, const float* gate, const float* up, float* y, int64_t n);
   // c (m, n) = alpha * a (m, k) @ b (k, n): row strides lda, ldb, ldc; c is overwritten.
   void (*gemm_nn)(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb,
                   float* c, ptrdiff_t ldc);

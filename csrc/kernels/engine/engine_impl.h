@@ -93,6 +93,23 @@ void gelu(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = gelu_approx(x[i]);
 }
 
+void glu(int act, const float* gate, const float* up, float* y, int64_t n) {
+  if (act == 0) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = gate[i];
+      y[i] = g / (1.0f + exp_approx(-g)) * up[i];
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = gate[i];
+      // tanh(z) = 1 - 2 / (exp(2z) + 1); exp_approx's clamp keeps it in [-1, 1] for large |z|
+      const float z = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+      const float th = 1.0f - 2.0f / (exp_approx(2.0f * z) + 1.0f);
+      y[i] = 0.5f * g * (1.0f + th) * up[i];
+    }
+  }
+}
+
 void binary(int op, const float* a, const float* b, int64_t nb, float* y, int64_t n) {
   for (int64_t i0 = 0; i0 < n; i0 += nb) {
     const int64_t len = n - i0 < nb ? n - i0 : nb;
@@ -157,5 +174,5 @@ void gemm_nn(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, co
 #define EC_ENGINE_KERNEL(sym, name, isa, needs) \
   namespace edgecompress {                      \
   extern const EngineKernel sym;                \
-  const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, gemm_nn}; \
+  const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, gemm_nn}; \
   }

@@ -28,7 +28,8 @@ Shape = tuple[tuple[int, ...], str]  # (shape, dtype name)
 # native op ids and operand spaces: csrc/include/edgecompress/engine.h
 NATIVE_OP = {"linear": 0, "norm": 1, "attention": 2, "gelu": 3, "add": 4, "mul": 5, "softmax": 6, "embedding": 7,
              "pack": 10, "gather": 11, "scatter": 12,
-             "position_ids": 8, "mean_pool": 9}
+             "position_ids": 8, "mean_pool": 9, "rope": 13, "kv_attention": 14, "glu": 15, "concat": 16}
+GLU_ACTS = {"silu": 0, "gelu_tanh": 1}
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 NO_REF = (0, 0, 0)
 LINEAR_WEIGHTS = (np.ndarray, Int8Weight, Int4Weight, SparseWeight)
@@ -149,6 +150,66 @@ def _infer_scatter(node: Node, s: list[Shape | None], weights: dict[str, Any]) -
     return [(tuple(ls) + tuple(xs[1:]), xd)]
 
 
+def _heads(a: dict[str, Any]) -> tuple[int, int, int]:
+    h, kv, d = a["heads"], a["kv_heads"], a["head_dim"]
+    _expect(h % kv == 0, f"expected heads a multiple of kv_heads, got {h} and {kv}")
+    return h, kv, d
+
+
+def _infer_rope(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """qkv (tokens, (heads + 2 kv_heads) * head_dim), pos (1,), inv_freq (rope_dims / 2,), qk_gamma?
+    (2, head_dim) -> qkv rotated."""
+    a = node.attrs
+    h, kv, d = _heads(a)
+    rd = a["rope_dims"]
+    (xs, xd) = s[0]
+    _expect(xd == "float32" and len(xs) == 2 and xs[1] == (h + 2 * kv) * d,
+            f"expected float32 (tokens, {(h + 2 * kv) * d}), got {xd} {xs}")
+    _expect(s[1] == ((1,), "int64"), f"expected the int64 position (1,), got {s[1]}")
+    _expect(rd % 2 == 0 and rd <= d, f"expected rope_dims even and <= head_dim {d}, got {rd}")
+    _expect(s[2] == ((rd // 2,), "float32"), f"expected float32 inv_freq ({rd // 2},), got {s[2]}")
+    if s[3] is not None:
+        _expect(s[3] == ((2, d), "float32") and "eps" in a, f"expected float32 qk_gamma (2, {d}) and eps, got {s[3]}")
+    return [s[0]]
+
+
+def _infer_kv_attention(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """qkv (tokens, (heads + 2 kv_heads) * head_dim), k_cache and v_cache (slots, kv_heads *
+    head_dim), pos (1,) -> (tokens, heads * head_dim)."""
+    a = node.attrs
+    h, kv, d = _heads(a)
+    (xs, xd) = s[0]
+    _expect(xd == "float32" and len(xs) == 2 and xs[1] == (h + 2 * kv) * d,
+            f"expected float32 (tokens, {(h + 2 * kv) * d}), got {xd} {xs}")
+    for i, what in ((1, "k_cache"), (2, "v_cache")):
+        _expect(s[i][1] == "float32" and len(s[i][0]) == 2 and s[i][0][1] == kv * d,
+                f"expected {what} float32 (slots, {kv * d}), got {s[i]}")
+    _expect(s[1] == s[2], f"expected k_cache and v_cache of one shape, got {s[1][0]} and {s[2][0]}")
+    _expect(a["window"] == 0 or s[1][0][0] >= a["window"],
+            f"expected at least window = {a['window']} slots, got {s[1][0][0]}")
+    _expect(s[3] == ((1,), "int64"), f"expected the int64 position (1,), got {s[3]}")
+    return [((xs[0], h * d), "float32")]
+
+
+def _infer_glu(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """x (..., 2 n) = [gate | up], or gate and up (..., n) -> (..., n)."""
+    (xs, xd) = s[0]
+    _expect(xd == "float32" and len(xs) >= 1, f"expected float32, got {xd} {xs}")
+    if s[1] is None:
+        _expect(xs[-1] % 2 == 0, f"expected [gate | up] of an even width, got {xs}")
+        return [(xs[:-1] + (xs[-1] // 2,), "float32")]
+    _expect(s[1] == s[0], f"expected up of gate's shape {xs}, got {s[1]}")
+    return [s[0]]
+
+
+def _infer_concat(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    parts = [x for x in s if x is not None]
+    xs = parts[0][0]
+    _expect(all(p[1] == "float32" and len(p[0]) == len(xs) and p[0][:-1] == xs[:-1] for p in parts),
+            f"expected float32 arrays that differ only in their last dimension, got {parts}")
+    return [(xs[:-1] + (sum(p[0][-1] for p in parts),), "float32")]
+
+
 def _infer_same(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
     _expect(s[0][1] == "float32", f"expected float32, got {s[0][1]}")
     return [s[0]]
@@ -245,6 +306,25 @@ def _ref_binary(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.nd
     return [(a[0] + a[1] if node.op == "add" else a[0] * a[1]).astype(np.float32)]
 
 
+def _ref_rope(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    t = node.attrs
+    return [eref.rope(a[0], int(a[1][0]), a[2], a[3], t["heads"], t["kv_heads"], t["head_dim"], t["rope_dims"],
+                      t["neox"], t.get("eps", 0.0))]
+
+
+def _ref_kv_attention(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    t = node.attrs
+    return [eref.kv_attention(a[0], a[1], a[2], int(a[3][0]), t["heads"], t["kv_heads"], t["head_dim"], t["window"],
+                              t["scale"])]
+
+
+def _ref_glu(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    if a[1] is None:
+        n = a[0].shape[-1] // 2
+        return [eref.glu(a[0][..., :n], a[0][..., n:], node.attrs["act"])]
+    return [eref.glu(a[0], a[1], node.attrs["act"])]
+
+
 _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarray]]] = {
     "linear": _ref_linear,
     "layernorm": _ref_norm,
@@ -260,6 +340,10 @@ _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarra
     "pack": _ref_pack,
     "gather": lambda n, a, w: [eref.gather(a[0], a[1])],
     "scatter": lambda n, a, w: [eref.scatter(a[0], a[1], a[2].shape)],
+    "rope": _ref_rope,
+    "kv_attention": _ref_kv_attention,
+    "glu": _ref_glu,
+    "concat": lambda n, a, w: [np.concatenate([x for x in a if x is not None], axis=-1)],
     "reshape": lambda n, a, w: [a[0].reshape(_infer_reshape(n, [(a[0].shape, str(a[0].dtype))], w)[0][0])],
 }
 
@@ -371,6 +455,38 @@ def _lower_mean_pool(node: Node, r: list[Any], s: list[Shape | None], packed: An
     return [_native("mean_pool", [r[0], r[1] or NO_REF], [r[2]], [b, sq, width])]
 
 
+def _lower_rope(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    t = node.attrs
+    xs = s[0][0]
+    ints = [xs[0], t["heads"], t["kv_heads"], t["head_dim"], t["rope_dims"], int(t["neox"]), xs[1]]
+    return [_native("rope", [r[0], r[1], r[2], r[3] or NO_REF], [r[4]], ints, (t.get("eps", 0.0),))]
+
+
+def _lower_kv_attention(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    t = node.attrs
+    xs = s[0][0]
+    ints = [xs[0], t["heads"], t["kv_heads"], t["head_dim"], s[1][0][0], t["window"], xs[1]]
+    return [_native("kv_attention", r[:4], [r[4]], ints, (t["scale"],))]
+
+
+def _lower_glu(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    xs = s[0][0]
+    act = GLU_ACTS[node.attrs["act"]]
+    if s[1] is None:  # [gate | up] in one row: up starts n floats after gate
+        n = xs[-1] // 2
+        up = (r[0][0], r[0][1], r[0][2] + 4 * n)
+        return [_native("glu", [r[0], up], [r[2]], [_prod(xs[:-1]), n, act, xs[-1], xs[-1]])]
+    n = xs[-1]
+    return [_native("glu", [r[0], r[1]], [r[2]], [_prod(xs[:-1]), n, act, n, n])]
+
+
+def _lower_concat(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    xs = s[0][0]
+    ins = [x or NO_REF for x in r[:4]]
+    widths = [x[0][-1] if x is not None else 0 for x in s[:4]]
+    return [_native("concat", ins, [r[4]], [_prod(xs[:-1])] + widths)]
+
+
 # ---- attributes: what each may hold (a file's graph reaches the kernels through them) ----
 
 _I32 = 2**31 - 1
@@ -411,6 +527,11 @@ ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
                   "causal": ((lambda v: isinstance(v, bool)), "a bool"),
                   "scale": _float("a finite float", lambda v: True), "layout": _one_of("fused", "separate", "packed")},
     "position_ids": {"mode": _one_of("arange", "padded"), "base": _int(0)},
+    "rope": {"heads": _int(1, 4096), "kv_heads": _int(1, 4096), "head_dim": _int(2, 4096), "rope_dims": _int(2, 4096),
+             "neox": ((lambda v: isinstance(v, bool)), "a bool"), "eps": _NORM_ATTRS["eps"]},
+    "kv_attention": {"heads": _int(1, 4096), "kv_heads": _int(1, 4096), "head_dim": _int(1, 4096), "window": _int(0),
+                     "scale": _float("a finite float", lambda v: True)},
+    "glu": {"act": _one_of(*GLU_ACTS)},
     "reshape": {"shape": (_shape, "a list of ints >= -1 (0: keep that dimension), at most one -1")},
 }
 
@@ -440,6 +561,11 @@ OPS: dict[str, OpSpec] = {
     "pack": OpSpec(_infer_pack, _lower_pack, (1, 1), (2, 2)),
     "gather": OpSpec(_infer_gather, _lower_gather, (2, 2), (1, 1)),
     "scatter": OpSpec(_infer_scatter, _lower_scatter, (3, 3), (1, 1)),
+    "rope": OpSpec(_infer_rope, _lower_rope, (3, 4), (1, 1), ("heads", "kv_heads", "head_dim", "rope_dims", "neox"), (3,)),
+    "kv_attention": OpSpec(_infer_kv_attention, _lower_kv_attention, (4, 4), (1, 1),
+                           ("heads", "kv_heads", "head_dim", "window", "scale")),
+    "glu": OpSpec(_infer_glu, _lower_glu, (1, 2), (1, 1), ("act",), (1,)),
+    "concat": OpSpec(_infer_concat, _lower_concat, (2, 4), (1, 1), (), (2, 3)),
     "reshape": OpSpec(_infer_reshape, None, (1, 1), (1, 1), ("shape",)),
 }
 REFERENCE = _REFERENCE

@@ -82,6 +82,7 @@ class Program:
         """Every op known with its attributes and operand counts, every operand defined before use,
         every linear weight in a format the engine runs, names unique."""
         defined = {i.name for i in self.inputs} | set(self.weights)
+        state: set[str] = set()
         if len(defined) != len(self.inputs) + len(self.weights):
             raise ValueError("program: an input shares its name with a weight or another input")
         for i in self.inputs:
@@ -116,6 +117,12 @@ class Program:
                     raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is a compressed weight "
                                      f"({type(self.weights[name]).__name__}), which only a linear node reads (through "
                                      f"its 'weight' attribute)")
+            if n.op == "kv_attention":  # the caches: inputs the node writes, each owned by one node
+                for name in n.inputs[1:3]:
+                    if name not in {i.name for i in self.inputs if i.dtype == "float32"} or name in state:
+                        raise ValueError(f"node {n.name!r} (kv_attention): expected its caches to be float32 program "
+                                         f"inputs that no other node writes, got {name!r}")
+                    state.add(name)
             if n.op == "pack" and n.inputs[0] not in {i.name for i in self.inputs if i.dtype == "int64"}:
                 raise ValueError(f"node {n.name!r} (pack): expected an int64 program input (the mask), got {n.inputs[0]!r}")
             if n.op == "linear":
@@ -139,6 +146,7 @@ class Program:
                 if o in defined:
                     raise ValueError(f"node {n.name!r}: output {o!r} is defined twice")
                 defined.add(o)
+        self._state = state
         for k, o in enumerate(self.outputs):
             if not isinstance(o, str) or o not in defined or o in self.weights or o in {i.name for i in self.inputs}:
                 raise ValueError(f"program output {show(o)}: expected a value computed by a node")
@@ -194,6 +202,9 @@ class Program:
                         raise ValueError(f"{spec.name}: expected shape {tuple(spec.dims)}, got {a.shape}")
                 elif sizes.setdefault(d, (size, spec.name))[0] != size:
                     raise ValueError(f"{spec.name}: dimension {d!r} is {size}, but {sizes[d][1]} has {sizes[d][0]}")
+            if spec.name in self._state and not (a.flags.c_contiguous and a.flags.writeable):
+                # a state input (a KV cache) is written in place: a copy would lose the writes
+                raise TypeError(f"{spec.name}: expected a writeable C-contiguous array (the program updates it in place)")
             out.append(np.ascontiguousarray(a))
         return out
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from .gemm_s8 import gelu
 
-__all__ = ["attention", "embedding", "gather", "gelu", "layernorm", "mean_pool", "pack", "position_ids", "scatter",
-           "softmax"]
+__all__ = ["attention", "embedding", "gather", "gelu", "glu", "kv_attention", "layernorm", "mean_pool", "pack",
+           "position_ids", "rope", "scatter", "softmax"]
 
 _F32 = np.float32
 # The additive mask of masked scores (as Hugging Face models use): the lowest float32, so a row whose
@@ -109,3 +109,70 @@ def scatter(x: np.ndarray, index: np.ndarray, shape: tuple[int, int]) -> np.ndar
     y = np.zeros((shape[0] * shape[1],) + x.shape[1:], x.dtype)
     y[index] = x
     return y.reshape(tuple(shape) + x.shape[1:])
+
+
+def rope(qkv: np.ndarray, pos: int, inv_freq: np.ndarray, qk_gamma: np.ndarray | None, heads: int, kv_heads: int,
+         head_dim: int, rope_dims: int, neox: bool, eps: float) -> np.ndarray:
+    """Rotary position embedding of the query and key heads of qkv (tokens, (heads + 2 kv_heads) *
+    head_dim), token t at position pos + t, each head first RMS-normalized by its row of qk_gamma
+    (query, key) when given; pairs (2j, 2j + 1) or, ``neox``, (j, j + rope_dims / 2). The angle is
+    rounded to float32 first, as transformers computes it."""
+    y = qkv.astype(np.float64).copy()
+    t = qkv.shape[0]
+    half = rope_dims // 2
+    angle = ((pos + np.arange(t, dtype=np.float32))[:, None] * inv_freq.astype(np.float32)[None, :]).astype(np.float64)
+    cs, sn = np.cos(angle), np.sin(angle)
+    for h in range(heads + kv_heads):
+        v = y[:, h * head_dim:(h + 1) * head_dim]
+        if qk_gamma is not None:
+            g = qk_gamma[0 if h < heads else 1].astype(np.float64)
+            v[:] = v / np.sqrt((v * v).mean(axis=-1, keepdims=True) + eps) * g
+        i0 = np.arange(half) if neox else 2 * np.arange(half)
+        i1 = i0 + half if neox else i0 + 1
+        x0, x1 = v[:, i0].copy(), v[:, i1].copy()
+        v[:, i0] = x0 * cs - x1 * sn
+        v[:, i1] = x0 * sn + x1 * cs
+    return y.astype(_F32)
+
+
+def kv_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, heads: int, kv_heads: int,
+                 head_dim: int, window: int, scale: float) -> np.ndarray:
+    """Causal attention of the tokens of qkv (positions pos, pos + 1, ...) over the keys before them
+    in the caches (position p in slot p % slots) and their own; ``window`` > 0: only the last
+    ``window`` positions. Then stores the call's keys and values in the caches (in place)."""
+    n, slots, d = qkv.shape[0], k_cache.shape[0], head_dim
+    if pos < 0 or (window == 0 and pos + n > slots):
+        raise ValueError(f"positions {pos}..{pos + n - 1} do not fit a cache of {slots} slots")
+    lo = max(0, pos - window + 1) if window else 0
+    kpos = np.arange(lo, pos + n)
+    q = qkv[:, : heads * d].astype(np.float64).reshape(n, heads, d)
+    new_k = qkv[:, heads * d:(heads + kv_heads) * d].reshape(n, kv_heads, d)
+    new_v = qkv[:, (heads + kv_heads) * d:(heads + 2 * kv_heads) * d].reshape(n, kv_heads, d)
+    old = np.arange(lo, pos) % slots
+    keys = np.concatenate([k_cache[old].reshape(-1, kv_heads, d), new_k]).astype(np.float64)
+    vals = np.concatenate([v_cache[old].reshape(-1, kv_heads, d), new_v]).astype(np.float64)
+    qpos = pos + np.arange(n)
+    visible = kpos[None, :] <= qpos[:, None]
+    if window:
+        visible &= qpos[:, None] - kpos[None, :] < window
+    y = np.zeros((n, heads, d))
+    group = heads // kv_heads
+    for h in range(heads):
+        s = q[:, h] @ keys[:, h // group].T * scale
+        s = np.where(visible, s, -np.inf)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        y[:, h] = (e / e.sum(axis=-1, keepdims=True)) @ vals[:, h // group]
+    for t in range(max(0, n - slots), n):
+        k_cache[(pos + t) % slots] = new_k[t].reshape(-1)
+        v_cache[(pos + t) % slots] = new_v[t].reshape(-1)
+    return y.reshape(n, heads * d).astype(_F32)
+
+
+def glu(gate: np.ndarray, up: np.ndarray, act: str) -> np.ndarray:
+    """act(gate) * up: SiLU, or GELU in its tanh form."""
+    g = gate.astype(np.float64)
+    if act == "silu":
+        a = g / (1.0 + np.exp(-g))
+    else:
+        a = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+    return (a * up.astype(np.float64)).astype(_F32)

@@ -1,0 +1,129 @@
+"""The decoder on the engine against transformers: small random-weight Llama and Gemma 3 models written
+to GGUF (hf_gguf.py), float32 logits within 1e-4 of the logit scale, identical greedy generations, the
+KV cache (sliding-window rings included) equal to a full-sequence forward, and quantized files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import hf_gguf  # noqa: E402
+
+import edgecompress.llm as L  # noqa: E402
+
+ARCHS = {"llama": hf_gguf.llama, "gemma3": hf_gguf.gemma3}
+
+
+def _hf_logits(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(ids)[None]).logits[0].float().numpy()
+
+
+def _hf_greedy(model, ids: np.ndarray, n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.from_numpy(ids)[None], max_new_tokens=n, do_sample=False, min_new_tokens=n,
+                             eos_token_id=None, pad_token_id=0)
+    return out[0, ids.size:].tolist()
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def f32_model(request, tmp_path_factory):
+    model = ARCHS[request.param]()
+    path = tmp_path_factory.mktemp("gguf") / f"{request.param}-f32.gguf"
+    hf_gguf.write(model, path)
+    return request.param, model, path
+
+
+def _ids(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(4, 400, n).astype(np.int64)
+
+
+def test_float32_logits_match_transformers(f32_model):
+    arch, model, path = f32_model
+    ids = _ids(40)  # longer than the Gemma model's window of 8: local layers mask, the global one does not
+    ref = _hf_logits(model, ids)
+    llm = L.load(path, n_ctx=64)
+    got = llm.logits(ids)
+    assert got.dtype == np.float32 and got.shape == (40, 400)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_greedy_generation_matches_transformers(f32_model):
+    arch, model, path = f32_model
+    prompt = _ids(6, seed=1)
+    want = _hf_greedy(model, prompt, 20)
+    llm = L.load(path, n_ctx=64)
+    llm.generate(prompt.tolist(), max_new_tokens=20, temperature=0)
+    assert llm.last_tokens == want
+
+
+@pytest.mark.parametrize("n_ctx", [64, 24])
+def test_cache_decoding_equals_full_forward(f32_model, n_ctx):
+    """Token by token, and in uneven chunks, through the caches (n_ctx 24: Gemma's global cache is
+    the whole context; its rings wrap many times) equals one forward of the whole sequence."""
+    arch, model, path = f32_model
+    ids = _ids(n_ctx)
+    llm = L.load(path, n_ctx=n_ctx)
+    full = llm.logits(ids)
+    llm.reset()
+    steps = np.concatenate([llm._eval(ids[t:t + 1], True) for t in range(ids.size)])
+    np.testing.assert_allclose(steps, full, rtol=0, atol=2e-6 * np.abs(full).max())
+    llm.reset()
+    cuts = [0, 5, 6, 17, n_ctx]
+    chunks = np.concatenate([llm._eval(ids[a:b], True) for a, b in zip(cuts, cuts[1:])])
+    np.testing.assert_allclose(chunks, full, rtol=0, atol=2e-6 * np.abs(full).max())
+
+
+def test_context_overflow_is_a_clear_error(f32_model):
+    _, _, path = f32_model
+    llm = L.load(path, n_ctx=16)
+    llm.logits(_ids(16))
+    with pytest.raises(ValueError, match="context holds 16"):
+        llm._eval(_ids(1), False)
+    with pytest.raises(ValueError, match="n_ctx"):
+        L.load(path, n_ctx=10**9)
+    with pytest.raises(ValueError, match="token ids"):
+        llm.logits([5, 400])
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q5_0", "Q4_1"])
+def test_quantized_files(tmp_path, qtype):
+    """weights="float32" equals transformers on the file's dequantized values within 1e-4; "native"
+    (Q4_0 exact as int4, the others as int8) stays close and reports which tensors are exact."""
+    model = hf_gguf.llama(vocab=320)
+    path = tmp_path / f"llama-{qtype}.gguf"
+    hf_gguf.write(model, path, qtype)
+    ref_model = hf_gguf.dequantized_copy(model, path)
+    ids = _ids(24) % 320
+    ref = _hf_logits(ref_model, ids)
+    f32 = L.load(path, weights="float32", n_ctx=32)
+    np.testing.assert_allclose(f32.logits(ids), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    native = L.load(path, n_ctx=32)
+    got = native.logits(ids)
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    assert rel < 0.08, rel
+    # the products' weights (the untied embedding table is int8 rows for every type but float)
+    mats = [t for t in native.report.tensors if len(t.shape) == 2 and t.name != "token_embd.weight"]
+    assert all(t.exact == (qtype == "Q4_0") for t in mats)
+    assert all(t.form == ("int4" if qtype == "Q4_0" else "int8") for t in mats)
+    assert native.report.file_bytes == sum(t.file_bytes for t in native.report.tensors)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4-g32", "nf4"])
+def test_recompressed_weights(f32_model, mode):
+    arch, model, path = f32_model
+    ids = _ids(16)
+    ref = _hf_logits(model, ids)
+    llm = L.load(path, weights=mode, n_ctx=32)
+    got = llm.logits(ids)
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > (0.99 if mode == "int8" else 0.9)
+    assert {t.form for t in llm.report.tensors if t.name.startswith("blk.") and len(t.shape) == 2} == {mode[:4]}
+
+
+def test_unknown_weights_mode(f32_model):
+    with pytest.raises(ValueError, match="weights"):
+        L.load(f32_model[2], weights="int3")
