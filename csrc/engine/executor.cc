@@ -8,6 +8,7 @@
 #include <new>
 
 #include "edgecompress/threadpool.h"
+#include "../kernels/common/vmath.h"
 
 namespace edgecompress {
 namespace engine {
@@ -232,6 +233,23 @@ RunStatus run_embedding(const Node& nd, const Ctx& c) {
   if (nd.i[3] == 0) {
     const float* table = at<const float>(c, nd.in[1]);
     for (int64_t t = 0; t < count; ++t) std::memcpy(y + t * width, table + ids[t] * width, sizeof(float) * width);
+  } else if (nd.i[3] == 2) {
+    // two 4-bit tables (hi, lo: rows of width / 2 bytes, element 2j in the low nibble of byte j) and a
+    // float16 scale d per 32: value = d * (16 (hi - 8) + lo)
+    const uint8_t* hi = at<const uint8_t>(c, nd.in[1]);
+    const uint8_t* lo = at<const uint8_t>(c, nd.in[2]);
+    const uint16_t* d = at<const uint16_t>(c, nd.in[3]);
+    for (int64_t t = 0; t < count; ++t) {
+      const uint8_t* h = hi + ids[t] * (width / 2);
+      const uint8_t* l = lo + ids[t] * (width / 2);
+      const uint16_t* dr = d + ids[t] * (width / 32);
+      float* yt = y + t * width;
+      for (int64_t e = 0; e < width; ++e) {
+        const int sh = static_cast<int>(e & 1) * 4;
+        const int q = 16 * (((h[e / 2] >> sh) & 15) - 8) + ((l[e / 2] >> sh) & 15);
+        yt[e] = half_to_float(dr[e / 32]) * static_cast<float>(q);
+      }
+    }
   } else {
     const int8_t* table = at<const int8_t>(c, nd.in[1]);
     const float* scale = at<const float>(c, nd.in[2]);

@@ -1,4 +1,4 @@
-"""The ``edgecompress`` command: ``bench``, ``demo`` and ``report``."""
+"""The ``edgecompress`` command: ``demo``, ``generate``, ``chat``, ``perplexity``, ``bench`` and ``report``."""
 
 from __future__ import annotations
 
@@ -16,21 +16,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"edgecompress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from . import bench, demo
+    from .llm import cli as llm_cli
+    from .llm import demo as llm_demo
 
-    bench.add_arguments(sub.add_parser(
-        "bench", help="int8 GEMM microbenchmarks on this CPU, next to the peers that are installed"))
-    demo.add_arguments(sub.add_parser(
-        "demo", help="train a small CNN on the digits, compress it with each recipe, compare with torch",
-        description=demo.__doc__.split("\n\n")[0]))
+    bench_p = sub.add_parser(
+        "bench", help="a GGUF model's prefill and decode speed (bench MODEL.gguf), or without a model the "
+                      "int8 GEMM microbenchmarks; next to the peers that are installed")
+    bench_p.add_argument("model", nargs="?", metavar="MODEL.gguf",
+                         help="a GGUF file: prefill 512 and decode 128 tokens, as llama-bench reports them")
+    bench_p.add_argument("--weights", default=None, help="with MODEL.gguf: comma-separated weights= forms (default native)")
+    bench.add_arguments(bench_p)
+    demo_p = sub.add_parser(
+        "demo", help="Gemma 3 270M on this CPU without torch: a generation, then size, speed and perplexity "
+                     "of each weights= form next to llama.cpp ('demo digits': the CNN compression demo)",
+        description=llm_demo.__doc__.split("\n\n")[0])
+    llm_demo.add_arguments(demo_p)
+    demo_sub = demo_p.add_subparsers(dest="demo", required=False)
+    demo.add_arguments(demo_sub.add_parser(
+        "digits", help="train a small CNN on the digits, compress it with each recipe, compare with torch "
+                       "(needs torch and scikit-learn)", description=demo.__doc__.split("\n\n")[0]))
+    llm_cli.add_commands(sub)
     report = sub.add_parser("report", help="the per-layer report of a model saved by edgecompress.save",
                             description="Modules, formats and bytes of a saved model (from its manifest), "
                                         "and the report of edgecompress.compress when it was saved with one.")
     report.add_argument("model_file", metavar="MODEL_FILE", help="a .safetensors file written by edgecompress.save")
     args = parser.parse_args(argv)
     if args.command == "bench":
-        return bench.run(args)
+        return llm_cli.bench_model(args) if args.model else bench.run(args)
     if args.command == "demo":
-        return demo.run(args)
+        return demo.run(args) if args.demo == "digits" else llm_demo.run(args)
+    if args.command in ("generate", "chat", "perplexity"):
+        return llm_cli.run(args)
     return _report(args.model_file)
 
 

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         from .compress.one_call import CompressionWarning, compress
         from .compress.recipes import parse_recipe
     except ImportError as e:
-        print(f"edgecompress demo needs torch and scikit-learn: pip install \"edgecompress[demo]\" ({e})",
+        print(f"edgecompress demo needs torch and scikit-learn: pip install \"edgecompress[digits]\" ({e})",
               file=sys.stderr)
         return 1
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]

@@ -10,22 +10,25 @@ import edgecompress as ec  # noqa: E402
 from edgecompress.cli import main  # noqa: E402
 
 
-@pytest.mark.parametrize("command", [[], ["bench"], ["demo"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["bench"], ["demo"], ["demo", "digits"], ["report"], ["generate"], ["chat"],
+                                     ["perplexity"]])
 def test_help_works_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([*command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: edgecompress")
-    if command == ["demo"]:
+    if command == ["demo", "digits"]:
         assert "--recipes" in out and "--quick" in out and "--threads" in out and "--plot" in out
+    if command == ["demo"]:
+        assert "--weights" in out and "--quick" in out and "--model" in out and "digits" in out
 
 
 def test_demo_quick_prints_the_table(capsys, tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)
     plot = tmp_path / "demo.png"
-    assert main(["demo", "--quick", "--recipes", "int8,sparse-75+int8", "--plot", str(plot)]) == 0
+    assert main(["demo", "digits", "--quick", "--recipes", "int8,sparse-75+int8", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model"))
@@ -47,7 +50,7 @@ def test_demo_quick_prints_the_table(capsys, tmp_path, monkeypatch):
 
 
 def test_demo_refuses_an_unknown_recipe(capsys):
-    assert main(["demo", "--quick", "--recipes", "int8,int7", "--plot", ""]) == 2
+    assert main(["demo", "digits", "--quick", "--recipes", "int8,int7", "--plot", ""]) == 2
     assert "--recipes: unknown recipe 'int7'" in capsys.readouterr().err
 
 

@@ -34,7 +34,8 @@ enum class Op : int {
   mul,           // as add
   softmax,       // in: x; out: y. i0 rows, i1 n
   embedding,     // in: ids (int64, i0), table (i2 rows of i1), scale? (int8 table: one per row); out: y.
-                 // i3: 0 float32 table, 1 int8 table
+                 // i3: 0 float32 table, 1 int8 table, 2 two 4-bit tables hi, lo (in[1], in[2]: i1 / 2
+                 // bytes a row) and float16 scales (in[3]: i1 / 32 a row), value d (16 (hi - 8) + lo)
   position_ids,  // in: ids (int64 (i0, i1)); out: int64 (i0, i1). i2 mode: 0 -> i3 + s;
                  // 1 -> for ids != i3 (the padding id): i3 + their running count in the row, else i3
   mean_pool,     // in: x (i0, i1, i2), mask? (int64 (i0, i1)); out: y (i0, i2)

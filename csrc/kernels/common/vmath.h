@@ -36,6 +36,18 @@ inline float bits_float(uint32_t b) {
   return v;
 }
 
+// Exact float16 -> float32 (the scales are finite).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  if (exp == 0) {
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;  // mant * 2^-24, exact
+    return sign ? -v : v;
+  }
+  return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+
 // a if c else b, through bit masks: compilers if-convert a select between two computed floats only
 // under -ffast-math, but vectorize this form everywhere.
 inline float select(bool c, float a, float b) {

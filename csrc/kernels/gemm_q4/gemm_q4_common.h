@@ -18,17 +18,6 @@
 namespace edgecompress {
 namespace {
 
-// Exact float16 -> float32 (the scales are finite).
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-  if (exp == 0) {
-    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;  // mant * 2^-24, exact
-    return sign ? -v : v;
-  }
-  return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
-}
-
 inline int q4_ksteps(const Q4Weight& w) { return w.kp / 8; }
 inline const uint8_t* q4_panel_nib(const Q4Weight& w, int panel) {
   return w.nib + static_cast<size_t>(panel) * q4_ksteps(w) * 64;

@@ -29,7 +29,9 @@ class GraphBuilder:
     def weight(self, name: str, w: Any) -> str:
         if name in self.weights:
             raise ValueError(f"weight {name!r} defined twice")
-        self.weights[name] = np.ascontiguousarray(w, dtype=np.float32) if isinstance(w, np.ndarray) and w.dtype != np.int8 else w
+        if isinstance(w, np.ndarray):  # float32 unless an integer table or float16 scales (embedding)
+            w = np.ascontiguousarray(w, dtype=None if w.dtype in (np.int8, np.uint8, np.float16) else np.float32)
+        self.weights[name] = w
         return name
 
     def op(self, op: str, inputs: list[str], name: str, n_outputs: int = 1, **attrs: Any) -> Any:

@@ -223,8 +223,15 @@ def _infer_binary(node: Node, s: list[Shape | None], weights: dict[str, Any]) ->
 
 
 def _infer_embedding(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """ids, and a float32 table (rows, width), an int8 table and float32 scales (rows,), or two 4-bit
+    tables hi, lo (rows, width / 32, 16) uint8 and float16 scales (rows, width / 32)."""
     (ids, idd), (table, td) = s[0], s[1]
     _expect(idd == "int64", f"expected int64 ids, got {idd}")
+    if td == "uint8":
+        _expect(len(table) == 3 and table[2] == 16 and s[2] == s[1] and s[3] == (table[:2], "float16"),
+                f"expected uint8 hi and lo (rows, groups, 16) and float16 scales (rows, groups), got {s[1:]}")
+        return [(ids + (32 * table[1],), "float32")]
+    _expect(s[3] is None, "expected no fourth input but for 4-bit tables")
     _expect(len(table) == 2 and td in ("float32", "int8"), f"expected a float32 or int8 table (rows, width), got {td} {table}")
     if td == "int8":
         _expect(s[2] == ((table[0],), "float32"), f"expected float32 scales ({table[0]},) for an int8 table, got {s[2]}")
@@ -334,7 +341,7 @@ _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarra
     "add": _ref_binary,
     "mul": _ref_binary,
     "softmax": lambda n, a, w: [eref.softmax(a[0])],
-    "embedding": lambda n, a, w: [eref.embedding(a[0], a[1], a[2])],
+    "embedding": lambda n, a, w: [eref.embedding(a[0], a[1], a[2], a[3])],
     "position_ids": lambda n, a, w: [eref.position_ids(a[0], n.attrs["mode"], n.attrs["base"])],
     "mean_pool": lambda n, a, w: [eref.mean_pool(a[0], a[1])],
     "pack": _ref_pack,
@@ -440,6 +447,8 @@ def _lower_binary(node: Node, r: list[Any], s: list[Shape | None], packed: Any) 
 
 def _lower_embedding(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
     (ids, _), (table, td) = s[0], s[1]
+    if td == "uint8":
+        return [_native("embedding", r[:4], [r[-1]], [_prod(ids), 32 * table[1], table[0], 2])]
     ins = [r[0], r[1]] + ([r[2]] if td == "int8" else [])
     return [_native("embedding", ins, [r[-1]], [_prod(ids), table[1], table[0], int(td == "int8")])]
 
@@ -555,7 +564,7 @@ OPS: dict[str, OpSpec] = {
     "softmax": OpSpec(_infer_same, _lower_unary, (1, 1), (1, 1)),
     "add": OpSpec(_infer_binary, _lower_binary, (2, 2), (1, 1)),
     "mul": OpSpec(_infer_binary, _lower_binary, (2, 2), (1, 1)),
-    "embedding": OpSpec(_infer_embedding, _lower_embedding, (2, 3), (1, 1), (), (2,)),
+    "embedding": OpSpec(_infer_embedding, _lower_embedding, (2, 4), (1, 1), (), (2, 3)),
     "position_ids": OpSpec(_infer_position_ids, _lower_position_ids, (1, 1), (1, 1), ("mode", "base")),
     "mean_pool": OpSpec(_infer_mean_pool, _lower_mean_pool, (1, 2), (1, 1), (), (1,)),
     "pack": OpSpec(_infer_pack, _lower_pack, (1, 1), (2, 2)),

@@ -25,7 +25,7 @@ from ..engine.program import Program
 from ..formats import Int8Weight
 from .arch import HParams, hparams, inv_freq, layer_tensors
 from .gguf_file import GGUFFile
-from .weights import MODES, TensorReport, load_matrix, load_vector
+from .weights import MODES, SplitInt8Weight, TensorReport, load_matrix, load_vector
 
 __all__ = ["LoadReport", "build_program", "load_weights"]
 
@@ -76,11 +76,11 @@ def load_weights(f: GGUFFile, hp: HParams, mode: str) -> tuple[dict[str, Any], L
     tied = "output.weight" not in f.tensors
     head = matrix("token_embd.weight" if tied else "output.weight", vocab_shape)
     w["head"] = head
-    if tied and isinstance(head, (np.ndarray, Int8Weight)):
+    if tied and isinstance(head, (np.ndarray, Int8Weight, SplitInt8Weight)):
         w["embd"] = head
     else:  # a table of its own, int8 rows (float32 when the file's is float)
         m, r = load_matrix(f, "token_embd.weight", vocab_shape, mode if mode in ("native", "float32") else "int8")
-        if not isinstance(m, (np.ndarray, Int8Weight)):
+        if not isinstance(m, (np.ndarray, Int8Weight, SplitInt8Weight)):
             m, r = load_matrix(f, "token_embd.weight", vocab_shape, "int8")
         report.tensors.append(r)
         w["embd"] = m
@@ -104,12 +104,29 @@ def cache_slots(hp: HParams, layer: int, n_ctx: int) -> tuple[int, int]:
     return n_ctx, 0
 
 
+def _linear(b: GraphBuilder, x: str, w: Any, name: str) -> str:
+    """x @ w.T; a SplitInt8Weight is two 4-bit products added."""
+    if isinstance(w, SplitInt8Weight):
+        hi = b.linear(x, w.hi, None, name + ".hi")
+        return b.op("add", [hi, b.linear(x, w.lo, None, name + ".lo")], name)
+    return b.linear(x, w, None, name)
+
+
+def _concat(ws: list[Any]) -> Any:
+    if all(isinstance(w, SplitInt8Weight) for w in ws):
+        hi, lo = concat_rows([w.hi for w in ws]), concat_rows([w.lo for w in ws])
+        return None if hi is None or lo is None else SplitInt8Weight(hi, lo)
+    if any(isinstance(w, SplitInt8Weight) for w in ws):
+        return None
+    return concat_rows(ws)
+
+
 def _joined(b: GraphBuilder, x: str, ws: list[Any], name: str) -> str:
     """One product over the rows of ws together when their formats join, else one each and a concat."""
-    w = concat_rows(ws)
+    w = _concat(ws)
     if w is not None:
-        return b.linear(x, w, None, name)
-    parts = [b.linear(x, p, None, f"{name}.{k}") for k, p in enumerate(ws)]
+        return _linear(b, x, w, name)
+    parts = [_linear(b, x, p, f"{name}.{k}") for k, p in enumerate(ws)]
     return b.op("concat", parts, name)
 
 
@@ -126,6 +143,9 @@ def build_program(hp: HParams, w: dict[str, Any], n_ctx: int) -> Program:
     embd = w["embd"]
     if isinstance(embd, Int8Weight):
         table = [b.weight("embd.q", embd.qweight), b.weight("embd.scale", embd.scale)]
+    elif isinstance(embd, SplitInt8Weight):  # the head's own arrays: d is lo's scale
+        table = [b.weight("embd.hi", embd.hi.qweight), b.weight("embd.lo", embd.lo.qweight),
+                 b.weight("embd.d", embd.lo.scale)]
     else:
         table = [b.weight("embd.table", embd)]
     x = b.op("embedding", [ids] + table, "embed")
@@ -155,7 +175,7 @@ def build_program(hp: HParams, w: dict[str, Any], n_ctx: int) -> Program:
         _, window = cache_slots(hp, i, n_ctx)
         a = b.op("kv_attention", [qkv, caches[i][0], caches[i][1], pos], p + "attn", heads=hp.n_head,
                  kv_heads=hp.n_head_kv, head_dim=hp.head_dim, window=window, scale=hp.attn_scale)
-        a = b.linear(a, w[p + "attn_output.weight"], None, p + "attn_output")
+        a = _linear(b, a, w[p + "attn_output.weight"], p + "attn_output")
         if hp.post_norms:
             a = b.op("rmsnorm", [a, "", b.weight(p + "post_attention_norm.weight", w[p + "post_attention_norm.weight"])],
                      p + "post_attention_norm", eps=hp.eps)
@@ -163,7 +183,7 @@ def build_program(hp: HParams, w: dict[str, Any], n_ctx: int) -> Program:
                     n_outputs=2, eps=hp.eps)
         gu = _joined(b, h, [w[p + "ffn_gate.weight"], w[p + "ffn_up.weight"]], p + "gate_up")
         g = b.op("glu", [gu], p + "glu", act=hp.act)
-        f = b.linear(g, w[p + "ffn_down.weight"], None, p + "ffn_down")
+        f = _linear(b, g, w[p + "ffn_down.weight"], p + "ffn_down")
         if hp.post_norms:
             f = b.op("rmsnorm", [f, "", b.weight(p + "post_ffw_norm.weight", w[p + "post_ffw_norm.weight"])],
                      p + "post_ffw_norm", eps=hp.eps)
@@ -171,7 +191,7 @@ def build_program(hp: HParams, w: dict[str, Any], n_ctx: int) -> Program:
     y = b.op("rmsnorm", [x, delta, b.weight("output_norm.weight", w["output_norm"])], "output_norm", eps=hp.eps)
     y = b.op("reshape", [y], "output_norm.batch", shape=[1, -1, hp.n_embd])
     y = b.op("gather", [y, rows], "last")
-    logits = b.linear(y, w["head"], None, "output")
+    logits = _linear(b, y, w["head"], "output")
     return b.program([logits], {"arch": hp.arch})
 
 

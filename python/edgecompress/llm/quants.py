@@ -216,3 +216,26 @@ def dequantize(raw_bytes: Any, type_name: str, shape: Any) -> np.ndarray:
         for start in range(0, n_blocks, step):
             out[start:start + step] = decode(blocks[start:start + step])
     return out.reshape(dims)
+
+
+# Types whose values are a float16 scale per 32 times an integer: (bytes per block, codes of blocks)
+_INTEGER_BLOCKS = {
+    "Q8_0": lambda b: b[:, 2:34].view(np.int8).astype(np.int16),
+    "Q5_0": lambda b: (_nibbles(b[:, 6:22]) | _fifth_bits(b[:, 2:6])).astype(np.int16) - 16,
+    "Q4_0": lambda b: _nibbles(b[:, 2:18]).astype(np.int16) - 8,
+}
+INTEGER_TYPES = tuple(_INTEGER_BLOCKS)
+
+
+def integer_codes(raw_bytes: Any, type_name: str, rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For Q8_0, Q5_0 and Q4_0 (value = d * q per block of 32): the integer codes q (rows, k) int16
+    and the float16 scales d (rows, k / 32), exactly as stored."""
+    if type_name not in _INTEGER_BLOCKS:
+        raise ValueError(f"type_name: expected one of {', '.join(INTEGER_TYPES)}, got {type_name!r}")
+    _, per, block_bytes = GGML_TYPES[type_name]
+    data = _as_bytes(raw_bytes)
+    if k % per or data.size != rows * k // per * block_bytes:
+        raise ValueError(f"raw_bytes: a {type_name} tensor ({rows}, {k}) takes {rows * k // per * block_bytes} bytes, got {data.size}")
+    blocks = data.reshape(rows * k // per, block_bytes)
+    d = np.ascontiguousarray(blocks[:, 0:2]).view("<f2").astype(np.float16).reshape(rows, k // per)
+    return _INTEGER_BLOCKS[type_name](blocks).reshape(rows, k), d

@@ -64,10 +64,19 @@ def attention(qkv: np.ndarray, mask: np.ndarray | None, heads: int, kv_heads: in
     return y.astype(_F32)
 
 
-def embedding(ids: np.ndarray, table: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-    """Rows of table at ids; an int8 table is dequantized with one scale per row."""
+def embedding(ids: np.ndarray, table: np.ndarray, scale: np.ndarray | None = None,
+              d: np.ndarray | None = None) -> np.ndarray:
+    """Rows of table at ids; an int8 table is dequantized with one scale per row; a uint8 table is
+    4-bit hi (table) and lo (scale) codes, two to a byte low nibble first, with float16 scales d per
+    32 values: d (16 (hi - 8) + lo)."""
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
         raise ValueError(f"ids: expected values in [0, {table.shape[0]}), got {ids.min()}..{ids.max()}")
+    if table.dtype == np.uint8:
+        def codes(t: np.ndarray) -> np.ndarray:
+            r = t[ids].reshape(ids.shape + (-1,))
+            return np.stack([r & 15, r >> 4], axis=-1).reshape(r.shape[:-1] + (-1,)).astype(np.int32)
+        q = 16 * (codes(table) - 8) + codes(scale)
+        return (q * np.repeat(d[ids].astype(_F32), 32, axis=-1)).astype(_F32)
     rows = table[ids]
     if scale is not None:
         rows = (rows.astype(_F32) * scale[ids][..., None]).astype(_F32)

@@ -1,0 +1,127 @@
+"""Speed of a GGUF model on the engine, measured as llama-bench reports it, next to llama.cpp
+(``llama-cpp-python``, the same file and thread count) when it is installed.
+
+- prefill (pp): tokens per second of a 512-token prompt from an empty cache, one call per 512;
+- decode (tg): tokens per second of 128 single-token calls after a 128-token prompt.
+
+Every figure is the median of interleaved rounds (each contender once per round, after a warm-up), so
+drift on a shared machine hits all alike. The prompt is random token ids, as llama-bench uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Contender", "LlamaCpp", "Ours", "read_bandwidth", "run_rounds"]
+
+
+@dataclass
+class Contender:
+    name: str
+    prefill: Callable[[list[int]], None]  # runs a prompt from an empty cache
+    decode: Callable[[list[int], list[int]], None]  # a prompt, then one call per token of the second list
+
+
+class Ours:
+    def __init__(self, llm: Any, threads: int) -> None:
+        self.llm, self.threads = llm, threads
+
+    @contextlib.contextmanager
+    def _threads(self) -> Any:
+        import edgecompress as ec
+
+        before = ec.get_num_threads()
+        ec.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            ec.set_num_threads(before)
+
+    def prefill(self, ids: list[int]) -> None:
+        with self._threads():
+            self.llm.reset()
+            self.llm._eval(np.asarray(ids, np.int64), False)
+
+    def decode(self, prompt: list[int], steps: list[int]) -> None:
+        with self._threads():
+            self.llm.reset()
+            self.llm._eval(np.asarray(prompt, np.int64), False)
+            for t in steps:
+                self.llm._eval(np.array([t], np.int64), False)
+
+
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python: eval of token ids, as llama-bench does."""
+
+    def __init__(self, path: str, threads: int, n_ctx: int) -> None:
+        from llama_cpp import Llama
+
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.m = Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                           verbose=False)
+
+    def prefill(self, ids: list[int]) -> None:
+        self.m.reset()
+        self.m.eval(ids)
+
+    def decode(self, prompt: list[int], steps: list[int]) -> None:
+        self.m.reset()
+        self.m.eval(prompt)
+        for t in steps:
+            self.m.eval([t])
+
+
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_rounds(contenders: dict[str, Any], n_vocab: int, bos: int | None, pp: int = 512, tg: int = 128,
+               rounds: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
+    """{name: {"prefill": tok/s, "decode": tok/s}}, medians over interleaved rounds."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(min(1000, n_vocab - 1), n_vocab, pp + tg).tolist()
+    if bos is not None:
+        ids[0] = bos
+    times: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in contenders}
+    for c in contenders.values():  # warm-up: packing, plans, thread pools
+        c.prefill(ids[:pp])
+        c.decode(ids[:8], ids[8:10])
+    for _ in range(rounds):
+        for name, c in contenders.items():
+            t0 = time.perf_counter()
+            c.prefill(ids[:pp])
+            times[name]["prefill"].append(pp / (time.perf_counter() - t0))
+        for name, c in contenders.items():
+            prompt = ids[:128]
+            c.decode(prompt, [])  # the prompt alone, so the decode time excludes it
+            t_prompt = time.perf_counter()
+            c.decode(prompt, [])
+            t_prompt = time.perf_counter() - t_prompt
+            t0 = time.perf_counter()
+            c.decode(prompt, ids[128:128 + tg])
+            total = time.perf_counter() - t0
+            times[name]["decode"].append(tg / max(total - t_prompt, 1e-9))
+    return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in times.items()}
+
+
+def read_bandwidth(threads: int = 1, mbytes: int = 512) -> float:
+    """GB/s of reading a buffer far larger than the caches with numpy (one thread: numpy's sum); the
+    physical limit a decoded token's weight reads are measured against."""
+    a = np.ones(mbytes << 17, np.uint64)  # mbytes MiB
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t0))
+    return best / 1e9
