@@ -87,10 +87,11 @@ def llama_cpp_available() -> bool:
 
 
 def run_rounds(contenders: dict[str, Any], n_vocab: int, bos: int | None, pp: int = 512, tg: int = 128,
-               rounds: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
-    """{name: {"prefill": tok/s, "decode": tok/s}}, medians over interleaved rounds."""
+               rounds: int = 3, seed: int = 0, prompt_len: int = 128) -> dict[str, dict[str, float]]:
+    """{name: {"prefill": tok/s, "decode": tok/s}}, medians over interleaved rounds: pp prompt tokens,
+    and tg tokens decoded after a prompt of prompt_len."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(min(1000, n_vocab - 1), n_vocab, pp + tg).tolist()
+    ids = rng.integers(min(1000, n_vocab - 1), n_vocab, max(pp, prompt_len + tg)).tolist()
     if bos is not None:
         ids[0] = bos
     times: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in contenders}
@@ -103,13 +104,13 @@ def run_rounds(contenders: dict[str, Any], n_vocab: int, bos: int | None, pp: in
             c.prefill(ids[:pp])
             times[name]["prefill"].append(pp / (time.perf_counter() - t0))
         for name, c in contenders.items():
-            prompt = ids[:128]
+            prompt = ids[:prompt_len]
             c.decode(prompt, [])  # the prompt alone, so the decode time excludes it
             t_prompt = time.perf_counter()
             c.decode(prompt, [])
             t_prompt = time.perf_counter() - t_prompt
             t0 = time.perf_counter()
-            c.decode(prompt, ids[128:128 + tg])
+            c.decode(prompt, ids[prompt_len:prompt_len + tg])
             total = time.perf_counter() - t0
             times[name]["decode"].append(tg / max(total - t_prompt, 1e-9))
     return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in times.items()}

@@ -102,7 +102,8 @@ def _chat(llm: Any, args: argparse.Namespace) -> int:
 def bench_model(args: argparse.Namespace) -> int:
     """``edgecompress bench MODEL.gguf``: prefill 512 and decode 128 at each thread count, next to
     llama.cpp when llama-cpp-python is installed."""
-    from . import load
+    from . import GGUFFile, load
+    from .arch import hparams
     from .bench import LlamaCpp, Ours, llama_cpp_available, run_rounds
 
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, _cpus()})
@@ -112,13 +113,18 @@ def bench_model(args: argparse.Namespace) -> int:
             "|---|---|---|---|---|---|"]
     try:
         for w in weights:
-            llm = load(args.model, weights=w, n_ctx=1024)
+            with GGUFFile(args.model) as f:
+                n_ctx = min(1024, hparams(f).context_length)
+            llm = load(args.model, weights=w, n_ctx=n_ctx)
+            # llama-bench's sizes, smaller where the model's context is shorter
+            pp, prompt_len = min(512, n_ctx), min(128, n_ctx // 4)
+            tg = min(32 if args.quick else 128, n_ctx - prompt_len)
             for t in threads:
                 cont: dict[str, Any] = {"ours": Ours(llm, t)}
                 if peer and w == weights[0]:
-                    cont["llama.cpp"] = LlamaCpp(args.model, t, 1024)
-                r = run_rounds(cont, llm.hparams.n_vocab, llm.tokenizer.bos_id, rounds=args.rounds or 3,
-                               tg=32 if args.quick else 128)
+                    cont["llama.cpp"] = LlamaCpp(args.model, t, n_ctx)
+                r = run_rounds(cont, llm.hparams.n_vocab, llm.tokenizer.bos_id, pp=pp, tg=tg, rounds=args.rounds or 3,
+                               prompt_len=prompt_len)
                 lc = r.get("llama.cpp")
                 rows.append(f"| {w} | {t} | {r['ours']['prefill']:.1f} | {r['ours']['decode']:.1f} | "
                             f"{lc['prefill']:.1f} | {lc['decode']:.1f} |" if lc else
