@@ -547,6 +547,114 @@ std::vector<double> attention_ref(const std::vector<float>& qkv, const std::vect
   return y;
 }
 
+// The decoder's ops through the executor: glu against float64; rope then kv_attention fed one token a
+// call (the caches carried between calls, a sliding-window ring that wraps) equal to one call over the
+// whole sequence; positions past a full cache refused; the 4-bit-halves embedding exact.
+bool check_decoder_ops(const EngineKernel& k) {
+  using engine::Space;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  int bad = 0;
+  for (int act = 0; act < 2; ++act) {
+    const int n = 37;
+    std::vector<float> g(n), u(n), y(n);
+    std::vector<double> want(n);
+    for (int i = 0; i < n; ++i) g[i] = 4 * nd(rng), u[i] = nd(rng);
+    k.glu(act, g.data(), u.data(), y.data(), n);
+    for (int i = 0; i < n; ++i) {
+      const double x = g[i];
+      const double a = act == 0 ? x / (1 + std::exp(-x))
+                                : 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+      want[i] = a * u[i];
+    }
+    bad += misses(act ? "glu gelu_tanh" : "glu silu", y.data(), want, max_abs(want), 2e-6);
+  }
+  const int H = 4, KV = 2, D = 8, W = (H + 2 * KV) * D, N = 13;
+  std::vector<float> x(N * W), freq(D / 2), gamma(2 * D);
+  for (auto& e : x) e = nd(rng);
+  for (auto& e : gamma) e = 1 + 0.3f * nd(rng);
+  for (int j = 0; j < D / 2; ++j) freq[j] = static_cast<float>(std::pow(10000.0, -2.0 * j / D));
+  for (int window : {0, 4}) {
+    // node 0: rope (neox, per-head norms) into the arena; node 1: kv_attention into the output
+    auto plan_for = [&](int tokens, int slots) {
+      std::vector<engine::Node> nodes(2);
+      nodes[0].op = engine::Op::rope;
+      nodes[0].in[0] = {Space::input, 0, 0}, nodes[0].in[1] = {Space::input, 1, 0};
+      nodes[0].in[2] = {Space::constant, 0, 0}, nodes[0].in[3] = {Space::constant, 1, 0};
+      nodes[0].out[0] = {Space::arena, 0, 0};
+      const int64_t ri[7] = {tokens, H, KV, D, D, 1, W};
+      std::copy(ri, ri + 7, nodes[0].i);
+      nodes[0].f[0] = 1e-6f;
+      nodes[1].op = engine::Op::kv_attention;
+      nodes[1].in[0] = {Space::arena, 0, 0}, nodes[1].in[1] = {Space::input, 2, 0};
+      nodes[1].in[2] = {Space::input, 3, 0}, nodes[1].in[3] = {Space::input, 1, 0};
+      nodes[1].out[0] = {Space::output, 0, 0};
+      const int64_t ai[7] = {tokens, H, KV, D, slots, window, W};
+      std::copy(ai, ai + 7, nodes[1].i);
+      nodes[1].f[0] = 0.35f;
+      return std::make_unique<engine::Plan>(nodes, 4 * tokens * W, std::vector<const void*>{freq.data(), gamma.data()}, k);
+    };
+    // one call over all N tokens (a cache of N slots)
+    std::vector<float> kc(N * KV * D), vc(N * KV * D), whole(N * H * D);
+    int64_t pos = 0;
+    {
+      auto plan = plan_for(N, N);
+      const void* ins[4] = {x.data(), &pos, kc.data(), vc.data()};
+      void* outs[1] = {whole.data()};
+      if (plan->run(ins, outs, 64, nullptr).status != engine::RunStatus::ok) ++bad;
+    }
+    // one token per call, the window's layers in a ring of `window` slots
+    const int slots = window ? window : N;
+    std::vector<float> kr(slots * KV * D), vr(slots * KV * D), steps(N * H * D);
+    auto step = plan_for(1, slots);
+    for (pos = 0; pos < N; ++pos) {
+      const void* ins[4] = {x.data() + pos * W, &pos, kr.data(), vr.data()};
+      void* outs[1] = {steps.data() + pos * H * D};
+      if (step->run(ins, outs, 64, nullptr).status != engine::RunStatus::ok) ++bad;
+    }
+    std::vector<double> want(whole.begin(), whole.end());
+    bad += misses(window ? "kv_attention ring vs whole" : "kv_attention steps vs whole", steps.data(), want,
+                  max_abs(want), 1e-5);
+    if (window == 0) {  // the cache is full: one more position is refused
+      pos = N;
+      const void* ins[4] = {x.data(), &pos, kr.data(), vr.data()};
+      void* outs[1] = {steps.data()};
+      const engine::RunResult rr = step->run(ins, outs, 64, nullptr);
+      if (rr.status != engine::RunStatus::bad_input || rr.node != 1) ++bad;
+    }
+  }
+  // embedding from 4-bit halves: d (16 (hi - 8) + lo), 2 rows of 64 values
+  {
+    const int R = 2, C = 64;
+    std::vector<uint8_t> hi(R * C / 2), lo(R * C / 2);
+    std::vector<uint16_t> d = {0x3c00, 0x3800, 0x4000, 0xb400};  // 1, 0.5, 2, -0.25
+    for (auto& b : hi) b = static_cast<uint8_t>(rng());
+    for (auto& b : lo) b = static_cast<uint8_t>(rng());
+    std::vector<engine::Node> nodes(1);
+    nodes[0].op = engine::Op::embedding;
+    nodes[0].in[0] = {Space::input, 0, 0}, nodes[0].in[1] = {Space::constant, 0, 0};
+    nodes[0].in[2] = {Space::constant, 1, 0}, nodes[0].in[3] = {Space::constant, 2, 0};
+    nodes[0].out[0] = {Space::output, 0, 0};
+    nodes[0].i[0] = 3, nodes[0].i[1] = C, nodes[0].i[2] = R, nodes[0].i[3] = 2;
+    engine::Plan plan(nodes, 0, {hi.data(), lo.data(), d.data()}, k);
+    std::vector<int64_t> ids = {1, 0, 1};
+    std::vector<float> y(3 * C);
+    const void* ins[1] = {ids.data()};
+    void* outs[1] = {y.data()};
+    if (plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok) ++bad;
+    const double scales[4] = {1, 0.5, 2, -0.25};
+    std::vector<double> want(3 * C);
+    for (int t = 0; t < 3; ++t)
+      for (int e = 0; e < C; ++e) {
+        const int r = static_cast<int>(ids[t]), sh = (e & 1) * 4;
+        const int q = 16 * (((hi[r * C / 2 + e / 2] >> sh) & 15) - 8) + ((lo[r * C / 2 + e / 2] >> sh) & 15);
+        want[t * C + e] = scales[r * 2 + e / 32] * q;
+      }
+    bad += misses("embedding (4-bit halves)", y.data(), want, 0.0, 0.0);
+  }
+  return bad == 0;
+}
+
 // Each op of the family against float64 over sizes that are not multiples of any vector width, then
 // a small program through the executor (embedding -> attention with padding, causal and grouped
 // heads -> a dense_f32 linear -> LayerNorm with the residual -> mean pool) against float64, run
@@ -713,7 +821,7 @@ bool check_engine_kernel(const EngineKernel& k) {
     const engine::RunResult rr = plan.run(bad_ins, outs, 64, nullptr);
     if (rr.status != engine::RunStatus::index_out_of_range || rr.node != 0) ++bad;
   }
-  return bad == 0;
+  return bad == 0 && check_decoder_ops(k);
 }
 
 // --- dense_f32 and the low-rank product -------------------------------------------------------

@@ -241,3 +241,24 @@ def test_packed_attention_refuses_offsets_outside_its_rows():
     for bad in ([0, 2, 6], [0, 3, 2], [-1, 2, 5], [0, 1000000, 5]):
         with pytest.raises(ValueError, match="offsets or a token count that do not fit"):
             program(x, np.array(bad))
+
+
+def test_release_weights_keeps_the_packed_products_only():
+    import edgecompress as ec
+    from edgecompress.engine.builder import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("n", 32))
+    y = g.linear(x, ec.Int8Weight.from_float(rng.standard_normal((8, 32)).astype(np.float32)), None, "fc")
+    prog = g.program([y], {})
+    a = rng.standard_normal((3, 32)).astype(np.float32)
+    before = prog(a)
+    prog.release_weights()
+    assert np.array_equal(prog(a), before)
+    assert np.array_equal(prog(a[:1]), before[:1])  # a new plan (another shape) packs nothing again
+    with pytest.raises(ValueError, match="released"):
+        prog.reference(a)
+    if ec.current_tier() != "scalar":
+        with ec.use_isa("scalar"), pytest.raises(ValueError, match="released after packing"):
+            prog(a)

@@ -268,6 +268,8 @@ def _infer_reshape(node: Node, s: list[Shape | None], weights: dict[str, Any]) -
 
 def _ref_linear(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
     w = weights[node.attrs["weight"]]
+    if not isinstance(w, LINEAR_WEIGHTS):
+        raise ValueError(f"node {node.name!r}: its weight was released after packing; no reference")
     x, bias = a[0], a[1]
     act = node.attrs.get("activation")
     x2 = x.reshape(-1, x.shape[-1])

@@ -59,6 +59,16 @@ class _Plan:
     labels: list[tuple[str, str]]  # (name, op) of each native node, for profiles
 
 
+@dataclass(frozen=True)
+class _Released:
+    """What is left of a linear weight after ``Program.release_weights``: its shape and bytes."""
+
+    shape: tuple[int, int]
+    format: str
+    tier: str
+    nbytes: int
+
+
 class Program:
     """A model as one native plan. Build one with ``edgecompress.engine.export`` (from a torch model)
     or ``edgecompress.engine.load`` (from a saved file); call it with numpy arrays."""
@@ -257,8 +267,25 @@ class Program:
         key = (name, current_tier())
         got = self._packed.get(key)
         if got is None:
-            got = self._packed[key] = packed_weight(self.weights[name])
+            w = self.weights[name]
+            if isinstance(w, _Released):
+                raise ValueError(f"weight {name!r} was released after packing for tier {w.tier!r} "
+                                 f"(Program.release_weights); the program runs at that tier only, not at {current_tier()!r}")
+            got = self._packed[key] = packed_weight(w)
         return got
+
+    def release_weights(self) -> None:
+        """Pack every linear weight for the current tier now and keep only the packed forms (the
+        canonical arrays go, unless another value of the program shares them): the memory of a model
+        held once. Afterwards the program runs at this tier only, and ``reference`` cannot run its
+        linear nodes."""
+        for n in self.nodes:
+            if n.op != "linear" or isinstance(self.weights[n.attrs["weight"]], _Released):
+                continue
+            name = n.attrs["weight"]
+            self._packed_weight(name)
+            w = self.weights[name]
+            self.weights[name] = _Released(tuple(w.shape), type(w).__name__, current_tier(), int(w.nbytes))
 
     def _plan(self, arrays: list[np.ndarray], counts: dict[str, int]) -> _Plan:
         shapes: dict[str, Any] = {name: (tuple(w.shape), str(w.dtype)) for name, w in self.weights.items()

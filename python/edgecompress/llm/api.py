@@ -57,6 +57,9 @@ class LLM:
         if self.tokenizer.n_vocab != hp.n_vocab:
             raise ValueError(f"{path}: the vocabulary has {self.tokenizer.n_vocab} tokens, the embeddings {hp.n_vocab}")
         self.program = build_program(hp, w, n_ctx)
+        del w
+        # one copy of each weight in memory: the packed one (the program then runs at this tier)
+        self.program.release_weights()
         kvw = hp.n_head_kv * hp.head_dim
         self._caches = []
         for i in range(hp.n_layer):

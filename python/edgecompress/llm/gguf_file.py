@@ -295,6 +295,16 @@ class GGUFFile:
             raise ValueError(f"tensor {name!r} has GGML type {info.type_name}, which cannot be loaded; supported: {', '.join(DEQUANTIZABLE_TYPES)}")
         return dequantize(self.raw(name), info.type_name, info.shape)
 
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor ``name`` from this process (they stay in the page cache and come
+        back if read again): a loader that converts tensors one by one then never holds the whole file
+        next to what it converted it into."""
+        info = self._info(name)
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        lo = info.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, lo, info.offset + info.nbytes - lo)  # type: ignore[union-attr]
+
     def close(self) -> None:
         """Release the mapping. Arrays returned by ``raw`` keep it alive until they are freed."""
         m, self._map = self._map, None

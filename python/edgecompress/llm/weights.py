@@ -121,12 +121,12 @@ def _finite(values: np.ndarray, f: GGUFFile, name: str) -> np.ndarray:
 
 def load_vector(f: GGUFFile, name: str, shape: tuple[int, ...]) -> np.ndarray:
     _check(f, name, shape)
-    return np.ascontiguousarray(_finite(f.dequantize(name), f, name), dtype=np.float32)
+    return np.array(_finite(f.dequantize(name), f, name), dtype=np.float32)  # a copy: the file's pages go
 
 
 def _convert(values: np.ndarray, mode: str) -> tuple[Any, str]:
     if mode == "float32":
-        return np.ascontiguousarray(values, dtype=np.float32), "float32"
+        return np.array(values, dtype=np.float32), "float32"  # a copy (F32 values are a view of the file)
     if mode == "native":
         return _requantize_g32(values), "int8-g32"
     if mode == "int8":
@@ -138,7 +138,15 @@ def _convert(values: np.ndarray, mode: str) -> tuple[Any, str]:
 
 def load_matrix(f: GGUFFile, name: str, shape: tuple[int, int], mode: str) -> tuple[Any, TensorReport]:
     """Tensor ``name`` (checked to have ``shape``) as a float32 array or a compressed weight, converted
-    a block of rows at a time."""
+    a block of rows at a time; the tensor's pages of the file are released afterwards."""
+    try:
+        return _load_matrix(f, name, shape, mode)
+    finally:
+        if name in f.tensors:
+            f.release(name)
+
+
+def _load_matrix(f: GGUFFile, name: str, shape: tuple[int, int], mode: str) -> tuple[Any, TensorReport]:
     from ..engine.builder import concat_rows
 
     info = _check(f, name, shape)
