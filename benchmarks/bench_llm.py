@@ -13,8 +13,8 @@ rounds, beside llama.cpp (``llama-cpp-python``, same file, same threads) in the 
 
 The decode figure's physical limit: each decoded token reads every weight once (the embedding table
 only one row, unless it is also the output head). "GB/s" is those bytes times tokens/s; "% of read BW"
-divides by the read bandwidth measured in this run (numpy summing a 512 MiB buffer, one thread; two
-threads read at most what the memory system delivers, quoted the same).
+divides by the read bandwidth measured in this run at the same thread count (a BLAS matrix-vector
+product streaming a 512 MiB float32 matrix).
 
 Perplexity (Gemma, native weights, the package's text in windows of 512) and teacher-forced
 next-token agreement with llama.cpp come from the same run; peak memory (ru_maxrss of a process that
@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -63,7 +63,7 @@ def make_llama(path: str, qtype: str, seed: int = 0) -> None:
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(n_embd // n_head)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    pieces = ["\u2581" + a + b + c for a in letters for b in letters for c in letters]
+    pieces = ["\u2581" + "".join(p) for n in (3, 4) for p in itertools.product(letters, repeat=n)]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581"] + list(letters)
     tokens += pieces[:vocab - len(tokens)]
     types = [2, 3, 3] + [6] * 256 + [1] * (vocab - 259)
@@ -105,9 +105,11 @@ def make_llama(path: str, qtype: str, seed: int = 0) -> None:
 
 
 def bytes_per_token(llm: L.LLM) -> int:
-    """Weight bytes a decoded token reads: everything but an embedding table that is not the head."""
+    """Weight bytes a decoded token reads: everything but an embedding table that is not the head (one
+    row of it is read)."""
     tied = "output.weight" not in llm.file.tensors
-    return sum(t.memory_bytes for t in llm.report.tensors if tied or t.name != "token_embd.weight")
+    return sum(t.memory_bytes for t in llm.report.tensors
+               if (tied and t.name != "token_embd.weight (rows)") or (not tied and t.name != "token_embd.weight"))
 
 
 def file_bytes_per_token(path: str) -> int:
@@ -117,11 +119,12 @@ def file_bytes_per_token(path: str) -> int:
 
 
 def peak_memory(path: str, weights: str) -> dict[str, float]:
-    """ru_maxrss of a fresh process that loads the model and decodes 16 tokens."""
-    code = ("import resource, json, edgecompress.llm as L; m = L.load(%r, weights=%r, n_ctx=1024); "
+    """The peak resident memory (VmHWM: ru_maxrss would carry the forking parent's) of a fresh process
+    that loads the model and decodes 16 tokens."""
+    code = ("import json, edgecompress.llm as L; m = L.load(%r, weights=%r, n_ctx=1024); "
             "m.generate('Hello', max_new_tokens=16, temperature=0); "
-            "print(json.dumps({'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "
-            "'kv': m.kv_cache_bytes, 'load_s': m.load_seconds}))") % (path, weights)
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print(json.dumps({'rss': int(hwm) * 1024, 'kv': m.kv_cache_bytes, 'load_s': m.load_seconds}))") % (path, weights)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -182,7 +185,7 @@ def main() -> int:
     rounds = args.rounds or (1 if args.quick else 2)
     peer = llama_cpp_available()
     cpu = ec.cpu_info()
-    bw1 = read_bandwidth(1)
+    bw = {t: read_bandwidth(t) for t in threads}
     tmp = tempfile.mkdtemp()
     files = [("gemma-3-270m Q4_K_M", packaged_model(), ["native"] if args.quick else ["native", "int8", "int4-g32", "nf4", "float32"])]
     if not args.quick:
@@ -208,6 +211,7 @@ def main() -> int:
                     peer_rows[(label, t)] = r["llama.cpp"]
                 lc = peer_rows.get((label, t))
                 gbs = per_tok * o["decode"] / 1e9
+                bw1 = bw[t]
                 row = (f"| {label} | {form} | {t} | {llm.report.memory_bytes / 1e6:.0f} | {o['prefill']:.1f} | "
                        f"{lc['prefill']:.1f} | {o['prefill'] / lc['prefill']:.2f}x | {o['decode']:.1f} | {lc['decode']:.1f} | "
                        f"{o['decode'] / lc['decode']:.2f}x | {gbs:.1f} | {100 * gbs / bw1:.0f}% | "
@@ -218,7 +222,8 @@ def main() -> int:
                 print(row, flush=True)
             llm.close()
             del llm
-    notes = [f"- read bandwidth (numpy, one thread): {bw1:.1f} GB/s"]
+    notes = ["- read bandwidth (a BLAS float32 matrix-vector product over 512 MiB, numpy): " +
+             ", ".join(f"{t} thread{'s' if t > 1 else ''} {v:.1f} GB/s" for t, v in bw.items())]
     gemma = files[0][1]
     mem = peak_memory(gemma, "native")
     notes.append(f"- Gemma native peak memory (load + decode, fresh process): {mem['rss'] / 1e6:.0f} MB = "

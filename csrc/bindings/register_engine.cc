@@ -80,6 +80,21 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
     require(ints.size() <= 11 && floats.size() <= 2, "node: too many attributes");
     for (size_t i = 0; i < ints.size(); ++i) nd.i[i] = ints[i];
     for (size_t i = 0; i < floats.size(); ++i) nd.f[i] = floats[i];
+    if (nd.op == engine::Op::embedding && !t[5].is_none()) {  // mode 3: the rows of two packed 4-bit weights
+      const auto pair = t[5].cast<py::tuple>();
+      require(pair.size() == 2 && py::isinstance<PackedQ4Weight>(pair[0]) && py::isinstance<PackedQ4Weight>(pair[1]),
+              "embedding node: expected two packed 4-bit weights");
+      const auto* hi = pair[0].cast<PackedQ4Weight*>();
+      const auto* lo = pair[1].cast<PackedQ4Weight*>();
+      require(nd.i[3] == 3 && hi->w.n == nd.i[2] && lo->w.n == nd.i[2] && hi->w.k == nd.i[1] && lo->w.k == nd.i[1] &&
+                  hi->w.table_f32 == nullptr && lo->w.table_f32 == nullptr && hi->w.table_i8 == nullptr &&
+                  lo->w.table_i8 == nullptr,
+              "embedding node: the packed weights do not match its rows and width, or hold codebooks");
+      nd.weight = hi, nd.weight2 = lo;
+      p->keepalive.append(t[5]);
+    }
+    require(nd.op != engine::Op::embedding || nd.i[3] != 3 || nd.weight2 != nullptr,
+            "embedding node: mode 3 needs its packed weights");
     if (nd.op == engine::Op::linear) {
       set_weight(nd, t[5]);
       p->keepalive.append(t[5]);

@@ -223,6 +223,22 @@ void run_softmax(const Node& nd, const Ctx& c) {
   parallel_for(static_cast<int>((rows + per - 1) / per), c.threads, body);
 }
 
+// Row r of a packed 4-bit weight (gemm_q4.h's layout: panels of 16 rows, steps of 8 along K) as
+// floats, (code - zero point) * scale, written to y or added to it.
+void q4_row(const Q4Weight& w, int64_t r, int64_t k, float* y, bool add) {
+  const int64_t panel = r / kQ4Panel, j = r % kQ4Panel, steps = w.kp / 8;
+  const uint8_t* nib = w.nib + panel * steps * 64;
+  for (int64_t e = 0; e < k; ++e) {
+    const int64_t s = e / 8, i = e % 4;
+    const uint8_t byte = nib[s * 64 + 4 * j + i];
+    const int code = (e % 8) < 4 ? (byte & 15) : (byte >> 4);
+    const int64_t at = (panel * w.groups + e / w.g) * kQ4Panel + j;
+    const int zp = w.zp != nullptr ? w.zp[at] : 8;
+    const float v = half_to_float(w.scale[at]) * static_cast<float>(code - zp);
+    y[e] = add ? y[e] + v : v;
+  }
+}
+
 RunStatus run_embedding(const Node& nd, const Ctx& c) {
   const int64_t* ids = at<const int64_t>(c, nd.in[0]);
   const int64_t count = nd.i[0], width = nd.i[1], vocab = nd.i[2];
@@ -233,6 +249,14 @@ RunStatus run_embedding(const Node& nd, const Ctx& c) {
   if (nd.i[3] == 0) {
     const float* table = at<const float>(c, nd.in[1]);
     for (int64_t t = 0; t < count; ++t) std::memcpy(y + t * width, table + ids[t] * width, sizeof(float) * width);
+  } else if (nd.i[3] == 3) {
+    const Q4Weight& hw = static_cast<const PackedQ4Weight*>(nd.weight)->w;
+    const Q4Weight& lw = static_cast<const PackedQ4Weight*>(nd.weight2)->w;
+    for (int64_t t = 0; t < count; ++t) {
+      float* yt = y + t * width;
+      q4_row(hw, ids[t], width, yt, false);
+      q4_row(lw, ids[t], width, yt, true);
+    }
   } else if (nd.i[3] == 2) {
     // two 4-bit tables (hi, lo: rows of width / 2 bytes, element 2j in the low nibble of byte j) and a
     // float16 scale d per 32: value = d * (16 (hi - 8) + lo)
@@ -376,6 +400,50 @@ RunStatus run_rope(const Node& nd, const Ctx& c) {
   return RunStatus::ok;
 }
 
+// kv_attention of one token (decoding): its key and value are stored first (its slot held a
+// position the window no longer sees, or none), then each head reads the cache where it lies: the
+// scores a dot product per cached row, the output their weighted sum of rows. At most two runs of
+// slots (a ring wraps once).
+RunStatus decode_attention(const Node& nd, const Ctx& c, const float* qkv, float* kc, float* vc, int64_t pos, int64_t lo,
+                           float* y) {
+  const int heads = static_cast<int>(nd.i[1]), kv_heads = static_cast<int>(nd.i[2]), d = static_cast<int>(nd.i[3]);
+  const int64_t slots = nd.i[4];
+  const ptrdiff_t ldc = static_cast<ptrdiff_t>(kv_heads) * d;
+  const float scale = nd.f[0];
+  std::memcpy(kc + (pos % slots) * ldc, qkv + static_cast<ptrdiff_t>(heads) * d, sizeof(float) * ldc);
+  std::memcpy(vc + (pos % slots) * ldc, qkv + static_cast<ptrdiff_t>(heads + kv_heads) * d, sizeof(float) * ldc);
+  const int sk = static_cast<int>(pos - lo + 1);
+  const int64_t first = lo % slots;
+  const int run0 = static_cast<int>(std::min<int64_t>(sk, slots - first)), run1 = sk - run0;
+  const int group = heads / kv_heads;
+  bool oom = false;
+  auto body = [&](int h) {
+    const int g = h / group;
+    float *sc, *tmp;
+    try {
+      sc = ensure_size(t_scores, static_cast<size_t>(sk) + d);
+    } catch (const std::bad_alloc&) {
+      oom = true;
+      return;
+    }
+    tmp = sc + sk;
+    const float* q = qkv + static_cast<ptrdiff_t>(h) * d;
+    const float* k0 = kc + first * ldc + static_cast<ptrdiff_t>(g) * d;
+    const float* v0 = vc + first * ldc + static_cast<ptrdiff_t>(g) * d;
+    c.k->dot_rows(k0, ldc, run0, q, d, scale, sc);
+    if (run1 > 0) c.k->dot_rows(kc + static_cast<ptrdiff_t>(g) * d, ldc, run1, q, d, scale, sc + run0);
+    c.k->softmax_row(sc, sk);
+    float* yh = y + static_cast<ptrdiff_t>(h) * d;
+    c.k->gemm_nn(1, d, run0, 1.0f, sc, run0, v0, ldc, yh, d);
+    if (run1 > 0) {
+      c.k->gemm_nn(1, d, run1, 1.0f, sc + run0, run1, vc + static_cast<ptrdiff_t>(g) * d, ldc, tmp, d);
+      for (int e = 0; e < d; ++e) yh[e] += tmp[e];
+    }
+  };
+  parallel_for(heads, c.threads, body);
+  return oom ? RunStatus::out_of_memory : RunStatus::ok;
+}
+
 RunStatus run_kv_attention(const Node& nd, const Ctx& c) {
   const float* qkv = at<const float>(c, nd.in[0]);
   float* kc = at<float>(c, nd.in[1]);
@@ -390,6 +458,7 @@ RunStatus run_kv_attention(const Node& nd, const Ctx& c) {
   if (pos < 0 || (window == 0 && pos + n > slots)) return RunStatus::bad_input;
   // the cached keys any query of this call may see: [lo, pos)
   const int64_t lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+  if (n == 1) return decode_attention(nd, c, qkv, kc, vc, pos, lo, y);
   const int cached = static_cast<int>(pos - lo);
   const int chunks = (n + kQueryChunk - 1) / kQueryChunk;
   const int group = heads / kv_heads;

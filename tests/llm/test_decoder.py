@@ -135,16 +135,27 @@ def test_split_int8_is_exact_and_its_embedding_rows_too(tmp_path):
         llm.program.reference(np.array([1]), np.array([0]), np.array([0]), *llm._caches)
     from edgecompress.engine.builder import GraphBuilder
 
-    w = llm.program.weights
+    # the embedding rows the model looks up: read from the packed halves of the head (mode 3)
+    head = weights["head"]
     g = GraphBuilder()
     ids = g.input("ids", "int64", ("n",))
-    out = g.op("embedding", [ids] + [g.weight(k, w[k]) for k in ("embd.hi", "embd.lo", "embd.d")], "embed")
+    g.weight("hi", head.hi)
+    g.weight("lo", head.lo)
+    out = g.op("embedding", [ids], "embed", halves=["hi", "lo"])
     prog = g.program([out], {})
     sel = np.array([0, 5, 299, 17, 5], np.int64)
-    np.testing.assert_array_equal(prog(sel), want[sel])  # native
+    np.testing.assert_array_equal(prog(sel), want[sel])  # native, from the packed layout
     np.testing.assert_array_equal(prog.reference(sel), want[sel])  # oracle
     with pytest.raises(ValueError, match="ids"):
         prog(np.array([300]))
+    # the 4-bit-tables form (an untied table) too
+    g = GraphBuilder()
+    ids = g.input("ids", "int64", ("n",))
+    tables = [g.weight("h", head.hi.qweight), g.weight("l", head.lo.qweight), g.weight("d", head.lo.scale)]
+    prog = g.program([g.op("embedding", [ids] + tables, "embed")], {})
+    np.testing.assert_array_equal(prog(sel), want[sel])
+    np.testing.assert_array_equal(prog.reference(sel), want[sel])
+    assert not any(k.startswith("embd.") for k in llm.program.weights)  # the model holds no table of its own
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4-g32", "nf4"])

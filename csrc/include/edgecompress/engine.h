@@ -35,7 +35,9 @@ enum class Op : int {
   softmax,       // in: x; out: y. i0 rows, i1 n
   embedding,     // in: ids (int64, i0), table (i2 rows of i1), scale? (int8 table: one per row); out: y.
                  // i3: 0 float32 table, 1 int8 table, 2 two 4-bit tables hi, lo (in[1], in[2]: i1 / 2
-                 // bytes a row) and float16 scales (in[3]: i1 / 32 a row), value d (16 (hi - 8) + lo)
+                 // bytes a row) and float16 scales (in[3]: i1 / 32 a row), value d (16 (hi - 8) + lo);
+                 // 3 the rows of two packed 4-bit weights (weight, weight2: a product's own, e.g. the
+                 // output head tied to the embeddings) added: hi row + lo row, each (code - zp) * scale
   position_ids,  // in: ids (int64 (i0, i1)); out: int64 (i0, i1). i2 mode: 0 -> i3 + s;
                  // 1 -> for ids != i3 (the padding id): i3 + their running count in the row, else i3
   mean_pool,     // in: x (i0, i1, i2), mask? (int64 (i0, i1)); out: y (i0, i2)
@@ -79,7 +81,8 @@ struct Node {
   int64_t i[11] = {};
   float f[2] = {};
   WeightKind wkind = WeightKind::none;  // linear: the packed weight's type
-  const void* weight = nullptr;         // linear: the Packed* weight
+  const void* weight = nullptr;         // linear: the Packed* weight; embedding mode 3: hi
+  const void* weight2 = nullptr;        // embedding mode 3: lo
   ActQuant aq;                          // linear on an int8 weight
   Q4Compute q4 = Q4Compute::int8;       // linear on a 4-bit weight
 };

@@ -33,6 +33,9 @@ struct EngineKernel {
   // y = act(gate) * up over n values: act 0 SiLU (x * sigmoid(x)), 1 GELU in its tanh form (the gated
   // feed-forward of Llama and Gemma). y may alias gate or up.
   void (*glu)(int act, const float* gate, const float* up, float* y, int64_t n);
+  // y[r] = alpha * dot(a row r, x) for `rows` rows of n floats (row stride lda): the scores of one
+  // query against cached keys, read where they lie.
+  void (*dot_rows)(const float* a, ptrdiff_t lda, int rows, const float* x, int n, float alpha, float* y);
   // c (m, n) = alpha * a (m, k) @ b (k, n): row strides lda, ldb, ldc; c is overwritten.
   void (*gemm_nn)(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb,
                   float* c, ptrdiff_t ldc);

@@ -110,6 +110,22 @@ void glu(int act, const float* gate, const float* up, float* y, int64_t n) {
   }
 }
 
+void dot_rows(const float* a, ptrdiff_t lda, int rows, const float* x, int n, float alpha, float* y) {
+  for (int r = 0; r < rows; ++r) {
+    const float* ar = a + r * lda;
+    vf acc0 = vf{}, acc1 = vf{};
+    int i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+      acc0 += load(ar + i) * load(x + i);
+      acc1 += load(ar + i + W) * load(x + i + W);
+    }
+    for (; i + W <= n; i += W) acc0 += load(ar + i) * load(x + i);
+    float s = hsum(acc0 + acc1);
+    for (; i < n; ++i) s += ar[i] * x[i];
+    y[r] = s * alpha;
+  }
+}
+
 void binary(int op, const float* a, const float* b, int64_t nb, float* y, int64_t n) {
   for (int64_t i0 = 0; i0 < n; i0 += nb) {
     const int64_t len = n - i0 < nb ? n - i0 : nb;
@@ -174,5 +190,5 @@ void gemm_nn(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, co
 #define EC_ENGINE_KERNEL(sym, name, isa, needs) \
   namespace edgecompress {                      \
   extern const EngineKernel sym;                \
-  const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, gemm_nn}; \
+  const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, dot_rows, gemm_nn}; \
   }

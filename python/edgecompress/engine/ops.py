@@ -224,9 +224,15 @@ def _infer_binary(node: Node, s: list[Shape | None], weights: dict[str, Any]) ->
 
 def _infer_embedding(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
     """ids, and a float32 table (rows, width), an int8 table and float32 scales (rows,), or two 4-bit
-    tables hi, lo (rows, width / 32, 16) uint8 and float16 scales (rows, width / 32)."""
-    (ids, idd), (table, td) = s[0], s[1]
+    tables hi, lo (rows, width / 32, 16) uint8 and float16 scales (rows, width / 32); or (attribute
+    ``halves``) ids alone and the rows of two Int4Weights of one shape added (a split output head's)."""
+    (ids, idd) = s[0]
     _expect(idd == "int64", f"expected int64 ids, got {idd}")
+    if "halves" in node.attrs:
+        _expect(all(x is None for x in s[1:]), "expected the ids alone with 'halves'")
+        return [(ids + (weights[node.attrs["halves"][0]].shape[1],), "float32")]
+    _expect(s[1] is not None, "expected a table")
+    (table, td) = s[1]
     if td == "uint8":
         _expect(len(table) == 3 and table[2] == 16 and s[2] == s[1] and s[3] == (table[:2], "float16"),
                 f"expected uint8 hi and lo (rows, groups, 16) and float16 scales (rows, groups), got {s[1:]}")
@@ -334,6 +340,16 @@ def _ref_glu(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarr
     return [eref.glu(a[0], a[1], node.attrs["act"])]
 
 
+def _ref_halves(node: Node, a: list[Any], weights: dict[str, Any]) -> np.ndarray:
+    hi, lo = (weights[name] for name in node.attrs["halves"])
+    if not isinstance(hi, Int4Weight) or not isinstance(lo, Int4Weight):
+        raise ValueError(f"node {node.name!r}: its weights were released after packing; no reference")
+    ids = a[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= hi.shape[0]):
+        raise ValueError(f"ids: expected values in [0, {hi.shape[0]}), got {ids.min()}..{ids.max()}")
+    return (hi.to_float()[ids] + lo.to_float()[ids]).astype(np.float32)
+
+
 _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarray]]] = {
     "linear": _ref_linear,
     "layernorm": _ref_norm,
@@ -343,7 +359,7 @@ _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarra
     "add": _ref_binary,
     "mul": _ref_binary,
     "softmax": lambda n, a, w: [eref.softmax(a[0])],
-    "embedding": lambda n, a, w: [eref.embedding(a[0], a[1], a[2], a[3])],
+    "embedding": lambda n, a, w: [_ref_halves(n, a, w) if "halves" in n.attrs else eref.embedding(a[0], a[1], a[2], a[3])],
     "position_ids": lambda n, a, w: [eref.position_ids(a[0], n.attrs["mode"], n.attrs["base"])],
     "mean_pool": lambda n, a, w: [eref.mean_pool(a[0], a[1])],
     "pack": _ref_pack,
@@ -448,6 +464,10 @@ def _lower_binary(node: Node, r: list[Any], s: list[Shape | None], packed: Any) 
 
 
 def _lower_embedding(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    if "halves" in node.attrs:  # the rows of the products' own packed weights
+        hi, lo = (packed(name)[0] for name in node.attrs["halves"])
+        return [(NATIVE_OP["embedding"], [r[0]], [r[-1]], [_prod(s[0][0]), hi.k, hi.n, 3], [], (hi, lo), 0,
+                 (1.0, 0), 0)]
     (ids, _), (table, td) = s[0], s[1]
     if td == "uint8":
         return [_native("embedding", r[:4], [r[-1]], [_prod(ids), 32 * table[1], table[0], 2])]
@@ -543,6 +563,8 @@ ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "kv_attention": {"heads": _int(1, 4096), "kv_heads": _int(1, 4096), "head_dim": _int(1, 4096), "window": _int(0),
                      "scale": _float("a finite float", lambda v: True)},
     "glu": {"act": _one_of(*GLU_ACTS)},
+    "embedding": {"halves": ((lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)),
+                             "a list of two weight names")},
     "reshape": {"shape": (_shape, "a list of ints >= -1 (0: keep that dimension), at most one -1")},
 }
 
@@ -566,7 +588,7 @@ OPS: dict[str, OpSpec] = {
     "softmax": OpSpec(_infer_same, _lower_unary, (1, 1), (1, 1)),
     "add": OpSpec(_infer_binary, _lower_binary, (2, 2), (1, 1)),
     "mul": OpSpec(_infer_binary, _lower_binary, (2, 2), (1, 1)),
-    "embedding": OpSpec(_infer_embedding, _lower_embedding, (2, 4), (1, 1), (), (2, 3)),
+    "embedding": OpSpec(_infer_embedding, _lower_embedding, (1, 4), (1, 1), (), (2, 3)),
     "position_ids": OpSpec(_infer_position_ids, _lower_position_ids, (1, 1), (1, 1), ("mode", "base")),
     "mean_pool": OpSpec(_infer_mean_pool, _lower_mean_pool, (1, 2), (1, 1), (), (1,)),
     "pack": OpSpec(_infer_pack, _lower_pack, (1, 1), (2, 2)),

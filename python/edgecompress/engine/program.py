@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..formats import Int8Weight, SparseWeight
+from ..formats import Int4Weight, Int8Weight, SparseWeight
 from ..formats.int8 import MAX_K
 from ..ops import MAX_K_UINT8
 from ..formats._common import show
@@ -127,6 +127,10 @@ class Program:
                     raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is a compressed weight "
                                      f"({type(self.weights[name]).__name__}), which only a linear node reads (through "
                                      f"its 'weight' attribute)")
+            if n.op == "embedding" and "halves" in n.attrs:
+                ws = [self.weights.get(x) for x in n.attrs["halves"]]
+                if not all(isinstance(w, Int4Weight) and w.codebook is None for w in ws) or ws[0].shape != ws[1].shape:
+                    raise ValueError(f"node {n.name!r} (embedding): 'halves' must name two uniform Int4Weights of one shape")
             if n.op == "kv_attention":  # the caches: inputs the node writes, each owned by one node
                 for name in n.inputs[1:3]:
                     if name not in {i.name for i in self.inputs if i.dtype == "float32"} or name in state:
@@ -383,7 +387,8 @@ class Program:
         n = plan.owners[index]
         where = f"node {n.name!r} ({n.op})"
         if status == 2 and n.op == "embedding":
-            rows = self.weights[n.inputs[1]].shape[0] if n.inputs[1] in self.weights else "?"
+            table = n.attrs["halves"][0] if "halves" in n.attrs else n.inputs[1]
+            rows = self.weights[table].shape[0] if table in self.weights else "?"
             source = n.inputs[0]
             producer = {o: m for m in self.nodes for o in m.outputs}.get(source)
             if producer is not None and producer.op == "gather":  # the ids of the tokens, packed

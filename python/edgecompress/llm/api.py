@@ -20,6 +20,7 @@ __all__ = ["LLM", "Timings", "load"]
 
 DEFAULT_N_CTX = 4096
 N_BATCH = 512  # prompt tokens per native call
+N_ROWS = 64  # tokens per native call when every position's logits are returned
 
 
 @dataclass
@@ -106,9 +107,12 @@ class LLM:
             raise ValueError(f"the context holds {self.n_ctx} tokens: {pos0} cached + {ids.size} new do not fit "
                              f"(load with a larger n_ctx)")
         outs = []
-        for a in range(0, ids.size, N_BATCH):
-            chunk = np.ascontiguousarray(ids[a:a + N_BATCH])
-            last = a + N_BATCH >= ids.size
+        # every position's logits: smaller calls (a row is n_vocab floats, and the head's halves each
+        # hold one more row of them in the arena)
+        step = N_ROWS if all_rows else N_BATCH
+        for a in range(0, ids.size, step):
+            chunk = np.ascontiguousarray(ids[a:a + step])
+            last = a + step >= ids.size
             if not (all_rows or last):
                 rows = np.array([chunk.size - 1], np.int64)
             else:
@@ -121,7 +125,8 @@ class LLM:
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     def logits(self, ids: Any) -> np.ndarray:
-        """float32 logits (len(ids), n_vocab) of a fresh sequence: row t predicts the token after ids[t]."""
+        """float32 logits (len(ids), n_vocab) of a fresh sequence: row t predicts the token after ids[t].
+        (That is len(ids) * n_vocab * 4 bytes: for long texts, ``perplexity`` scores in pieces.)"""
         a = self._check_ids(ids)
         self.reset()
         return self._eval(a, True)

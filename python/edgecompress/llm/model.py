@@ -14,6 +14,7 @@ for global layers, a ring of ``window`` slots for sliding-window layers.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,8 @@ def load_weights(f: GGUFFile, hp: HParams, mode: str) -> tuple[dict[str, Any], L
         m, r = load_matrix(f, "token_embd.weight", vocab_shape, mode if mode in ("native", "float32") else "int8")
         if not isinstance(m, (np.ndarray, Int8Weight, SplitInt8Weight)):
             m, r = load_matrix(f, "token_embd.weight", vocab_shape, "int8")
+        if tied:  # the file's one table, held a second time for the lookups
+            r = dataclasses.replace(r, name="token_embd.weight (rows)", file_bytes=0)
         report.tensors.append(r)
         w["embd"] = m
     w["output_norm"] = vector("output_norm.weight", (hp.n_embd,))
@@ -143,12 +146,17 @@ def build_program(hp: HParams, w: dict[str, Any], n_ctx: int) -> Program:
     embd = w["embd"]
     if isinstance(embd, Int8Weight):
         table = [b.weight("embd.q", embd.qweight), b.weight("embd.scale", embd.scale)]
-    elif isinstance(embd, SplitInt8Weight):  # the head's own arrays: d is lo's scale
+    elif isinstance(embd, SplitInt8Weight) and embd is w["head"]:
+        table = []  # rows read from the head's own packed halves (its weights are added below)
+    elif isinstance(embd, SplitInt8Weight):
         table = [b.weight("embd.hi", embd.hi.qweight), b.weight("embd.lo", embd.lo.qweight),
                  b.weight("embd.d", embd.lo.scale)]
     else:
         table = [b.weight("embd.table", embd)]
-    x = b.op("embedding", [ids] + table, "embed")
+    if table:
+        x = b.op("embedding", [ids] + table, "embed")
+    else:
+        x = b.op("embedding", [ids], "embed", halves=["output.hi.weight", "output.lo.weight"])
     if hp.embed_scale is not None:
         x = b.op("mul", [x, b.weight("embed.scale", np.full(hp.n_embd, hp.embed_scale, np.float32))], "embed.scaled")
     factors = w.get("rope_freqs")
