@@ -227,3 +227,23 @@ def test_mutated_model_files_give_value_errors_only(tmp_path):
         signal.signal(signal.SIGALRM, previous)
     assert counts["ValueError"] > 500, counts
     assert time.perf_counter() - start < 600
+
+
+def test_an_unsupported_tensor_type_names_tensor_and_type(tmp_path):
+    """blk.0.ffn_up relabelled IQ4_NL (a type edgecompress does not load; its blocks are smaller than
+    Q8_0's, so the data still fits): load refuses it by name."""
+    import struct
+
+    model = hf_gguf.llama(vocab=320, layers=1)
+    path = tmp_path / "q8.gguf"
+    hf_gguf.write(model, path, "Q8_0")
+    data = bytearray(path.read_bytes())
+    name = b"blk.0.ffn_up.weight"
+    at = data.find(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    type_at = at + 4 + 8 * n_dims
+    assert struct.unpack_from("<I", data, type_at)[0] == 8  # Q8_0
+    struct.pack_into("<I", data, type_at, 20)  # IQ4_NL
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"'blk\.0\.ffn_up\.weight' has GGML type IQ4_NL"):
+        L.load(path, n_ctx=16)

@@ -28,7 +28,7 @@ from ..convert import from_gguf_q4_0
 from ..formats import Int4Weight, Int8Weight
 from ..formats.int4 import pack_nibbles, pack_zero_points
 from .gguf_file import GGUFFile
-from .quants import INTEGER_TYPES, dequantize, integer_codes
+from .quants import DEQUANTIZABLE_TYPES, INTEGER_TYPES, dequantize, integer_codes
 
 __all__ = ["MODES", "SplitInt8Weight", "TensorReport", "load_matrix", "load_vector", "split_int8"]
 
@@ -108,6 +108,9 @@ def _check(f: GGUFFile, name: str, shape: tuple[int, ...]) -> Any:
     info = f.tensors.get(name)
     if info is None:
         raise ValueError(f"{f.path}: missing tensor {name!r}")
+    if info.type_name not in DEQUANTIZABLE_TYPES:
+        raise ValueError(f"{f.path}: tensor {name!r} has GGML type {info.type_name}, which edgecompress cannot load "
+                         f"(supported: {', '.join(DEQUANTIZABLE_TYPES)})")
     if info.shape != shape:
         raise ValueError(f"{f.path}: tensor {name!r}: expected shape {shape}, got {info.shape}")
     return info
