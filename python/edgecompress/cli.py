@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         "digits", help="train a small CNN on the digits, compress it with each recipe, compare with torch "
                        "(needs torch and scikit-learn)", description=demo.__doc__.split("\n\n")[0]))
     llm_cli.add_commands(sub)
+    serve_p = sub.add_parser("serve", help="serve a GGUF model (OpenAI-compatible /v1/completions, /v1/chat/completions) "
+                                           "or a saved program (Open Inference Protocol v2) over HTTP (the serve extra)")
+    serve_p.add_argument("model", metavar="MODEL", help="a .gguf file or a program saved by edgecompress.engine.save")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--name", default=None, help="the model's name in the API (default: the file's stem)")
+    serve_p.add_argument("--max-request-mb", type=float, default=64, help="largest request body (default 64 MB)")
     report = sub.add_parser("report", help="the per-layer report of a model saved by edgecompress.save",
                             description="Modules, formats and bytes of a saved model (from its manifest), "
                                         "and the report of edgecompress.compress when it was saved with one.")
@@ -47,7 +54,26 @@ def main(argv: list[str] | None = None) -> int:
         return demo.run(args) if args.demo == "digits" else llm_demo.run(args)
     if args.command in ("generate", "chat", "perplexity"):
         return llm_cli.run(args)
+    if args.command == "serve":
+        return _serve(args)
     return _report(args.model_file)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import run
+    except ImportError as e:
+        print(f'edgecompress serve: needs fastapi and uvicorn: pip install "edgecompress[serve]" ({e})', file=sys.stderr)
+        return 1
+    try:
+        run(args.model, args.host, args.port, args.name, int(args.max_request_mb * (1 << 20)))
+    except ImportError as e:
+        print(f'edgecompress serve: needs fastapi and uvicorn: pip install "edgecompress[serve]" ({e})', file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"edgecompress serve: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _report(path: str) -> int:

@@ -1,0 +1,265 @@
+"""``edgecompress serve``: one FastAPI app that serves a saved engine program or a GGUF language model
+over HTTP (the ``serve`` extra: fastapi, uvicorn).
+
+- Programs: the Open Inference Protocol v2 with JSON tensors: ``GET /v2/models/{name}`` (metadata),
+  ``POST /v2/models/{name}/infer`` ({"inputs": [{"name", "shape", "datatype", "data"}]}).
+- Language models: OpenAI-compatible ``POST /v1/completions`` and ``POST /v1/chat/completions``
+  (``"stream": true`` sends server-sent events ending in ``data: [DONE]``), ``GET /v1/models``.
+- Both: ``GET /v2/health/live`` and ``GET /v2/health/ready``.
+
+Bad requests get a 4xx with a message naming what was wrong (422: the JSON does not fit the schema;
+400: values the model refuses; 404: another model name; 413: a body over ``max_request_bytes``);
+nothing a client sends stops the server. A language model is stateful (its KV cache), so its requests
+run one at a time; a program's calls run concurrently.
+"""
+
+# (no `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time, and
+# the request models are local to create_app)
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any, Optional, Union
+
+import numpy as np
+
+__all__ = ["create_app", "run"]
+
+MAX_REQUEST_BYTES = 64 << 20
+_DTYPES = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8,
+           "BOOL": np.bool_, "FP64": np.float64}
+_NAMES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+
+
+def _load(path: str) -> tuple[str, Any]:
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    if path.endswith(".gguf"):
+        from .llm import load
+
+        return "llm", load(path)
+    from .engine import load as load_program
+
+    return "program", load_program(path)
+
+
+def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> Any:
+    """The FastAPI app serving the model at ``path`` (a .gguf file or a saved program) as ``name``
+    (default: the file's stem)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from pydantic import BaseModel, Field
+
+    kind, model = _load(path)
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    app = FastAPI(title=f"edgecompress: {name}")
+    lock = threading.Lock()  # one generation at a time (the KV cache is the model's state)
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next: Any) -> Any:
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > max_request_bytes):
+            return JSONResponse({"error": f"request body over {max_request_bytes} bytes"}, status_code=413)
+        if size is None and request.method == "POST":
+            body = await request.body()
+            if len(body) > max_request_bytes:
+                return JSONResponse({"error": f"request body over {max_request_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    def check_name(model_name: str) -> None:
+        if model_name != name:
+            raise HTTPException(404, f"no model {model_name!r} here (this server serves {name!r})")
+
+    @app.get("/v2/health/live")
+    def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    if kind == "program":
+        class Tensor(BaseModel):
+            name: str
+            shape: list[int]
+            datatype: str
+            data: list[Any]
+
+        class InferRequest(BaseModel):
+            id: Optional[str] = None
+            inputs: list[Tensor]
+
+        def metadata() -> dict[str, Any]:
+            return {"name": name, "platform": "edgecompress", "versions": ["1"],
+                    "inputs": [{"name": i.name, "datatype": "FP32" if i.dtype == "float32" else "INT64",
+                                "shape": [d if isinstance(d, int) else -1 for d in i.dims]} for i in model.inputs],
+                    "outputs": [{"name": o, "datatype": "FP32", "shape": []} for o in model.outputs]}
+
+        @app.get("/v2/models/{model_name}")
+        def model_metadata(model_name: str) -> dict[str, Any]:
+            check_name(model_name)
+            return metadata()
+
+        @app.get("/v2/models/{model_name}/ready")
+        def model_ready(model_name: str) -> dict[str, Any]:
+            check_name(model_name)
+            return {"name": name, "ready": True}
+
+        @app.post("/v2/models/{model_name}/infer")
+        def infer(model_name: str, req: InferRequest) -> dict[str, Any]:
+            check_name(model_name)
+            arrays = {}
+            for t in req.inputs:
+                arrays[t.name] = _tensor(t.name, t.shape, t.datatype, t.data)
+            try:
+                out = model(**arrays)
+            except (TypeError, ValueError) as e:
+                raise HTTPException(400, str(e)) from None
+            outs = out if isinstance(out, tuple) else (out,)
+            return {"model_name": name, "model_version": "1", "id": req.id or str(uuid.uuid4()),
+                    "outputs": [{"name": o, "shape": list(a.shape), "datatype": _NAMES.get(a.dtype, str(a.dtype)),
+                                 "data": a.ravel().tolist()} for o, a in zip(model.outputs, outs)]}
+
+        return app
+
+    class Sampling(BaseModel):
+        model: Optional[str] = None
+        max_tokens: int = Field(128, ge=0, le=1 << 20)
+        temperature: float = 0.8
+        top_p: float = 0.95
+        top_k: int = 40
+        min_p: float = 0.05
+        repeat_penalty: float = 1.0
+        seed: Optional[int] = None
+        stop: Union[str, list[str], None] = None
+        stream: bool = False
+
+    class CompletionRequest(Sampling):
+        prompt: str
+
+    class Message(BaseModel):
+        role: str
+        content: str
+
+    class ChatRequest(Sampling):
+        messages: list[Message]
+
+    def options(req: Sampling) -> dict[str, Any]:
+        if req.model not in (None, name):
+            raise HTTPException(404, f"no model {req.model!r} here (this server serves {name!r})")
+        return dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
+                    repeat_penalty=req.repeat_penalty, seed=req.seed, stop=req.stop)
+
+    def respond(req: Sampling, pieces: Any, chat: bool) -> Any:
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+
+        def finish() -> str:
+            return "length" if model.timings.decode_tokens >= req.max_tokens else "stop"
+
+        def usage() -> dict[str, int]:
+            t = model.timings
+            return {"prompt_tokens": t.prompt_tokens, "completion_tokens": t.decode_tokens,
+                    "total_tokens": t.prompt_tokens + t.decode_tokens}
+
+        def choice(text: str, done: Optional[str], delta: bool) -> dict[str, Any]:
+            if not chat:
+                return {"index": 0, "text": text, "logprobs": None, "finish_reason": done}
+            body = {"role": "assistant", "content": text}
+            return {"index": 0, ("delta" if delta else "message"): body, "finish_reason": done}
+
+        if not req.stream:
+            with lock:
+                try:
+                    text = "".join(pieces())
+                except (TypeError, ValueError) as e:
+                    raise HTTPException(400, str(e)) from None
+                return {"id": rid, "object": obj, "created": created, "model": name,
+                        "choices": [choice(text, finish(), False)], "usage": usage()}
+
+        def events() -> Any:
+            with lock:
+                try:
+                    for piece in pieces():
+                        chunk = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
+                                 "model": name, "choices": [choice(piece, None, True)]}
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                    chunk = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created, "model": name,
+                             "choices": [choice("", finish(), True)], "usage": usage()}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                except (TypeError, ValueError) as e:  # after the headers: an error event, then the end
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'invalid_request_error'}})}\n\n"
+                yield "data: [DONE]\n\n"
+
+        # a request the model refuses before the first token (a prompt past the context) is a 400 here
+        first_check(req, chat)
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    def first_check(req: Sampling, chat: bool) -> None:
+        """What a streamed request would fail on, checked before the response starts."""
+        try:
+            from .llm.sampling import SamplingParams
+
+            SamplingParams(req.temperature, req.top_k, req.top_p, req.min_p, req.repeat_penalty, seed=req.seed)
+            if chat:
+                from .llm.chat import render
+
+                tk = model.tokenizer
+                prompt = render(model.chat_template, model.hparams.arch, [m.model_dump() for m in req.messages],
+                                tk.tokens[tk.bos_id] if tk.bos_id is not None else "", "")
+                n = len(tk.encode(prompt, add_bos=False)) + 1
+            else:
+                n = len(model.tokenize(req.prompt))
+        except (TypeError, ValueError) as e:
+            raise HTTPException(400, str(e)) from None
+        if n > model.n_ctx:
+            raise HTTPException(400, f"the prompt takes {n} tokens, more than the context of {model.n_ctx}")
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "edgecompress"}]}
+
+    @app.post("/v1/completions")
+    def completions(req: CompletionRequest) -> Any:
+        opts = options(req)
+        return respond(req, lambda: model.generate(req.prompt, req.max_tokens, stream=True, **opts), chat=False)
+
+    @app.post("/v1/chat/completions")
+    def chat_completions(req: ChatRequest) -> Any:
+        opts = options(req)
+        messages = [m.model_dump() for m in req.messages]
+        return respond(req, lambda: model.chat(messages, req.max_tokens, stream=True, **opts), chat=True)
+
+    return app
+
+
+def _tensor(name: str, shape: list[int], datatype: str, data: list[Any]) -> np.ndarray:
+    """A v2 JSON tensor as a numpy array; HTTPException(400) naming the tensor for anything off."""
+    from fastapi import HTTPException
+
+    if datatype not in _DTYPES:
+        raise HTTPException(400, f"input {name!r}: datatype {datatype!r} is not one of {', '.join(_DTYPES)}")
+    if len(shape) > 8 or any(d < 0 for d in shape):
+        raise HTTPException(400, f"input {name!r}: expected a shape of at most 8 dimensions >= 0, got {shape}")
+    count = 1
+    for d in shape:
+        count *= d
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range floats become Inf, refused below
+            a = np.asarray(data, dtype=_DTYPES[datatype])
+    except (TypeError, ValueError, OverflowError) as e:
+        raise HTTPException(400, f"input {name!r}: data is not {datatype} values ({e})") from None
+    if a.size != count:
+        raise HTTPException(400, f"input {name!r}: shape {shape} holds {count} values, data has {a.size}")
+    if datatype in ("FP32", "FP64") and not np.isfinite(a).all():
+        raise HTTPException(400, f"input {name!r}: NaN or Inf values")
+    return a.reshape(shape).astype(np.float32 if datatype in ("FP32", "FP64") else a.dtype, copy=False)
+
+
+def run(path: str, host: str = "127.0.0.1", port: int = 8000, name: Optional[str] = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(path, name, max_request_bytes), host=host, port=port, log_level="info")

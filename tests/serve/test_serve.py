@@ -1,0 +1,180 @@
+"""``edgecompress serve``: the Open Inference Protocol v2 endpoints for a saved program and the
+OpenAI-compatible ones for a GGUF model, through FastAPI's test client; malformed requests get 4xx."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import edgecompress as ec  # noqa: E402
+from edgecompress.engine.builder import GraphBuilder  # noqa: E402
+from edgecompress.serve import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def program_client(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", 16))
+    y = g.linear(x, ec.Int8Weight.from_float(rng.standard_normal((4, 16)).astype(np.float32)), None, "fc", activation="relu")
+    prog = g.program([y], {})
+    path = tmp_path_factory.mktemp("prog") / "tiny.safetensors"
+    prog.save(path)
+    return TestClient(create_app(str(path), max_request_bytes=1 << 16)), prog
+
+
+def test_v2_infer_equals_the_program(program_client):
+    client, prog = program_client
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    meta = client.get("/v2/models/tiny").json()
+    assert meta["name"] == "tiny" and meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
+    x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    r = client.post("/v2/models/tiny/infer", json={"id": "a", "inputs": [
+        {"name": "x", "shape": [3, 16], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [3, 4] and out["datatype"] == "FP32" and r.json()["id"] == "a"
+    np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(3, 4), prog(x))
+
+
+BAD_TENSORS = [
+    ({"name": "x", "shape": [2, 16], "datatype": "FP32", "data": [1.0] * 31}, 400, "holds 32 values"),
+    ({"name": "x", "shape": [1, 16], "datatype": "FP16", "data": [1.0] * 16}, 400, "datatype"),
+    ({"name": "x", "shape": [1, 16], "datatype": "FP32", "data": ["a"] * 16}, 400, "not FP32"),
+    ({"name": "x", "shape": [1, 15], "datatype": "FP32", "data": [1.0] * 15}, 400, "expected shape"),
+    ({"name": "y", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}, 400, "unknown input"),
+    ({"name": "x", "shape": [1, -16], "datatype": "FP32", "data": [1.0] * 16}, 400, "shape"),
+    ({"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1e39] * 16}, 400, "NaN or Inf"),
+    ({"name": "x", "shape": [1, 16], "datatype": "FP32"}, 422, ""),
+]
+
+
+@pytest.mark.parametrize("tensor,status,words", BAD_TENSORS)
+def test_v2_malformed_tensors_are_4xx(program_client, tensor, status, words):
+    client, _ = program_client
+    r = client.post("/v2/models/tiny/infer", json={"inputs": [tensor]})
+    assert r.status_code == status, r.text
+    assert words in r.text
+
+
+def test_v2_other_errors(program_client):
+    client, _ = program_client
+    assert client.post("/v2/models/other/infer", json={"inputs": []}).status_code == 404
+    assert client.post("/v2/models/tiny/infer", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    big = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 20000}]}
+    assert client.post("/v2/models/tiny/infer", json=big).status_code == 413
+    assert client.post("/v2/models/tiny/infer", json={"inputs": []}).status_code == 400  # a missing input
+    assert client.get("/v2/health/live").status_code == 200  # the server still answers
+
+
+@pytest.fixture(scope="module")
+def llm_client(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    import sys
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "llm"))
+    import hf_gguf
+
+    path = tmp_path_factory.mktemp("llm") / "tiny-llama.gguf"
+    hf_gguf.write(hf_gguf.llama(vocab=400), path)
+    return TestClient(create_app(str(path)))
+
+
+def test_openai_completions(llm_client):
+    r = llm_client.post("/v1/completions", json={"prompt": "ab cd", "max_tokens": 6, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion" and body["model"] == "tiny-llama"
+    assert body["usage"]["completion_tokens"] <= 6 and body["choices"][0]["finish_reason"] in ("stop", "length")
+    text = body["choices"][0]["text"]
+    # streamed: the same text in pieces, then [DONE]
+    with llm_client.stream("POST", "/v1/completions", json={"prompt": "ab cd", "max_tokens": 6, "temperature": 0,
+                                                            "stream": True}) as s:
+        lines = [line for line in s.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert llm_client.get("/v1/models").json()["data"][0]["id"] == "tiny-llama"
+
+
+def test_openai_chat_completions(llm_client):
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    r = llm_client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200, r.text
+    message = r.json()["choices"][0]["message"]
+    assert message["role"] == "assistant" and isinstance(message["content"], str)
+    with llm_client.stream("POST", "/v1/chat/completions", json={"messages": msgs, "max_tokens": 4, "temperature": 0,
+                                                                 "stream": True}) as s:
+        lines = [line for line in s.iter_lines() if line]
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == message["content"]
+
+
+@pytest.mark.parametrize("path,body,status", [
+    ("/v1/completions", {"prompt": "a", "temperature": -1}, 400),
+    ("/v1/completions", {"prompt": "a", "max_tokens": -5}, 422),
+    ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404),
+    ("/v1/completions", {"prompt": 5}, 422),
+    ("/v1/completions", {"prompt": "a " * 5000, "stream": True}, 400),
+    ("/v1/completions", {"prompt": "a " * 5000}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "root", "content": "x"}]}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "root", "content": "x"}], "stream": True}, 400),
+    ("/v1/chat/completions", {"messages": "hi"}, 422),
+])
+def test_openai_bad_requests_are_4xx(llm_client, path, body, status):
+    r = llm_client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert llm_client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 1}).status_code == 200
+
+
+def test_the_serve_command_starts_uvicorn(tmp_path):
+    """`edgecompress serve` in a process of its own: it answers health and infer over real HTTP."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    rng = np.random.default_rng(0)
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", 8))
+    prog = g.program([g.linear(x, rng.standard_normal((2, 8)).astype(np.float32), None, "fc")], {})
+    path = tmp_path / "p.safetensors"
+    prog.save(path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgecompress.cli", "serve", str(path), "--port", str(port),
+                             "--name", "p"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not come up: " + proc.stdout.read1().decode(errors="replace"))
+        a = rng.standard_normal((1, 8)).astype(np.float32)
+        r = httpx.post(url + "/v2/models/p/infer",
+                       json={"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": a.ravel().tolist()}]})
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(np.array(r.json()["outputs"][0]["data"], np.float32), prog(a).ravel())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
