@@ -3,6 +3,7 @@ OpenAI-compatible ones for a GGUF model, through FastAPI's test client; malforme
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -139,14 +140,46 @@ def test_openai_bad_requests_are_4xx(llm_client, path, body, status):
     assert llm_client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 1}).status_code == 200
 
 
-def test_the_serve_command_starts_uvicorn(tmp_path):
-    """`edgecompress serve` in a process of its own: it answers health and infer over real HTTP."""
+@contextlib.contextmanager
+def _served(path, name):
+    """`edgecompress serve` in a process of its own; yields its URL once it is ready."""
     import socket
     import subprocess
     import sys
     import time
+    import urllib.error
+    import urllib.request
 
-    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgecompress.cli", "serve", str(path), "--port", str(port),
+                             "--name", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not come up")
+        if proc.poll() is not None:
+            pytest.fail("the server exited: " + proc.stdout.read().decode(errors="replace"))
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+def test_the_serve_command_and_the_program_client(tmp_path):
+    """`edgecompress serve` over real HTTP, called through edgecompress.remote.RemoteProgram."""
+    from edgecompress.remote import RemoteError, RemoteProgram
 
     rng = np.random.default_rng(0)
     g = GraphBuilder()
@@ -154,27 +187,42 @@ def test_the_serve_command_starts_uvicorn(tmp_path):
     prog = g.program([g.linear(x, rng.standard_normal((2, 8)).astype(np.float32), None, "fc")], {})
     path = tmp_path / "p.safetensors"
     prog.save(path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "edgecompress.cli", "serve", str(path), "--port", str(port),
-                             "--name", "p"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not come up: " + proc.stdout.read1().decode(errors="replace"))
-        a = rng.standard_normal((1, 8)).astype(np.float32)
-        r = httpx.post(url + "/v2/models/p/infer",
-                       json={"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": a.ravel().tolist()}]})
-        assert r.status_code == 200, r.text
-        np.testing.assert_array_equal(np.array(r.json()["outputs"][0]["data"], np.float32), prog(a).ravel())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc.stdout.close()
+    with _served(path, "p") as url:
+        remote = RemoteProgram(url, "p")
+        assert remote.metadata()["inputs"][0]["name"] == "x"
+        a = rng.standard_normal((3, 8)).astype(np.float32)
+        np.testing.assert_array_equal(remote(x=a), prog(a))
+        with pytest.raises(RemoteError, match="400"):
+            remote(x=a[:, :5])
+        with pytest.raises(RemoteError, match="404"):
+            RemoteProgram(url, "q")(x=a)
+
+
+def test_the_llm_client(tmp_path):
+    """A served GGUF model through edgecompress.remote.RemoteLLM: greedy text equal to the local model's,
+    streamed and not."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "llm"))
+    import hf_gguf
+
+    import edgecompress.llm as L
+    from edgecompress.remote import RemoteError, RemoteLLM
+
+    path = tmp_path / "m.gguf"
+    hf_gguf.write(hf_gguf.llama(vocab=400), path)
+    local = L.load(path)
+    want = local.generate("ab cd", max_new_tokens=8, temperature=0)
+    reply = local.chat([{"role": "user", "content": "hi"}], max_new_tokens=5, temperature=0)
+    with _served(path, "m") as url:
+        remote = RemoteLLM(url, "m")
+        assert remote.generate("ab cd", 8, temperature=0) == want
+        assert "".join(remote.generate("ab cd", 8, temperature=0, stream=True)) == want
+        assert remote.chat([{"role": "user", "content": "hi"}], 5, temperature=0) == reply
+        assert "".join(remote.chat([{"role": "user", "content": "hi"}], 5, temperature=0, stream=True)) == reply
+        with pytest.raises(RemoteError, match="400"):
+            remote.generate("ab", 4, temperature=-1.0)
