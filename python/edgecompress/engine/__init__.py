@@ -23,8 +23,9 @@ import numpy as np
 from .io import load, save
 from .ops import OPS, Node
 from .program import Input, Program
+from .split import cuts, decode, encode, split
 
-__all__ = ["Input", "Node", "OPS", "Program", "export", "load", "save"]
+__all__ = ["Input", "Node", "OPS", "Program", "cuts", "decode", "encode", "export", "load", "save", "split"]
 
 
 def _example(example_inputs: Any) -> dict[str, np.ndarray]:

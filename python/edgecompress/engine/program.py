@@ -291,6 +291,17 @@ class Program:
             w = self.weights[name]
             self.weights[name] = _Released(tuple(w.shape), type(w).__name__, current_tier(), int(w.nbytes))
 
+    def shapes(self, *args: Any, **kwargs: Any) -> dict[str, Shape]:
+        """(shape, dtype) of every input and value of the program for these inputs (nothing runs)."""
+        arrays = self._arrays(args, kwargs)
+        counts = self._counts(arrays)
+        shapes: dict[str, Any] = {name: (tuple(w.shape), str(w.dtype)) for name, w in self.weights.items()
+                                  if isinstance(w, np.ndarray)}
+        shapes.update({i.name: (tuple(a.shape), str(a.dtype)) for i, a in zip(self.inputs, arrays)})
+        for n in self.nodes:
+            shapes.update(zip(n.outputs, self._infer(n, self._input_shapes(n, shapes), counts)))
+        return shapes
+
     def _plan(self, arrays: list[np.ndarray], counts: dict[str, int]) -> _Plan:
         shapes: dict[str, Any] = {name: (tuple(w.shape), str(w.dtype)) for name, w in self.weights.items()
                                   if isinstance(w, np.ndarray)}

@@ -1,0 +1,233 @@
+"""Cutting a program between a device and a server, and the cut tensors on the wire.
+
+``split(program, cut, *example_inputs)`` cuts at a set of values (any cut of the graph, not only
+between layers): the head computes them from the program's inputs, the tail computes the program's
+outputs from them (and from any program input it reads itself). ``head(...)`` then ``tail(...)``
+equals the whole program bit for bit. ``cuts(program, *example_inputs)`` lists the cuts after each node
+of the program's order, with the bytes that cross at each.
+
+``encode(array, mode, codec)`` / ``decode(data)``: a cut tensor as bytes: float32 values as they are
+("fp32"), as float16 ("fp16"), or as int8 with one float32 scale per channel of the last axis, max|x| / 127
+("int8": each value within scale / 2 of the original); int64 values (ids, masks) always exactly;
+optionally compressed with zstd (``zstandard``) or lz4 (``lz4``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .ops import OPS
+from .program import Input, Program
+
+__all__ = ["Cut", "cuts", "decode", "encode", "split"]
+
+_MAGIC = b"ECW1"
+MODES = ("fp32", "fp16", "int8")
+CODECS = (None, "zstd", "lz4")
+MAX_HEADER = 1 << 16
+
+
+def _node_weights(n: Any) -> set[str]:
+    names = {x for x in n.inputs if x}
+    if "weight" in n.attrs:
+        names.add(n.attrs["weight"])
+    names.update(n.attrs.get("halves", []))
+    return names
+
+
+def split(program: Program, cut: Any, *example_args: Any, **example_kwargs: Any) -> tuple[Program, Program]:
+    """(head, tail) of ``program`` cut at the values named in ``cut``; the example inputs fix the cut
+    values' ranks and dtypes (their sizes stay free: the tail takes any)."""
+    if isinstance(cut, str) or not all(isinstance(c, str) for c in cut) or not cut:
+        raise TypeError("cut: expected a non-empty list of value names")
+    cut = list(dict.fromkeys(cut))
+    producer = {o: n for n in program.nodes for o in n.outputs}
+    views = {n.outputs[0] for n in program.nodes if OPS[n.op].lower is None}
+    for c in cut:
+        if c not in producer:
+            raise ValueError(f"cut: {c!r} is not a value computed by a node (values: {', '.join(list(producer)[:8])}, ...)")
+        if c in views:
+            raise ValueError(f"cut: {c!r} is a view (reshape) of another value; cut at that value instead")
+    head_ids: set[int] = set()
+    stack = list(cut)
+    while stack:  # the ancestors of the cut values
+        n = producer.get(stack.pop())
+        if n is not None and id(n) not in head_ids:
+            head_ids.add(id(n))
+            stack.extend(x for x in n.inputs if x)
+    head_nodes = [n for n in program.nodes if id(n) in head_ids]
+    tail_nodes = [n for n in program.nodes if id(n) not in head_ids]
+    tail_defined = {o for n in tail_nodes for o in n.outputs}
+    inputs = {i.name: i for i in program.inputs}
+    needed = {x for n in tail_nodes for x in n.inputs if x and x not in tail_defined and x not in program.weights}
+    missing = sorted(needed - set(cut) - set(inputs))
+    if missing:
+        raise ValueError(f"cut: the tail also needs {', '.join(missing)}, computed before the cut; add them to the cut")
+    lost = [o for o in program.outputs if o not in tail_defined and o not in cut]
+    if lost:
+        raise ValueError(f"cut: the program outputs {', '.join(lost)} are computed before the cut; add them to the cut")
+    shapes = program.shapes(*example_args, **example_kwargs)
+    for c in cut:
+        if shapes[c][1] not in ("float32", "int64"):
+            raise ValueError(f"cut: {c!r} is {shapes[c][1]}, not float32 or int64")
+
+    def used(nodes: list[Any]) -> set[str]:
+        return set().union(*(_node_weights(n) for n in nodes)) if nodes else set()
+
+    head_used = used(head_nodes)
+    head = Program([i for i in program.inputs if i.name in head_used], cut, head_nodes,
+                   {k: w for k, w in program.weights.items() if k in head_used}, dict(program.info, split="head"))
+    tail_used = used(tail_nodes)
+    tail_inputs = [Input(c, shapes[c][1], tuple(f"{c}:{d}" for d in range(len(shapes[c][0])))) for c in cut]
+    tail_inputs += [i for i in program.inputs if i.name in tail_used and i.name not in cut]
+    # a cut value the tail itself does not read but the program returns passes through untouched
+    passthrough = [o for o in program.outputs if o in cut]
+    if passthrough:
+        raise ValueError(f"cut: program outputs {', '.join(passthrough)} would be tail inputs; cut after them")
+    tail = Program(tail_inputs, program.outputs, tail_nodes,
+                   {k: w for k, w in program.weights.items() if k in tail_used}, dict(program.info, split="tail"))
+    return head, tail
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The cut after node ``after`` (its index in program order): the values that cross and their bytes
+    as float32 / int64."""
+
+    after: int
+    node: str
+    values: tuple[str, ...]
+    nbytes: int
+
+
+def cuts(program: Program, *example_args: Any, **example_kwargs: Any) -> list[Cut]:
+    """Every cut between consecutive nodes of the program's order: the values computed so far that a
+    later node or the outputs read (program inputs are available on both sides)."""
+    shapes = program.shapes(*example_args, **example_kwargs)
+    views = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
+    last_read: dict[str, int] = {}
+    for k, n in enumerate(program.nodes):
+        for x in n.inputs:
+            if x:
+                last_read[x] = k
+    for o in program.outputs:
+        last_read[o] = len(program.nodes)
+    out = []
+    defined: list[str] = []
+    for k, n in enumerate(program.nodes[:-1]):
+        defined.extend(n.outputs)
+        live = []
+        for v in defined:
+            if last_read.get(v, -1) > k:
+                live.append(views.get(v, v))  # a view crosses as the value it views
+        live = list(dict.fromkeys(live))
+        nbytes = sum(int(np.prod(shapes[v][0])) * np.dtype(shapes[v][1]).itemsize for v in live)
+        out.append(Cut(k, n.name, tuple(live), nbytes))
+    return out
+
+
+def encode(a: np.ndarray, mode: str = "int8", codec: str | None = None) -> bytes:
+    """``a`` (float32 or int64) as bytes for the wire; see the module's description."""
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.int64):
+        raise TypeError(f"a: expected a float32 or int64 array, got {getattr(a, 'dtype', type(a).__name__)}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if codec not in CODECS:
+        raise ValueError(f"codec: expected one of {', '.join(map(str, CODECS))}, got {codec!r}")
+    a = np.ascontiguousarray(a)
+    head: dict[str, Any] = {"dtype": str(a.dtype), "shape": list(a.shape), "mode": mode, "codec": codec}
+    if a.dtype == np.int64 or mode == "fp32":
+        head["mode"] = "raw"
+        payload = a.tobytes()
+    elif mode == "fp16":
+        if np.abs(a).max(initial=0.0) > 65504:
+            raise ValueError("a: values beyond float16's range (65504); use mode 'int8' or 'fp32'")
+        payload = a.astype(np.float16).tobytes()
+    else:
+        if not np.isfinite(a).all():
+            raise ValueError("a: NaN or Inf values cannot be sent as int8")
+        rows = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+        scale = (np.abs(rows).max(axis=0) / 127).astype(np.float32)
+        safe = np.where(scale > 0, scale, 1).astype(np.float32)
+        q = np.clip(np.rint(rows / safe), -127, 127).astype(np.int8)
+        payload = scale.tobytes() + q.tobytes()
+    payload = _compress(payload, codec)
+    h = json.dumps(head).encode()
+    return _MAGIC + struct.pack("<I", len(h)) + h + payload
+
+
+def decode(data: bytes) -> np.ndarray:
+    """The array ``encode`` wrote (int8 and fp16 values dequantized to float32); ValueError for bytes
+    that are not a well-formed message."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data: expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 8 or data[:4] != _MAGIC:
+        raise ValueError("data: not an edgecompress wire message")
+    (n,) = struct.unpack_from("<I", data, 4)
+    if n > MAX_HEADER or 8 + n > len(data):
+        raise ValueError("data: header length out of range")
+    try:
+        head = json.loads(data[8:8 + n])
+        dtype, shape, mode, codec = head["dtype"], [int(d) for d in head["shape"]], head["mode"], head["codec"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"data: unreadable header ({e})") from None
+    if dtype not in ("float32", "int64") or mode not in ("raw", "fp16", "int8") or codec not in CODECS \
+            or len(shape) > 8 or any(d < 0 for d in shape):
+        raise ValueError(f"data: header fields out of range: {head}")
+    count = int(np.prod(shape, dtype=object))
+    width = shape[-1] if shape else 1
+    expect = {"raw": count * np.dtype(dtype).itemsize, "fp16": 2 * count, "int8": 4 * width + count}[mode]
+    payload = _decompress(data[8 + n:], codec, expect)
+    if len(payload) != expect:
+        raise ValueError(f"data: expected {expect} payload bytes, got {len(payload)}")
+    if mode == "raw":
+        return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
+    if mode == "fp16":
+        return np.frombuffer(payload, dtype=np.float16).astype(np.float32).reshape(shape)
+    scale = np.frombuffer(payload[:4 * width], dtype=np.float32)
+    q = np.frombuffer(payload[4 * width:], dtype=np.int8).reshape(-1, width)
+    return (q.astype(np.float32) * scale).reshape(shape)
+
+
+def _compress(payload: bytes, codec: str | None) -> bytes:
+    if codec is None:
+        return payload
+    if codec == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise ValueError("codec 'zstd' needs the zstandard package: pip install zstandard") from None
+        return zstandard.ZstdCompressor(level=3).compress(payload)
+    try:
+        import lz4.frame
+    except ImportError:
+        raise ValueError("codec 'lz4' needs the lz4 package: pip install lz4") from None
+    return lz4.frame.compress(payload)
+
+
+def _decompress(payload: bytes, codec: str | None, expect: int) -> bytes:
+    """At most ``expect`` + 1 bytes come out, whatever the input claims (a decompression bomb stops)."""
+    if codec is None:
+        return payload
+    try:
+        if codec == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompress(payload, max_output_size=expect + 1)
+        import lz4.frame
+
+        d = lz4.frame.LZ4FrameDecompressor()
+        out = d.decompress(payload, max_length=expect + 1)
+        if not d.eof:
+            raise ValueError("the lz4 frame is incomplete")
+        return out
+    except ImportError:
+        raise ValueError(f"codec {codec!r}: its package is not installed") from None
+    except Exception as e:  # noqa: BLE001 -- the codecs raise their own error types for corrupt data
+        raise ValueError(f"data: corrupt {codec} payload ({type(e).__name__}: {e})") from None

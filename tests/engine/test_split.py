@@ -1,0 +1,135 @@
+"""Cutting a program into head and tail (edgecompress.engine.split): head then tail equals the whole
+program bit for bit at every cut of its order; the wire codec's bounds; bad cuts and bad messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgecompress as ec
+from edgecompress.engine import cuts, decode, encode, split
+from edgecompress.engine.builder import GraphBuilder
+
+
+def _dag_program(rng):
+    """Two branches joined by a residual add, a norm, an int8 and a float product: a DAG, not a chain."""
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", "seq", 24))
+    mask = g.input("mask", "int64", ("batch", "seq"))
+    a = g.linear(x, ec.Int8Weight.from_float(rng.standard_normal((24, 24)).astype(np.float32)), None, "a", activation="gelu")
+    b = g.linear(x, rng.standard_normal((24, 24)).astype(np.float32), rng.standard_normal(24).astype(np.float32), "b")
+    h, s = g.op("layernorm", [a, b, g.weight("gamma", np.ones(24, np.float32))], "ln", n_outputs=2, eps=1e-5)
+    r = g.op("add", [h, s], "res")
+    c = g.linear(r, rng.standard_normal((8, 24)).astype(np.float32), None, "c", activation="relu")
+    pooled = g.op("mean_pool", [c, mask], "pool")
+    return g.program([pooled], {}), (rng.standard_normal((2, 5, 24)).astype(np.float32),
+                                     np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
+
+
+def test_every_cut_of_the_order_reproduces_the_program(rng=np.random.default_rng(0)):
+    prog, (x, mask) = _dag_program(rng)
+    whole = prog(x, mask)
+    all_cuts = cuts(prog, x, mask)
+    assert [c.after for c in all_cuts] == list(range(len(prog.nodes) - 1))
+    assert all(c.nbytes > 0 for c in all_cuts)
+    for c in all_cuts:
+        head, tail = split(prog, list(c.values), x, mask)
+        mid = head(**{i.name: v for i, v in zip(prog.inputs, (x, mask)) if i.name in {j.name for j in head.inputs}})
+        mid = mid if isinstance(mid, tuple) else (mid,)
+        feed = dict(zip(c.values, mid))
+        for name, v in (("x", x), ("mask", mask)):  # program inputs the tail reads itself
+            if name in {i.name for i in tail.inputs}:
+                feed[name] = v
+        np.testing.assert_array_equal(tail(**feed), whole)
+
+
+def test_the_tail_takes_other_sizes(rng=np.random.default_rng(1)):
+    prog, (x, mask) = _dag_program(rng)
+    head, tail = split(prog, ["c"], x, mask)
+    x2, m2 = rng.standard_normal((3, 7, 24)).astype(np.float32), np.ones((3, 7), np.int64)
+    np.testing.assert_array_equal(tail(c=head(x=x2), mask=m2), prog(x2, m2))
+
+
+def test_bad_cuts_are_clear(rng=np.random.default_rng(2)):
+    prog, (x, mask) = _dag_program(rng)
+    with pytest.raises(ValueError, match=r"tail also needs ln:1"):
+        split(prog, ["ln:0"], x, mask)  # the residual add reads the norm's sum too
+    head, tail = split(prog, ["a"], x, mask)  # valid: b is recomputed from x on the tail's side
+    assert {i.name for i in tail.inputs} == {"a", "x", "mask"}
+    with pytest.raises(ValueError, match="not a value computed"):
+        split(prog, ["nope"], x, mask)
+    with pytest.raises(ValueError, match="not a value computed"):
+        split(prog, ["x"], x, mask)
+    with pytest.raises(TypeError, match="value names"):
+        split(prog, "c", x, mask)
+    with pytest.raises(ValueError, match="program outputs"):
+        split(prog, ["pool"], x, mask)
+
+
+@pytest.mark.parametrize("codec", [None, "zstd", "lz4"])
+def test_wire_codec(codec, rng=np.random.default_rng(3)):
+    if codec is not None:
+        pytest.importorskip({"zstd": "zstandard", "lz4": "lz4"}[codec])
+    a = (rng.standard_normal((16, 9, 33)) * rng.uniform(0.01, 10, 33)).astype(np.float32)
+    assert np.array_equal(decode(encode(a, "fp32", codec)), a)
+    assert np.array_equal(decode(encode(a, "fp16", codec)), a.astype(np.float16).astype(np.float32))
+    q = encode(a, "int8", codec)
+    back = decode(q)
+    scale = np.abs(a.reshape(-1, 33)).max(axis=0) / 127
+    assert (np.abs(back - a) <= scale / 2 + 1e-6 * np.abs(a)).all()
+    if codec is None:
+        assert len(q) < a.nbytes / 3.5  # int8 plus one scale per channel
+    ids = rng.integers(0, 1 << 40, (3, 7))
+    assert np.array_equal(decode(encode(ids, "int8", codec)), ids)  # ids stay exact
+
+
+@pytest.mark.parametrize("bad", [b"", b"ECW1", b"XXXX\x00\x00\x00\x00", b"ECW1\xff\xff\xff\xff{}",
+                                 b'ECW1\x02\x00\x00\x00{}', b'ECW1\x40\x00\x00\x00{"dtype": "float32", "shape": [99999999999], "mode": "raw", "codec": null}'])
+def test_bad_messages_are_value_errors(bad):
+    with pytest.raises(ValueError):
+        decode(bad)
+
+
+def test_truncated_and_bombed_messages(rng=np.random.default_rng(4)):
+    a = rng.standard_normal((8, 16)).astype(np.float32)
+    for codec in (None, "zstd", "lz4"):
+        try:
+            data = encode(a, "int8", codec)
+        except ValueError:  # the codec's package is not installed
+            continue
+        for cut in (len(data) - 1, len(data) // 2, 12):
+            with pytest.raises(ValueError):
+                decode(data[:cut])
+    zstandard = pytest.importorskip("zstandard")
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))  # 64 MB of zeros in a few KB
+    header = b'{"dtype": "float32", "shape": [4], "mode": "raw", "codec": "zstd"}'
+    with pytest.raises(ValueError):
+        decode(b"ECW1" + len(header).to_bytes(4, "little") + header + bomb)
+
+
+def test_an_exported_encoder_splits_at_every_cut():
+    """A small BERT exported to a program (packed tokens, views, attention): head + tail equal the
+    whole at every cut of its order."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from edgecompress import engine
+
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                           intermediate_size=64, vocab_size=100,
+                                                           max_position_embeddings=32)).eval()
+    ids = np.random.default_rng(0).integers(0, 100, (2, 9))
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    prog = engine.export(model, {"input_ids": ids, "attention_mask": mask}, recipe="int8")
+    whole = prog(ids, mask)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    checked = 0
+    for c in cuts(prog, ids, mask):
+        head, tail = split(prog, list(c.values), ids, mask)
+        mid = head(**{i.name: inputs[i.name] for i in head.inputs})
+        feed = dict(zip(c.values, mid if isinstance(mid, tuple) else (mid,)))
+        feed.update({i.name: inputs[i.name] for i in tail.inputs if i.name in inputs})
+        np.testing.assert_array_equal(tail(**feed), whole)
+        checked += 1
+    assert checked == len(prog.nodes) - 1
