@@ -133,3 +133,41 @@ def test_an_exported_encoder_splits_at_every_cut():
         np.testing.assert_array_equal(tail(**feed), whole)
         checked += 1
     assert checked == len(prog.nodes) - 1
+
+
+def test_the_planner_picks_edge_cloud_or_split(rng=np.random.default_rng(5)):
+    from edgecompress.engine import plan
+
+    prog, (x, mask) = _dag_program(rng)
+    n = len(prog.nodes)
+    names = [nd.name for nd in prog.nodes]
+    # a server 1000x faster than the device: a fast link sends everything, a slow one nothing
+    dev, srv = [0.01] * n, [1e-5] * n
+    assert plan(prog, [x, mask], 1e9, 0.001, dev, srv).best.where == "cloud"
+    assert plan(prog, [x, mask], 10.0, 0.001, dev, srv).best.where == "edge"
+    # the early nodes are cheap on the device and the later ones costly; the link is slow, so the
+    # small value after `c` (8 wide) beats sending x (24 wide): a split there wins
+    dev = [1e-4 if name in ("a", "b", "ln", "res", "c") else 1.0 for name in names]
+    srv = [1e-4] * n
+    p = plan(prog, [x, mask], 2000.0, 0.002, dev, srv)
+    assert p.best.where == "split" and p.best.node == "c", p.table()
+    assert p.best.seconds < min(p.option("edge").seconds, p.option("cloud").seconds)
+    assert "split after c is best" in p.table()
+    with pytest.raises(ValueError):
+        plan(prog, [x, mask], 0, 0.0, dev, srv)
+
+
+def test_the_split_command(tmp_path, capsys, rng=np.random.default_rng(6)):
+    from edgecompress.cli import main
+    from edgecompress.engine.split_cli import parse_bandwidth, parse_rtt
+
+    assert parse_bandwidth("10Mbit") == 1.25e6 and parse_bandwidth("5MB") == 5e6 and parse_rtt("20ms") == 0.02
+    with pytest.raises(ValueError):
+        parse_bandwidth("fast")
+    prog, _ = _dag_program(rng)
+    path = tmp_path / "dag.safetensors"
+    prog.save(path)
+    assert main(["split", str(path), "--bandwidth", "10Mbit", "--rtt", "20ms", "--dims", "batch=2,seq=16"]) == 0
+    out = capsys.readouterr().out
+    assert "edge" in out and "cloud" in out and "predicted ms" in out and "measured ms" in out
+    assert main(["split", str(path), "--bandwidth", "fast"]) == 1

@@ -23,9 +23,10 @@ import numpy as np
 from .io import load, save
 from .ops import OPS, Node
 from .program import Input, Program
-from .split import cuts, decode, encode, split
+from .split import cuts, decode, encode, node_seconds, plan, split
 
-__all__ = ["Input", "Node", "OPS", "Program", "cuts", "decode", "encode", "export", "load", "save", "split"]
+__all__ = ["Input", "Node", "OPS", "Program", "cuts", "decode", "encode", "export", "load", "node_seconds", "plan",
+           "save", "split"]
 
 
 def _example(example_inputs: Any) -> dict[str, np.ndarray]:

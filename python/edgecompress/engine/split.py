@@ -24,7 +24,7 @@ import numpy as np
 from .ops import OPS
 from .program import Input, Program
 
-__all__ = ["Cut", "cuts", "decode", "encode", "split"]
+__all__ = ["Cut", "Option", "SplitPlan", "cuts", "decode", "encode", "node_seconds", "plan", "split"]
 
 _MAGIC = b"ECW1"
 MODES = ("fp32", "fp16", "int8")
@@ -231,3 +231,103 @@ def _decompress(payload: bytes, codec: str | None, expect: int) -> bytes:
         raise ValueError(f"codec {codec!r}: its package is not installed") from None
     except Exception as e:  # noqa: BLE001 -- the codecs raise their own error types for corrupt data
         raise ValueError(f"data: corrupt {codec} payload ({type(e).__name__}: {e})") from None
+
+
+# ---- choosing the cut ----
+
+@dataclass(frozen=True)
+class Option:
+    """One way to run the program: ``where`` "edge" (all on the device), "cloud" (all on the server)
+    or "split" after node ``after``; its predicted seconds and the bytes it sends each way."""
+
+    where: str
+    after: int
+    node: str
+    values: tuple[str, ...]
+    up_bytes: int
+    down_bytes: int
+    seconds: float
+
+
+@dataclass
+class SplitPlan:
+    options: list[Option]
+    bandwidth: float  # bytes per second
+    rtt: float
+
+    @property
+    def best(self) -> Option:
+        return min(self.options, key=lambda o: o.seconds)
+
+    def option(self, where: str) -> Option:
+        return next(o for o in self.options if o.where == where)
+
+    def table(self, top: int = 8) -> str:
+        edge, cloud, best = self.option("edge"), self.option("cloud"), self.best
+        lines = [f"link: {self.bandwidth * 8 / 1e6:g} Mbit/s, round trip {self.rtt * 1e3:g} ms",
+                 f"{'where':24s} {'up KB':>9s} {'down KB':>8s} {'predicted ms':>13s}"]
+        ranked = sorted(self.options, key=lambda o: o.seconds)[:top]
+        for o in [edge, cloud] + [o for o in ranked if o.where == "split"]:
+            label = o.where if o.where != "split" else f"split after {o.node}"
+            lines.append(f"{label[:24]:24s} {o.up_bytes / 1e3:9.1f} {o.down_bytes / 1e3:8.1f} {o.seconds * 1e3:13.2f}")
+        verdict = {"edge": "edge-only is best", "cloud": "cloud-only is best"}.get(
+            best.where, f"split after {best.node} is best: {min(edge.seconds, cloud.seconds) / best.seconds:.2f}x the better "
+                        f"of edge-only and cloud-only")
+        return "\n".join(lines + [verdict])
+
+
+def node_seconds(program: Program, *example_args: Any, rounds: int = 10) -> list[float]:
+    """Seconds per program node (its native nodes summed; a view costs nothing), from ``profile``."""
+    prof = program.profile(*example_args, rounds=rounds)
+    names = {n.name for n in program.nodes}
+    per: dict[str, float] = {}
+    for label, _, t in prof["nodes"]:
+        name = label if label in names else label.rsplit("/", 1)[0]
+        per[name] = per.get(name, 0.0) + t
+    return [per.get(n.name, 0.0) for n in program.nodes]
+
+
+def plan(program: Program, example_inputs: list[np.ndarray], bandwidth: float, rtt: float, device: list[float],
+         server: list[float], mode: str = "int8", codec: str | None = None) -> SplitPlan:
+    """Predicted latency of edge-only, cloud-only and a split after each node: device seconds of the
+    nodes up to the cut, the round trip, the cut values' encoded bytes over ``bandwidth`` (bytes/s),
+    server seconds of the rest and the outputs' bytes back. ``device`` / ``server``: seconds per node
+    (``node_seconds`` on each side, or given)."""
+    if not (bandwidth > 0 and rtt >= 0):
+        raise ValueError(f"expected bandwidth > 0 and rtt >= 0, got {bandwidth}, {rtt}")
+    if len(device) != len(program.nodes) or len(server) != len(program.nodes):
+        raise ValueError(f"expected one time per node ({len(program.nodes)}) on each side")
+    env = _values(program, example_inputs)
+    outs = [env[o] for o in program.outputs]
+    down = sum(len(encode(o, "fp32")) for o in outs)
+    up_in = sum(len(encode(a, mode, codec)) for a in example_inputs)  # cloud-only sends every input
+    total_dev, total_srv = float(sum(device)), float(sum(server))
+    opts = [Option("edge", -1, "", (), 0, 0, total_dev),
+            Option("cloud", -1, "", (), up_in, down, rtt + (up_in + down) / bandwidth + total_srv)]
+    dev_prefix = np.cumsum(device)
+    srv_suffix = total_srv - np.cumsum(server)
+    inputs = dict(zip((i.name for i in program.inputs), example_inputs))
+    input_bytes = {k: len(encode(a, mode, codec)) for k, a in inputs.items()}
+    read_after: list[set[str]] = [set() for _ in program.nodes]  # program inputs read after node k
+    for k in range(len(program.nodes) - 2, -1, -1):
+        read_after[k] = read_after[k + 1] | {x for x in program.nodes[k + 1].inputs if x in inputs}
+    for c in cuts(program, *example_inputs):
+        # the cut values, and the program inputs the tail reads (they start on the device too)
+        up = sum(len(encode(env[v], mode, codec)) for v in c.values) + sum(input_bytes[x] for x in read_after[c.after])
+        t = float(dev_prefix[c.after]) + rtt + (up + down) / bandwidth + float(srv_suffix[c.after])
+        opts.append(Option("split", c.after, c.node, c.values, up, down, t))
+    return SplitPlan(opts, bandwidth, rtt)
+
+
+def _values(program: Program, example_inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every value of the program on the example inputs, computed natively: a program whose outputs
+    are all of its values (views are returned as the values they view)."""
+    views = {n.outputs[0] for n in program.nodes if OPS[n.op].lower is None}
+    names = [o for n in program.nodes for o in n.outputs if o not in views]
+    probe = Program(program.inputs, names, program.nodes, program.weights, program.info)
+    got = probe(*example_inputs)
+    env = dict(zip(names, got if isinstance(got, tuple) else (got,)))
+    for n in program.nodes:
+        if n.outputs[0] in views:
+            env[n.outputs[0]] = env[n.inputs[0]]
+    return env

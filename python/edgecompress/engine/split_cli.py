@@ -1,0 +1,144 @@
+"""``edgecompress split MODEL --bandwidth 10Mbit --rtt 20ms``: the plan for a saved program, its
+predicted latency and its latency measured over an emulated link, next to edge-only and cloud-only.
+
+Both sides run on this machine: the device with ``--device-threads`` (1), the server with
+``--server-threads`` (every CPU). The link is emulated: a measured latency is the head's measured
+time, then the round trip and the encoded bytes over the bandwidth as computed delays, then the tail's
+measured time; the bytes are those of the real encoded messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["parse_bandwidth", "parse_rtt", "run"]
+
+
+def parse_bandwidth(text: str) -> float:
+    """'10Mbit' -> bytes per second (kbit, Mbit, Gbit; kB, MB, GB)."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgG]?)(bit|b|B|Byte|byte)?(/s|ps)?\s*", str(text))
+    if not m:
+        raise ValueError(f"--bandwidth: expected a number with a unit such as 10Mbit or 5MB, got {text!r}")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    per_bit = m.group(3) in (None, "bit", "b")
+    value = float(m.group(1)) * scale / (8 if per_bit else 1)
+    if value <= 0:
+        raise ValueError(f"--bandwidth: expected more than 0, got {text!r}")
+    return value
+
+
+def parse_rtt(text: str) -> float:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|us)?\s*", str(text))
+    if not m:
+        raise ValueError(f"--rtt: expected a time such as 20ms or 0.1s, got {text!r}")
+    return float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "us": 1e-6, None: 1e-3}[m.group(2)]
+
+
+def _examples(program: Any, dims: str) -> list[np.ndarray]:
+    sizes = {}
+    for part in filter(None, dims.split(",")):
+        key, _, value = part.partition("=")
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--dims: expected name=size pairs, got {part!r}")
+        sizes[key.strip()] = int(value)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in program.inputs:
+        shape = tuple(d if isinstance(d, int) else sizes.get(d, 1) for d in i.dims)
+        if i.dtype == "float32":
+            out.append(rng.standard_normal(shape).astype(np.float32))
+        else:  # ids 0 and masks 1: valid for any embedding table
+            out.append(np.ones(shape, np.int64) if "mask" in i.name else np.zeros(shape, np.int64))
+    return out
+
+
+def _timed(fn: Any, rounds: int = 7) -> float:
+    fn()
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def measure(program: Any, option: Any, examples: list[np.ndarray], device_threads: int, server_threads: int,
+            bandwidth: float, rtt: float, mode: str, codec: Any) -> float:
+    """End-to-end seconds of one option over the emulated link (see the module's description)."""
+    import edgecompress as ec
+
+    from .split import decode, encode, split
+
+    def at(threads: int, fn: Any) -> float:
+        before = ec.get_num_threads()
+        ec.set_num_threads(threads)
+        try:
+            return _timed(fn)
+        finally:
+            ec.set_num_threads(before)
+
+    if option.where == "edge":
+        return at(device_threads, lambda: program(*examples))
+    outs = program(*examples)
+    down = sum(len(encode(o, "fp32")) for o in (outs if isinstance(outs, tuple) else (outs,)))
+    if option.where == "cloud":
+        msgs = [encode(a, mode, codec) for a in examples]
+        wire = rtt + (sum(map(len, msgs)) + down) / bandwidth
+        return at(server_threads, lambda: program(*[decode(m) if a.dtype == np.float32 else a
+                                                    for m, a in zip(msgs, examples)])) + wire
+    head, tail = split(program, list(option.values), *examples)
+    named = dict(zip((i.name for i in program.inputs), examples))
+    feed_head = {i.name: named[i.name] for i in head.inputs}
+    mid = head(**feed_head)
+    mid = mid if isinstance(mid, tuple) else (mid,)
+    msgs = [encode(v, mode, codec) for v in mid]
+    t_head = at(device_threads, lambda: [encode(v, mode, codec) for v in
+                                         (lambda r: r if isinstance(r, tuple) else (r,))(head(**feed_head))])
+    # program inputs the tail reads cross the link too
+    msgs += [encode(named[i.name], mode, codec) for i in tail.inputs if i.name in named]
+    feed_tail = {i.name: (decode(encode(named[i.name], mode, codec)) if named[i.name].dtype == np.float32 else named[i.name])
+                 for i in tail.inputs if i.name in named}
+    feed_tail.update({v: decode(m) for v, m in zip(option.values, msgs)})
+    t_tail = at(server_threads, lambda: tail(**feed_tail))
+    return t_head + rtt + (sum(map(len, msgs)) + down) / bandwidth + t_tail
+
+
+def run(args: argparse.Namespace) -> int:
+    import edgecompress as ec
+    from edgecompress import engine
+
+    from .split import node_seconds, plan
+
+    try:
+        bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_rtt(args.rtt)
+        program = engine.load(args.model)
+        examples = _examples(program, args.dims)
+        server_threads = args.server_threads or ec.get_num_threads()
+        before = ec.get_num_threads()
+        ec.set_num_threads(args.device_threads)
+        device = node_seconds(program, *examples)
+        ec.set_num_threads(server_threads)
+        server = node_seconds(program, *examples)
+        ec.set_num_threads(before)
+        p = plan(program, examples, bandwidth, rtt, device, server, args.wire, args.codec)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"edgecompress split: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: {len(program.nodes)} nodes; device {args.device_threads} thread(s), server {server_threads}; "
+          f"cut tensors as {args.wire}{' + ' + args.codec if args.codec else ''}")
+    print(p.table())
+    shown = [p.option("edge"), p.option("cloud")] + ([p.best] if p.best.where == "split" else [])
+    print(f"\n{'':24s} {'predicted ms':>13s} {'measured ms':>12s}")
+    for o in shown:
+        got = measure(program, o, examples, args.device_threads, server_threads, bandwidth, rtt, args.wire, args.codec)
+        label = o.where if o.where != "split" else f"split after {o.node}"
+        print(f"{label[:24]:24s} {o.seconds * 1e3:13.2f} {got * 1e3:12.2f}")
+    print("(measured: both sides on this machine, the link emulated: round trip and bytes / bandwidth as delays)")
+    return 0
