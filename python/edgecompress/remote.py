@@ -52,8 +52,8 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
 class RemoteProgram:
     """A program served at ``url`` (e.g. http://127.0.0.1:8000) under ``name``."""
 
-    def __init__(self, url: str, name: str, timeout: float = 60.0) -> None:
-        self.url, self.name, self.timeout = url.rstrip("/"), name, timeout
+    def __init__(self, url: str, name: str, timeout: float = 60.0, binary: bool = True) -> None:
+        self.url, self.name, self.timeout, self.binary = url.rstrip("/"), name, timeout, binary
 
     def metadata(self) -> dict[str, Any]:
         try:
@@ -63,16 +63,45 @@ class RemoteProgram:
             raise RemoteError(e.code, e.read().decode(errors="replace")) from None
 
     def __call__(self, **inputs: np.ndarray) -> Any:
-        tensors = []
+        """The outputs for ``inputs``, sent and received with the binary tensor extension (raw
+        little-endian bytes after a JSON header), or as JSON values when ``binary`` is off."""
+        tensors, blobs = [], []
         for name, a in inputs.items():
             a = np.asarray(a)
             if a.dtype not in _DATATYPES:
                 raise TypeError(f"{name}: expected one of {', '.join(map(str, _DATATYPES))}, got {a.dtype}")
-            tensors.append({"name": name, "shape": list(a.shape), "datatype": _DATATYPES[a.dtype], "data": a.ravel().tolist()})
-        with _post(f"{self.url}/v2/models/{self.name}/infer", {"inputs": tensors}, self.timeout) as r:
-            body = json.loads(r.read())
-        outs = [np.asarray(o["data"], dtype=_NUMPY.get(o["datatype"], np.float32)).reshape(o["shape"])
-                for o in body["outputs"]]
+            t: dict[str, Any] = {"name": name, "shape": list(a.shape), "datatype": _DATATYPES[a.dtype]}
+            if self.binary:
+                blob = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+                t["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                t["data"] = a.ravel().tolist()
+            tensors.append(t)
+        request: dict[str, Any] = {"inputs": tensors}
+        if self.binary:
+            request["parameters"] = {"binary_data_output": True}
+        header = json.dumps(request).encode()
+        req = urllib.request.Request(f"{self.url}/v2/models/{self.name}/infer", data=header + b"".join(blobs),
+                                     headers={"content-type": "application/octet-stream" if self.binary else "application/json",
+                                              **({"Inference-Header-Content-Length": str(len(header))} if self.binary else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                body = r.read()
+                n = r.headers.get("Inference-Header-Content-Length")
+        except urllib.error.HTTPError as e:
+            raise RemoteError(e.code, e.read().decode(errors="replace")) from None
+        meta = json.loads(body[:int(n)] if n else body)
+        rest, offset, outs = body[int(n):] if n else b"", 0, []
+        for o in meta["outputs"]:
+            dtype = np.dtype(_NUMPY.get(o["datatype"], np.float32))
+            size = (o.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                outs.append(np.frombuffer(rest[offset:offset + size], dtype=dtype.newbyteorder("<"))
+                            .astype(dtype).reshape(o["shape"]))
+                offset += size
+            else:
+                outs.append(np.asarray(o["data"], dtype=dtype).reshape(o["shape"]))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 

@@ -1,8 +1,10 @@
 """``edgecompress serve``: one FastAPI app that serves a saved engine program or a GGUF language model
 over HTTP (the ``serve`` extra: fastapi, uvicorn).
 
-- Programs: the Open Inference Protocol v2 with JSON tensors: ``GET /v2/models/{name}`` (metadata),
-  ``POST /v2/models/{name}/infer`` ({"inputs": [{"name", "shape", "datatype", "data"}]}).
+- Programs: the Open Inference Protocol v2: ``GET /v2/models/{name}`` (metadata),
+  ``POST /v2/models/{name}/infer`` ({"inputs": [{"name", "shape", "datatype", "data"}]}), with the
+  binary tensor extension (raw bytes after a JSON header of ``Inference-Header-Content-Length``
+  bytes) both ways.
 - Language models: OpenAI-compatible ``POST /v1/completions`` and ``POST /v1/chat/completions``
   (``"stream": true`` sends server-sent events ending in ``data: [DONE]``), ``GET /v1/models``.
 - Both: ``GET /v2/health/live`` and ``GET /v2/health/ready``.
@@ -48,8 +50,9 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
     """The FastAPI app serving the model at ``path`` (a .gguf file or a saved program) as ``name``
     (default: the file's stem)."""
     from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from pydantic import BaseModel, Field
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from pydantic import BaseModel, Field, ValidationError
 
     kind, model = _load(path)
     name = name or os.path.splitext(os.path.basename(path))[0]
@@ -84,11 +87,18 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
             name: str
             shape: list[int]
             datatype: str
-            data: list[Any]
+            data: Optional[list[Any]] = None
+            parameters: Optional[dict[str, Any]] = None
+
+        class Output(BaseModel):
+            name: str
+            parameters: Optional[dict[str, Any]] = None
 
         class InferRequest(BaseModel):
             id: Optional[str] = None
             inputs: list[Tensor]
+            outputs: Optional[list[Output]] = None
+            parameters: Optional[dict[str, Any]] = None
 
         def metadata() -> dict[str, Any]:
             return {"name": name, "platform": "edgecompress", "versions": ["1"],
@@ -107,19 +117,63 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
             return {"name": name, "ready": True}
 
         @app.post("/v2/models/{model_name}/infer")
-        def infer(model_name: str, req: InferRequest) -> dict[str, Any]:
+        async def infer(model_name: str, request: Request) -> Any:
+            """JSON tensors, or the binary tensor extension: an ``Inference-Header-Content-Length``
+            header, that many bytes of JSON, then the raw little-endian bytes of each input whose
+            parameters give ``binary_data_size``, in order. Outputs come back as binary the same way
+            when the request asks (``binary_data`` per output or ``binary_data_output``)."""
             check_name(model_name)
-            arrays = {}
-            for t in req.inputs:
-                arrays[t.name] = _tensor(t.name, t.shape, t.datatype, t.data)
+            body = await request.body()
+            head = request.headers.get("inference-header-content-length")
+            if head is not None:
+                if not head.isdigit() or int(head) > len(body):
+                    raise HTTPException(400, f"Inference-Header-Content-Length {head!r} does not fit a body of {len(body)} bytes")
+                raw, rest = body[:int(head)], body[int(head):]
+            else:
+                raw, rest = body, b""
             try:
-                out = model(**arrays)
+                req = InferRequest.model_validate_json(raw)
+            except ValidationError as e:
+                raise HTTPException(422, json.loads(e.json(include_url=False))) from None
+            arrays = {}
+            offset = 0
+            for t in req.inputs:
+                size = (t.parameters or {}).get("binary_data_size")
+                if size is not None:
+                    if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+                        raise HTTPException(400, f"input {t.name!r}: binary_data_size {size!r} runs past the body")
+                    arrays[t.name] = _tensor(t.name, t.shape, t.datatype, None, rest[offset:offset + size])
+                    offset += size
+                elif t.data is None:
+                    raise HTTPException(400, f"input {t.name!r}: neither data nor binary_data_size")
+                else:
+                    arrays[t.name] = _tensor(t.name, t.shape, t.datatype, t.data)
+            if offset != len(rest):
+                raise HTTPException(400, f"{len(rest) - offset} bytes after the inputs' binary data")
+            try:
+                out = await run_in_threadpool(lambda: model(**arrays))
             except (TypeError, ValueError) as e:
                 raise HTTPException(400, str(e)) from None
             outs = out if isinstance(out, tuple) else (out,)
-            return {"model_name": name, "model_version": "1", "id": req.id or str(uuid.uuid4()),
-                    "outputs": [{"name": o, "shape": list(a.shape), "datatype": _NAMES.get(a.dtype, str(a.dtype)),
-                                 "data": a.ravel().tolist()} for o, a in zip(model.outputs, outs)]}
+            binary_all = bool((req.parameters or {}).get("binary_data_output", False))
+            asked = {o.name: bool((o.parameters or {}).get("binary_data", binary_all)) for o in (req.outputs or [])}
+            response: dict[str, Any] = {"model_name": name, "model_version": "1", "id": req.id or str(uuid.uuid4()),
+                                        "outputs": []}
+            blobs = []
+            for o, a in zip(model.outputs, outs):
+                entry: dict[str, Any] = {"name": o, "shape": list(a.shape), "datatype": _NAMES.get(a.dtype, str(a.dtype))}
+                if asked.get(o, binary_all):
+                    blob = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+                    entry["parameters"] = {"binary_data_size": len(blob)}
+                    blobs.append(blob)
+                else:
+                    entry["data"] = a.ravel().tolist()
+                response["outputs"].append(entry)
+            if not blobs:
+                return response
+            header = json.dumps(response).encode()
+            return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                            headers={"Inference-Header-Content-Length": str(len(header))})
 
         return app
 
@@ -235,8 +289,9 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
     return app
 
 
-def _tensor(name: str, shape: list[int], datatype: str, data: list[Any]) -> np.ndarray:
-    """A v2 JSON tensor as a numpy array; HTTPException(400) naming the tensor for anything off."""
+def _tensor(name: str, shape: list[int], datatype: str, data: Optional[list[Any]], raw: Optional[bytes] = None) -> np.ndarray:
+    """A v2 tensor (JSON values, or ``raw`` little-endian bytes) as a numpy array; HTTPException(400)
+    naming the tensor for anything off."""
     from fastapi import HTTPException
 
     if datatype not in _DTYPES:
@@ -246,6 +301,15 @@ def _tensor(name: str, shape: list[int], datatype: str, data: list[Any]) -> np.n
     count = 1
     for d in shape:
         count *= d
+    if raw is not None:
+        dt = np.dtype(_DTYPES[datatype]).newbyteorder("<")
+        if len(raw) != count * dt.itemsize:
+            raise HTTPException(400, f"input {name!r}: shape {shape} of {datatype} takes {count * dt.itemsize} bytes, "
+                                     f"binary data has {len(raw)}")
+        a = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
+        if datatype in ("FP32", "FP64") and not np.isfinite(a).all():
+            raise HTTPException(400, f"input {name!r}: NaN or Inf values")
+        return a.reshape(shape).astype(np.float32 if datatype in ("FP32", "FP64") else a.dtype, copy=False)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # out-of-range floats become Inf, refused below
             a = np.asarray(data, dtype=_DTYPES[datatype])

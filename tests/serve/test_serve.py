@@ -54,7 +54,8 @@ BAD_TENSORS = [
     ({"name": "y", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}, 400, "unknown input"),
     ({"name": "x", "shape": [1, -16], "datatype": "FP32", "data": [1.0] * 16}, 400, "shape"),
     ({"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1e39] * 16}, 400, "NaN or Inf"),
-    ({"name": "x", "shape": [1, 16], "datatype": "FP32"}, 422, ""),
+    ({"name": "x", "shape": [1, 16], "datatype": "FP32"}, 400, "neither data nor binary_data_size"),
+    ({"name": "x", "shape": [1, 16], "datatype": "FP32", "data": 5}, 422, ""),
 ]
 
 
@@ -64,6 +65,49 @@ def test_v2_malformed_tensors_are_4xx(program_client, tensor, status, words):
     r = client.post("/v2/models/tiny/infer", json={"inputs": [tensor]})
     assert r.status_code == status, r.text
     assert words in r.text
+
+
+def _binary_request(header: dict, blobs: list[bytes]) -> tuple[bytes, dict]:
+    h = json.dumps(header).encode()
+    return h + b"".join(blobs), {"Inference-Header-Content-Length": str(len(h)), "content-type": "application/octet-stream"}
+
+
+def test_v2_binary_tensor_extension(program_client):
+    client, prog = program_client
+    x = np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32)
+    body, headers = _binary_request({"inputs": [{"name": "x", "shape": [5, 16], "datatype": "FP32",
+                                                 "parameters": {"binary_data_size": x.nbytes}}],
+                                     "outputs": [{"name": prog.outputs[0], "parameters": {"binary_data": True}}]},
+                                    [x.tobytes()])
+    r = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:n])
+    out = meta["outputs"][0]
+    assert out["parameters"]["binary_data_size"] == 5 * 4 * 4 and "data" not in out
+    np.testing.assert_array_equal(np.frombuffer(r.content[n:], "<f4").reshape(out["shape"]), prog(x))
+    # JSON out for a binary request that does not ask for binary outputs
+    body, headers = _binary_request({"inputs": [{"name": "x", "shape": [5, 16], "datatype": "FP32",
+                                                 "parameters": {"binary_data_size": x.nbytes}}]}, [x.tobytes()])
+    r = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+    np.testing.assert_array_equal(np.array(r.json()["outputs"][0]["data"], np.float32).reshape(5, 4), prog(x))
+
+
+@pytest.mark.parametrize("size,blob,header,words", [
+    (320, b"\0" * 100, None, "runs past the body"),
+    (100, b"\0" * 100, None, "takes 320 bytes"),
+    (320, b"\0" * 330, None, "bytes after the inputs"),
+    (320, b"\0" * 320, "99999", "does not fit"),
+    (-1, b"", None, "binary_data_size"),
+])
+def test_v2_malformed_binary_requests(program_client, size, blob, header, words):
+    client, _ = program_client
+    body, headers = _binary_request({"inputs": [{"name": "x", "shape": [5, 16], "datatype": "FP32",
+                                                 "parameters": {"binary_data_size": size}}]}, [blob])
+    if header is not None:
+        headers["Inference-Header-Content-Length"] = header
+    r = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+    assert r.status_code == 400 and words in r.text, r.text
 
 
 def test_v2_other_errors(program_client):
@@ -191,7 +235,8 @@ def test_the_serve_command_and_the_program_client(tmp_path):
         remote = RemoteProgram(url, "p")
         assert remote.metadata()["inputs"][0]["name"] == "x"
         a = rng.standard_normal((3, 8)).astype(np.float32)
-        np.testing.assert_array_equal(remote(x=a), prog(a))
+        np.testing.assert_array_equal(remote(x=a), prog(a))  # binary tensors both ways
+        np.testing.assert_array_equal(RemoteProgram(url, "p", binary=False)(x=a), prog(a))  # JSON values
         with pytest.raises(RemoteError, match="400"):
             remote(x=a[:, :5])
         with pytest.raises(RemoteError, match="404"):
