@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--port", type=int, default=8000)
     serve_p.add_argument("--name", default=None, help="the model's name in the API (default: the file's stem)")
     serve_p.add_argument("--max-request-mb", type=float, default=64, help="largest request body (default 64 MB)")
+    serve_p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray[serve]) instead of uvicorn: the "
+                                                            "cluster of RAY_ADDRESS, or a local one")
+    serve_p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default 1)")
+    serve_p.add_argument("--max-replicas", type=int, default=None,
+                         help="with --ray: autoscale between --replicas and this many")
     split_p = sub.add_parser("split", help="where to cut a saved program between a device and a server for a link: "
                                            "the plan, predicted and measured (emulated link) against edge-only and cloud-only")
     split_p.add_argument("model", metavar="MODEL", help="a program saved by edgecompress.engine.save")
@@ -75,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        from .serve import run
+        from .serve import run, run_ray
     except ImportError as e:
         print(f'edgecompress serve: needs fastapi and uvicorn: pip install "edgecompress[serve]" ({e})', file=sys.stderr)
         return 1
     try:
-        run(args.model, args.host, args.port, args.name, int(args.max_request_mb * (1 << 20)))
+        limit = int(args.max_request_mb * (1 << 20))
+        if args.ray:
+            run_ray(args.model, args.host, args.port, args.name, limit, args.replicas, args.max_replicas)
+        else:
+            run(args.model, args.host, args.port, args.name, limit)
     except ImportError as e:
         print(f'edgecompress serve: needs fastapi and uvicorn: pip install "edgecompress[serve]" ({e})', file=sys.stderr)
         return 1

@@ -9,6 +9,9 @@ over HTTP (the ``serve`` extra: fastapi, uvicorn).
   (``"stream": true`` sends server-sent events ending in ``data: [DONE]``), ``GET /v1/models``.
 - Both: ``GET /v2/health/live`` and ``GET /v2/health/ready``.
 
+On one machine it runs under uvicorn (``run``); ``run_ray`` / ``ray_application`` deploy the same app on
+Ray Serve (``ray[serve]``) with replicas or autoscaling, so it scales out over a Ray cluster.
+
 Bad requests get a 4xx with a message naming what was wrong (422: the JSON does not fit the schema;
 400: values the model refuses; 404: another model name; 413: a body over ``max_request_bytes``);
 nothing a client sends stops the server. A language model is stateful (its KV cache), so its requests
@@ -26,7 +29,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-__all__ = ["create_app", "run"]
+__all__ = ["create_app", "ray_application", "run", "run_ray"]
 
 MAX_REQUEST_BYTES = 64 << 20
 _DTYPES = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8,
@@ -327,3 +330,38 @@ def run(path: str, host: str = "127.0.0.1", port: int = 8000, name: Optional[str
     import uvicorn
 
     uvicorn.run(create_app(path, name, max_request_bytes), host=host, port=port, log_level="info")
+
+
+def ray_application(path: str, name: Optional[str] = None, max_request_bytes: int = MAX_REQUEST_BYTES,
+                    replicas: int = 1, max_replicas: Optional[int] = None, max_ongoing_requests: int = 8) -> Any:
+    """The same app as a Ray Serve application (``ray[serve]``): each replica builds it on its own
+    (loads the model) from this builder. ``max_replicas`` > ``replicas`` turns on autoscaling between
+    the two. Run it with ``ray.serve.run(application)``."""
+    from ray import serve
+
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    path = os.path.abspath(path)  # the replicas may start elsewhere
+
+    def builder() -> Any:  # (a function: Ray Serve calls it on each replica for its app)
+        return create_app(path, name, max_request_bytes)
+
+    options: dict[str, Any] = {"name": "edgecompress", "max_ongoing_requests": max_ongoing_requests,
+                               "ray_actor_options": {"num_cpus": 1}}
+    if max_replicas is not None and max_replicas > replicas:
+        options["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": max_replicas}
+    else:
+        options["num_replicas"] = replicas
+    return serve.deployment(serve.ingress(builder)(), **options).bind()
+
+
+def run_ray(path: str, host: str = "127.0.0.1", port: int = 8000, name: Optional[str] = None,
+            max_request_bytes: int = MAX_REQUEST_BYTES, replicas: int = 1, max_replicas: Optional[int] = None) -> None:
+    """Serve on Ray Serve: joins the Ray cluster of ``RAY_ADDRESS`` (or starts a local one) and blocks."""
+    import ray
+    from ray import serve
+
+    ray.init(ignore_reinit_error=True)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(ray_application(path, name, max_request_bytes, replicas, max_replicas), name="edgecompress",
+              route_prefix="/", blocking=True)

@@ -271,3 +271,48 @@ def test_the_llm_client(tmp_path):
         assert "".join(remote.chat([{"role": "user", "content": "hi"}], 5, temperature=0, stream=True)) == reply
         with pytest.raises(RemoteError, match="400"):
             remote.generate("ab", 4, temperature=-1.0)
+
+
+def test_ray_serve_deployment(tmp_path):
+    """The same app on Ray Serve (a local single-node Ray, 2 replicas): infer over HTTP through Serve's
+    proxy, requests spread over the replicas."""
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    import socket
+    import time
+    import urllib.request
+
+    from edgecompress.remote import RemoteProgram
+    from edgecompress.serve import ray_application
+
+    rng = np.random.default_rng(0)
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", 8))
+    prog = g.program([g.linear(x, rng.standard_normal((2, 8)).astype(np.float32), None, "fc")], {})
+    path = tmp_path / "p.safetensors"
+    prog.save(path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(ray_application(str(path), "p", replicas=2), name="edgecompress", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        remote = RemoteProgram(url, "p")
+        a = rng.standard_normal((4, 8)).astype(np.float32)
+        for _ in range(8):
+            np.testing.assert_array_equal(remote(x=a), prog(a))
+        status = serve.status().applications["edgecompress"]
+        assert status.status == "RUNNING"
+        assert sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values()) == 2
+    finally:
+        serve.shutdown()
+        ray.shutdown()
