@@ -1,0 +1,137 @@
+"""Splitting a program between a device and a server: the planner's cut against every cut measured end
+to end, edge-only and cloud-only: writes benchmarks/results/<cpu>-split.md.
+
+    python benchmarks/bench_split.py            # MiniLM-sized encoder (int8), sequence 128, batch 1
+
+Both sides run on this machine: the device on 1 thread, the server on 2 (a slow device, a faster
+server). The link is emulated: 1, 10 and 100 Mbit/s with a 20 ms round trip; a request's time is the
+head's measured time (encoding the cut tensors included), the round trip and the real encoded bytes
+(up: the cut tensors and the program inputs the tail reads; down: the output as float32) over the
+bandwidth, then the tail's measured time (decoding included). The planner predicts from per-node
+profiles (``engine.node_seconds`` at each thread count) and the same byte counts.
+
+Wire compression: the cut tensors as per-channel int8 + zstd against float32; the end output's
+error is max |y_split - y| / max |y| over the whole program's output.
+
+(ResNet-18 waits for convolutions on the engine.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import edgecompress as ec
+from edgecompress import engine
+from edgecompress.bench import cpu_slug
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BANDWIDTHS = {"1 Mbit/s": 1e6 / 8, "10 Mbit/s": 10e6 / 8, "100 Mbit/s": 100e6 / 8}
+RTT = 0.020
+
+
+def _timed(fn, threads: int, rounds: int = 5) -> float:
+    before = ec.get_num_threads()
+    ec.set_num_threads(threads)
+    try:
+        fn()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+    finally:
+        ec.set_num_threads(before)
+
+
+def minilm():
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                                           intermediate_size=1536, vocab_size=30522)).eval()
+    ids = np.random.default_rng(0).integers(1000, 30000, (1, 128))
+    mask = np.ones_like(ids)
+    return engine.export(model, {"input_ids": ids, "attention_mask": mask}, recipe="int8"), [ids, mask]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args()
+    dev_t, srv_t = 1, 2
+    program, examples = minilm()
+    names = [i.name for i in program.inputs]
+    whole = program(*examples)
+    down = len(engine.encode(whole, "fp32"))
+    ec.set_num_threads(dev_t)
+    device = engine.node_seconds(program, *examples)
+    ec.set_num_threads(srv_t)
+    server = engine.node_seconds(program, *examples)
+    # every cut, measured: head (+ encode) on the device, tail (+ decode) on the server
+    measured = {}
+    ratio, err = {}, {}
+    for c in engine.cuts(program, *examples):
+        head, tail = engine.split(program, list(c.values), *examples)
+        named = dict(zip(names, examples))
+        hin = {i.name: named[i.name] for i in head.inputs}
+        mid = head(**hin)
+        mid = mid if isinstance(mid, tuple) else (mid,)
+        msgs = [engine.encode(v, "int8", "zstd") for v in mid]
+        extra = [engine.encode(named[i.name], "int8", "zstd") for i in tail.inputs if i.name in named]
+        up = sum(map(len, msgs + extra))
+        tin = {i.name: named[i.name] for i in tail.inputs if i.name in named}
+        tin.update({v: engine.decode(m) for v, m in zip(c.values, msgs)})
+        t_head = _timed(lambda: [engine.encode(v, "int8", "zstd") for v in
+                                 (lambda r: r if isinstance(r, tuple) else (r,))(head(**hin))], dev_t, args.rounds)
+        t_tail = _timed(lambda: tail(**{**tin, **{v: engine.decode(m) for v, m in zip(c.values, msgs)}}), srv_t, args.rounds)
+        measured[c.after] = (t_head, t_tail, up)
+        fp32 = sum(len(engine.encode(v, "fp32")) for v in mid)
+        ratio[c.after] = fp32 / max(1, sum(map(len, msgs)))
+        y = tail(**tin)
+        err[c.after] = float(np.abs(y - whole).max() / np.abs(whole).max())
+    t_edge = _timed(lambda: program(*examples), dev_t, args.rounds)
+    t_cloud = _timed(lambda: program(*examples), srv_t, args.rounds)
+    up_cloud = sum(len(engine.encode(a, "int8", "zstd")) for a in examples)
+    lines = [f"# Splitting a MiniLM-sized encoder (int8, 1 x 128 tokens): {ec.cpu_info()['model']}", "",
+             f"Device: 1 thread; server: 2 threads (this machine); link emulated with a {RTT * 1e3:.0f} ms round trip; "
+             f"cut tensors as per-channel int8 + zstd; medians of {args.rounds} runs.", "",
+             "| link | planner's choice | predicted ms | measured ms | measured best | best ms | planner vs best "
+             "| edge-only ms | cloud-only ms | best vs better of edge/cloud |", "|" + "---|" * 10]
+    for label, bw in BANDWIDTHS.items():
+        p = engine.plan(program, examples, bw, RTT, device, server, "int8", "zstd")
+        total = {k: th + RTT + (up + down) / bw + tt for k, (th, tt, up) in measured.items()}
+        edge = t_edge
+        cloud = t_cloud + RTT + (up_cloud + down) / bw
+        options = dict(total, edge=edge, cloud=cloud)
+        best_key = min(options, key=options.get)
+        choice = p.best
+        key = choice.where if choice.where != "split" else choice.after
+        got = options[key]
+        name = lambda k: k if isinstance(k, str) else f"after {program.nodes[k].name}"
+        lines.append(f"| {label} | {name(key)} | {choice.seconds * 1e3:.1f} | {got * 1e3:.1f} | {name(best_key)} | "
+                     f"{options[best_key] * 1e3:.1f} | {got / options[best_key]:.3f}x | {edge * 1e3:.1f} | {cloud * 1e3:.1f} | "
+                     f"{min(edge, cloud) / options[best_key]:.2f}x |")
+    ks = sorted(ratio)
+    lines += ["", f"Wire compression over the {len(ks)} cuts: int8 + zstd is {min(ratio.values()):.2f}x to "
+              f"{max(ratio.values()):.2f}x smaller than float32 (median {statistics.median(ratio.values()):.2f}x); the "
+              f"end output's error {min(err.values()):.2e} to {max(err.values()):.2e} of its magnitude (median "
+              f"{statistics.median(err.values()):.2e})."]
+    report = "\n".join(lines) + "\n"
+    out = args.output or os.path.join(HERE, "results", f"{cpu_slug()}-split.md")
+    with open(out, "w") as f:
+        f.write(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
