@@ -333,10 +333,12 @@ def run(path: str, host: str = "127.0.0.1", port: int = 8000, name: Optional[str
 
 
 def ray_application(path: str, name: Optional[str] = None, max_request_bytes: int = MAX_REQUEST_BYTES,
-                    replicas: int = 1, max_replicas: Optional[int] = None, max_ongoing_requests: int = 8) -> Any:
+                    replicas: int = 1, max_replicas: Optional[int] = None, max_ongoing_requests: int = 8,
+                    threads: int = 1) -> Any:
     """The same app as a Ray Serve application (``ray[serve]``): each replica builds it on its own
-    (loads the model) from this builder. ``max_replicas`` > ``replicas`` turns on autoscaling between
-    the two. Run it with ``ray.serve.run(application)``."""
+    (loads the model) from this builder and runs it on ``threads`` threads (the CPUs Ray reserves for
+    it). ``max_replicas`` > ``replicas`` turns on autoscaling between the two. Run it with
+    ``ray.serve.run(application)``."""
     from ray import serve
 
     if not os.path.isfile(path):
@@ -347,7 +349,8 @@ def ray_application(path: str, name: Optional[str] = None, max_request_bytes: in
         return create_app(path, name, max_request_bytes)
 
     options: dict[str, Any] = {"name": "edgecompress", "max_ongoing_requests": max_ongoing_requests,
-                               "ray_actor_options": {"num_cpus": 1}}
+                               "ray_actor_options": {"num_cpus": threads, "runtime_env": {
+                                   "env_vars": {"EDGECOMPRESS_NUM_THREADS": str(threads)}}}}
     if max_replicas is not None and max_replicas > replicas:
         options["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": max_replicas}
     else:
