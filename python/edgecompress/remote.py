@@ -4,7 +4,9 @@ library's HTTP client:
 - ``RemoteProgram(url, name)``: a served program called like a local one, ``program(x=array, ...)``
   (Open Inference Protocol v2, JSON tensors);
 - ``RemoteLLM(url, name=None)``: ``generate(prompt, ...)`` and ``chat(messages, ...)`` over the
-  OpenAI-compatible endpoints, ``stream=True`` yielding the text as it arrives.
+  OpenAI-compatible endpoints, ``stream=True`` yielding the text as it arrives;
+- ``Cascade(device_llm, remote_llm, threshold)``: answers on the device and asks the served (larger)
+  model only when the device model's confidence in its answer is below ``threshold``.
 
 A 4xx or 5xx answer raises ``RemoteError`` with the server's message.
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RemoteError", "RemoteLLM", "RemoteProgram"]
+__all__ = ["Cascade", "CascadeAnswer", "RemoteError", "RemoteLLM", "RemoteProgram"]
 
 _DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int64): "INT64",
               np.dtype(np.int32): "INT32", np.dtype(np.int8): "INT8", np.dtype(np.uint8): "UINT8",
@@ -146,3 +148,31 @@ class RemoteLLM:
         """The assistant's reply to ``messages``."""
         return self._run("/v1/chat/completions", {"messages": messages, "max_tokens": max_new_tokens, **sampling},
                          stream, True)
+
+
+class CascadeAnswer:
+    """A cascade's answer: the text, which side gave it ("device" or "server") and the device
+    model's confidence in its own answer."""
+
+    def __init__(self, text: str, where: str, confidence: float) -> None:
+        self.text, self.where, self.confidence = text, where, confidence
+
+    def __repr__(self) -> str:
+        return f"CascadeAnswer(where={self.where!r}, confidence={self.confidence:.3f}, text={self.text[:40]!r})"
+
+
+class Cascade:
+    """A small model on the device, a larger one served: the device answers, and hands the prompt to
+    the server when its confidence (the geometric mean of the probabilities of the tokens it chose)
+    is below ``threshold``."""
+
+    def __init__(self, device: Any, server: RemoteLLM, threshold: float = 0.5) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold!r}")
+        self.device, self.server, self.threshold = device, server, threshold
+
+    def generate(self, prompt: str, max_new_tokens: int = 128, **sampling: Any) -> CascadeAnswer:
+        text, confidence = self.device.generate_with_confidence(prompt, max_new_tokens, **sampling)
+        if confidence >= self.threshold:
+            return CascadeAnswer(text, "device", confidence)
+        return CascadeAnswer(self.server.generate(prompt, max_new_tokens, **sampling), "server", confidence)

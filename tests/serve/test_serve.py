@@ -271,6 +271,21 @@ def test_the_llm_client(tmp_path):
         assert "".join(remote.chat([{"role": "user", "content": "hi"}], 5, temperature=0, stream=True)) == reply
         with pytest.raises(RemoteError, match="400"):
             remote.generate("ab", 4, temperature=-1.0)
+        # a cascade: another (device) model answers when confident enough, else the served one
+        from edgecompress.remote import Cascade
+
+        small_path = tmp_path / "small.gguf"
+        hf_gguf.write(hf_gguf.llama(vocab=400, seed=5), small_path)
+        small = L.load(small_path)
+        text, conf = small.generate_with_confidence("ab cd", 8, temperature=0)
+        assert len(small.last_probabilities) >= len(small.last_tokens) > 0
+        assert 0.0 < conf <= 1.0 and text == small.generate("ab cd", 8, temperature=0)
+        mine = Cascade(small, remote, threshold=0.0).generate("ab cd", 8, temperature=0)
+        assert mine.where == "device" and mine.text == text
+        theirs = Cascade(small, remote, threshold=1.0).generate("ab cd", 8, temperature=0)
+        assert theirs.where == "server" and theirs.text == want and theirs.confidence == pytest.approx(conf)
+        with pytest.raises(ValueError):
+            Cascade(small, remote, threshold=2.0)
 
 
 def test_ray_serve_deployment(tmp_path):
@@ -316,3 +331,16 @@ def test_ray_serve_deployment(tmp_path):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_a_stream_abandoned_midway_does_not_block_the_next_request(llm_client):
+    import concurrent.futures
+
+    with llm_client.stream("POST", "/v1/completions", json={"prompt": "ab cd", "max_tokens": 40, "temperature": 0.9,
+                                                            "min_p": 0.0, "stream": True}) as s:
+        first = next(line for line in s.iter_lines() if line)
+        assert first.startswith("data: ")
+    # the generator was dropped with the model's lock held inside it: the next request must still run
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(llm_client.post, "/v1/completions", json={"prompt": "ab", "max_tokens": 2, "temperature": 0})
+        assert fut.result(timeout=60).status_code == 200

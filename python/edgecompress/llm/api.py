@@ -70,6 +70,8 @@ class LLM:
         self._ids: list[int] = []  # the tokens whose keys and values the caches hold
         self.timings = Timings()
         self.last_tokens: list[int] = []
+        self.last_probabilities: list[float] = []
+        self._track_probabilities = False
         template = self.file.metadata.get("tokenizer.chat_template")
         self.chat_template = template if isinstance(template, str) else None
         self.load_seconds = time.perf_counter() - t0
@@ -167,8 +169,13 @@ class LLM:
         self.last_tokens = out  # the generated ids (end-of-generation token left out)
         sent = ""  # text already yielded
         history = list(ids)
+        probs = self.last_probabilities = []  # the model's probability of each token it chose
         while True:
             tok = sampler(logits, history)
+            if self._track_probabilities:
+                lg = logits.astype(np.float64)
+                mx = lg.max()
+                probs.append(float(np.exp(lg[tok] - mx) / np.exp(lg - mx).sum()))
             if tok in self.tokenizer.eog:
                 break
             out.append(tok)
@@ -200,6 +207,17 @@ class LLM:
         end = hit if hit >= 0 else len(text)
         if end > len(sent):
             yield text[len(sent):end]
+
+    def generate_with_confidence(self, prompt: str | list[int], max_new_tokens: int = 128, **kwargs: Any) -> tuple[str, float]:
+        """``generate``'s text and the model's confidence in it: the geometric mean of the
+        probabilities it gave the tokens it chose (the end-of-generation token included)."""
+        self._track_probabilities = True
+        try:
+            text = self.generate(prompt, max_new_tokens, stream=False, **kwargs)
+        finally:
+            self._track_probabilities = False
+        p = np.asarray(self.last_probabilities)
+        return text, float(np.exp(np.log(np.maximum(p, 1e-300)).mean())) if p.size else 1.0
 
     def chat(self, messages: list[dict[str, str]], max_new_tokens: int = 256, **kwargs: Any) -> Any:
         """The assistant's reply to ``messages`` ([{"role": "user", "content": ...}, ...]), rendered
