@@ -57,6 +57,8 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from pydantic import BaseModel, Field, ValidationError
 
+    from .engine.split import decode, split
+
     kind, model = _load(path)
     name = name or os.path.splitext(os.path.basename(path))[0]
     app = FastAPI(title=f"edgecompress: {name}")
@@ -119,6 +121,24 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
             check_name(model_name)
             return {"name": name, "ready": True}
 
+        tails: dict[tuple[str, ...], Any] = {}
+
+        def tail_for(cut: Any, arrays: dict[str, np.ndarray]) -> Any:
+            if not isinstance(cut, list) or not cut or not all(isinstance(c, str) for c in cut) or len(cut) > 4096:
+                raise HTTPException(400, "parameters.cut: expected a list of value names")
+            key = tuple(cut)
+            if key not in tails:
+                missing = [c for c in cut if c not in arrays]
+                if missing:
+                    raise HTTPException(400, f"parameters.cut: no input for the cut values {missing}")
+                try:
+                    _, tails[key] = split(model, cut, specs={c: (arrays[c].ndim, str(arrays[c].dtype)) for c in cut})
+                except (TypeError, ValueError) as e:
+                    raise HTTPException(400, f"parameters.cut: {e}") from None
+                if len(tails) > 64:  # a bounded cache: the oldest cut goes
+                    del tails[next(iter(tails))]
+            return tails[key]
+
         @app.post("/v2/models/{model_name}/infer")
         async def infer(model_name: str, request: Request) -> Any:
             """JSON tensors, or the binary tensor extension: an ``Inference-Header-Content-Length``
@@ -153,15 +173,27 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
                     arrays[t.name] = _tensor(t.name, t.shape, t.datatype, t.data)
             if offset != len(rest):
                 raise HTTPException(400, f"{len(rest) - offset} bytes after the inputs' binary data")
+            for t in req.inputs:  # edgecompress wire messages (engine.encode) carried as UINT8 tensors
+                if (t.parameters or {}).get("wire"):
+                    try:
+                        arrays[t.name] = decode(arrays[t.name].astype(np.uint8, copy=False).tobytes())
+                    except (TypeError, ValueError) as e:
+                        raise HTTPException(400, f"input {t.name!r}: {e}") from None
+            cut = (req.parameters or {}).get("cut")
+            target = model
+            if cut is not None:  # the tail of the program after these values (a split's server side)
+                target = tail_for(cut, arrays)
+            t0 = time.perf_counter()
             try:
-                out = await run_in_threadpool(lambda: model(**arrays))
+                out = await run_in_threadpool(lambda: target(**arrays))
             except (TypeError, ValueError) as e:
                 raise HTTPException(400, str(e)) from None
+            seconds = time.perf_counter() - t0
             outs = out if isinstance(out, tuple) else (out,)
             binary_all = bool((req.parameters or {}).get("binary_data_output", False))
             asked = {o.name: bool((o.parameters or {}).get("binary_data", binary_all)) for o in (req.outputs or [])}
             response: dict[str, Any] = {"model_name": name, "model_version": "1", "id": req.id or str(uuid.uuid4()),
-                                        "outputs": []}
+                                        "outputs": [], "parameters": {"server_seconds": seconds}}
             blobs = []
             for o, a in zip(model.outputs, outs):
                 entry: dict[str, Any] = {"name": o, "shape": list(a.shape), "datatype": _NAMES.get(a.dtype, str(a.dtype))}

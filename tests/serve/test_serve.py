@@ -344,3 +344,40 @@ def test_a_stream_abandoned_midway_does_not_block_the_next_request(llm_client):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(llm_client.post, "/v1/completions", json={"prompt": "ab", "max_tokens": 2, "temperature": 0})
         assert fut.result(timeout=60).status_code == 200
+
+
+def test_split_runner_over_a_served_program(tmp_path):
+    """The head on this side, the tail on `edgecompress serve` (which serves the whole program and cuts
+    it on request): outputs equal the program's (float32 wire: bit for bit; int8: within the
+    quantization's effect); a link that turns out slower than planned triggers a re-plan."""
+    from edgecompress.engine.split import cuts
+    from edgecompress.remote import Link, SplitRunner
+
+    rng = np.random.default_rng(7)
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", 64))
+    h = g.linear(x, rng.standard_normal((256, 64)).astype(np.float32), None, "up", activation="relu")
+    h2 = g.linear(h, rng.standard_normal((16, 256)).astype(np.float32), None, "down")
+    y = g.linear(h2, rng.standard_normal((8, 16)).astype(np.float32), None, "out")
+    prog = g.program([y], {})
+    path = tmp_path / "chain.safetensors"
+    prog.save(path)
+    a = rng.standard_normal((4, 64)).astype(np.float32)
+    want = prog(a)
+    with _served(path, "chain") as url:
+        runner = SplitRunner(prog, url, "chain", a, mode="fp32", bandwidth=1e9, rtt=0.0)
+        for c in cuts(prog, a):
+            runner.force(cut=list(c.values))
+            np.testing.assert_array_equal(runner(a), want)  # tail on the server, bit for bit
+        runner.force(where="cloud")
+        np.testing.assert_array_equal(runner(a), want)
+        q = SplitRunner(prog, url, "chain", a, mode="int8", codec="zstd", bandwidth=1e9, rtt=0.0)
+        q.force(cut=["down"])
+        assert np.abs(q(a) - want).max() <= 0.02 * np.abs(want).max()
+        # planned for a fast link; the emulated one is slow (20 KB/s, 50 ms): the runner measures it,
+        # re-plans, and keeps the edge (all local) from then on
+        slow = SplitRunner(prog, url, "chain", a, link=Link(20e3, 0.05), bandwidth=1e9, rtt=0.0)
+        slow.force(where="cloud")
+        for _ in range(3):
+            np.testing.assert_array_equal(slow(a), want)
+        assert slow.replans >= 1 and slow.where == "edge" and slow.bandwidth < 1e6

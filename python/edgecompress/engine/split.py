@@ -40,9 +40,11 @@ def _node_weights(n: Any) -> set[str]:
     return names
 
 
-def split(program: Program, cut: Any, *example_args: Any, **example_kwargs: Any) -> tuple[Program, Program]:
-    """(head, tail) of ``program`` cut at the values named in ``cut``; the example inputs fix the cut
-    values' ranks and dtypes (their sizes stay free: the tail takes any)."""
+def split(program: Program, cut: Any, *example_args: Any, specs: dict[str, tuple[int, str]] | None = None,
+          **example_kwargs: Any) -> tuple[Program, Program]:
+    """(head, tail) of ``program`` cut at the values named in ``cut``; the example inputs (or ``specs``:
+    name -> (rank, dtype) of each cut value) fix the cut values' ranks and dtypes (their sizes stay
+    free: the tail takes any)."""
     if isinstance(cut, str) or not all(isinstance(c, str) for c in cut) or not cut:
         raise TypeError("cut: expected a non-empty list of value names")
     cut = list(dict.fromkeys(cut))
@@ -71,7 +73,12 @@ def split(program: Program, cut: Any, *example_args: Any, **example_kwargs: Any)
     lost = [o for o in program.outputs if o not in tail_defined and o not in cut]
     if lost:
         raise ValueError(f"cut: the program outputs {', '.join(lost)} are computed before the cut; add them to the cut")
-    shapes = program.shapes(*example_args, **example_kwargs)
+    if specs is not None:
+        if set(specs) != set(cut):
+            raise ValueError(f"specs: expected the rank and dtype of each cut value {cut}, got {sorted(specs)}")
+        shapes = {c: ((0,) * int(r), str(d)) for c, (r, d) in specs.items()}
+    else:
+        shapes = program.shapes(*example_args, **example_kwargs)
     for c in cut:
         if shapes[c][1] not in ("float32", "int64"):
             raise ValueError(f"cut: {c!r} is {shapes[c][1]}, not float32 or int64")
@@ -254,10 +261,11 @@ class SplitPlan:
     options: list[Option]
     bandwidth: float  # bytes per second
     rtt: float
+    forced: Option | None = None  # an option chosen by hand (SplitRunner.force)
 
     @property
     def best(self) -> Option:
-        return min(self.options, key=lambda o: o.seconds)
+        return self.forced if self.forced is not None else min(self.options, key=lambda o: o.seconds)
 
     def option(self, where: str) -> Option:
         return next(o for o in self.options if o.where == where)
