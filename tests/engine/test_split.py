@@ -171,3 +171,62 @@ def test_the_split_command(tmp_path, capsys, rng=np.random.default_rng(6)):
     out = capsys.readouterr().out
     assert "edge" in out and "cloud" in out and "predicted ms" in out and "measured ms" in out
     assert main(["split", str(path), "--bandwidth", "fast"]) == 1
+
+
+def test_min_cut_equals_the_best_of_every_closed_split(rng=np.random.default_rng(8)):
+    """On a DAG, the minimum cut's cost equals a brute force over every set of nodes that can run on the
+    device (closed under producers), with random node times and transfer costs."""
+    import itertools
+
+    from edgecompress.engine.split import min_cut
+
+    prog, _ = _dag_program(rng)
+    nodes = prog.nodes
+    n = len(nodes)
+    producer = {o: k for k, nd in enumerate(nodes) for o in nd.outputs}
+    inputs = {i.name for i in prog.inputs}
+    values = {x for nd in nodes for x in nd.inputs if x and (x in producer or x in inputs)}
+    for _ in range(60):
+        device = list(rng.uniform(0, 1, n))
+        server = list(rng.uniform(0, 1, n))
+        transfer = {x: float(rng.uniform(0, 2)) for x in values}
+        back = {o: float(rng.uniform(0, 1)) for o in prog.outputs}
+        best = float("inf")
+        for bits in itertools.product([0, 1], repeat=n):
+            on = {k for k in range(n) if bits[k]}
+            if any(producer[x] not in on for k in on for x in nodes[k].inputs if x in producer):
+                continue  # a node on the device reading a value made on the server
+            cost = sum(device[k] for k in on) + sum(server[k] for k in range(n) if k not in on)
+            for x in values:
+                src_on_device = x in inputs or producer[x] in on
+                if src_on_device and any(x in nodes[k].inputs for k in range(n) if k not in on):
+                    cost += transfer[x]
+            cost += sum(back[o] for o in prog.outputs if producer[o] not in on)
+            best = min(best, cost)
+        got, on_device = min_cut(prog, device, server, transfer, back)
+        assert got == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_plan_offers_the_min_cut_and_it_reproduces_the_program(rng=np.random.default_rng(9)):
+    """Two parallel branches with a costly op each: the best split runs one branch on each side, a cut
+    no prefix of the node order gives; the plan finds it and split() runs it exactly."""
+    from edgecompress.engine import plan
+
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("n", 16))
+    a = g.linear(x, rng.standard_normal((16, 16)).astype(np.float32), None, "a")
+    b = g.linear(x, rng.standard_normal((16, 16)).astype(np.float32), None, "b")
+    a2 = g.linear(a, rng.standard_normal((2, 16)).astype(np.float32), None, "a2")  # small: cheap to send
+    b2 = g.linear(b, rng.standard_normal((16, 16)).astype(np.float32), None, "b2")
+    ab = g.op("concat", [a2, b2], "ab")
+    prog = g.program([g.linear(ab, rng.standard_normal((4, 18)).astype(np.float32), None, "out")], {})
+    xs = rng.standard_normal((64, 16)).astype(np.float32)
+    names = [nd.name for nd in prog.nodes]  # a, b, a2, b2, ab, out
+    # a and a2 are cheap on the device; b and b2 are costly there; the server is fast for b's branch
+    device = [{"a": 1e-4, "a2": 1e-4}.get(nm, 1.0) for nm in names]
+    server = [{"a": 1.0, "a2": 1.0}.get(nm, 1e-4) for nm in names]
+    p = plan(prog, [xs], 1e6, 0.001, device, server)
+    best = p.best
+    assert "min-cut" in best.node and set(best.values) == {"a2"}, p.table()
+    head, tail = split(prog, list(best.values), xs)
+    np.testing.assert_array_equal(tail(a2=head(x=xs), x=xs), prog(xs))

@@ -24,7 +24,7 @@ import numpy as np
 from .ops import OPS
 from .program import Input, Program
 
-__all__ = ["Cut", "Option", "SplitPlan", "cuts", "decode", "encode", "node_seconds", "plan", "split"]
+__all__ = ["Cut", "Option", "SplitPlan", "cuts", "decode", "encode", "min_cut", "node_seconds", "plan", "split"]
 
 _MAGIC = b"ECW1"
 MODES = ("fp32", "fp16", "int8")
@@ -324,6 +324,25 @@ def plan(program: Program, example_inputs: list[np.ndarray], bandwidth: float, r
         up = sum(len(encode(env[v], mode, codec)) for v in c.values) + sum(input_bytes[x] for x in read_after[c.after])
         t = float(dev_prefix[c.after]) + rtt + (up + down) / bandwidth + float(srv_suffix[c.after])
         opts.append(Option("split", c.after, c.node, c.values, up, down, t))
+    # the best cut of the whole graph (it may keep branches on both sides that no cut of the order does)
+    sizes = {x: len(encode(env[x], mode, codec)) for x in env}
+    sizes.update(input_bytes)
+    cost, on_device = min_cut(program, device, server, {x: b / bandwidth for x, b in sizes.items()},
+                              {o: len(encode(env[o], "fp32")) / bandwidth for o in program.outputs})
+    if 0 < len(on_device) < len(program.nodes):
+        producer = {o: k for k, n in enumerate(program.nodes) for o in n.outputs}
+        crossing = sorted({x for k, n in enumerate(program.nodes) if k not in on_device for x in n.inputs
+                           if x in producer and producer[x] in on_device})
+        views = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
+        crossing = list(dict.fromkeys(views.get(x, x) for x in crossing))
+        tail_nodes = [k for k in range(len(program.nodes)) if k not in on_device]
+        inputs_read = {x for k in tail_nodes for x in program.nodes[k].inputs if x in inputs}
+        up = sum(sizes[x] for x in crossing) + sum(input_bytes[x] for x in inputs_read)
+        t = (sum(device[k] for k in on_device) + rtt + (up + down) / bandwidth + sum(server[k] for k in tail_nodes))
+        key = tuple(crossing)
+        if all(o.values != key for o in opts) and crossing:
+            last = max(on_device)
+            opts.append(Option("split", last, program.nodes[last].name + " (min-cut)", key, up, down, t))
     return SplitPlan(opts, bandwidth, rtt)
 
 
@@ -339,3 +358,83 @@ def _values(program: Program, example_inputs: list[np.ndarray]) -> dict[str, np.
         if n.outputs[0] in views:
             env[n.outputs[0]] = env[n.inputs[0]]
     return env
+
+
+# ---- the best cut of a DAG: a minimum s-t cut (DADS) ----
+
+def min_cut(program: Program, device: list[float], server: list[float], transfer: dict[str, float],
+            back: dict[str, float]) -> tuple[float, set[int]]:
+    """The split of least predicted latency (the round trip left out) over every cut of the graph,
+    not only those between consecutive nodes: the nodes that run on the device (indices), and its
+    cost. A minimum s-t cut on the graph of DADS (Hu et al., INFOCOM 2019): source = device, sink =
+    server; node v costs ``server[v]`` when cut from the source and ``device[v]`` when cut from the
+    sink; each value x costs ``transfer[x]`` once when its producer is on the device and a reader on
+    the server (an auxiliary node per value); ``back[x]`` when an output x is computed on the server;
+    infinite reverse edges forbid a value flowing from the server back to the device. Program inputs
+    start on the device."""
+    n = len(program.nodes)
+    inf = float("inf")
+    producer = {o: k for k, node in enumerate(program.nodes) for o in node.outputs}
+    readers: dict[str, list[int]] = {}
+    for k, node in enumerate(program.nodes):
+        for x in node.inputs:
+            if x and (x in producer or x in {i.name for i in program.inputs}):
+                readers.setdefault(x, []).append(k)
+    values = sorted(readers)
+    # graph nodes: 0 = source, 1 = sink, 2 + k program nodes, 2 + n + j the value nodes
+    size = 2 + n + len(values)
+    cap: dict[tuple[int, int], float] = {}
+
+    def add(a: int, b: int, c: float) -> None:
+        cap[(a, b)] = cap.get((a, b), 0.0) + c
+        cap.setdefault((b, a), 0.0)
+
+    for k in range(n):
+        add(0, 2 + k, server[k])
+        add(2 + k, 1, device[k])
+    for o, c in back.items():
+        if o in producer:
+            add(0, 2 + producer[o], c)
+    for j, x in enumerate(values):
+        a = 2 + n + j
+        src = 2 + producer[x] if x in producer else 0
+        add(src, a, transfer.get(x, 0.0))
+        for w in readers[x]:
+            add(a, 2 + w, inf)
+            if x in producer:
+                add(2 + w, 2 + producer[x], inf)  # a reader on the device forces its producer there
+    adj: list[list[int]] = [[] for _ in range(size)]
+    for (a, b) in cap:
+        adj[a].append(b)
+    flow = 0.0
+    while True:  # Edmonds-Karp: shortest augmenting paths
+        parent = [-1] * size
+        parent[0] = 0
+        queue = [0]
+        for u in queue:
+            for v in adj[u]:
+                if parent[v] < 0 and cap[(u, v)] > 1e-15:
+                    parent[v] = u
+                    queue.append(v)
+        if parent[1] < 0:
+            break
+        push, v = inf, 1
+        while v != 0:
+            push = min(push, cap[(parent[v], v)])
+            v = parent[v]
+        if push == inf:
+            raise ValueError("min_cut: an infinite path (a program input read on both sides?)")
+        v = 1
+        while v != 0:
+            cap[(parent[v], v)] -= push
+            cap[(v, parent[v])] += push
+            v = parent[v]
+        flow += push
+    seen = {0}
+    queue = [0]
+    for u in queue:
+        for v in adj[u]:
+            if v not in seen and cap[(u, v)] > 1e-15:
+                seen.add(v)
+                queue.append(v)
+    return flow, {k for k in range(n) if 2 + k in seen}
