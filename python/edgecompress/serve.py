@@ -4,7 +4,10 @@ over HTTP (the ``serve`` extra: fastapi, uvicorn).
 - Programs: the Open Inference Protocol v2: ``GET /v2/models/{name}`` (metadata),
   ``POST /v2/models/{name}/infer`` ({"inputs": [{"name", "shape", "datatype", "data"}]}), with the
   binary tensor extension (raw bytes after a JSON header of ``Inference-Header-Content-Length``
-  bytes) both ways.
+  bytes) both ways. A split's server side: request ``parameters.cut`` (value names) runs the
+  program's tail after those values (edgecompress.engine.split, cached per cut), and inputs with
+  ``parameters.wire`` are edgecompress wire messages (engine.encode) carried as UINT8 tensors. The
+  response's ``parameters.server_seconds`` is the compute time.
 - Language models: OpenAI-compatible ``POST /v1/completions`` and ``POST /v1/chat/completions``
   (``"stream": true`` sends server-sent events ending in ``data: [DONE]``), ``GET /v1/models``.
 - Both: ``GET /v2/health/live`` and ``GET /v2/health/ready``.
