@@ -33,13 +33,12 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 import edgecompress as ec
 import edgecompress.llm as L
-from edgecompress.bench import cpu_slug
+from edgecompress.bench import cpu_slug, write_report
 from edgecompress.llm.bench import LlamaCpp, Ours, llama_cpp_available, read_bandwidth, run_rounds
 from edgecompress.llm.demo import packaged_model, packaged_text
 
@@ -242,11 +241,7 @@ def main() -> int:
             f"gemm_q4 {cpu['families']['gemm_q4']['kernel']}, gemm_s8 {cpu['families']['gemm_s8']['kernel']}; "
             f"llama.cpp: {'llama-cpp-python ' + __import__('llama_cpp').__version__ if peer else 'not installed'}; "
             f"{rounds} interleaved rounds, medians.", ""]
-    report = "\n".join(head + lines + [""] + notes) + "\n"
-    out = args.output or os.path.join(HERE, "results", f"{cpu_slug()}-llm.md")
-    with open(out, "w") as f:
-        f.write(report)
-    print(report)
+    write_report(head + lines + [""] + notes, args.output or os.path.join(HERE, "results", f"{cpu_slug()}-llm.md"))
     return 0
 
 

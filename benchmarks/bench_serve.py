@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ import urllib.request
 import numpy as np
 
 import edgecompress as ec
-from edgecompress.bench import cpu_slug
+from edgecompress.bench import cpu_slug, write_report
 from edgecompress.remote import RemoteError, RemoteProgram
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -125,11 +124,7 @@ def main() -> int:
                      f"{r['p99']:.1f} |")
         assert r["sent"] == r["ok"] + sum(r["errors"].values()), "a request went unaccounted"
     lines += ["", f"2 replicas / 1 replica: {rows[1][1]['rps'] / rows[0][1]['rps']:.2f}x the requests per second."]
-    report = "\n".join(lines) + "\n"
-    out = args.output or os.path.join(HERE, "results", f"{cpu_slug()}-serve.md")
-    with open(out, "w") as f:
-        f.write(report)
-    print(report)
+    write_report(lines, args.output or os.path.join(HERE, "results", f"{cpu_slug()}-serve.md"))
     return 0
 
 

@@ -22,32 +22,17 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
 import edgecompress as ec
 from edgecompress import engine
-from edgecompress.bench import cpu_slug
+from edgecompress.bench import cpu_slug, write_report
+from edgecompress.engine.split_cli import measure_cut, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BANDWIDTHS = {"1 Mbit/s": 1e6 / 8, "10 Mbit/s": 10e6 / 8, "100 Mbit/s": 100e6 / 8}
 RTT = 0.020
-
-
-def _timed(fn, threads: int, rounds: int = 5) -> float:
-    before = ec.get_num_threads()
-    ec.set_num_threads(threads)
-    try:
-        fn()
-        ts = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-    finally:
-        ec.set_num_threads(before)
 
 
 def minilm():
@@ -69,7 +54,6 @@ def main() -> int:
     args = ap.parse_args()
     dev_t, srv_t = 1, 2
     program, examples = minilm()
-    names = [i.name for i in program.inputs]
     whole = program(*examples)
     down = len(engine.encode(whole, "fp32"))
     ec.set_num_threads(dev_t)
@@ -80,26 +64,13 @@ def main() -> int:
     measured = {}
     ratio, err = {}, {}
     for c in engine.cuts(program, *examples):
-        head, tail = engine.split(program, list(c.values), *examples)
-        named = dict(zip(names, examples))
-        hin = {i.name: named[i.name] for i in head.inputs}
-        mid = head(**hin)
-        mid = mid if isinstance(mid, tuple) else (mid,)
-        msgs = [engine.encode(v, "int8", "zstd") for v in mid]
-        extra = [engine.encode(named[i.name], "int8", "zstd") for i in tail.inputs if i.name in named]
-        up = sum(map(len, msgs + extra))
-        tin = {i.name: named[i.name] for i in tail.inputs if i.name in named}
-        tin.update({v: engine.decode(m) for v, m in zip(c.values, msgs)})
-        t_head = _timed(lambda: [engine.encode(v, "int8", "zstd") for v in
-                                 (lambda r: r if isinstance(r, tuple) else (r,))(head(**hin))], dev_t, args.rounds)
-        t_tail = _timed(lambda: tail(**{**tin, **{v: engine.decode(m) for v, m in zip(c.values, msgs)}}), srv_t, args.rounds)
-        measured[c.after] = (t_head, t_tail, up)
-        fp32 = sum(len(engine.encode(v, "fp32")) for v in mid)
-        ratio[c.after] = fp32 / max(1, sum(map(len, msgs)))
-        y = tail(**tin)
-        err[c.after] = float(np.abs(y - whole).max() / np.abs(whole).max())
-    t_edge = _timed(lambda: program(*examples), dev_t, args.rounds)
-    t_cloud = _timed(lambda: program(*examples), srv_t, args.rounds)
+        m = measure_cut(program, list(c.values), examples, dev_t, srv_t, "int8", "zstd", args.rounds)
+        measured[c.after] = (m["head"], m["tail"], m["up"])
+        fp32 = sum(len(engine.encode(engine.decode(msg), "fp32")) for msg in m["messages"])
+        ratio[c.after] = fp32 / max(1, sum(map(len, m["messages"])))
+        err[c.after] = float(np.abs(m["output"] - whole).max() / np.abs(whole).max())
+    t_edge = timed(lambda: program(*examples), dev_t, args.rounds)
+    t_cloud = timed(lambda: program(*examples), srv_t, args.rounds)
     up_cloud = sum(len(engine.encode(a, "int8", "zstd")) for a in examples)
     lines = [f"# Splitting a MiniLM-sized encoder (int8, 1 x 128 tokens): {ec.cpu_info()['model']}", "",
              f"Device: 1 thread; server: 2 threads (this machine); link emulated with a {RTT * 1e3:.0f} ms round trip; "
@@ -116,19 +87,10 @@ def main() -> int:
         choice = p.best
         key = choice.where if choice.where != "split" else choice.after
         if choice.where == "split" and choice.values not in {tuple(c.values) for c in engine.cuts(program, *examples)}:
-            # the min-cut's choice (no cut of the order): measure it the same way
-            head, tail = engine.split(program, list(choice.values), *examples)
-            named = dict(zip(names, examples))
-            hin = {i.name: named[i.name] for i in head.inputs}
-            mid = head(**hin)
-            mid = mid if isinstance(mid, tuple) else (mid,)
-            msgs = [engine.encode(v, "int8", "zstd") for v in mid]
-            tin = {i.name: named[i.name] for i in tail.inputs if i.name in named}
-            up = sum(map(len, msgs)) + sum(len(engine.encode(a, "int8", "zstd")) for a in tin.values())
-            tin.update({v: engine.decode(m) for v, m in zip(choice.values, msgs)})
+            # the min-cut's choice (no cut of the order): measured the same way
+            m = measure_cut(program, list(choice.values), examples, dev_t, srv_t, "int8", "zstd", args.rounds)
             key = "min-cut"
-            options[key] = (_timed(lambda: head(**hin), dev_t, args.rounds) + RTT + (up + down) / bw
-                            + _timed(lambda: tail(**tin), srv_t, args.rounds))
+            options[key] = m["head"] + RTT + (m["up"] + down) / bw + m["tail"]
         got = options[key]
         name = lambda k: k if isinstance(k, str) else f"after {program.nodes[k].name}"
         lines.append(f"| {label} | {name(key)} | {choice.seconds * 1e3:.1f} | {got * 1e3:.1f} | {name(best_key)} | "
@@ -139,11 +101,7 @@ def main() -> int:
               f"{max(ratio.values()):.2f}x smaller than float32 (median {statistics.median(ratio.values()):.2f}x); the "
               f"end output's error {min(err.values()):.2e} to {max(err.values()):.2e} of its magnitude (median "
               f"{statistics.median(err.values()):.2e})."]
-    report = "\n".join(lines) + "\n"
-    out = args.output or os.path.join(HERE, "results", f"{cpu_slug()}-split.md")
-    with open(out, "w") as f:
-        f.write(report)
-    print(report)
+    write_report(lines, args.output or os.path.join(HERE, "results", f"{cpu_slug()}-split.md"))
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["parse_bandwidth", "parse_rtt", "run"]
+__all__ = ["measure", "measure_cut", "parse_bandwidth", "parse_rtt", "run", "timed"]
 
 
 def parse_bandwidth(text: str) -> float:
@@ -59,55 +59,68 @@ def _examples(program: Any, dims: str) -> list[np.ndarray]:
     return out
 
 
-def _timed(fn: Any, rounds: int = 7) -> float:
-    fn()
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
+def timed(fn: Any, threads: int, rounds: int = 7) -> float:
+    """Median seconds of ``fn`` on ``threads`` threads, after one untimed call."""
+    import edgecompress as ec
+
+    before = ec.get_num_threads()
+    ec.set_num_threads(threads)
+    try:
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+    finally:
+        ec.set_num_threads(before)
+
+
+def measure_cut(program: Any, values: list[str], examples: list[np.ndarray], device_threads: int,
+                server_threads: int, mode: str, codec: Any, rounds: int = 7) -> dict[str, Any]:
+    """A split at ``values``, measured: the head and the encoding of its cut tensors on the device's
+    threads, the decoding and the tail on the server's; the bytes that go up (the cut tensors and the
+    program inputs the tail reads); the output of the split run."""
+    from .split import decode, encode, split
+
+    head, tail = split(program, list(values), *examples)
+    named = dict(zip((i.name for i in program.inputs), examples))
+    hin = {i.name: named[i.name] for i in head.inputs}
+
+    def run_head() -> list[bytes]:
+        mid = head(**hin)
+        return [encode(v, mode, codec) for v in (mid if isinstance(mid, tuple) else (mid,))]
+
+    msgs = run_head()
+    extra = {i.name: named[i.name] for i in tail.inputs if i.name in named}
+    up = sum(map(len, msgs)) + sum(len(encode(a, mode, codec)) for a in extra.values())
+    # program inputs the tail reads cross the link as well (float ones through the same encoding)
+    tin = {k: decode(encode(a, mode, codec)) if a.dtype == np.float32 else a for k, a in extra.items()}
+
+    def run_tail() -> Any:
+        return tail(**tin, **{v: decode(m) for v, m in zip(values, msgs)})
+
+    return {"head": timed(run_head, device_threads, rounds), "tail": timed(run_tail, server_threads, rounds),
+            "up": up, "messages": msgs, "output": run_tail()}
 
 
 def measure(program: Any, option: Any, examples: list[np.ndarray], device_threads: int, server_threads: int,
             bandwidth: float, rtt: float, mode: str, codec: Any) -> float:
     """End-to-end seconds of one option over the emulated link (see the module's description)."""
-    import edgecompress as ec
+    from .split import decode, encode
 
-    from .split import decode, encode, split
-
-    def at(threads: int, fn: Any) -> float:
-        before = ec.get_num_threads()
-        ec.set_num_threads(threads)
-        try:
-            return _timed(fn)
-        finally:
-            ec.set_num_threads(before)
-
-    if option.where == "edge":
-        return at(device_threads, lambda: program(*examples))
     outs = program(*examples)
     down = sum(len(encode(o, "fp32")) for o in (outs if isinstance(outs, tuple) else (outs,)))
+    if option.where == "edge":
+        return timed(lambda: program(*examples), device_threads)
     if option.where == "cloud":
         msgs = [encode(a, mode, codec) for a in examples]
         wire = rtt + (sum(map(len, msgs)) + down) / bandwidth
-        return at(server_threads, lambda: program(*[decode(m) if a.dtype == np.float32 else a
-                                                    for m, a in zip(msgs, examples)])) + wire
-    head, tail = split(program, list(option.values), *examples)
-    named = dict(zip((i.name for i in program.inputs), examples))
-    feed_head = {i.name: named[i.name] for i in head.inputs}
-    mid = head(**feed_head)
-    mid = mid if isinstance(mid, tuple) else (mid,)
-    msgs = [encode(v, mode, codec) for v in mid]
-    t_head = at(device_threads, lambda: [encode(v, mode, codec) for v in
-                                         (lambda r: r if isinstance(r, tuple) else (r,))(head(**feed_head))])
-    # program inputs the tail reads cross the link too
-    msgs += [encode(named[i.name], mode, codec) for i in tail.inputs if i.name in named]
-    feed_tail = {i.name: (decode(encode(named[i.name], mode, codec)) if named[i.name].dtype == np.float32 else named[i.name])
-                 for i in tail.inputs if i.name in named}
-    feed_tail.update({v: decode(m) for v, m in zip(option.values, msgs)})
-    t_tail = at(server_threads, lambda: tail(**feed_tail))
-    return t_head + rtt + (sum(map(len, msgs)) + down) / bandwidth + t_tail
+        return timed(lambda: program(*[decode(m) if a.dtype == np.float32 else a for m, a in zip(msgs, examples)]),
+                     server_threads) + wire
+    m = measure_cut(program, list(option.values), examples, device_threads, server_threads, mode, codec)
+    return m["head"] + rtt + (m["up"] + down) / bandwidth + m["tail"]
 
 
 def run(args: argparse.Namespace) -> int:

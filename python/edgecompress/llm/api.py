@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .chat import render
-from .model import LoadReport, build_program, cache_slots, read
+from .model import build_program, cache_slots, read
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
 
