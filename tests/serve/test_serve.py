@@ -184,6 +184,16 @@ def test_openai_bad_requests_are_4xx(llm_client, path, body, status):
     assert llm_client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 1}).status_code == 200
 
 
+def _saved_linear(tmp_path):
+    """A one-product program (x (batch, 8) -> (batch, 2)) and the file it is saved in."""
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", 8))
+    prog = g.program([g.linear(x, np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32), None, "fc")], {})
+    path = tmp_path / "p.safetensors"
+    prog.save(path)
+    return prog, path
+
+
 @contextlib.contextmanager
 def _served(path, name):
     """`edgecompress serve` in a process of its own; yields its URL once it is ready."""
@@ -226,11 +236,7 @@ def test_the_serve_command_and_the_program_client(tmp_path):
     from edgecompress.remote import RemoteError, RemoteProgram
 
     rng = np.random.default_rng(0)
-    g = GraphBuilder()
-    x = g.input("x", "float32", ("batch", 8))
-    prog = g.program([g.linear(x, rng.standard_normal((2, 8)).astype(np.float32), None, "fc")], {})
-    path = tmp_path / "p.safetensors"
-    prog.save(path)
+    prog, path = _saved_linear(tmp_path)
     with _served(path, "p") as url:
         remote = RemoteProgram(url, "p")
         assert remote.metadata()["inputs"][0]["name"] == "x"
@@ -301,11 +307,7 @@ def test_ray_serve_deployment(tmp_path):
     from edgecompress.serve import ray_application
 
     rng = np.random.default_rng(0)
-    g = GraphBuilder()
-    x = g.input("x", "float32", ("batch", 8))
-    prog = g.program([g.linear(x, rng.standard_normal((2, 8)).astype(np.float32), None, "fc")], {})
-    path = tmp_path / "p.safetensors"
-    prog.save(path)
+    prog, path = _saved_linear(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
