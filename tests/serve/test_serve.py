@@ -373,6 +373,7 @@ def test_split_runner_over_a_served_program(tmp_path):
             np.testing.assert_array_equal(runner(a), want)  # tail on the server, bit for bit
         runner.force(where="cloud")
         np.testing.assert_array_equal(runner(a), want)
+        pytest.importorskip("zstandard")
         q = SplitRunner(prog, url, "chain", a, mode="int8", codec="zstd", bandwidth=1e9, rtt=0.0)
         q.force(cut=["down"])
         assert np.abs(q(a) - want).max() <= 0.02 * np.abs(want).max()
