@@ -39,7 +39,7 @@ import numpy as np
 import edgecompress as ec
 import edgecompress.llm as L
 from edgecompress.bench import cpu_slug, write_report
-from edgecompress.llm.bench import LlamaCpp, Ours, llama_cpp_available, read_bandwidth, run_rounds
+from edgecompress.llm.bench import LlamaCpp, Ours, llama_cpp_perplexity, llama_cpp_available, read_bandwidth, run_rounds
 from edgecompress.llm.demo import packaged_model, packaged_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -155,20 +155,7 @@ def gemma_quality(path: str, threads: int) -> dict[str, float]:
     ids = llm.tokenize(text, add_bos=False)
     with contextlib.redirect_stderr(io.StringIO()):
         m = Llama(path, n_ctx=512, n_threads=threads, n_batch=512, logits_all=True, verbose=False)
-    nll, count, preds = 0.0, 0, []
-    for start in range(0, len(ids) - 512 + 1, 512):
-        w = list(ids[start:start + 512])
-        w[0] = llm.tokenizer.bos_id
-        m.reset()
-        m.eval(w)
-        lg = np.asarray(m.scores[:512], np.float64)
-        for j in range(256, 511):
-            row = lg[j]
-            mx = row.max()
-            nll += mx + np.log(np.exp(row - mx).sum()) - row[w[j + 1]]
-            count += 1
-            preds.append(int(row.argmax()))
-    ppl_lc = float(np.exp(nll / count))
+    ppl_lc, preds = llama_cpp_perplexity(m, ids, 512, llm.tokenizer.bos_id)
     agree = float((pairs[:, 0] == np.array(preds[:len(pairs)])).mean())
     return {"ppl": ppl, "ppl_llama_cpp": ppl_lc, "scored": n, "agree": agree}
 

@@ -115,10 +115,7 @@ class LLM:
         for a in range(0, ids.size, step):
             chunk = np.ascontiguousarray(ids[a:a + step])
             last = a + step >= ids.size
-            if not (all_rows or last):
-                rows = np.array([chunk.size - 1], np.int64)
-            else:
-                rows = np.arange(chunk.size, dtype=np.int64) if all_rows else np.array([chunk.size - 1], np.int64)
+            rows = np.arange(chunk.size, dtype=np.int64) if all_rows else np.array([chunk.size - 1], np.int64)
             pos = np.array([len(self._ids)], np.int64)
             out = self.program(chunk, pos, rows, *self._caches)
             self._ids.extend(int(t) for t in chunk)
@@ -248,8 +245,8 @@ class LLM:
                 window[0] = self.tokenizer.bos_id
             self.reset()
             self._eval(window[:first], False)
-            for a in range(first, n_ctx - 1, 64):  # 64 rows of logits at a time (n_vocab floats each)
-                chunk = window[a:min(a + 64, n_ctx - 1)]
+            for a in range(first, n_ctx - 1, N_ROWS):  # N_ROWS rows of logits at a time (n_vocab floats each)
+                chunk = window[a:min(a + N_ROWS, n_ctx - 1)]
                 lg = self._eval(chunk, True).astype(np.float64)
                 target = window[a + 1:a + 1 + chunk.size]
                 mx = lg.max(axis=1)

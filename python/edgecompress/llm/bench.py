@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Contender", "LlamaCpp", "Ours", "read_bandwidth", "run_rounds"]
+__all__ = ["Contender", "LlamaCpp", "Ours", "llama_cpp_perplexity", "read_bandwidth", "run_rounds"]
 
 
 @dataclass
@@ -76,6 +76,26 @@ class LlamaCpp:
         self.m.eval(prompt)
         for t in steps:
             self.m.eval([t])
+
+
+def llama_cpp_perplexity(m: Any, ids: list[int], window: int, bos: int | None) -> tuple[float, list[int]]:
+    """``LLM.perplexity``'s measure run by llama.cpp (a Llama made with ``logits_all=True``): windows of
+    ``window`` tokens (the first set to BOS), each scored on its second half. Returns the perplexity
+    (NaN for no full window) and llama.cpp's argmax at each scored position."""
+    nll, count, preds = 0.0, 0, []
+    for start in range(0, len(ids) - window + 1, window):
+        w = list(ids[start:start + window])
+        if bos is not None:
+            w[0] = bos
+        m.reset()
+        m.eval(w)
+        lg = np.asarray(m.scores[window // 2:window - 1], np.float64)
+        mx = lg.max(axis=1)
+        lse = mx + np.log(np.exp(lg - mx[:, None]).sum(axis=1))
+        nll += float((lse - lg[np.arange(len(lg)), w[window // 2 + 1:]]).sum())
+        count += len(lg)
+        preds += lg.argmax(axis=1).tolist()
+    return (float(np.exp(nll / count)) if count else float("nan")), preds
 
 
 def llama_cpp_available() -> bool:

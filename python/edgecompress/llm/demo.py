@@ -68,6 +68,8 @@ def _llama_cpp(path: str, threads: int, ids: list[int], pp_ids: list[int], windo
         from llama_cpp import Llama
     except ImportError:
         return None
+    from .bench import llama_cpp_perplexity
+
     def make(logits_all: bool) -> Any:  # logits of every position only for the perplexity (they cost)
         with contextlib.redirect_stderr(io.StringIO()):
             return Llama(path, n_ctx=max(window, 1024), n_threads=threads, n_threads_batch=threads, n_batch=512,
@@ -87,19 +89,7 @@ def _llama_cpp(path: str, threads: int, ids: list[int], pp_ids: list[int], windo
     decode = 32 / (time.perf_counter() - t0)
     del m
     m = make(True)
-    nll, count = 0.0, 0
-    for start in range(0, len(ids) - window + 1, window):
-        w = list(ids[start:start + window])
-        w[0] = pp_ids[0]
-        m.reset()
-        m.eval(w)
-        lg = np.asarray(m.scores[:window], np.float64)
-        for j in range(window // 2, window - 1):
-            row = lg[j]
-            mx = row.max()
-            nll += mx + np.log(np.exp(row - mx).sum()) - row[w[j + 1]]
-            count += 1
-    ppl = float(np.exp(nll / count)) if count else float("nan")
+    ppl, _ = llama_cpp_perplexity(m, ids, window, pp_ids[0])
     return {"prefill": prefill, "decode": decode, "ppl": ppl, "bytes": os.path.getsize(path)}
 
 

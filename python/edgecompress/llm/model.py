@@ -117,8 +117,7 @@ def _linear(b: GraphBuilder, x: str, w: Any, name: str) -> str:
 
 def _concat(ws: list[Any]) -> Any:
     if all(isinstance(w, SplitInt8Weight) for w in ws):
-        hi, lo = concat_rows([w.hi for w in ws]), concat_rows([w.lo for w in ws])
-        return None if hi is None or lo is None else SplitInt8Weight(hi, lo)
+        return SplitInt8Weight.concat(ws)
     if any(isinstance(w, SplitInt8Weight) for w in ws):
         return None
     return concat_rows(ws)

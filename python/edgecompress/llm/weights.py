@@ -69,6 +69,16 @@ class SplitInt8Weight:
     def to_float(self) -> np.ndarray:
         return (self.hi.to_float() + self.lo.to_float()).astype(np.float32)
 
+    @staticmethod
+    def concat(parts: list[SplitInt8Weight]) -> SplitInt8Weight | None:
+        """The rows of parts in order (None when their halves cannot be joined)."""
+        from ..engine.builder import concat_rows
+
+        if len(parts) == 1:
+            return parts[0]
+        hi, lo = concat_rows([p.hi for p in parts]), concat_rows([p.lo for p in parts])
+        return None if hi is None or lo is None else SplitInt8Weight(hi, lo)
+
     def __repr__(self) -> str:
         return f"SplitInt8Weight(shape={self.shape}, g=32)"
 
@@ -166,8 +176,7 @@ def _load_matrix(f: GGUFFile, name: str, shape: tuple[int, int], mode: str) -> t
         for a in range(0, rows, _ROWS):
             q, d = integer_codes(raw[a:a + _ROWS], info.type_name, min(rows, a + _ROWS) - a, k)
             parts.append(split_int8(q, d))
-        w = parts[0] if len(parts) == 1 else SplitInt8Weight(concat_rows([p.hi for p in parts]),
-                                                              concat_rows([p.lo for p in parts]))
+        w = SplitInt8Weight.concat(parts)
         return w, TensorReport(name, info.type_name, info.shape, info.nbytes, int(w.nbytes), "int8-g32", True, 0.0)
     parts, err, form = [], 0.0, "float32"
     for a in range(0, rows, _ROWS):
@@ -177,7 +186,7 @@ def _load_matrix(f: GGUFFile, name: str, shape: tuple[int, int], mode: str) -> t
         err = max(err, float(np.max(np.abs(back - values))))
         parts.append(part)
     if isinstance(parts[0], SplitInt8Weight):
-        w = SplitInt8Weight(concat_rows([p.hi for p in parts]), concat_rows([p.lo for p in parts]))
+        w = SplitInt8Weight.concat(parts)
     else:
         w = parts[0] if len(parts) == 1 else concat_rows(parts)
     return w, TensorReport(name, info.type_name, info.shape, info.nbytes, int(w.nbytes), form, err == 0.0, err)
