@@ -77,7 +77,7 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
     for (size_t i = 0; i < outs.size(); ++i) nd.out[i] = to_ref(outs[i], input_bytes.size(), output_bytes.size(), cptr.size());
     const auto ints = t[3].cast<std::vector<int64_t>>();
     const auto floats = t[4].cast<std::vector<float>>();
-    require(ints.size() <= 11 && floats.size() <= 2, "node: too many attributes");
+    require(ints.size() <= 16 && floats.size() <= 2, "node: too many attributes");
     for (size_t i = 0; i < ints.size(); ++i) nd.i[i] = ints[i];
     for (size_t i = 0; i < floats.size(); ++i) nd.f[i] = floats[i];
     if (nd.op == engine::Op::embedding && !t[5].is_none()) {  // mode 3: the rows of two packed 4-bit weights
@@ -95,7 +95,7 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
     }
     require(nd.op != engine::Op::embedding || nd.i[3] != 3 || nd.weight2 != nullptr,
             "embedding node: mode 3 needs its packed weights");
-    if (nd.op == engine::Op::linear) {
+    if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d) {
       set_weight(nd, t[5]);
       p->keepalive.append(t[5]);
       const int scheme = t[6].cast<int>();
@@ -104,7 +104,8 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
       nd.aq.scale = t[7].cast<py::tuple>()[0].cast<float>();
       nd.aq.zero_point = t[7].cast<py::tuple>()[1].cast<int>();
       nd.q4 = t[8].cast<int>() == 0 ? Q4Compute::int8 : Q4Compute::float32;
-      require(nd.i[2] >= 0 && nd.i[2] <= static_cast<int>(Activation::gelu), "node: activation out of range");
+      const int64_t act = nd.op == engine::Op::conv2d ? nd.i[14] : nd.i[2];
+      require(act >= 0 && act <= static_cast<int>(Activation::gelu), "node: activation out of range");
     }
     out.push_back(nd);
   }

@@ -2,6 +2,7 @@
 #include "edgecompress/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -51,31 +52,175 @@ RunStatus from_gemm(GemmStatus s) {
   return RunStatus::ok;
 }
 
-RunStatus run_linear(const Node& nd, const Ctx& c) {
-  const float* x = at<const float>(c, nd.in[0]);
-  const float* bias = at<const float>(c, nd.in[1]);
-  float* y = at<float>(c, nd.out[0]);
-  const int m = static_cast<int>(nd.i[0]);
-  const ptrdiff_t ldx = nd.i[1];
-  const Activation act = static_cast<Activation>(nd.i[2]);
+// The product of a linear or conv2d node's weight with m rows of x (row stride ldx) into y (m, n).
+RunStatus product(const Node& nd, const float* x, ptrdiff_t ldx, int m, const float* bias, Activation act, float* y,
+                  int threads) {
   switch (nd.wkind) {
     case WeightKind::s8:
       return from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(nd.weight), x, ldx, m, nd.aq, bias, act, y, nullptr,
-                               c.threads));
+                               threads));
     case WeightKind::q4:
-      return from_gemm(gemm_q4(*static_cast<const PackedQ4Weight*>(nd.weight), x, ldx, m, nd.q4, bias, act, y, c.threads));
+      return from_gemm(gemm_q4(*static_cast<const PackedQ4Weight*>(nd.weight), x, ldx, m, nd.q4, bias, act, y, threads));
     case WeightKind::sparse_f32:
-      return from_gemm(sparse_f32(*static_cast<const PackedSparseF32*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+      return from_gemm(sparse_f32(*static_cast<const PackedSparseF32*>(nd.weight), x, ldx, m, bias, act, y, threads));
     case WeightKind::sparse_s8:
-      return from_gemm(sparse_s8(*static_cast<const PackedSparseS8*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+      return from_gemm(sparse_s8(*static_cast<const PackedSparseS8*>(nd.weight), x, ldx, m, bias, act, y, threads));
     case WeightKind::sparse_nm_f32:
-      return from_gemm(
-          sparse_nm_f32(*static_cast<const PackedSparseNmF32*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+      return from_gemm(sparse_nm_f32(*static_cast<const PackedSparseNmF32*>(nd.weight), x, ldx, m, bias, act, y, threads));
     case WeightKind::dense_f32:
-      return from_gemm(dense_f32(*static_cast<const PackedDenseF32*>(nd.weight), x, ldx, m, bias, act, y, c.threads));
+      return from_gemm(dense_f32(*static_cast<const PackedDenseF32*>(nd.weight), x, ldx, m, bias, act, y, threads));
     case WeightKind::none: break;
   }
   return RunStatus::ok;
+}
+
+RunStatus run_linear(const Node& nd, const Ctx& c) {
+  return product(nd, at<const float>(c, nd.in[0]), nd.i[1], static_cast<int>(nd.i[0]), at<const float>(c, nd.in[1]),
+                 static_cast<Activation>(nd.i[2]), at<float>(c, nd.out[0]), c.threads);
+}
+
+Window2d window(const Node& nd) {
+  Window2d p;
+  p.h = static_cast<int>(nd.i[1]), p.w = static_cast<int>(nd.i[2]), p.c = static_cast<int>(nd.i[3]);
+  p.kh = static_cast<int>(nd.i[6]), p.kw = static_cast<int>(nd.i[7]);
+  p.sh = static_cast<int>(nd.i[8]), p.sw = static_cast<int>(nd.i[9]);
+  p.pt = static_cast<int>(nd.i[10]), p.pl = static_cast<int>(nd.i[11]);
+  p.dh = static_cast<int>(nd.i[12]), p.dw = static_cast<int>(nd.i[13]);
+  p.wo = static_cast<int>(nd.i[5]);
+  return p;
+}
+
+// Bytes of one tile of patch rows (im2col, never the whole matrix): the tile and the product's own
+// packed copy of it stay in L2.
+constexpr int64_t kPatchBytes = 192 * 1024;
+thread_local AlignedArray<float> t_patch;
+
+// Row r of the patch matrix: the kh * kw taps of output pixel `pixel`, c floats each (zeros outside
+// the image), in (kh, kw, c) order.
+void patch_row(const Window2d& p, const float* x, int ho, int64_t pixel, float* row) {
+  const int64_t per_image = static_cast<int64_t>(ho) * p.wo;
+  const int64_t b = pixel / per_image;
+  const int oh = static_cast<int>((pixel % per_image) / p.wo), ow = static_cast<int>(pixel % p.wo);
+  const float* xb = x + b * p.h * p.w * p.c;
+  const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
+  const size_t cb = sizeof(float) * p.c;
+  // a row of taps inside the image is one run of memory when the kernel is not dilated across
+  const bool whole = p.dw == 1 && iw0 >= 0 && iw0 + p.kw <= p.w;
+  for (int i = 0; i < p.kh; ++i, row += static_cast<ptrdiff_t>(p.kw) * p.c) {
+    const int ih = ih0 + i * p.dh;
+    if (ih < 0 || ih >= p.h) {
+      std::memset(row, 0, cb * p.kw);
+      continue;
+    }
+    const float* xr = xb + static_cast<ptrdiff_t>(ih) * p.w * p.c;
+    if (whole) {
+      std::memcpy(row, xr + static_cast<ptrdiff_t>(iw0) * p.c, cb * p.kw);
+      continue;
+    }
+    for (int t = 0; t < p.kw; ++t) {
+      const int iw = iw0 + t * p.dw;
+      if (iw < 0 || iw >= p.w) std::memset(row + t * p.c, 0, cb);
+      else std::memcpy(row + t * p.c, xr + static_cast<ptrdiff_t>(iw) * p.c, cb);
+    }
+  }
+}
+
+RunStatus run_conv(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  const float* bias = at<const float>(c, nd.in[1]);
+  float* y = at<float>(c, nd.out[0]);
+  const Window2d p = window(nd);
+  const int ho = static_cast<int>(nd.i[4]);
+  const int64_t pixels = nd.i[0] * ho * p.wo, k = static_cast<int64_t>(p.kh) * p.kw * p.c, n = nd.i[15];
+  const Activation act = static_cast<Activation>(nd.i[14]);
+  const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(1024, kPatchBytes / (4 * k)));
+  const int tiles = static_cast<int>((pixels + rows - 1) / rows);
+  // Enough tiles: each thread takes whole tiles, each product on one thread. Few (a late, small
+  // layer at batch 1): one tile after another, each product on every thread.
+  const bool by_tile = tiles >= 2 * c.threads;
+  std::atomic<int> failed{0};
+  auto tile = [&](int t) {
+    const int64_t p0 = t * rows, m = std::min(rows, pixels - p0);
+    float* a;
+    try {
+      a = ensure_size(t_patch, static_cast<size_t>(m * k));
+    } catch (const std::bad_alloc&) {
+      failed.store(static_cast<int>(RunStatus::out_of_memory));
+      return;
+    }
+    for (int64_t r = 0; r < m; ++r) patch_row(p, x, ho, p0 + r, a + r * k);
+    const RunStatus s = product(nd, a, k, static_cast<int>(m), bias, act, y + p0 * n, by_tile ? 1 : c.threads);
+    if (s != RunStatus::ok) failed.store(static_cast<int>(s));
+  };
+  if (by_tile) {
+    parallel_for(tiles, c.threads, tile);
+  } else {
+    for (int t = 0; t < tiles && failed.load() == 0; ++t) tile(t);
+  }
+  return static_cast<RunStatus>(failed.load());
+}
+
+// depthwise and pool: one task per output row of an image
+void run_window(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  float* y = at<float>(c, nd.out[0]);
+  const Window2d p = window(nd);
+  const int ho = static_cast<int>(nd.i[4]);
+  const int64_t in_image = static_cast<int64_t>(p.h) * p.w * p.c, row = static_cast<int64_t>(p.wo) * p.c;
+  const bool dw = nd.op == Op::depthwise;
+  const float* w = dw ? at<const float>(c, nd.in[1]) : nullptr;
+  const float* bias = dw ? at<const float>(c, nd.in[2]) : nullptr;
+  auto body = [&](int t) {
+    const int64_t b = t / ho;
+    const int oh = t % ho;
+    float* yr = y + (b * ho + oh) * row;
+    if (dw) {
+      c.k->depthwise_row(p, x + b * in_image, w, bias, oh, yr);
+      if (nd.i[14] > 0) c.k->unary(static_cast<int>(nd.i[14] - 1), yr, yr, row);
+    } else {
+      c.k->pool_row(p, static_cast<int>(nd.i[14]), x + b * in_image, oh, yr);
+    }
+  };
+  parallel_for(static_cast<int>(nd.i[0] * ho), c.threads, body);
+}
+
+void run_act(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  float* y = at<float>(c, nd.out[0]);
+  const int64_t n = nd.i[0];
+  const int act = static_cast<int>(nd.i[1]);
+  auto body = [&](int t) {
+    const int64_t s = t * kChunk;
+    c.k->unary(act, x + s, y + s, std::min(n, s + kChunk) - s);
+  };
+  parallel_for(static_cast<int>((n + kChunk - 1) / kChunk), c.threads, body);
+}
+
+// y (r2, r1) of each block = x (r1, r2) transposed, in 16 x 16 squares.
+template <class T>
+void transpose_blocks(const T* x, T* y, int64_t blocks, int64_t r1, int64_t r2, int threads) {
+  constexpr int64_t S = 16;
+  const int64_t squares = (r1 + S - 1) / S;
+  auto body = [&](int t) {
+    const int64_t b = t / squares, i0 = (t % squares) * S, i1 = std::min(r1, i0 + S);
+    const T* xb = x + b * r1 * r2;
+    T* yb = y + b * r1 * r2;
+    for (int64_t j0 = 0; j0 < r2; j0 += S) {
+      const int64_t j1 = std::min(r2, j0 + S);
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t j = j0; j < j1; ++j) yb[j * r1 + i] = xb[i * r2 + j];
+      }
+    }
+  };
+  parallel_for(static_cast<int>(blocks * squares), threads, body);
+}
+
+void run_transpose(const Node& nd, const Ctx& c) {
+  if (nd.i[3] == 8) {
+    transpose_blocks(at<const int64_t>(c, nd.in[0]), at<int64_t>(c, nd.out[0]), nd.i[0], nd.i[1], nd.i[2], c.threads);
+  } else {
+    transpose_blocks(at<const float>(c, nd.in[0]), at<float>(c, nd.out[0]), nd.i[0], nd.i[1], nd.i[2], c.threads);
+  }
 }
 
 void run_norm(const Node& nd, const Ctx& c) {
@@ -189,22 +334,29 @@ void run_elementwise(const Node& nd, const Ctx& c) {
   const float* a = at<const float>(c, nd.in[0]);
   const float* b = at<const float>(c, nd.in[1]);
   float* y = at<float>(c, nd.out[0]);
-  const int64_t n = nd.i[0];
-  const int64_t nb = nd.op == Op::gelu ? n : nd.i[1];
+  const bool gelu = nd.op == Op::gelu;
+  // blocks of a that each have their own b (i3 > 0), else one block
+  const int64_t block = !gelu && nd.i[3] > 0 ? nd.i[3] : nd.i[0], blocks = nd.i[0] / block;
+  const int64_t nb = gelu ? block : nd.i[1];
   // tasks start at multiples of nb, so b lines up with each task's first value
-  const int64_t per = nb >= n ? kChunk : std::max<int64_t>(1, kChunk / nb) * nb;
-  const int tasks = static_cast<int>((n + per - 1) / per);
+  const int64_t per = nb >= block ? kChunk : std::max<int64_t>(1, kChunk / nb) * nb;
+  const int64_t per_block = (block + per - 1) / per;
   auto body = [&](int t) {
-    const int64_t s = t * per, len = std::min(n, s + per) - s;
-    if (nd.op == Op::gelu) {
+    const int64_t blk = t / per_block, s = blk * block + (t % per_block) * per;
+    const int64_t len = std::min(blk * block + block, s + per) - s;
+    if (gelu) {
       c.k->gelu(a + s, y + s, len);
-    } else if (nb >= n) {
-      c.k->binary(nd.op == Op::add ? 0 : 1, a + s, b + s, len, y + s, len);
-    } else {
-      c.k->binary(nd.op == Op::add ? 0 : 1, a + s, b, nb, y + s, len);
+      return;
     }
+    const float* bb = nd.i[3] > 0 ? b + blk * nb : b;
+    if (nb >= block) {
+      c.k->binary(nd.op == Op::add ? 0 : 1, a + s, bb + (s - blk * block), len, y + s, len);
+    } else {
+      c.k->binary(nd.op == Op::add ? 0 : 1, a + s, bb, nb, y + s, len);
+    }
+    if (nd.i[2] > 0) c.k->unary(static_cast<int>(nd.i[2] - 1), y + s, y + s, len);
   };
-  parallel_for(tasks, c.threads, body);
+  parallel_for(static_cast<int>(blocks * per_block), c.threads, body);
 }
 
 void run_softmax(const Node& nd, const Ctx& c) {
@@ -564,6 +716,11 @@ RunStatus run_node(const Node& nd, const Ctx& c) {
     case Op::kv_attention: return run_kv_attention(nd, c);
     case Op::glu: run_glu(nd, c); return RunStatus::ok;
     case Op::concat: run_concat(nd, c); return RunStatus::ok;
+    case Op::conv2d: return run_conv(nd, c);
+    case Op::depthwise:
+    case Op::pool: run_window(nd, c); return RunStatus::ok;
+    case Op::act: run_act(nd, c); return RunStatus::ok;
+    case Op::transpose: run_transpose(nd, c); return RunStatus::ok;
     case Op::count: break;
   }
   return RunStatus::ok;

@@ -30,7 +30,9 @@ enum class Op : int {
                  // longest a sequence can be (the rows there are; offsets outside 0..i1 or decreasing
                  // are bad_input)
   gelu,          // in: x; out: y. i0 values
-  add,           // in: a, b; out: y. i0 values, i1 length of b (b repeats every i1 values)
+  add,           // in: a, b; out: y. i0 values, i1 length of b (b repeats every i1 values). i2 > 0: then
+                 // UnaryAct i2 - 1 on y. i3 > 0: a is blocks of i3 values, each with its own i1 values of b
+                 // (a (batch, h, w, c) times b (batch, c): squeeze-excitation's channel scale)
   mul,           // as add
   softmax,       // in: x; out: y. i0 rows, i1 n
   embedding,     // in: ids (int64, i0), table (i2 rows of i1), scale? (int8 table: one per row); out: y.
@@ -61,6 +63,16 @@ enum class Op : int {
   glu,           // in: gate, up (i0 rows; row strides i3, i4 floats); out: y (i0, i1) = act(gate) * up,
                  // i2 act: 0 SiLU, 1 GELU (tanh form)
   concat,        // in: up to 4 arrays of i0 rows, widths i1..i4 (0: absent); out: y (i0, their sum)
+  // The 2-D window ops on channels-last images: i0 batch, i1 h, i2 w, i3 c, i4 ho, i5 wo, i6 kh, i7 kw,
+  // i8 sh, i9 sw, i10 pt, i11 pl, i12 dh, i13 dw (Window2d); x (i0, i1, i2, i3), y (i0, i4, i5, n).
+  conv2d,        // in: x, bias?; the linear weight (n = i15 rows of kh * kw * c: taps in (kh, kw, c) order);
+                 // i14 Activation of the product's epilogue. Rows of patches are gathered into tiles
+                 // of about kPatchBytes and run through the weight's product, tile by tile
+  depthwise,     // in: x, w (kh, kw, c), bias?; out: y (n = c). i14 > 0: then UnaryAct i14 - 1
+  pool,          // in: x; out: y (n = c). i14 mode: Window2d's pool_row
+  act,           // in: x; out: y. i0 values, i1 UnaryAct
+  transpose,     // in: x (i0 blocks of i1 rows of i2 values, i3 bytes each); out: y (i0 blocks of i2 rows
+                 // of i1): channels first <-> channels last
   count
 };
 
@@ -78,7 +90,7 @@ struct Node {
   Op op = Op::count;
   Ref in[4];
   Ref out[2];
-  int64_t i[11] = {};
+  int64_t i[16] = {};
   float f[2] = {};
   WeightKind wkind = WeightKind::none;  // linear: the packed weight's type
   const void* weight = nullptr;         // linear: the Packed* weight; embedding mode 3: hi

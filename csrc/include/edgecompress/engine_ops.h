@@ -15,6 +15,16 @@
 
 namespace edgecompress {
 
+// Element-wise activations of the unary pass (and the codes of the engine's act op).
+enum class UnaryAct : int { relu = 0, relu6, silu, hardswish, hardsigmoid, sigmoid, count };
+
+// One sliding 2-D window over a channels-last image (h rows, w columns, c channels): kernel kh x kw,
+// strides sh, sw, padding pt (top), pl (left) of zeros (the bottom and right follow from wo and the
+// rows asked for), dilations dh, dw; wo output columns.
+struct Window2d {
+  int h, w, c, kh, kw, sh, sw, pt, pl, dh, dw, wo;
+};
+
 struct EngineKernel {
   const char* name;
   Isa isa;
@@ -39,6 +49,16 @@ struct EngineKernel {
   // c (m, n) = alpha * a (m, k) @ b (k, n): row strides lda, ldb, ldc; c is overwritten.
   void (*gemm_nn)(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb,
                   float* c, ptrdiff_t ldc);
+  // y = act(x) over n values (UnaryAct); y may alias x.
+  void (*unary)(int act, const float* x, float* y, int64_t n);
+  // Output row oh (p.wo pixels of p.c channels) of a depthwise convolution of x (one image): channel
+  // j of pixel (oh, ow) is bias[j] + the sum over the taps (i, t) inside the image, in order, of
+  // x[oh sh - pt + i dh][ow sw - pl + t dw][j] * w[i][t][j]. w: (kh, kw, c); bias may be null.
+  void (*depthwise_row)(const Window2d& p, const float* x, const float* w, const float* bias, int oh, float* y);
+  // Output row oh of a pooling of x (one image) over the same windows: mode 0 the maximum of the taps
+  // inside the image, 1 their mean over kh * kw (padding counted as zeros), 2 their mean over the taps
+  // inside the image.
+  void (*pool_row)(const Window2d& p, int mode, const float* x, int oh, float* y);
 };
 
 }  // namespace edgecompress

@@ -184,11 +184,123 @@ void gemm_nn(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, co
   for (; i < m; ++i) gemm_rows<1>(n, k, alpha, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
 }
 
+inline float relu6(float v) {
+  v = v > 0.0f ? v : 0.0f;
+  return v < 6.0f ? v : 6.0f;
+}
+
+void unary(int act, const float* x, float* y, int64_t n) {
+  // one loop per activation, so that each vectorizes on its own
+  switch (static_cast<UnaryAct>(act)) {
+    case UnaryAct::relu:
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      break;
+    case UnaryAct::relu6:
+      for (int64_t i = 0; i < n; ++i) y[i] = relu6(x[i]);
+      break;
+    case UnaryAct::silu:
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + exp_approx(-x[i]));
+      break;
+    case UnaryAct::hardswish:
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] * relu6(x[i] + 3.0f) * (1.0f / 6.0f);
+      break;
+    case UnaryAct::hardsigmoid:
+      for (int64_t i = 0; i < n; ++i) y[i] = relu6(x[i] + 3.0f) * (1.0f / 6.0f);
+      break;
+    case UnaryAct::sigmoid:
+      for (int64_t i = 0; i < n; ++i) y[i] = 1.0f / (1.0f + exp_approx(-x[i]));
+      break;
+    case UnaryAct::count: break;
+  }
+}
+
+// Channels j .. j + NV W of output pixel (oh, ow) of a depthwise convolution (NV = 0: channel j
+// alone, the tail): NV vector accumulators walk the taps inside the image.
+template <int NV>
+inline void dw_pixel(const Window2d& p, const float* x, const float* w, const float* bias, int oh, int ow, int j,
+                     float* y) {
+  constexpr int V = NV == 0 ? 1 : NV;
+  vf acc[V];
+  float acc1 = bias != nullptr ? bias[j] : 0.0f;
+  for (int v = 0; v < V; ++v) acc[v] = NV == 0 || bias == nullptr ? vf{} : load(bias + j + v * W);
+  const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
+  for (int i = 0; i < p.kh; ++i) {
+    const int ih = ih0 + i * p.dh;
+    if (ih < 0 || ih >= p.h) continue;
+    for (int t = 0; t < p.kw; ++t) {
+      const int iw = iw0 + t * p.dw;
+      if (iw < 0 || iw >= p.w) continue;
+      const float* xp = x + (static_cast<ptrdiff_t>(ih) * p.w + iw) * p.c + j;
+      const float* wp = w + (static_cast<ptrdiff_t>(i) * p.kw + t) * p.c + j;
+      if (NV == 0) {
+        acc1 += xp[0] * wp[0];
+      } else {
+        for (int v = 0; v < V; ++v) acc[v] += load(xp + v * W) * load(wp + v * W);
+      }
+    }
+  }
+  if (NV == 0) {
+    y[j] = acc1;
+  } else {
+    for (int v = 0; v < V; ++v) store(y + j + v * W, acc[v]);
+  }
+}
+
+void depthwise_row(const Window2d& p, const float* x, const float* w, const float* bias, int oh, float* y) {
+  for (int ow = 0; ow < p.wo; ++ow) {
+    float* yo = y + static_cast<ptrdiff_t>(ow) * p.c;
+    int j = 0;
+    for (; j + 4 * W <= p.c; j += 4 * W) dw_pixel<4>(p, x, w, bias, oh, ow, j, yo);
+    for (; j + W <= p.c; j += W) dw_pixel<1>(p, x, w, bias, oh, ow, j, yo);
+    for (; j < p.c; ++j) dw_pixel<0>(p, x, w, bias, oh, ow, j, yo);
+  }
+}
+
+// Channels j .. j + V of pixel (oh, ow) of a pooling (V = W, or 1 for the tail).
+template <int V>
+inline void pool_pixel(const Window2d& p, int mode, const float* x, int oh, int ow, int j, float* y) {
+  typedef float vv __attribute__((vector_size(V * 4)));
+  typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
+  vv acc = mode == 0 ? vv{} - INFINITY : vv{};
+  int taps = 0;
+  const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
+  for (int i = 0; i < p.kh; ++i) {
+    const int ih = ih0 + i * p.dh;
+    if (ih < 0 || ih >= p.h) continue;
+    for (int t = 0; t < p.kw; ++t) {
+      const int iw = iw0 + t * p.dw;
+      if (iw < 0 || iw >= p.w) continue;
+      const vv v = *reinterpret_cast<const vvu*>(x + (static_cast<ptrdiff_t>(ih) * p.w + iw) * p.c + j);
+      if (mode == 0) {
+        acc = ((v > acc) | (v != v)) ? v : acc;  // NaN wins, as in torch
+      } else {
+        acc += v;
+      }
+      ++taps;
+    }
+  }
+  if (mode != 0) {
+    const int count = mode == 1 ? p.kh * p.kw : taps;
+    acc = count > 0 ? acc * (1.0f / static_cast<float>(count)) : vv{};
+  }
+  *reinterpret_cast<vvu*>(y + j) = acc;
+}
+
+void pool_row(const Window2d& p, int mode, const float* x, int oh, float* y) {
+  for (int ow = 0; ow < p.wo; ++ow) {
+    float* yo = y + static_cast<ptrdiff_t>(ow) * p.c;
+    int j = 0;
+    for (; j + W <= p.c; j += W) pool_pixel<W>(p, mode, x, oh, ow, j, yo);
+    for (; j < p.c; ++j) pool_pixel<1>(p, mode, x, oh, ow, j, yo);
+  }
+}
+
 }  // namespace
 }  // namespace edgecompress
 
 #define EC_ENGINE_KERNEL(sym, name, isa, needs) \
   namespace edgecompress {                      \
   extern const EngineKernel sym;                \
-  const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, dot_rows, gemm_nn}; \
+  const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, dot_rows, gemm_nn, \
+                             unary, depthwise_row, pool_row}; \
   }

@@ -2,13 +2,15 @@
 
     prog = edgecompress.engine.export(model, example_inputs, recipe="int8")   # torch, transformers
     y = prog(input_ids, attention_mask)                                       # numpy in, numpy out
+    prog = edgecompress.engine.export(cnn, images, recipe="int8-static")      # a torch CNN, (b, c, h, w)
     prog.save("model.safetensors")
     prog = edgecompress.engine.load("model.safetensors")                      # numpy only
 
 A Program is a graph of coarse ops (linear on every weight format with fused epilogues, a fused QKV
 projection, LayerNorm / RMSNorm with the residual add, softmax, attention with padding mask, causal
 mask and grouped-query heads, embedding lookup, element-wise add / mul, mean pooling, reshape views)
-whose weights are in the canonical formats. ``prog.reference(...)`` runs the numpy specification of the
+whose weights are in the canonical formats; convolutional networks add conv2d (on every weight
+format), depthwise_conv2d, pool2d and element-wise activations on channels-last images (engine/cnn.py). ``prog.reference(...)`` runs the numpy specification of the
 same graph; ``prog.profile(...)`` (or ``EDGECOMPRESS_PROFILE=1``) gives the time per node and per op.
 """
 
@@ -20,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from .cnn import export_cnn
 from .io import load, save
 from .ops import OPS, Node
 from .program import Input, Program
 from .split import cuts, decode, encode, node_seconds, plan, split
 
-__all__ = ["Input", "Node", "OPS", "Program", "cuts", "decode", "encode", "export", "load", "node_seconds", "plan",
-           "save", "split"]
+__all__ = ["Input", "Node", "OPS", "Program", "cuts", "decode", "encode", "export", "export_cnn", "load", "node_seconds",
+           "plan", "save", "split"]
 
 
 def _example(example_inputs: Any) -> dict[str, np.ndarray]:
@@ -48,7 +51,8 @@ def _example(example_inputs: Any) -> dict[str, np.ndarray]:
 def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str | None = None, guard: bool = False,
            embeddings: str = "float32", packed: bool = True, **options: Any) -> Program:
     """The Program of a Hugging Face BERT-family encoder (BertModel and its checkpoints such as MiniLM,
-    RobertaModel, DistilBertModel).
+    RobertaModel, DistilBertModel), or, when example_inputs is one (batch, c, h, w) image tensor or
+    array, of a convolutional network (``export_cnn``, whose arguments ``options`` then carries).
 
     example_inputs: {"input_ids": (batch, seq), "attention_mask": ..., "token_type_ids": ...} integer
     arrays (numpy or torch). recipe: None (float32) or a recipe of ``edgecompress.compress`` ("int8",
@@ -73,6 +77,9 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
 
     from ..compress import CompressionWarning, compress
     from .bert import _family, build
+
+    if isinstance(example_inputs, (torch.Tensor, np.ndarray)) and example_inputs.ndim == 4:
+        return export_cnn(model, example_inputs, recipe, guard=guard, **options)
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")

@@ -28,8 +28,12 @@ Shape = tuple[tuple[int, ...], str]  # (shape, dtype name)
 # native op ids and operand spaces: csrc/include/edgecompress/engine.h
 NATIVE_OP = {"linear": 0, "norm": 1, "attention": 2, "gelu": 3, "add": 4, "mul": 5, "softmax": 6, "embedding": 7,
              "pack": 10, "gather": 11, "scatter": 12,
-             "position_ids": 8, "mean_pool": 9, "rope": 13, "kv_attention": 14, "glu": 15, "concat": 16}
+             "position_ids": 8, "mean_pool": 9, "rope": 13, "kv_attention": 14, "glu": 15, "concat": 16,
+             "conv2d": 17, "depthwise": 18, "pool": 19, "act": 20, "transpose": 21}
 GLU_ACTS = {"silu": 0, "gelu_tanh": 1}
+# the element-wise pass (UnaryAct in csrc/include/edgecompress/engine_ops.h)
+UNARY_ACTS = {"relu": 0, "relu6": 1, "silu": 2, "hardswish": 3, "hardsigmoid": 4, "sigmoid": 5}
+POOL_MODES = {"max": 0, "avg": 1}
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
 NO_REF = (0, 0, 0)
 LINEAR_WEIGHTS = (np.ndarray, Int8Weight, Int4Weight, SparseWeight)
@@ -210,15 +214,85 @@ def _infer_concat(node: Node, s: list[Shape | None], weights: dict[str, Any]) ->
     return [(xs[:-1] + (sum(p[0][-1] for p in parts),), "float32")]
 
 
+def _window(a: dict[str, Any], kernel: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """(kernel, stride, padding (top, bottom, left, right), dilation) of a window op's attributes."""
+    return (tuple(kernel), tuple(a.get("stride", (1, 1))), tuple(a.get("padding", (0, 0, 0, 0))),
+            tuple(a.get("dilation", (1, 1))))
+
+
+def _infer_window(node: Node, s: list[Shape | None], kernel: tuple[int, int], n: int) -> list[Shape]:
+    """x (batch, h, w, c) channels last -> (batch, ho, wo, n)."""
+    (xs, xd) = s[0]
+    _expect(xd == "float32" and len(xs) == 4, f"expected a float32 channels-last image (batch, h, w, c), got {xd} {xs}")
+    k, st, pad, dil = _window(node.attrs, kernel)
+    ho, wo = eref.window_size(xs[1], xs[2], k, st, pad, dil)
+    _expect(ho >= 1 and wo >= 1, f"the window {k} (dilation {dil}, padding {pad}) does not fit the image {xs[1:3]}")
+    return [((xs[0], ho, wo, n), "float32")]
+
+
+def _infer_conv2d(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """x (batch, h, w, c), bias? (n,) and the weight (n, kh * kw * c) -> (batch, ho, wo, n)."""
+    w = weights[node.attrs["weight"]]
+    n, k = w.shape
+    kh, kw = node.attrs["kernel"]
+    c = s[0][0][-1] if len(s[0][0]) == 4 else -1
+    _expect(k == kh * kw * c, f"expected the weight's K = kh * kw * c = {kh} * {kw} * {c}, got {k}")
+    if s[1] is not None:
+        _expect(s[1] == ((n,), "float32"), f"expected a float32 bias ({n},), got {s[1]}")
+    return _infer_window(node, s, (kh, kw), n)
+
+
+def _infer_depthwise(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    """x (batch, h, w, c), w (kh, kw, c), bias? (c,) -> (batch, ho, wo, c)."""
+    (ws, wd) = s[1]
+    c = s[0][0][-1]
+    _expect(wd == "float32" and len(ws) == 3 and ws[2] == c, f"expected a float32 weight (kh, kw, {c}), got {wd} {ws}")
+    if s[2] is not None:
+        _expect(s[2] == ((c,), "float32"), f"expected a float32 bias ({c},), got {s[2]}")
+    return _infer_window(node, s, ws[:2], c)
+
+
+def _infer_pool(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    a = node.attrs
+    (kh, kw), (pt, pb, pl, pr) = a["kernel"], tuple(a.get("padding", (0, 0, 0, 0)))
+    # as torch: a window always holds a tap of the image (the max of none would be -inf)
+    _expect(max(pt, pb) <= kh // 2 and max(pl, pr) <= kw // 2, f"expected padding at most half the kernel {a['kernel']}, "
+            f"got {a.get('padding')}")
+    _expect(a["mode"] == "max" or tuple(a.get("dilation", (1, 1))) == (1, 1), "expected no dilation for average pooling")
+    return _infer_window(node, s, (kh, kw), s[0][0][-1] if len(s[0][0]) == 4 else 0)
+
+
+def _transpose_split(perm: list[int]) -> int:
+    """perm = (0, j, .., n - 1, 1, .., j - 1): the first moved dimension j, or 0 for another order."""
+    n = len(perm)
+    if n < 3 or perm[0] != 0:
+        return 0
+    j = perm[1]
+    return j if j >= 2 and list(perm[1:]) == list(range(j, n)) + list(range(1, j)) else 0
+
+
+def _infer_transpose(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
+    (xs, xd) = s[0]
+    perm = node.attrs["perm"]
+    _expect(len(perm) == len(xs) and _transpose_split(perm) > 0,
+            f"expected perm (0, j, .., {len(xs) - 1}, 1, .., j - 1) for a {len(xs)}-d array, got {perm}")
+    return [(tuple(xs[p] for p in perm), xd)]
+
+
 def _infer_same(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
     _expect(s[0][1] == "float32", f"expected float32, got {s[0][1]}")
     return [s[0]]
 
 
+def _per_batch(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """b (batch, 1, .., 1, c) scales each image of a (batch, .., c) by its own row (squeeze-excitation)."""
+    return len(a) >= 3 and len(b) == len(a) and b[0] == a[0] and b[-1] == a[-1] and all(d == 1 for d in b[1:-1])
+
+
 def _infer_binary(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
     (a, ad), (b, bd) = s[0], s[1]
-    _expect(ad == bd == "float32" and len(b) <= len(a) and a[len(a) - len(b):] == b,
-            f"expected float32 operands where b's shape {b} ends a's {a}")
+    _expect(ad == bd == "float32" and ((len(b) <= len(a) and a[len(a) - len(b):] == b) or _per_batch(a, b)),
+            f"expected float32 operands where b's shape {b} ends a's {a}, or is (batch, 1, .., 1, c) of a's batch and c")
     return [s[0]]
 
 
@@ -350,15 +424,53 @@ def _ref_halves(node: Node, a: list[Any], weights: dict[str, Any]) -> np.ndarray
     return (hi.to_float()[ids] + lo.to_float()[ids]).astype(np.float32)
 
 
+def _then_act(node: Node, y: np.ndarray) -> np.ndarray:
+    act = node.attrs.get("activation")
+    return y if act is None else eref.act(y, act)
+
+
+def _ref_conv2d(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    k, st, pad, dil = _window(node.attrs, node.attrs["kernel"])
+    x = a[0]
+    ho, wo = eref.window_size(x.shape[1], x.shape[2], k, st, pad, dil)
+    patches = eref.conv_patches(x, k, st, pad, dil)
+    relu = node.attrs.get("activation") == "relu"
+    lin = Node("linear", ["x", "b"], ["y"], {key: v for key, v in node.attrs.items() if key in ("weight", "act_scale", "act_zero_point")}
+               | ({"activation": "relu"} if relu else {}), node.name)
+    y = _ref_linear(lin, [patches, a[1]], weights)[0].reshape(x.shape[0], ho, wo, -1)
+    return [y if relu else _then_act(node, y)]
+
+
+def _ref_depthwise(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    _, st, pad, dil = _window(node.attrs, (1, 1))
+    return [_then_act(node, eref.depthwise(a[0], a[1], a[2], st, pad, dil))]
+
+
+def _ref_pool(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    t = node.attrs
+    k, st, pad, dil = _window(t, t["kernel"])
+    return [eref.pool(a[0], t["mode"], k, st, pad, dil, t.get("count_include_pad", True))]
+
+
+def _ref_binary_act(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
+    b = a[1]
+    return [_then_act(node, _ref_binary(node, [a[0], b], weights)[0])]
+
+
 _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarray]]] = {
     "linear": _ref_linear,
     "layernorm": _ref_norm,
     "rmsnorm": _ref_norm,
     "attention": _ref_attention,
     "gelu": lambda n, a, w: [eref.gelu(a[0])],
-    "add": _ref_binary,
-    "mul": _ref_binary,
+    "add": _ref_binary_act,
+    "mul": _ref_binary_act,
     "softmax": lambda n, a, w: [eref.softmax(a[0])],
+    "conv2d": _ref_conv2d,
+    "depthwise_conv2d": _ref_depthwise,
+    "pool2d": _ref_pool,
+    "act": lambda n, a, w: [eref.act(a[0], n.attrs["act"])],
+    "transpose": lambda n, a, w: [np.ascontiguousarray(a[0].transpose(n.attrs["perm"]))],
     "embedding": lambda n, a, w: [_ref_halves(n, a, w) if "halves" in n.attrs else eref.embedding(a[0], a[1], a[2], a[3])],
     "position_ids": lambda n, a, w: [eref.position_ids(a[0], n.attrs["mode"], n.attrs["base"])],
     "mean_pool": lambda n, a, w: [eref.mean_pool(a[0], a[1])],
@@ -407,6 +519,62 @@ def _lower_linear(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
     if split:
         out.append(_native("gelu", [r[-1]], [r[-1]], [_prod(xs[:-1]) * n]))
     return out
+
+
+def _act_pass(act: str | None, ref: Any, n: int) -> list[tuple[Any, ...]]:
+    """The element-wise pass of an activation the product's epilogue does not have (in place)."""
+    return [] if act is None else [_native("act", [ref], [ref], [n, UNARY_ACTS[act]])]
+
+
+def _window_ints(node: Node, xs: tuple[int, ...], ys: tuple[int, ...], kernel: tuple[int, int]) -> list[int]:
+    (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = _window(node.attrs, kernel)
+    return [xs[0], xs[1], xs[2], xs[3], ys[1], ys[2], kh, kw, sh, sw, pt, pl, dh, dw]
+
+
+def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[[str], tuple[Any, int, int]]) -> list[tuple[Any, ...]]:
+    t = node.attrs
+    xs = s[0][0]
+    pw, q4, n = packed(t["weight"])
+    (ys, _), = _infer_window(node, s, tuple(t["kernel"]), n)
+    scale, zp = t.get("act_scale"), t.get("act_zero_point")
+    scheme = 0 if scale is None else (3 if zp is not None else 2)
+    act = t.get("activation")
+    fused = act == "relu"
+    aq = (float(scale or 1.0), int(zp or 0))
+    k, st, pad, dil = _window(t, tuple(t["kernel"]))
+    if k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0):  # a 1x1 convolution is the product itself
+        out = [(NATIVE_OP["linear"], [r[0], r[1] or NO_REF], [r[-1]], [_prod(xs[:-1]), xs[-1], int(fused)], [], pw,
+                scheme, aq, q4)]
+    else:
+        ints = _window_ints(node, xs, ys, k) + [int(fused), n]
+        out = [(NATIVE_OP["conv2d"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme, aq, q4)]
+    return out + _act_pass(None if fused else act, r[-1], _prod(ys))
+
+
+def _lower_depthwise(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    xs = s[0][0]
+    (ys, _), = _infer_window(node, s, s[1][0][:2], xs[3])
+    act = node.attrs.get("activation")
+    ints = _window_ints(node, xs, ys, s[1][0][:2]) + [0 if act is None else UNARY_ACTS[act] + 1]
+    return [_native("depthwise", [r[0], r[1], r[2] or NO_REF], [r[3]], ints)]
+
+
+def _lower_pool(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    t = node.attrs
+    xs = s[0][0]
+    (ys, _), = _infer_window(node, s, tuple(t["kernel"]), xs[3])
+    mode = 0 if t["mode"] == "max" else (1 if t.get("count_include_pad", True) else 2)
+    return [_native("pool", [r[0]], [r[1]], _window_ints(node, xs, ys, tuple(t["kernel"])) + [mode])]
+
+
+def _lower_transpose(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    (xs, xd) = s[0]
+    j = _transpose_split(node.attrs["perm"])
+    return [_native("transpose", [r[0]], [r[1]], [xs[0], _prod(xs[1:j]), _prod(xs[j:]), np.dtype(xd).itemsize])]
+
+
+def _lower_act(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
+    return [_native("act", [r[0]], [r[1]], [_prod(s[0][0]), UNARY_ACTS[node.attrs["act"]]])]
 
 
 def _lower_norm(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
@@ -460,7 +628,11 @@ def _lower_unary(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -
 
 
 def _lower_binary(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
-    return [_native(node.op, [r[0], r[1]], [r[2]], [_prod(s[0][0]), _prod(s[1][0])])]
+    a, b = s[0][0], s[1][0]
+    act = node.attrs.get("activation")
+    blocks = _prod(a[1:]) if _per_batch(a, b) and a != b else 0
+    return [_native(node.op, [r[0], r[1]], [r[2]], [_prod(a), b[-1] if blocks else _prod(b),
+                                                    0 if act is None else UNARY_ACTS[act] + 1, blocks])]
 
 
 def _lower_embedding(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
@@ -546,6 +718,16 @@ def _shape(v: Any) -> bool:
 
 
 _NORM_ATTRS = {"eps": _float("a finite float >= 0", lambda v: v >= 0)}
+
+
+def _ints(n: int, lo: int, hi: int = 1 << 16) -> tuple[Callable[[Any], bool], str]:
+    return ((lambda v: isinstance(v, (list, tuple)) and len(v) == n
+             and all(isinstance(d, int) and not isinstance(d, bool) and lo <= d <= hi for d in v)),
+            f"a list of {n} ints in [{lo}, {hi}]")
+
+
+_WINDOW_ATTRS = {"stride": _ints(2, 1), "padding": _ints(4, 0), "dilation": _ints(2, 1)}
+_ACT = {"activation": _one_of(None, *UNARY_ACTS)}
 ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "linear": {"weight": ((lambda v: isinstance(v, str)), "a weight's name"),
                "activation": _one_of(*ACTIVATIONS),
@@ -566,6 +748,17 @@ ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "embedding": {"halves": ((lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)),
                              "a list of two weight names")},
     "reshape": {"shape": (_shape, "a list of ints >= -1 (0: keep that dimension), at most one -1")},
+    "conv2d": {"weight": ((lambda v: isinstance(v, str)), "a weight's name"), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
+               **_ACT, "act_scale": _float("a finite float >= 1.18e-38", lambda v: v >= np.finfo(np.float32).tiny),
+               "act_zero_point": _int(0, 255)},
+    "depthwise_conv2d": {**_WINDOW_ATTRS, **_ACT},
+    "pool2d": {"mode": _one_of(*POOL_MODES), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
+               "count_include_pad": ((lambda v: isinstance(v, bool)), "a bool")},
+    "act": {"act": _one_of(*UNARY_ACTS)},
+    "add": _ACT,
+    "mul": _ACT,
+    "transpose": {"perm": ((lambda v: isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in v)),
+                           "a list of ints")},
 }
 
 
@@ -600,5 +793,10 @@ OPS: dict[str, OpSpec] = {
     "glu": OpSpec(_infer_glu, _lower_glu, (1, 2), (1, 1), ("act",), (1,)),
     "concat": OpSpec(_infer_concat, _lower_concat, (2, 4), (1, 1), (), (2, 3)),
     "reshape": OpSpec(_infer_reshape, None, (1, 1), (1, 1), ("shape",)),
+    "conv2d": OpSpec(_infer_conv2d, _lower_conv2d, (1, 2), (1, 1), ("weight", "kernel"), (1,)),
+    "depthwise_conv2d": OpSpec(_infer_depthwise, _lower_depthwise, (2, 3), (1, 1), (), (2,)),
+    "pool2d": OpSpec(_infer_pool, _lower_pool, (1, 1), (1, 1), ("mode", "kernel")),
+    "act": OpSpec(_infer_same, _lower_act, (1, 1), (1, 1), ("act",)),
+    "transpose": OpSpec(_infer_transpose, _lower_transpose, (1, 1), (1, 1), ("perm",)),
 }
 REFERENCE = _REFERENCE

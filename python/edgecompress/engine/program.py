@@ -125,7 +125,7 @@ class Program:
                     raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is not defined before it")
                 if name in self.weights and not isinstance(self.weights[name], np.ndarray):
                     raise ValueError(f"node {n.name!r} ({n.op}): input {name!r} is a compressed weight "
-                                     f"({type(self.weights[name]).__name__}), which only a linear node reads (through "
+                                     f"({type(self.weights[name]).__name__}), which only a linear or conv2d node reads (through "
                                      f"its 'weight' attribute)")
             if n.op == "embedding" and "halves" in n.attrs:
                 ws = [self.weights.get(x) for x in n.attrs["halves"]]
@@ -139,7 +139,7 @@ class Program:
                     state.add(name)
             if n.op == "pack" and n.inputs[0] not in {i.name for i in self.inputs if i.dtype == "int64"}:
                 raise ValueError(f"node {n.name!r} (pack): expected an int64 program input (the mask), got {n.inputs[0]!r}")
-            if n.op == "linear":
+            if n.op in ("linear", "conv2d"):
                 w = self.weights.get(n.attrs["weight"])
                 if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
                     raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} is not a float32 matrix or an "
@@ -279,12 +279,12 @@ class Program:
         return got
 
     def release_weights(self) -> None:
-        """Pack every linear weight for the current tier now and keep only the packed forms (the
+        """Pack every product's weight (linear, conv2d) for the current tier now and keep only the packed forms (the
         canonical arrays go, unless another value of the program shares them): the memory of a model
         held once. Afterwards the program runs at this tier only, and ``reference`` cannot run its
         linear nodes."""
         for n in self.nodes:
-            if n.op != "linear" or isinstance(self.weights[n.attrs["weight"]], _Released):
+            if n.op not in ("linear", "conv2d") or isinstance(self.weights[n.attrs["weight"]], _Released):
                 continue
             name = n.attrs["weight"]
             self._packed_weight(name)

@@ -10,8 +10,8 @@ import numpy as np
 
 from .gemm_s8 import gelu
 
-__all__ = ["attention", "embedding", "gather", "gelu", "glu", "kv_attention", "layernorm", "mean_pool", "pack",
-           "position_ids", "rope", "scatter", "softmax"]
+__all__ = ["act", "attention", "conv_patches", "depthwise", "embedding", "gather", "gelu", "glu", "kv_attention",
+           "layernorm", "mean_pool", "pack", "pool", "position_ids", "rope", "scatter", "softmax", "window_size"]
 
 _F32 = np.float32
 # The additive mask of masked scores (as Hugging Face models use): the lowest float32, so a row whose
@@ -185,3 +185,77 @@ def glu(gate: np.ndarray, up: np.ndarray, act: str) -> np.ndarray:
     else:
         a = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
     return (a * up.astype(np.float64)).astype(_F32)
+
+
+# ---- the 2-D window ops on channels-last images (batch, h, w, c) ----
+
+def act(x: np.ndarray, kind: str) -> np.ndarray:
+    """An element-wise activation: relu, relu6, silu, hardswish, hardsigmoid or sigmoid (float64 math)."""
+    v = x.astype(np.float64)
+    if kind == "relu":
+        y = np.maximum(v, 0.0)
+    elif kind == "relu6":
+        y = np.clip(v, 0.0, 6.0)
+    elif kind == "silu":
+        y = v / (1.0 + np.exp(-v))
+    elif kind == "hardswish":
+        y = v * np.clip(v + 3.0, 0.0, 6.0) / 6.0
+    elif kind == "hardsigmoid":
+        y = np.clip(v + 3.0, 0.0, 6.0) / 6.0
+    elif kind == "sigmoid":
+        y = 1.0 / (1.0 + np.exp(-v))
+    else:
+        raise ValueError(f"act: unknown activation {kind!r}")
+    return y.astype(_F32)
+
+
+def window_size(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int, int, int],
+                dilation: tuple[int, int]) -> tuple[int, int]:
+    """(ho, wo) of a sliding window: padding (top, bottom, left, right)."""
+    (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
+    return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+
+def _taps(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int, int, int],
+          dilation: tuple[int, int], fill: float) -> np.ndarray:
+    """(batch, ho, wo, kh, kw, c): each output pixel's taps, `fill` outside the image."""
+    (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
+    b, h, w, c = x.shape
+    ho, wo = window_size(h, w, kernel, stride, padding, dilation)
+    xp = np.full((b, h + pt + pb, w + pl + pr, c), fill, x.dtype)
+    xp[:, pt:pt + h, pl:pl + w] = x
+    sb, sy, sx, sc = xp.strides
+    return np.lib.stride_tricks.as_strided(xp, (b, ho, wo, kh, kw, c), (sb, sy * sh, sx * sw, sy * dh, sx * dw, sc),
+                                           writeable=False)
+
+
+def conv_patches(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int, int, int],
+                 dilation: tuple[int, int]) -> np.ndarray:
+    """The patch matrix (batch * ho * wo, kh * kw * c) of x, taps in (kh, kw, c) order, zeros outside:
+    a convolution is the product of its weight (n, kh * kw * c) with these rows."""
+    t = _taps(x, kernel, stride, padding, dilation, 0.0)
+    return np.ascontiguousarray(t.reshape(-1, kernel[0] * kernel[1] * x.shape[3]))
+
+
+def depthwise(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, stride: tuple[int, int],
+              padding: tuple[int, int, int, int], dilation: tuple[int, int]) -> np.ndarray:
+    """Depthwise convolution: w (kh, kw, c), one filter per channel."""
+    t = _taps(x.astype(np.float64), w.shape[:2], stride, padding, dilation, 0.0)
+    y = np.einsum("bhwijc,ijc->bhwc", t, w.astype(np.float64))
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    return y.astype(_F32)
+
+
+def pool(x: np.ndarray, mode: str, kernel: tuple[int, int], stride: tuple[int, int],
+         padding: tuple[int, int, int, int], dilation: tuple[int, int], count_include_pad: bool = True) -> np.ndarray:
+    """Max pooling (padding never wins) or average pooling (over kh * kw when count_include_pad, else
+    over the taps inside the image), as torch's pools."""
+    if mode == "max":
+        return _taps(x, kernel, stride, padding, dilation, -np.inf).max(axis=(3, 4)).astype(_F32)
+    t = _taps(x.astype(np.float64), kernel, stride, padding, dilation, 0.0)
+    total = t.sum(axis=(3, 4))
+    if count_include_pad:
+        return (total / (kernel[0] * kernel[1])).astype(_F32)
+    inside = _taps(np.ones(x.shape[:3] + (1,)), kernel, stride, padding, dilation, 0.0).sum(axis=(3, 4))
+    return (total / np.maximum(inside, 1)).astype(_F32)

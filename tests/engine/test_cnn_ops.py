@@ -1,0 +1,211 @@
+"""The engine's window ops (conv2d on every product format, depthwise_conv2d, pool2d) and the ops
+around them (act, transpose, the per-batch channel scale of mul, add + activation) on every tier
+that runs here, against their numpy specification (``Program.reference``), over a sweep of channels
+1..129 (odd counts included), kernels 1/3/5/7, strides 1/2, padding (asymmetric too), dilation,
+batch 1..9 and images 1..64 wide; and the oracle itself against torch.
+
+The int8 and 4-bit products are bit-exact against the oracle's integer arithmetic (tests/test_gemm_s8.py);
+the conv2d oracle is the product of the weight with the patch matrix of the image
+(reference.engine.conv_patches), so a convolution agrees with it as closely as a linear node does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgecompress as ec
+from edgecompress.engine.builder import GraphBuilder
+from edgecompress.reference import engine as eref
+
+from test_ops import _check
+
+# (batch, h, w, c, n, kernel, stride, padding (t, b, l, r), dilation)
+CONVS = [
+    (1, 1, 1, 1, 1, 1, 1, (0, 0, 0, 0), 1),
+    (2, 5, 7, 3, 8, 3, 1, (1, 1, 1, 1), 1),
+    (1, 17, 13, 7, 33, 3, 2, (1, 1, 1, 1), 1),
+    (3, 9, 9, 16, 5, 5, 1, (2, 2, 2, 2), 1),
+    (1, 32, 32, 3, 64, 7, 2, (3, 3, 3, 3), 1),   # a ResNet stem
+    (2, 11, 6, 33, 17, 3, 1, (0, 2, 1, 0), 2),   # asymmetric padding, dilation 2
+    (1, 8, 8, 129, 31, 1, 2, (0, 0, 0, 0), 1),   # 1x1 stride 2 (a downsample)
+    (9, 4, 4, 20, 12, 1, 1, (0, 0, 0, 0), 1),    # 1x1: the product itself
+    (1, 64, 64, 4, 8, 3, 1, (1, 1, 1, 1), 1),    # many tiles of patch rows
+    (1, 3, 64, 9, 6, 3, 2, (1, 1, 1, 1), 1),
+]
+
+
+def _conv_weights(n, k):
+    w = np.random.default_rng(n * 1000 + k).standard_normal((n, k)).astype(np.float32)
+    out = [("float32", w, {}), ("int8", ec.Int8Weight.from_float(w), {}),
+           ("int8-static", ec.Int8Weight.from_float(w), {"act_scale": 0.02, "act_zero_point": 128}),
+           ("int8-static-sym", ec.Int8Weight.from_float(w), {"act_scale": 0.03})]
+    if k % 32 == 0:
+        out.append(("int4-g32", ec.Int4Weight.from_float(w, group_size=32), {}))
+    keep = np.abs(w) >= np.quantile(np.abs(w), 0.75)
+    out.append(("csr-int8", ec.SparseWeight.from_float(w * keep, "csr", "int8"), {}))
+    return out
+
+
+def _image(rng, b, h, w, c):
+    return (rng.standard_normal((b, c, h, w)) * 2).astype(np.float32)
+
+
+def _to_nhwc(g, x):
+    return g.op("transpose", [x], "nhwc", perm=[0, 2, 3, 1])
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "hardswish"])
+def test_conv2d_formats(tier, threads, rng, activation):
+    for b, h, w, c, n, k, s, pad, d in CONVS:
+        for name, wt, extra in _conv_weights(n, k * k * c):
+            g = GraphBuilder()
+            x = _to_nhwc(g, g.input("x", "float32", ("b", c, h, w)))
+            bias = g.weight("bias", rng.standard_normal(n)) if n % 2 else ""
+            attrs = {"kernel": [k, k], "stride": [s, s], "padding": list(pad), "dilation": [d, d]} | extra
+            if activation:
+                attrs["activation"] = activation
+            y = g.op("conv2d", [x, bias], "conv", weight=g.weight("w", wt), **attrs)
+            p = g.program([y], {})
+            _check(p, _image(rng, b, h, w, c), atol=1e-5, what=f"conv2d {name} {activation} {(b, h, w, c, n, k, s, pad, d)}")
+
+
+def test_conv2d_oracle_against_torch(rng):
+    torch = pytest.importorskip("torch")
+    for b, h, w, c, n, k, s, (pt, pb, pl, pr), d in CONVS:
+        x = _image(rng, b, h, w, c)
+        wt = rng.standard_normal((n, c, k, k)).astype(np.float32)
+        xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+        want = torch.nn.functional.conv2d(xp, torch.from_numpy(wt), stride=s, dilation=d).numpy()
+        g = GraphBuilder()
+        y = g.op("conv2d", [_to_nhwc(g, g.input("x", "float32", ("b", c, h, w)))], "conv",
+                 weight=g.weight("w", wt.transpose(0, 2, 3, 1).reshape(n, -1)), kernel=[k, k], stride=[s, s],
+                 padding=[pt, pb, pl, pr], dilation=[d, d])
+        back = g.op("transpose", [y], "nchw", perm=[0, 3, 1, 2])
+        p = g.program([back], {})
+        np.testing.assert_allclose(p.reference(x), want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-4)
+
+
+# (batch, h, w, c, kernel, stride, padding, dilation)
+WINDOWS = [(1, 1, 1, 1, 1, 1, (0, 0, 0, 0), 1), (2, 7, 9, 5, 3, 1, (1, 1, 1, 1), 1),
+           (1, 16, 16, 17, 3, 2, (1, 1, 1, 1), 1), (3, 10, 12, 32, 5, 1, (2, 2, 2, 2), 1),
+           (1, 14, 14, 129, 5, 2, (2, 2, 2, 2), 1), (9, 5, 5, 8, 3, 1, (1, 0, 1, 0), 2),
+           (1, 64, 5, 33, 7, 2, (3, 3, 2, 2), 1), (2, 9, 9, 100, 3, 2, (0, 0, 0, 0), 1)]
+
+
+@pytest.mark.parametrize("activation", [None, "relu6", "silu"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_depthwise(tier, threads, rng, activation, bias):
+    for b, h, w, c, k, s, pad, d in WINDOWS:
+        g = GraphBuilder()
+        x = _to_nhwc(g, g.input("x", "float32", ("b", c, h, w)))
+        ins = [x, g.weight("w", rng.standard_normal((k, k, c)))]
+        if bias:
+            ins.append(g.weight("bias", rng.standard_normal(c)))
+        attrs = {"stride": [s, s], "padding": list(pad), "dilation": [d, d]}
+        if activation:
+            attrs["activation"] = activation
+        p = g.program([g.op("depthwise_conv2d", ins, "dw", **attrs)], {})
+        _check(p, _image(rng, b, h, w, c), atol=1e-5, what=f"depthwise {activation} {(b, h, w, c, k, s, pad, d)}")
+
+
+def test_depthwise_oracle_against_torch(rng):
+    torch = pytest.importorskip("torch")
+    for b, h, w, c, k, s, (pt, pb, pl, pr), d in WINDOWS:
+        x = _image(rng, b, h, w, c)
+        wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+        xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+        want = torch.nn.functional.conv2d(xp, torch.from_numpy(wt), stride=s, dilation=d, groups=c).numpy()
+        got = eref.depthwise(x.transpose(0, 2, 3, 1), wt[:, 0].transpose(1, 2, 0), None, (s, s), (pt, pb, pl, pr), (d, d))
+        np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg", "avg-exclude-pad"])
+def test_pool(tier, threads, rng, mode):
+    torch = pytest.importorskip("torch")
+    for b, h, w, c, k, s, pad, d in WINDOWS:
+        pad = (min(pad[0], k // 2),) * 2 + (min(pad[2], k // 2),) * 2  # at most half the kernel, as torch
+        if mode != "max":
+            d = 1
+        g = GraphBuilder()
+        x = _to_nhwc(g, g.input("x", "float32", ("b", c, h, w)))
+        attrs = {"mode": mode[:3], "kernel": [k, k], "stride": [s, s], "padding": list(pad)}
+        if mode == "max":
+            attrs["dilation"] = [d, d]
+        if mode == "avg-exclude-pad":
+            attrs["count_include_pad"] = False
+        y = g.op("pool2d", [x], "pool", **attrs)
+        p = g.program([g.op("transpose", [y], "nchw", perm=[0, 3, 1, 2])], {})
+        a = _image(rng, b, h, w, c)
+        got = _check(p, a, what=f"pool {mode} {(b, h, w, c, k, s, pad, d)}")
+        t = torch.from_numpy(a)
+        if mode == "max":
+            want = torch.nn.functional.max_pool2d(t, k, s, pad[0], dilation=d) if pad[0] == pad[2] else None
+        else:
+            want = torch.nn.functional.avg_pool2d(t, k, s, pad[0], count_include_pad=mode == "avg") if pad[0] == pad[2] else None
+        if want is not None:
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", sorted(["relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid"]))
+def test_act(tier, threads, rng, act):
+    torch = pytest.importorskip("torch")
+    fn = {"relu": torch.relu, "relu6": torch.nn.functional.relu6, "silu": torch.nn.functional.silu,
+          "hardswish": torch.nn.functional.hardswish, "hardsigmoid": torch.nn.functional.hardsigmoid,
+          "sigmoid": torch.sigmoid}[act]
+    for shape in [(1,), (7,), (3, 17, 33), (40000,)]:
+        g = GraphBuilder()
+        p = g.program([g.op("act", [g.input("x", "float32", shape)], "a", act=act)], {})
+        x = (rng.standard_normal(shape) * 5).astype(np.float32)
+        got = _check(p, x, atol=1e-6, what=f"{act} {shape}")
+        np.testing.assert_allclose(got, fn(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_channel_scale_and_add_relu(tier, threads, rng):
+    """mul by (batch, 1, 1, c): each image by its own channel factors; add + relu as one node."""
+    for b, h, w, c in [(1, 1, 1, 1), (2, 5, 7, 3), (3, 16, 16, 40), (2, 64, 64, 17)]:
+        g = GraphBuilder()
+        x = g.input("x", "float32", (b, h, w, c))
+        s = g.input("s", "float32", (b, 1, 1, c))
+        r = g.input("r", "float32", (b, h, w, c))
+        y = g.op("mul", [x, s], "scale")
+        z = g.op("add", [y, r], "res", activation="relu")
+        p = g.program([z], {})
+        a, f, res = _image(rng, b, h, w, c).reshape(b, h, w, c), rng.standard_normal((b, 1, 1, c)).astype(np.float32), \
+            rng.standard_normal((b, h, w, c)).astype(np.float32)
+        got = _check(p, a, f, res, what=f"channel scale {(b, h, w, c)}")
+        np.testing.assert_allclose(got, np.maximum(a * f + res, 0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("perm", [[0, 2, 3, 1], [0, 3, 1, 2], [0, 2, 1]])
+def test_transpose(tier, threads, rng, perm):
+    for shape in [(1, 1, 1, 1), (2, 3, 17, 5), (1, 64, 56, 56), (3, 33, 1, 20)]:
+        shape = shape[:len(perm)]
+        for dtype in ("float32", "int64"):
+            g = GraphBuilder()
+            p = g.program([g.op("transpose", [g.input("x", dtype, shape)], "t", perm=perm)], {})
+            x = rng.integers(-1000, 1000, shape).astype(dtype)
+            np.testing.assert_array_equal(p(x), x.transpose(perm))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"op": "conv2d", "attrs": {"kernel": [3, 3], "stride": [0, 1]}}, "stride"),
+    ({"op": "conv2d", "attrs": {"kernel": [3]}}, "kernel"),
+    ({"op": "conv2d", "attrs": {"kernel": [2, 2]}}, "K = kh"),
+    ({"op": "conv2d", "attrs": {"kernel": [3, 3], "dilation": [9, 9]}}, "does not fit"),
+    ({"op": "conv2d", "attrs": {"kernel": [3, 3], "activation": "tanh"}}, "activation"),
+    ({"op": "pool2d", "attrs": {"mode": "max", "kernel": [3, 3], "padding": [2, 2, 2, 2]}}, "half the kernel"),
+    ({"op": "pool2d", "attrs": {"mode": "min", "kernel": [3, 3]}}, "mode"),
+    ({"op": "transpose", "attrs": {"perm": [1, 0, 2, 3]}}, "perm"),
+])
+def test_window_op_errors(rng, bad, match):
+    g = GraphBuilder()
+    x = g.input("x", "float32", (1, 8, 8, 3))
+    attrs = dict(bad["attrs"])
+    if bad["op"] == "conv2d":
+        attrs["weight"] = g.weight("w", rng.standard_normal((4, 27)))
+    g.op(bad["op"], [x], "node", **attrs)
+    with pytest.raises(ValueError, match=match):
+        p = g.program(["node"], {})
+        p(np.zeros((1, 8, 8, 3), np.float32))
