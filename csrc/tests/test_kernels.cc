@@ -550,6 +550,119 @@ std::vector<double> attention_ref(const std::vector<float>& qkv, const std::vect
 // The decoder's ops through the executor: glu against float64; rope then kv_attention fed one token a
 // call (the caches carried between calls, a sliding-window ring that wraps) equal to one call over the
 // whole sequence; positions past a full cache refused; the 4-bit-halves embedding exact.
+// The CNN kernels of engine_f32 (unary activations, depthwise_row, pool_row) against float64
+// references, output rows in guarded buffers; and a conv2d node of a plan (its patch tiles and the
+// dense_f32 product) against the direct convolution, with padding, stride 2 and dilation.
+bool check_window_ops(const EngineKernel& k) {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  int bad = 0;
+  {
+    const int n = 45;
+    std::vector<float> x(n), y(n);
+    for (auto& e : x) e = 5 * nd(rng);
+    for (int act = 0; act < static_cast<int>(UnaryAct::count); ++act) {
+      k.unary(act, x.data(), y.data(), n);
+      std::vector<double> want(n);
+      for (int i = 0; i < n; ++i) {
+        const double v = x[i], r6 = std::min(std::max(v + 3, 0.0), 6.0);
+        const double vals[] = {std::max(v, 0.0), std::min(std::max(v, 0.0), 6.0), v / (1 + std::exp(-v)), v * r6 / 6,
+                               r6 / 6, 1 / (1 + std::exp(-v))};
+        want[i] = vals[act];
+      }
+      char what[32];
+      std::snprintf(what, sizeof what, "unary %d", act);
+      bad += misses(what, y.data(), want, max_abs(want), 2e-6);
+    }
+  }
+  // (h, w, c, kh, kw, sh, sw, pt, pl, dh, dw)
+  const int cases[][11] = {{1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1}, {7, 9, 5, 3, 3, 1, 1, 1, 1, 1, 1},
+                           {12, 10, 37, 3, 3, 2, 2, 1, 1, 1, 1}, {9, 8, 16, 5, 3, 2, 1, 2, 1, 2, 1}};
+  for (const auto& cs : cases) {
+    Window2d p{cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8], cs[9], cs[10], 0};
+    const int ho = (p.h + 2 * p.pt - p.dh * (p.kh - 1) - 1) / p.sh + 1;
+    p.wo = (p.w + 2 * p.pl - p.dw * (p.kw - 1) - 1) / p.sw + 1;
+    std::vector<float> x(static_cast<size_t>(p.h) * p.w * p.c), w(static_cast<size_t>(p.kh) * p.kw * p.c), bias(p.c);
+    for (auto& e : x) e = nd(rng);
+    for (auto& e : w) e = nd(rng);
+    for (auto& e : bias) e = nd(rng);
+    for (int oh = 0; oh < ho; ++oh) {
+      const size_t row = static_cast<size_t>(p.wo) * p.c;
+      std::vector<double> dw(row), mx(row), avg(row), avg_in(row);
+      for (int ow = 0; ow < p.wo; ++ow)
+        for (int j = 0; j < p.c; ++j) {
+          double s = bias[j], m = -INFINITY, t = 0;
+          int taps = 0;
+          for (int i = 0; i < p.kh; ++i)
+            for (int q = 0; q < p.kw; ++q) {
+              const int ih = oh * p.sh - p.pt + i * p.dh, iw = ow * p.sw - p.pl + q * p.dw;
+              if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) continue;
+              const double v = x[(static_cast<size_t>(ih) * p.w + iw) * p.c + j];
+              s += v * w[(static_cast<size_t>(i) * p.kw + q) * p.c + j], m = std::max(m, v), t += v, ++taps;
+            }
+          const size_t e = static_cast<size_t>(ow) * p.c + j;
+          dw[e] = s, mx[e] = m, avg[e] = t / (p.kh * p.kw), avg_in[e] = taps ? t / taps : 0.0;
+        }
+      Guarded<float> y(row);
+      k.depthwise_row(p, x.data(), w.data(), bias.data(), oh, y.data());
+      bad += misses("depthwise_row", y.data(), dw, max_abs(dw), 1e-5) + !y.guards_intact();
+      const std::vector<double>* want[3] = {&mx, &avg, &avg_in};
+      for (int mode = 0; mode < 3; ++mode) {
+        Guarded<float> z(row);
+        k.pool_row(p, mode, x.data(), oh, z.data());
+        bad += misses("pool_row", z.data(), *want[mode], max_abs(*want[mode]), 1e-6) + !z.guards_intact();
+      }
+    }
+  }
+  return bad == 0;
+}
+
+// A conv2d node (2 images 11 x 13 x 6 -> 9 channels, 3 x 3, stride 2, padding 1, dilation 2) run by a
+// plan on a dense_f32 weight against the direct convolution.
+bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
+  using engine::Space;
+  std::mt19937 rng(19);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int B = 2, H = 11, W = 13, C = 6, N = 9, KH = 3, KW = 3, S = 2, P = 1, D = 2;
+  const int HO = (H + 2 * P - D * (KH - 1) - 1) / S + 1, WO = (W + 2 * P - D * (KW - 1) - 1) / S + 1;
+  std::vector<float> x(static_cast<size_t>(B) * H * W * C), w(static_cast<size_t>(N) * KH * KW * C), bias(N);
+  for (auto& e : x) e = nd(rng);
+  for (auto& e : w) e = nd(rng);
+  for (auto& e : bias) e = nd(rng);
+  auto packed = pack_dense_f32(dense, w.data(), N, KH * KW * C);
+  std::vector<engine::Node> nodes(1);
+  engine::Node& nd0 = nodes[0];
+  nd0.op = engine::Op::conv2d;
+  nd0.in[0] = {Space::input, 0, 0}, nd0.in[1] = {Space::constant, 0, 0};
+  nd0.out[0] = {Space::output, 0, 0};
+  const int64_t ints[16] = {B, H, W, C, HO, WO, KH, KW, S, S, P, P, D, D, static_cast<int64_t>(Activation::relu), N};
+  std::copy(ints, ints + 16, nd0.i);
+  nd0.wkind = engine::WeightKind::dense_f32, nd0.weight = packed.get();
+  engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
+  Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
+  const void* ins[1] = {x.data()};
+  void* outs[1] = {y.data()};
+  int bad = plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok;
+  std::vector<double> want(static_cast<size_t>(B) * HO * WO * N);
+  for (int b = 0; b < B; ++b)
+    for (int oh = 0; oh < HO; ++oh)
+      for (int ow = 0; ow < WO; ++ow)
+        for (int n = 0; n < N; ++n) {
+          double s = bias[n];
+          for (int i = 0; i < KH; ++i)
+            for (int q = 0; q < KW; ++q) {
+              const int ih = oh * S - P + i * D, iw = ow * S - P + q * D;
+              if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+              for (int c = 0; c < C; ++c)
+                s += static_cast<double>(x[((static_cast<size_t>(b) * H + ih) * W + iw) * C + c]) *
+                     w[((static_cast<size_t>(n) * KH + i) * KW + q) * C + c];
+            }
+          want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = std::max(s, 0.0);
+        }
+  bad += misses("conv2d node", y.data(), want, max_abs(want), 1e-5) + !y.guards_intact();
+  return bad == 0;
+}
+
 bool check_decoder_ops(const EngineKernel& k) {
   using engine::Space;
   std::mt19937 rng(11);
@@ -821,7 +934,9 @@ bool check_engine_kernel(const EngineKernel& k) {
     const engine::RunResult rr = plan.run(bad_ins, outs, 64, nullptr);
     if (rr.status != engine::RunStatus::index_out_of_range || rr.node != 0) ++bad;
   }
-  return bad == 0 && check_decoder_ops(k);
+  const DenseKernel* const* dense = nullptr;
+  dense_f32_kernels(&dense);  // the first: the scalar product under the conv2d node
+  return bad == 0 && check_decoder_ops(k) && check_window_ops(k) && check_conv_node(k, *dense[0]);
 }
 
 // --- dense_f32 and the low-rank product -------------------------------------------------------
