@@ -9,6 +9,7 @@
 #include <new>
 
 #include "edgecompress/threadpool.h"
+#include "../kernels/common/act_quant.h"
 #include "../kernels/common/vmath.h"
 
 namespace edgecompress {
@@ -95,34 +96,54 @@ Window2d window(const Node& nd) {
 constexpr int64_t kPatchBytes = 192 * 1024;
 thread_local AlignedArray<float> t_patch;
 
-// Row r of the patch matrix: the kh * kw taps of output pixel `pixel`, c floats each (zeros outside
-// the image), in (kh, kw, c) order.
-void patch_row(const Window2d& p, const float* x, int ho, int64_t pixel, float* row) {
+// Row r of the patch matrix: the kh * kw taps of output pixel `pixel`, c values each (`pad` outside
+// the image), in (kh, kw, c) order. T: float, or the uint8 codes of a quantized image.
+template <class T>
+void patch_row(const Window2d& p, const T* x, int ho, int64_t pixel, T pad, T* row) {
   const int64_t per_image = static_cast<int64_t>(ho) * p.wo;
   const int64_t b = pixel / per_image;
   const int oh = static_cast<int>((pixel % per_image) / p.wo), ow = static_cast<int>(pixel % p.wo);
-  const float* xb = x + b * p.h * p.w * p.c;
+  const T* xb = x + b * p.h * p.w * p.c;
   const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
-  const size_t cb = sizeof(float) * p.c;
+  const size_t cb = sizeof(T) * p.c;
   // a row of taps inside the image is one run of memory when the kernel is not dilated across
   const bool whole = p.dw == 1 && iw0 >= 0 && iw0 + p.kw <= p.w;
   for (int i = 0; i < p.kh; ++i, row += static_cast<ptrdiff_t>(p.kw) * p.c) {
     const int ih = ih0 + i * p.dh;
     if (ih < 0 || ih >= p.h) {
-      std::memset(row, 0, cb * p.kw);
+      std::fill(row, row + static_cast<ptrdiff_t>(p.kw) * p.c, pad);
       continue;
     }
-    const float* xr = xb + static_cast<ptrdiff_t>(ih) * p.w * p.c;
+    const T* xr = xb + static_cast<ptrdiff_t>(ih) * p.w * p.c;
     if (whole) {
       std::memcpy(row, xr + static_cast<ptrdiff_t>(iw0) * p.c, cb * p.kw);
       continue;
     }
     for (int t = 0; t < p.kw; ++t) {
       const int iw = iw0 + t * p.dw;
-      if (iw < 0 || iw >= p.w) std::memset(row + t * p.c, 0, cb);
+      if (iw < 0 || iw >= p.w) std::fill(row + t * p.c, row + (t + 1) * p.c, pad);
       else std::memcpy(row + t * p.c, xr + static_cast<ptrdiff_t>(iw) * p.c, cb);
     }
   }
+}
+
+thread_local AlignedArray<uint8_t> t_codes, t_patch8;
+
+// The image quantized once with the node's static scale (and zero point): int8 codes (symmetric) or
+// uint8 ones (asymmetric), as the product would quantize each patch row; false on NaN / Inf.
+bool quantize_image(const Node& nd, const Ctx& c, const float* x, int64_t rows, int cols, uint8_t* q) {
+  std::atomic<bool> finite{true};
+  constexpr int64_t kRows = 256;
+  auto body = [&](int t) {
+    const int64_t r1 = std::min(rows, (t + 1) * kRows);
+    for (int64_t r = t * kRows; r < r1; ++r) {
+      float scale;
+      int32_t zp;
+      if (!quantize_row(x + r * cols, cols, nd.aq, 0, q + r * cols, &scale, &zp)) finite.store(false);
+    }
+  };
+  parallel_for(static_cast<int>((rows + kRows - 1) / kRows), c.threads, body);
+  return finite.load();
 }
 
 RunStatus run_conv(const Node& nd, const Ctx& c) {
@@ -133,7 +154,28 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   const int ho = static_cast<int>(nd.i[4]);
   const int64_t pixels = nd.i[0] * ho * p.wo, k = static_cast<int64_t>(p.kh) * p.kw * p.c, n = nd.i[15];
   const Activation act = static_cast<Activation>(nd.i[14]);
-  const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(1024, kPatchBytes / (4 * k)));
+  // A static input scale on an int8 weight: quantizing is element-wise, so the codes of a patch are
+  // those of its taps (a padding tap's, the code of 0.0: the zero point). The image is quantized
+  // once, not kh * kw times, and patches of codes go to the product as they are.
+  const bool codes = nd.wkind == WeightKind::s8 &&
+                     (nd.aq.scheme == ActScheme::static_symmetric || nd.aq.scheme == ActScheme::static_asymmetric);
+  const bool asym = nd.aq.scheme == ActScheme::static_asymmetric;
+  const uint8_t* q = nullptr;
+  ActQuant aq = nd.aq;
+  if (codes) {
+    uint8_t* qi;
+    try {
+      qi = ensure_size(t_codes, static_cast<size_t>(nd.i[0] * p.h * p.w * p.c));
+    } catch (const std::bad_alloc&) {
+      return RunStatus::out_of_memory;
+    }
+    if (!quantize_image(nd, c, x, nd.i[0] * p.h * p.w, p.c, qi)) return RunStatus::nonfinite_input;
+    q = qi;
+    aq.scheme = asym ? ActScheme::raw_u8 : ActScheme::raw_s8;
+  }
+  const uint8_t pad = asym ? static_cast<uint8_t>(nd.aq.zero_point) : 0;
+  const int64_t bytes = codes ? 1 : 4;
+  const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(1024, kPatchBytes / (bytes * k)));
   const int tiles = static_cast<int>((pixels + rows - 1) / rows);
   // Enough tiles: each thread takes whole tiles, each product on one thread. Few (a late, small
   // layer at batch 1): one tile after another, each product on every thread.
@@ -141,15 +183,22 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   std::atomic<int> failed{0};
   auto tile = [&](int t) {
     const int64_t p0 = t * rows, m = std::min(rows, pixels - p0);
-    float* a;
+    const int threads = by_tile ? 1 : c.threads;
+    RunStatus s;
     try {
-      a = ensure_size(t_patch, static_cast<size_t>(m * k));
+      if (codes) {
+        uint8_t* a = ensure_size(t_patch8, static_cast<size_t>(m * k));
+        for (int64_t r = 0; r < m; ++r) patch_row(p, q, ho, p0 + r, pad, a + r * k);
+        s = from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(nd.weight), a, k, static_cast<int>(m), aq, bias,
+                              act, y + p0 * n, nullptr, threads));
+      } else {
+        float* a = ensure_size(t_patch, static_cast<size_t>(m * k));
+        for (int64_t r = 0; r < m; ++r) patch_row(p, x, ho, p0 + r, 0.0f, a + r * k);
+        s = product(nd, a, k, static_cast<int>(m), bias, act, y + p0 * n, threads);
+      }
     } catch (const std::bad_alloc&) {
-      failed.store(static_cast<int>(RunStatus::out_of_memory));
-      return;
+      s = RunStatus::out_of_memory;
     }
-    for (int64_t r = 0; r < m; ++r) patch_row(p, x, ho, p0 + r, a + r * k);
-    const RunStatus s = product(nd, a, k, static_cast<int>(m), bias, act, y + p0 * n, by_tile ? 1 : c.threads);
     if (s != RunStatus::ok) failed.store(static_cast<int>(s));
   };
   if (by_tile) {

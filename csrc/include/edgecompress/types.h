@@ -12,8 +12,8 @@ enum class ActScheme : int {
   dynamic_asymmetric,     // per row: s = (max(x,0) - min(x,0)) / 255, zp, q = round(x / s) + zp in [0, 255]
   static_symmetric,       // given s: q = clamp(round(x / s), -128, 127)
   static_asymmetric,      // given s, zp: q = clamp(round(x / s) + zp, 0, 255)
-  raw_s8,                 // x is already int8 (qgemm)
-  raw_u8,                 // x is already uint8 (qgemm)
+  raw_s8,                 // x is already int8 codes of scale s (qgemm: s = 1)
+  raw_u8,                 // x is already uint8 codes of scale s and zero point zp (qgemm: 1, 0)
 };
 
 struct ActQuant {

@@ -125,9 +125,11 @@ bool pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& aq, v
     if (r < rows) {
       int32_t zp = 0;
       if (aq.scheme == ActScheme::raw_s8 || aq.scheme == ActScheme::raw_u8) {
+        // codes quantized by the caller with aq's scale and zero point (1 and 0 for plain integers)
         const uint8_t* src = static_cast<const uint8_t*>(x) + r * ldx;
         for (int i = 0; i < k; ++i) scratch[i] = src[i] ^ flip;
-        row_scale[r] = 1.0f;
+        row_scale[r] = aq.scale;
+        zp = aq.zero_point;
       } else if (!quantize_row(static_cast<const float*>(x) + r * ldx, k, aq, flip, scratch, &row_scale[r], &zp)) {
         return false;
       }
