@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import zoo
 from .cnn import export_cnn
 from .io import load, save
 from .ops import OPS, Node
@@ -29,7 +30,7 @@ from .program import Input, Program
 from .split import cuts, decode, encode, node_seconds, plan, split
 
 __all__ = ["Input", "Node", "OPS", "Program", "cuts", "decode", "encode", "export", "export_cnn", "load", "node_seconds",
-           "plan", "save", "split"]
+           "plan", "save", "split", "zoo"]
 
 
 def _example(example_inputs: Any) -> dict[str, np.ndarray]:
