@@ -180,3 +180,14 @@ def test_threads_agree():
         np.testing.assert_array_equal(p(x.numpy()), one)
     finally:
         ec.set_num_threads(before)
+
+
+def test_the_readme_cnn_example_runs_verbatim():
+    import pathlib
+
+    text = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("### Convolutional networks"):]
+    start = section.index("```python\n") + len("```python\n")
+    namespace: dict = {}
+    exec(compile(section[start:section.index("```\n", start)], "README.md", "exec"), namespace)
+    assert namespace["logits"].shape == (1, 1000) and namespace["program"].info["error"] < 0.02
