@@ -37,8 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8; 1 with --quick)")
     p.add_argument("--threads", type=int, default=1, help="threads for torch, edgecompress and BLAS (default 1)")
     p.add_argument("--guard", action="store_true",
-                   help="apply compress()'s speed guard at batch 1 (layers slower than fp32 stay dense); "
-                        "off by default so that every recipe's formats are shown as they are")
+                   help="keep float32 the layers that run slower compressed: compress()'s speed guard at "
+                        "batch 1 and the engine's own per-layer timing (export's faster=); off by default "
+                        "so that every recipe's formats are shown as they are")
     p.add_argument("--plot", default="edgecompress-demo.png",
                    help="PNG of accuracy vs size and vs latency, written to this path (default: "
                         "edgecompress-demo.png in the current directory; needs matplotlib); '' to skip")
@@ -202,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         for name, source, recipe in builds:
             with warnings.catch_warnings():  # the table shows the error compress() warns about
                 warnings.simplefilter("ignore", CompressionWarning)
-                program = export(source, data.x_test[:1], recipe, calibration_data=calibration, guard=args.guard)
+                program = export(source, data.x_test[:1], recipe, calibration_data=calibration, guard=args.guard,
+                                 faster=args.guard)
             models[name] = _Engine(program)
             report = program.report
             swapped[name] = "-" if report is None else f"{len(report.swapped)}/{len(report.layers)}"

@@ -82,7 +82,7 @@ def test_other_recipes_run_as_compress_made_them(recipe):
     gm = trace(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompressionWarning)
-        p = export(model, x, recipe)
+        p = export(model, x, recipe, faster=False)  # every product as compress made it
         compress(gm, recipe, example_inputs=(x,), guard=False, progress=False)
     with torch.inference_mode():
         want = gm(x).numpy()
@@ -191,3 +191,25 @@ def test_the_readme_cnn_example_runs_verbatim():
     namespace: dict = {}
     exec(compile(section[start:section.index("```\n", start)], "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (1, 1000) and namespace["program"].info["error"] < 0.02
+
+
+def test_keep_faster_puts_back_the_float_weight_of_slower_products(monkeypatch):
+    from edgecompress.engine.cnn import keep_faster
+
+    model = zoo.build("mobilenet_v3_small")
+    x = _x((1, 3, 64, 64))
+    dense = export(model, x)
+    prog = export(model, x, "int8-static", faster=False)
+    assert "float32_products" not in prog.info
+    slow = next(n for n in prog.nodes if n.op == "conv2d")
+    fast = next(n for n in prog.nodes if n.op == "linear" and "act_scale" in n.attrs)
+    times = {n.name: 1.0 for n in prog.nodes}
+    times[slow.name] = 2.0  # the compressed stem "measures" twice the float one; the rest ties
+    monkeypatch.setattr(prog, "profile", lambda *a, **k: {"nodes": [(n, "", t) for n, t in times.items()]})
+    monkeypatch.setattr(dense, "profile", lambda *a, **k: {"nodes": [(n, "", 1.0) for n in times]})
+    before = prog(x.numpy())
+    assert keep_faster(prog, dense, x.numpy()) == [slow.name]
+    assert isinstance(prog.weights[slow.attrs["weight"]], np.ndarray) and "act_scale" not in slow.attrs
+    assert isinstance(prog.weights[fast.attrs["weight"]], ec.Int8Weight) and "act_scale" in fast.attrs
+    after = prog(x.numpy())  # planned again: the stem now runs in float32
+    assert not np.array_equal(after, before) and _err(after, dense(x.numpy())) < 0.02

@@ -29,7 +29,7 @@ from ..formats import LowRankWeight
 from .builder import GraphBuilder
 from .program import Program
 
-__all__ = ["export_cnn", "trace"]
+__all__ = ["export_cnn", "keep_faster", "trace"]
 
 _ACT_MODULES = {"ReLU": "relu", "ReLU6": "relu6", "SiLU": "silu", "Hardswish": "hardswish",
                 "Hardsigmoid": "hardsigmoid", "Sigmoid": "sigmoid"}
@@ -447,8 +447,33 @@ def _grouped_convs(gm: Any) -> list[str]:
     return [name for name, m in gm.named_modules() if isinstance(m, nn.Conv2d) and m.groups != 1]
 
 
+def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: float = 0.1,
+                rounds: int = 10) -> list[str]:
+    """Puts back the float32 weight of every product (conv2d, linear) of ``compressed`` that the
+    engine's own profile on x times more than ``margin`` slower than the same node of ``dense`` (the
+    program of the same graph in float32: its weights under the same names), in place; returns
+    their names. On a CPU without fast int8 arithmetic a product with few output channels, or the 3-
+    channel stem, can cost more to quantize than it saves."""
+    slow_c = {name: t for name, op, t in compressed.profile(x, rounds=rounds)["nodes"]}
+    slow_f = {name: t for name, op, t in dense.profile(x, rounds=rounds)["nodes"]}
+    put_back = []
+    for n in compressed.nodes:
+        if n.op not in ("conv2d", "linear") or n.name not in slow_c or n.name not in slow_f:
+            continue
+        w = dense.weights.get(n.attrs["weight"])
+        if not isinstance(w, np.ndarray) or slow_c[n.name] <= slow_f[n.name] * (1 + margin):
+            continue
+        compressed.weights[n.attrs["weight"]] = w
+        for key in ("act_scale", "act_zero_point"):
+            n.attrs.pop(key, None)
+        put_back.append(n.name)
+    if put_back:  # the plans hold the packed compressed weights
+        compressed.invalidate()
+    return put_back
+
+
 def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibration_data: Any = None,
-               guard: bool = False, **options: Any) -> Program:
+               guard: bool = False, faster: bool = True, **options: Any) -> Program:
     """The Program of a convolutional network (a torch.nn.Module that torch.fx traces, NCHW float32
     input): ResNets, MobileNets, EfficientNets and any model built from the supported layers (see the
     module notes).
@@ -458,9 +483,11 @@ def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibratio
     model (BatchNorms folded) is compressed first; depthwise convolutions stay float32 (the engine's
     own kernel; their one-row weights gain nothing from compression). "int8-static" calibrates one
     input scale per layer on ``calibration_data`` (a tensor or batches; default: example_input).
-    ``options`` pass to ``compress``. The program's ``report`` is compress's report (None for
-    float32) and ``info["error"]`` the relative error of its output against the float model on
-    example_input.
+    ``options`` pass to ``compress``. faster (default): each product stays compressed only where the
+    engine runs it faster than in float32, timed on example_input (``keep_faster``; the names of the
+    products put back are ``info["float32_products"]``). The program's ``report`` is compress's report
+    (None for float32) and ``info["error"]`` the relative error of its output against the float model
+    on example_input.
     """
     import torch
 
@@ -477,6 +504,7 @@ def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibratio
     with torch.inference_mode():
         want = gm(tx).float().numpy()
     report = None
+    dense = _Import(gm, x).run() if recipe is not None and faster else None
     if recipe is not None:
         exclude = list(options.pop("exclude", ())) + _grouped_convs(gm)
         calib = calibration_data if calibration_data is not None else tx
@@ -484,6 +512,8 @@ def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibratio
                           exclude=exclude, **options)
     program = _Import(gm, x).run()
     program.report = report
+    if dense is not None:
+        program.info["float32_products"] = keep_faster(program, dense, x)
     got = program(x)
     err = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
     program.info["error"] = err

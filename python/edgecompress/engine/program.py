@@ -278,6 +278,12 @@ class Program:
             got = self._packed[key] = packed_weight(w)
         return got
 
+    def invalidate(self) -> None:
+        """Forget the plans and packed weights made so far: after a node's attributes or the weights
+        changed, the next call plans again."""
+        self._plans.clear()
+        self._packed.clear()
+
     def release_weights(self) -> None:
         """Pack every product's weight (linear, conv2d) for the current tier now and keep only the packed forms (the
         canonical arrays go, unless another value of the program shares them): the memory of a model
