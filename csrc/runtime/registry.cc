@@ -16,7 +16,7 @@ extern const SparseS8Kernel sparse_s8_scalar;
 extern const SparseNmKernel sparse_nm_f32_scalar;
 extern const EngineKernel engine_f32_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
-extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
+extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni, gemm_s8_amx;
 extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512;
 extern const DenseKernel dense_f32_avx2, dense_f32_avx512;
 extern const SparseS8Kernel sparse_s8_avx2, sparse_s8_avx512vnni;
@@ -42,7 +42,8 @@ const GemmS8Kernel* const gemm_s8_list[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     // Two builds of the 256-bit VNNI tier: the VEX encoding (AVX-VNNI CPUs) is preferred; the EVEX
     // encoding of the same source serves AVX-512 VNNI CPUs that lack AVX-VNNI.
-    &gemm_s8_avx2, &gemm_s8_avxvnni, &gemm_s8_avxvnni_evex, &gemm_s8_avx512vnni,
+    // amx hands calls with few rows to avx512vnni (its small_m kernel, gemm_s8.h).
+    &gemm_s8_avx2, &gemm_s8_avxvnni, &gemm_s8_avxvnni_evex, &gemm_s8_avx512vnni, &gemm_s8_amx,
 #elif defined(__aarch64__)
     &gemm_s8_neon, &gemm_s8_dotprod, &gemm_s8_i8mm,
 #endif

@@ -1,5 +1,10 @@
 """CPU information, ISA tier selection and threads.
 
+The amx tier needs, besides the CPU's AMX-TILE/AMX-INT8, the OS's tile state and (Linux) the tile
+data permission, which containers and VMs may refuse; ``EDGECOMPRESS_AMX_DENY=1`` acts as if it were
+refused. ``cpu_info()["amx_unusable"]`` says why the tier cannot run, and the gemm_s8 entry of
+``cpu_info()["families"]`` names the kernel that serves calls with few rows where amx serves the rest.
+
 The tier cap comes from ``EDGECOMPRESS_ISA`` (the whole process) and from ``use_isa`` (a ``with``
 block, per thread / async context). Under a cap, each kernel family runs the best tier at or below
 it that was built and that this CPU supports. ``EDGECOMPRESS_VERBOSE=1`` logs each choice to stderr.
@@ -182,6 +187,10 @@ def _threads_from_env() -> None:
     _set_threads(n, "EDGECOMPRESS_NUM_THREADS")
 
 
+def _tier_of(listing: list[dict[str, Any]], name: str) -> str:
+    return str(next(k["tier"] for k in listing if k["name"] == name))
+
+
 def cpu_info() -> dict[str, Any]:
     """What this CPU has, which tiers are built and usable, and what each kernel family runs now."""
     # A tier is built when any family has a kernel of it (avx512 has only the float families').
@@ -194,7 +203,11 @@ def cpu_info() -> dict[str, Any]:
     families = {}
     for fam in FAMILIES:
         name = _kernel(fam)
-        families[fam] = {"kernel": name, "tier": next(k for k in listings[fam] if k["name"] == name)["tier"]}
+        kernel = next(k for k in listings[fam] if k["name"] == name)
+        families[fam] = {"kernel": name, "tier": kernel["tier"]}
+        if kernel.get("small_m_kernel") and _core.tier_support(_tier_of(listings[fam], kernel["small_m_kernel"]))[0]:
+            # A tile kernel (amx) leaves calls with fewer rows to a lower tier's kernel.
+            families[fam]["small_m"] = {"below_rows": kernel["small_m_rows"], "kernel": kernel["small_m_kernel"]}
     return {
         "arch": _core.arch(),
         "model": _core.cpu_model(),
@@ -203,6 +216,8 @@ def cpu_info() -> dict[str, Any]:
         "tiers_built": built,
         "tiers": tiers,
         "tier_cap": current_tier(),
+        # Why the amx tier cannot run here (CPU, OS tile state, refused tile data permission), or None.
+        "amx_unusable": _core.amx_unusable() if _core.arch() == "x86_64" else None,
         "families": families,
         "num_threads": get_num_threads(),
     }
