@@ -26,6 +26,7 @@ from edgecompress import _core
 from edgecompress.bench import (
     TIER_PROBE,
     _aligned_bytes,
+    amx_skip_note,
     _command_line,
     _measure,
     blas_threads,
@@ -94,7 +95,9 @@ def main() -> int:
     threads = sorted({1, all_threads}) if not args.threads else [int(t) for t in args.threads.split(",")]
     rounds = args.rounds or (3 if args.quick else 7)
     min_s = 0.005 if args.quick else 0.03
-    tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0]]
+    # Tiers with a gemm_q4 kernel of their own (amx has none yet: it would time avx512vnni's again).
+    own = {kern["tier"] for kern in _core.gemm_q4_kernels()}
+    tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0] and t in own]
     top = tiers[-1] if tiers else LADDER[0]
     read_probe = next((q["name"] for q in reversed(_core.peak_probes()) if q["runs_here"]), None)
     if args.output is None and not args.quick:
@@ -106,7 +109,10 @@ def main() -> int:
     emit(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     emit(f"- command: `{_command_line()}`")
     emit(f"- method: interleaved rounds, median of {rounds}; GOPS = 2 x M x K x N / time; GB/s = packed weight bytes / time")
-    emit("- ours: `q4 <tier> <compute> g<group>` (symmetric unless marked); peers on the same g = 32 symmetric weight\n")
+    emit("- ours: `q4 <tier> <compute> g<group>` (symmetric unless marked); peers on the same g = 32 symmetric weight")
+    if "amx" in LADDER:
+        emit(f"- {amx_skip_note() or 'amx tier: no gemm_q4 kernel of its own yet; 4-bit runs the avx512vnni kernel'}")
+    emit("")
 
     emit("## Limits measured in this run (one core)\n")
     peaks: dict[str, float] = {}

@@ -144,6 +144,10 @@ def test_benchmarks_time_and_rate_the_gemm_s8_kernel_that_serves_a_tier():
     assert bench.gemm_s8_tiers() == [t for t in LADDER if t in own] and "avx512" not in bench.gemm_s8_tiers()
     assert bench.int8_probe_for("avx512") == bench.int8_probe_for("avxvnni") is not None
     assert bench.int8_probe_for("scalar") is None
+    # The amx tier is timed where it runs, and otherwise named in the notes with the reason.
+    ok, reason = _core.tier_support("amx")
+    assert ("amx" in bench.gemm_s8_tiers()) == ok
+    assert bench.amx_skip_note() == (None if ok else f"amx tier skipped: {reason}")
 
 
 def test_use_isa_is_per_thread():
