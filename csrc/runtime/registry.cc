@@ -23,7 +23,8 @@ extern const SparseS8Kernel sparse_s8_avx2, sparse_s8_avx512vnni;
 extern const SparseNmKernel sparse_nm_f32_avx2, sparse_nm_f32_avx512;
 extern const EngineKernel engine_f32_avx2, engine_f32_avx512;
 extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
-extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
+extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm,
+    peak_tdpbusd_tile;
 #elif defined(__aarch64__)
 extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
 extern const GemmQ4Kernel gemm_q4_neon, gemm_q4_dotprod;
@@ -133,6 +134,7 @@ const K* select_kernel(const K* const (&list)[N], Isa cap, uint32_t cpu_bits) {
 const PeakProbe* const kPeaks[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     &peak_fma_ymm, &peak_maddwd_ymm, &peak_dpbusd_ymm_vex, &peak_dpbusd_ymm, &peak_dpbusd_zmm, &peak_fma_zmm,
+    &peak_tdpbusd_tile,
 #elif defined(__aarch64__)
     &peak_fmla_q, &peak_smlal_q, &peak_sdot_q, &peak_smmla_q,
 #endif

@@ -3,6 +3,7 @@
 // *_model name; the registry never lists them.
 #define EC_AMX_TILE_MODEL 1
 #include "../kernels/gemm_s8/gemm_s8_amx.cc"
+#include "../kernels/peak/peak_amx.cc"
 
 #include <random>
 
@@ -85,6 +86,10 @@ bool amx_tile_model_checks() {
   for (int r = 0; r < 16; ++r)
     for (int i = 0; i < 64; ++i) ok &= m.data[0][r][i] == 0;
   amx::release();
+  ok &= !amx::tile_model().configured;
+  // The peak probe's configuration and operands are ones the hardware accepts (the model would
+  // abort otherwise), and it leaves the tiles released.
+  peak_tdpbusd_tile_model.run(2);
   ok &= !amx::tile_model().configured;
   return ok;
 }

@@ -40,9 +40,8 @@ SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), 
 QUICK_SHAPES = [(1, 1024, 1024), (64, 512, 512)]
 # The instruction each tier's gemm_s8 kernel is built on, for the "% of peak" column (int8_probe_for
 # resolves a tier cap to the kernel that serves it).
-# amx has no peak probe yet: its rows show no "% of limit".
 TIER_PROBE = {"scalar": None, "avx2": "vpmaddwd_ymm", "avxvnni": "vpdpbusd_ymm", "avx512vnni": "vpdpbusd_zmm",
-              "amx": None, "neon": "smlal_q", "dotprod": "sdot_q", "i8mm": "smmla_q"}
+              "amx": "tdpbusd_tile", "neon": "smlal_q", "dotprod": "sdot_q", "i8mm": "smmla_q"}
 # Where the amx tier runs, the batch sizes its tiles are for (issue: M = 16 ... 1024 at BERT-base sizes).
 AMX_SHAPES = [(m, k, n) for m in (16, 32, 64, 128, 512, 1024) for k, n in ((768, 3072), (3072, 768))]
 FP32_PROBE = {"x86_64": "fma_f32_ymm", "aarch64": "fmla_f32_q"}
