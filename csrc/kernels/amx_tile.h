@@ -1,5 +1,6 @@
 // The thin tile interface every AMX kernel is written against: load a tile configuration
-// (amx::config_load), zero, load and store a tile, tdpbusd (EC_TILE_*), release (amx::release).
+// (amx::config_load), zero, load and store a tile, tdpbusd / tdpbssd (EC_TILE_*), release
+// (amx::release).
 // The tile operations are macros over literal register numbers, which the instructions encode as
 // immediates.
 //
@@ -58,4 +59,6 @@ inline void release() { _tile_release(); }
 #define EC_TILE_STORE(t, base, stride) _tile_stored(t, base, stride)
 // tmm c += tmm a (u8, rows x 4K bytes) . tmm b (s8, K rows of 4-byte groups), int32 with wrap-around.
 #define EC_TILE_DPBUSD(c, a, b) _tile_dpbusd(c, a, b)
+// The same with signed bytes on both sides (tdpbssd).
+#define EC_TILE_DPBSSD(c, a, b) _tile_dpbssd(c, a, b)
 #endif

@@ -6,7 +6,8 @@
 //   - tileloadd reads rows x colsb bytes at base + row * stride and zeroes the rest of the register;
 //     tilestored writes rows x colsb bytes;
 //   - tdpbusd adds, for each of C's rows and 4-byte columns, the dot products of 4 u8 from A with
-//     4 s8 from B over A's colsb / 4 groups, in int32 with wrap-around, and zeroes the rest of C.
+//     4 s8 from B over A's colsb / 4 groups, in int32 with wrap-around, and zeroes the rest of C;
+//     tdpbssd the same with s8 from A.
 // Where the hardware faults (#GP for a bad configuration, #UD for an unconfigured tile or operand
 // shapes that do not fit), the model prints why and aborts, so a kernel bug fails the test loudly.
 // Memory is read and written exactly where the hardware would, so AddressSanitizer sees overruns.
@@ -93,8 +94,9 @@ void store(void* base, size_t stride) {
   }
 }
 
-template <int C, int A, int B>
-void dpbusd() {
+// tdpbusd (kASigned false) and tdpbssd (true): B's bytes are always signed.
+template <int C, int A, int B, bool kASigned>
+void dot_product() {
   static_assert(C >= 0 && C < kTiles && A >= 0 && A < kTiles && B >= 0 && B < kTiles, "tmm0..tmm7");
   static_assert(C != A && C != B && A != B, "tdpbusd needs three distinct tiles");
   usable(C), usable(A);
@@ -111,7 +113,9 @@ void dpbusd() {
       for (int k = 0; k < m.colsb[A] / 4; ++k) {
         int32_t dot = 0;  // four products of at most 255 * 128 in magnitude
         for (int i = 0; i < 4; ++i) {
-          dot += static_cast<int32_t>(m.data[A][r][4 * k + i]) * static_cast<int8_t>(m.data[B][k][4 * n + i]);
+          const uint8_t a = m.data[A][r][4 * k + i];
+          dot += (kASigned ? static_cast<int32_t>(static_cast<int8_t>(a)) : static_cast<int32_t>(a)) *
+                 static_cast<int8_t>(m.data[B][k][4 * n + i]);
         }
         acc += static_cast<uint32_t>(dot);  // int32 wrap-around, never saturation
       }
@@ -128,4 +132,5 @@ void dpbusd() {
 #define EC_TILE_ZERO(t) ::edgecompress::amx::zero<t>()
 #define EC_TILE_LOAD(t, base, stride) ::edgecompress::amx::load<t>(base, stride)
 #define EC_TILE_STORE(t, base, stride) ::edgecompress::amx::store<t>(base, stride)
-#define EC_TILE_DPBUSD(c, a, b) ::edgecompress::amx::dpbusd<c, a, b>()
+#define EC_TILE_DPBUSD(c, a, b) ::edgecompress::amx::dot_product<c, a, b, false>()
+#define EC_TILE_DPBSSD(c, a, b) ::edgecompress::amx::dot_product<c, a, b, true>()

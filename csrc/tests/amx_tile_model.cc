@@ -1,6 +1,7 @@
 // The amx kernels' sources compiled on the tile model (kernels/amx_tile_model.h) instead of the
-// intrinsics, with baseline flags, for the C++ test runner. Each defines its kernel under a
-// *_model name; the registry never lists them.
+// intrinsics, with baseline flags, for the C++ test runner: gemm_s8's and the peak probe here,
+// gemm_q4's in amx_tile_model_q4.cc (one translation unit per kernel source, as in the real build).
+// Each defines its kernel under a *_model name; the registry never lists them.
 #define EC_AMX_TILE_MODEL 1
 #include "../kernels/gemm_s8/gemm_s8_amx.cc"
 #include "../kernels/peak/peak_amx.cc"
@@ -10,10 +11,10 @@
 namespace edgecompress {
 namespace {
 
-// tdpbusd on the model against a direct reading of the instruction's definition, for tiles
+// tdpbusd / tdpbssd on the model against a direct reading of the instructions' definitions, for tiles
 // configured with fewer rows and bytes than the registers hold, accumulators near the int32 limits
 // (they must wrap, never saturate), and the zeroing of what a configuration leaves out.
-bool check_tdpbusd(int rows, int kgroups, int ncols, std::mt19937* rng, bool extremes) {
+bool check_dot_product(int rows, int kgroups, int ncols, std::mt19937* rng, bool extremes, bool a_signed) {
   amx::TileConfig cfg;
   cfg.rows[0] = static_cast<uint8_t>(rows), cfg.colsb[0] = static_cast<uint16_t>(4 * ncols);    // C
   cfg.rows[1] = static_cast<uint8_t>(rows), cfg.colsb[1] = static_cast<uint16_t>(4 * kgroups);  // A
@@ -32,7 +33,11 @@ bool check_tdpbusd(int rows, int kgroups, int ncols, std::mt19937* rng, bool ext
   EC_TILE_LOAD(0, c, 64);
   EC_TILE_LOAD(1, a, 64);
   EC_TILE_LOAD(2, b, 64);
-  EC_TILE_DPBUSD(0, 1, 2);
+  if (a_signed) {
+    EC_TILE_DPBSSD(0, 1, 2);
+  } else {
+    EC_TILE_DPBUSD(0, 1, 2);
+  }
   int32_t got[16][16];
   std::memset(got, 0x5a, sizeof(got));
   EC_TILE_STORE(0, got, 64);
@@ -44,7 +49,10 @@ bool check_tdpbusd(int rows, int kgroups, int ncols, std::mt19937* rng, bool ext
         continue;
       }
       int64_t want = c[r][n];
-      for (int k = 0; k < 4 * kgroups; ++k) want += int64_t{a[r][k]} * static_cast<int8_t>(b[k / 4][4 * n + k % 4]);
+      for (int k = 0; k < 4 * kgroups; ++k) {
+        const int64_t av = a_signed ? int64_t{static_cast<int8_t>(a[r][k])} : int64_t{a[r][k]};
+        want += av * static_cast<int8_t>(b[k / 4][4 * n + k % 4]);
+      }
       ok &= got[r][n] == static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(want)));
     }
   }
@@ -57,7 +65,10 @@ bool check_tdpbusd(int rows, int kgroups, int ncols, std::mt19937* rng, bool ext
       ok &= m.data[0][r][byte_i] == 0 && m.data[1][r][byte_i] == (r < rows && byte_i < 4 * kgroups ? a[r][byte_i] : 0);
     }
   amx::release();
-  if (!ok) std::printf("  tdpbusd on %d rows x %d k-groups x %d columns%s differs\n", rows, kgroups, ncols, extremes ? " (extremes)" : "");
+  if (!ok) {
+    std::printf("  %s on %d rows x %d k-groups x %d columns%s differs\n", a_signed ? "tdpbssd" : "tdpbusd", rows, kgroups,
+                ncols, extremes ? " (extremes)" : "");
+  }
   return ok;
 }
 
@@ -68,8 +79,10 @@ bool amx_tile_model_checks() {
   bool ok = true;
   for (int rows : {1, 7, 16})
     for (int kgroups : {1, 5, 16})
-      for (int ncols : {1, 9, 16}) ok &= check_tdpbusd(rows, kgroups, ncols, &rng, false);
-  ok &= check_tdpbusd(16, 16, 16, &rng, true);
+      for (int ncols : {1, 9, 16})
+        for (bool a_signed : {false, true}) ok &= check_dot_product(rows, kgroups, ncols, &rng, false, a_signed);
+  ok &= check_dot_product(16, 16, 16, &rng, true, false);
+  ok &= check_dot_product(16, 16, 16, &rng, true, true);
   // tilezero clears the whole register; tileloadd of fewer rows zeroes the others.
   amx::TileConfig cfg;
   cfg.rows[0] = 16, cfg.colsb[0] = 64;
