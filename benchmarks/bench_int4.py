@@ -95,9 +95,12 @@ def main() -> int:
     threads = sorted({1, all_threads}) if not args.threads else [int(t) for t in args.threads.split(",")]
     rounds = args.rounds or (3 if args.quick else 7)
     min_s = 0.005 if args.quick else 0.03
-    # Tiers with a gemm_q4 kernel of their own (amx has none yet: it would time avx512vnni's again).
+    # Tiers with a gemm_q4 kernel of their own (a tier without one would time the one below again).
     own = {kern["tier"] for kern in _core.gemm_q4_kernels()}
     tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0] and t in own]
+    if "amx" in tiers and not args.quick and not args.shapes:
+        # the batch sizes the amx tiles are for, at the int4 shape
+        shapes = shapes + [(m, 3072, 768) for m in (16, 32, 64, 128, 512, 1024) if (m, 3072, 768) not in shapes]
     top = tiers[-1] if tiers else LADDER[0]
     read_probe = next((q["name"] for q in reversed(_core.peak_probes()) if q["runs_here"]), None)
     if args.output is None and not args.quick:
@@ -110,8 +113,10 @@ def main() -> int:
     emit(f"- command: `{_command_line()}`")
     emit(f"- method: interleaved rounds, median of {rounds}; GOPS = 2 x M x K x N / time; GB/s = packed weight bytes / time")
     emit("- ours: `q4 <tier> <compute> g<group>` (symmetric unless marked); peers on the same g = 32 symmetric weight")
-    if "amx" in LADDER:
-        emit(f"- {amx_skip_note() or 'amx tier: no gemm_q4 kernel of its own yet; 4-bit runs the avx512vnni kernel'}")
+    if amx_skip_note() is not None:
+        emit(f"- {amx_skip_note()}")
+    elif "amx" in tiers:
+        emit("- amx: 4-bit weights on tiles (int8 mode) for M > 4; M <= 4 runs avx512vnni's kernel")
     emit("")
 
     emit("## Limits measured in this run (one core)\n")

@@ -99,8 +99,8 @@ def test_x86_ladder_has_an_avx512_tier_for_the_float_families():
         kernels = getattr(_core, f"{fam}_kernels")()
         assert [(k["name"], k["tier"]) for k in kernels] == [
             (f"{fam}_scalar", "scalar"), (f"{fam}_avx2", "avx2"), (f"{fam}_avx512", "avx512")]
-    # gemm_s8 has the amx tier's tile kernel on top; the other integer families stop at avx512vnni.
-    for fam, top in [("gemm_s8", ["avx512vnni", "amx"]), ("gemm_q4", ["avx512vnni"]), ("sparse_s8", ["avx512vnni"])]:
+    # gemm_s8 and gemm_q4 have the amx tier's tile kernels on top; sparse_s8 stops at avx512vnni.
+    for fam, top in [("gemm_s8", ["avx512vnni", "amx"]), ("gemm_q4", ["avx512vnni", "amx"]), ("sparse_s8", ["avx512vnni"])]:
         tiers = [k["tier"] for k in getattr(_core, f"{fam}_kernels")()]
         assert "avx512" not in tiers and tiers[-len(top):] == top and tiers.count("amx") == len(top) - 1, (fam, tiers)
     assert ec.cpu_info()["tiers_built"] == list(LADDER)
@@ -293,6 +293,20 @@ def test_pool_works_after_fork():
 
 
 AMX_DENIED = "the AMX tile data permission was refused (forced by EDGECOMPRESS_AMX_DENY)"
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_amx_q4_kernel_hands_m_up_to_4_to_avx512vnni():
+    amx = [k for k in _core.gemm_q4_kernels() if k["tier"] == "amx"]
+    assert [(k["name"], k["small_m_rows"], k["small_m_kernel"]) for k in amx] == [
+        ("gemm_q4_16x16_amx", 5, "gemm_q4_4x16_avx512vnni_vbmi")]
+    assert all(k["small_m_kernel"] is None for k in _core.gemm_q4_kernels() if k["tier"] != "amx")
+    gemm = ec.cpu_info()["families"]["gemm_q4"]
+    vbmi = next(k for k in _core.gemm_q4_kernels() if k["name"] == "gemm_q4_4x16_avx512vnni_vbmi")
+    if gemm["tier"] == "amx" and vbmi["runs_here"]:
+        assert gemm["small_m"] == {"below_rows": 5, "kernel": "gemm_q4_4x16_avx512vnni_vbmi"}
+    else:
+        assert "small_m" not in gemm
 
 
 @pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")

@@ -86,7 +86,11 @@ inline void kernel_fields(pybind11::dict& d, const GemmS8Kernel& k) {
   d["small_m_rows"] = k.small_m_rows;
   d["small_m_kernel"] = k.small_m != nullptr ? pybind11::object(pybind11::str(k.small_m->name)) : pybind11::none();
 }
-inline void kernel_fields(pybind11::dict& d, const GemmQ4Kernel& k) { d["mr"] = k.mr; }
+inline void kernel_fields(pybind11::dict& d, const GemmQ4Kernel& k) {
+  d["mr"] = k.mr;
+  d["small_m_rows"] = k.small_m_rows;
+  d["small_m_kernel"] = k.small_m != nullptr ? pybind11::object(pybind11::str(k.small_m->name)) : pybind11::none();
+}
 inline void kernel_fields(pybind11::dict& d, const SparseS8Kernel& k) { d["a_unsigned"] = k.a_unsigned; }
 
 // Defines `<family>_kernels()` (every kernel built in, lowest tier first, as dicts) and

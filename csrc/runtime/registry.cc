@@ -22,7 +22,8 @@ extern const DenseKernel dense_f32_avx2, dense_f32_avx512;
 extern const SparseS8Kernel sparse_s8_avx2, sparse_s8_avx512vnni;
 extern const SparseNmKernel sparse_nm_f32_avx2, sparse_nm_f32_avx512;
 extern const EngineKernel engine_f32_avx2, engine_f32_avx512;
-extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
+extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni,
+    gemm_q4_amx;
 extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm,
     peak_tdpbusd_tile;
 #elif defined(__aarch64__)
@@ -56,7 +57,8 @@ const GemmQ4Kernel* const gemm_q4_list[] = {
     &gemm_q4_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     // The VBMI build of the avx512vnni tier is listed first: where it runs, it wins.
-    &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vbmi, &gemm_q4_avx512vnni,
+    // amx hands calls with at most 4 rows to the VBMI build of avx512vnni (its small_m kernel).
+    &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vbmi, &gemm_q4_avx512vnni, &gemm_q4_amx,
 #elif defined(__aarch64__)
     &gemm_q4_neon, &gemm_q4_dotprod,
 #endif

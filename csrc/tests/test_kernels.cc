@@ -41,6 +41,7 @@ using namespace edgecompress;
 // The amx kernels on the tile model (tests/amx_tile_model.cc), and the model's own checks.
 namespace edgecompress {
 extern const GemmS8Kernel gemm_s8_amx_model;
+extern const GemmQ4Kernel gemm_q4_amx_model;
 bool amx_tile_model_checks();
 }  // namespace edgecompress
 #endif
@@ -1058,6 +1059,14 @@ bool check_selection_on_cpu_models() {
              AmxPermission::forced_refusal), "the AMX tile data permission was refused (forced by EDGECOMPRESS_AMX_DENY)");
   expect_amx("Sapphire Rapids", amx_unusable_reason(true, true, true, AmxPermission::granted), "");
   // A tile kernel's small-M kernel reads the same packed panels, from a lower tier.
+  const GemmQ4Kernel* const* q4;
+  for (int i = 0, n = gemm_q4_kernels(&q4); i < n; ++i) {
+    const GemmQ4Kernel* small = q4[i]->small_m;
+    if (small != nullptr && (isa_rank(small->isa) >= isa_rank(q4[i]->isa) || q4[i]->small_m_rows <= 1)) {
+      std::printf("  %s: small-M kernel %s does not fit\n", q4[i]->name, small->name);
+      ++failures;
+    }
+  }
   const GemmS8Kernel* const* gemm;
   for (int i = 0, n = gemm_s8_kernels(&gemm); i < n; ++i) {
     const GemmS8Kernel* small = gemm[i]->small_m;
@@ -1080,8 +1089,7 @@ bool check_selection_on_cpu_models() {
 #endif
   for (const Model& m : models) {
     expect(m, "gemm_s8", gemm_s8_select_for(m.cap, m.bits)->isa, m.gemm);
-    // gemm_q4 has no amx kernel (yet): amx inherits avx512vnni's.
-    expect(m, "gemm_q4", gemm_q4_select_for(m.cap, m.bits)->isa, m.gemm == Isa::amx ? Isa::avx512vnni : m.gemm);
+    expect(m, "gemm_q4", gemm_q4_select_for(m.cap, m.bits)->isa, m.gemm);
     expect(m, "sparse_s8", sparse_s8_select_for(m.cap, m.bits)->isa, m.sparse_s8);
     expect(m, "sparse_f32", sparse_f32_select_for(m.cap, m.bits)->isa, m.floats);
     expect(m, "sparse_nm_f32", sparse_nm_f32_select_for(m.cap, m.bits)->isa, m.floats);
@@ -1149,6 +1157,13 @@ int main() {
       std::printf("%s %s (%d thread%s)\n", f.count ? "FAIL" : "PASS", k.name, threads, threads > 1 ? "s" : "");
       f.count ? ++failed : ++passed;
     }
+#if defined(EC_AMX_TILE_MODEL_BUILT)
+    Q4Failures f;
+    check_q4_kernel(gemm_q4_amx_model, *q4[0], &f);
+    std::printf("%s %s (%d thread%s, tile model)\n", f.count ? "FAIL" : "PASS", gemm_q4_amx_model.name, threads,
+                threads > 1 ? "s" : "");
+    f.count ? ++failed : ++passed;
+#endif
   }
   const SparseKernel* const* sk;
   const int sk_count = sparse_f32_kernels(&sk);
