@@ -72,7 +72,10 @@ std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const
   p->k = k;
   p->kblocks = static_cast<int>((static_cast<int64_t>(k) + kr - 1) / kr);
   p->panels = static_cast<int>((static_cast<int64_t>(n) + nr - 1) / nr);
-  p->data = AlignedArray<int8_t>(static_cast<size_t>(p->panels) * p->kblocks * nr * kr);
+  // A kernel whose A strips hold a_kr > kr values of K per unit reads B a whole unit at a time: the
+  // k-blocks past the last panel's K it may read (against zero activations) are zeroed slack.
+  const size_t slack = static_cast<size_t>(kernel.a_kr / kr - 1) * nr * kr;
+  p->data = AlignedArray<int8_t>(static_cast<size_t>(p->panels) * p->kblocks * nr * kr + slack);
   p->colsum = AlignedArray<int32_t>(static_cast<size_t>(p->panels) * nr);
   p->scale = AlignedArray<float>(static_cast<size_t>(p->panels) * nr);
   for (int col = 0; col < n; ++col) {

@@ -17,6 +17,8 @@
 //   packed B panel (nr columns): [kblocks][nr][kr] int8, columns >= N and k >= K are zero;
 //   packed A strip (a_rows rows): [ceil(K / a_kr)][a_rows][a_kr] elements of a_bytes bytes, k >= K
 //   zero, where a_kr = kr for the dot-product tiers and 64 for amx (an A tile holds 64 k per row);
+//   such a kernel may read B in units of a_kr too, up to a_kr / kr - 1 k-blocks past a panel's
+//   last (they meet zero activations): the packed weight ends with that much zeroed slack;
 // so the nr x kr bytes a micro-kernel needs for one k-block are contiguous, as are the rows' k-blocks.
 //
 // Tile kernels (amx) keep state per thread: the driver calls begin(kblocks) on a worker before it
