@@ -187,10 +187,6 @@ def _threads_from_env() -> None:
     _set_threads(n, "EDGECOMPRESS_NUM_THREADS")
 
 
-def _tier_of(listing: list[dict[str, Any]], name: str) -> str:
-    return str(next(k["tier"] for k in listing if k["name"] == name))
-
-
 def cpu_info() -> dict[str, Any]:
     """What this CPU has, which tiers are built and usable, and what each kernel family runs now."""
     # A tier is built when any family has a kernel of it (avx512 has only the float families').
@@ -205,8 +201,9 @@ def cpu_info() -> dict[str, Any]:
         name = _kernel(fam)
         kernel = next(k for k in listings[fam] if k["name"] == name)
         families[fam] = {"kernel": name, "tier": kernel["tier"]}
-        if kernel.get("small_m_kernel") and _core.tier_support(_tier_of(listings[fam], kernel["small_m_kernel"]))[0]:
-            # A tile kernel (amx) leaves calls with fewer rows to a lower tier's kernel.
+        small = next((k for k in listings[fam] if k["name"] == kernel.get("small_m_kernel")), None)
+        if small is not None and small["runs_here"]:
+            # A tile kernel (amx) leaves calls with fewer rows to a lower tier's kernel (where it runs).
             families[fam]["small_m"] = {"below_rows": kernel["small_m_rows"], "kernel": kernel["small_m_kernel"]}
     return {
         "arch": _core.arch(),
