@@ -1,10 +1,10 @@
 // gemm_q4 on AMX tiles, int8 mode: 16 rows x one 16-column panel per tile, one group of K at a time.
 //
 // A panel's codes are decoded once per worker and call into int8 B tiles in L1/L2 ([Kp / 4][16][4]:
-// k-block rows of 16 columns x 4 k), holding what the oracle multiplies (code - zero point, or the
-// codebook's integer entry; q4_decode_group_i8), so every weight form (symmetric, asymmetric,
-// per-tensor and per-channel codebooks) runs the same tile loop and the row tiles of a task reuse
-// them. The activations need no repacking: an A tile is 16 rows of the prepared int8 activations
+// k-block rows of 16 columns x 4 k, which is the packed nibbles' own order, low and high nibbles
+// apart), holding what the oracle multiplies (code - zero point, or the codebook's integer entry), so
+// every weight form (symmetric, asymmetric, per-tensor and per-channel codebooks) runs the same tile
+// loop and the row tiles of a task reuse them. The activations need no repacking: an A tile is 16 rows of the prepared int8 activations
 // (row stride Kp), both sides are signed, so tdpbssd multiplies them with no shift to undo. Per
 // group (or per 64 of K for g = 128, two chunks into one accumulator) the int32 dot products are
 // exact; the group's scales are applied in the oracle's order, acc + float(dot) * (sx * scale), so
@@ -69,12 +69,30 @@ const int8_t* panel_codes(Q4AmxState& s, const Q4Weight& w, int panel) {
     s.capacity = s.codes != nullptr ? bytes : 0;
     if (s.codes == nullptr) return nullptr;
   }
-  alignas(64) int8_t c[kQ4Panel * 128];
-  for (int gi = 0; gi < w.groups; ++gi) {
-    q4_decode_group_i8(w, panel, gi, c);
-    int8_t* dst = s.codes + static_cast<size_t>(gi) * w.g * kQ4Panel;
-    for (int kk = 0; kk < w.g; ++kk)
-      for (int j = 0; j < kQ4Panel; ++j) dst[(kk / 4) * 64 + 4 * j + kk % 4] = c[j * w.g + kk];
+  // A 64-byte step of nibbles is two B tile rows already: its low nibbles are k-block 2s (byte 4j + i:
+  // column j, k = 8s + i), its high nibbles k-block 2s + 1 (q4_code). Each becomes the integer the
+  // oracle multiplies (q4_decode_group_i8): code - zero point, or the codebook's entry.
+  const uint8_t* nib = q4_panel_nib(w, panel);
+  const uint8_t* zp = q4_panel_zp(w, panel);
+  const int8_t* tables = w.table_i8 == nullptr ? nullptr : w.table_i8 + (w.per_channel ? panel * kQ4Panel * 16 : 0);
+  const int steps_per_group = w.g / 8;
+  for (int st = 0; st < w.kp / 8; ++st) {
+    const uint8_t* b = nib + static_cast<size_t>(st) * 64;
+    int8_t* lo = s.codes + static_cast<size_t>(st) * 128;
+    int8_t* hi = lo + 64;
+    if (tables != nullptr) {
+      for (int x = 0; x < 64; ++x) {
+        const int8_t* table = tables + (w.per_channel ? (x / 4) * 16 : 0);
+        lo[x] = table[b[x] & 15], hi[x] = table[b[x] >> 4];
+      }
+    } else {
+      int8_t z[64];  // each byte's zero point: its column's, for this group
+      for (int x = 0; x < 64; ++x) z[x] = static_cast<int8_t>(zp != nullptr ? zp[(st / steps_per_group) * kQ4Panel + x / 4] : 8);
+      for (int x = 0; x < 64; ++x) {
+        lo[x] = static_cast<int8_t>((b[x] & 15) - z[x]);
+        hi[x] = static_cast<int8_t>((b[x] >> 4) - z[x]);
+      }
+    }
   }
   s.w = &w, s.panel = panel;
   return s.codes;
