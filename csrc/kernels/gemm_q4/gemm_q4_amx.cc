@@ -4,8 +4,9 @@
 // k-block rows of 16 columns x 4 k, which is the packed nibbles' own order, low and high nibbles
 // apart), holding what the oracle multiplies (code - zero point, or the codebook's integer entry), so
 // every weight form (symmetric, asymmetric, per-tensor and per-channel codebooks) runs the same tile
-// loop and the row tiles of a task reuse them. The activations need no repacking: an A tile is 16 rows of the prepared int8 activations
-// (row stride Kp), both sides are signed, so tdpbssd multiplies them with no shift to undo. Per
+// loop and the row tiles of a task reuse them. The activations need no repacking: an A tile is 16
+// rows of the prepared int8 activations (row stride Kp), both sides are signed, so tdpbssd
+// multiplies them with no shift to undo. Per
 // group (or per 64 of K for g = 128, two chunks into one accumulator) the int32 dot products are
 // exact; the group's scales are applied in the oracle's order, acc + float(dot) * (sx * scale), so
 // the results are the oracle's bits as on every tier.
@@ -37,7 +38,9 @@ void in_row_blocks(const Q4Tile& t) {
   for (int r0 = 0; r0 < t.rows; r0 += kQ4MaxRows) {
     Q4Tile s = t;
     s.rows = t.rows - r0 < kQ4MaxRows ? t.rows - r0 : kQ4MaxRows;
-    if (t.x.xq != nullptr) s.x.xq = t.x.xq + r0 * t.x.ldx, s.x.sx = t.x.sx + r0 * t.x.lds, s.x.sumq = t.x.sumq + r0 * t.x.lds;
+    if (t.x.xq != nullptr) {
+      s.x.xq = t.x.xq + r0 * t.x.ldx, s.x.sx = t.x.sx + r0 * t.x.lds, s.x.sumq = t.x.sumq + r0 * t.x.lds;
+    }
     if (t.x.xf != nullptr) s.x.xf = t.x.xf + r0 * t.x.ldx;
     s.y = t.y + r0 * t.ldy;
     kTile(s);
@@ -87,7 +90,8 @@ const int8_t* panel_codes(Q4AmxState& s, const Q4Weight& w, int panel) {
       }
     } else {
       int8_t z[64];  // each byte's zero point: its column's, for this group
-      for (int x = 0; x < 64; ++x) z[x] = static_cast<int8_t>(zp != nullptr ? zp[(st / steps_per_group) * kQ4Panel + x / 4] : 8);
+      const uint8_t* group_zp = zp != nullptr ? zp + (st / steps_per_group) * kQ4Panel : nullptr;
+      for (int x = 0; x < 64; ++x) z[x] = static_cast<int8_t>(group_zp != nullptr ? group_zp[x / 4] : 8);
       for (int x = 0; x < 64; ++x) {
         lo[x] = static_cast<int8_t>((b[x] & 15) - z[x]);
         hi[x] = static_cast<int8_t>((b[x] >> 4) - z[x]);
