@@ -374,6 +374,10 @@ def test_refused_tile_permission_falls_back_to_the_next_tier():
     r = _run("import edgecompress", EDGECOMPRESS_AMX_DENY="1", EDGECOMPRESS_ISA="amx")
     assert r.returncode != 0
     assert "ValueError: EDGECOMPRESS_ISA: tier 'amx' cannot run here: " + info["tiers"]["amx"]["reason"] in r.stderr
+    # EDGECOMPRESS_VERBOSE=1 says why at import.
+    r = _run("import edgecompress", EDGECOMPRESS_AMX_DENY="1", EDGECOMPRESS_VERBOSE="1")
+    assert r.returncode == 0, r.stderr
+    assert f"edgecompress: amx tier unavailable: {info['amx_unusable']}\n" in r.stderr
     # EDGECOMPRESS_AMX_DENY=0 is no refusal.
     r = _run(_DENIED_RUN, EDGECOMPRESS_AMX_DENY="0")
     assert r.returncode == 0, r.stderr

@@ -223,5 +223,7 @@ def cpu_info() -> dict[str, Any]:
 _threads_from_env()
 if _VERBOSE:
     _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(FEATURES)}")
+    if "amx" in LADDER and _core.amx_unusable() is not None:
+        _log(f"amx tier unavailable: {_core.amx_unusable()}")
     for _family in FAMILIES:
         _kernel(_family)
