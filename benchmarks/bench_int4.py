@@ -26,6 +26,7 @@ from edgecompress import _core
 from edgecompress.bench import (
     TIER_PROBE,
     _aligned_bytes,
+    amx_skip_note,
     _command_line,
     _measure,
     blas_threads,
@@ -94,7 +95,12 @@ def main() -> int:
     threads = sorted({1, all_threads}) if not args.threads else [int(t) for t in args.threads.split(",")]
     rounds = args.rounds or (3 if args.quick else 7)
     min_s = 0.005 if args.quick else 0.03
-    tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0]]
+    # Tiers with a gemm_q4 kernel of their own (a tier without one would time the one below again).
+    own = {kern["tier"] for kern in _core.gemm_q4_kernels()}
+    tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0] and t in own]
+    if "amx" in tiers and not args.quick and not args.shapes:
+        # the batch sizes the amx tiles are for, at the int4 shape
+        shapes = shapes + [(m, 3072, 768) for m in (16, 32, 64, 128, 512, 1024) if (m, 3072, 768) not in shapes]
     top = tiers[-1] if tiers else LADDER[0]
     read_probe = next((q["name"] for q in reversed(_core.peak_probes()) if q["runs_here"]), None)
     if args.output is None and not args.quick:
@@ -106,7 +112,12 @@ def main() -> int:
     emit(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     emit(f"- command: `{_command_line()}`")
     emit(f"- method: interleaved rounds, median of {rounds}; GOPS = 2 x M x K x N / time; GB/s = packed weight bytes / time")
-    emit("- ours: `q4 <tier> <compute> g<group>` (symmetric unless marked); peers on the same g = 32 symmetric weight\n")
+    emit("- ours: `q4 <tier> <compute> g<group>` (symmetric unless marked); peers on the same g = 32 symmetric weight")
+    if amx_skip_note() is not None:
+        emit(f"- {amx_skip_note()}")
+    elif "amx" in tiers:
+        emit("- amx: 4-bit weights on tiles (int8 mode) for M > 4; M <= 4 runs avx512vnni's kernel")
+    emit("")
 
     emit("## Limits measured in this run (one core)\n")
     peaks: dict[str, float] = {}

@@ -94,14 +94,15 @@ FLOAT_FAMILIES = ["sparse_f32", "sparse_nm_f32", "dense_f32", "engine_f32"]
 def test_x86_ladder_has_an_avx512_tier_for_the_float_families():
     # AVX-512 F/BW/DQ/VL without VNNI (Skylake-X) is a tier of its own, below avx512vnni: the
     # float families' 512-bit kernels live there, the integer families' VNNI kernels stay above.
-    assert LADDER == ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni")
+    assert LADDER == ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "amx")
     for fam in FLOAT_FAMILIES:
         kernels = getattr(_core, f"{fam}_kernels")()
         assert [(k["name"], k["tier"]) for k in kernels] == [
             (f"{fam}_scalar", "scalar"), (f"{fam}_avx2", "avx2"), (f"{fam}_avx512", "avx512")]
-    for fam in ["gemm_s8", "gemm_q4", "sparse_s8"]:
+    # gemm_s8 and gemm_q4 have the amx tier's tile kernels on top; sparse_s8 stops at avx512vnni.
+    for fam, top in [("gemm_s8", ["avx512vnni", "amx"]), ("gemm_q4", ["avx512vnni", "amx"]), ("sparse_s8", ["avx512vnni"])]:
         tiers = [k["tier"] for k in getattr(_core, f"{fam}_kernels")()]
-        assert "avx512" not in tiers and tiers[-1] == "avx512vnni", (fam, tiers)
+        assert "avx512" not in tiers and tiers[-len(top):] == top and tiers.count("amx") == len(top) - 1, (fam, tiers)
     assert ec.cpu_info()["tiers_built"] == list(LADDER)
 
 
@@ -143,6 +144,10 @@ def test_benchmarks_time_and_rate_the_gemm_s8_kernel_that_serves_a_tier():
     assert bench.gemm_s8_tiers() == [t for t in LADDER if t in own] and "avx512" not in bench.gemm_s8_tiers()
     assert bench.int8_probe_for("avx512") == bench.int8_probe_for("avxvnni") is not None
     assert bench.int8_probe_for("scalar") is None
+    # The amx tier is timed where it runs, and otherwise named in the notes with the reason.
+    ok, reason = _core.tier_support("amx")
+    assert ("amx" in bench.gemm_s8_tiers()) == ok
+    assert bench.amx_skip_note() == (None if ok else f"amx tier skipped: {reason}")
 
 
 def test_use_isa_is_per_thread():
@@ -188,7 +193,9 @@ def test_use_isa_errors():
             pass
     missing = [t for t in LADDER if not _core.tier_support(t)[0]]
     for t in missing:
-        with pytest.raises(ValueError, match=f"{t}.*cannot run here: this CPU lacks"):
+        # amx may also be unusable for want of the OS's tile state or permission (cpu_info says which).
+        why = "(this CPU lacks|the OS|the AMX tile data permission)" if t == "amx" else "this CPU lacks"
+        with pytest.raises(ValueError, match=f"{t}.*cannot run here: {why}"):
             with ec.use_isa(t):
                 pass
     other = "neon" if "avx2" in LADDER else "avx2"
@@ -280,3 +287,98 @@ def test_pool_works_after_fork():
     )
     r = _run(code)
     assert r.stdout.strip() == "0", r.stderr
+
+
+# --- the amx tier: usable only with the CPU's AMX, the OS's tile state and the tile data permission
+
+
+AMX_DENIED = "the AMX tile data permission was refused (forced by EDGECOMPRESS_AMX_DENY)"
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_amx_q4_kernel_hands_m_up_to_4_to_avx512vnni():
+    amx = [k for k in _core.gemm_q4_kernels() if k["tier"] == "amx"]
+    assert [(k["name"], k["small_m_rows"], k["small_m_kernel"]) for k in amx] == [
+        ("gemm_q4_16x16_amx", 5, "gemm_q4_4x16_avx512vnni_vbmi")]
+    assert all(k["small_m_kernel"] is None for k in _core.gemm_q4_kernels() if k["tier"] != "amx")
+    gemm = ec.cpu_info()["families"]["gemm_q4"]
+    vbmi = next(k for k in _core.gemm_q4_kernels() if k["name"] == "gemm_q4_4x16_avx512vnni_vbmi")
+    if gemm["tier"] == "amx" and vbmi["runs_here"]:
+        assert gemm["small_m"] == {"below_rows": 5, "kernel": "gemm_q4_4x16_avx512vnni_vbmi"}
+    else:
+        assert "small_m" not in gemm
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_amx_kernel_hands_small_m_to_avx512vnni():
+    amx = [k for k in _core.gemm_s8_kernels() if k["tier"] == "amx"]
+    assert [k["name"] for k in amx] == ["gemm_s8_16x64_amx"]
+    vnni = next(k for k in _core.gemm_s8_kernels() if k["name"] == amx[0]["small_m_kernel"])
+    # The small-M kernel reads the same packed panels: same nr and kr, a lower tier.
+    assert vnni["tier"] == "avx512vnni" and (vnni["nr"], vnni["kr"]) == (amx[0]["nr"], amx[0]["kr"]) == (64, 4)
+    assert 1 < amx[0]["small_m_rows"] <= amx[0]["mr"] == 16
+    assert all(k["small_m_kernel"] is None and k["small_m_rows"] == 0 for k in _core.gemm_s8_kernels() if k["tier"] != "amx")
+    info = ec.cpu_info()
+    gemm = info["families"]["gemm_s8"]
+    if gemm["tier"] == "amx":
+        assert gemm["small_m"] == {"below_rows": amx[0]["small_m_rows"], "kernel": vnni["name"]}
+    else:
+        assert "small_m" not in gemm
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_cpu_info_says_why_amx_cannot_run():
+    info = ec.cpu_info()
+    ok, reason = _core.tier_support("amx")
+    assert info["tiers"]["amx"] == {"built": True, "supported": ok, "reason": reason}
+    feats = set(info["features"])
+    if ok:
+        assert info["amx_unusable"] is None and {"amx_tile", "amx_int8"} <= feats
+        return
+    assert info["amx_unusable"], info["amx_unusable"]
+    if not {"amx_tile", "amx_int8"} <= feats:
+        assert info["amx_unusable"] == "this CPU lacks AMX-TILE and AMX-INT8"
+    if _core.tier_support("avx512vnni")[0]:
+        assert reason == info["amx_unusable"]  # the tier's reason is the detected one
+    else:
+        assert reason.startswith("this CPU lacks usable AMX-TILE and AMX-INT8")
+    assert info["families"]["gemm_s8"]["tier"] != "amx"
+
+
+_DENIED_RUN = """
+import json, numpy as np, edgecompress as ec
+w = ec.Int8Weight.from_float(np.random.default_rng(0).standard_normal((70, 200)).astype(np.float32))
+x = np.random.default_rng(1).standard_normal((40, 200)).astype(np.float32)
+exact = bool(np.array_equal(ec.linear(x, w), ec.reference.linear_int8(x, w.qweight, w.scale)))
+print(json.dumps({"info": ec.cpu_info(), "exact": exact}))
+"""
+
+
+@pytest.mark.skipif(_core.arch() != "x86_64", reason="the x86-64 ladder")
+def test_refused_tile_permission_falls_back_to_the_next_tier():
+    r = _run(_DENIED_RUN, EDGECOMPRESS_AMX_DENY="1")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    info = out["info"]
+    assert out["exact"]
+    assert not info["tiers"]["amx"]["supported"] and info["amx_unusable"]
+    assert info["families"]["gemm_s8"]["tier"] != "amx" and "small_m" not in info["families"]["gemm_s8"]
+    # The forced refusal is what a CPU with AMX reports; a CPU without it says so first.
+    if {"amx_tile", "amx_int8"} <= set(info["features"]):
+        assert info["amx_unusable"] == AMX_DENIED
+    else:
+        assert info["amx_unusable"] == "this CPU lacks AMX-TILE and AMX-INT8"
+    want = max((t for t in LADDER[:-1] if info["tiers"][t]["supported"]), key=LADDER.index)
+    assert info["families"]["gemm_s8"]["tier"] == want  # the next tier serves
+    # Asking for the tier then is the usual clear error, naming the reason.
+    r = _run("import edgecompress", EDGECOMPRESS_AMX_DENY="1", EDGECOMPRESS_ISA="amx")
+    assert r.returncode != 0
+    assert "ValueError: EDGECOMPRESS_ISA: tier 'amx' cannot run here: " + info["tiers"]["amx"]["reason"] in r.stderr
+    # EDGECOMPRESS_VERBOSE=1 says why at import.
+    r = _run("import edgecompress", EDGECOMPRESS_AMX_DENY="1", EDGECOMPRESS_VERBOSE="1")
+    assert r.returncode == 0, r.stderr
+    assert f"edgecompress: amx tier unavailable: {info['amx_unusable']}\n" in r.stderr
+    # EDGECOMPRESS_AMX_DENY=0 is no refusal.
+    r = _run(_DENIED_RUN, EDGECOMPRESS_AMX_DENY="0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["info"]["amx_unusable"] == ec.cpu_info()["amx_unusable"]

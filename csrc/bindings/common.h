@@ -80,8 +80,17 @@ inline void raise_for(GemmStatus status) {
 // runs_here): an overload per family that has any.
 template <class K>
 void kernel_fields(pybind11::dict&, const K&) {}
-inline void kernel_fields(pybind11::dict& d, const GemmS8Kernel& k) { d["mr"] = k.mr, d["nr"] = k.nr, d["kr"] = k.kr; }
-inline void kernel_fields(pybind11::dict& d, const GemmQ4Kernel& k) { d["mr"] = k.mr; }
+inline void kernel_fields(pybind11::dict& d, const GemmS8Kernel& k) {
+  d["mr"] = k.mr, d["nr"] = k.nr, d["kr"] = k.kr;
+  // A tile kernel's calls with fewer rows run its small-M kernel (gemm_s8.h).
+  d["small_m_rows"] = k.small_m_rows;
+  d["small_m_kernel"] = k.small_m != nullptr ? pybind11::object(pybind11::str(k.small_m->name)) : pybind11::none();
+}
+inline void kernel_fields(pybind11::dict& d, const GemmQ4Kernel& k) {
+  d["mr"] = k.mr;
+  d["small_m_rows"] = k.small_m_rows;
+  d["small_m_kernel"] = k.small_m != nullptr ? pybind11::object(pybind11::str(k.small_m->name)) : pybind11::none();
+}
 inline void kernel_fields(pybind11::dict& d, const SparseS8Kernel& k) { d["a_unsigned"] = k.a_unsigned; }
 
 // Defines `<family>_kernels()` (every kernel built in, lowest tier first, as dicts) and

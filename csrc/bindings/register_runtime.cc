@@ -48,6 +48,10 @@ void register_runtime(py::module_& m) {
     for (int i = 0; i < n; ++i) out.append(isa_name(tiers[i]));
     return out;
   }, "This architecture's tiers, lowest first.");
+  m.def("amx_unusable", [] {
+    const std::string& why = cpu_features().amx_unusable;
+    return why.empty() ? py::none() : py::object(py::str(why));
+  }, "Why AMX cannot be used here (CPU, OS tile state, or the tile data permission), or None.");
   m.def("tier_support", [](const std::string& name) {
     std::string why;
     const bool ok = isa_supported(tier_from_name(name), &why);

@@ -125,9 +125,11 @@ void q4_row_f64(const PackedQ4Weight& p, const int8_t* xq, const float* sx, cons
 
 GemmStatus gemm_q4(const PackedQ4Weight& p, const float* x, ptrdiff_t ldx, int m, Q4Compute compute,
                    const float* bias, Activation act, float* y, int max_threads) {
-  const GemmQ4Kernel& kern = *p.kernel;
   const Q4Weight& w = p.w;
   if (m <= 0) return GemmStatus::ok;
+  // A tile kernel hands calls with few rows to its small-M kernel (the packed layout is every tier's).
+  const GemmQ4Kernel* const small = p.kernel->small_m;
+  const GemmQ4Kernel& kern = small != nullptr && m < p.kernel->small_m_rows && cpu_has(small->needs) ? *small : *p.kernel;
   const int mr = kern.mr, n = w.n;
   const bool int8 = compute == Q4Compute::int8;
   const ptrdiff_t ldq = w.kp, lds = w.groups;
@@ -196,6 +198,7 @@ GemmStatus gemm_q4(const PackedQ4Weight& p, const float* x, ptrdiff_t ldx, int m
         kern.run(t);
       }
     }
+    if (kern.end != nullptr) kern.end();
   };
   parallel_for(m_blocks * n_chunks, threads, run_task);
 

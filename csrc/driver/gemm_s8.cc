@@ -72,7 +72,10 @@ std::unique_ptr<PackedS8Weight> pack_s8_weight(const GemmS8Kernel& kernel, const
   p->k = k;
   p->kblocks = static_cast<int>((static_cast<int64_t>(k) + kr - 1) / kr);
   p->panels = static_cast<int>((static_cast<int64_t>(n) + nr - 1) / nr);
-  p->data = AlignedArray<int8_t>(static_cast<size_t>(p->panels) * p->kblocks * nr * kr);
+  // A kernel whose A strips hold a_kr > kr values of K per unit reads B a whole unit at a time: the
+  // k-blocks past the last panel's K it may read (against zero activations) are zeroed slack.
+  const size_t slack = static_cast<size_t>(kernel.a_kr / kr - 1) * nr * kr;
+  p->data = AlignedArray<int8_t>(static_cast<size_t>(p->panels) * p->kblocks * nr * kr + slack);
   p->colsum = AlignedArray<int32_t>(static_cast<size_t>(p->panels) * nr);
   p->scale = AlignedArray<float>(static_cast<size_t>(p->panels) * nr);
   for (int col = 0; col < n; ++col) {
@@ -120,9 +123,12 @@ double gemm_min_parallel_macs() { return g_min_parallel_macs.load(std::memory_or
 
 GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m, const ActQuant& aq,
                    const float* bias, Activation act, float* y, int32_t* y_i32, int max_threads) {
-  const GemmS8Kernel& kern = *w.kernel;
-  const int n = w.n, k = w.k, kblocks = w.kblocks, nr = kern.nr, kr = kern.kr, mr = kern.mr;
   if (m <= 0) return GemmStatus::ok;
+  // A tile kernel hands calls with few rows to its small-M kernel, which reads the same panels.
+  const GemmS8Kernel* const small = w.kernel->small_m;
+  const GemmS8Kernel& kern = small != nullptr && m < w.kernel->small_m_rows && cpu_has(small->needs) ? *small : *w.kernel;
+  const int n = w.n, k = w.k, kblocks = w.kblocks, nr = kern.nr, kr = kern.kr, mr = kern.mr;
+  const size_t a_k = static_cast<size_t>(ceil_div(k, kern.a_kr)) * kern.a_kr;  // K as the strips hold it
   const bool raw = aq.scheme == ActScheme::raw_s8 || aq.scheme == ActScheme::raw_u8;
   const size_t x_elem = raw ? 1 : 4;
   // Rows are spread evenly over the strips (M = 8 with mr = 6 gives 4 + 4, not 6 + 2): a short
@@ -130,7 +136,7 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
   const int strips = ceil_div(m, mr);
   const int rps = ceil_div(m, strips);  // rows per strip, <= mr
   const int strip_rows_max = ceil_div(rps, kern.m_align) * kern.m_align;
-  const size_t strip_bytes = static_cast<size_t>(kblocks) * strip_rows_max * kr * kern.a_bytes;
+  const size_t strip_bytes = a_k * strip_rows_max * kern.a_bytes;
 
   Workspace& ws = workspace();
   uint8_t* a = ensure_size(ws.a, strip_bytes * strips);
@@ -146,7 +152,7 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
     const int r0 = s * rps, rows = std::min(rps, m - r0);
     uint8_t* scratch;
     try {
-      scratch = ensure_size(workspace().scratch, static_cast<size_t>(kblocks) * kr);
+      scratch = ensure_size(workspace().scratch, a_k);
     } catch (const std::bad_alloc&) {  // never let an exception out of a pool task
       status.store(static_cast<int>(GemmStatus::out_of_memory));
       return;
@@ -175,6 +181,7 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
     const int mb = task / n_chunks, nc = task % n_chunks;
     const int s_end = std::min(strips, (mb + 1) * block_strips);
     const int p_end = std::min(w.panels, (nc + 1) * panels_per_chunk);
+    if (kern.begin != nullptr) kern.begin(kblocks);
     GemmS8Tile t;
     t.kblocks = kblocks;
     t.act = act;
@@ -200,6 +207,7 @@ GemmStatus gemm_s8(const PackedS8Weight& w, const void* x, ptrdiff_t ldx, int m,
         kern.run(t);
       }
     }
+    if (kern.end != nullptr) kern.end();
   };
   parallel_for(m_blocks * n_chunks, threads, run_task);
   return GemmStatus::ok;

@@ -1,11 +1,17 @@
 // CPU feature detection and the ISA ladder of the build architecture.
 #include "edgecompress/cpu.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #elif defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #elif defined(__aarch64__) && defined(__APPLE__)
@@ -17,7 +23,7 @@ namespace edgecompress {
 namespace {
 
 #if defined(__x86_64__) || defined(_M_X64)
-constexpr Isa kLadder[] = {Isa::scalar, Isa::avx2, Isa::avxvnni, Isa::avx512, Isa::avx512vnni};
+constexpr Isa kLadder[] = {Isa::scalar, Isa::avx2, Isa::avxvnni, Isa::avx512, Isa::avx512vnni, Isa::amx};
 #elif defined(__aarch64__)
 constexpr Isa kLadder[] = {Isa::scalar, Isa::neon, Isa::dotprod, Isa::i8mm};
 #else
@@ -25,7 +31,7 @@ constexpr Isa kLadder[] = {Isa::scalar};
 #endif
 constexpr int kLadderSize = sizeof(kLadder) / sizeof(kLadder[0]);
 
-constexpr const char* kNames[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "dotprod", "i8mm"};
+constexpr const char* kNames[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "amx", "neon", "dotprod", "i8mm"};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<int>(Isa::count), "one name per tier");
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -36,8 +42,26 @@ uint64_t xgetbv0() {
   return (static_cast<uint64_t>(edx) << 32) | eax;
 }
 
+// Linux gives a process the 8 KiB tile data state only on request (kernel 5.16+); without it the
+// first tile instruction faults. Containers and VMs may refuse. Asked once, during detection, before
+// any kernel can run: the permission is per process, so every thread started later has it.
+AmxPermission request_amx_permission(std::string* error) {
+  const char* deny = std::getenv(kAmxDenyEnv);
+  if (deny != nullptr && *deny != '\0' && std::strcmp(deny, "0") != 0) return AmxPermission::forced_refusal;
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtileData = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtileData) == 0) return AmxPermission::granted;
+  *error = std::strerror(errno);
+  return AmxPermission::refused;
+#else
+  (void)error;
+  return AmxPermission::not_needed;
+#endif
+}
+
 void detect(CpuFeatures* f) {
   f->arch = "x86_64";
+  f->amx_unusable = amx_unusable_reason(false, false, false, AmxPermission::not_needed);
   unsigned a, b, c, d;
   if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x80000004u) {
     char brand[49] = {};
@@ -78,10 +102,12 @@ void detect(CpuFeatures* f) {
     f->avx512vnni = f->avx512f && ((c7 >> 11) & 1);
     f->avx512vbmi = f->avx512f && ((c7 >> 1) & 1);
   }
-  if (os_tile) {
-    f->amx_tile = (d7 >> 24) & 1;
-    f->amx_int8 = (d7 >> 25) & 1;
-  }
+  const bool cpuid_tile = (d7 >> 24) & 1, cpuid_int8 = (d7 >> 25) & 1;
+  f->amx_tile = os_tile && cpuid_tile;
+  f->amx_int8 = os_tile && cpuid_int8;
+  std::string error;
+  const AmxPermission permission = f->amx_tile && f->amx_int8 ? request_amx_permission(&error) : AmxPermission::not_needed;
+  f->amx_unusable = amx_unusable_reason(cpuid_tile, cpuid_int8, os_tile, permission, error.c_str());
 }
 #elif defined(__aarch64__)
 void detect(CpuFeatures* f) {
@@ -128,6 +154,19 @@ void detect(CpuFeatures* f) { f->arch = "unknown"; }
 
 }  // namespace
 
+std::string amx_unusable_reason(bool cpuid_tile, bool cpuid_int8, bool os_tile_state, AmxPermission permission,
+                                const char* error) {
+  if (!cpuid_tile || !cpuid_int8) return "this CPU lacks AMX-TILE and AMX-INT8";
+  if (!os_tile_state) return "the OS does not enable the AMX tile state (XCR0 bits 17 and 18)";
+  if (permission == AmxPermission::refused) {
+    return std::string("the OS refused the AMX tile data permission (arch_prctl ARCH_REQ_XCOMP_PERM: ") + error + ")";
+  }
+  if (permission == AmxPermission::forced_refusal) {
+    return std::string("the AMX tile data permission was refused (forced by ") + kAmxDenyEnv + ")";
+  }
+  return "";
+}
+
 int isa_ladder(const Isa** tiers) {
   *tiers = kLadder;
   return kLadderSize;
@@ -159,8 +198,9 @@ const CpuFeatures& cpu_features() {
   static const CpuFeatures features = [] {
     CpuFeatures f;
     detect(&f);
-    const bool flags[] = {f.avx2,     f.fma,      f.f16c,     f.bmi2,     f.avxvnni,   f.avx512f,
-                          f.avx512bw, f.avx512dq, f.avx512vl, f.avx512vnni, f.avx512vbmi};
+    const bool amx = f.amx_tile && f.amx_int8 && f.amx_unusable.empty();
+    const bool flags[] = {f.avx2,     f.fma,      f.f16c,     f.bmi2,        f.avxvnni,   f.avx512f, f.avx512bw,
+                          f.avx512dq, f.avx512vl, f.avx512vnni, f.avx512vbmi, amx,         amx};
     for (unsigned i = 0; i < sizeof(flags); ++i) f.bits |= flags[i] ? 1u << i : 0u;
     f.bits |= (f.neon ? kNeon : 0u) | (f.dotprod ? kDotprod : 0u) | (f.i8mm ? kI8mm : 0u);
     return f;
@@ -170,7 +210,14 @@ const CpuFeatures& cpu_features() {
 
 bool cpu_has(uint32_t needs) { return (cpu_features().bits & needs) == needs; }
 
-bool isa_supported(Isa isa, std::string* why) { return isa_supported_for(isa, cpu_features().bits, why); }
+bool isa_supported(Isa isa, std::string* why) {
+  if (isa_supported_for(isa, cpu_features().bits, why)) return true;
+  // An AMX CPU may still be unable to run the tier (OS state, permission): say which.
+  if (isa == Isa::amx && why != nullptr && cpu_has(kNeedsAvx512Vnni) && !cpu_features().amx_unusable.empty()) {
+    *why = cpu_features().amx_unusable;
+  }
+  return false;
+}
 
 bool isa_supported_for(Isa isa, uint32_t cpu_bits, std::string* why) {
   if (isa_rank(isa) < 0) {
@@ -188,6 +235,7 @@ bool isa_supported_for(Isa isa, uint32_t cpu_bits, std::string* why) {
       break;
     case Isa::avx512: builds[0] = kNeedsAvx512, missing = "AVX-512 F/BW/DQ/VL"; break;
     case Isa::avx512vnni: builds[0] = kNeedsAvx512Vnni, missing = "AVX-512 F/BW/DQ/VL/VNNI"; break;
+    case Isa::amx: builds[0] = kNeedsAmx, missing = "usable AMX-TILE and AMX-INT8 (with AVX-512 F/BW/DQ/VL/VNNI)"; break;
     case Isa::neon: builds[0] = kNeedsNeon, missing = "Advanced SIMD (NEON)"; break;
     case Isa::dotprod: builds[0] = kNeedsDotprod, missing = "the dot-product extension (SDOT)"; break;
     case Isa::i8mm: builds[0] = kNeedsI8mm, missing = "the int8 matrix-multiply extension (SMMLA)"; break;

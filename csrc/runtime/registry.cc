@@ -16,14 +16,16 @@ extern const SparseS8Kernel sparse_s8_scalar;
 extern const SparseNmKernel sparse_nm_f32_scalar;
 extern const EngineKernel engine_f32_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
-extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni;
+extern const GemmS8Kernel gemm_s8_avx2, gemm_s8_avxvnni, gemm_s8_avxvnni_evex, gemm_s8_avx512vnni, gemm_s8_amx;
 extern const SparseKernel sparse_f32_avx2, sparse_f32_avx512;
 extern const DenseKernel dense_f32_avx2, dense_f32_avx512;
 extern const SparseS8Kernel sparse_s8_avx2, sparse_s8_avx512vnni;
 extern const SparseNmKernel sparse_nm_f32_avx2, sparse_nm_f32_avx512;
 extern const EngineKernel engine_f32_avx2, engine_f32_avx512;
-extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni;
-extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm;
+extern const GemmQ4Kernel gemm_q4_avx2, gemm_q4_avxvnni, gemm_q4_avxvnni_evex, gemm_q4_avx512vbmi, gemm_q4_avx512vnni,
+    gemm_q4_amx;
+extern const PeakProbe peak_fma_ymm, peak_maddwd_ymm, peak_dpbusd_ymm_vex, peak_dpbusd_ymm, peak_dpbusd_zmm, peak_fma_zmm,
+    peak_tdpbusd_tile;
 #elif defined(__aarch64__)
 extern const GemmS8Kernel gemm_s8_neon, gemm_s8_dotprod, gemm_s8_i8mm;
 extern const GemmQ4Kernel gemm_q4_neon, gemm_q4_dotprod;
@@ -42,7 +44,8 @@ const GemmS8Kernel* const gemm_s8_list[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     // Two builds of the 256-bit VNNI tier: the VEX encoding (AVX-VNNI CPUs) is preferred; the EVEX
     // encoding of the same source serves AVX-512 VNNI CPUs that lack AVX-VNNI.
-    &gemm_s8_avx2, &gemm_s8_avxvnni, &gemm_s8_avxvnni_evex, &gemm_s8_avx512vnni,
+    // amx hands calls with few rows to avx512vnni (its small_m kernel, gemm_s8.h).
+    &gemm_s8_avx2, &gemm_s8_avxvnni, &gemm_s8_avxvnni_evex, &gemm_s8_avx512vnni, &gemm_s8_amx,
 #elif defined(__aarch64__)
     &gemm_s8_neon, &gemm_s8_dotprod, &gemm_s8_i8mm,
 #endif
@@ -54,7 +57,8 @@ const GemmQ4Kernel* const gemm_q4_list[] = {
     &gemm_q4_scalar,
 #if defined(__x86_64__) || defined(_M_X64)
     // The VBMI build of the avx512vnni tier is listed first: where it runs, it wins.
-    &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vbmi, &gemm_q4_avx512vnni,
+    // amx hands calls with at most 4 rows to the VBMI build of avx512vnni (its small_m kernel).
+    &gemm_q4_avx2, &gemm_q4_avxvnni, &gemm_q4_avxvnni_evex, &gemm_q4_avx512vbmi, &gemm_q4_avx512vnni, &gemm_q4_amx,
 #elif defined(__aarch64__)
     &gemm_q4_neon, &gemm_q4_dotprod,
 #endif
@@ -132,6 +136,7 @@ const K* select_kernel(const K* const (&list)[N], Isa cap, uint32_t cpu_bits) {
 const PeakProbe* const kPeaks[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     &peak_fma_ymm, &peak_maddwd_ymm, &peak_dpbusd_ymm_vex, &peak_dpbusd_ymm, &peak_dpbusd_zmm, &peak_fma_zmm,
+    &peak_tdpbusd_tile,
 #elif defined(__aarch64__)
     &peak_fmla_q, &peak_smlal_q, &peak_sdot_q, &peak_smmla_q,
 #endif

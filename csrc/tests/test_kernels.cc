@@ -37,6 +37,15 @@
 
 using namespace edgecompress;
 
+#if defined(EC_AMX_TILE_MODEL_BUILT)
+// The amx kernels on the tile model (tests/amx_tile_model.cc), and the model's own checks.
+namespace edgecompress {
+extern const GemmS8Kernel gemm_s8_amx_model;
+extern const GemmQ4Kernel gemm_q4_amx_model;
+bool amx_tile_model_checks();
+}  // namespace edgecompress
+#endif
+
 namespace {
 
 struct Shape {
@@ -1122,8 +1131,11 @@ bool check_selection_on_cpu_models() {
     ++failures;
   };
 #if defined(__x86_64__) || defined(_M_X64)
-  const Isa top = Isa::avx512vnni;
+  const Isa top = Isa::amx;
   const Model models[] = {
+      {"Sapphire Rapids (AMX)", kNeedsAmx, top, Isa::amx, Isa::avx512vnni, Isa::avx512},
+      {"Sapphire Rapids, tile permission refused", kNeedsAvx512Vnni, top, Isa::avx512vnni, Isa::avx512vnni, Isa::avx512},
+      {"Sapphire Rapids capped at avx512vnni", kNeedsAmx, Isa::avx512vnni, Isa::avx512vnni, Isa::avx512vnni, Isa::avx512},
       {"Zen 3 (AVX2)", kNeedsAvx2, top, Isa::avx2, Isa::avx2, Isa::avx2},
       {"Alder Lake (AVX-VNNI, no AVX-512)", kNeedsAvxVnni, top, Isa::avxvnni, Isa::avx2, Isa::avx2},
       {"Skylake-X (AVX-512 F/BW/DQ/VL, no VNNI)", kNeedsAvx512, top, Isa::avx2, Isa::avx2, Isa::avx512},
@@ -1140,6 +1152,45 @@ bool check_selection_on_cpu_models() {
   expect_support("Skylake-X without DQ", kNeedsAvx512 & ~kAvx512Dq, Isa::avx512, false, "this CPU lacks AVX-512 F/BW/DQ/VL");
   expect_support("Cascade Lake", kNeedsAvx512Vnni, Isa::avx512, true, "");
   expect_support("Cascade Lake", kNeedsAvx512Vnni, Isa::avx512vnni, true, "");
+  expect_support("Cascade Lake", kNeedsAvx512Vnni, Isa::amx, false,
+                 "this CPU lacks usable AMX-TILE and AMX-INT8 (with AVX-512 F/BW/DQ/VL/VNNI)");
+  expect_support("Sapphire Rapids", kNeedsAmx, Isa::amx, true, "");
+  // Why AMX is unusable, from what detection finds (CPUID, XCR0, the Linux permission request).
+  auto expect_amx = [&](const char* model, std::string got, const std::string& want) {
+    if (got == want) return;
+    std::printf("  %s: AMX unusable because '%s', expected '%s'\n", model, got.c_str(), want.c_str());
+    ++failures;
+  };
+  expect_amx("Zen 4", amx_unusable_reason(false, false, false, AmxPermission::not_needed),
+             "this CPU lacks AMX-TILE and AMX-INT8");
+  expect_amx("AMX-TILE without AMX-INT8", amx_unusable_reason(true, false, true, AmxPermission::not_needed),
+             "this CPU lacks AMX-TILE and AMX-INT8");
+  expect_amx("Sapphire Rapids, OS without tile state", amx_unusable_reason(true, true, false, AmxPermission::not_needed),
+             "the OS does not enable the AMX tile state (XCR0 bits 17 and 18)");
+  expect_amx("Sapphire Rapids in a container that refuses", amx_unusable_reason(true, true, true, AmxPermission::refused,
+             "Operation not permitted"),
+             "the OS refused the AMX tile data permission (arch_prctl ARCH_REQ_XCOMP_PERM: Operation not permitted)");
+  expect_amx("Sapphire Rapids with EDGECOMPRESS_AMX_DENY", amx_unusable_reason(true, true, true,
+             AmxPermission::forced_refusal), "the AMX tile data permission was refused (forced by EDGECOMPRESS_AMX_DENY)");
+  expect_amx("Sapphire Rapids", amx_unusable_reason(true, true, true, AmxPermission::granted), "");
+  // A tile kernel's small-M kernel reads the same packed panels, from a lower tier.
+  const GemmQ4Kernel* const* q4;
+  for (int i = 0, n = gemm_q4_kernels(&q4); i < n; ++i) {
+    const GemmQ4Kernel* small = q4[i]->small_m;
+    if (small != nullptr && (isa_rank(small->isa) >= isa_rank(q4[i]->isa) || q4[i]->small_m_rows <= 1)) {
+      std::printf("  %s: small-M kernel %s does not fit\n", q4[i]->name, small->name);
+      ++failures;
+    }
+  }
+  const GemmS8Kernel* const* gemm;
+  for (int i = 0, n = gemm_s8_kernels(&gemm); i < n; ++i) {
+    const GemmS8Kernel* small = gemm[i]->small_m;
+    if (small != nullptr && (small->nr != gemm[i]->nr || small->kr != gemm[i]->kr || isa_rank(small->isa) >= isa_rank(gemm[i]->isa) ||
+                             gemm[i]->small_m_rows <= 1)) {
+      std::printf("  %s: small-M kernel %s does not fit\n", gemm[i]->name, small->name);
+      ++failures;
+    }
+  }
 #elif defined(__aarch64__)
   const Isa top = Isa::i8mm;
   const Model models[] = {
@@ -1188,6 +1239,22 @@ int main() {
       f.count ? ++failed : ++passed;
     }
   }
+#if defined(EC_AMX_TILE_MODEL_BUILT)
+  // The amx kernel's source on the tile model, on every x86 machine (the real kernel above runs only
+  // where the CPU has AMX and the OS granted the tile state).
+  const bool model_ok = amx_tile_model_checks();
+  std::printf("%s AMX tile model against its specification\n", model_ok ? "PASS" : "FAIL");
+  model_ok ? ++passed : ++failed;
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    set_gemm_s8_min_parallel_macs(threads > 1 ? 0.0 : 1e300);
+    Failures f;
+    check_kernel(gemm_s8_amx_model, scalar, &f);
+    std::printf("%s %s (%d thread%s, tile model)\n", f.count ? "FAIL" : "PASS", gemm_s8_amx_model.name, threads,
+                threads > 1 ? "s" : "");
+    f.count ? ++failed : ++passed;
+  }
+#endif
   const GemmQ4Kernel* const* q4;
   const int q4_count = gemm_q4_kernels(&q4);
   for (int threads : {1, 2}) {
@@ -1205,6 +1272,13 @@ int main() {
       std::printf("%s %s (%d thread%s)\n", f.count ? "FAIL" : "PASS", k.name, threads, threads > 1 ? "s" : "");
       f.count ? ++failed : ++passed;
     }
+#if defined(EC_AMX_TILE_MODEL_BUILT)
+    Q4Failures f;
+    check_q4_kernel(gemm_q4_amx_model, *q4[0], &f);
+    std::printf("%s %s (%d thread%s, tile model)\n", f.count ? "FAIL" : "PASS", gemm_q4_amx_model.name, threads,
+                threads > 1 ? "s" : "");
+    f.count ? ++failed : ++passed;
+#endif
   }
   const SparseKernel* const* sk;
   const int sk_count = sparse_f32_kernels(&sk);
@@ -1247,6 +1321,14 @@ int main() {
     std::printf("%s %s (concurrent callers, pool resized meanwhile)\n", ok ? "PASS" : "FAIL", kernels[i]->name);
     ok ? ++passed : ++failed;
   }
+#if defined(EC_AMX_TILE_MODEL_BUILT)
+  {
+    const bool ok = check_concurrent_callers(gemm_s8_amx_model);
+    std::printf("%s %s (concurrent callers, pool resized meanwhile, tile model)\n", ok ? "PASS" : "FAIL",
+                gemm_s8_amx_model.name);
+    ok ? ++passed : ++failed;
+  }
+#endif
   const bool models_ok = check_selection_on_cpu_models();
   std::printf("%s registry choice on models of CPUs\n", models_ok ? "PASS" : "FAIL");
   models_ok ? ++passed : ++failed;

@@ -41,7 +41,9 @@ QUICK_SHAPES = [(1, 1024, 1024), (64, 512, 512)]
 # The instruction each tier's gemm_s8 kernel is built on, for the "% of peak" column (int8_probe_for
 # resolves a tier cap to the kernel that serves it).
 TIER_PROBE = {"scalar": None, "avx2": "vpmaddwd_ymm", "avxvnni": "vpdpbusd_ymm", "avx512vnni": "vpdpbusd_zmm",
-              "neon": "smlal_q", "dotprod": "sdot_q", "i8mm": "smmla_q"}
+              "amx": "tdpbusd_tile", "neon": "smlal_q", "dotprod": "sdot_q", "i8mm": "smmla_q"}
+# Where the amx tier runs, the batch sizes its tiles are for (issue: M = 16 ... 1024 at BERT-base sizes).
+AMX_SHAPES = [(m, k, n) for m in (16, 32, 64, 128, 512, 1024) for k, n in ((768, 3072), (3072, 768))]
 FP32_PROBE = {"x86_64": "fma_f32_ymm", "aarch64": "fmla_f32_q"}
 
 
@@ -57,6 +59,14 @@ def gemm_s8_tiers() -> list[str]:
     the kernel of the tier below again)."""
     own = {k["tier"] for k in _core.gemm_s8_kernels()}
     return [t for t in LADDER[1:] if t in own and _core.tier_support(t)[0]]
+
+
+def amx_skip_note() -> str | None:
+    """Why the amx tier has no rows here (None where it runs, or off x86)."""
+    if "amx" not in LADDER:
+        return None
+    ok, reason = _core.tier_support("amx")
+    return None if ok else f"amx tier skipped: {reason}"
 
 
 def common_arguments(p: argparse.ArgumentParser) -> None:
@@ -290,9 +300,13 @@ def run(args: argparse.Namespace) -> int:
     threads = sorted({1, all_threads}) if not args.threads else [int(t) for t in args.threads.split(",")]
     # The scalar tier is the specification, not a contender: only on request.
     tiers = gemm_s8_tiers() if not args.tiers else args.tiers.split(",")
+    if "amx" in tiers and not quick and not args.shapes:
+        shapes = shapes + [s for s in AMX_SHAPES if s not in shapes]
     rounds = args.rounds or (3 if quick else 7)
     min_s = 0.005 if quick else 0.03
     peers = _Peers(not args.no_peers)
+    if amx_skip_note() is not None:
+        peers.notes.append(str(amx_skip_note()))
     arch = _core.arch()
     saved_threads = get_num_threads()
 

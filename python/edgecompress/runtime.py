@@ -1,5 +1,10 @@
 """CPU information, ISA tier selection and threads.
 
+The amx tier needs, besides the CPU's AMX-TILE/AMX-INT8, the OS's tile state and (Linux) the tile
+data permission, which containers and VMs may refuse; ``EDGECOMPRESS_AMX_DENY=1`` acts as if it were
+refused. ``cpu_info()["amx_unusable"]`` says why the tier cannot run, and the gemm_s8 entry of
+``cpu_info()["families"]`` names the kernel that serves calls with few rows where amx serves the rest.
+
 The tier cap comes from ``EDGECOMPRESS_ISA`` (the whole process) and from ``use_isa`` (a ``with``
 block, per thread / async context). Under a cap, each kernel family runs the best tier at or below
 it that was built and that this CPU supports. ``EDGECOMPRESS_VERBOSE=1`` logs each choice to stderr.
@@ -194,7 +199,12 @@ def cpu_info() -> dict[str, Any]:
     families = {}
     for fam in FAMILIES:
         name = _kernel(fam)
-        families[fam] = {"kernel": name, "tier": next(k for k in listings[fam] if k["name"] == name)["tier"]}
+        kernel = next(k for k in listings[fam] if k["name"] == name)
+        families[fam] = {"kernel": name, "tier": kernel["tier"]}
+        small = next((k for k in listings[fam] if k["name"] == kernel.get("small_m_kernel")), None)
+        if small is not None and small["runs_here"]:
+            # A tile kernel (amx) leaves calls with fewer rows to a lower tier's kernel (where it runs).
+            families[fam]["small_m"] = {"below_rows": kernel["small_m_rows"], "kernel": kernel["small_m_kernel"]}
     return {
         "arch": _core.arch(),
         "model": _core.cpu_model(),
@@ -203,6 +213,8 @@ def cpu_info() -> dict[str, Any]:
         "tiers_built": built,
         "tiers": tiers,
         "tier_cap": current_tier(),
+        # Why the amx tier cannot run here (CPU, OS tile state, refused tile data permission), or None.
+        "amx_unusable": _core.amx_unusable() if _core.arch() == "x86_64" else None,
         "families": families,
         "num_threads": get_num_threads(),
     }
@@ -211,5 +223,7 @@ def cpu_info() -> dict[str, Any]:
 _threads_from_env()
 if _VERBOSE:
     _log(f"{_core.arch()} {_core.cpu_model()!r}: features {' '.join(FEATURES)}")
+    if "amx" in LADDER and _core.amx_unusable() is not None:
+        _log(f"amx tier unavailable: {_core.amx_unusable()}")
     for _family in FAMILIES:
         _kernel(_family)

@@ -74,6 +74,13 @@ struct GemmQ4Kernel {
   bool (*prepare)(const Q4Weight& w, Q4Compute compute, const float* x, ptrdiff_t ldx, int rows, int8_t* xq,
                   float* xf, float* sx, int32_t* sumq);
   void (*run)(const Q4Tile& tile);
+  // Tile kernels (amx) keep state per thread (tile configuration, decoded panels): the driver calls
+  // end() on a worker after its last tile of a call. Null for the others.
+  void (*end)();
+  // Calls with fewer rows than small_m_rows run small_m (any gemm_q4 kernel reads the same packed
+  // weight) where the CPU has it; 0 and null: every call runs this kernel.
+  int small_m_rows;
+  const GemmQ4Kernel* small_m;
 };
 
 }  // namespace edgecompress

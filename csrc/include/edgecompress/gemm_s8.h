@@ -15,8 +15,16 @@
 //
 // Layouts (kr consecutive k values are the unit of every dot-product instruction):
 //   packed B panel (nr columns): [kblocks][nr][kr] int8, columns >= N and k >= K are zero;
-//   packed A strip (a_rows rows): [kblocks][a_rows][kr] elements of a_bytes bytes, k >= K zero;
+//   packed A strip (a_rows rows): [ceil(K / a_kr)][a_rows][a_kr] elements of a_bytes bytes, k >= K
+//   zero, where a_kr = kr for the dot-product tiers and 64 for amx (an A tile holds 64 k per row);
+//   such a kernel may read B in units of a_kr too, up to a_kr / kr - 1 k-blocks past a panel's
+//   last (they meet zero activations): the packed weight ends with that much zeroed slack;
 // so the nr x kr bytes a micro-kernel needs for one k-block are contiguous, as are the rows' k-blocks.
+//
+// Tile kernels (amx) keep state per thread: the driver calls begin(kblocks) on a worker before it
+// runs any tile of a call and end() after its last one. Where a tile kernel's tiles pay only from
+// some number of rows on, calls with fewer than small_m_rows rows run small_m, a kernel of the same
+// nr and kr (so the same packed weight) of a lower tier.
 //
 // Names follow gemm_s8_<mr>x<nr>_<tier>[_<encoding>].
 #pragma once
@@ -59,10 +67,15 @@ struct GemmS8Kernel {
   int m_align;    // strip rows are padded to a multiple of this (smmla works on row pairs)
   uint32_t needs;  // CpuFeature bits its compiler flags enable (cpu.h)
   // Quantizes (or, for raw schemes, copies) `rows` rows of x into one packed strip and fills
-  // row_scale / row_offset. scratch holds kblocks * kr bytes. Returns false if x has NaN or Inf.
+  // row_scale / row_offset. scratch holds K rounded up to a_kr bytes. Returns false if x has NaN or Inf.
   bool (*pack_a)(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,
                  float* row_scale, int32_t* row_offset, uint8_t* scratch);
   void (*run)(const GemmS8Tile& tile);
+  int a_kr;                        // k values per unit of the packed A strip (see above)
+  void (*begin)(int kblocks);      // null for kernels without per-thread state
+  void (*end)();
+  int small_m_rows;                // 0: every call runs this kernel
+  const GemmS8Kernel* small_m;     // runs calls with m < small_m_rows (where the CPU has it)
 };
 
 }  // namespace edgecompress

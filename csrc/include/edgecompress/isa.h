@@ -4,9 +4,10 @@
 // avxvnni tier runs on CPUs with AVX-VNNI (VEX encoding) and on CPUs with AVX-512 VNNI + VL (the same
 // 256-bit kernel, EVEX encoded). The registry decides which build of a tier serves a CPU.
 //
-// x86-64 runs scalar -> avx2 -> avxvnni -> avx512 -> avx512vnni. avx512 (F/BW/DQ/VL) holds the
+// x86-64 runs scalar -> avx2 -> avxvnni -> avx512 -> avx512vnni -> amx. avx512 (F/BW/DQ/VL) holds the
 // 512-bit float kernels, which need no VNNI: AVX-512 CPUs without VNNI (Skylake-X) run them, and
-// avx512vnni inherits them. An AVX-VNNI CPU without AVX-512 (Alder Lake) stops at avxvnni.
+// avx512vnni inherits them. An AVX-VNNI CPU without AVX-512 (Alder Lake) stops at avxvnni. amx (tile
+// registers, tdpbusd; Sapphire Rapids and later) needs the OS to grant the tile state as well (cpu.h).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,7 @@ enum class Isa : int {
   avxvnni,
   avx512,
   avx512vnni,
+  amx,
   // aarch64
   neon,
   dotprod,

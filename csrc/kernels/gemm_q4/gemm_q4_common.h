@@ -248,5 +248,5 @@ void q4_run(const Q4Tile& t) {
 #define EC_GEMM_Q4_KERNEL(var, name, isa, mr, needs, tile_int8)                                         \
   namespace edgecompress {                                                                          \
   static_assert((mr) >= 1 && (mr) <= kQ4MaxRows, "gemm_q4 tiles hold at most kQ4MaxRows rows");      \
-  extern const GemmQ4Kernel var = {name, isa, mr, needs, q4_prepare, q4_run<tile_int8>};            \
+  extern const GemmQ4Kernel var = {name, isa, mr, needs, q4_prepare, q4_run<tile_int8>, nullptr, 0, nullptr}; \
   }

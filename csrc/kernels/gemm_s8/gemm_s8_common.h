@@ -77,16 +77,22 @@ void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
 }  // namespace edgecompress
 
 // Defines the registry entry of one kernel. Its pack_a wrapper binds the tier's packing parameters.
-#define EC_GEMM_S8_KERNEL(var, name, isa, mr, nr, kr, a_bytes, a_signed, m_align, needs, run)          \
-  namespace edgecompress {                                                                           \
-  namespace {                                                                                        \
-  bool var##_pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,   \
-                    float* row_scale, int32_t* row_offset, uint8_t* scratch) {                      \
-    const int a_rows = (rows + (m_align) - 1) / (m_align) * (m_align);                               \
-    return pack_a<a_signed, a_bytes, kr>(x, ldx, rows, k, q, strip, row_scale, row_offset, scratch, \
-                                         a_rows);                                                    \
-  }                                                                                                  \
-  }                                                                                                  \
-  extern const GemmS8Kernel var = {name,    isa,       mr, nr, kr, a_bytes, a_signed, m_align,       \
-                                   needs,     var##_pack_a, run};                                     \
+#define EC_GEMM_S8_KERNEL(var, name, isa, mr, nr, kr, a_bytes, a_signed, m_align, needs, run)                   \
+  EC_GEMM_S8_KERNEL_WITH(var, name, isa, mr, nr, kr, kr, a_bytes, a_signed, m_align, needs, run, nullptr, nullptr, 0, \
+                         nullptr)
+
+// The same with every field of GemmS8Kernel: the A strip's k unit, the per-call hooks and the
+// small-M kernel (the tile kernels' fields).
+#define EC_GEMM_S8_KERNEL_WITH(var, name, isa, mr, nr, kr, a_kr, a_bytes, a_signed, m_align, needs, run, begin,   \
+                               end, small_m_rows, small_m)                                                       \
+  namespace edgecompress {                                                                                     \
+  namespace {                                                                                                  \
+  bool var##_pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,             \
+                    float* row_scale, int32_t* row_offset, uint8_t* scratch) {                                \
+    const int a_rows = (rows + (m_align) - 1) / (m_align) * (m_align);                                         \
+    return pack_a<a_signed, a_bytes, a_kr>(x, ldx, rows, k, q, strip, row_scale, row_offset, scratch, a_rows); \
+  }                                                                                                            \
+  }                                                                                                            \
+  extern const GemmS8Kernel var = {name,  isa,   mr,    nr,           kr,     a_bytes, a_signed, m_align, needs, \
+                                   var##_pack_a, run, a_kr, begin, end,    small_m_rows, small_m};            \
   }
