@@ -104,8 +104,10 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
       nd.aq.scale = t[7].cast<py::tuple>()[0].cast<float>();
       nd.aq.zero_point = t[7].cast<py::tuple>()[1].cast<int>();
       nd.q4 = t[8].cast<int>() == 0 ? Q4Compute::int8 : Q4Compute::float32;
-      const int64_t act = nd.op == engine::Op::conv2d ? nd.i[14] : nd.i[2];
+      const int64_t act = nd.op == engine::Op::conv2d ? nd.i[14] % 4 : nd.i[2];
       require(act >= 0 && act <= static_cast<int>(Activation::gelu), "node: activation out of range");
+      require(nd.op != engine::Op::conv2d || (nd.i[14] >= 0 && nd.i[14] / 4 <= static_cast<int>(UnaryAct::count)),
+              "node: unary activation out of range");
     }
     out.push_back(nd);
   }

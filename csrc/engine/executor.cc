@@ -153,11 +153,15 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   const Window2d p = window(nd);
   const int ho = static_cast<int>(nd.i[4]);
   const int64_t pixels = nd.i[0] * ho * p.wo, k = static_cast<int64_t>(p.kh) * p.kw * p.c, n = nd.i[15];
-  const Activation act = static_cast<Activation>(nd.i[14]);
+  const Activation act = static_cast<Activation>(nd.i[14] % 4);
+  const int unary = static_cast<int>(nd.i[14] / 4) - 1;  // -1: none
+  // 1x1, stride 1, no padding: the patch rows are x's rows
+  const bool direct = p.kh == 1 && p.kw == 1 && p.sh == 1 && p.sw == 1 && p.pt == 0 && p.pl == 0 &&
+                      ho == p.h && p.wo == p.w;
   // A static input scale on an int8 weight: quantizing is element-wise, so the codes of a patch are
   // those of its taps (a padding tap's, the code of 0.0: the zero point). The image is quantized
   // once, not kh * kw times, and patches of codes go to the product as they are.
-  const bool codes = nd.wkind == WeightKind::s8 &&
+  const bool codes = !direct && nd.wkind == WeightKind::s8 &&
                      (nd.aq.scheme == ActScheme::static_symmetric || nd.aq.scheme == ActScheme::static_asymmetric);
   const bool asym = nd.aq.scheme == ActScheme::static_asymmetric;
   const uint8_t* q = nullptr;
@@ -191,11 +195,14 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
         for (int64_t r = 0; r < m; ++r) patch_row(p, q, ho, p0 + r, pad, a + r * k);
         s = from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(nd.weight), a, k, static_cast<int>(m), aq, bias,
                               act, y + p0 * n, nullptr, threads));
+      } else if (direct) {
+        s = product(nd, x + p0 * k, k, static_cast<int>(m), bias, act, y + p0 * n, threads);
       } else {
         float* a = ensure_size(t_patch, static_cast<size_t>(m * k));
         for (int64_t r = 0; r < m; ++r) patch_row(p, x, ho, p0 + r, 0.0f, a + r * k);
         s = product(nd, a, k, static_cast<int>(m), bias, act, y + p0 * n, threads);
       }
+      if (s == RunStatus::ok && unary >= 0) c.k->unary(unary, y + p0 * n, y + p0 * n, m * n);
     } catch (const std::bad_alloc&) {
       s = RunStatus::out_of_memory;
     }

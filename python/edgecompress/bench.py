@@ -171,7 +171,6 @@ class _Peers:
 
     def _ort_session(self, w_float: np.ndarray, threads: int) -> Any:
         try:
-            import onnx
             from onnx import TensorProto, helper, numpy_helper
         except ImportError:
             self.notes.append("onnx not installed: no onnxruntime rows (the graph is built with onnx)")

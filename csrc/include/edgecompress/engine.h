@@ -66,8 +66,10 @@ enum class Op : int {
   // The 2-D window ops on channels-last images: i0 batch, i1 h, i2 w, i3 c, i4 ho, i5 wo, i6 kh, i7 kw,
   // i8 sh, i9 sw, i10 pt, i11 pl, i12 dh, i13 dw (Window2d); x (i0, i1, i2, i3), y (i0, i4, i5, n).
   conv2d,        // in: x, bias?; the linear weight (n = i15 rows of kh * kw * c: taps in (kh, kw, c) order);
-                 // i14 Activation of the product's epilogue. Rows of patches are gathered into tiles
-                 // of about kPatchBytes and run through the weight's product, tile by tile
+                 // i14 = Activation of the product's epilogue + 4 * (UnaryAct + 1, or 0): the unary pass
+                 // runs on each tile of output rows while it is in cache. Rows of patches are gathered
+                 // into tiles of about kPatchBytes and run through the weight's product, tile by tile
+                 // (a 1x1 kernel with stride 1 and no padding reads x's rows where they are)
   depthwise,     // in: x, w (kh, kw, c), bias?; out: y (n = c). i14 > 0: then UnaryAct i14 - 1
   pool,          // in: x; out: y (n = c). i14 mode: Window2d's pool_row
   act,           // in: x; out: y. i0 values, i1 UnaryAct

@@ -521,11 +521,6 @@ def _lower_linear(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
     return out
 
 
-def _act_pass(act: str | None, ref: Any, n: int) -> list[tuple[Any, ...]]:
-    """The element-wise pass of an activation the product's epilogue does not have (in place)."""
-    return [] if act is None else [_native("act", [ref], [ref], [n, UNARY_ACTS[act]])]
-
-
 def _window_ints(node: Node, xs: tuple[int, ...], ys: tuple[int, ...], kernel: tuple[int, int]) -> list[int]:
     (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = _window(node.attrs, kernel)
     return [xs[0], xs[1], xs[2], xs[3], ys[1], ys[2], kh, kw, sh, sw, pt, pl, dh, dw]
@@ -542,13 +537,13 @@ def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
     fused = act == "relu"
     aq = (float(scale or 1.0), int(zp or 0))
     k, st, pad, dil = _window(t, tuple(t["kernel"]))
-    if k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0):  # a 1x1 convolution is the product itself
-        out = [(NATIVE_OP["linear"], [r[0], r[1] or NO_REF], [r[-1]], [_prod(xs[:-1]), xs[-1], int(fused)], [], pw,
-                scheme, aq, q4)]
-    else:
-        ints = _window_ints(node, xs, ys, k) + [int(fused), n]
-        out = [(NATIVE_OP["conv2d"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme, aq, q4)]
-    return out + _act_pass(None if fused else act, r[-1], _prod(ys))
+    unary = 0 if act is None or fused else UNARY_ACTS[act] + 1
+    if k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0) and not unary:  # a 1x1 convolution is the product
+        return [(NATIVE_OP["linear"], [r[0], r[1] or NO_REF], [r[-1]], [_prod(xs[:-1]), xs[-1], int(fused)], [], pw,
+                 scheme, aq, q4)]
+    # other activations: the executor's pass over each tile of output rows while it is in cache
+    ints = _window_ints(node, xs, ys, k) + [int(fused) + 4 * unary, n]
+    return [(NATIVE_OP["conv2d"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme, aq, q4)]
 
 
 def _lower_depthwise(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
