@@ -71,27 +71,15 @@ class _Engine:
 def _gradual(model: Any, data: Any, sparsity: float, epochs: int, seed: int) -> Any:
     """A copy of model pruned to `sparsity` on the cubic schedule while fine-tuning on the training
     digits (edgecompress.compress.prune.GradualPruning), masks made permanent."""
-    import torch
-    from torch import nn
-
+    from .compress import digits
     from .compress.prune import GradualPruning
 
-    m = copy.deepcopy(model).train()
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    n, bs = len(data.y_train), 64
-    steps = epochs * ((n + bs - 1) // bs)
+    m = copy.deepcopy(model)
+    steps = epochs * ((len(data.y_train) + 63) // 64)  # digits.fit's batches of 64
     # blocks of 1 x 4 along K: the pattern of the sparse+int8 recipes, so compress keeps this mask
-    pruner = GradualPruning(m, data.x_train[:1], sparsity, end_step=max(1, int(steps * 0.7)), frequency=5, pattern="1x4")
-    loss_fn = nn.CrossEntropyLoss()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            opt.zero_grad()
-            loss_fn(m(data.x_train[idx]), data.y_train[idx]).backward()
-            opt.step()
-            pruner.step()
+    pruner = GradualPruning(m, data.x_train[:1], sparsity, end_step=max(1, int(steps * 0.7)), frequency=5,
+                            pattern="1x4")
+    digits.fit(m, data, epochs=epochs, lr=1e-3, seed=seed, after_step=pruner.step)
     pruner.finalize()
     return m.eval()
 

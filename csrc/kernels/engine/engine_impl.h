@@ -215,6 +215,22 @@ void unary(int act, const float* x, float* y, int64_t n) {
   }
 }
 
+// Calls f(tap, offset) for each tap of output pixel (oh, ow) inside the image, in (i, t) order: tap
+// = i * kw + t, offset = the tap's pixel in x times c (the window ops' one walk over a window).
+template <class F>
+inline void for_taps(const Window2d& p, int oh, int ow, F f) {
+  const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
+  for (int i = 0; i < p.kh; ++i) {
+    const int ih = ih0 + i * p.dh;
+    if (ih < 0 || ih >= p.h) continue;
+    for (int t = 0; t < p.kw; ++t) {
+      const int iw = iw0 + t * p.dw;
+      if (iw < 0 || iw >= p.w) continue;
+      f(static_cast<ptrdiff_t>(i) * p.kw + t, (static_cast<ptrdiff_t>(ih) * p.w + iw) * p.c);
+    }
+  }
+}
+
 // Channels j .. j + NV W of output pixel (oh, ow) of a depthwise convolution (NV = 0: channel j
 // alone, the tail): NV vector accumulators walk the taps inside the image.
 template <int NV>
@@ -224,22 +240,15 @@ inline void dw_pixel(const Window2d& p, const float* x, const float* w, const fl
   vf acc[V];
   float acc1 = bias != nullptr ? bias[j] : 0.0f;
   for (int v = 0; v < V; ++v) acc[v] = NV == 0 || bias == nullptr ? vf{} : load(bias + j + v * W);
-  const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
-  for (int i = 0; i < p.kh; ++i) {
-    const int ih = ih0 + i * p.dh;
-    if (ih < 0 || ih >= p.h) continue;
-    for (int t = 0; t < p.kw; ++t) {
-      const int iw = iw0 + t * p.dw;
-      if (iw < 0 || iw >= p.w) continue;
-      const float* xp = x + (static_cast<ptrdiff_t>(ih) * p.w + iw) * p.c + j;
-      const float* wp = w + (static_cast<ptrdiff_t>(i) * p.kw + t) * p.c + j;
-      if (NV == 0) {
-        acc1 += xp[0] * wp[0];
-      } else {
-        for (int v = 0; v < V; ++v) acc[v] += load(xp + v * W) * load(wp + v * W);
-      }
+  for_taps(p, oh, ow, [&](ptrdiff_t tap, ptrdiff_t at) {
+    const float* xp = x + at + j;
+    const float* wp = w + tap * p.c + j;
+    if (NV == 0) {
+      acc1 += xp[0] * wp[0];
+    } else {
+      for (int v = 0; v < V; ++v) acc[v] += load(xp + v * W) * load(wp + v * W);
     }
-  }
+  });
   if (NV == 0) {
     y[j] = acc1;
   } else {
@@ -302,22 +311,15 @@ inline void pool_pixel(const Window2d& p, int mode, const float* x, int oh, int 
   typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
   vv acc = mode == 0 ? vv{} - INFINITY : vv{};
   int taps = 0;
-  const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
-  for (int i = 0; i < p.kh; ++i) {
-    const int ih = ih0 + i * p.dh;
-    if (ih < 0 || ih >= p.h) continue;
-    for (int t = 0; t < p.kw; ++t) {
-      const int iw = iw0 + t * p.dw;
-      if (iw < 0 || iw >= p.w) continue;
-      const vv v = *reinterpret_cast<const vvu*>(x + (static_cast<ptrdiff_t>(ih) * p.w + iw) * p.c + j);
-      if (mode == 0) {
-        acc = ((v > acc) | (v != v)) ? v : acc;  // NaN wins, as in torch
-      } else {
-        acc += v;
-      }
-      ++taps;
+  for_taps(p, oh, ow, [&](ptrdiff_t, ptrdiff_t at) {
+    const vv v = *reinterpret_cast<const vvu*>(x + at + j);
+    if (mode == 0) {
+      acc = ((v > acc) | (v != v)) ? v : acc;  // NaN wins, as in torch
+    } else {
+      acc += v;
     }
-  }
+    ++taps;
+  });
   if (mode != 0) {
     const int count = mode == 1 ? p.kh * p.kw : taps;
     acc = count > 0 ? acc * (1.0f / static_cast<float>(count)) : vv{};

@@ -7,6 +7,7 @@ Nothing is downloaded: the images ship inside scikit-learn. ``load()`` gives fix
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -92,8 +93,10 @@ def fit(
     lr: float = 3e-3,
     batch_size: int = 64,
     seed: int = 0,
+    after_step: Callable[[], Any] | None = None,
 ) -> nn.Module:
-    """Train ``model`` on the training split with Adam and cross-entropy; returns it in eval mode."""
+    """Train ``model`` on the training split with Adam and cross-entropy; returns it in eval mode.
+    ``after_step`` is called after every optimizer step (e.g. a pruning schedule's ``step``)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -106,6 +109,8 @@ def fit(
             opt.zero_grad()
             loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
             opt.step()
+            if after_step is not None:
+                after_step()
     return model.eval()
 
 

@@ -17,7 +17,6 @@ same graph; ``prog.profile(...)`` (or ``EDGECOMPRESS_PROFILE=1``) gives the time
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from . import zoo
 from .cnn import export_cnn
 from .io import load, save
 from .ops import OPS, Node
-from .program import Input, Program
+from .program import Input, Program, record_error
 from .split import cuts, decode, encode, node_seconds, plan, split
 
 __all__ = ["Input", "Node", "OPS", "Program", "cuts", "decode", "encode", "export", "export_cnn", "load", "node_seconds",
@@ -76,7 +75,7 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
     """
     import torch
 
-    from ..compress import CompressionWarning, compress
+    from ..compress import compress
     from .bert import _family, build
 
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)) and example_inputs.ndim == 4:
@@ -114,9 +113,5 @@ def export(model: Any, example_inputs: Any, recipe: Any = None, *, pooling: str 
         # path and the engine fill an all-padding row differently)
         keep = ex["attention_mask"] != 0
         got, want = got[keep], want[keep]
-    err = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
-    program.info["error"] = err
-    if err > 0.1:
-        warnings.warn(f"export: the program's output differs from the float model's by {err:.1%} of its norm",
-                      CompressionWarning, stacklevel=2)
+    record_error(program, got, want, "export")
     return program

@@ -453,8 +453,7 @@ def _ref_pool(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndar
 
 
 def _ref_binary_act(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
-    b = a[1]
-    return [_then_act(node, _ref_binary(node, [a[0], b], weights)[0])]
+    return [_then_act(node, _ref_binary(node, a, weights)[0])]
 
 
 _REFERENCE: dict[str, Callable[[Node, list[Any], dict[str, Any]], list[np.ndarray]]] = {

@@ -461,3 +461,17 @@ class Program:
         from .io import save
 
         save(self, path)
+
+
+def record_error(program: Program, got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Sets ``program.info["error"]``, the relative error ||got - want|| / ||want|| of the program's
+    output against the float model's, and warns (CompressionWarning) above 10%."""
+    import warnings
+
+    from ..compress import CompressionWarning
+
+    err = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
+    program.info["error"] = err
+    if err > 0.1:
+        warnings.warn(f"{what}: the program's output differs from the float model's by {err:.1%} of its norm",
+                      CompressionWarning, stacklevel=3)
