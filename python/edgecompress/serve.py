@@ -90,24 +90,88 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
     def ready() -> dict[str, bool]:
         return {"ready": True}
 
+    class Tensor(BaseModel):
+        name: str
+        shape: list[int]
+        datatype: str
+        data: Optional[list[Any]] = None
+        parameters: Optional[dict[str, Any]] = None
+
+    class Output(BaseModel):
+        name: str
+        parameters: Optional[dict[str, Any]] = None
+
+    class InferRequest(BaseModel):
+        id: Optional[str] = None
+        inputs: list[Tensor]
+        outputs: Optional[list[Output]] = None
+        parameters: Optional[dict[str, Any]] = None
+
+    async def read_infer(request: Request) -> tuple[Any, dict[str, np.ndarray]]:
+        """A v2 infer request's JSON and its inputs as arrays: JSON tensors, or the binary tensor
+        extension (an ``Inference-Header-Content-Length`` header, that many bytes of JSON, then the raw
+        little-endian bytes of each input whose parameters give ``binary_data_size``, in order);
+        inputs with ``parameters.wire`` are edgecompress wire messages (engine.encode), decoded."""
+        body = await request.body()
+        head = request.headers.get("inference-header-content-length")
+        if head is not None:
+            if not head.isdigit() or int(head) > len(body):
+                raise HTTPException(400, f"Inference-Header-Content-Length {head!r} does not fit a body of {len(body)} bytes")
+            raw, rest = body[:int(head)], body[int(head):]
+        else:
+            raw, rest = body, b""
+        try:
+            req = InferRequest.model_validate_json(raw)
+        except ValidationError as e:
+            raise HTTPException(422, json.loads(e.json(include_url=False))) from None
+        arrays = {}
+        offset = 0
+        for t in req.inputs:
+            size = (t.parameters or {}).get("binary_data_size")
+            if size is not None:
+                if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+                    raise HTTPException(400, f"input {t.name!r}: binary_data_size {size!r} runs past the body")
+                arrays[t.name] = _tensor(t.name, t.shape, t.datatype, None, rest[offset:offset + size])
+                offset += size
+            elif t.data is None:
+                raise HTTPException(400, f"input {t.name!r}: neither data nor binary_data_size")
+            else:
+                arrays[t.name] = _tensor(t.name, t.shape, t.datatype, t.data)
+        if offset != len(rest):
+            raise HTTPException(400, f"{len(rest) - offset} bytes after the inputs' binary data")
+        for t in req.inputs:  # edgecompress wire messages (engine.encode) carried as UINT8 tensors
+            if (t.parameters or {}).get("wire"):
+                try:
+                    arrays[t.name] = decode(arrays[t.name].astype(np.uint8, copy=False).tobytes())
+                except (TypeError, ValueError) as e:
+                    raise HTTPException(400, f"input {t.name!r}: {e}") from None
+        return req, arrays
+
+    def infer_response(req: Any, names: list[str], outs: Any, seconds: float,
+                       extra: Optional[dict[str, Any]] = None) -> Any:
+        """The v2 response: each output as JSON values, or as binary data where the request asks
+        (``binary_data`` per output or ``binary_data_output``); ``parameters.server_seconds``."""
+        binary_all = bool((req.parameters or {}).get("binary_data_output", False))
+        asked = {o.name: bool((o.parameters or {}).get("binary_data", binary_all)) for o in (req.outputs or [])}
+        response: dict[str, Any] = {"model_name": name, "model_version": "1", "id": req.id or str(uuid.uuid4()),
+                                    "outputs": [], "parameters": {"server_seconds": seconds, **(extra or {})}}
+        blobs = []
+        for o, a in zip(names, outs):
+            entry: dict[str, Any] = {"name": o, "shape": list(a.shape), "datatype": _NAMES.get(a.dtype, str(a.dtype))}
+            if asked.get(o, binary_all):
+                blob = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = a.ravel().tolist()
+            response["outputs"].append(entry)
+        if not blobs:
+            return response
+        header = json.dumps(response).encode()
+        return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(header))})
+
     if kind == "program":
-        class Tensor(BaseModel):
-            name: str
-            shape: list[int]
-            datatype: str
-            data: Optional[list[Any]] = None
-            parameters: Optional[dict[str, Any]] = None
-
-        class Output(BaseModel):
-            name: str
-            parameters: Optional[dict[str, Any]] = None
-
-        class InferRequest(BaseModel):
-            id: Optional[str] = None
-            inputs: list[Tensor]
-            outputs: Optional[list[Output]] = None
-            parameters: Optional[dict[str, Any]] = None
-
         def metadata() -> dict[str, Any]:
             return {"name": name, "platform": "edgecompress", "versions": ["1"],
                     "inputs": [{"name": i.name, "datatype": "FP32" if i.dtype == "float32" else "INT64",
@@ -144,44 +208,10 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
 
         @app.post("/v2/models/{model_name}/infer")
         async def infer(model_name: str, request: Request) -> Any:
-            """JSON tensors, or the binary tensor extension: an ``Inference-Header-Content-Length``
-            header, that many bytes of JSON, then the raw little-endian bytes of each input whose
-            parameters give ``binary_data_size``, in order. Outputs come back as binary the same way
-            when the request asks (``binary_data`` per output or ``binary_data_output``)."""
+            """The program's outputs (``parameters.cut``: its tail's) for the request's inputs
+            (read_infer), answered by infer_response."""
             check_name(model_name)
-            body = await request.body()
-            head = request.headers.get("inference-header-content-length")
-            if head is not None:
-                if not head.isdigit() or int(head) > len(body):
-                    raise HTTPException(400, f"Inference-Header-Content-Length {head!r} does not fit a body of {len(body)} bytes")
-                raw, rest = body[:int(head)], body[int(head):]
-            else:
-                raw, rest = body, b""
-            try:
-                req = InferRequest.model_validate_json(raw)
-            except ValidationError as e:
-                raise HTTPException(422, json.loads(e.json(include_url=False))) from None
-            arrays = {}
-            offset = 0
-            for t in req.inputs:
-                size = (t.parameters or {}).get("binary_data_size")
-                if size is not None:
-                    if not isinstance(size, int) or size < 0 or offset + size > len(rest):
-                        raise HTTPException(400, f"input {t.name!r}: binary_data_size {size!r} runs past the body")
-                    arrays[t.name] = _tensor(t.name, t.shape, t.datatype, None, rest[offset:offset + size])
-                    offset += size
-                elif t.data is None:
-                    raise HTTPException(400, f"input {t.name!r}: neither data nor binary_data_size")
-                else:
-                    arrays[t.name] = _tensor(t.name, t.shape, t.datatype, t.data)
-            if offset != len(rest):
-                raise HTTPException(400, f"{len(rest) - offset} bytes after the inputs' binary data")
-            for t in req.inputs:  # edgecompress wire messages (engine.encode) carried as UINT8 tensors
-                if (t.parameters or {}).get("wire"):
-                    try:
-                        arrays[t.name] = decode(arrays[t.name].astype(np.uint8, copy=False).tobytes())
-                    except (TypeError, ValueError) as e:
-                        raise HTTPException(400, f"input {t.name!r}: {e}") from None
+            req, arrays = await read_infer(request)
             cut = (req.parameters or {}).get("cut")
             target = model
             if cut is not None:  # the tail of the program after these values (a split's server side)
@@ -192,26 +222,7 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
             except (TypeError, ValueError) as e:
                 raise HTTPException(400, str(e)) from None
             seconds = time.perf_counter() - t0
-            outs = out if isinstance(out, tuple) else (out,)
-            binary_all = bool((req.parameters or {}).get("binary_data_output", False))
-            asked = {o.name: bool((o.parameters or {}).get("binary_data", binary_all)) for o in (req.outputs or [])}
-            response: dict[str, Any] = {"model_name": name, "model_version": "1", "id": req.id or str(uuid.uuid4()),
-                                        "outputs": [], "parameters": {"server_seconds": seconds}}
-            blobs = []
-            for o, a in zip(model.outputs, outs):
-                entry: dict[str, Any] = {"name": o, "shape": list(a.shape), "datatype": _NAMES.get(a.dtype, str(a.dtype))}
-                if asked.get(o, binary_all):
-                    blob = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-                    entry["parameters"] = {"binary_data_size": len(blob)}
-                    blobs.append(blob)
-                else:
-                    entry["data"] = a.ravel().tolist()
-                response["outputs"].append(entry)
-            if not blobs:
-                return response
-            header = json.dumps(response).encode()
-            return Response(header + b"".join(blobs), media_type="application/octet-stream",
-                            headers={"Inference-Header-Content-Length": str(len(header))})
+            return infer_response(req, model.outputs, out if isinstance(out, tuple) else (out,), seconds)
 
         return app
 
