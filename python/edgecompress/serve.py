@@ -9,7 +9,10 @@ over HTTP (the ``serve`` extra: fastapi, uvicorn).
   ``parameters.wire`` are edgecompress wire messages (engine.encode) carried as UINT8 tensors. The
   response's ``parameters.server_seconds`` is the compute time.
 - Language models: OpenAI-compatible ``POST /v1/completions`` and ``POST /v1/chat/completions``
-  (``"stream": true`` sends server-sent events ending in ``data: [DONE]``), ``GET /v1/models``.
+  (``"stream": true`` sends server-sent events ending in ``data: [DONE]``), ``GET /v1/models``; and the
+  server's side of a layer split (``LLM.offload``, llm/split.py): ``POST /v2/models/{name}/infer``
+  with ``parameters`` {"layers", "session", "top_k"}, its KV caches kept per session (409 when a
+  session is unknown or behind: the device starts over).
 - Both: ``GET /v2/health/live`` and ``GET /v2/health/ready``.
 
 On one machine it runs under uvicorn (``run``); ``run_ray`` / ``ray_application`` deploy the same app on
@@ -319,6 +322,39 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
             raise HTTPException(400, str(e)) from None
         if n > model.n_ctx:
             raise HTTPException(400, f"the prompt takes {n} tokens, more than the context of {model.n_ctx}")
+
+    from .llm.split import LayerServer, SessionError
+
+    layer_server = LayerServer(model)
+
+    @app.get("/v2/models/{model_name}")
+    def llm_metadata(model_name: str) -> dict[str, Any]:
+        check_name(model_name)
+        hp = model.hparams
+        return {"name": name, "platform": "edgecompress", "versions": ["1"],
+                "parameters": {"kind": "language model", "arch": hp.arch, "layers": hp.n_layer, "n_embd": hp.n_embd,
+                               "n_vocab": hp.n_vocab, "n_ctx": model.n_ctx}}
+
+    @app.post("/v2/models/{model_name}/infer")
+    async def infer_layers(model_name: str, request: Request) -> Any:
+        """The server's side of a layer split (llm/split.py): ``parameters`` {"layers": k, "session":
+        id, "top_k": K}; inputs the residual stream after the device's k layers (wire messages), ``pos``
+        and ``rows``; outputs ``top_ids`` and ``top_logits`` (``logits`` when K is 0)."""
+        check_name(model_name)
+        req, arrays = await read_infer(request)
+        params = req.parameters or {}
+        if "layers" not in params or "session" not in params:
+            raise HTTPException(400, "parameters: a language model's infer runs a layer split: expected 'layers' "
+                                     "(layers on the device) and 'session'")
+        t0 = time.perf_counter()
+        try:
+            out = await run_in_threadpool(lambda: layer_server.run(params["layers"], params["session"], arrays,
+                                                                   params.get("top_k", 64)))
+        except SessionError as e:
+            raise HTTPException(409, str(e)) from None
+        except (TypeError, ValueError) as e:
+            raise HTTPException(400, str(e)) from None
+        return infer_response(req, list(out), list(out.values()), time.perf_counter() - t0)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:

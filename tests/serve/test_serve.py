@@ -294,6 +294,50 @@ def test_the_llm_client(tmp_path):
             Cascade(small, remote, threshold=2.0)
 
 
+def test_a_layer_split_over_http(tmp_path, llm_client):
+    """LLM.offload to a served GGUF model: the first layer on the device, the rest and their KV caches on
+    the server (a session per device): greedy text equal to the local model's; bad layer requests are
+    4xx; a session the server does not hold is a 409."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "llm"))
+    import hf_gguf
+
+    import edgecompress.llm as L
+    from edgecompress.engine.split import encode
+    from edgecompress.llm.split import layer_cut
+    from edgecompress.remote import RemoteError, RemoteProgram
+
+    path = tmp_path / "m.gguf"
+    hf_gguf.write(hf_gguf.llama(vocab=400, layers=3), path, qtype="Q8_0")
+    local = L.load(path)
+    want = local.generate("ab cd ef", max_new_tokens=8, temperature=0)
+    with _served(path, "m") as url:
+        dev = L.load(path).offload(1, url, "m")
+        assert dev.generate("ab cd ef", max_new_tokens=8, temperature=0) == want
+        assert dev.remote.stats["server_seconds"] > 0 and dev.remote.stats["up_bytes"] > 0
+        meta = RemoteProgram(url, "m").metadata()
+        assert meta["parameters"]["layers"] == 3
+        cut = layer_cut(local.program, 1)
+        x = {c: encode(np.zeros((2, 64), np.float32), "fp16") for c in cut}
+        pos, rows = np.zeros(1, np.int64), np.array([1], np.int64)
+        remote = RemoteProgram(url, "m")
+        outs, _ = remote.infer({"pos": pos, "rows": rows}, {"layers": 1, "session": "t", "top_k": 5}, wire=x)
+        assert [o.shape for o in outs] == [(1, 5), (1, 5)]
+        for params, status in [({"layers": 9, "session": "t"}, "400"), ({"session": "t"}, "400"),
+                               ({"layers": 1, "session": "t", "top_k": "many"}, "400"),
+                               ({"layers": 1, "session": "u"}, "409")]:
+            p = np.array([5], np.int64) if status == "409" else pos
+            with pytest.raises(RemoteError, match=status):
+                remote.infer({"pos": p, "rows": rows}, params, wire=x)
+    # the same endpoint in the test client: a JSON body that is not a v2 request is a 422
+    assert llm_client.post("/v2/models/tiny-llama/infer", json={"inputs": 3}).status_code == 422
+
+
 def test_ray_serve_deployment(tmp_path):
     """The same app on Ray Serve (a local single-node Ray, 2 replicas): infer over HTTP through Serve's
     proxy, requests spread over the replicas."""

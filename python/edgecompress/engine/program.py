@@ -129,7 +129,9 @@ class Program:
                                      f"its 'weight' attribute)")
             if n.op == "embedding" and "halves" in n.attrs:
                 ws = [self.weights.get(x) for x in n.attrs["halves"]]
-                if not all(isinstance(w, Int4Weight) and w.codebook is None for w in ws) or ws[0].shape != ws[1].shape:
+                uniform = [(isinstance(w, Int4Weight) and w.codebook is None)
+                           or (isinstance(w, _Released) and w.format == "Int4Weight") for w in ws]
+                if not all(uniform) or ws[0].shape != ws[1].shape:
                     raise ValueError(f"node {n.name!r} (embedding): 'halves' must name two uniform Int4Weights of one shape")
             if n.op == "kv_attention":  # the caches: inputs the node writes, each owned by one node
                 for name in n.inputs[1:3]:
@@ -141,21 +143,23 @@ class Program:
                 raise ValueError(f"node {n.name!r} (pack): expected an int64 program input (the mask), got {n.inputs[0]!r}")
             if n.op in ("linear", "conv2d"):
                 w = self.weights.get(n.attrs["weight"])
-                if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
-                    raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} is not a float32 matrix or an "
-                                     f"Int8Weight, Int4Weight or SparseWeight")
-                # static input quantization is the int8 product's (ops.linear refuses it elsewhere too);
-                # a zero point alone would mean dynamic asymmetric to the oracle and nothing natively
-                if "act_scale" in n.attrs and not isinstance(w, Int8Weight):
-                    raise ValueError(f"node {n.name!r}: act_scale applies to an Int8Weight, not a {type(w).__name__}")
-                if "act_zero_point" in n.attrs and "act_scale" not in n.attrs:
-                    raise ValueError(f"node {n.name!r}: act_zero_point needs act_scale (static quantization)")
-                # exact int32 sums (ops.linear's bound): int8 activations, or uint8 ones with a zero point
-                int8_input = isinstance(w, Int8Weight) or (isinstance(w, SparseWeight) and w.dtype == "int8")
-                max_k = MAX_K_UINT8 if "act_zero_point" in n.attrs else MAX_K
-                if int8_input and w.shape[1] > max_k:
-                    raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} has K = {w.shape[1]}, above "
-                                     f"{max_k}, the longest K whose int8 products sum exactly in int32")
+                # a released weight (a part of a split program) was checked before it was packed
+                if not isinstance(w, _Released):
+                    if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
+                        raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} is not a float32 matrix or an "
+                                         f"Int8Weight, Int4Weight or SparseWeight")
+                    # static input quantization is the int8 product's (ops.linear refuses it elsewhere too);
+                    # a zero point alone would mean dynamic asymmetric to the oracle and nothing natively
+                    if "act_scale" in n.attrs and not isinstance(w, Int8Weight):
+                        raise ValueError(f"node {n.name!r}: act_scale applies to an Int8Weight, not a {type(w).__name__}")
+                    if "act_zero_point" in n.attrs and "act_scale" not in n.attrs:
+                        raise ValueError(f"node {n.name!r}: act_zero_point needs act_scale (static quantization)")
+                    # exact int32 sums (ops.linear's bound): int8 activations, or uint8 ones with a zero point
+                    int8_input = isinstance(w, Int8Weight) or (isinstance(w, SparseWeight) and w.dtype == "int8")
+                    max_k = MAX_K_UINT8 if "act_zero_point" in n.attrs else MAX_K
+                    if int8_input and w.shape[1] > max_k:
+                        raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} has K = {w.shape[1]}, above "
+                                         f"{max_k}, the longest K whose int8 products sum exactly in int32")
             for o in n.outputs:
                 if o in defined:
                     raise ValueError(f"node {n.name!r}: output {o!r} is defined twice")

@@ -98,6 +98,8 @@ def split(program: Program, cut: Any, *example_args: Any, specs: dict[str, tuple
         raise ValueError(f"cut: program outputs {', '.join(passthrough)} would be tail inputs; cut after them")
     tail = Program(tail_inputs, program.outputs, tail_nodes,
                    {k: w for k, w in program.weights.items() if k in tail_used}, dict(program.info, split="tail"))
+    for part in (head, tail):  # the packed weights made so far are shared (a released program's are all it has)
+        part._packed.update({key: p for key, p in program._packed.items() if key[0] in part.weights})
     return head, tail
 
 

@@ -68,6 +68,7 @@ class LLM:
             self._caches += [np.zeros((slots, kvw), np.float32), np.zeros((slots, kvw), np.float32)]
         self._cache_names = [n for i in range(hp.n_layer) for n in (f"k{i}", f"v{i}")]
         self._ids: list[int] = []  # the tokens whose keys and values the caches hold
+        self.remote: Any = None  # the server's side of a layer split (offload)
         self.timings = Timings()
         self.last_tokens: list[int] = []
         self.last_probabilities: list[float] = []
@@ -86,7 +87,8 @@ class LLM:
 
     @property
     def kv_cache_bytes(self) -> int:
-        return sum(c.nbytes for c in self._caches)
+        held = self._caches if self.remote is None else list(self.remote.caches.values())
+        return sum(c.nbytes for c in held)
 
     # ---- running ----
 
@@ -117,7 +119,7 @@ class LLM:
             last = a + step >= ids.size
             rows = np.arange(chunk.size, dtype=np.int64) if all_rows else np.array([chunk.size - 1], np.int64)
             pos = np.array([len(self._ids)], np.int64)
-            out = self.program(chunk, pos, rows, *self._caches)
+            out = self.program(chunk, pos, rows, *self._caches) if self.remote is None else self.remote(chunk, pos, rows)
             self._ids.extend(int(t) for t in chunk)
             if all_rows or last:
                 outs.append(out)
@@ -256,6 +258,29 @@ class LLM:
                 pairs.append(np.stack([lg.argmax(axis=1), target], axis=1))
         self.reset()
         return float(np.exp(nll / count)), count, np.concatenate(pairs)
+
+    def offload(self, layers: int, server: Any, name: str | None = None, wire: str = "fp16", codec: str | None = None,
+                top_k: int = 64, link: Any = None, timeout: float = 60.0) -> "LLM":
+        """Keep the embedding and the first ``layers`` decoder layers on this device and run the rest on
+        ``server``: the URL of ``edgecompress serve`` serving the same GGUF file (under ``name``, by
+        default the file's stem), or an ``edgecompress.llm.split.LayerServer``. Each call sends the
+        residual stream after those layers as ``wire`` messages (fp16, int8 or fp32, with ``codec``
+        zstd or lz4) and gets back the server's ``top_k`` largest logits per position, so sampling sees
+        those only: exact for greedy decoding and for ``top_k`` sampling up to the server's. The other
+        layers' weights and caches are freed here; this cannot be undone. ``link``: an emulated link
+        (``edgecompress.remote.Link``). ``self.remote.stats``: bytes and seconds on each side."""
+        from .split import RemoteLayers, split_layers
+
+        if self.remote is not None:
+            raise ValueError("this model is already split (offload was called)")
+        head, _ = split_layers(self.program, layers)
+        if name is None:
+            name = os.path.splitext(os.path.basename(str(self.file.path)))[0]
+        self.remote = RemoteLayers(self, head, layers, server, name, wire, codec, top_k, link, timeout)
+        self.program = head
+        self._caches = []
+        self.reset()
+        return self
 
     def close(self) -> None:
         self.file.close()
