@@ -50,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="with --ray: autoscale between --replicas and this many")
     split_p = sub.add_parser("split", help="where to cut a saved program between a device and a server for a link: "
                                            "the plan, predicted and measured (emulated link) against edge-only and cloud-only")
-    split_p.add_argument("model", metavar="MODEL", help="a program saved by edgecompress.engine.save")
+    split_p.add_argument("model", metavar="MODEL", help="a program saved by edgecompress.engine.save, or a GGUF "
+                                                        "language model (split by layers)")
     split_p.add_argument("--bandwidth", default="10Mbit", help="the link, e.g. 1Mbit, 10Mbit, 100Mbit, 5MB (default 10Mbit)")
     split_p.add_argument("--rtt", default="20ms", help="the round trip, e.g. 20ms, 0.1s (default 20ms)")
     split_p.add_argument("--dims", default="", help="sizes of the named dimensions, e.g. batch=1,seq=128 (default 1 each)")
     split_p.add_argument("--device-threads", type=int, default=1, help="threads of the device side (default 1)")
     split_p.add_argument("--server-threads", type=int, default=None, help="threads of the server side (default: every CPU)")
-    split_p.add_argument("--wire", default="int8", help="cut tensors as fp32, fp16 or int8 (default int8)")
+    split_p.add_argument("--wire", default=None, help="cut tensors as fp32, fp16 or int8 (default int8; fp16 for "
+                                                      "a language model)")
+    split_p.add_argument("--prompt-tokens", type=int, default=64, help="a language model: the prompt's tokens (default 64)")
+    split_p.add_argument("--new-tokens", type=int, default=32, help="a language model: tokens generated (default 32)")
     split_p.add_argument("--codec", default=None, help="zstd or lz4 over the wire (default none)")
     report = sub.add_parser("report", help="the per-layer report of a model saved by edgecompress.save",
                             description="Modules, formats and bytes of a saved model (from its manifest), "
@@ -72,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "split":
-        from .engine.split_cli import run as run_split
+        from .engine.split_cli import run as run_split, run_llm
 
-        return run_split(args)
+        return run_llm(args) if args.model.endswith(".gguf") else run_split(args)
     return _report(args.model_file)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["measure", "measure_cut", "parse_bandwidth", "parse_rtt", "run", "timed"]
+__all__ = ["measure", "measure_cut", "measure_generation", "parse_bandwidth", "parse_rtt", "run", "run_llm", "timed"]
 
 
 def parse_bandwidth(text: str) -> float:
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_rtt(args.rtt)
+        args.wire = args.wire or "int8"
         program = engine.load(args.model)
         examples = _examples(program, args.dims)
         server_threads = args.server_threads or ec.get_num_threads()
@@ -153,5 +154,83 @@ def run(args: argparse.Namespace) -> int:
         got = measure(program, o, examples, args.device_threads, server_threads, bandwidth, rtt, args.wire, args.codec)
         label = o.where if o.where != "split" else f"split after {o.node}"
         print(f"{label[:24]:24s} {o.seconds * 1e3:13.2f} {got * 1e3:12.2f}")
+    print("(measured: both sides on this machine, the link emulated: round trip and bytes / bandwidth as delays)")
+    return 0
+
+
+# ---- language models: split by layers ----
+
+def measure_generation(llm: Any, prompt: np.ndarray, new: int, threads: int, link: Any = None) -> float:
+    """Seconds of one generation on ``llm`` (a whole model, or the device's side of a split): the
+    prompt as one call, then ``new`` tokens one call each (greedy, no stop), on ``threads`` threads;
+    ``link`` (remote.Link): each call also waits what the link would (cloud-only: ids up, the top
+    logits down)."""
+    import edgecompress as ec
+
+    before = ec.get_num_threads()
+    ec.set_num_threads(threads)
+    try:
+        llm.reset()
+        t0 = time.perf_counter()
+        logits = llm._eval(prompt, False)[-1]
+        if link is not None:
+            link.transfer(prompt.nbytes + 16, 64 * 12)
+        for _ in range(new):
+            logits = llm._eval(np.array([int(np.argmax(logits))], np.int64), False)[-1]
+            if link is not None:
+                link.transfer(8 + 16, 64 * 12)
+        return time.perf_counter() - t0
+    finally:
+        ec.set_num_threads(before)
+        llm.reset()
+
+
+def run_llm(args: argparse.Namespace) -> int:
+    """The split command for a GGUF model: how many decoder layers to keep on the device for one
+    generation of ``--prompt-tokens`` then ``--new-tokens``, predicted from per-layer profiles on each
+    side, and the plan's choice measured with edge-only and cloud-only (both sides on this machine,
+    the link emulated by ``remote.Link``)."""
+    import edgecompress as ec
+
+    from ..llm import load
+    from ..llm.split import LayerServer, layer_seconds, plan_layers
+    from ..remote import Link
+
+    wire = args.wire or "fp16"
+    try:
+        bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_rtt(args.rtt)
+        if args.prompt_tokens < 1 or args.new_tokens < 0:
+            raise ValueError("--prompt-tokens: expected >= 1 and --new-tokens >= 0")
+        n_ctx = args.prompt_tokens + args.new_tokens + 1
+        llm = load(args.model, n_ctx=n_ctx)
+        server_threads = args.server_threads or ec.get_num_threads()
+        before = ec.get_num_threads()
+        sides = []
+        for threads in (args.device_threads, server_threads):
+            ec.set_num_threads(threads)
+            sides.append((layer_seconds(llm.program, args.prompt_tokens, 0),
+                          layer_seconds(llm.program, 1, args.prompt_tokens)))
+        ec.set_num_threads(before)
+        p = plan_layers(sides[0], sides[1], llm.hparams.n_embd, args.prompt_tokens, args.new_tokens, bandwidth, rtt,
+                        wire)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"edgecompress split: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: {llm.hparams.n_layer} layers; device {args.device_threads} thread(s), server {server_threads}; "
+          f"a generation of {args.prompt_tokens} prompt tokens then {args.new_tokens} new ones; the residual stream as "
+          f"{wire}, the top 64 logits back")
+    print(p.table())
+    prompt = np.random.default_rng(0).integers(4, llm.hparams.n_vocab, args.prompt_tokens).astype(np.int64)
+    link = Link(bandwidth, rtt)
+    got = {"edge": measure_generation(llm, prompt, args.new_tokens, args.device_threads),
+           0: measure_generation(llm, prompt, args.new_tokens, server_threads, link)}
+    best_split = min((k for k in p.seconds if isinstance(k, int) and k > 0), key=p.seconds.get)
+    dev = load(args.model, n_ctx=n_ctx).offload(best_split, LayerServer(llm), wire=wire, link=link)
+    dev.remote.server_threads = server_threads
+    got[best_split] = measure_generation(dev, prompt, args.new_tokens, args.device_threads)
+    print(f"\n{'':24s} {'predicted s':>12s} {'measured s':>11s}")
+    for k, t in got.items():
+        label = {0: "cloud-only", "edge": "edge-only"}.get(k, f"{k} layers on the device")
+        print(f"{label:24s} {p.seconds[k]:12.3f} {t:11.3f}" + ("  (the plan's choice)" if k == p.best else ""))
     print("(measured: both sides on this machine, the link emulated: round trip and bytes / bandwidth as delays)")
     return 0
