@@ -135,6 +135,28 @@ def test_an_exported_encoder_splits_at_every_cut():
     assert checked == len(prog.nodes) - 1
 
 
+def test_an_exported_cnn_splits_at_every_cut():
+    """A small CNN with a pooled, flattened head (a view of a view): every cut of its order, float and
+    static int8, head + tail equal to the whole."""
+    torch = pytest.importorskip("torch")
+    from edgecompress import engine
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    for recipe in (None, "int8-static"):
+        prog = engine.export(model, torch.from_numpy(x), recipe, faster=False)
+        whole = prog(x)
+        all_cuts = cuts(prog, x)
+        for c in all_cuts:
+            head, tail = split(prog, list(c.values), x)
+            mid = head(x)
+            np.testing.assert_array_equal(tail(**dict(zip(c.values, mid if isinstance(mid, tuple) else (mid,)))), whole)
+        assert len(all_cuts) == len(prog.nodes) - 1
+
+
 def test_the_planner_picks_edge_cloud_or_split(rng=np.random.default_rng(5)):
     from edgecompress.engine import plan
 

@@ -103,6 +103,13 @@ def split(program: Program, cut: Any, *example_args: Any, specs: dict[str, tuple
     return head, tail
 
 
+def _base(v: str, views: dict[str, str]) -> str:
+    """The value a view (or a view of a view, ...) reads."""
+    while v in views:
+        v = views[v]
+    return v
+
+
 @dataclass(frozen=True)
 class Cut:
     """The cut after node ``after`` (its index in program order): the values that cross and their bytes
@@ -133,7 +140,7 @@ def cuts(program: Program, *example_args: Any, **example_kwargs: Any) -> list[Cu
         live = []
         for v in defined:
             if last_read.get(v, -1) > k:
-                live.append(views.get(v, v))  # a view crosses as the value it views
+                live.append(_base(v, views))  # a view crosses as the value it views
         live = list(dict.fromkeys(live))
         nbytes = sum(int(np.prod(shapes[v][0])) * np.dtype(shapes[v][1]).itemsize for v in live)
         out.append(Cut(k, n.name, tuple(live), nbytes))
@@ -336,7 +343,7 @@ def plan(program: Program, example_inputs: list[np.ndarray], bandwidth: float, r
         crossing = sorted({x for k, n in enumerate(program.nodes) if k not in on_device for x in n.inputs
                            if x in producer and producer[x] in on_device})
         views = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
-        crossing = list(dict.fromkeys(views.get(x, x) for x in crossing))
+        crossing = list(dict.fromkeys(_base(x, views) for x in crossing))
         tail_nodes = [k for k in range(len(program.nodes)) if k not in on_device]
         inputs_read = {x for k in tail_nodes for x in program.nodes[k].inputs if x in inputs}
         up = sum(sizes[x] for x in crossing) + sum(input_bytes[x] for x in inputs_read)
