@@ -1,7 +1,8 @@
 """Splitting a program between a device and a server: the planner's cut against every cut measured end
 to end, edge-only and cloud-only: writes benchmarks/results/<cpu>-split.md.
 
-    python benchmarks/bench_split.py            # MiniLM-sized encoder (int8), sequence 128, batch 1
+    python benchmarks/bench_split.py                     # both models
+    python benchmarks/bench_split.py --models resnet18   # ResNet-18 (static int8), one 224 x 224 image
 
 Both sides run on this machine: the device on 1 thread, the server on 2 (a slow device, a faster
 server). The link is emulated: 1, 10 and 100 Mbit/s with a 20 ms round trip; a request's time is the
@@ -13,7 +14,8 @@ profiles (``engine.node_seconds`` at each thread count) and the same byte counts
 Wire compression: the cut tensors as per-channel int8 + zstd against float32; the end output's
 error is max |y_split - y| / max |y| over the whole program's output.
 
-(ResNet-18 waits for convolutions on the engine.)
+Models: the MiniLM-sized encoder (int8, 1 x 128 tokens) and ResNet-18 (random weights from
+``engine.zoo``, static int8 calibrated on 4 random images, one 224 x 224 image per request).
 """
 
 from __future__ import annotations
@@ -47,13 +49,27 @@ def minilm():
     return engine.export(model, {"input_ids": ids, "attention_mask": mask}, recipe="int8"), [ids, mask]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--output", default=None)
-    args = ap.parse_args()
+def resnet18():
+    import torch
+
+    from edgecompress.engine import zoo
+
+    model = zoo.build("resnet18")
+    rng = np.random.default_rng(0)
+    calib = [torch.from_numpy(rng.standard_normal((4, 3, 224, 224)).astype(np.float32))]
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    return engine.export(model, torch.from_numpy(x), "int8-static", calibration_data=calib), [x]
+
+
+MODELS = {"minilm": ("a MiniLM-sized encoder (int8, 1 x 128 tokens)", minilm),
+          "resnet18": ("ResNet-18 (static int8, 1 x 3 x 224 x 224)", resnet18)}
+
+
+def section(key: str, rounds: int) -> list[str]:
+    """One model's table: every cut measured, the planner's choice, edge-only and cloud-only."""
+    title, build = MODELS[key]
     dev_t, srv_t = 1, 2
-    program, examples = minilm()
+    program, examples = build()
     whole = program(*examples)
     down = len(engine.encode(whole, "fp32"))
     ec.set_num_threads(dev_t)
@@ -64,17 +80,15 @@ def main() -> int:
     measured = {}
     ratio, err = {}, {}
     for c in engine.cuts(program, *examples):
-        m = measure_cut(program, list(c.values), examples, dev_t, srv_t, "int8", "zstd", args.rounds)
+        m = measure_cut(program, list(c.values), examples, dev_t, srv_t, "int8", "zstd", rounds)
         measured[c.after] = (m["head"], m["tail"], m["up"])
         fp32 = sum(len(engine.encode(engine.decode(msg), "fp32")) for msg in m["messages"])
         ratio[c.after] = fp32 / max(1, sum(map(len, m["messages"])))
         err[c.after] = float(np.abs(m["output"] - whole).max() / np.abs(whole).max())
-    t_edge = timed(lambda: program(*examples), dev_t, args.rounds)
-    t_cloud = timed(lambda: program(*examples), srv_t, args.rounds)
+    t_edge = timed(lambda: program(*examples), dev_t, rounds)
+    t_cloud = timed(lambda: program(*examples), srv_t, rounds)
     up_cloud = sum(len(engine.encode(a, "int8", "zstd")) for a in examples)
-    lines = [f"# Splitting a MiniLM-sized encoder (int8, 1 x 128 tokens): {ec.cpu_info()['model']}", "",
-             f"Device: 1 thread; server: 2 threads (this machine); link emulated with a {RTT * 1e3:.0f} ms round trip; "
-             f"cut tensors as per-channel int8 + zstd; medians of {args.rounds} runs.", "",
+    lines = [f"## {title}", "",
              "| link | planner's choice | predicted ms | measured ms | measured best | best ms | planner vs best "
              "| edge-only ms | cloud-only ms | best vs better of edge/cloud |", "|" + "---|" * 10]
     for label, bw in BANDWIDTHS.items():
@@ -88,7 +102,7 @@ def main() -> int:
         key = choice.where if choice.where != "split" else choice.after
         if choice.where == "split" and choice.values not in {tuple(c.values) for c in engine.cuts(program, *examples)}:
             # the min-cut's choice (no cut of the order): measured the same way
-            m = measure_cut(program, list(choice.values), examples, dev_t, srv_t, "int8", "zstd", args.rounds)
+            m = measure_cut(program, list(choice.values), examples, dev_t, srv_t, "int8", "zstd", rounds)
             key = "min-cut"
             options[key] = m["head"] + RTT + (m["up"] + down) / bw + m["tail"]
         got = options[key]
@@ -101,6 +115,25 @@ def main() -> int:
               f"{max(ratio.values()):.2f}x smaller than float32 (median {statistics.median(ratio.values()):.2f}x); the "
               f"end output's error {min(err.values()):.2e} to {max(err.values()):.2e} of its magnitude (median "
               f"{statistics.median(err.values()):.2e})."]
+    return lines + [""]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args()
+    keys = [k for k in args.models.split(",") if k]
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown or not keys:
+        ap.error(f"--models: expected some of {', '.join(MODELS)}, got {args.models!r}")
+    lines = [f"# Splitting a model between a device and a server: {ec.cpu_info()['model']}", "",
+             f"Device: 1 thread; server: 2 threads (this machine); link emulated with a {RTT * 1e3:.0f} ms round trip; "
+             f"cut tensors as per-channel int8 + zstd; medians of {args.rounds} runs. The planner predicts from per-node "
+             "profiles and the encoded bytes; every cut of the program's order is measured end to end.", ""]
+    for k in keys:
+        lines += section(k, args.rounds)
     write_report(lines, args.output or os.path.join(HERE, "results", f"{cpu_slug()}-split.md"))
     return 0
 
