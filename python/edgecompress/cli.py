@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default 1)")
     serve_p.add_argument("--max-replicas", type=int, default=None,
                          help="with --ray: autoscale between --replicas and this many")
+    serve_p.add_argument("--max-batch-size", type=int, default=1,
+                         help="with --ray: batch up to this many program requests per call (Ray Serve's dynamic "
+                              "batching; default 1: off)")
+    serve_p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                         help="with --ray: the longest wait for a batch to fill (default 5 ms)")
     split_p = sub.add_parser("split", help="where to cut a saved program between a device and a server for a link: "
                                            "the plan, predicted and measured (emulated link) against edge-only and cloud-only")
     split_p.add_argument("model", metavar="MODEL", help="a program saved by edgecompress.engine.save, or a GGUF "
@@ -91,7 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         limit = int(args.max_request_mb * (1 << 20))
         if args.ray:
-            run_ray(args.model, args.host, args.port, args.name, limit, args.replicas, args.max_replicas)
+            run_ray(args.model, args.host, args.port, args.name, limit, args.replicas, args.max_replicas,
+                    args.max_batch_size, args.batch_wait_ms / 1e3)
         else:
             run(args.model, args.host, args.port, args.name, limit)
     except ImportError as e:

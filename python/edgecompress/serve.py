@@ -35,7 +35,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-__all__ = ["create_app", "ray_application", "run", "run_ray"]
+__all__ = ["create_app", "ray_application", "run", "run_batch", "run_ray"]
 
 MAX_REQUEST_BYTES = 64 << 20
 _DTYPES = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8,
@@ -55,9 +55,13 @@ def _load(path: str) -> tuple[str, Any]:
     return "program", load_program(path)
 
 
-def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> Any:
+def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = MAX_REQUEST_BYTES,
+               batcher: Any = None) -> Any:
     """The FastAPI app serving the model at ``path`` (a .gguf file or a saved program) as ``name``
-    (default: the file's stem)."""
+    (default: the file's stem). ``batcher``: a decorator that turns an async function of a list of
+    requests into one of a request (Ray Serve's ``serve.batch(max_batch_size=..., ...)``): a program's
+    whole-model requests then run together where their inputs stack along the batch axis
+    (``run_batch``); the response's ``parameters.batch_size`` says how many ran in the call."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -216,6 +220,11 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
             check_name(model_name)
             req, arrays = await read_infer(request)
             cut = (req.parameters or {}).get("cut")
+            if cut is None and batched is not None:
+                outs, seconds, size = await batched(arrays)
+                if isinstance(outs, Exception):
+                    raise HTTPException(400, str(outs))
+                return infer_response(req, model.outputs, outs, seconds, {"batch_size": size})
             target = model
             if cut is not None:  # the tail of the program after these values (a split's server side)
                 target = tail_for(cut, arrays)
@@ -226,6 +235,11 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
                 raise HTTPException(400, str(e)) from None
             seconds = time.perf_counter() - t0
             return infer_response(req, model.outputs, out if isinstance(out, tuple) else (out,), seconds)
+
+        async def run_items(items: list[dict[str, np.ndarray]]) -> list[Any]:
+            return await run_in_threadpool(lambda: run_batch(model, items))
+
+        batched = batcher(run_items) if batcher is not None else None
 
         return app
 
@@ -374,6 +388,52 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
     return app
 
 
+def run_batch(program: Any, items: list[dict[str, np.ndarray]]) -> list[tuple[Any, float, int]]:
+    """Several requests' inputs to ``program`` in as few calls as the batch axis allows: requests whose
+    inputs have the same names, dtypes and shapes past the first axis, for a program whose inputs all
+    lead with one named (batch) dimension, are stacked along it and run as one call, and the outputs
+    split back (each must lead with the stacked size; else each request runs alone). Returns per
+    request (outputs, seconds of its call, requests in that call); outputs is the exception a request
+    alone raised (TypeError, ValueError) instead."""
+    first = {i.dims[0] if i.dims else None for i in program.inputs}
+    stackable = len(first) == 1 and isinstance(next(iter(first)), str)
+    groups: dict[Any, list[int]] = {}
+    for k, arrays in enumerate(items):
+        key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(arrays.items())) if stackable and all(
+            a.ndim >= 1 for a in arrays.values()) else ("alone", k)
+        groups.setdefault(key, []).append(k)
+    results: list[Any] = [None] * len(items)
+
+    def alone(k: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            out = program(**items[k])
+            results[k] = (out if isinstance(out, tuple) else (out,), time.perf_counter() - t0, 1)
+        except (TypeError, ValueError) as e:
+            results[k] = (e, time.perf_counter() - t0, 1)
+
+    for ks in groups.values():
+        if len(ks) == 1:
+            alone(ks[0])
+            continue
+        sizes = [next(iter(items[k].values())).shape[0] for k in ks]
+        t0 = time.perf_counter()
+        try:
+            out = program(**{n: np.concatenate([items[k][n] for k in ks]) for n in items[ks[0]]})
+        except (TypeError, ValueError):
+            out = None  # one request's fault: each runs alone and gets its own error
+        seconds = time.perf_counter() - t0
+        outs = out if isinstance(out, tuple) else (out,)
+        if out is None or not all(o.ndim >= 1 and o.shape[0] == sum(sizes) for o in outs):
+            for k in ks:
+                alone(k)
+            continue
+        bounds = np.cumsum([0] + sizes)
+        for j, k in enumerate(ks):
+            results[k] = (tuple(o[bounds[j]:bounds[j + 1]] for o in outs), seconds, len(ks))
+    return results
+
+
 def _tensor(name: str, shape: list[int], datatype: str, data: Optional[list[Any]], raw: Optional[bytes] = None) -> np.ndarray:
     """A v2 tensor (JSON values, or ``raw`` little-endian bytes) as a numpy array; HTTPException(400)
     naming the tensor for anything off."""
@@ -416,19 +476,28 @@ def run(path: str, host: str = "127.0.0.1", port: int = 8000, name: Optional[str
 
 def ray_application(path: str, name: Optional[str] = None, max_request_bytes: int = MAX_REQUEST_BYTES,
                     replicas: int = 1, max_replicas: Optional[int] = None, max_ongoing_requests: int = 8,
-                    threads: int = 1) -> Any:
+                    threads: int = 1, max_batch_size: int = 1, batch_wait_timeout_s: float = 0.005) -> Any:
     """The same app as a Ray Serve application (``ray[serve]``): each replica builds it on its own
     (loads the model) from this builder and runs it on ``threads`` threads (the CPUs Ray reserves for
     it). ``max_replicas`` > ``replicas`` turns on autoscaling between the two. Run it with
-    ``ray.serve.run(application)``."""
+    ``ray.serve.run(application)``. ``max_batch_size`` > 1: Ray Serve's dynamic batching
+    (``serve.batch``) gathers up to that many of a replica's program requests, waiting at most
+    ``batch_wait_timeout_s`` for them, into one call where their inputs stack (``run_batch``)."""
     from ray import serve
 
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ValueError(f"max_batch_size: expected an int >= 1, got {max_batch_size!r}")
+    if not batch_wait_timeout_s >= 0:
+        raise ValueError(f"batch_wait_timeout_s: expected >= 0, got {batch_wait_timeout_s!r}")
     path = os.path.abspath(path)  # the replicas may start elsewhere
 
     def builder() -> Any:  # (a function: Ray Serve calls it on each replica for its app)
-        return create_app(path, name, max_request_bytes)
+        batcher = None
+        if max_batch_size > 1:
+            batcher = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+        return create_app(path, name, max_request_bytes, batcher)
 
     options: dict[str, Any] = {"name": "edgecompress", "max_ongoing_requests": max_ongoing_requests,
                                "ray_actor_options": {"num_cpus": threads, "runtime_env": {
@@ -441,12 +510,14 @@ def ray_application(path: str, name: Optional[str] = None, max_request_bytes: in
 
 
 def run_ray(path: str, host: str = "127.0.0.1", port: int = 8000, name: Optional[str] = None,
-            max_request_bytes: int = MAX_REQUEST_BYTES, replicas: int = 1, max_replicas: Optional[int] = None) -> None:
+            max_request_bytes: int = MAX_REQUEST_BYTES, replicas: int = 1, max_replicas: Optional[int] = None,
+            max_batch_size: int = 1, batch_wait_timeout_s: float = 0.005) -> None:
     """Serve on Ray Serve: joins the Ray cluster of ``RAY_ADDRESS`` (or starts a local one) and blocks."""
     import ray
     from ray import serve
 
     ray.init(ignore_reinit_error=True)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(ray_application(path, name, max_request_bytes, replicas, max_replicas), name="edgecompress",
+    serve.run(ray_application(path, name, max_request_bytes, replicas, max_replicas,
+                              max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s), name="edgecompress",
               route_prefix="/", blocking=True)

@@ -338,6 +338,42 @@ def test_a_layer_split_over_http(tmp_path, llm_client):
     assert llm_client.post("/v2/models/tiny-llama/infer", json={"inputs": 3}).status_code == 422
 
 
+def test_run_batch_stacks_requests_along_the_batch_axis(program_client):
+    """run_batch (what a batching replica calls): requests whose shapes agree past the batch axis run as
+    one call and get their own rows back, bit for bit; a request that does not fit runs alone and
+    gets its own error; the app reports each response's batch size."""
+    from edgecompress.serve import run_batch
+
+    client, prog = program_client
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((n, 16)).astype(np.float32) for n in (2, 1, 3)]
+    got = run_batch(prog, [{"x": x} for x in xs] + [{"x": np.zeros((2, 5), np.float32)}])
+    for x, (outs, seconds, size) in zip(xs, got):
+        np.testing.assert_array_equal(outs[0], prog(x))
+        assert size == 3 and seconds > 0
+    assert isinstance(got[3][0], ValueError) and got[3][2] == 1
+    # the app with a batcher (here one that runs each request as a list of one)
+    from fastapi.testclient import TestClient
+
+    def one_at_a_time(fn):
+        async def call(item):
+            return (await fn([item]))[0]
+        return call
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        prog.save(d + "/p.safetensors")
+        batched = TestClient(create_app(d + "/p.safetensors", "p", batcher=one_at_a_time))
+        r = batched.post("/v2/models/p/infer", json={"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+                                                                  "data": xs[1].ravel().tolist()}]})
+        assert r.status_code == 200 and r.json()["parameters"]["batch_size"] == 1
+        np.testing.assert_array_equal(np.float32(r.json()["outputs"][0]["data"]), prog(xs[1]).ravel())
+        bad = batched.post("/v2/models/p/infer", json={"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32",
+                                                                    "data": [0.0] * 5}]})
+        assert bad.status_code == 400
+
+
 def test_ray_serve_deployment(tmp_path):
     """The same app on Ray Serve (a local single-node Ray, 2 replicas): infer over HTTP through Serve's
     proxy, requests spread over the replicas."""
@@ -358,7 +394,8 @@ def test_ray_serve_deployment(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(ray_application(str(path), "p", replicas=2), name="edgecompress", route_prefix="/")
+        serve.run(ray_application(str(path), "p", replicas=2, max_batch_size=4, batch_wait_timeout_s=0.05),
+                  name="edgecompress", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
             try:
@@ -371,6 +408,15 @@ def test_ray_serve_deployment(tmp_path):
         a = rng.standard_normal((4, 8)).astype(np.float32)
         for _ in range(8):
             np.testing.assert_array_equal(remote(x=a), prog(a))
+        # concurrent requests: a replica batches them (serve.batch), each gets its own rows back
+        import concurrent.futures
+
+        xs = [rng.standard_normal((1 + k % 3, 8)).astype(np.float32) for k in range(12)]
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(lambda x: remote.infer({"x": x}), xs))
+        for x, (outs, meta) in zip(xs, got):
+            np.testing.assert_array_equal(outs[0], prog(x))
+        assert max(meta["parameters"]["batch_size"] for _, meta in got) > 1
         status = serve.status().applications["edgecompress"]
         assert status.status == "RUNNING"
         assert sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values()) == 2
