@@ -47,6 +47,7 @@ void q4_tile_sdot(const Q4Tile& t) {
     unroll<R>([&](auto r) {
       unroll<C>([&](auto c) { unroll<4>([&](auto q) { acc[r.value][c.value][q.value] = vdupq_n_s32(0); }); });
     });
+    EC_MCA_LOOP("gemm_q4_dotprod", R, kMode);
     for (int s = 0; s < steps; s += 2) {
       // k = 8s .. 8s + 15 of each row: 32-bit lanes 0, 1 belong to step s, lanes 2, 3 to step s + 1.
       int8x16_t xv[R];
