@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "../common/epilogue.h"
+#include "../common/mca.h"
 #include "../common/unroll.h"
 #include "edgecompress/dense_f32.h"
 
@@ -41,6 +42,7 @@ void df_group_run(const DenseTask& t, int p) {
   constexpr int V = PW * kDfVecs;  // registers of one row's sums
   df_vec acc[M][V];
   unroll<M>([&](auto m) { unroll<V>([&](auto j) { acc[m.value][j.value] = df_vec{}; }); });
+  EC_MCA_LOOP("dense_f32", M, PW);
   for (int k = 0; k < w.k; ++k) {
     df_vec wv[V];
     unroll<V>([&](auto j) {

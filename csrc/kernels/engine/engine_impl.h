@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "edgecompress/engine_ops.h"
+#include "../common/mca.h"
 #include "../common/vmath.h"
 
 #ifndef EC_ENGINE_WIDTH
@@ -54,6 +55,7 @@ void norm_row(const float* x, const float* r, const float* gamma, const float* b
   }
   vf acc = vf{};
   const vf vm = splat(mean);
+  EC_MCA_LOOP("norm_variance", 1, 0);
   for (i = 0; i + W <= n; i += W) {
     const vf d = load(v + i) - vm;
     acc += d * d;
@@ -62,6 +64,7 @@ void norm_row(const float* x, const float* r, const float* gamma, const float* b
   for (; i < n; ++i) ss += (v[i] - mean) * (v[i] - mean);
   const float rstd = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
   if (beta != nullptr) {
+    EC_MCA_LOOP("norm_scale", 1, 0);
     for (i = 0; i < n; ++i) y[i] = (v[i] - mean) * rstd * gamma[i] + beta[i];
   } else {
     for (i = 0; i < n; ++i) y[i] = (v[i] - mean) * rstd * gamma[i];
@@ -80,6 +83,7 @@ void softmax_row(float* x, int n) {
   for (int l = 0; l < W; ++l) mx = vmx[l] > mx ? vmx[l] : mx;
   for (; i0 < n; ++i0) mx = x[i0] > mx ? x[i0] : mx;
   // exp as its own element-wise loop: the compiler vectorizes it whole (vmath.h is branch-free)
+  EC_MCA_LOOP("softmax_exp", 1, 0);
   for (int i = 0; i < n; ++i) x[i] = exp_approx(x[i] - mx);
   int i = 0;
   vf acc = vf{};
@@ -91,11 +95,13 @@ void softmax_row(float* x, int n) {
 }
 
 void gelu(const float* x, float* y, int64_t n) {
+  EC_MCA_LOOP("gelu", 1, 0);
   for (int64_t i = 0; i < n; ++i) y[i] = gelu_approx(x[i]);
 }
 
 void glu(int act, const float* gate, const float* up, float* y, int64_t n) {
   if (act == 0) {
+    EC_MCA_LOOP("glu_silu", 1, 0);
     for (int64_t i = 0; i < n; ++i) {
       const float g = gate[i];
       y[i] = g / (1.0f + exp_approx(-g)) * up[i];
@@ -116,6 +122,7 @@ void dot_rows(const float* a, ptrdiff_t lda, int rows, const float* x, int n, fl
     const float* ar = a + r * lda;
     vf acc0 = vf{}, acc1 = vf{};
     int i = 0;
+    EC_MCA_LOOP("attention_dot_rows", 1, 0);
     for (; i + 2 * W <= n; i += 2 * W) {
       acc0 += load(ar + i) * load(x + i);
       acc1 += load(ar + i + W) * load(x + i + W);
@@ -133,6 +140,7 @@ void binary(int op, const float* a, const float* b, int64_t nb, float* y, int64_
     const float* ai = a + i0;
     float* yi = y + i0;
     if (op == 0) {
+      EC_MCA_LOOP("binary_add", 1, 0);
       for (int64_t i = 0; i < len; ++i) yi[i] = ai[i] + b[i];
     } else {
       for (int64_t i = 0; i < len; ++i) yi[i] = ai[i] * b[i];
@@ -149,6 +157,7 @@ inline void gemm_block(int j0, int k, float alpha, const float* a, ptrdiff_t lda
                        float* c, ptrdiff_t ldc) {
   vf acc0[R], acc1[R];
   for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = vf{};
+  EC_MCA_LOOP("attention_gemm_nn", R, 0);
   for (int p = 0; p < k; ++p) {
     const vf b0 = load(b + p * ldb + j0), b1 = load(b + p * ldb + j0 + W);
     for (int r = 0; r < R; ++r) {
@@ -200,6 +209,7 @@ void unary(int act, const float* x, float* y, int64_t n) {
       for (int64_t i = 0; i < n; ++i) y[i] = relu6(x[i]);
       break;
     case UnaryAct::silu:
+      EC_MCA_LOOP("silu", 1, 0);
       for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + exp_approx(-x[i]));
       break;
     case UnaryAct::hardswish:
@@ -269,6 +279,7 @@ inline void dw_interior(const Window2d& p, const float* x, const float* w, const
     for (int u = 0; u < U; ++u) acc[u] = bias != nullptr ? load(bias + j) : vf{};
     for (int i = i0; i < i1; ++i) {
       const float* xr = x + static_cast<ptrdiff_t>(oh * p.sh - p.pt + i * p.dh) * p.w * p.c + j;
+      EC_MCA_LOOP("depthwise", U, 0);
       for (int t = 0; t < p.kw; ++t) {
         const vf wv = load(w + (static_cast<ptrdiff_t>(i) * p.kw + t) * p.c + j);
         const float* xp = xr + static_cast<ptrdiff_t>(ow * p.sw - p.pl + t * p.dw) * p.c;

@@ -111,7 +111,7 @@ inline void q4_store(const Q4Tile& t, const float* __restrict acc) {
   }
 }
 
-constexpr int kQ4MaxRows = 4;  // largest mr of any tier (EC_GEMM_Q4_KERNEL checks)
+constexpr int kQ4MaxRows = 8;  // largest mr of any tier (EC_GEMM_Q4_KERNEL checks)
 
 // Portable int8-mode tile: the specification every SIMD tile reproduces.
 inline void q4_tile_generic_int8(const Q4Tile& t) {

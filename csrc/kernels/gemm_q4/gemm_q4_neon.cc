@@ -51,6 +51,7 @@ void q4_tile_mull(const Q4Tile& t) {
     unroll<R>([&](auto r) {
       unroll<4>([&](auto q) { acc[r.value][q.value][0] = acc[r.value][q.value][1] = vdupq_n_s32(0); });
     });
+    EC_MCA_LOOP("gemm_q4_neon", R, kMode);
     for (int s = 0; s < steps; ++s) {
       // Activations of k = 8s .. 8s + 3 (xl) and 8s + 4 .. 8s + 7 (xh), 4 bytes repeated 4 times.
       int8x16_t xl[R], xh[R];

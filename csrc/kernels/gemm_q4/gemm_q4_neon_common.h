@@ -5,6 +5,7 @@
 
 #include <arm_neon.h>
 
+#include "../common/mca.h"
 #include "gemm_q4_common.h"
 
 namespace edgecompress {

@@ -64,6 +64,7 @@ void tile(const GemmS8Tile& t) {
   for (int u = 0; u < U; ++u)
     for (int r = 0; r < M; ++r) acc[u][r][0] = acc[u][r][1] = vdupq_n_s32(0);
   const int groups = t.kblocks / kGroup;
+  EC_MCA_LOOP("gemm_s8_dotprod", M, 0);
   for (int g = 0; g < groups; ++g) group<M, U>(acc, a + g * kGroup * M * kKr, t.b + g * kGroup * kNr * kKr);
   for (int kb = groups * kGroup; kb < t.kblocks; ++kb) {  // at most 3: a broadcast per row is fine
     const int8x16_t b0 = vld1q_s8(t.b + kb * kNr * kKr), b1 = vld1q_s8(t.b + kb * kNr * kKr + 16);

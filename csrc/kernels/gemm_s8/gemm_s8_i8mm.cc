@@ -15,6 +15,7 @@
 
 #include <arm_neon.h>
 
+#include "../common/mca.h"
 #include "gemm_s8_common.h"
 
 namespace edgecompress {
@@ -52,6 +53,7 @@ void tile(const GemmS8Tile& t) {
     }
   };
   int kb = 0;
+  EC_MCA_LOOP("gemm_s8_i8mm", M, 0);
   for (; kb + U <= t.kblocks; kb += U) unroll<U>([&](auto u) { step(kb + decltype(u)::value, u); });
   for (; kb < t.kblocks; ++kb) step(kb, Rows<0>{});
   // acc[p][q] holds rows 2p, 2p+1 x columns 2q, 2q+1 as [r0c0 r0c1 r1c0 r1c1]: a row of the tile

@@ -64,6 +64,7 @@ void tile(const GemmS8Tile& t) {
   for (int u = 0; u < U; ++u)
     for (int r = 0; r < M; ++r) acc[u][r][0] = acc[u][r][1] = vdupq_n_s32(0);
   const int groups = t.kblocks / kGroup;
+  EC_MCA_LOOP("gemm_s8_neon", M, 0);
   for (int g = 0; g < groups; ++g) group<M, U>(acc, a + g * kGroup * M, t.b + g * kGroup * kNr);
   for (int k = groups * kGroup; k < t.kblocks; ++k) {  // at most 7: a broadcast per row is fine
     const int16x8_t bk = vmovl_s8(vld1_s8(t.b + k * kNr));

@@ -4,6 +4,7 @@
 
 #include <arm_neon.h>
 
+#include "../common/mca.h"
 #include "gemm_s8_common.h"
 
 namespace edgecompress {
