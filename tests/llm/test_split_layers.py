@@ -106,6 +106,13 @@ def test_bad_requests(gguf):
         L.load(gguf, n_ctx=64).offload(1, 3.5)
     with pytest.raises(ValueError, match="wire"):
         L.load(gguf, n_ctx=64).offload(1, server, wire="bf16")
+    top = L.load(gguf, n_ctx=64).offload(1, server)  # the top 64 of 400 logits come back
+    with pytest.raises(ValueError, match="top 64"):
+        top.logits(_ids(4))
+    with pytest.raises(ValueError, match="top 64"):
+        top.perplexity("ab cd " * 40, n_ctx=16)
+    with pytest.raises(ValueError, match="already split"):
+        top.offload(1, server)
     cut = layer_cut(llm.program, 1)
     n = llm.hparams.n_embd
     good = {c: np.zeros((3, n), np.float32) for c in cut}

@@ -129,8 +129,14 @@ class LLM:
         """float32 logits (len(ids), n_vocab) of a fresh sequence: row t predicts the token after ids[t].
         (That is len(ids) * n_vocab * 4 bytes: for long texts, ``perplexity`` scores in pieces.)"""
         a = self._check_ids(ids)
+        self._check_full_logits("logits")
         self.reset()
         return self._eval(a, True)
+
+    def _check_full_logits(self, what: str) -> None:
+        if self.remote is not None and self.remote.top_k < self.hparams.n_vocab:
+            raise ValueError(f"{what}: this model is split (offload) and its server sends the top {self.remote.top_k} "
+                             f"logits of {self.hparams.n_vocab}; {what} needs them all")
 
     def _start(self, prompt_ids: np.ndarray) -> np.ndarray:
         """Logits after the prompt, reusing the cached tokens when they begin it."""
@@ -234,6 +240,7 @@ class LLM:
         """llama.cpp's measure: the text's tokens in windows of ``n_ctx`` (the first a BOS), each scored
         on its second half. Returns (perplexity, tokens scored, the argmax prediction of each scored
         token followed by the true token: (scored, 2) int64)."""
+        self._check_full_logits("perplexity")
         ids = self.tokenize(text, add_bos=False)
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 16 <= n_ctx <= self.n_ctx:
             raise ValueError(f"n_ctx: expected an int in [16, {self.n_ctx}], got {n_ctx!r}")
