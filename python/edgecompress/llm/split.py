@@ -214,6 +214,7 @@ class RemoteLayers:
         msgs = {c: self._message(v) for c, v in zip(self.cut, mid if isinstance(mid, tuple) else (mid,))}
         self.stats["device_seconds"] += time.perf_counter() - t0
         params = {"layers": self.layers, "session": self.session, "top_k": self.top_k}
+        up = sum(map(len, msgs.values())) + pos.nbytes + rows.nbytes
         if isinstance(self.server, LayerServer):
             from .. import get_num_threads, set_num_threads
 
@@ -229,10 +230,8 @@ class RemoteLayers:
                 set_num_threads(before)
             self.stats["server_seconds"] += time.perf_counter() - t1
             ids_out, vals = out["top_ids"], out["top_logits"]
-            up = sum(map(len, msgs.values())) + pos.nbytes + rows.nbytes
-            down = ids_out.nbytes + vals.nbytes
             if self.link is not None:
-                self.link.transfer(up, down)
+                self.link.transfer(up, ids_out.nbytes + vals.nbytes)
         else:
             outs, meta = self.server.infer({"pos": pos, "rows": rows}, params, wire=msgs)
             got = {o["name"]: a for o, a in zip(meta["outputs"], outs)}
@@ -240,11 +239,9 @@ class RemoteLayers:
                 raise ValueError(f"server: expected outputs top_ids and top_logits, got {sorted(got)}")
             ids_out, vals = got["top_ids"], got["top_logits"]
             self.stats["server_seconds"] += float((meta.get("parameters") or {}).get("server_seconds", 0.0))
-            up = sum(map(len, msgs.values())) + pos.nbytes + rows.nbytes
-            down = ids_out.nbytes + vals.nbytes
         self.stats["calls"] += 1
         self.stats["up_bytes"] += up
-        self.stats["down_bytes"] += down
+        self.stats["down_bytes"] += ids_out.nbytes + vals.nbytes
         n_vocab = self.llm.hparams.n_vocab
         if ids_out.shape != (rows.size, min(self.top_k, n_vocab)) or ids_out.min() < 0 or ids_out.max() >= n_vocab:
             raise ValueError(f"server: top_ids of shape {ids_out.shape} do not fit {rows.size} rows of {n_vocab} tokens")
