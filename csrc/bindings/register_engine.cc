@@ -95,9 +95,25 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
     }
     require(nd.op != engine::Op::embedding || nd.i[3] != 3 || nd.weight2 != nullptr,
             "embedding node: mode 3 needs its packed weights");
-    if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d) {
+    if (nd.op == engine::Op::conv2d && py::isinstance<py::list>(t[5])) {  // grouped: one weight per group
+      const auto ws = t[5].cast<py::list>();
+      require(ws.size() >= 2 && nd.i[3] % static_cast<int64_t>(ws.size()) == 0 &&
+                  nd.i[15] % static_cast<int64_t>(ws.size()) == 0,
+              "conv2d node: expected 2 or more group weights, dividing its channels and outputs");
+      for (const auto& w : ws) {
+        engine::Node one;
+        set_weight(one, py::reinterpret_borrow<py::object>(w));
+        require(nd.weights.empty() || one.wkind == nd.wkind, "conv2d node: the group weights differ in kind");
+        nd.wkind = one.wkind;
+        nd.weights.push_back(one.weight);
+      }
+      nd.weight = nd.weights[0];
+      p->keepalive.append(t[5]);
+    } else if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d) {
       set_weight(nd, t[5]);
       p->keepalive.append(t[5]);
+    }
+    if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d) {
       const int scheme = t[6].cast<int>();
       require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "node: act scheme out of range");
       nd.aq.scheme = static_cast<ActScheme>(scheme);

@@ -53,30 +53,31 @@ RunStatus from_gemm(GemmStatus s) {
   return RunStatus::ok;
 }
 
-// The product of a linear or conv2d node's weight with m rows of x (row stride ldx) into y (m, n).
-RunStatus product(const Node& nd, const float* x, ptrdiff_t ldx, int m, const float* bias, Activation act, float* y,
-                  int threads) {
+// The product of a linear or conv2d node's weight w (nd.weight, or one group's of nd.weights) with m
+// rows of x (row stride ldx) into y (m, n).
+RunStatus product(const Node& nd, const void* w, const float* x, ptrdiff_t ldx, int m, const float* bias,
+                  Activation act, float* y, int threads) {
   switch (nd.wkind) {
     case WeightKind::s8:
-      return from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(nd.weight), x, ldx, m, nd.aq, bias, act, y, nullptr,
+      return from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(w), x, ldx, m, nd.aq, bias, act, y, nullptr,
                                threads));
     case WeightKind::q4:
-      return from_gemm(gemm_q4(*static_cast<const PackedQ4Weight*>(nd.weight), x, ldx, m, nd.q4, bias, act, y, threads));
+      return from_gemm(gemm_q4(*static_cast<const PackedQ4Weight*>(w), x, ldx, m, nd.q4, bias, act, y, threads));
     case WeightKind::sparse_f32:
-      return from_gemm(sparse_f32(*static_cast<const PackedSparseF32*>(nd.weight), x, ldx, m, bias, act, y, threads));
+      return from_gemm(sparse_f32(*static_cast<const PackedSparseF32*>(w), x, ldx, m, bias, act, y, threads));
     case WeightKind::sparse_s8:
-      return from_gemm(sparse_s8(*static_cast<const PackedSparseS8*>(nd.weight), x, ldx, m, bias, act, y, threads));
+      return from_gemm(sparse_s8(*static_cast<const PackedSparseS8*>(w), x, ldx, m, bias, act, y, threads));
     case WeightKind::sparse_nm_f32:
-      return from_gemm(sparse_nm_f32(*static_cast<const PackedSparseNmF32*>(nd.weight), x, ldx, m, bias, act, y, threads));
+      return from_gemm(sparse_nm_f32(*static_cast<const PackedSparseNmF32*>(w), x, ldx, m, bias, act, y, threads));
     case WeightKind::dense_f32:
-      return from_gemm(dense_f32(*static_cast<const PackedDenseF32*>(nd.weight), x, ldx, m, bias, act, y, threads));
+      return from_gemm(dense_f32(*static_cast<const PackedDenseF32*>(w), x, ldx, m, bias, act, y, threads));
     case WeightKind::none: break;
   }
   return RunStatus::ok;
 }
 
 RunStatus run_linear(const Node& nd, const Ctx& c) {
-  return product(nd, at<const float>(c, nd.in[0]), nd.i[1], static_cast<int>(nd.i[0]), at<const float>(c, nd.in[1]),
+  return product(nd, nd.weight, at<const float>(c, nd.in[0]), nd.i[1], static_cast<int>(nd.i[0]), at<const float>(c, nd.in[1]),
                  static_cast<Activation>(nd.i[2]), at<float>(c, nd.out[0]), c.threads);
 }
 
@@ -96,22 +97,24 @@ Window2d window(const Node& nd) {
 constexpr int64_t kPatchBytes = 192 * 1024;
 thread_local AlignedArray<float> t_patch;
 
-// Row r of the patch matrix: the kh * kw taps of output pixel `pixel`, c values each (`pad` outside
-// the image), in (kh, kw, c) order. T: float, or the uint8 codes of a quantized image.
+// Row r of the patch matrix: the kh * kw taps of output pixel `pixel`, cw values each (channels c0 ..
+// c0 + cw of the image's p.c: one group's), `pad` outside the image, in (kh, kw, c) order. T: float,
+// or the uint8 codes of a quantized image.
 template <class T>
-void patch_row(const Window2d& p, const T* x, int ho, int64_t pixel, T pad, T* row) {
+void patch_row(const Window2d& p, const T* x, int ho, int64_t pixel, int c0, int cw, T pad, T* row) {
   const int64_t per_image = static_cast<int64_t>(ho) * p.wo;
   const int64_t b = pixel / per_image;
   const int oh = static_cast<int>((pixel % per_image) / p.wo), ow = static_cast<int>(pixel % p.wo);
-  const T* xb = x + b * p.h * p.w * p.c;
+  const T* xb = x + b * p.h * p.w * p.c + c0;
   const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
-  const size_t cb = sizeof(T) * p.c;
-  // a row of taps inside the image is one run of memory when the kernel is not dilated across
-  const bool whole = p.dw == 1 && iw0 >= 0 && iw0 + p.kw <= p.w;
-  for (int i = 0; i < p.kh; ++i, row += static_cast<ptrdiff_t>(p.kw) * p.c) {
+  const size_t cb = sizeof(T) * cw;
+  // a row of taps inside the image is one run of memory when the kernel is not dilated across and
+  // the taps hold every channel
+  const bool whole = cw == p.c && p.dw == 1 && iw0 >= 0 && iw0 + p.kw <= p.w;
+  for (int i = 0; i < p.kh; ++i, row += static_cast<ptrdiff_t>(p.kw) * cw) {
     const int ih = ih0 + i * p.dh;
     if (ih < 0 || ih >= p.h) {
-      std::fill(row, row + static_cast<ptrdiff_t>(p.kw) * p.c, pad);
+      std::fill(row, row + static_cast<ptrdiff_t>(p.kw) * cw, pad);
       continue;
     }
     const T* xr = xb + static_cast<ptrdiff_t>(ih) * p.w * p.c;
@@ -121,8 +124,8 @@ void patch_row(const Window2d& p, const T* x, int ho, int64_t pixel, T pad, T* r
     }
     for (int t = 0; t < p.kw; ++t) {
       const int iw = iw0 + t * p.dw;
-      if (iw < 0 || iw >= p.w) std::fill(row + t * p.c, row + (t + 1) * p.c, pad);
-      else std::memcpy(row + t * p.c, xr + static_cast<ptrdiff_t>(iw) * p.c, cb);
+      if (iw < 0 || iw >= p.w) std::fill(row + t * cw, row + (t + 1) * cw, pad);
+      else std::memcpy(row + t * cw, xr + static_cast<ptrdiff_t>(iw) * p.c, cb);
     }
   }
 }
@@ -146,13 +149,21 @@ bool quantize_image(const Node& nd, const Ctx& c, const float* x, int64_t rows, 
   return finite.load();
 }
 
+// A grouped convolution (nd.weights: one packed weight per group) runs group after group on each tile:
+// group g's patches hold its c / groups channels, its product writes its n / groups columns of the
+// tile's output rows through a small buffer.
+thread_local AlignedArray<float> t_group;
+
 RunStatus run_conv(const Node& nd, const Ctx& c) {
   const float* x = at<const float>(c, nd.in[0]);
   const float* bias = at<const float>(c, nd.in[1]);
   float* y = at<float>(c, nd.out[0]);
   const Window2d p = window(nd);
   const int ho = static_cast<int>(nd.i[4]);
-  const int64_t pixels = nd.i[0] * ho * p.wo, k = static_cast<int64_t>(p.kh) * p.kw * p.c, n = nd.i[15];
+  const int groups = nd.weights.empty() ? 1 : static_cast<int>(nd.weights.size());
+  const int cg = p.c / groups;
+  const int64_t pixels = nd.i[0] * ho * p.wo, k = static_cast<int64_t>(p.kh) * p.kw * cg, n = nd.i[15];
+  const int64_t ng = n / groups;
   const Activation act = static_cast<Activation>(nd.i[14] % 4);
   const int unary = static_cast<int>(nd.i[14] / 4) - 1;  // -1: none
   // 1x1, stride 1, no padding: the patch rows are x's rows
@@ -188,19 +199,27 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   auto tile = [&](int t) {
     const int64_t p0 = t * rows, m = std::min(rows, pixels - p0);
     const int threads = by_tile ? 1 : c.threads;
-    RunStatus s;
+    const int mi = static_cast<int>(m);
+    RunStatus s = RunStatus::ok;
     try {
-      if (codes) {
-        uint8_t* a = ensure_size(t_patch8, static_cast<size_t>(m * k));
-        for (int64_t r = 0; r < m; ++r) patch_row(p, q, ho, p0 + r, pad, a + r * k);
-        s = from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(nd.weight), a, k, static_cast<int>(m), aq, bias,
-                              act, y + p0 * n, nullptr, threads));
-      } else if (direct) {
-        s = product(nd, x + p0 * k, k, static_cast<int>(m), bias, act, y + p0 * n, threads);
-      } else {
-        float* a = ensure_size(t_patch, static_cast<size_t>(m * k));
-        for (int64_t r = 0; r < m; ++r) patch_row(p, x, ho, p0 + r, 0.0f, a + r * k);
-        s = product(nd, a, k, static_cast<int>(m), bias, act, y + p0 * n, threads);
+      for (int g = 0; g < groups && s == RunStatus::ok; ++g) {
+        const void* w = groups == 1 ? nd.weight : nd.weights[g];
+        const float* bg = bias != nullptr ? bias + g * ng : nullptr;
+        float* yg = groups == 1 ? y + p0 * n : ensure_size(t_group, static_cast<size_t>(m * ng));
+        if (codes) {
+          uint8_t* a = ensure_size(t_patch8, static_cast<size_t>(m * k));
+          for (int64_t r = 0; r < m; ++r) patch_row(p, q, ho, p0 + r, g * cg, cg, pad, a + r * k);
+          s = from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(w), a, k, mi, aq, bg, act, yg, nullptr, threads));
+        } else if (direct) {
+          s = product(nd, w, x + p0 * p.c + g * cg, p.c, mi, bg, act, yg, threads);
+        } else {
+          float* a = ensure_size(t_patch, static_cast<size_t>(m * k));
+          for (int64_t r = 0; r < m; ++r) patch_row(p, x, ho, p0 + r, g * cg, cg, 0.0f, a + r * k);
+          s = product(nd, w, a, k, mi, bg, act, yg, threads);
+        }
+        if (groups > 1 && s == RunStatus::ok) {
+          for (int64_t r = 0; r < m; ++r) std::memcpy(y + (p0 + r) * n + g * ng, yg + r * ng, sizeof(float) * ng);
+        }
       }
       if (s == RunStatus::ok && unary >= 0) c.k->unary(unary, y + p0 * n, y + p0 * n, m * n);
     } catch (const std::bad_alloc&) {

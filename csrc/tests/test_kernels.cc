@@ -627,48 +627,61 @@ bool check_window_ops(const EngineKernel& k) {
 }
 
 // A conv2d node (2 images 11 x 13 x 6 -> 9 channels, 3 x 3, stride 2, padding 1, dilation 2) run by a
-// plan on a dense_f32 weight against the direct convolution.
+// plan on dense_f32 weights against the direct convolution: whole, and in 3 groups (2 channels in,
+// 3 out each: one packed weight per group).
 bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
   using engine::Space;
   std::mt19937 rng(19);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int B = 2, H = 11, W = 13, C = 6, N = 9, KH = 3, KW = 3, S = 2, P = 1, D = 2;
   const int HO = (H + 2 * P - D * (KH - 1) - 1) / S + 1, WO = (W + 2 * P - D * (KW - 1) - 1) / S + 1;
-  std::vector<float> x(static_cast<size_t>(B) * H * W * C), w(static_cast<size_t>(N) * KH * KW * C), bias(N);
-  for (auto& e : x) e = nd(rng);
-  for (auto& e : w) e = nd(rng);
-  for (auto& e : bias) e = nd(rng);
-  auto packed = pack_dense_f32(dense, w.data(), N, KH * KW * C);
-  std::vector<engine::Node> nodes(1);
-  engine::Node& nd0 = nodes[0];
-  nd0.op = engine::Op::conv2d;
-  nd0.in[0] = {Space::input, 0, 0}, nd0.in[1] = {Space::constant, 0, 0};
-  nd0.out[0] = {Space::output, 0, 0};
-  const int64_t ints[16] = {B, H, W, C, HO, WO, KH, KW, S, S, P, P, D, D, static_cast<int64_t>(Activation::relu), N};
-  std::copy(ints, ints + 16, nd0.i);
-  nd0.wkind = engine::WeightKind::dense_f32, nd0.weight = packed.get();
-  engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
-  Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
-  const void* ins[1] = {x.data()};
-  void* outs[1] = {y.data()};
-  int bad = plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok;
-  std::vector<double> want(static_cast<size_t>(B) * HO * WO * N);
-  for (int b = 0; b < B; ++b)
-    for (int oh = 0; oh < HO; ++oh)
-      for (int ow = 0; ow < WO; ++ow)
-        for (int n = 0; n < N; ++n) {
-          double s = bias[n];
-          for (int i = 0; i < KH; ++i)
-            for (int q = 0; q < KW; ++q) {
-              const int ih = oh * S - P + i * D, iw = ow * S - P + q * D;
-              if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-              for (int c = 0; c < C; ++c)
-                s += static_cast<double>(x[((static_cast<size_t>(b) * H + ih) * W + iw) * C + c]) *
-                     w[((static_cast<size_t>(n) * KH + i) * KW + q) * C + c];
-            }
-          want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = std::max(s, 0.0);
-        }
-  bad += misses("conv2d node", y.data(), want, max_abs(want), 1e-5) + !y.guards_intact();
+  int bad = 0;
+  for (const int G : {1, 3}) {
+    const int CG = C / G, NG = N / G;
+    // the rows of every group's weight one after another: row n holds group n / NG's taps (kh, kw, c)
+    std::vector<float> x(static_cast<size_t>(B) * H * W * C), w(static_cast<size_t>(N) * KH * KW * CG), bias(N);
+    for (auto& e : x) e = nd(rng);
+    for (auto& e : w) e = nd(rng);
+    for (auto& e : bias) e = nd(rng);
+    std::vector<std::unique_ptr<PackedDenseF32>> packed;
+    for (int g = 0; g < G; ++g) packed.push_back(pack_dense_f32(dense, w.data() + static_cast<size_t>(g) * NG * KH * KW * CG,
+                                                                NG, KH * KW * CG));
+    std::vector<engine::Node> nodes(1);
+    engine::Node& nd0 = nodes[0];
+    nd0.op = engine::Op::conv2d;
+    nd0.in[0] = {Space::input, 0, 0}, nd0.in[1] = {Space::constant, 0, 0};
+    nd0.out[0] = {Space::output, 0, 0};
+    const int64_t ints[16] = {B, H, W, C, HO, WO, KH, KW, S, S, P, P, D, D, static_cast<int64_t>(Activation::relu), N};
+    std::copy(ints, ints + 16, nd0.i);
+    nd0.wkind = engine::WeightKind::dense_f32, nd0.weight = packed[0].get();
+    if (G > 1) {
+      for (const auto& pw : packed) nd0.weights.push_back(pw.get());
+    }
+    engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
+    Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
+    const void* ins[1] = {x.data()};
+    void* outs[1] = {y.data()};
+    bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok;
+    std::vector<double> want(static_cast<size_t>(B) * HO * WO * N);
+    for (int b = 0; b < B; ++b)
+      for (int oh = 0; oh < HO; ++oh)
+        for (int ow = 0; ow < WO; ++ow)
+          for (int n = 0; n < N; ++n) {
+            double s = bias[n];
+            const int c0 = n / NG * CG;
+            for (int i = 0; i < KH; ++i)
+              for (int q = 0; q < KW; ++q) {
+                const int ih = oh * S - P + i * D, iw = ow * S - P + q * D;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                for (int c = 0; c < CG; ++c)
+                  s += static_cast<double>(x[((static_cast<size_t>(b) * H + ih) * W + iw) * C + c0 + c]) *
+                       w[((static_cast<size_t>(n) * KH + i) * KW + q) * CG + c];
+              }
+            want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = std::max(s, 0.0);
+          }
+    bad += misses(G > 1 ? "grouped conv2d node" : "conv2d node", y.data(), want, max_abs(want), 1e-5) +
+           !y.guards_intact();
+  }
   return bad == 0;
 }
 

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _program_bytes(program: Any) -> int:
     """Weight bytes of an engine program's products and depthwise filters (biases excluded)."""
-    names = {n.attrs["weight"] for n in program.nodes if "weight" in n.attrs}
+    names = {name for n in program.nodes for name in n.weight_names}
     names |= {n.inputs[1] for n in program.nodes if n.op == "depthwise_conv2d"}
     return sum(int(program.weights[k].nbytes) for k in names)
 

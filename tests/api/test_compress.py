@@ -94,6 +94,25 @@ def test_conv_layers_get_the_hwc_patch_order_where_the_format_allows(recipe, fmt
         assert _rel(model(batches[0]), trained_cnn(batches[0])) < (1.0 if recipe == "sparse-75+int8" else 0.6)
 
 
+@pytest.mark.parametrize("recipe, fmt", [
+    ("int8-static", "int8 static"),
+    (QuantConfig(weight=QuantSpec(bits=4, granularity="group", group_size=32)), "int4 g32"),
+])
+def test_quant_configs_deploy_grouped_convolutions(recipe, fmt):
+    """A calibrated recipe splits a grouped convolution's quantized weight into one weight per group
+    (a wrong split would be noise)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 16, 3, padding=1, groups=4), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 6 * 6, 4)).eval()
+    x = torch.randn(16, 3, 6, 6)
+    before = copy.deepcopy(model)
+    report = ec.compress(model, recipe, calibration_data=x, guard=False, progress=False)
+    assert report["2"].format == fmt and model[2].groups == 4 and len(model[2].weights) == 4
+    with torch.no_grad():
+        assert _rel(model(x), before(x)) < 0.1
+
+
 def test_int8_static_uses_calibrated_input_scales(trained_cnn, batches):
     model = copy.deepcopy(trained_cnn)
     ec.compress(model, "int8-static", calibration_data=batches, guard=False, progress=False)

@@ -35,8 +35,8 @@ CONVS = [
 ]
 
 
-def _conv_weights(n, k):
-    w = np.random.default_rng(n * 1000 + k).standard_normal((n, k)).astype(np.float32)
+def _conv_weights(n, k, seed=0):
+    w = np.random.default_rng((n * 1000 + k, seed)).standard_normal((n, k)).astype(np.float32)
     out = [("float32", w, {}), ("int8", ec.Int8Weight.from_float(w), {}),
            ("int8-static", ec.Int8Weight.from_float(w), {"act_scale": 0.02, "act_zero_point": 128}),
            ("int8-static-sym", ec.Int8Weight.from_float(w), {"act_scale": 0.03})]
@@ -85,6 +85,76 @@ def test_conv2d_oracle_against_torch(rng):
         p = g.program([back], {})
         np.testing.assert_allclose(p.reference(x), want, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-4)
+
+
+# grouped: (batch, h, w, c, n, groups, kernel, stride, padding, dilation)
+GROUPED = [
+    (2, 9, 7, 8, 12, 2, 3, 1, (1, 1, 1, 1), 1),
+    (1, 8, 8, 64, 64, 32, 3, 2, (1, 1, 1, 1), 1),    # a ResNeXt 32x4d block's 3x3
+    (1, 5, 5, 6, 12, 6, 3, 1, (1, 1, 1, 1), 1),      # one channel a group, two filters each
+    (3, 6, 6, 12, 9, 3, 1, 1, (0, 0, 0, 0), 1),      # 1x1: the groups read x's rows in place
+    (1, 11, 9, 10, 20, 5, 5, 2, (2, 1, 0, 2), 2),    # asymmetric padding, dilation
+    (9, 4, 4, 128, 64, 4, 1, 2, (0, 0, 0, 0), 1),    # 1x1 stride 2, K = 32 a group
+]
+
+
+def _grouped(g, x, wts, bias, attrs):
+    names = [g.weight(f"w{i}", w) for i, w in enumerate(wts)]
+    return g.op("conv2d", [x, bias], "conv", weight=names, **attrs)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_grouped_conv2d(tier, threads, rng, activation):
+    for b, h, w, c, n, groups, k, s, pad, d in GROUPED:
+        per = [_conv_weights(n // groups, k * k * c // groups, seed) for seed in range(groups)]  # each group its own
+        for f, (name, _, extra) in enumerate(per[0]):
+            g = GraphBuilder()
+            x = _to_nhwc(g, g.input("x", "float32", ("b", c, h, w)))
+            bias = g.weight("bias", rng.standard_normal(n)) if n % 3 else ""
+            attrs = {"kernel": [k, k], "stride": [s, s], "padding": list(pad), "dilation": [d, d]} | extra
+            if activation:
+                attrs["activation"] = activation
+            p = g.program([_grouped(g, x, [grp[f][1] for grp in per], bias, attrs)], {})
+            _check(p, _image(rng, b, h, w, c), atol=1e-5, what=f"grouped conv2d {name} {activation} "
+                   f"{(b, h, w, c, n, groups, k, s, pad, d)}")
+
+
+def test_grouped_conv2d_oracle_against_torch(rng):
+    torch = pytest.importorskip("torch")
+    for b, h, w, c, n, groups, k, s, (pt, pb, pl, pr), d in GROUPED:
+        x = _image(rng, b, h, w, c)
+        wt = rng.standard_normal((n, c // groups, k, k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+        want = torch.nn.functional.conv2d(xp, torch.from_numpy(wt), torch.from_numpy(bias), stride=s, dilation=d,
+                                          groups=groups).numpy()
+        g = GraphBuilder()
+        rows = np.split(wt.transpose(0, 2, 3, 1).reshape(n, -1), groups)
+        y = _grouped(g, _to_nhwc(g, g.input("x", "float32", ("b", c, h, w))), [np.ascontiguousarray(r) for r in rows],
+                     g.weight("bias", bias), {"kernel": [k, k], "stride": [s, s], "padding": [pt, pb, pl, pr],
+                                              "dilation": [d, d]})
+        p = g.program([g.op("transpose", [y], "nchw", perm=[0, 3, 1, 2])], {})
+        np.testing.assert_allclose(p.reference(x), want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights, match", [
+    ([(3, 24)] * 3, "divide into the 3 groups"),
+    ([(4, 36), (3, 36)], "share one format and shape"),
+    ([(4, 36), "int8"], "share one format and shape"),
+    ([(4, 36)], "a list of one per group"),
+    ([(4, 27), (4, 27)], "K = kh"),
+])
+def test_grouped_conv2d_errors(rng, weights, match):
+    g = GraphBuilder()
+    x = g.input("x", "float32", (1, 8, 8, 8))
+    ws = [rng.standard_normal((4, 36)).astype(np.float32) if w == "int8" else rng.standard_normal(w).astype(np.float32)
+          for w in weights]
+    ws = [ec.Int8Weight.from_float(w) if spec == "int8" else w for w, spec in zip(ws, weights)]
+    g.op("conv2d", [x], "node", weight=[g.weight(f"w{i}", w) for i, w in enumerate(ws)], kernel=[3, 3])
+    with pytest.raises(ValueError, match=match):
+        p = g.program(["node"], {})
+        p(np.zeros((1, 8, 8, 8), np.float32))
 
 
 # (batch, h, w, c, kernel, stride, padding, dilation)

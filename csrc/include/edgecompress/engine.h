@@ -65,7 +65,9 @@ enum class Op : int {
   concat,        // in: up to 4 arrays of i0 rows, widths i1..i4 (0: absent); out: y (i0, their sum)
   // The 2-D window ops on channels-last images: i0 batch, i1 h, i2 w, i3 c, i4 ho, i5 wo, i6 kh, i7 kw,
   // i8 sh, i9 sw, i10 pt, i11 pl, i12 dh, i13 dw (Window2d); x (i0, i1, i2, i3), y (i0, i4, i5, n).
-  conv2d,        // in: x, bias?; the linear weight (n = i15 rows of kh * kw * c: taps in (kh, kw, c) order);
+  conv2d,        // in: x, bias?; the linear weight (n = i15 rows of kh * kw * c: taps in (kh, kw, c) order),
+                 // or (grouped) weights: one per group of c / groups channels, n / groups rows of
+                 // kh * kw * c / groups each, group g's outputs the columns g * n / groups onwards;
                  // i14 = Activation of the product's epilogue + 4 * (UnaryAct + 1, or 0): the unary pass
                  // runs on each tile of output rows while it is in cache. Rows of patches are gathered
                  // into tiles of about kPatchBytes and run through the weight's product, tile by tile
@@ -97,6 +99,7 @@ struct Node {
   WeightKind wkind = WeightKind::none;  // linear: the packed weight's type
   const void* weight = nullptr;         // linear: the Packed* weight; embedding mode 3: hi
   const void* weight2 = nullptr;        // embedding mode 3: lo
+  std::vector<const void*> weights;     // grouped conv2d: each group's Packed* weight (of kind wkind)
   ActQuant aq;                          // linear on an int8 weight
   Q4Compute q4 = Q4Compute::int8;       // linear on a 4-bit weight
 };

@@ -423,16 +423,33 @@ def _from_quantized(module: nn.Module, q: Any) -> CompressedModule:
         raise NotApplicable("excluded by its QuantConfig")
     if q.weight is None:
         raise NotApplicable(f"{q.weight_spec.bits}-bit weights are simulated only (no deployment format)")
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise NotApplicable("a QuantConfig deploys grouped convolutions to no module yet")
+    groups = module.groups if isinstance(module, nn.Conv2d) else 1
     if isinstance(q.weight, Int4Weight):  # its groups run along torch's (c, kh, kw): the conv keeps that order
-        return _module(MODULES["int4", type(module)], module, [q.weight], patch_order="chw")
+        return _module(MODULES["int4", type(module)], module, _group_rows(q.weight, groups), patch_order="chw")
     weight = q.weight
     if isinstance(module, nn.Conv2d):  # per-row scales: the columns move to the faster (kh, kw, c) order freely
         qweight = weight.qweight.reshape(module.weight.shape).transpose(0, 2, 3, 1)
         weight = Int8Weight(np.ascontiguousarray(qweight).reshape(weight.shape), weight.scale)
-    return _module(MODULES["int8", type(module)], module, [weight], act_scale=q.input_scale,
+    return _module(MODULES["int8", type(module)], module, _group_rows(weight, groups), act_scale=q.input_scale,
                    act_zero_point=q.input_zero_point)
+
+
+def _group_rows(w: Int8Weight | Int4Weight, groups: int) -> list[Int8Weight | Int4Weight]:
+    """The (N, K) weight of a convolution's ``groups`` as one weight per group (its N / groups rows)."""
+    if groups == 1:
+        return [w]
+    n = w.shape[0] // groups
+
+    def rows(a: np.ndarray | None, g: int) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(a[g * n:(g + 1) * n])
+
+    if isinstance(w, Int8Weight):  # a per-tensor scale (1,) is every group's
+        return [Int8Weight(rows(w.qweight, g), w.scale if w.scale.shape == (1,) else rows(w.scale, g))
+                for g in range(groups)]
+    table = w.codebook is not None and w.codebook.ndim == 2
+    return [Int4Weight(rows(w.qweight, g), rows(w.scale, g), rows(w.zero_point, g),
+                       rows(w.codebook, g) if table else w.codebook, k=w.shape[1], compute=w.compute)
+            for g in range(groups)]
 
 
 def _module(cls: type, module: nn.Module, weights: list[Any], *, patch_order: str = "hwc",

@@ -8,12 +8,12 @@ c), the layout every window op reads, and a flatten of a feature map larger than
 residual add become that node's ``activation`` (ReLU in the product's epilogue, the others in one
 pass over the output right after it).
 
-Supported layers: Conv2d (groups 1, or depthwise with one filter per channel; zero padding), every
-compressed convolution and linear module of ``edgecompress.nn``, Linear, BatchNorm2d, ReLU, ReLU6,
-SiLU, Hardswish, Hardsigmoid, Sigmoid, GELU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d (to 1x1 or an
-exact divisor), Flatten, Dropout, Identity; the functions and methods of the same names, ``+`` and
-``*`` of tensors (a (batch, c, 1, 1) factor scales channels: squeeze-excitation), ``torch.cat`` on
-channels, ``mean`` over (2, 3). Anything else is a ValueError naming the op and the module.
+Supported layers: Conv2d (zero padding; any groups: depthwise runs its own kernel, other groups one
+product each), every compressed convolution and linear module of ``edgecompress.nn``, Linear,
+BatchNorm2d, ReLU, ReLU6, SiLU, Hardswish, Hardsigmoid, Sigmoid, GELU, MaxPool2d, AvgPool2d,
+AdaptiveAvgPool2d (to 1x1 or an exact divisor), Flatten, Dropout, Identity; the functions and
+methods of the same names, ``+`` and ``*`` of tensors (a (batch, c, 1, 1) factor scales channels:
+squeeze-excitation), ``torch.cat`` on channels, ``mean`` over (2, 3). Anything else is a ValueError naming the op and the module.
 """
 
 from __future__ import annotations
@@ -154,9 +154,7 @@ class _Import:
         bias = None if m.bias is None else m.bias.detach().float().numpy()
         name = self.name(node)
         window = {"stride": stride, "padding": pads, "dilation": dilation}
-        if groups != 1:
-            if not (groups == c == out_ch):
-                raise self.fail(node, f"a grouped convolution (groups={groups}, {c} -> {out_ch} channels)")
+        if groups == c == out_ch:  # depthwise: the engine's own kernel
             wt = (np.stack([wi.to_float() for wi in m.weights])[:, 0] if compressed
                   else m.weight.detach().float().numpy()[:, 0])  # (c, kh, kw) or (c, kh * kw)
             wt = np.ascontiguousarray(wt.reshape(c, kh, kw).transpose(1, 2, 0))
@@ -166,27 +164,33 @@ class _Import:
             v = self.b.op("depthwise_conv2d", ins, name, **window)
         else:
             if compressed:
-                wgt = m.weights[0]
+                wgts = list(m.weights)
                 if m.patch_order != "hwc":
                     raise self.fail(node, "a compressed convolution with patch order 'chw' (from_float builds 'hwc')")
                 act_args = m._act_args()
-            else:
-                wgt = m.weight.detach().float().numpy().transpose(0, 2, 3, 1).reshape(out_ch, -1)
+            else:  # (out, c / groups, kh, kw) -> each group's (out / groups, kh * kw * c / groups)
+                wt = m.weight.detach().float().numpy().transpose(0, 2, 3, 1).reshape(out_ch, -1)
+                wgts = [np.ascontiguousarray(part) for part in np.split(wt, groups)]
                 act_args = {}
             attrs: dict[str, Any] = {"kernel": [kh, kw], **window}
             if act_args.get("act_scale") is not None:
                 attrs["act_scale"] = float(act_args["act_scale"])
                 if act_args.get("act_zero_point") is not None:
                     attrs["act_zero_point"] = int(act_args["act_zero_point"])
+            wgt = wgts[0]
             if isinstance(wgt, LowRankWeight) or isinstance(m, LowRankConv2d):
+                if groups != 1:
+                    raise self.fail(node, f"a low-rank grouped convolution (groups={groups})")
                 # x conv v (rank filters), then the 1x1 product with u, the bias after it
                 t = self.b.op("conv2d", [self.value[x]], name + ".v",
                               weight=self.b.weight(name + ".v.weight", wgt.v), **attrs)
                 ins = [t] + ([self.b.weight(name + ".bias", bias)] if bias is not None else [])
                 v = self.b.op("conv2d", ins, name, weight=self.b.weight(name + ".weight", wgt.u), kernel=[1, 1])
             else:
+                names: Any = (self.b.weight(name + ".weight", wgt) if groups == 1
+                              else [self.b.weight(f"{name}.weight.{g}", wg) for g, wg in enumerate(wgts)])
                 ins = [self.value[x]] + ([self.b.weight(name + ".bias", bias)] if bias is not None else [])
-                v = self.b.op("conv2d", ins, name, weight=self.b.weight(name + ".weight", wgt), **attrs)
+                v = self.b.op("conv2d", ins, name, weight=names, **attrs)
         ho, wo = window_size(h, w, (kh, kw), tuple(stride), tuple(pads), tuple(dilation))
         self.put(node, v, (b, ho, wo, out_ch), True)
 
@@ -435,10 +439,12 @@ class _Import:
         self.put(node, v, self.shape[x], True)
 
 
-def _grouped_convs(gm: Any) -> list[str]:
+def _one_channel_convs(gm: Any) -> list[str]:
+    """The convolutions whose groups read one channel each (depthwise): their one-row weights stay
+    float32 (the engine's depthwise kernel, or tiny products that gain nothing from compression)."""
     from torch import nn
 
-    return [name for name, m in gm.named_modules() if isinstance(m, nn.Conv2d) and m.groups != 1]
+    return [name for name, m in gm.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.groups != 1]
 
 
 def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: float = 0.1,
@@ -454,10 +460,11 @@ def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: floa
     for n in compressed.nodes:
         if n.op not in ("conv2d", "linear") or n.name not in slow_c or n.name not in slow_f:
             continue
-        w = dense.weights.get(n.attrs["weight"])
-        if not isinstance(w, np.ndarray) or slow_c[n.name] <= slow_f[n.name] * (1 + margin):
+        ws = [dense.weights.get(name) for name in n.weight_names]
+        if not all(isinstance(w, np.ndarray) for w in ws) or slow_c[n.name] <= slow_f[n.name] * (1 + margin):
             continue
-        compressed.weights[n.attrs["weight"]] = w
+        for name, w in zip(n.weight_names, ws):
+            compressed.weights[name] = w
         for key in ("act_scale", "act_zero_point"):
             n.attrs.pop(key, None)
         put_back.append(n.name)
@@ -500,7 +507,7 @@ def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibratio
     report = None
     dense = _Import(gm, x).run() if recipe is not None and faster else None
     if recipe is not None:
-        exclude = list(options.pop("exclude", ())) + _grouped_convs(gm)
+        exclude = list(options.pop("exclude", ())) + _one_channel_convs(gm)
         calib = calibration_data if calibration_data is not None else tx
         report = compress(gm, recipe, calibration_data=calib, example_inputs=(tx,), guard=guard, progress=False,
                           exclude=exclude, **options)

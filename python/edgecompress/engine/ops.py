@@ -52,6 +52,13 @@ class Node:
     def to_json(self) -> dict[str, Any]:
         return {"op": self.op, "inputs": self.inputs, "outputs": self.outputs, "attrs": self.attrs, "name": self.name}
 
+    @property
+    def weight_names(self) -> list[str]:
+        """The compressed-or-float weights the node reads through its ``weight`` attribute: one name, or
+        (a grouped conv2d) a list of one per group."""
+        w = self.attrs.get("weight")
+        return [] if w is None else [w] if isinstance(w, str) else list(w)
+
 
 def _prod(shape: tuple[int, ...]) -> int:
     n = 1
@@ -231,12 +238,22 @@ def _infer_window(node: Node, s: list[Shape | None], kernel: tuple[int, int], n:
 
 
 def _infer_conv2d(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
-    """x (batch, h, w, c), bias? (n,) and the weight (n, kh * kw * c) -> (batch, ho, wo, n)."""
-    w = weights[node.attrs["weight"]]
-    n, k = w.shape
+    """x (batch, h, w, c), bias? (n,) and the weight (n, kh * kw * c) -> (batch, ho, wo, n). Grouped:
+    ``weight`` lists one weight (n / groups, kh * kw * c / groups) per group of c / groups channels,
+    all of one format; group g writes the outputs g * n / groups onwards."""
+    ws = [weights[name] for name in node.weight_names]
+    groups = len(ws)
+    ng, k = ws[0].shape
+    n = ng * groups
     kh, kw = node.attrs["kernel"]
     c = s[0][0][-1] if len(s[0][0]) == 4 else -1
-    _expect(k == kh * kw * c, f"expected the weight's K = kh * kw * c = {kh} * {kw} * {c}, got {k}")
+    if groups > 1:
+        _expect(c % groups == 0, f"expected the channels ({c}) to divide into the {groups} groups")
+        kinds = {(type(w).__name__, tuple(w.shape), getattr(w, "compute", None)) for w in ws}
+        _expect(len(kinds) == 1, f"expected the {groups} group weights to share one format and shape, got {sorted(kinds)}")
+        c //= groups
+    _expect(k == kh * kw * c, f"expected the weight's K = kh * kw * c{'/groups' if groups > 1 else ''} = "
+            f"{kh} * {kw} * {c}, got {k}")
     if s[1] is not None:
         _expect(s[1] == ((n,), "float32"), f"expected a float32 bias ({n},), got {s[1]}")
     return _infer_window(node, s, (kh, kw), n)
@@ -431,13 +448,20 @@ def _then_act(node: Node, y: np.ndarray) -> np.ndarray:
 
 def _ref_conv2d(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
     k, st, pad, dil = _window(node.attrs, node.attrs["kernel"])
-    x = a[0]
+    x, bias = a[0], a[1]
+    names = node.weight_names
+    cg = x.shape[3] // len(names)
     ho, wo = eref.window_size(x.shape[1], x.shape[2], k, st, pad, dil)
-    patches = eref.conv_patches(x, k, st, pad, dil)
     relu = node.attrs.get("activation") == "relu"
-    lin = Node("linear", ["x", "b"], ["y"], {key: v for key, v in node.attrs.items() if key in ("weight", "act_scale", "act_zero_point")}
-               | ({"activation": "relu"} if relu else {}), node.name)
-    y = _ref_linear(lin, [patches, a[1]], weights)[0].reshape(x.shape[0], ho, wo, -1)
+    ys = []
+    for g, name in enumerate(names):  # a group's patches hold its channels only
+        patches = eref.conv_patches(x[..., g * cg:(g + 1) * cg], k, st, pad, dil)
+        lin = Node("linear", ["x", "b"], ["y"], {key: v for key, v in node.attrs.items() if key in ("act_scale", "act_zero_point")}
+                   | {"weight": name} | ({"activation": "relu"} if relu else {}), node.name)
+        ng = weights[name].shape[0]
+        bg = None if bias is None else bias[g * ng:(g + 1) * ng]
+        ys.append(_ref_linear(lin, [patches, bg], weights)[0])
+    y = np.concatenate(ys, axis=-1).reshape(x.shape[0], ho, wo, -1)
     return [y if relu else _then_act(node, y)]
 
 
@@ -528,7 +552,10 @@ def _window_ints(node: Node, xs: tuple[int, ...], ys: tuple[int, ...], kernel: t
 def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[[str], tuple[Any, int, int]]) -> list[tuple[Any, ...]]:
     t = node.attrs
     xs = s[0][0]
-    pw, q4, n = packed(t["weight"])
+    groups = [packed(name) for name in node.weight_names]
+    pw, q4, n = groups[0]
+    if len(groups) > 1:  # the executor takes the list of the groups' packed weights
+        pw, n = [g[0] for g in groups], n * len(groups)
     (ys, _), = _infer_window(node, s, tuple(t["kernel"]), n)
     scale, zp = t.get("act_scale"), t.get("act_zero_point")
     scheme = 0 if scale is None else (3 if zp is not None else 2)
@@ -537,7 +564,8 @@ def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
     aq = (float(scale or 1.0), int(zp or 0))
     k, st, pad, dil = _window(t, tuple(t["kernel"]))
     unary = 0 if act is None or fused else UNARY_ACTS[act] + 1
-    if k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0) and not unary:  # a 1x1 convolution is the product
+    if len(groups) == 1 and k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0) and not unary:
+        # a 1x1 convolution is the product
         return [(NATIVE_OP["linear"], [r[0], r[1] or NO_REF], [r[-1]], [_prod(xs[:-1]), xs[-1], int(fused)], [], pw,
                  scheme, aq, q4)]
     # other activations: the executor's pass over each tile of output rows while it is in cache
@@ -742,7 +770,8 @@ ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "embedding": {"halves": ((lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)),
                              "a list of two weight names")},
     "reshape": {"shape": (_shape, "a list of ints >= -1 (0: keep that dimension), at most one -1")},
-    "conv2d": {"weight": ((lambda v: isinstance(v, str)), "a weight's name"), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
+    "conv2d": {"weight": ((lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) >= 2 and all(isinstance(x, str) for x in v))),
+                          "a weight's name, or a list of one per group (2 or more)"), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
                **_ACT, "act_scale": _float("a finite float >= 1.18e-38", lambda v: v >= np.finfo(np.float32).tiny),
                "act_zero_point": _int(0, 255)},
     "depthwise_conv2d": {**_WINDOW_ATTRS, **_ACT},

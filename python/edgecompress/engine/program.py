@@ -141,12 +141,12 @@ class Program:
                     state.add(name)
             if n.op == "pack" and n.inputs[0] not in {i.name for i in self.inputs if i.dtype == "int64"}:
                 raise ValueError(f"node {n.name!r} (pack): expected an int64 program input (the mask), got {n.inputs[0]!r}")
-            if n.op in ("linear", "conv2d"):
-                w = self.weights.get(n.attrs["weight"])
+            for wname in n.weight_names if n.op in ("linear", "conv2d") else ():
+                w = self.weights.get(wname)
                 # a released weight (a part of a split program) was checked before it was packed
                 if not isinstance(w, _Released):
                     if not isinstance(w, LINEAR_WEIGHTS) or (isinstance(w, np.ndarray) and (w.dtype != np.float32 or w.ndim != 2)):
-                        raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} is not a float32 matrix or an "
+                        raise ValueError(f"node {n.name!r}: weight {wname!r} is not a float32 matrix or an "
                                          f"Int8Weight, Int4Weight or SparseWeight")
                     # static input quantization is the int8 product's (ops.linear refuses it elsewhere too);
                     # a zero point alone would mean dynamic asymmetric to the oracle and nothing natively
@@ -158,7 +158,7 @@ class Program:
                     int8_input = isinstance(w, Int8Weight) or (isinstance(w, SparseWeight) and w.dtype == "int8")
                     max_k = MAX_K_UINT8 if "act_zero_point" in n.attrs else MAX_K
                     if int8_input and w.shape[1] > max_k:
-                        raise ValueError(f"node {n.name!r}: weight {n.attrs['weight']!r} has K = {w.shape[1]}, above "
+                        raise ValueError(f"node {n.name!r}: weight {wname!r} has K = {w.shape[1]}, above "
                                          f"{max_k}, the longest K whose int8 products sum exactly in int32")
             for o in n.outputs:
                 if o in defined:
@@ -294,12 +294,12 @@ class Program:
         held once. Afterwards the program runs at this tier only, and ``reference`` cannot run its
         linear nodes."""
         for n in self.nodes:
-            if n.op not in ("linear", "conv2d") or isinstance(self.weights[n.attrs["weight"]], _Released):
-                continue
-            name = n.attrs["weight"]
-            self._packed_weight(name)
-            w = self.weights[name]
-            self.weights[name] = _Released(tuple(w.shape), type(w).__name__, current_tier(), int(w.nbytes))
+            for name in n.weight_names if n.op in ("linear", "conv2d") else ():
+                if isinstance(self.weights[name], _Released):
+                    continue
+                self._packed_weight(name)
+                w = self.weights[name]
+                self.weights[name] = _Released(tuple(w.shape), type(w).__name__, current_tier(), int(w.nbytes))
 
     def shapes(self, *args: Any, **kwargs: Any) -> dict[str, Shape]:
         """(shape, dtype) of every input and value of the program for these inputs (nothing runs)."""

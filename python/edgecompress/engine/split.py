@@ -34,8 +34,7 @@ MAX_HEADER = 1 << 16
 
 def _node_weights(n: Any) -> set[str]:
     names = {x for x in n.inputs if x}
-    if "weight" in n.attrs:
-        names.add(n.attrs["weight"])
+    names.update(n.weight_names)
     names.update(n.attrs.get("halves", []))
     return names
 
