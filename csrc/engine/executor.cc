@@ -9,7 +9,6 @@
 #include <new>
 
 #include "edgecompress/threadpool.h"
-#include "../kernels/common/act_quant.h"
 #include "../kernels/common/vmath.h"
 
 namespace edgecompress {
@@ -133,19 +132,17 @@ void patch_row(const Window2d& p, const T* x, int ho, int64_t pixel, int c0, int
 thread_local AlignedArray<uint8_t> t_codes, t_patch8;
 
 // The image quantized once with the node's static scale (and zero point): int8 codes (symmetric) or
-// uint8 ones (asymmetric), as the product would quantize each patch row; false on NaN / Inf.
-bool quantize_image(const Node& nd, const Ctx& c, const float* x, int64_t rows, int cols, uint8_t* q) {
+// uint8 ones (asymmetric), as the product would quantize each patch row (its kernel's tier does it,
+// in runs of kRun values); false on NaN / Inf.
+bool quantize_image(const Node& nd, const Ctx& c, const float* x, int64_t n, uint8_t* q) {
+  const GemmS8Kernel& k = *static_cast<const PackedS8Weight*>(nd.weight)->kernel;
   std::atomic<bool> finite{true};
-  constexpr int64_t kRows = 256;
+  constexpr int64_t kRun = 16384;
   auto body = [&](int t) {
-    const int64_t r1 = std::min(rows, (t + 1) * kRows);
-    for (int64_t r = t * kRows; r < r1; ++r) {
-      float scale;
-      int32_t zp;
-      if (!quantize_row(x + r * cols, cols, nd.aq, 0, q + r * cols, &scale, &zp)) finite.store(false);
-    }
+    const int64_t i = t * kRun;
+    if (!k.quantize(x + i, static_cast<int>(std::min(kRun, n - i)), nd.aq, q + i)) finite.store(false);
   };
-  parallel_for(static_cast<int>((rows + kRows - 1) / kRows), c.threads, body);
+  parallel_for(static_cast<int>((n + kRun - 1) / kRun), c.threads, body);
   return finite.load();
 }
 
@@ -184,7 +181,7 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
     } catch (const std::bad_alloc&) {
       return RunStatus::out_of_memory;
     }
-    if (!quantize_image(nd, c, x, nd.i[0] * p.h * p.w, p.c, qi)) return RunStatus::nonfinite_input;
+    if (!quantize_image(nd, c, x, nd.i[0] * p.h * p.w * p.c, qi)) return RunStatus::nonfinite_input;
     q = qi;
     aq.scheme = asym ? ActScheme::raw_u8 : ActScheme::raw_s8;
   }

@@ -76,6 +76,10 @@ struct GemmS8Kernel {
   void (*end)();
   int small_m_rows;                // 0: every call runs this kernel
   const GemmS8Kernel* small_m;     // runs calls with m < small_m_rows (where the CPU has it)
+  // Quantizes n floats with a static scheme's scale (and zero point) into codes of the data's own
+  // type (int8 symmetric, uint8 asymmetric), as pack_a quantizes a row, with this tier's vectors: an
+  // image quantized once for a convolution's patches. Returns false if x has NaN or Inf.
+  bool (*quantize)(const float* x, int n, const ActQuant& q, uint8_t* codes);
 };
 
 }  // namespace edgecompress

@@ -92,7 +92,12 @@ void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
     const int a_rows = (rows + (m_align) - 1) / (m_align) * (m_align);                                         \
     return pack_a<a_signed, a_bytes, a_kr>(x, ldx, rows, k, q, strip, row_scale, row_offset, scratch, a_rows); \
   }                                                                                                            \
+  bool var##_quantize(const float* x, int n, const ActQuant& q, uint8_t* codes) {                             \
+    float scale;                                                                                               \
+    int32_t zp;                                                                                                \
+    return quantize_row(x, n, q, 0, codes, &scale, &zp);                                                       \
+  }                                                                                                            \
   }                                                                                                            \
   extern const GemmS8Kernel var = {name,  isa,   mr,    nr,           kr,     a_bytes, a_signed, m_align, needs, \
-                                   var##_pack_a, run, a_kr, begin, end,    small_m_rows, small_m};            \
+                                   var##_pack_a, run, a_kr, begin, end,    small_m_rows, small_m, var##_quantize}; \
   }
