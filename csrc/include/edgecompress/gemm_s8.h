@@ -20,6 +20,8 @@
 //   such a kernel may read B in units of a_kr too, up to a_kr / kr - 1 k-blocks past a panel's
 //   last (they meet zero activations): the packed weight ends with that much zeroed slack;
 // so the nr x kr bytes a micro-kernel needs for one k-block are contiguous, as are the rows' k-blocks.
+// A kernel may keep its strips row-major instead, [a_rows][ceil(K / a_kr)][a_kr] (avx2: its int16
+// strips are then one widening copy of each row; its pack_a and run agree on it).
 //
 // Tile kernels (amx) keep state per thread: the driver calls begin(kblocks) on a worker before it
 // runs any tile of a call and end() after its last one. Where a tile kernel's tiles pay only from

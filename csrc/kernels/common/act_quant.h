@@ -110,8 +110,10 @@ inline bool quantize_row(const float* x, int k, const ActQuant& aq, uint8_t flip
 }
 
 // Packs rows of A into a strip [kblocks][a_rows][kKr] of the kernel's A domain (kSigned) and element
-// width (kBytes). See gemm_s8.h for the meaning of row_offset.
-template <bool kSigned, int kBytes, int kKr>
+// width (kBytes), or, kRowMajor, [a_rows][kblocks][kKr]: each row's values in order (a contiguous
+// widening copy instead of one kKr-value unit per k-block scattered across the strip). See gemm_s8.h
+// for the meaning of row_offset.
+template <bool kSigned, int kBytes, int kKr, bool kRowMajor = false>
 bool pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& aq, void* strip_v,
             float* row_scale, int32_t* row_offset, uint8_t* scratch, int a_rows) {
   const int kblocks = (k + kKr - 1) / kKr;
@@ -137,6 +139,19 @@ bool pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& aq, v
       for (int i = k; i < kblocks * kKr; ++i) scratch[i] = 0;
     } else {
       std::memset(scratch, 0, static_cast<size_t>(kblocks) * kKr);
+    }
+    if (kRowMajor) {
+      const int kp = kblocks * kKr;
+      uint8_t* row = strip + static_cast<size_t>(r) * kp * kBytes;
+      if (kBytes == 1) {
+        std::memcpy(row, scratch, kp);
+      } else {
+        int16_t* dst = reinterpret_cast<int16_t*>(row);
+        for (int i = 0; i < kp; ++i) {
+          dst[i] = kSigned ? static_cast<int16_t>(static_cast<int8_t>(scratch[i])) : static_cast<int16_t>(scratch[i]);
+        }
+      }
+      continue;
     }
     for (int kb = 0; kb < kblocks; ++kb) {
       const uint8_t* src = scratch + kb * kKr;

@@ -87,7 +87,7 @@ void run_amx(const GemmS8Tile& t) {
 #if defined(EC_AMX_TILE_MODEL)
 // The tile model runs every row count through the tiles: no small-M kernel.
 EC_GEMM_S8_KERNEL_WITH(gemm_s8_amx_model, "gemm_s8_16x64_amx_model", Isa::amx, kMr, kNr, kKr, kAKr, 1, false, kMr,
-                       0u, run_amx, begin_tiles, end_tiles, 0, nullptr)
+                       0u, run_amx, begin_tiles, end_tiles, 0, nullptr, false)
 #else
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VNNI__)
 #error "gemm_s8_amx.cc must be compiled with the amx tier flags"
@@ -96,5 +96,5 @@ namespace edgecompress {
 extern const GemmS8Kernel gemm_s8_avx512vnni;
 }
 EC_GEMM_S8_KERNEL_WITH(gemm_s8_amx, "gemm_s8_16x64_amx", Isa::amx, kMr, kNr, kKr, kAKr, 1, false, kMr, kNeedsAmx,
-                       run_amx, begin_tiles, end_tiles, kSmallMRows, &gemm_s8_avx512vnni)
+                       run_amx, begin_tiles, end_tiles, kSmallMRows, &gemm_s8_avx512vnni, false)
 #endif

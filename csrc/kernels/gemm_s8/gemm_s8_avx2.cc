@@ -34,5 +34,5 @@ struct Ops {
 }  // namespace
 }  // namespace edgecompress
 
-EC_GEMM_S8_KERNEL(gemm_s8_avx2, "gemm_s8_6x16_avx2", Isa::avx2, kMr, kNr, kKr, 2, false, 1, kNeedsAvx2,
-                  (x86_run<Ops, kMr, kNr>))
+EC_GEMM_S8_KERNEL_ROW_MAJOR(gemm_s8_avx2, "gemm_s8_6x16_avx2", Isa::avx2, kMr, kNr, kKr, 2, false, 1, kNeedsAvx2,
+                            (x86_run<Ops, kMr, kNr, true>))

@@ -79,18 +79,24 @@ void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
 // Defines the registry entry of one kernel. Its pack_a wrapper binds the tier's packing parameters.
 #define EC_GEMM_S8_KERNEL(var, name, isa, mr, nr, kr, a_bytes, a_signed, m_align, needs, run)                   \
   EC_GEMM_S8_KERNEL_WITH(var, name, isa, mr, nr, kr, kr, a_bytes, a_signed, m_align, needs, run, nullptr, nullptr, 0, \
-                         nullptr)
+                         nullptr, false)
+
+// The same with the A strips row-major (pack_a's kRowMajor; the kernel's run reads them so).
+#define EC_GEMM_S8_KERNEL_ROW_MAJOR(var, name, isa, mr, nr, kr, a_bytes, a_signed, m_align, needs, run)         \
+  EC_GEMM_S8_KERNEL_WITH(var, name, isa, mr, nr, kr, kr, a_bytes, a_signed, m_align, needs, run, nullptr, nullptr, 0, \
+                         nullptr, true)
 
 // The same with every field of GemmS8Kernel: the A strip's k unit, the per-call hooks and the
-// small-M kernel (the tile kernels' fields).
+// small-M kernel (the tile kernels' fields), and whether the A strips are row-major.
 #define EC_GEMM_S8_KERNEL_WITH(var, name, isa, mr, nr, kr, a_kr, a_bytes, a_signed, m_align, needs, run, begin,   \
-                               end, small_m_rows, small_m)                                                       \
+                               end, small_m_rows, small_m, row_major)                                            \
   namespace edgecompress {                                                                                     \
   namespace {                                                                                                  \
   bool var##_pack_a(const void* x, ptrdiff_t ldx, int rows, int k, const ActQuant& q, void* strip,             \
                     float* row_scale, int32_t* row_offset, uint8_t* scratch) {                                \
     const int a_rows = (rows + (m_align) - 1) / (m_align) * (m_align);                                         \
-    return pack_a<a_signed, a_bytes, a_kr>(x, ldx, rows, k, q, strip, row_scale, row_offset, scratch, a_rows); \
+    return pack_a<a_signed, a_bytes, a_kr, row_major>(x, ldx, rows, k, q, strip, row_scale, row_offset, scratch, \
+                                                      a_rows);                                                 \
   }                                                                                                            \
   bool var##_quantize(const float* x, int n, const ActQuant& q, uint8_t* codes) {                             \
     float scale;                                                                                               \

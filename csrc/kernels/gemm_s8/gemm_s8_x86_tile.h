@@ -13,7 +13,9 @@
 namespace edgecompress {
 namespace {
 
-template <class Ops, int kNr, int M>
+// kRowMajor: the strip holds each row's k-blocks in order ([M][kblocks][4 bytes]; pack_a's kRowMajor)
+// rather than the rows of each k-block.
+template <class Ops, int kNr, int M, bool kRowMajor>
 void x86_tile(const GemmS8Tile& t) {
   using V = typename Ops::Vec;
   constexpr int kVecs = kNr / Ops::kLanes;
@@ -31,7 +33,7 @@ void x86_tile(const GemmS8Tile& t) {
     for (int v = 0; v < kVecs; ++v) bv[v] = Ops::load_b(b + kb * kPanelStep + v * Ops::kBBytes);
     for (int r = 0; r < M; ++r) {
       int32_t av;
-      std::memcpy(&av, a + (kb * M + r) * 4, 4);
+      std::memcpy(&av, a + (kRowMajor ? static_cast<ptrdiff_t>(r) * t.kblocks + kb : kb * M + r) * 4, 4);
       const V va = Ops::broadcast(av);
       for (int v = 0; v < kVecs; ++v) acc[u][r][v] = Ops::mac(acc[u][r][v], va, bv[v]);
     }
@@ -51,9 +53,9 @@ void x86_tile(const GemmS8Tile& t) {
   finish_tile<kNr>(out, t);
 }
 
-template <class Ops, int kMr, int kNr>
+template <class Ops, int kMr, int kNr, bool kRowMajor = false>
 void x86_run(const GemmS8Tile& t) {
-  with_rows<kMr>(t.m, [&](auto rows) { x86_tile<Ops, kNr, decltype(rows)::value>(t); });
+  with_rows<kMr>(t.m, [&](auto rows) { x86_tile<Ops, kNr, decltype(rows)::value, kRowMajor>(t); });
 }
 
 }  // namespace
