@@ -18,6 +18,7 @@
 #include <cstring>
 #include <random>
 #include <memory>
+#include <utility>
 #include <string>
 #include <thread>
 #include <vector>
@@ -627,16 +628,18 @@ bool check_window_ops(const EngineKernel& k) {
 }
 
 // A conv2d node (2 images 11 x 13 x 6 -> 9 channels, 3 x 3, stride 2, padding 1, dilation 2) run by a
-// plan on dense_f32 weights against the direct convolution: whole, and in 3 groups (2 channels in,
-// 3 out each: one packed weight per group).
+// plan on dense_f32 weights against the direct convolution: whole, in 3 groups (2 channels in, 3 out
+// each: one packed weight per group), and on 3 channels (engine_f32's conv_row, no patches).
 bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
   using engine::Space;
   std::mt19937 rng(19);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  const int B = 2, H = 11, W = 13, C = 6, N = 9, KH = 3, KW = 3, S = 2, P = 1, D = 2;
+  const int B = 2, H = 11, W = 13, N = 9, KH = 3, KW = 3, S = 2, P = 1, D = 2;
   const int HO = (H + 2 * P - D * (KH - 1) - 1) / S + 1, WO = (W + 2 * P - D * (KW - 1) - 1) / S + 1;
   int bad = 0;
-  for (const int G : {1, 3}) {
+  // (channels, groups): patches and the product; 3 groups; 3 channels (computed directly, conv_row)
+  for (const auto& cg_pair : {std::pair<int, int>{6, 1}, {6, 3}, {3, 1}}) {
+    const int C = cg_pair.first, G = cg_pair.second;
     const int CG = C / G, NG = N / G;
     // the rows of every group's weight one after another: row n holds group n / NG's taps (kh, kw, c)
     std::vector<float> x(static_cast<size_t>(B) * H * W * C), w(static_cast<size_t>(N) * KH * KW * CG), bias(N);
@@ -679,8 +682,8 @@ bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
               }
             want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = std::max(s, 0.0);
           }
-    bad += misses(G > 1 ? "grouped conv2d node" : "conv2d node", y.data(), want, max_abs(want), 1e-5) +
-           !y.guards_intact();
+    bad += misses(G > 1 ? "grouped conv2d node" : C <= 4 ? "direct conv2d node" : "conv2d node", y.data(), want,
+                  max_abs(want), 1e-5) + !y.guards_intact();
   }
   return bad == 0;
 }

@@ -59,6 +59,13 @@ struct EngineKernel {
   // inside the image, 1 their mean over kh * kw (padding counted as zeros), 2 their mean over the taps
   // inside the image.
   void (*pool_row)(const Window2d& p, int mode, const float* x, int oh, float* y);
+  // Output row oh (p.wo pixels of n channels) of a convolution of x (one image) computed directly,
+  // without patches (for few input channels: an image's first layer): channel j of pixel (oh, ow) is
+  // bias[j] + the sum over the taps (i, t) inside the image and their channels c of x[..][..][c] times
+  // the weight at k = (i * kw + t) * c + c, read from dense_f32 panels w ([ceil(n / 16)][k][16],
+  // columns past n zero), then ReLU when relu. bias (may be null) holds ceil(n / 16) * 16 values.
+  void (*conv_row)(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu,
+                   int oh, float* y);
 };
 
 }  // namespace edgecompress

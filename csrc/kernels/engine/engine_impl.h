@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "edgecompress/dense_f32.h"
 #include "edgecompress/engine_ops.h"
 #include "../common/mca.h"
 #include "../common/vmath.h"
@@ -315,6 +316,92 @@ void depthwise_row(const Window2d& p, const float* x, const float* w, const floa
   for (ow = hi; ow < p.wo; ++ow) edge(ow);
 }
 
+// Output vectors v0 .. v0 + V - 1 (channels (v0 + v) W ..) of U pixels ow .. ow + U - 1 of a direct
+// convolution (see conv_row). interior: every pixel's taps lie inside the image's columns and the
+// kernel rows i0 .. i1 - 1 inside its rows (then U pixels share each weight load); else U = 1 and
+// the taps inside the image are walked one by one.
+template <int U, int V>
+inline void conv_pixels(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu,
+                        int oh, int ow, int v0, bool interior, int i0, int i1, float* y) {
+  vf acc[U][V];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[u][v] = bias != nullptr ? load(bias + (v0 + v) * W) : vf{};
+  // vector v of the weight's row kk at wv0[v] + kk * 16: panel (lane / 16) holds its 16 columns for every k
+  const float* wv0[V];
+  for (int v = 0; v < V; ++v) {
+    const int lane = (v0 + v) * W;
+    wv0[v] = w + static_cast<ptrdiff_t>(lane / kDensePanel) * k * kDensePanel + lane % kDensePanel;
+  }
+  if (interior) {
+    const ptrdiff_t step = static_cast<ptrdiff_t>(p.sw) * p.c;
+    for (int i = i0; i < i1; ++i) {
+      const float* xr = x + static_cast<ptrdiff_t>(oh * p.sh - p.pt + i * p.dh) * p.w * p.c;
+      for (int t = 0; t < p.kw; ++t) {
+        const float* xp = xr + static_cast<ptrdiff_t>(ow * p.sw - p.pl + t * p.dw) * p.c;
+        const ptrdiff_t k0 = (static_cast<ptrdiff_t>(i) * p.kw + t) * p.c * kDensePanel;
+        for (int c = 0; c < p.c; ++c) {
+          vf wv[V];
+          for (int v = 0; v < V; ++v) wv[v] = load(wv0[v] + k0 + c * kDensePanel);
+          for (int u = 0; u < U; ++u) {
+            const float xv = xp[u * step + c];
+            for (int v = 0; v < V; ++v) acc[u][v] += wv[v] * xv;
+          }
+        }
+      }
+    }
+  } else {
+    for_taps(p, oh, ow, [&](ptrdiff_t tap, ptrdiff_t at) {
+      for (int c = 0; c < p.c; ++c) {
+        const float xv = x[at + c];
+        for (int v = 0; v < V; ++v) acc[0][v] += load(wv0[v] + (tap * p.c + c) * kDensePanel) * xv;
+      }
+    });
+  }
+  for (int u = 0; u < U; ++u) {
+    float* yo = y + static_cast<ptrdiff_t>(ow + u) * n;
+    for (int v = 0; v < V; ++v) {
+      const vf r = relu ? (acc[u][v] > vf{} ? acc[u][v] : vf{}) : acc[u][v];
+      const int lane = (v0 + v) * W;
+      if (lane + W <= n) {
+        store(yo + lane, r);
+      } else {  // the last channels: part of a vector
+        float tail[W];
+        store(tail, r);
+        for (int j = lane; j < n; ++j) yo[j] = tail[j - lane];
+      }
+    }
+  }
+}
+
+template <int V>
+void conv_vectors(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu, int oh,
+                  int v0, int i0, int i1, int lo, int hi, float* y) {
+  // U x V accumulators: 10 (16 vector registers: with V weights and a broadcast) or 20 (32 registers)
+  constexpr int U = (W == 8 ? 10 : 20) / V;
+  for (int ow = 0; ow < lo; ++ow) conv_pixels<1, V>(p, x, w, k, n, bias, relu, oh, ow, v0, false, i0, i1, y);
+  int ow = lo;
+  for (; ow + U <= hi; ow += U) conv_pixels<U, V>(p, x, w, k, n, bias, relu, oh, ow, v0, true, i0, i1, y);
+  for (; ow < hi; ++ow) conv_pixels<1, V>(p, x, w, k, n, bias, relu, oh, ow, v0, true, i0, i1, y);
+  for (ow = hi; ow < p.wo; ++ow) conv_pixels<1, V>(p, x, w, k, n, bias, relu, oh, ow, v0, false, i0, i1, y);
+}
+
+void conv_row(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu, int oh,
+              float* y) {
+  int i0 = 0, i1 = p.kh;
+  while (i0 < i1 && oh * p.sh - p.pt + i0 * p.dh < 0) ++i0;
+  while (i1 > i0 && oh * p.sh - p.pt + (i1 - 1) * p.dh >= p.h) --i1;
+  const int lo = std::min(p.wo, (p.pl + p.sw - 1) / p.sw);
+  const int last = p.w + p.pl - (p.kw - 1) * p.dw - 1;  // the largest ow * sw that fits
+  const int hi = std::max(lo, std::min(p.wo, last < 0 ? 0 : last / p.sw + 1));
+  const int nv = (n + W - 1) / W;
+  int v0 = 0;
+  if (W != 8) {
+    for (; v0 + 4 <= nv; v0 += 4) conv_vectors<4>(p, x, w, k, n, bias, relu, oh, v0, i0, i1, lo, hi, y);
+  }
+  for (; v0 + 2 <= nv; v0 += 2) conv_vectors<2>(p, x, w, k, n, bias, relu, oh, v0, i0, i1, lo, hi, y);
+  for (; v0 < nv; ++v0) conv_vectors<1>(p, x, w, k, n, bias, relu, oh, v0, i0, i1, lo, hi, y);
+}
+
 // Channels j .. j + V of pixel (oh, ow) of a pooling (V = W, or 1 for the tail).
 template <int V>
 inline void pool_pixel(const Window2d& p, int mode, const float* x, int oh, int ow, int j, float* y) {
@@ -354,5 +441,5 @@ void pool_row(const Window2d& p, int mode, const float* x, int oh, float* y) {
   namespace edgecompress {                      \
   extern const EngineKernel sym;                \
   const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, dot_rows, gemm_nn, \
-                             unary, depthwise_row, pool_row}; \
+                             unary, depthwise_row, pool_row, conv_row}; \
   }
