@@ -237,6 +237,28 @@ def test_the_readme_cnn_example_runs_verbatim():
     assert namespace["logits"].shape == (1, 1000) and namespace["program"].info["error"] < 0.02
 
 
+def test_keep_faster_is_not_fooled_by_a_slow_phase_of_the_machine(monkeypatch):
+    """Every node ties, but the machine runs 3x slower during the first profile of the compressed
+    program: a verdict from one profile of each program would put every product back."""
+    from edgecompress.engine.cnn import keep_faster
+
+    model = zoo.build("mobilenet_v3_small")
+    x = _x((1, 3, 64, 64))
+    dense = export(model, x)
+    prog = export(model, x, "int8-static", faster=False)
+    names = [n.name for n in prog.nodes]
+    calls = {"prog": 0}
+
+    def slow_once(*a, **k):
+        calls["prog"] += 1
+        return {"nodes": [(n, "", 3.0 if calls["prog"] == 1 else 1.0) for n in names]}
+
+    monkeypatch.setattr(prog, "profile", slow_once)
+    monkeypatch.setattr(dense, "profile", lambda *a, **k: {"nodes": [(n, "", 1.0) for n in names]})
+    assert keep_faster(prog, dense, x.numpy()) == []
+    assert calls["prog"] == 10  # one profile a round, in turns with the float program's
+
+
 def test_keep_faster_puts_back_the_float_weight_of_slower_products(monkeypatch):
     from edgecompress.engine.cnn import keep_faster
 

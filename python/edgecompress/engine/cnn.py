@@ -453,15 +453,21 @@ def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: floa
     engine's own profile on x times more than ``margin`` slower than the same node of ``dense`` (the
     program of the same graph in float32: its weights under the same names), in place; returns
     their names. On a CPU without fast int8 arithmetic a product with few output channels, or the 3-
-    channel stem, can cost more to quantize than it saves."""
-    slow_c = {name: t for name, op, t in compressed.profile(x, rounds=rounds)["nodes"]}
-    slow_f = {name: t for name, op, t in dense.profile(x, rounds=rounds)["nodes"]}
+    channel stem, can cost more to quantize than it saves. The two programs are profiled in turns,
+    ``rounds`` times, and a node's verdict is the median of its rounds' ratios: a slower phase of a
+    shared machine slows both sides of a round alike instead of one program's whole profile."""
+    ratios: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        f32 = {name: t for name, op, t in dense.profile(x, rounds=1)["nodes"]}
+        for name, op, t in compressed.profile(x, rounds=1)["nodes"]:
+            if f32.get(name, 0.0) > 0.0:
+                ratios.setdefault(name, []).append(t / f32[name])
     put_back = []
     for n in compressed.nodes:
-        if n.op not in ("conv2d", "linear") or n.name not in slow_c or n.name not in slow_f:
+        if n.op not in ("conv2d", "linear") or n.name not in ratios:
             continue
         ws = [dense.weights.get(name) for name in n.weight_names]
-        if not all(isinstance(w, np.ndarray) for w in ws) or slow_c[n.name] <= slow_f[n.name] * (1 + margin):
+        if not all(isinstance(w, np.ndarray) for w in ws) or float(np.median(ratios[n.name])) <= 1 + margin:
             continue
         for name, w in zip(n.weight_names, ws):
             compressed.weights[name] = w
