@@ -273,6 +273,8 @@ def test_profile():
     assert set(prof["ops"]) == {n.op for n in program.nodes} | {"gelu"}
     times = [t for _, _, t in prof["nodes"]]
     assert all(t > 0 for t in times)
+    cold = _export(model, ids, mask).profile(ids, mask, rounds=1, warmup=False)  # planned, then one timed run
+    assert [name for name, _, _ in cold["nodes"]] == names and all(t > 0 for _, _, t in cold["nodes"])
     assert sum(times) == pytest.approx(prof["native"], rel=1e-9)
     assert sum(prof["ops"].values()) == pytest.approx(prof["native"], rel=1e-9)
     # the nodes' times are the native call's time: below the wall time of a whole call, and most of it

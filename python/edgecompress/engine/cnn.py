@@ -457,9 +457,10 @@ def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: floa
     ``rounds`` times, and a node's verdict is the median of its rounds' ratios: a slower phase of a
     shared machine slows both sides of a round alike instead of one program's whole profile."""
     ratios: dict[str, list[float]] = {}
+    dense(x), compressed(x)  # warm: plans, packed weights, caches
     for _ in range(rounds):
-        f32 = {name: t for name, op, t in dense.profile(x, rounds=1)["nodes"]}
-        for name, op, t in compressed.profile(x, rounds=1)["nodes"]:
+        f32 = {name: t for name, op, t in dense.profile(x, rounds=1, warmup=False)["nodes"]}
+        for name, op, t in compressed.profile(x, rounds=1, warmup=False)["nodes"]:
             if f32.get(name, 0.0) > 0.0:
                 ratios.setdefault(name, []).append(t / f32[name])
     put_back = []

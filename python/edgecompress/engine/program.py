@@ -430,13 +430,13 @@ class Program:
             outs, _, _ = self._run(args, kwargs, False)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def profile(self, *args: Any, rounds: int = 10, **kwargs: Any) -> dict[str, Any]:
-        """Time per node and per op type over ``rounds`` runs (after one warm-up run): a dict with
-        ``"nodes"`` [(name, op, seconds)], ``"ops"`` {op: seconds}, ``"native"`` (the sum) and
-        ``"total"`` (wall time of a whole call, Python included), all per run."""
+    def profile(self, *args: Any, rounds: int = 10, warmup: bool = True, **kwargs: Any) -> dict[str, Any]:
+        """Time per node and per op type over ``rounds`` runs (after one warm-up run, unless ``warmup``
+        is False): a dict with ``"nodes"`` [(name, op, seconds)], ``"ops"`` {op: seconds}, ``"native"``
+        (the sum) and ``"total"`` (wall time of a whole call, Python included), all per run."""
         import time
 
-        _, _, plan = self._run(args, kwargs, True)
+        plan = self._run(args, kwargs, True)[2] if warmup else self._get_plan(self._arrays(args, kwargs))
         names = plan.labels
         acc = np.zeros(len(names))
         t0 = time.perf_counter()
