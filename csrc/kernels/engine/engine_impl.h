@@ -294,14 +294,25 @@ inline void dw_interior(const Window2d& p, const float* x, const float* w, const
   }
 }
 
-void depthwise_row(const Window2d& p, const float* x, const float* w, const float* bias, int oh, float* y) {
-  // the kernel rows inside the image, and the output columns whose taps are all inside it
-  int i0 = 0, i1 = p.kh;
-  while (i0 < i1 && oh * p.sh - p.pt + i0 * p.dh < 0) ++i0;
-  while (i1 > i0 && oh * p.sh - p.pt + (i1 - 1) * p.dh >= p.h) --i1;
-  const int lo = std::min(p.wo, (p.pl + p.sw - 1) / p.sw);
+// Of output row oh: the kernel rows i0 .. i1 - 1 inside the image, and the output columns lo .. hi - 1
+// whose taps all lie inside its columns.
+struct RowInterior {
+  int i0, i1, lo, hi;
+};
+
+inline RowInterior row_interior(const Window2d& p, int oh) {
+  RowInterior r{0, p.kh, 0, 0};
+  while (r.i0 < r.i1 && oh * p.sh - p.pt + r.i0 * p.dh < 0) ++r.i0;
+  while (r.i1 > r.i0 && oh * p.sh - p.pt + (r.i1 - 1) * p.dh >= p.h) --r.i1;
+  r.lo = std::min(p.wo, (p.pl + p.sw - 1) / p.sw);
   const int last = p.w + p.pl - (p.kw - 1) * p.dw - 1;  // the largest ow * sw that fits
-  const int hi = std::max(lo, std::min(p.wo, last < 0 ? 0 : last / p.sw + 1));
+  r.hi = std::max(r.lo, std::min(p.wo, last < 0 ? 0 : last / p.sw + 1));
+  return r;
+}
+
+void depthwise_row(const Window2d& p, const float* x, const float* w, const float* bias, int oh, float* y) {
+  const RowInterior ri = row_interior(p, oh);
+  const int i0 = ri.i0, i1 = ri.i1, lo = ri.lo, hi = ri.hi;
   auto edge = [&](int ow) {
     float* yo = y + static_cast<ptrdiff_t>(ow) * p.c;
     int j = 0;
@@ -387,12 +398,8 @@ void conv_vectors(const Window2d& p, const float* x, const float* w, int k, int 
 
 void conv_row(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu, int oh,
               float* y) {
-  int i0 = 0, i1 = p.kh;
-  while (i0 < i1 && oh * p.sh - p.pt + i0 * p.dh < 0) ++i0;
-  while (i1 > i0 && oh * p.sh - p.pt + (i1 - 1) * p.dh >= p.h) --i1;
-  const int lo = std::min(p.wo, (p.pl + p.sw - 1) / p.sw);
-  const int last = p.w + p.pl - (p.kw - 1) * p.dw - 1;  // the largest ow * sw that fits
-  const int hi = std::max(lo, std::min(p.wo, last < 0 ? 0 : last / p.sw + 1));
+  const RowInterior ri = row_interior(p, oh);
+  const int i0 = ri.i0, i1 = ri.i1, lo = ri.lo, hi = ri.hi;
   const int nv = (n + W - 1) / W;
   int v0 = 0;
   if (W != 8) {
