@@ -237,6 +237,17 @@ def test_the_readme_cnn_example_runs_verbatim():
     assert namespace["logits"].shape == (1, 1000) and namespace["program"].info["error"] < 0.02
 
 
+def test_profile_by_node_sums_a_program_node_s_native_nodes():
+    """A 1x1 convolution runs as a native linear node ("name/linear" in the profile's nodes); by_node
+    gives every product under its program node's name, which keep_faster judges."""
+    model = zoo.build("mobilenet_v3_small")
+    x = _x((1, 3, 64, 64))
+    prof = export(model, x, "int8-static", faster=False).profile(x.numpy(), rounds=1)
+    lowered = [name for name, op, _ in prof["nodes"] if name.endswith("/linear")]
+    assert lowered and all(name.split("/")[0] in prof["by_node"] for name in lowered)
+    assert sum(prof["by_node"].values()) == pytest.approx(prof["native"], rel=1e-9)
+
+
 def test_keep_faster_is_not_fooled_by_a_slow_phase_of_the_machine(monkeypatch):
     """Every node ties, but the machine runs 3x slower during the first profile of the compressed
     program: a verdict from one profile of each program would put every product back."""
@@ -251,10 +262,10 @@ def test_keep_faster_is_not_fooled_by_a_slow_phase_of_the_machine(monkeypatch):
 
     def slow_once(*a, **k):
         calls["prog"] += 1
-        return {"nodes": [(n, "", 3.0 if calls["prog"] == 1 else 1.0) for n in names]}
+        return {"by_node": {n: 3.0 if calls["prog"] == 1 else 1.0 for n in names}}
 
     monkeypatch.setattr(prog, "profile", slow_once)
-    monkeypatch.setattr(dense, "profile", lambda *a, **k: {"nodes": [(n, "", 1.0) for n in names]})
+    monkeypatch.setattr(dense, "profile", lambda *a, **k: {"by_node": {n: 1.0 for n in names}})
     assert keep_faster(prog, dense, x.numpy()) == []
     assert calls["prog"] == 10  # one profile a round, in turns with the float program's
 
@@ -271,8 +282,8 @@ def test_keep_faster_puts_back_the_float_weight_of_slower_products(monkeypatch):
     fast = next(n for n in prog.nodes if n.op == "linear" and "act_scale" in n.attrs)
     times = {n.name: 1.0 for n in prog.nodes}
     times[slow.name] = 2.0  # the compressed stem "measures" twice the float one; the rest ties
-    monkeypatch.setattr(prog, "profile", lambda *a, **k: {"nodes": [(n, "", t) for n, t in times.items()]})
-    monkeypatch.setattr(dense, "profile", lambda *a, **k: {"nodes": [(n, "", 1.0) for n in times]})
+    monkeypatch.setattr(prog, "profile", lambda *a, **k: {"by_node": dict(times)})
+    monkeypatch.setattr(dense, "profile", lambda *a, **k: {"by_node": {n: 1.0 for n in times}})
     before = prog(x.numpy())
     assert keep_faster(prog, dense, x.numpy()) == [slow.name]
     assert isinstance(prog.weights[slow.attrs["weight"]], np.ndarray) and "act_scale" not in slow.attrs

@@ -458,9 +458,9 @@ def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: floa
     shared machine slows both sides of a round alike instead of one program's whole profile."""
     ratios: dict[str, list[float]] = {}
     dense(x), compressed(x)  # warm: plans, packed weights, caches
-    for _ in range(rounds):
-        f32 = {name: t for name, op, t in dense.profile(x, rounds=1, warmup=False)["nodes"]}
-        for name, op, t in compressed.profile(x, rounds=1, warmup=False)["nodes"]:
+    for _ in range(rounds):  # per program node (a 1x1 convolution runs as a native linear node)
+        f32 = dense.profile(x, rounds=1, warmup=False)["by_node"]
+        for name, t in compressed.profile(x, rounds=1, warmup=False)["by_node"].items():
             if f32.get(name, 0.0) > 0.0:
                 ratios.setdefault(name, []).append(t / f32[name])
     put_back = []

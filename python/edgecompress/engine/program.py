@@ -432,8 +432,10 @@ class Program:
 
     def profile(self, *args: Any, rounds: int = 10, warmup: bool = True, **kwargs: Any) -> dict[str, Any]:
         """Time per node and per op type over ``rounds`` runs (after one warm-up run, unless ``warmup``
-        is False): a dict with ``"nodes"`` [(name, op, seconds)], ``"ops"`` {op: seconds}, ``"native"``
-        (the sum) and ``"total"`` (wall time of a whole call, Python included), all per run."""
+        is False): a dict with ``"nodes"`` [(name, op, seconds)] of each native node (a program node
+        lowered to another op, or to several, is "name/op"), ``"by_node"`` {program node: seconds of its
+        native nodes}, ``"ops"`` {op: seconds}, ``"native"`` (the sum) and ``"total"`` (wall time of a
+        whole call, Python included), all per run."""
         import time
 
         plan = self._run(args, kwargs, True)[2] if warmup else self._get_plan(self._arrays(args, kwargs))
@@ -446,10 +448,12 @@ class Program:
         total = (time.perf_counter() - t0) / rounds
         acc /= rounds
         ops: dict[str, float] = {}
-        for (name, op), t in zip(names, acc):
+        by_node: dict[str, float] = {}
+        for (name, op), owner, t in zip(names, plan.owners, acc):
             ops[op] = ops.get(op, 0.0) + float(t)
+            by_node[owner.name] = by_node.get(owner.name, 0.0) + float(t)
         return {"nodes": [(name, op, float(t)) for (name, op), t in zip(names, acc)], "ops": ops,
-                "native": float(acc.sum()), "total": total}
+                "by_node": by_node, "native": float(acc.sum()), "total": total}
 
     def _profile_table(self, labels: list[tuple[str, str]], seconds: list[float]) -> str:
         ops: dict[str, float] = {}

@@ -294,12 +294,7 @@ class SplitPlan:
 
 def node_seconds(program: Program, *example_args: Any, rounds: int = 10) -> list[float]:
     """Seconds per program node (its native nodes summed; a view costs nothing), from ``profile``."""
-    prof = program.profile(*example_args, rounds=rounds)
-    names = {n.name for n in program.nodes}
-    per: dict[str, float] = {}
-    for label, _, t in prof["nodes"]:
-        name = label if label in names else label.rsplit("/", 1)[0]
-        per[name] = per.get(name, 0.0) + t
+    per = program.profile(*example_args, rounds=rounds)["by_node"]
     return [per.get(n.name, 0.0) for n in program.nodes]
 
 
