@@ -155,7 +155,6 @@ thread_local AlignedArray<float> t_group;
 // one task per output row, from the dense_f32 panels (engine_f32's conv_row); im2col patches of 3
 // channels cost more to gather than their products (MobileNetV3's stem: 0.61 ms at 18 GFLOPS).
 constexpr int kDirectMaxChannels = 4;
-thread_local AlignedArray<float> t_bias;
 
 RunStatus run_conv_direct(const Node& nd, const Ctx& c, const Window2d& p, int ho, int unary) {
   const float* x = at<const float>(c, nd.in[0]);
@@ -168,22 +167,10 @@ RunStatus run_conv_direct(const Node& nd, const Ctx& c, const Window2d& p, int h
   if (rows_nonfinite(x, in_image, static_cast<int>(nd.i[0]), static_cast<int>(in_image))) {
     return RunStatus::nonfinite_input;
   }
-  const float* b = nullptr;
-  if (bias != nullptr) {  // padded to whole panels: the kernel loads whole vectors
-    float* padded;
-    try {
-      padded = ensure_size(t_bias, static_cast<size_t>(w.panels) * kDensePanel);
-    } catch (const std::bad_alloc&) {
-      return RunStatus::out_of_memory;
-    }
-    std::fill(padded, padded + static_cast<size_t>(w.panels) * kDensePanel, 0.0f);
-    std::copy(bias, bias + n, padded);
-    b = padded;
-  }
   auto body = [&](int t) {
     const int64_t img = t / ho;
     float* yr = y + t * row;
-    c.k->conv_row(p, x + img * in_image, w.data, w.k, n, b, relu, t % ho, yr);
+    c.k->conv_row(p, x + img * in_image, w.data, w.k, n, bias, relu, t % ho, yr);
     if (unary >= 0) c.k->unary(unary, yr, yr, row);
   };
   parallel_for(static_cast<int>(nd.i[0] * ho), c.threads, body);

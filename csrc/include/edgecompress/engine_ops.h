@@ -63,7 +63,7 @@ struct EngineKernel {
   // without patches (for few input channels: an image's first layer): channel j of pixel (oh, ow) is
   // bias[j] + the sum over the taps (i, t) inside the image and their channels c of x[..][..][c] times
   // the weight at k = (i * kw + t) * c + c, read from dense_f32 panels w ([ceil(n / 16)][k][16],
-  // columns past n zero), then ReLU when relu. bias (may be null) holds ceil(n / 16) * 16 values.
+  // columns past n zero), then ReLU when relu. bias (n values) may be null.
   void (*conv_row)(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu,
                    int oh, float* y);
 };

@@ -335,8 +335,18 @@ template <int U, int V>
 inline void conv_pixels(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu,
                         int oh, int ow, int v0, bool interior, int i0, int i1, float* y) {
   vf acc[U][V];
-  for (int u = 0; u < U; ++u)
-    for (int v = 0; v < V; ++v) acc[u][v] = bias != nullptr ? load(bias + (v0 + v) * W) : vf{};
+  for (int v = 0; v < V; ++v) {
+    const int lane = (v0 + v) * W;
+    vf b{};
+    if (bias != nullptr && lane + W <= n) {
+      b = load(bias + lane);
+    } else if (bias != nullptr) {  // the last channels: part of a vector
+      float tail[W] = {};
+      for (int j = lane; j < n; ++j) tail[j - lane] = bias[j];
+      b = load(tail);
+    }
+    for (int u = 0; u < U; ++u) acc[u][v] = b;
+  }
   // vector v of the weight's row kk at wv0[v] + kk * 16: panel (lane / 16) holds its 16 columns for every k
   const float* wv0[V];
   for (int v = 0; v < V; ++v) {

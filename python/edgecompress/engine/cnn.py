@@ -13,7 +13,8 @@ product each), every compressed convolution and linear module of ``edgecompress.
 BatchNorm2d, ReLU, ReLU6, SiLU, Hardswish, Hardsigmoid, Sigmoid, GELU, MaxPool2d, AvgPool2d,
 AdaptiveAvgPool2d (to 1x1 or an exact divisor), Flatten, Dropout, Identity; the functions and
 methods of the same names, ``+`` and ``*`` of tensors (a (batch, c, 1, 1) factor scales channels:
-squeeze-excitation), ``torch.cat`` on channels, ``mean`` over (2, 3). Anything else is a ValueError naming the op and the module.
+squeeze-excitation), ``torch.cat`` on channels, ``mean`` over (2, 3). Anything else is a ValueError
+naming the op and the module.
 """
 
 from __future__ import annotations
