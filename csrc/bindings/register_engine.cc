@@ -95,11 +95,20 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
     }
     require(nd.op != engine::Op::embedding || nd.i[3] != 3 || nd.weight2 != nullptr,
             "embedding node: mode 3 needs its packed weights");
-    if (nd.op == engine::Op::conv2d && py::isinstance<py::list>(t[5])) {  // grouped: one weight per group
+    const bool winograd = nd.op == engine::Op::winograd;
+    if ((nd.op == engine::Op::conv2d && py::isinstance<py::list>(t[5])) || winograd) {
+      // grouped: one weight per group; winograd: the 16 transformed products
+      require(py::isinstance<py::list>(t[5]), "winograd node: expected a list of 16 weights");
       const auto ws = t[5].cast<py::list>();
-      require(ws.size() >= 2 && nd.i[3] % static_cast<int64_t>(ws.size()) == 0 &&
-                  nd.i[15] % static_cast<int64_t>(ws.size()) == 0,
-              "conv2d node: expected 2 or more group weights, dividing its channels and outputs");
+      if (winograd) {
+        require(ws.size() == 16 && nd.i[6] == 3 && nd.i[7] == 3 && nd.i[8] == 1 && nd.i[9] == 1 && nd.i[12] == 1 &&
+                    nd.i[13] == 1,
+                "winograd node: expected 16 weights and a 3x3 window of stride 1, not dilated");
+      } else {
+        require(ws.size() >= 2 && nd.i[3] % static_cast<int64_t>(ws.size()) == 0 &&
+                    nd.i[15] % static_cast<int64_t>(ws.size()) == 0,
+                "conv2d node: expected 2 or more group weights, dividing its channels and outputs");
+      }
       for (const auto& w : ws) {
         engine::Node one;
         set_weight(one, py::reinterpret_borrow<py::object>(w));
@@ -108,21 +117,28 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
         nd.weights.push_back(one.weight);
       }
       nd.weight = nd.weights[0];
+      if (winograd) {
+        for (const void* w : nd.weights) {
+          const DenseF32& d = static_cast<const PackedDenseF32*>(w)->w;
+          require(nd.wkind == engine::WeightKind::dense_f32 && d.k == nd.i[3] && d.n == nd.i[15],
+                  "winograd node: expected dense float32 weights of (n, c)");
+        }
+      }
       p->keepalive.append(t[5]);
     } else if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d) {
       set_weight(nd, t[5]);
       p->keepalive.append(t[5]);
     }
-    if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d) {
+    if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d || winograd) {
       const int scheme = t[6].cast<int>();
       require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "node: act scheme out of range");
       nd.aq.scheme = static_cast<ActScheme>(scheme);
       nd.aq.scale = t[7].cast<py::tuple>()[0].cast<float>();
       nd.aq.zero_point = t[7].cast<py::tuple>()[1].cast<int>();
       nd.q4 = t[8].cast<int>() == 0 ? Q4Compute::int8 : Q4Compute::float32;
-      const int64_t act = nd.op == engine::Op::conv2d ? nd.i[14] % 4 : nd.i[2];
+      const int64_t act = nd.op == engine::Op::linear ? nd.i[2] : nd.i[14] % 4;
       require(act >= 0 && act <= static_cast<int>(Activation::gelu), "node: activation out of range");
-      require(nd.op != engine::Op::conv2d || (nd.i[14] >= 0 && nd.i[14] / 4 <= static_cast<int>(UnaryAct::count)),
+      require(nd.op == engine::Op::linear || (nd.i[14] >= 0 && nd.i[14] / 4 <= static_cast<int>(UnaryAct::count)),
               "node: unary activation out of range");
     }
     out.push_back(nd);

@@ -97,6 +97,10 @@ GemmStatus dense_f32(const PackedDenseF32& w, const float* x, ptrdiff_t ldx, int
   return GemmStatus::ok;
 }
 
+void dense_f32_unchecked(const PackedDenseF32& w, const float* x, ptrdiff_t ldx, int m, float* y, int max_threads) {
+  if (m > 0) dense_run(w, x, ldx, m, nullptr, Activation::none, y, w.w.n, max_threads);
+}
+
 GemmStatus lowrank_f32(const PackedDenseF32& v, const PackedDenseF32& u, const float* x, ptrdiff_t ldx, int m,
                        const float* bias, Activation act, float* y, int max_threads) {
   if (m <= 0) return GemmStatus::ok;

@@ -90,6 +90,71 @@ def test_conv2d_oracle_against_torch(rng):
         np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-4)
 
 
+# Winograd F(2x2, 3x3): (batch, h, w, c, n, padding (t, b, l, r)) of float32 3x3 convolutions of stride 1
+WINOGRAD = [
+    (1, 1, 1, 8, 8, (1, 1, 1, 1)),        # one tile, three of its four outputs outside the image
+    (2, 5, 7, 9, 17, (1, 1, 1, 1)),       # odd sizes: the last tiles half outside
+    (3, 6, 5, 12, 9, (0, 2, 1, 0)),       # asymmetric padding
+    (1, 4, 4, 129, 3, (0, 0, 0, 0)),      # no padding; channels past every vector width
+    (1, 13, 11, 33, 31, (2, 2, 0, 2)),    # padding 2: outputs larger than the image
+    (1, 40, 40, 8, 16, (1, 1, 1, 1)),     # several blocks of tiles
+    (9, 3, 3, 16, 8, (1, 1, 1, 1)),
+]
+
+
+def _winograd_program(rng_wt, c, n, pad, activation, wino):
+    wt, bias = rng_wt
+    g = GraphBuilder()
+    x = _to_nhwc(g, g.input("x", "float32", ("b", c, "h", "w")))
+    attrs = {"kernel": [3, 3], "padding": list(pad), "winograd": wino} | ({"activation": activation} if activation else {})
+    y = g.op("conv2d", [x, g.weight("bias", bias)], "conv", weight=g.weight("w", wt), **attrs)
+    return g.program([y], {})
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_winograd_conv2d(tier, threads, rng, activation):
+    """A float32 3x3 convolution of stride 1 (8 or more channels) runs as Winograd F(2x2, 3x3): against
+    the oracle (the patch product: the same sums in another order) within float32 rounding, and
+    against the same node with winograd=False (patches and the product)."""
+    for b, h, w, c, n, pad in WINOGRAD:
+        wts = (rng.standard_normal((n, 9 * c)).astype(np.float32), rng.standard_normal(n).astype(np.float32))
+        x = _image(rng, b, h, w, c)
+        what = f"winograd conv2d {activation} {(b, h, w, c, n, pad)}"
+        p = _winograd_program(wts, c, n, pad, activation, True)
+        got = _check(p, x, atol=1e-5, what=what)
+        assert [op for _, op, _ in p.profile(x, rounds=1)["nodes"]][-1] == "winograd", what
+        patches = _winograd_program(wts, c, n, pad, activation, False)
+        assert [op for _, op, _ in patches.profile(x, rounds=1)["nodes"]][-1] == "conv2d", what
+        np.testing.assert_allclose(got, patches(x), rtol=0, atol=1e-5 * float(np.abs(got).max()) + 1e-5, err_msg=what)
+
+
+def test_winograd_conv2d_edges(rng):
+    """Where Winograd does not apply (7 channels, stride 2, dilation 2, an int8 weight), the patches
+    run; release_weights keeps the transformed weights it runs on; NaN in the image is refused;
+    winograd must be a bool."""
+    wts = (rng.standard_normal((4, 9 * 8)).astype(np.float32), rng.standard_normal(4).astype(np.float32))
+    for c, attrs, weight in [(7, {}, None), (8, {"stride": [2, 2]}, None), (8, {"dilation": [2, 2]}, None),
+                             (8, {}, ec.Int8Weight.from_float(wts[0]))]:
+        g = GraphBuilder()
+        x = g.input("x", "float32", (1, 6, 6, c))
+        w = weight if weight is not None else rng.standard_normal((4, 9 * c)).astype(np.float32)
+        g.op("conv2d", [x], "conv", weight=g.weight("w", w), kernel=[3, 3], padding=[1, 1, 1, 1], **attrs)
+        p = g.program(["conv"], {})
+        xi = rng.standard_normal((1, 6, 6, c)).astype(np.float32)
+        assert [op for _, op, _ in p.profile(xi, rounds=1)["nodes"]] == ["conv2d"], (c, attrs)
+    p = _winograd_program(wts, 8, 4, (1, 1, 1, 1), "relu", True)
+    p.release_weights()  # before any plan: it packs the transformed weights the node runs on
+    x = _image(rng, 2, 6, 5, 8)
+    np.testing.assert_array_equal(p(x), _winograd_program(wts, 8, 4, (1, 1, 1, 1), "relu", True)(x))
+    x[1, 3, 2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        p(x)
+    g = GraphBuilder()
+    g.op("conv2d", [g.input("x", "float32", (1, 6, 6, 8))], "conv", weight=g.weight("w", wts[0]), kernel=[3, 3], winograd=1)
+    with pytest.raises(ValueError, match="winograd"):
+        g.program(["conv"], {})(np.zeros((1, 6, 6, 8), np.float32))
+
+
 # grouped: (batch, h, w, c, n, groups, kernel, stride, padding, dilation)
 GROUPED = [
     (2, 9, 7, 8, 12, 2, 3, 1, (1, 1, 1, 1), 1),

@@ -248,6 +248,10 @@ std::unique_ptr<PackedDenseF32> pack_dense_f32(const DenseKernel& kernel, const 
 GemmStatus dense_f32(const PackedDenseF32& w, const float* x, ptrdiff_t ldx, int m, const float* bias,
                      Activation act, float* y, int max_threads);
 
+// dense_f32 without the check of x, for rows the caller knows to be finite (the Winograd
+// convolution's transformed tiles, of an image it checked once): no bias, no activation.
+void dense_f32_unchecked(const PackedDenseF32& w, const float* x, ptrdiff_t ldx, int m, float* y, int max_threads);
+
 // The low-rank product y (m, n) = epilogue((x @ V.T) @ U.T) with V (r, k) and U (n, r) packed for
 // dense_f32; the (rows, r) intermediate lives in a per-thread buffer of at most 64 KiB.
 GemmStatus lowrank_f32(const PackedDenseF32& v, const PackedDenseF32& u, const float* x, ptrdiff_t ldx, int m,

@@ -419,6 +419,81 @@ void conv_row(const Window2d& p, const float* x, const float* w, int k, int n, c
   for (; v0 < nv; ++v0) conv_vectors<1>(p, x, w, k, n, bias, relu, oh, v0, i0, i1, lo, hi, y);
 }
 
+// Winograd F(2x2, 3x3) (engine_ops.h): channels j .. j + V of one tile (V = W, or 1 for the tail).
+// The input tile d (4 x 4 pixels, zero outside the image) becomes B^T d B, with B^T = [1 0 -1 0;
+// 0 1 1 0; 0 -1 1 0; 0 1 0 -1]: rows first, then columns.
+template <int V>
+inline void winograd_in_vectors(const float* const rows[4], const int cols[4], int j, float* v, ptrdiff_t ld) {
+  typedef float vv __attribute__((vector_size(V * 4)));
+  typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
+  vv d[4][4];
+  for (int i = 0; i < 4; ++i) {
+    for (int t = 0; t < 4; ++t) {
+      d[i][t] = rows[i] != nullptr && cols[t] >= 0 ? *reinterpret_cast<const vvu*>(rows[i] + cols[t] + j) : vv{};
+    }
+  }
+  vv r[4][4];
+  for (int t = 0; t < 4; ++t) {
+    r[0][t] = d[0][t] - d[2][t];
+    r[1][t] = d[1][t] + d[2][t];
+    r[2][t] = d[2][t] - d[1][t];
+    r[3][t] = d[1][t] - d[3][t];
+  }
+  for (int i = 0; i < 4; ++i) {
+    float* vi = v + static_cast<ptrdiff_t>(4 * i) * ld + j;
+    *reinterpret_cast<vvu*>(vi) = r[i][0] - r[i][2];
+    *reinterpret_cast<vvu*>(vi + ld) = r[i][1] + r[i][2];
+    *reinterpret_cast<vvu*>(vi + 2 * ld) = r[i][2] - r[i][1];
+    *reinterpret_cast<vvu*>(vi + 3 * ld) = r[i][1] - r[i][3];
+  }
+}
+
+void winograd_in(const Window2d& p, const float* x, int ty, int tx, float* v, ptrdiff_t ld) {
+  const float* rows[4];
+  int cols[4];
+  for (int i = 0; i < 4; ++i) {
+    const int ih = 2 * ty - p.pt + i, iw = 2 * tx - p.pl + i;
+    rows[i] = ih >= 0 && ih < p.h ? x + static_cast<ptrdiff_t>(ih) * p.w * p.c : nullptr;
+    cols[i] = iw >= 0 && iw < p.w ? iw * p.c : -1;
+  }
+  int j = 0;
+  for (; j + W <= p.c; j += W) winograd_in_vectors<W>(rows, cols, j, v, ld);
+  for (; j < p.c; ++j) winograd_in_vectors<1>(rows, cols, j, v, ld);
+}
+
+// Channels j .. j + V of a tile's outputs: A^T m A with A^T = [1 1 1 0; 0 1 -1 -1], plus bias, then
+// ReLU when relu; the rows x cols outputs inside the image are stored.
+template <int V>
+inline void winograd_out_vectors(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
+                                 int j, float* y, ptrdiff_t ldy) {
+  typedef float vv __attribute__((vector_size(V * 4)));
+  typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
+  vv s[2][4];
+  for (int t = 0; t < 4; ++t) {
+    const vv m0 = *reinterpret_cast<const vvu*>(m + t * ld + j);
+    const vv m1 = *reinterpret_cast<const vvu*>(m + (4 + t) * ld + j);
+    const vv m2 = *reinterpret_cast<const vvu*>(m + (8 + t) * ld + j);
+    const vv m3 = *reinterpret_cast<const vvu*>(m + (12 + t) * ld + j);
+    s[0][t] = m0 + m1 + m2;
+    s[1][t] = m1 - m2 - m3;
+  }
+  const vv b = bias != nullptr ? *reinterpret_cast<const vvu*>(bias + j) : vv{};
+  for (int a = 0; a < rows; ++a) {
+    vv o[2] = {s[a][0] + s[a][1] + s[a][2] + b, s[a][1] - s[a][2] - s[a][3] + b};
+    for (int c = 0; c < cols; ++c) {
+      const vv r = relu ? (o[c] > vv{} ? o[c] : vv{}) : o[c];
+      *reinterpret_cast<vvu*>(y + a * ldy + c * n + j) = r;
+    }
+  }
+}
+
+void winograd_out(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols, float* y,
+                  ptrdiff_t ldy) {
+  int j = 0;
+  for (; j + W <= n; j += W) winograd_out_vectors<W>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
+  for (; j < n; ++j) winograd_out_vectors<1>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
+}
+
 // Channels j .. j + V of pixel (oh, ow) of a pooling (V = W, or 1 for the tail).
 template <int V>
 inline void pool_pixel(const Window2d& p, int mode, const float* x, int oh, int ow, int j, float* y) {
@@ -458,5 +533,5 @@ void pool_row(const Window2d& p, int mode, const float* x, int oh, float* y) {
   namespace edgecompress {                      \
   extern const EngineKernel sym;                \
   const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, dot_rows, gemm_nn, \
-                             unary, depthwise_row, pool_row, conv_row}; \
+                             unary, depthwise_row, pool_row, conv_row, winograd_in, winograd_out}; \
   }

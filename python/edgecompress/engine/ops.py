@@ -29,7 +29,7 @@ Shape = tuple[tuple[int, ...], str]  # (shape, dtype name)
 NATIVE_OP = {"linear": 0, "norm": 1, "attention": 2, "gelu": 3, "add": 4, "mul": 5, "softmax": 6, "embedding": 7,
              "pack": 10, "gather": 11, "scatter": 12,
              "position_ids": 8, "mean_pool": 9, "rope": 13, "kv_attention": 14, "glu": 15, "concat": 16,
-             "conv2d": 17, "depthwise": 18, "pool": 19, "act": 20, "transpose": 21}
+             "conv2d": 17, "depthwise": 18, "pool": 19, "act": 20, "transpose": 21, "winograd": 22}
 GLU_ACTS = {"silu": 0, "gelu_tanh": 1}
 # the element-wise pass (UnaryAct in csrc/include/edgecompress/engine_ops.h)
 UNARY_ACTS = {"relu": 0, "relu6": 1, "silu": 2, "hardswish": 3, "hardsigmoid": 4, "sigmoid": 5}
@@ -517,10 +517,42 @@ def _native(op: str, ins: list[tuple[int, int, int]], outs: list[tuple[int, int,
     return (NATIVE_OP[op], ins, outs, ints, list(floats), None, 0, (1.0, 0), 0)
 
 
-def packed_weight(w: Any) -> tuple[Any, int, int]:
+# Winograd F(2x2, 3x3) (the native winograd op): the weight transform G g G^T of each 3x3 kernel g,
+# B^T d B of each 4x4 input tile d and A^T m A of the products m (csrc/include/edgecompress/engine_ops.h).
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+# Fewer input channels than this: the 16 products are too short to pay for the transforms.
+WINOGRAD_MIN_CHANNELS = 8
+
+
+def winograd_weights(w: np.ndarray) -> list[np.ndarray]:
+    """The 16 (n, c) float32 matrices U[e] (e = 4 a + b) of a 3x3 convolution's weight w (n, 9 c):
+    U[e][o, j] = (G g G^T)[a, b] for the kernel g of output o and input channel j (float64 sums)."""
+    n, c = w.shape[0], w.shape[1] // 9
+    g = w.reshape(n, 3, 3, c).astype(np.float64)
+    u = np.einsum("ai,nijc,bj->abnc", WINOGRAD_G, g, WINOGRAD_G)
+    return [np.ascontiguousarray(u[a, b], dtype=np.float32) for a in range(4) for b in range(4)]
+
+
+def winograd_applies(node: Node, channels: int) -> bool:
+    """Whether conv2d ``node`` over ``channels`` input channels runs as Winograd F(2x2, 3x3) when its
+    weight is a float32 array: one group, a 3x3 kernel of stride 1, not dilated, at least
+    WINOGRAD_MIN_CHANNELS channels, and its attribute ``winograd`` not False."""
+    t = node.attrs
+    if node.op != "conv2d" or not t.get("winograd", True) or len(node.weight_names) != 1:
+        return False
+    k, st, _, dil = _window(t, tuple(t["kernel"]))
+    return k == (3, 3) and st == (1, 1) and dil == (1, 1) and channels >= WINOGRAD_MIN_CHANNELS
+
+
+def packed_weight(w: Any, form: str = "") -> tuple[Any, int, int] | None:
     """The native packed form of a linear weight for the kernel the registry picks now (the ops
     layer's, shared with every other user of the weight; a float32 array is packed for dense_f32), the
-    q4 compute mode (0 int8, 1 float32) and the weight's N."""
+    q4 compute mode (0 int8, 1 float32) and the weight's N. form "winograd": the list of the 16
+    transformed products of a float32 3x3 convolution weight (None for any other weight)."""
+    if form == "winograd":
+        if not isinstance(w, np.ndarray):
+            return None
+        return [_core.pack_dense_f32(u, dense_f32_kernel()) for u in winograd_weights(w)], 0, w.shape[0]
     if isinstance(w, np.ndarray):
         return _core.pack_dense_f32(w, dense_f32_kernel()), 0, w.shape[0]
     return ops.packed(w), 0 if not isinstance(w, Int4Weight) or w.compute == "int8" else 1, w.shape[0]
@@ -549,9 +581,16 @@ def _window_ints(node: Node, xs: tuple[int, ...], ys: tuple[int, ...], kernel: t
     return [xs[0], xs[1], xs[2], xs[3], ys[1], ys[2], kh, kw, sh, sw, pt, pl, dh, dw]
 
 
-def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[[str], tuple[Any, int, int]]) -> list[tuple[Any, ...]]:
+def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[..., Any]) -> list[tuple[Any, ...]]:
     t = node.attrs
     xs = s[0][0]
+    wino = packed(node.weight_names[0], "winograd") if winograd_applies(node, xs[3]) else None
+    if wino is not None:
+        (ys, _), = _infer_window(node, s, (3, 3), wino[2])
+        act = t.get("activation")
+        unary = 0 if act in (None, "relu") else UNARY_ACTS[act] + 1
+        ints = _window_ints(node, xs, ys, (3, 3)) + [int(act == "relu") + 4 * unary, wino[2]]
+        return [(NATIVE_OP["winograd"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], wino[0], 0, (1.0, 0), 0)]
     groups = [packed(name) for name in node.weight_names]
     pw, q4, n = groups[0]
     if len(groups) > 1:  # the executor takes the list of the groups' packed weights
@@ -773,7 +812,7 @@ ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "conv2d": {"weight": ((lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) >= 2 and all(isinstance(x, str) for x in v))),
                           "a weight's name, or a list of one per group (2 or more)"), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
                **_ACT, "act_scale": _float("a finite float >= 1.18e-38", lambda v: v >= np.finfo(np.float32).tiny),
-               "act_zero_point": _int(0, 255)},
+               "act_zero_point": _int(0, 255), "winograd": ((lambda v: isinstance(v, bool)), "a bool")},
     "depthwise_conv2d": {**_WINDOW_ATTRS, **_ACT},
     "pool2d": {"mode": _one_of(*POOL_MODES), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
                "count_include_pad": ((lambda v: isinstance(v, bool)), "a bool")},

@@ -23,7 +23,7 @@ from ..formats.int8 import MAX_K
 from ..ops import MAX_K_UINT8
 from ..formats._common import show
 from ..runtime import _kernel, current_tier
-from .ops import ATTRS, LINEAR_WEIGHTS, NATIVE_OP, OPS, REFERENCE, Node, OpError, Shape, packed_weight
+from .ops import ATTRS, LINEAR_WEIGHTS, NATIVE_OP, OPS, REFERENCE, Node, OpError, Shape, packed_weight, winograd_applies
 
 __all__ = ["Input", "Program"]
 
@@ -270,17 +270,17 @@ class Program:
         except (KeyError, TypeError) as e:  # attributes of the wrong kind (a file's graph)
             raise ValueError(f"node {n.name!r} ({n.op}): invalid attributes ({type(e).__name__}: {e})") from None
 
-    def _packed_weight(self, name: str) -> tuple[Any, int, int]:
+    def _packed_weight(self, name: str, form: str = "") -> Any:
         # the packed form depends on the kernels chosen under the tier cap in force (use_isa)
-        key = (name, current_tier())
-        got = self._packed.get(key)
-        if got is None:
+        # (form "winograd": the transformed products of a float32 3x3 convolution, or None)
+        key = (name, current_tier(), form)
+        if key not in self._packed:
             w = self.weights[name]
             if isinstance(w, _Released):
                 raise ValueError(f"weight {name!r} was released after packing for tier {w.tier!r} "
                                  f"(Program.release_weights); the program runs at that tier only, not at {current_tier()!r}")
-            got = self._packed[key] = packed_weight(w)
-        return got
+            self._packed[key] = packed_weight(w, form)
+        return self._packed[key]
 
     def invalidate(self) -> None:
         """Forget the plans and packed weights made so far: after a node's attributes or the weights
@@ -297,8 +297,10 @@ class Program:
             for name in n.weight_names if n.op in ("linear", "conv2d") else ():
                 if isinstance(self.weights[name], _Released):
                     continue
-                self._packed_weight(name)
                 w = self.weights[name]
+                # the form the node's lowering asks for (winograd_applies: the channels of a 3x3 kernel)
+                wino = isinstance(w, np.ndarray) and winograd_applies(n, w.shape[1] // 9)
+                self._packed_weight(name, "winograd" if wino else "")
                 self.weights[name] = _Released(tuple(w.shape), type(w).__name__, current_tier(), int(w.nbytes))
 
     def shapes(self, *args: Any, **kwargs: Any) -> dict[str, Shape]:
