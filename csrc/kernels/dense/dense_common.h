@@ -56,7 +56,7 @@ void df_group_run(const DenseTask& t, int p) {
   }
   alignas(64) float sums[PW * kDensePanel];
   for (int m = 0; m < M; ++m) {
-    std::memcpy(sums, acc[m], sizeof(sums));
+    bool spilled = false;  // acc[m] copied to sums: only for a panel that needs the pass through memory
     for (int j = 0; j < PW; ++j) {
       const int c0 = (p + j) * kDensePanel;
       const int cols = w.n - c0 < kDensePanel ? w.n - c0 : kDensePanel;
@@ -78,6 +78,7 @@ void df_group_run(const DenseTask& t, int p) {
       }
       // the epilogue as whole-row passes (bias_act_row vectorizes; a per-value call with its branches
       // did not, and a scalar GELU per output cost more than the product at K = 384)
+      if (!spilled) std::memcpy(sums, acc[m], sizeof(sums)), spilled = true;
       float* __restrict v = sums + j * kDensePanel;
       bias_act_row(v, cols, t.bias != nullptr ? t.bias + c0 : nullptr, t.act);
       for (int i = 0; i < cols; ++i) yr[i] = v[i];
