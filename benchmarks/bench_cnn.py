@@ -26,8 +26,8 @@ Error column: |y - y_torch_fp32| / |y_torch_fp32| (norms over the batch's logits
 multiply-adds of the convolutions and linear layers; "% of limit" divides by the peak of the
 arithmetic the engine's products use (int8: the gemm_s8 kernel's instruction; fp32: FMA), measured
 by edgecompress's peak probes in this run, times the threads. Our float32 3x3 convolutions of stride
-1 run as Winograd F(2x2, 3x3), 2.25 times fewer multiply-adds than counted: there the GOPS (and %
-of limit) are those of a direct convolution of the same speed, and may pass 100%.
+1 run as Winograd F(4x4, 3x3) or F(2x2, 3x3), 4 or 2.25 times fewer multiply-adds than counted: there
+the GOPS (and % of limit) are those of a direct convolution of the same speed, and may pass 100%.
 
 Per-op profile (batch 1, 1 thread): ``program.profile`` of our float32 and int8-static programs by op,
 and every node of the int8-static program that is slower than the same node of the float32 program.

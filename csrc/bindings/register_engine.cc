@@ -98,12 +98,12 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
     const bool winograd = nd.op == engine::Op::winograd;
     if ((nd.op == engine::Op::conv2d && py::isinstance<py::list>(t[5])) || winograd) {
       // grouped: one weight per group; winograd: the 16 transformed products
-      require(py::isinstance<py::list>(t[5]), "winograd node: expected a list of 16 weights");
+      require(py::isinstance<py::list>(t[5]), "winograd node: expected a list of 16 or 36 weights");
       const auto ws = t[5].cast<py::list>();
       if (winograd) {
-        require(ws.size() == 16 && nd.i[6] == 3 && nd.i[7] == 3 && nd.i[8] == 1 && nd.i[9] == 1 && nd.i[12] == 1 &&
+        require((ws.size() == 16 || ws.size() == 36) && nd.i[6] == 3 && nd.i[7] == 3 && nd.i[8] == 1 && nd.i[9] == 1 && nd.i[12] == 1 &&
                     nd.i[13] == 1,
-                "winograd node: expected 16 weights and a 3x3 window of stride 1, not dilated");
+                "winograd node: expected 16 or 36 weights and a 3x3 window of stride 1, not dilated");
       } else {
         require(ws.size() >= 2 && nd.i[3] % static_cast<int64_t>(ws.size()) == 0 &&
                     nd.i[15] % static_cast<int64_t>(ws.size()) == 0,

@@ -261,10 +261,11 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   return static_cast<RunStatus>(failed.load());
 }
 
-// Winograd F(2x2, 3x3): 16 products of c-long rows per 4 outputs instead of 4 of 9 c-long patch
-// rows, 2.25 times fewer multiply-adds. A block of tiles holds their transformed inputs (16 matrices of
-// rows x c) and products (16 of rows x n) in about kWinogradBytes, but at least kWinogradRows tiles
-// (up to all of them), so a large weight (16 c n floats) is read by enough rows.
+// Winograd F(m x m, 3x3) (m = 2: 16 weights, m = 4: 36): a^2 products of c-long rows (a = m + 2) per
+// m^2 outputs instead of m^2 of 9 c-long patch rows, 2.25 (m = 2) or 4 (m = 4) times fewer
+// multiply-adds. A block of tiles holds their transformed inputs (a^2 matrices of rows x c) and
+// products (a^2 of rows x n) in about kWinogradBytes, but at least kWinogradRows tiles (up to all of
+// them), so a large weight (a^2 c n floats) is read by enough rows.
 constexpr int64_t kWinogradBytes = 256 * 1024;
 constexpr int64_t kWinogradRows = 64;
 thread_local AlignedArray<float> t_wino_v, t_wino_m;
@@ -277,10 +278,11 @@ RunStatus run_winograd(const Node& nd, const Ctx& c) {
   const int ho = static_cast<int>(nd.i[4]), n = static_cast<int>(nd.i[15]);
   const bool relu = static_cast<Activation>(nd.i[14] % 4) == Activation::relu;
   const int unary = static_cast<int>(nd.i[14] / 4) - 1;  // -1: none
-  const int th = (ho + 1) / 2, tw = (p.wo + 1) / 2;
+  const int tm = nd.weights.size() == 16 ? 2 : 4, na = (tm + 2) * (tm + 2);
+  const int th = (ho + tm - 1) / tm, tw = (p.wo + tm - 1) / tm;
   const int64_t per_image = static_cast<int64_t>(th) * tw, tiles = nd.i[0] * per_image;
   if (tiles == 0) return RunStatus::ok;
-  const int64_t rows = std::min(tiles, std::max(kWinogradRows, kWinogradBytes / (64 * (p.c + n))));
+  const int64_t rows = std::min(tiles, std::max(kWinogradRows, kWinogradBytes / (4 * na * (p.c + n))));
   const int blocks = static_cast<int>((tiles + rows - 1) / rows);
   const int64_t in_image = static_cast<int64_t>(p.h) * p.w * p.c, out_row = static_cast<int64_t>(p.wo) * n;
   if (rows_nonfinite(x, in_image, static_cast<int>(nd.i[0]), static_cast<int>(in_image))) {
@@ -294,11 +296,11 @@ RunStatus run_winograd(const Node& nd, const Ctx& c) {
     const int m = static_cast<int>(std::min(rows, tiles - t0));
     const int threads = by_block ? 1 : c.threads;
     try {
-      // each of the 16 matrices a cache line past a multiple of m rows: a power-of-two distance between
-      // them would put a tile's 16 stores in one set of L1
+      // each of the matrices a cache line past a multiple of m rows: a power-of-two distance between
+      // them would put a tile's stores in one set of L1
       const ptrdiff_t ldv = static_cast<ptrdiff_t>(m) * p.c + 16, ldm = static_cast<ptrdiff_t>(m) * n + 16;
-      float* v = ensure_size(t_wino_v, static_cast<size_t>(16 * ldv));
-      float* mm = ensure_size(t_wino_m, static_cast<size_t>(16 * ldm));
+      float* v = ensure_size(t_wino_v, static_cast<size_t>(na * ldv));
+      float* mm = ensure_size(t_wino_m, static_cast<size_t>(na * ldm));
       auto where = [&](int r, int64_t* img, int* ty, int* tx) {
         const int64_t t = t0 + r;
         *img = t / per_image;
@@ -308,21 +310,21 @@ RunStatus run_winograd(const Node& nd, const Ctx& c) {
         int64_t img;
         int ty, tx;
         where(r, &img, &ty, &tx);
-        c.k->winograd_in(p, x + img * in_image, ty, tx, v + static_cast<ptrdiff_t>(r) * p.c, ldv);
+        c.k->winograd_in(p, tm, x + img * in_image, ty, tx, v + static_cast<ptrdiff_t>(r) * p.c, ldv);
       };
       auto out = [&](int r) {
         int64_t img;
         int ty, tx;
         where(r, &img, &ty, &tx);
-        const int oh = 2 * ty, ow = 2 * tx, out_rows = std::min(2, ho - oh), out_cols = std::min(2, p.wo - ow);
+        const int oh = tm * ty, ow = tm * tx, out_rows = std::min(tm, ho - oh), out_cols = std::min(tm, p.wo - ow);
         float* yo = y + img * ho * out_row + oh * out_row + static_cast<int64_t>(ow) * n;
-        c.k->winograd_out(mm + static_cast<ptrdiff_t>(r) * n, ldm, n, bias, relu, out_rows, out_cols, yo, out_row);
+        c.k->winograd_out(tm, mm + static_cast<ptrdiff_t>(r) * n, ldm, n, bias, relu, out_rows, out_cols, yo, out_row);
         if (unary >= 0) {
           for (int a = 0; a < out_rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, out_cols * n);
         }
       };
       parallel_for(m, threads, in);
-      for (int e = 0; e < 16; ++e) {
+      for (int e = 0; e < na; ++e) {
         dense_f32_unchecked(*static_cast<const PackedDenseF32*>(nd.weights[e]), v + e * ldv, p.c, m, mm + e * ldm,
                             threads);
       }

@@ -688,73 +688,84 @@ bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
   return bad == 0;
 }
 
-// A winograd node (Winograd F(2x2, 3x3)) run by a plan on the 16 transformed dense_f32 weights against
-// the direct 3x3 convolution: 2 images 9 x 11 x 10 -> 19 channels (channels that fill no vector of
-// 8 or 16), padding 1 on top and bottom, 2 left and 1 right (a last tile half outside the output), then
-// one 40 x 40 image in 2 blocks of tiles; ReLU, then the sigmoid of the unary pass.
+// A winograd node (Winograd F(m x m, 3x3), m = 2 and 4) run by a plan on the transformed dense_f32
+// weights against the direct 3x3 convolution: 2 images 9 x 11 x 10 -> 19 channels (channels that fill
+// no vector of 8 or 16), padding 1 on top and bottom, 2 left and 1 right (last tiles partly outside
+// the output), then one 40 x 40 image in several blocks of tiles; ReLU, then the sigmoid of the unary
+// pass. NaN in the image is refused.
 bool check_winograd_node(const EngineKernel& k, const DenseKernel& dense) {
   using engine::Space;
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  const double G4[6][3] = {{0.25, 0, 0}, {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                           {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
   int bad = 0;
-  // (images, h, w, c, n, pt, pl, pr, unary act + 1)
+  // (images, h, w, c, n, pt = pb, pl, pr, unary act + 1)
   const int cases[][9] = {{2, 9, 11, 10, 19, 1, 2, 1, 0}, {1, 40, 40, 8, 8, 1, 1, 1, 1 + static_cast<int>(UnaryAct::sigmoid)}};
-  for (const auto& cs : cases) {
-    const int B = cs[0], H = cs[1], W = cs[2], C = cs[3], N = cs[4], P = cs[5], PL = cs[6], PR = cs[7];
-    const int HO = H + 2 * P - 2, WO = W + PL + PR - 2;
-    std::vector<float> x(static_cast<size_t>(B) * H * W * C), w(static_cast<size_t>(N) * 9 * C), bias(N);
-    for (auto& e : x) e = nd(rng);
-    for (auto& e : w) e = nd(rng);
-    for (auto& e : bias) e = nd(rng);
-    std::vector<std::unique_ptr<PackedDenseF32>> packed;
-    std::vector<float> u(static_cast<size_t>(N) * C);
-    for (int a = 0; a < 4; ++a)
-      for (int b = 0; b < 4; ++b) {
-        for (int n = 0; n < N; ++n)
-          for (int c = 0; c < C; ++c) {
-            double s = 0;
-            for (int i = 0; i < 3; ++i)
-              for (int j = 0; j < 3; ++j) s += G[a][i] * w[((static_cast<size_t>(n) * 3 + i) * 3 + j) * C + c] * G[b][j];
-            u[static_cast<size_t>(n) * C + c] = static_cast<float>(s);
-          }
-        packed.push_back(pack_dense_f32(dense, u.data(), N, C));
-      }
-    std::vector<engine::Node> nodes(1);
-    engine::Node& nd0 = nodes[0];
-    nd0.op = engine::Op::winograd;
-    nd0.in[0] = {Space::input, 0, 0}, nd0.in[1] = {Space::constant, 0, 0};
-    nd0.out[0] = {Space::output, 0, 0};
-    const int64_t ints[16] = {B, H, W, C, HO, WO, 3, 3, 1, 1, P, PL, 1, 1, static_cast<int64_t>(Activation::relu) + 4 * cs[8], N};
-    std::copy(ints, ints + 16, nd0.i);
-    nd0.wkind = engine::WeightKind::dense_f32, nd0.weight = packed[0].get();
-    for (const auto& pw : packed) nd0.weights.push_back(pw.get());
-    engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
-    Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
-    const void* ins[1] = {x.data()};
-    void* outs[1] = {y.data()};
-    bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok;
-    std::vector<double> want(static_cast<size_t>(B) * HO * WO * N);
-    for (int b = 0; b < B; ++b)
-      for (int oh = 0; oh < HO; ++oh)
-        for (int ow = 0; ow < WO; ++ow)
-          for (int n = 0; n < N; ++n) {
-            double s = bias[n];
-            for (int i = 0; i < 3; ++i)
-              for (int q = 0; q < 3; ++q) {
-                const int ih = oh - P + i, iw = ow - PL + q;
-                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                for (int c = 0; c < C; ++c)
-                  s += static_cast<double>(x[((static_cast<size_t>(b) * H + ih) * W + iw) * C + c]) *
-                       w[((static_cast<size_t>(n) * 3 + i) * 3 + q) * C + c];
-              }
-            s = std::max(s, 0.0);
-            want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = cs[8] ? 1 / (1 + std::exp(-s)) : s;
-          }
-    bad += misses("winograd node", y.data(), want, max_abs(want), 1e-5) + !y.guards_intact();
-    // NaN in the image: refused before any product
-    x[x.size() / 2] = NAN;
-    bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::nonfinite_input;
+  for (const int tm : {2, 4}) {
+    const int A = tm + 2;
+    for (const auto& cs : cases) {
+      const int B = cs[0], H = cs[1], W = cs[2], C = cs[3], N = cs[4], P = cs[5], PL = cs[6], PR = cs[7];
+      const int HO = H + 2 * P - 2, WO = W + PL + PR - 2;
+      std::vector<float> x(static_cast<size_t>(B) * H * W * C), w(static_cast<size_t>(N) * 9 * C), bias(N);
+      for (auto& e : x) e = nd(rng);
+      for (auto& e : w) e = nd(rng);
+      for (auto& e : bias) e = nd(rng);
+      std::vector<std::unique_ptr<PackedDenseF32>> packed;
+      std::vector<float> u(static_cast<size_t>(N) * C);
+      for (int a = 0; a < A; ++a)
+        for (int b = 0; b < A; ++b) {
+          for (int n = 0; n < N; ++n)
+            for (int c = 0; c < C; ++c) {
+              double s = 0;
+              for (int i = 0; i < 3; ++i)
+                for (int j = 0; j < 3; ++j) {
+                  const double ga = tm == 2 ? G2[a][i] : G4[a][i], gb = tm == 2 ? G2[b][j] : G4[b][j];
+                  s += ga * w[((static_cast<size_t>(n) * 3 + i) * 3 + j) * C + c] * gb;
+                }
+              u[static_cast<size_t>(n) * C + c] = static_cast<float>(s);
+            }
+          packed.push_back(pack_dense_f32(dense, u.data(), N, C));
+        }
+      std::vector<engine::Node> nodes(1);
+      engine::Node& nd0 = nodes[0];
+      nd0.op = engine::Op::winograd;
+      nd0.in[0] = {Space::input, 0, 0}, nd0.in[1] = {Space::constant, 0, 0};
+      nd0.out[0] = {Space::output, 0, 0};
+      const int64_t ints[16] = {B, H, W, C, HO, WO, 3, 3, 1, 1, P, PL, 1, 1,
+                                static_cast<int64_t>(Activation::relu) + 4 * cs[8], N};
+      std::copy(ints, ints + 16, nd0.i);
+      nd0.wkind = engine::WeightKind::dense_f32, nd0.weight = packed[0].get();
+      for (const auto& pw : packed) nd0.weights.push_back(pw.get());
+      engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
+      Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
+      const void* ins[1] = {x.data()};
+      void* outs[1] = {y.data()};
+      bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok;
+      std::vector<double> want(static_cast<size_t>(B) * HO * WO * N);
+      for (int b = 0; b < B; ++b)
+        for (int oh = 0; oh < HO; ++oh)
+          for (int ow = 0; ow < WO; ++ow)
+            for (int n = 0; n < N; ++n) {
+              double s = bias[n];
+              for (int i = 0; i < 3; ++i)
+                for (int q = 0; q < 3; ++q) {
+                  const int ih = oh - P + i, iw = ow - PL + q;
+                  if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                  for (int c = 0; c < C; ++c)
+                    s += static_cast<double>(x[((static_cast<size_t>(b) * H + ih) * W + iw) * C + c]) *
+                         w[((static_cast<size_t>(n) * 3 + i) * 3 + q) * C + c];
+                }
+              s = std::max(s, 0.0);
+              want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = cs[8] ? 1 / (1 + std::exp(-s)) : s;
+            }
+      // F(4x4) rounds about ten times more than the direct sums (its transforms scale by up to 8 and 1/6)
+      bad += misses(tm == 2 ? "winograd F(2x2) node" : "winograd F(4x4) node", y.data(), want, max_abs(want),
+                    tm == 2 ? 1e-5 : 5e-5) + !y.guards_intact();
+      x[x.size() / 2] = NAN;
+      bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::nonfinite_input;
+    }
   }
   return bad == 0;
 }

@@ -78,10 +78,10 @@ enum class Op : int {
   transpose,     // in: x (i0 blocks of i1 rows of i2 values, i3 bytes each); out: y (i0 blocks of i2 rows
                  // of i1): channels first <-> channels last
   winograd,      // in: x, bias?; out: y. A conv2d's ints (3x3 kernel, stride 1, no dilation); weights: the
-                 // 16 dense_f32 products of Winograd F(2x2, 3x3), e = 4 a + b the (n, c) matrix of the
-                 // transformed weights (G g G^T)[a][b] (EngineKernel::winograd_in / winograd_out). Tiles
-                 // of 2 x 2 outputs go in blocks: the block's input transforms, the 16 products, the
-                 // output transforms (bias, activation)
+                 // dense_f32 products of Winograd F(m x m, 3x3), 16 (m = 2) or 36 (m = 4), e = (m + 2) a + b
+                 // the (n, c) matrix of the transformed weights (G g G^T)[a][b] (EngineKernel::winograd_in
+                 // / winograd_out). Tiles of m x m outputs go in blocks: the block's input transforms,
+                 // the products, the output transforms (bias, activation)
   count
 };
 

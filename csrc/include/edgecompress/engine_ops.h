@@ -66,18 +66,22 @@ struct EngineKernel {
   // columns past n zero), then ReLU when relu. bias (n values) may be null.
   void (*conv_row)(const Window2d& p, const float* x, const float* w, int k, int n, const float* bias, bool relu,
                    int oh, float* y);
-  // Winograd F(2x2, 3x3) for a 3x3 convolution of stride 1, not dilated (p.kh = p.kw = 3): tile (ty,
-  // tx) of x (one image), whose 2 x 2 outputs start at row 2 ty, column 2 tx, reads the 4 x 4 input
-  // pixels from row 2 ty - p.pt, column 2 tx - p.pl (zero outside the image) and writes its transform
-  // B^T d B: value e = 4 i + t of channel j to v[e * ld + j] (16 rows of p.c; B below).
-  void (*winograd_in)(const Window2d& p, const float* x, int ty, int tx, float* v, ptrdiff_t ld);
-  // The outputs of one tile from its 16 products m[e * ld + j] (j < n: each e's product of the tile's
-  // row of v with the transformed weights G g G^T): A^T m A + bias (n values; may be null), then ReLU
-  // when relu; output (a, t) for a < rows, t < cols at y + a * ldy + t * n. Transforms:
-  // B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
-  // A^T = [1 1 1 0; 0 1 -1 -1].
-  void (*winograd_out)(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols, float* y,
-                       ptrdiff_t ldy);
+  // Winograd F(m x m, 3x3), m = 2 or 4, for a 3x3 convolution of stride 1, not dilated (p.kh = p.kw
+  // = 3), on tiles of a = m + 2 input pixels: tile (ty, tx) of x (one image), whose m x m outputs
+  // start at row m ty, column m tx, reads the a x a input pixels from row m ty - p.pt, column
+  // m tx - p.pl (zero outside the image) and writes its transform B^T d B: value e = a i + t of
+  // channel j to v[e * ld + j] (a^2 rows of p.c).
+  void (*winograd_in)(const Window2d& p, int m, const float* x, int ty, int tx, float* v, ptrdiff_t ld);
+  // The outputs of one tile from its a^2 products mm[e * ld + j] (j < n: each e's product of the
+  // tile's row of v with the transformed weights G g G^T): A^T mm A + bias (n values; may be null),
+  // then ReLU when relu; output (r, t) for r < rows, t < cols at y + r * ldy + t * n. Transforms
+  // (Lavin and Gray's): m = 2: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+  // G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], A^T = [1 1 1 0; 0 1 -1 -1]. m = 4: B^T = [4 0 -5 0 1 0;
+  // 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1], G = [1/4 0 0;
+  // -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1], A^T = [1 1 1 1 1 0;
+  // 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+  void (*winograd_out)(int m, const float* mm, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
+                       float* y, ptrdiff_t ldy);
 };
 
 }  // namespace edgecompress

@@ -419,79 +419,119 @@ void conv_row(const Window2d& p, const float* x, const float* w, int k, int n, c
   for (; v0 < nv; ++v0) conv_vectors<1>(p, x, w, k, n, bias, relu, oh, v0, i0, i1, lo, hi, y);
 }
 
-// Winograd F(2x2, 3x3) (engine_ops.h): channels j .. j + V of one tile (V = W, or 1 for the tail).
-// The input tile d (4 x 4 pixels, zero outside the image) becomes B^T d B, with B^T = [1 0 -1 0;
-// 0 1 1 0; 0 -1 1 0; 0 1 0 -1]: rows first, then columns.
-template <int V>
-inline void winograd_in_vectors(const float* const rows[4], const int cols[4], int j, float* v, ptrdiff_t ld) {
-  typedef float vv __attribute__((vector_size(V * 4)));
-  typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
-  vv d[4][4];
-  for (int i = 0; i < 4; ++i) {
-    for (int t = 0; t < 4; ++t) {
-      d[i][t] = rows[i] != nullptr && cols[t] >= 0 ? *reinterpret_cast<const vvu*>(rows[i] + cols[t] + j) : vv{};
-    }
-  }
-  vv r[4][4];
-  for (int t = 0; t < 4; ++t) {
-    r[0][t] = d[0][t] - d[2][t];
-    r[1][t] = d[1][t] + d[2][t];
-    r[2][t] = d[2][t] - d[1][t];
-    r[3][t] = d[1][t] - d[3][t];
-  }
-  for (int i = 0; i < 4; ++i) {
-    float* vi = v + static_cast<ptrdiff_t>(4 * i) * ld + j;
-    *reinterpret_cast<vvu*>(vi) = r[i][0] - r[i][2];
-    *reinterpret_cast<vvu*>(vi + ld) = r[i][1] + r[i][2];
-    *reinterpret_cast<vvu*>(vi + 2 * ld) = r[i][2] - r[i][1];
-    *reinterpret_cast<vvu*>(vi + 3 * ld) = r[i][1] - r[i][3];
+// Winograd F(M x M, 3x3) (engine_ops.h), M = 2 or 4, on tiles of A = M + 2 pixels. bt: o = B^T d
+// for one line of A values (d[k * s], o[k * os]); at: o = A^T m for one line of A products (M out).
+template <int M, class T>
+inline void wino_bt(const T* d, int s, T* o, int os) {
+  if (M == 2) {
+    o[0] = d[0] - d[2 * s];
+    o[os] = d[s] + d[2 * s];
+    o[2 * os] = d[2 * s] - d[s];
+    o[3 * os] = d[s] - d[3 * s];
+  } else {
+    const T d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s];
+    o[0] = 4.0f * d[0] - 5.0f * d2 + d4;
+    o[os] = d4 + d3 - 4.0f * (d1 + d2);
+    o[2 * os] = d4 - d3 + 4.0f * (d1 - d2);
+    o[3 * os] = d4 - d2 + 2.0f * (d3 - d1);
+    o[4 * os] = d4 - d2 - 2.0f * (d3 - d1);
+    o[5 * os] = 4.0f * d1 - 5.0f * d3 + d[5 * s];
   }
 }
 
-void winograd_in(const Window2d& p, const float* x, int ty, int tx, float* v, ptrdiff_t ld) {
-  const float* rows[4];
-  int cols[4];
-  for (int i = 0; i < 4; ++i) {
-    const int ih = 2 * ty - p.pt + i, iw = 2 * tx - p.pl + i;
+template <int M, class T>
+inline void wino_at(const T* m, int s, T* o, int os) {
+  if (M == 2) {
+    o[0] = m[0] + m[s] + m[2 * s];
+    o[os] = m[s] - m[2 * s] - m[3 * s];
+  } else {
+    const T a = m[s] + m[2 * s], b = m[s] - m[2 * s], c = m[3 * s] + m[4 * s], d = m[3 * s] - m[4 * s];
+    o[0] = m[0] + a + c;
+    o[os] = b + 2.0f * d;
+    o[2 * os] = a + 4.0f * c;
+    o[3 * os] = b + 8.0f * d + m[5 * s];
+  }
+}
+
+// Channels j .. j + V of one tile (V = W, or 1 for the tail): the A x A input pixels (zero outside the
+// image: rows[i] null, cols[t] < 0) to B^T d B, rows first, then columns.
+template <int M, int V>
+inline void winograd_in_vectors(const float* const rows[], const int cols[], int j, float* v, ptrdiff_t ld) {
+  typedef float vv __attribute__((vector_size(V * 4)));
+  typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
+  constexpr int A = M + 2;
+  vv d[A][A], r[A][A];
+  for (int i = 0; i < A; ++i) {
+    for (int t = 0; t < A; ++t) {
+      d[i][t] = rows[i] != nullptr && cols[t] >= 0 ? *reinterpret_cast<const vvu*>(rows[i] + cols[t] + j) : vv{};
+    }
+  }
+  for (int t = 0; t < A; ++t) wino_bt<M>(&d[0][t], A, &r[0][t], A);
+  for (int i = 0; i < A; ++i) {
+    wino_bt<M>(&r[i][0], 1, &d[i][0], 1);
+    for (int t = 0; t < A; ++t) *reinterpret_cast<vvu*>(v + static_cast<ptrdiff_t>(A * i + t) * ld + j) = d[i][t];
+  }
+}
+
+template <int M>
+void winograd_in_tile(const Window2d& p, const float* x, int ty, int tx, float* v, ptrdiff_t ld) {
+  constexpr int A = M + 2;
+  const float* rows[A];
+  int cols[A];
+  for (int i = 0; i < A; ++i) {
+    const int ih = M * ty - p.pt + i, iw = M * tx - p.pl + i;
     rows[i] = ih >= 0 && ih < p.h ? x + static_cast<ptrdiff_t>(ih) * p.w * p.c : nullptr;
     cols[i] = iw >= 0 && iw < p.w ? iw * p.c : -1;
   }
   int j = 0;
-  for (; j + W <= p.c; j += W) winograd_in_vectors<W>(rows, cols, j, v, ld);
-  for (; j < p.c; ++j) winograd_in_vectors<1>(rows, cols, j, v, ld);
+  for (; j + W <= p.c; j += W) winograd_in_vectors<M, W>(rows, cols, j, v, ld);
+  for (; j < p.c; ++j) winograd_in_vectors<M, 1>(rows, cols, j, v, ld);
 }
 
-// Channels j .. j + V of a tile's outputs: A^T m A with A^T = [1 1 1 0; 0 1 -1 -1], plus bias, then
-// ReLU when relu; the rows x cols outputs inside the image are stored.
-template <int V>
+void winograd_in(const Window2d& p, int m, const float* x, int ty, int tx, float* v, ptrdiff_t ld) {
+  if (m == 2) {
+    winograd_in_tile<2>(p, x, ty, tx, v, ld);
+  } else {
+    winograd_in_tile<4>(p, x, ty, tx, v, ld);
+  }
+}
+
+// Channels j .. j + V of a tile's outputs: A^T m A plus bias, then ReLU when relu; the rows x cols
+// outputs inside the image are stored.
+template <int M, int V>
 inline void winograd_out_vectors(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
                                  int j, float* y, ptrdiff_t ldy) {
   typedef float vv __attribute__((vector_size(V * 4)));
   typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
-  vv s[2][4];
-  for (int t = 0; t < 4; ++t) {
-    const vv m0 = *reinterpret_cast<const vvu*>(m + t * ld + j);
-    const vv m1 = *reinterpret_cast<const vvu*>(m + (4 + t) * ld + j);
-    const vv m2 = *reinterpret_cast<const vvu*>(m + (8 + t) * ld + j);
-    const vv m3 = *reinterpret_cast<const vvu*>(m + (12 + t) * ld + j);
-    s[0][t] = m0 + m1 + m2;
-    s[1][t] = m1 - m2 - m3;
-  }
+  constexpr int A = M + 2;
+  vv mv[A][A], s[M][A], o[M][M];
+  for (int e = 0; e < A * A; ++e) mv[e / A][e % A] = *reinterpret_cast<const vvu*>(m + e * ld + j);
+  for (int t = 0; t < A; ++t) wino_at<M>(&mv[0][t], A, &s[0][t], A);
   const vv b = bias != nullptr ? *reinterpret_cast<const vvu*>(bias + j) : vv{};
   for (int a = 0; a < rows; ++a) {
-    vv o[2] = {s[a][0] + s[a][1] + s[a][2] + b, s[a][1] - s[a][2] - s[a][3] + b};
+    wino_at<M>(&s[a][0], 1, &o[a][0], 1);
     for (int c = 0; c < cols; ++c) {
-      const vv r = relu ? (o[c] > vv{} ? o[c] : vv{}) : o[c];
-      *reinterpret_cast<vvu*>(y + a * ldy + c * n + j) = r;
+      const vv r = o[a][c] + b;
+      *reinterpret_cast<vvu*>(y + a * ldy + c * n + j) = relu ? (r > vv{} ? r : vv{}) : r;
     }
   }
 }
 
-void winograd_out(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols, float* y,
-                  ptrdiff_t ldy) {
+template <int M>
+void winograd_out_tile(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols, float* y,
+                       ptrdiff_t ldy) {
   int j = 0;
-  for (; j + W <= n; j += W) winograd_out_vectors<W>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
-  for (; j < n; ++j) winograd_out_vectors<1>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
+  for (; j + W <= n; j += W) winograd_out_vectors<M, W>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
+  for (; j < n; ++j) winograd_out_vectors<M, 1>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
+}
+
+void winograd_out(int m, const float* mm, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
+                  float* y, ptrdiff_t ldy) {
+  if (m == 2) {
+    winograd_out_tile<2>(mm, ld, n, bias, relu, rows, cols, y, ldy);
+  } else {
+    winograd_out_tile<4>(mm, ld, n, bias, relu, rows, cols, y, ldy);
+  }
 }
 
 // Channels j .. j + V of pixel (oh, ow) of a pooling (V = W, or 1 for the tail).

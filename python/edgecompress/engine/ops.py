@@ -517,24 +517,37 @@ def _native(op: str, ins: list[tuple[int, int, int]], outs: list[tuple[int, int,
     return (NATIVE_OP[op], ins, outs, ints, list(floats), None, 0, (1.0, 0), 0)
 
 
-# Winograd F(2x2, 3x3) (the native winograd op): the weight transform G g G^T of each 3x3 kernel g,
-# B^T d B of each 4x4 input tile d and A^T m A of the products m (csrc/include/edgecompress/engine_ops.h).
-WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-# Fewer input channels than this: the 16 products are too short to pay for the transforms.
+# Winograd F(m x m, 3x3) (the native winograd op), m = 2 or 4: the weight transform G g G^T of each
+# 3x3 kernel g (the input and output transforms: csrc/include/edgecompress/engine_ops.h).
+WINOGRAD_G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+              4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                           [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+# Fewer input channels than this: the products are too short to pay for the transforms.
 WINOGRAD_MIN_CHANNELS = 8
+# F(4x4, 3x3) (4 times fewer multiply-adds, weights 4 times larger) for weights of at most this many
+# kernels (channels x outputs), F(2x2, 3x3) above: the wide layers of a network are its late ones,
+# whose small images give few tiles to read the larger weight.
+WINOGRAD4_MAX_KERNELS = 256 * 256
 
 
-def winograd_weights(w: np.ndarray) -> list[np.ndarray]:
-    """The 16 (n, c) float32 matrices U[e] (e = 4 a + b) of a 3x3 convolution's weight w (n, 9 c):
-    U[e][o, j] = (G g G^T)[a, b] for the kernel g of output o and input channel j (float64 sums)."""
+def winograd_weights(w: np.ndarray, m: int) -> list[np.ndarray]:
+    """The (m + 2)^2 (n, c) float32 matrices U[e] (e = (m + 2) a + b) of a 3x3 convolution's weight w
+    (n, 9 c) for Winograd F(m x m, 3x3): U[e][o, j] = (G g G^T)[a, b] for the kernel g of output o and
+    input channel j (float64 sums)."""
     n, c = w.shape[0], w.shape[1] // 9
     g = w.reshape(n, 3, 3, c).astype(np.float64)
-    u = np.einsum("ai,nijc,bj->abnc", WINOGRAD_G, g, WINOGRAD_G)
-    return [np.ascontiguousarray(u[a, b], dtype=np.float32) for a in range(4) for b in range(4)]
+    u = np.einsum("ai,nijc,bj->abnc", WINOGRAD_G[m], g, WINOGRAD_G[m])
+    return [np.ascontiguousarray(u[a, b], dtype=np.float32) for a in range(m + 2) for b in range(m + 2)]
+
+
+def winograd_tile(w: np.ndarray) -> int:
+    """m of the Winograd F(m x m, 3x3) a 3x3 convolution weight w (n, 9 c) runs in: 4 when it has at
+    most WINOGRAD4_MAX_KERNELS kernels (n c), else 2."""
+    return 4 if w.shape[0] * (w.shape[1] // 9) <= WINOGRAD4_MAX_KERNELS else 2
 
 
 def winograd_applies(node: Node, channels: int) -> bool:
-    """Whether conv2d ``node`` over ``channels`` input channels runs as Winograd F(2x2, 3x3) when its
+    """Whether conv2d ``node`` over ``channels`` input channels runs as Winograd F(m x m, 3x3) when its
     weight is a float32 array: one group, a 3x3 kernel of stride 1, not dilated, at least
     WINOGRAD_MIN_CHANNELS channels, and its attribute ``winograd`` not False."""
     t = node.attrs
@@ -547,12 +560,13 @@ def winograd_applies(node: Node, channels: int) -> bool:
 def packed_weight(w: Any, form: str = "") -> tuple[Any, int, int] | None:
     """The native packed form of a linear weight for the kernel the registry picks now (the ops
     layer's, shared with every other user of the weight; a float32 array is packed for dense_f32), the
-    q4 compute mode (0 int8, 1 float32) and the weight's N. form "winograd": the list of the 16
-    transformed products of a float32 3x3 convolution weight (None for any other weight)."""
+    q4 compute mode (0 int8, 1 float32) and the weight's N. form "winograd": the list of the transformed
+    products of a float32 3x3 convolution weight (winograd_weights for its winograd_tile; None for any
+    other weight)."""
     if form == "winograd":
         if not isinstance(w, np.ndarray):
             return None
-        return [_core.pack_dense_f32(u, dense_f32_kernel()) for u in winograd_weights(w)], 0, w.shape[0]
+        return [_core.pack_dense_f32(u, dense_f32_kernel()) for u in winograd_weights(w, winograd_tile(w))], 0, w.shape[0]
     if isinstance(w, np.ndarray):
         return _core.pack_dense_f32(w, dense_f32_kernel()), 0, w.shape[0]
     return ops.packed(w), 0 if not isinstance(w, Int4Weight) or w.compute == "int8" else 1, w.shape[0]
