@@ -18,7 +18,7 @@
 namespace edgecompress {
 
 constexpr int kDensePanel = 16;
-constexpr int kDenseRows = 4;  // rows of x per kernel call
+constexpr int kDenseRows = 6;  // rows of x per kernel call
 
 struct DenseF32 {
   int n = 0, k = 0, panels = 0;

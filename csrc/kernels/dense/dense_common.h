@@ -2,7 +2,8 @@
 // translation unit with that tier's flags and -ffp-contract=fast (see sparse_common.h).
 //
 // Per group of PW panels and M rows: M x PW running sums of 16 lanes; each k loads PW panel rows of 16
-// weights and broadcasts x[m][k]. PW is chosen so that the sums fill about 8 of the tier's registers.
+// weights and broadcasts x[m][k]. PW is chosen so that the sums fill about 12 of the tier's registers
+// (AVX2: 6 rows x 2 vectors, with 2 weight vectors and a broadcast: 15 of 16).
 #pragma once
 
 #include <cstring>
@@ -30,7 +31,7 @@ typedef float df_vec __attribute__((vector_size(4 * kDfLanes)));
 constexpr int kDfVecs = kDensePanel / kDfLanes;
 
 constexpr int df_group(int m) {
-  const int pw = 8 / (kDfVecs * m);
+  const int pw = 12 / (kDfVecs * m);
   return pw < 1 ? 1 : (pw > 4 ? 4 : pw);
 }
 
@@ -99,7 +100,9 @@ void df_run(const DenseTask& t) {
     case 1: return df_rows<1>(t);
     case 2: return df_rows<2>(t);
     case 3: return df_rows<3>(t);
-    default: return df_rows<4>(t);
+    case 4: return df_rows<4>(t);
+    case 5: return df_rows<5>(t);
+    default: return df_rows<6>(t);
   }
 }
 
