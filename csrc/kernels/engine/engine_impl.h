@@ -455,7 +455,7 @@ inline void wino_at(const T* m, int s, T* o, int os) {
 
 // Channels j .. j + V of one tile (V = W, or 1 for the tail): the A x A input pixels (zero outside the
 // image: rows[i] null, cols[t] < 0) to B^T d B, rows first, then columns.
-template <int M, int V>
+template <int M, int V, bool Interior>
 inline void winograd_in_vectors(const float* const rows[], const int cols[], int j, float* v, ptrdiff_t ld) {
   typedef float vv __attribute__((vector_size(V * 4)));
   typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
@@ -463,7 +463,8 @@ inline void winograd_in_vectors(const float* const rows[], const int cols[], int
   vv d[A][A], r[A][A];
   for (int i = 0; i < A; ++i) {
     for (int t = 0; t < A; ++t) {
-      d[i][t] = rows[i] != nullptr && cols[t] >= 0 ? *reinterpret_cast<const vvu*>(rows[i] + cols[t] + j) : vv{};
+      d[i][t] = Interior || (rows[i] != nullptr && cols[t] >= 0) ? *reinterpret_cast<const vvu*>(rows[i] + cols[t] + j)
+                                                                 : vv{};
     }
   }
   for (int t = 0; t < A; ++t) wino_bt<M>(&d[0][t], A, &r[0][t], A);
@@ -478,14 +479,19 @@ void winograd_in_tile(const Window2d& p, const float* x, int ty, int tx, float* 
   constexpr int A = M + 2;
   const float* rows[A];
   int cols[A];
+  bool interior = true;  // every pixel of the tile inside the image: loads without the checks
   for (int i = 0; i < A; ++i) {
     const int ih = M * ty - p.pt + i, iw = M * tx - p.pl + i;
     rows[i] = ih >= 0 && ih < p.h ? x + static_cast<ptrdiff_t>(ih) * p.w * p.c : nullptr;
     cols[i] = iw >= 0 && iw < p.w ? iw * p.c : -1;
+    interior = interior && rows[i] != nullptr && cols[i] >= 0;
   }
   int j = 0;
-  for (; j + W <= p.c; j += W) winograd_in_vectors<M, W>(rows, cols, j, v, ld);
-  for (; j < p.c; ++j) winograd_in_vectors<M, 1>(rows, cols, j, v, ld);
+  if (interior) {
+    for (; j + W <= p.c; j += W) winograd_in_vectors<M, W, true>(rows, cols, j, v, ld);
+  }
+  for (; j + W <= p.c; j += W) winograd_in_vectors<M, W, false>(rows, cols, j, v, ld);
+  for (; j < p.c; ++j) winograd_in_vectors<M, 1, false>(rows, cols, j, v, ld);
 }
 
 void winograd_in(const Window2d& p, int m, const float* x, int ty, int tx, float* v, ptrdiff_t ld) {
