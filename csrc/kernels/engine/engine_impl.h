@@ -322,6 +322,7 @@ void depthwise_row(const Window2d& p, const float* x, const float* w, const floa
   };
   for (int ow = 0; ow < lo; ++ow) edge(ow);
   int ow = lo;
+  for (; ow + 8 <= hi; ow += 8) dw_interior<8>(p, x, w, bias, oh, ow, i0, i1, y);
   for (; ow + 4 <= hi; ow += 4) dw_interior<4>(p, x, w, bias, oh, ow, i0, i1, y);
   for (; ow < hi; ++ow) dw_interior<1>(p, x, w, bias, oh, ow, i0, i1, y);
   for (ow = hi; ow < p.wo; ++ow) edge(ow);
