@@ -628,11 +628,62 @@ bool check_window_ops(const EngineKernel& k) {
   return bad == 0;
 }
 
+// The convolution nodes' reference: the direct convolution of x (b, h, w, c) with w (n rows of kh, kw,
+// c / g taps: g groups, output n reads group n / (n / g)), stride s, padding pt (top) and pl (left),
+// dilation d, to (b, ho, wo, n), in float64, then ReLU.
+struct ConvShape {
+  int b, h, w, c, n, g, kh, kw, s, pt, pl, d, ho, wo;
+};
+
+std::vector<double> direct_conv(const ConvShape& q, const std::vector<float>& x, const std::vector<float>& w,
+                                const std::vector<float>& bias) {
+  const int cg = q.c / q.g, ng = q.n / q.g;
+  std::vector<double> want(static_cast<size_t>(q.b) * q.ho * q.wo * q.n);
+  for (int b = 0; b < q.b; ++b)
+    for (int oh = 0; oh < q.ho; ++oh)
+      for (int ow = 0; ow < q.wo; ++ow)
+        for (int n = 0; n < q.n; ++n) {
+          double s = bias[n];
+          const int c0 = n / ng * cg;
+          for (int i = 0; i < q.kh; ++i)
+            for (int t = 0; t < q.kw; ++t) {
+              const int ih = oh * q.s - q.pt + i * q.d, iw = ow * q.s - q.pl + t * q.d;
+              if (ih < 0 || ih >= q.h || iw < 0 || iw >= q.w) continue;
+              for (int c = 0; c < cg; ++c)
+                s += static_cast<double>(x[((static_cast<size_t>(b) * q.h + ih) * q.w + iw) * q.c + c0 + c]) *
+                     w[((static_cast<size_t>(n) * q.kh + i) * q.kw + t) * cg + c];
+            }
+          want[((static_cast<size_t>(b) * q.ho + oh) * q.wo + ow) * q.n + n] = std::max(s, 0.0);
+        }
+  return want;
+}
+
+// A plan of one convolution node (op, its ints, its packed weights: one, or a list) on x (an input)
+// and bias (a constant); runs it into y and returns its status.
+engine::RunStatus run_conv_plan(const EngineKernel& k, engine::Op op, const int64_t (&ints)[16],
+                                const std::vector<std::unique_ptr<PackedDenseF32>>& packed, bool list,
+                                const std::vector<float>& x, const std::vector<float>& bias, Guarded<float>& y) {
+  using engine::Space;
+  std::vector<engine::Node> nodes(1);
+  engine::Node& nd = nodes[0];
+  nd.op = op;
+  nd.in[0] = {Space::input, 0, 0}, nd.in[1] = {Space::constant, 0, 0};
+  nd.out[0] = {Space::output, 0, 0};
+  std::copy(ints, ints + 16, nd.i);
+  nd.wkind = engine::WeightKind::dense_f32, nd.weight = packed[0].get();
+  if (list) {
+    for (const auto& pw : packed) nd.weights.push_back(pw.get());
+  }
+  engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
+  const void* ins[1] = {x.data()};
+  void* outs[1] = {y.data()};
+  return plan.run(ins, outs, 64, nullptr).status;
+}
+
 // A conv2d node (2 images 11 x 13 x 6 -> 9 channels, 3 x 3, stride 2, padding 1, dilation 2) run by a
 // plan on dense_f32 weights against the direct convolution: whole, in 3 groups (2 channels in, 3 out
 // each: one packed weight per group), and on 3 channels (engine_f32's conv_row, no patches).
 bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
-  using engine::Space;
   std::mt19937 rng(19);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int B = 2, H = 11, W = 13, N = 9, KH = 3, KW = 3, S = 2, P = 1, D = 2;
@@ -650,39 +701,10 @@ bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
     std::vector<std::unique_ptr<PackedDenseF32>> packed;
     for (int g = 0; g < G; ++g) packed.push_back(pack_dense_f32(dense, w.data() + static_cast<size_t>(g) * NG * KH * KW * CG,
                                                                 NG, KH * KW * CG));
-    std::vector<engine::Node> nodes(1);
-    engine::Node& nd0 = nodes[0];
-    nd0.op = engine::Op::conv2d;
-    nd0.in[0] = {Space::input, 0, 0}, nd0.in[1] = {Space::constant, 0, 0};
-    nd0.out[0] = {Space::output, 0, 0};
     const int64_t ints[16] = {B, H, W, C, HO, WO, KH, KW, S, S, P, P, D, D, static_cast<int64_t>(Activation::relu), N};
-    std::copy(ints, ints + 16, nd0.i);
-    nd0.wkind = engine::WeightKind::dense_f32, nd0.weight = packed[0].get();
-    if (G > 1) {
-      for (const auto& pw : packed) nd0.weights.push_back(pw.get());
-    }
-    engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
     Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
-    const void* ins[1] = {x.data()};
-    void* outs[1] = {y.data()};
-    bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok;
-    std::vector<double> want(static_cast<size_t>(B) * HO * WO * N);
-    for (int b = 0; b < B; ++b)
-      for (int oh = 0; oh < HO; ++oh)
-        for (int ow = 0; ow < WO; ++ow)
-          for (int n = 0; n < N; ++n) {
-            double s = bias[n];
-            const int c0 = n / NG * CG;
-            for (int i = 0; i < KH; ++i)
-              for (int q = 0; q < KW; ++q) {
-                const int ih = oh * S - P + i * D, iw = ow * S - P + q * D;
-                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                for (int c = 0; c < CG; ++c)
-                  s += static_cast<double>(x[((static_cast<size_t>(b) * H + ih) * W + iw) * C + c0 + c]) *
-                       w[((static_cast<size_t>(n) * KH + i) * KW + q) * CG + c];
-              }
-            want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = std::max(s, 0.0);
-          }
+    bad += run_conv_plan(k, engine::Op::conv2d, ints, packed, G > 1, x, bias, y) != engine::RunStatus::ok;
+    const std::vector<double> want = direct_conv({B, H, W, C, N, G, KH, KW, S, P, P, D, HO, WO}, x, w, bias);
     bad += misses(G > 1 ? "grouped conv2d node" : C <= 4 ? "direct conv2d node" : "conv2d node", y.data(), want,
                   max_abs(want), 1e-5) + !y.guards_intact();
   }
@@ -695,7 +717,6 @@ bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
 // the output), then one 40 x 40 image in several blocks of tiles; ReLU, then the sigmoid of the unary
 // pass. NaN in the image is refused.
 bool check_winograd_node(const EngineKernel& k, const DenseKernel& dense) {
-  using engine::Space;
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
@@ -729,43 +750,19 @@ bool check_winograd_node(const EngineKernel& k, const DenseKernel& dense) {
             }
           packed.push_back(pack_dense_f32(dense, u.data(), N, C));
         }
-      std::vector<engine::Node> nodes(1);
-      engine::Node& nd0 = nodes[0];
-      nd0.op = engine::Op::winograd;
-      nd0.in[0] = {Space::input, 0, 0}, nd0.in[1] = {Space::constant, 0, 0};
-      nd0.out[0] = {Space::output, 0, 0};
       const int64_t ints[16] = {B, H, W, C, HO, WO, 3, 3, 1, 1, P, PL, 1, 1,
                                 static_cast<int64_t>(Activation::relu) + 4 * cs[8], N};
-      std::copy(ints, ints + 16, nd0.i);
-      nd0.wkind = engine::WeightKind::dense_f32, nd0.weight = packed[0].get();
-      for (const auto& pw : packed) nd0.weights.push_back(pw.get());
-      engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
       Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
-      const void* ins[1] = {x.data()};
-      void* outs[1] = {y.data()};
-      bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::ok;
-      std::vector<double> want(static_cast<size_t>(B) * HO * WO * N);
-      for (int b = 0; b < B; ++b)
-        for (int oh = 0; oh < HO; ++oh)
-          for (int ow = 0; ow < WO; ++ow)
-            for (int n = 0; n < N; ++n) {
-              double s = bias[n];
-              for (int i = 0; i < 3; ++i)
-                for (int q = 0; q < 3; ++q) {
-                  const int ih = oh - P + i, iw = ow - PL + q;
-                  if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                  for (int c = 0; c < C; ++c)
-                    s += static_cast<double>(x[((static_cast<size_t>(b) * H + ih) * W + iw) * C + c]) *
-                         w[((static_cast<size_t>(n) * 3 + i) * 3 + q) * C + c];
-                }
-              s = std::max(s, 0.0);
-              want[((static_cast<size_t>(b) * HO + oh) * WO + ow) * N + n] = cs[8] ? 1 / (1 + std::exp(-s)) : s;
-            }
+      bad += run_conv_plan(k, engine::Op::winograd, ints, packed, true, x, bias, y) != engine::RunStatus::ok;
+      std::vector<double> want = direct_conv({B, H, W, C, N, 1, 3, 3, 1, P, PL, 1, HO, WO}, x, w, bias);
+      if (cs[8]) {
+        for (double& v : want) v = 1 / (1 + std::exp(-v));
+      }
       // F(4x4) rounds about ten times more than the direct sums (its transforms scale by up to 8 and 1/6)
       bad += misses(tm == 2 ? "winograd F(2x2) node" : "winograd F(4x4) node", y.data(), want, max_abs(want),
                     tm == 2 ? 1e-5 : 5e-5) + !y.guards_intact();
       x[x.size() / 2] = NAN;
-      bad += plan.run(ins, outs, 64, nullptr).status != engine::RunStatus::nonfinite_input;
+      bad += run_conv_plan(k, engine::Op::winograd, ints, packed, true, x, bias, y) != engine::RunStatus::nonfinite_input;
     }
   }
   return bad == 0;
