@@ -137,10 +137,10 @@ def test_winograd_conv2d(tier, threads, rng, activation):
         np.testing.assert_allclose(got, patches(x), rtol=0, atol=rtol * float(np.abs(got).max()) + 1e-5, err_msg=what)
 
 
-def test_winograd_conv2d_edges(rng):
+def test_winograd_conv2d_edges(rng, tmp_path):
     """Where Winograd does not apply (7 channels, stride 2, dilation 2, an int8 weight), the patches
-    run; release_weights keeps the transformed weights it runs on; NaN in the image is refused;
-    winograd must be a bool."""
+    run; release_weights keeps the transformed weights it runs on; winograd=False survives save and
+    load; NaN in the image is refused; winograd must be a bool."""
     wts = (rng.standard_normal((4, 9 * 8)).astype(np.float32), rng.standard_normal(4).astype(np.float32))
     for c, attrs, weight in [(7, {}, None), (8, {"stride": [2, 2]}, None), (8, {"dilation": [2, 2]}, None),
                              (8, {}, ec.Int8Weight.from_float(wts[0]))]:
@@ -155,6 +155,11 @@ def test_winograd_conv2d_edges(rng):
     p.release_weights()  # before any plan: it packs the transformed weights the node runs on
     x = _image(rng, 2, 6, 5, 8)
     np.testing.assert_array_equal(p(x), _winograd_program(wts, 8, 4, (1, 1, 1, 1), "relu", True)(x))
+    patches = _winograd_program(wts, 8, 4, (1, 1, 1, 1), "relu", False)  # the choice is saved with the node
+    patches.save(tmp_path / "patches")
+    back = ec.engine.load(tmp_path / "patches")
+    assert [op for _, op, _ in back.profile(x, rounds=1)["nodes"]][-1] == "conv2d"
+    np.testing.assert_array_equal(back(x), patches(x))
     x[1, 3, 2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         p(x)
