@@ -97,7 +97,7 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
             "embedding node: mode 3 needs its packed weights");
     const bool winograd = nd.op == engine::Op::winograd;
     if ((nd.op == engine::Op::conv2d && py::isinstance<py::list>(t[5])) || winograd) {
-      // grouped: one weight per group; winograd: the 16 transformed products
+      // grouped: one weight per group; winograd: the 16 or 36 transformed products
       require(py::isinstance<py::list>(t[5]), "winograd node: expected a list of 16 or 36 weights");
       const auto ws = t[5].cast<py::list>();
       if (winograd) {

@@ -598,14 +598,9 @@ def _window_ints(node: Node, xs: tuple[int, ...], ys: tuple[int, ...], kernel: t
 def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[..., Any]) -> list[tuple[Any, ...]]:
     t = node.attrs
     xs = s[0][0]
+    # a float32 3x3 convolution of stride 1: Winograd's transformed products (packed_weight "winograd")
     wino = packed(node.weight_names[0], "winograd") if winograd_applies(node, xs[3]) else None
-    if wino is not None:
-        (ys, _), = _infer_window(node, s, (3, 3), wino[2])
-        act = t.get("activation")
-        unary = 0 if act in (None, "relu") else UNARY_ACTS[act] + 1
-        ints = _window_ints(node, xs, ys, (3, 3)) + [int(act == "relu") + 4 * unary, wino[2]]
-        return [(NATIVE_OP["winograd"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], wino[0], 0, (1.0, 0), 0)]
-    groups = [packed(name) for name in node.weight_names]
+    groups = [wino] if wino is not None else [packed(name) for name in node.weight_names]
     pw, q4, n = groups[0]
     if len(groups) > 1:  # the executor takes the list of the groups' packed weights
         pw, n = [g[0] for g in groups], n * len(groups)
@@ -617,13 +612,14 @@ def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
     aq = (float(scale or 1.0), int(zp or 0))
     k, st, pad, dil = _window(t, tuple(t["kernel"]))
     unary = 0 if act is None or fused else UNARY_ACTS[act] + 1
-    if len(groups) == 1 and k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0) and not unary:
+    if wino is None and len(groups) == 1 and k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0) and not unary:
         # a 1x1 convolution is the product
         return [(NATIVE_OP["linear"], [r[0], r[1] or NO_REF], [r[-1]], [_prod(xs[:-1]), xs[-1], int(fused)], [], pw,
                  scheme, aq, q4)]
     # other activations: the executor's pass over each tile of output rows while it is in cache
     ints = _window_ints(node, xs, ys, k) + [int(fused) + 4 * unary, n]
-    return [(NATIVE_OP["conv2d"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme, aq, q4)]
+    return [(NATIVE_OP["conv2d" if wino is None else "winograd"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme,
+             aq, q4)]
 
 
 def _lower_depthwise(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
