@@ -32,10 +32,15 @@ inline float dequantize_wide(int32_t v, float rs, float cs) {
   return static_cast<float>(static_cast<double>(v) * static_cast<double>(rs) * static_cast<double>(cs));
 }
 
+// ReLU: v > 0 ? v : +0 (NaN gives 0), applied to the bits. Written as a float select, a tile row
+// of fixed length (finish_tile) compiled to one scalar compare and blend per value; the mask form
+// vectorizes there and in plain loops alike.
+inline float relu(float v) { return bits_float(float_bits(v) & (0u - static_cast<uint32_t>(v > 0.0f))); }
+
 // One output value: v + bias[col] (when bias is given), then the activation.
 inline float bias_act(float v, const float* bias, int col, Activation act) {
   if (bias != nullptr) v = v + bias[col];
-  if (act == Activation::relu) v = v > 0.0f ? v : 0.0f;
+  if (act == Activation::relu) v = relu(v);
   if (act == Activation::gelu) v = gelu(v);
   return v;
 }
@@ -43,7 +48,7 @@ inline float bias_act(float v, const float* bias, int col, Activation act) {
 // The activation over a row of n values in place.
 inline void act_row(float* __restrict y, int n, Activation act) {
   if (act == Activation::relu) {
-    for (int c = 0; c < n; ++c) y[c] = y[c] > 0.0f ? y[c] : 0.0f;
+    for (int c = 0; c < n; ++c) y[c] = relu(y[c]);
   } else if (act == Activation::gelu) {
     for (int c = 0; c < n; ++c) y[c] = gelu(y[c]);
   }

@@ -15,6 +15,39 @@
 namespace edgecompress {
 namespace {
 
+// A whole tile row whose scale products are all normal floats: dequantize, bias and activation in
+// registers, one store (three passes over y made each pass wait on the previous one's stores). The
+// steps are template arguments so that each case is one loop without branches: the compiler
+// vectorizes that, while a loop with the branches inside, or the steps in a local array, came out as
+// scalar code. Same operations, same order, same bits as bias_act_row.
+template <int kNr, bool kBias, Activation kAct>
+void whole_row_as(const int32_t* __restrict a, uint32_t off, const int32_t* __restrict colsum, float rs,
+                  const float* __restrict col_scale, const float* __restrict bias, float* __restrict y) {
+  for (int c = 0; c < kNr; ++c) {
+    const int32_t q = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
+    float v = dequantize_normal(q, rs, col_scale[c]);
+    if (kBias) v = v + bias[c];
+    if (kAct == Activation::relu) v = relu(v);
+    if (kAct == Activation::gelu) v = gelu(v);
+    y[c] = v;
+  }
+}
+
+template <int kNr, bool kBias>
+void whole_row_act(const int32_t* a, uint32_t off, const int32_t* colsum, float rs, const float* col_scale,
+                   const float* bias, Activation act, float* y) {
+  if (act == Activation::relu) whole_row_as<kNr, kBias, Activation::relu>(a, off, colsum, rs, col_scale, bias, y);
+  else if (act == Activation::gelu) whole_row_as<kNr, kBias, Activation::gelu>(a, off, colsum, rs, col_scale, bias, y);
+  else whole_row_as<kNr, kBias, Activation::none>(a, off, colsum, rs, col_scale, bias, y);
+}
+
+template <int kNr>
+void whole_row(const int32_t* a, uint32_t off, const int32_t* colsum, float rs, const float* col_scale,
+               const float* bias, Activation act, float* y) {
+  if (bias != nullptr) whole_row_act<kNr, true>(a, off, colsum, rs, col_scale, bias, act, y);
+  else whole_row_act<kNr, false>(a, off, colsum, rs, col_scale, bias, act, y);
+}
+
 // Applies the epilogue to an int32 accumulator tile acc[r * kNr + c] and stores t.m x t.n results.
 // Everything is read into locals first: stores through y could otherwise alias the tile's fields
 // and pointers, and the compiler would reload them for every element instead of vectorizing.
@@ -45,15 +78,7 @@ void finish_tile(const int32_t* __restrict acc, const GemmS8Tile& t) {
     float* __restrict y = t.y + r * ldy;
     const float rs = row_scale[r];
     if (n == kNr && scales_normal(rs, t.col_scale_min, t.col_scale_max)) {
-      // A whole tile row: dequantize, bias and activation in registers, one store (three passes over
-      // y made each pass wait on the previous one's stores). Same operations, same order, same bits.
-      float v[kNr];
-      for (int c = 0; c < kNr; ++c) {
-        const int32_t q = static_cast<int32_t>(static_cast<uint32_t>(a[c]) - off * static_cast<uint32_t>(colsum[c]));
-        v[c] = dequantize_normal(q, rs, col_scale[c]);
-      }
-      bias_act_row(v, kNr, bias, act);
-      for (int c = 0; c < kNr; ++c) y[c] = v[c];
+      whole_row<kNr>(a, off, colsum, rs, col_scale, bias, act, y);
       continue;
     }
     if (scales_normal(rs, t.col_scale_min, t.col_scale_max)) {
