@@ -131,6 +131,23 @@ def test_layers_around_the_convolutions():
     assert {"concat", "mul", "add", "act", "pool2d", "transpose"} <= ops
 
 
+@pytest.mark.parametrize("recipe", [None, "int8-static"])
+@pytest.mark.parametrize("head", ["image", "flatten", "pooled"])
+def test_outputs_that_are_images_or_flattened_images(recipe, head):
+    """A backbone's feature map (channels first, as torch gives it), the same flattened in torch's
+    (c, h, w) order, and a pooled vector flattened: each comes back with torch's shape and values."""
+    layers = [nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 24, 1)]
+    layers += {"image": [], "flatten": [nn.Flatten()], "pooled": [nn.AdaptiveAvgPool2d(1), nn.Flatten()]}[head]
+    model = nn.Sequential(*layers).eval()
+    x = _x((2, 3, 10, 12))
+    p = export(model, x, recipe)
+    with torch.inference_mode():
+        want = model(x).numpy()
+    got = p(x.numpy())
+    assert got.shape == want.shape
+    assert _err(got, want) < (1e-5 if recipe is None else 0.02)
+
+
 class _ResNeXtBlock(nn.Module):
     """A ResNeXt bottleneck (1x1, a 3x3 of 8 groups with stride 2, 1x1, projection shortcut) before
     global pooling and a classifier."""

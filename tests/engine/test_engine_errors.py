@@ -200,8 +200,13 @@ def test_program_structure_errors():
     with pytest.raises(ValueError, match="program input 'x': expected dtype float32 or int64, got 'int8'"):
         Program([_float_program().inputs[0].__class__("x", "int8", (2,))], [], [], {})
     g = _graph(lambda g, x: g.op("reshape", [x], "view", shape=[0, -1]))
-    with pytest.raises(ValueError, match="program output 'view': a view of another value cannot be an output"):
+    with pytest.raises(ValueError, match="program output 'view': a view of the program's input or weight 'x' "
+                                         "cannot be an output"):
         g.program(["view"], {})(np.ones((1, WIDTH), np.float32))
+    g = _graph(lambda g, x: g.op("gelu", [x], "y"))
+    g.op("reshape", ["y"], "view", shape=[-1])
+    with pytest.raises(ValueError, match="program output 'view': a view of 'y', whose buffer output 'y' already is"):
+        g.program(["y", "view"], {})(np.ones((1, WIDTH), np.float32))
     with pytest.raises(ValueError, match="program output 'x': expected a value computed by a node"):
         _graph(lambda g, x: None).program(["x"], {})
     g = _graph(lambda g, x: g.op("gelu", [x], "y"))

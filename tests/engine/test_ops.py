@@ -252,6 +252,21 @@ def test_reshape_view(tier, rng):
         np.testing.assert_allclose(got.reshape(b, s, heads, -1).sum(axis=-1), 2.0, rtol=1e-5)
 
 
+def test_view_outputs(tier, rng):
+    """An output may be a view of a computed value (written into the output's buffer), next to other
+    outputs, and the value it views may still be read by later nodes."""
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", 6))
+    t = g.op("gelu", [x], "gelu")
+    flat = g.op("reshape", [t], "flat", shape=[-1])
+    twice = g.op("add", [t, t], "twice")
+    p = g.program([flat, twice], {})
+    a = _x(rng, 3, 6, scale=3)
+    got_flat, got_twice = _check(p, a, what="view outputs")
+    assert got_flat.shape == (18,) and got_twice.shape == (3, 6)
+    np.testing.assert_array_equal(got_twice, 2 * got_flat.reshape(3, 6))
+
+
 # ---- linear on every weight format ----
 
 

@@ -325,7 +325,7 @@ class _Import:
                 v = self.value[out]
                 if self.image[out]:
                     v = self.b.op("transpose", [v], "output", perm=[0, 3, 1, 2])
-                outputs.append(self.unview(v))
+                outputs.append(v)  # a view (flatten) is written into the output's buffer
                 continue
             if node.op == "get_attr":
                 raise self.fail(node, f"a tensor attribute {node.target!r}")
@@ -407,16 +407,6 @@ class _Import:
         if not outputs:
             raise ValueError("export_cnn: the model returns nothing")
         return self.b.program(outputs, {"model": "cnn"})
-
-    def unview(self, v: str) -> str:
-        """The value a chain of reshape views of one shape comes from (an output cannot be a view)."""
-        node = self.producer.get(v)
-        while node is not None and node.op == "reshape":
-            v = node.inputs[0]
-            node = self.producer.get(v)
-        if node is None or node.op == "reshape":
-            raise ValueError("export_cnn: the model's output is its input reshaped")
-        return v
 
     def _is_batch(self, a: Any, x: Any) -> bool:
         """a is x.size(0) (the batch of view(x.size(0), -1))."""

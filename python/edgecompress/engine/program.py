@@ -332,13 +332,25 @@ class Program:
                 shapes[o] = s
             if OPS[n.op].lower is None:  # a view: the output is its input's buffer
                 alias[n.outputs[0]] = alias.get(n.inputs[0], n.inputs[0])
-        for o in self.outputs:
+        # An output that is a view (a reshape) of a value a node computes: that value is written into
+        # the output's buffer (same bytes). A view of an input or a weight would need a copy, and two
+        # outputs cannot share one buffer.
+        written_to: dict[str, int] = {o: k for k, o in enumerate(self.outputs) if o not in alias}
+        for k, o in enumerate(self.outputs):
             if o in alias:
-                raise ValueError(f"program output {o!r}: a view of another value cannot be an output")
+                src = alias[o]
+                if src in self.weights or src in {i.name for i in self.inputs}:
+                    raise ValueError(f"program output {o!r}: a view of the program's input or weight {src!r} "
+                                     "cannot be an output")
+                if src in written_to:
+                    other = self.outputs[written_to[src]]
+                    raise ValueError(f"program output {o!r}: a view of {src!r}, whose buffer output {other!r} "
+                                     "already is")
+                written_to[src] = k
         constants: list[np.ndarray] = []
         const_index: dict[str, int] = {}
         refs: dict[str, tuple[int, int, int]] = {i.name: (_SPACE_INPUT, k, 0) for k, i in enumerate(self.inputs)}
-        refs.update({o: (_SPACE_OUTPUT, k, 0) for k, o in enumerate(self.outputs)})
+        refs.update({v: (_SPACE_OUTPUT, k, 0) for v, k in written_to.items()})
         live: list[tuple[int, int, str]] = []  # (offset, size, value) of arena buffers in use
         arena = 0
         native: list[tuple[Any, ...]] = []
