@@ -332,6 +332,22 @@ def test_linear_formats(tier, threads, rng, activation):
                 _close(p.reference(a), ln.astype(np.float32), rtol=1e-4, what="reference against numpy")
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_float_linear_every_column_count(tier, threads, rng, activation):
+    """A float32 weight's columns go in panels of 16 (dense_f32), each a whole number of the tier's
+    vectors: every count of columns in the last panel (n = 1..40, whole vectors and a part of one), with
+    and without a bias, over 13 and 5 rows (whole blocks of rows and the rest)."""
+    for n in range(1, 41):
+        k = 3 + n % 5
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32) if n % 3 else None
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("batch", "seq", k))
+        p = g.program([g.linear(x, w, bias, "fc", activation)], {})
+        for rows in (13, 5):
+            _check(p, _x(rng, 1, rows, k), atol=1e-5, what=f"float32 linear {activation} n={n} rows={rows}")
+
+
 def test_concurrent_calls(rng):
     """Python threads calling one program at once (the GIL is released during a run): every result is the
     one a lone call gives, for calls of the same shapes (one plan, one arena) and of different ones."""

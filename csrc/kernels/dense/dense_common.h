@@ -35,15 +35,17 @@ constexpr int df_group(int m) {
   return pw < 1 ? 1 : (pw > 4 ? 4 : pw);
 }
 
-template <int M, int PW>
+// M rows times panels p .. p + PW - 1, of whose last panel only its first LV vectors (the columns
+// the weight has: n not a multiple of the panel width) are computed.
+template <int M, int PW, int LV = kDfVecs>
 void df_group_run(const DenseTask& t, int p) {
   const DenseF32& w = *t.w;
   const ptrdiff_t pstride = static_cast<ptrdiff_t>(w.k) * kDensePanel;
   const float* __restrict wp = w.data + p * pstride;
-  constexpr int V = PW * kDfVecs;  // registers of one row's sums
+  constexpr int V = (PW - 1) * kDfVecs + LV;  // registers of one row's sums
   df_vec acc[M][V];
   unroll<M>([&](auto m) { unroll<V>([&](auto j) { acc[m.value][j.value] = df_vec{}; }); });
-  EC_MCA_LOOP("dense_f32", M, PW);
+  if constexpr (LV == kDfVecs) EC_MCA_LOOP("dense_f32", M, PW);
   for (int k = 0; k < w.k; ++k) {
     df_vec wv[V];
     unroll<V>([&](auto j) {
@@ -55,44 +57,66 @@ void df_group_run(const DenseTask& t, int p) {
       unroll<V>([&](auto j) { acc[m.value][j.value] = acc[m.value][j.value] + wv[j.value] * xv; });
     });
   }
-  alignas(64) float sums[PW * kDensePanel];
+  // The epilogue. Whole vectors of a panel: bias and ReLU on the sums, one store (at small K the
+  // epilogue through memory cost more than the products: K = 16 ran at 19 GFLOPS). The vector a
+  // panel's last columns end in (n not a multiple of the tier's lanes), and GELU (a row pass that
+  // vectorizes, where a per-value call with its branches did not): through memory. The rows go in a
+  // loop: unrolled too, they made the compiler spill running sums inside the k loop above.
+  alignas(64) float sums[kDensePanel] = {};  // (only a panel's columns are read)
   for (int m = 0; m < M; ++m) {
-    bool spilled = false;  // acc[m] copied to sums: only for a panel that needs the pass through memory
-    for (int j = 0; j < PW; ++j) {
+    unroll<PW>([&](auto ji) {
+      constexpr int j = ji.value;
       const int c0 = (p + j) * kDensePanel;
       const int cols = w.n - c0 < kDensePanel ? w.n - c0 : kDensePanel;
       float* __restrict yr = t.y + m * t.ldy + c0;
-      if (cols == kDensePanel && t.act != Activation::gelu) {
-        // a whole panel without GELU: bias and ReLU on the sums in registers, stored once (at small K
-        // the epilogue through memory cost more than the products: K = 16 ran at 19 GFLOPS)
-        unroll<kDfVecs>([&](auto q) {
-          df_vec v = acc[m][j * kDfVecs + q.value];
+      constexpr int live = V - j * kDfVecs < kDfVecs ? V - j * kDfVecs : kDfVecs;  // this panel's vectors
+      if (t.act == Activation::gelu) {
+        std::memcpy(sums, &acc[m][j * kDfVecs], sizeof(df_vec) * live);
+        bias_act_row(sums, cols, t.bias != nullptr ? t.bias + c0 : nullptr, t.act);
+        for (int i = 0; i < cols; ++i) yr[i] = sums[i];
+        return;
+      }
+      unroll<live>([&](auto qi) {
+        constexpr int q = qi.value;
+        const int c = q * kDfLanes;  // the vector's first column in the panel
+        df_vec v = acc[m][j * kDfVecs + q];
+        if (c + kDfLanes <= cols) {
           if (t.bias != nullptr) {
             df_vec b;
-            std::memcpy(&b, t.bias + c0 + q.value * kDfLanes, sizeof(b));
+            std::memcpy(&b, t.bias + c0 + c, sizeof(b));
             v = v + b;
           }
           if (t.act == Activation::relu) v = v > df_vec{} ? v : df_vec{};
-          std::memcpy(yr + q.value * kDfLanes, &v, sizeof(v));
-        });
-        continue;
-      }
-      // the epilogue as whole-row passes (bias_act_row vectorizes; a per-value call with its branches
-      // did not, and a scalar GELU per output cost more than the product at K = 384)
-      if (!spilled) std::memcpy(sums, acc[m], sizeof(sums)), spilled = true;
-      float* __restrict v = sums + j * kDensePanel;
-      bias_act_row(v, cols, t.bias != nullptr ? t.bias + c0 : nullptr, t.act);
-      for (int i = 0; i < cols; ++i) yr[i] = v[i];
-    }
+          std::memcpy(yr + c, &v, sizeof(v));
+        } else if (c < cols) {
+          std::memcpy(sums, &v, sizeof(v));
+          for (int i = 0; i < kDfLanes && c + i < cols; ++i) yr[c + i] = bias_act(sums[i], t.bias, c0 + c + i, t.act);
+        }
+      });
+    });
+  }
+}
+
+// The weight's last panel when its columns fill only `live` < kDfVecs of the panel's vectors (n = 72
+// on AVX2: 4 panels of 16 and one of 8): the empty vectors' products are skipped.
+template <int M, int LV = 1>
+void df_last(const DenseTask& t, int p, int live) {
+  if constexpr (LV < kDfVecs) {
+    if (live == LV) return df_group_run<M, 1, LV>(t, p);
+    df_last<M, LV + 1>(t, p, live);
   }
 }
 
 template <int M>
 void df_rows(const DenseTask& t) {
   constexpr int PW = df_group(M);
+  const int last = t.w->panels - 1;
+  const int live = (t.w->n - last * kDensePanel + kDfLanes - 1) / kDfLanes;  // vectors of the last panel
+  const int full = live == kDfVecs ? t.p1 : (t.p1 < last ? t.p1 : last);    // panels before a part-empty one
   int p = t.p0;
-  for (; p + PW <= t.p1; p += PW) df_group_run<M, PW>(t, p);
-  for (; p < t.p1; ++p) df_group_run<M, 1>(t, p);
+  for (; p + PW <= full; p += PW) df_group_run<M, PW>(t, p);
+  for (; p < full; ++p) df_group_run<M, 1>(t, p);
+  if (p < t.p1) df_last<M>(t, p, live);
 }
 
 void df_run(const DenseTask& t) {
