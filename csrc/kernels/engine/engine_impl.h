@@ -358,6 +358,21 @@ inline void conv_pixels(const Window2d& p, const float* x, const float* w, int k
     const ptrdiff_t step = static_cast<ptrdiff_t>(p.sw) * p.c;
     for (int i = i0; i < i1; ++i) {
       const float* xr = x + static_cast<ptrdiff_t>(oh * p.sh - p.pt + i * p.dh) * p.w * p.c;
+      if (p.dw == 1) {
+        // the kernel row's taps are kw * c consecutive values of the image row (channels last) and
+        // of the weight: one loop (3 taps of 3 channels in 3 x 3 loops ran at 15 GMAC/s)
+        const float* xp = xr + static_cast<ptrdiff_t>(ow * p.sw - p.pl) * p.c;
+        const ptrdiff_t k0 = static_cast<ptrdiff_t>(i) * p.kw * p.c * kDensePanel;
+        for (int e = 0; e < p.kw * p.c; ++e) {
+          vf wv[V];
+          for (int v = 0; v < V; ++v) wv[v] = load(wv0[v] + k0 + e * kDensePanel);
+          for (int u = 0; u < U; ++u) {
+            const float xv = xp[u * step + e];
+            for (int v = 0; v < V; ++v) acc[u][v] += wv[v] * xv;
+          }
+        }
+        continue;
+      }
       for (int t = 0; t < p.kw; ++t) {
         const float* xp = xr + static_cast<ptrdiff_t>(ow * p.sw - p.pl + t * p.dw) * p.c;
         const ptrdiff_t k0 = (static_cast<ptrdiff_t>(i) * p.kw + t) * p.c * kDensePanel;
