@@ -53,11 +53,13 @@ std::unique_ptr<PackedDenseF32> pack_dense_f32(const DenseKernel& kernel, const 
 
 namespace {
 
-// y (m, n) = epilogue(x @ W.T): chunks of panels over the threads. Inside a chunk, panels go in
-// blocks of about 64 KiB, and each block runs every block of kDenseRows rows before the next: the
-// block is read from L1/L2 by all rows instead of the whole weight streaming from L3 once per four
-// rows (at 128 rows and a 384 x 384 weight that was 32 passes over 590 KB). Each output's sum is the
-// same either way (one kernel call computes it over the whole K).
+// y (m, n) = epilogue(x @ W.T): chunks of panels over the threads, and, when there are fewer panels
+// than about 4 per thread (a narrow output: 16 or 24 columns are 1 or 2 panels), chunks of rows as
+// well, so that every thread has work. Inside a chunk, panels go in blocks of about 64 KiB, and each
+// block runs every block of kDenseRows rows before the next: the block is read from L1/L2 by all rows
+// instead of the whole weight streaming from L3 once per four rows (at 128 rows and a 384 x 384
+// weight that was 32 passes over 590 KB). Each output's sum is the same either way (one kernel call
+// computes it over the whole K).
 void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, const float* bias, Activation act,
                float* y, ptrdiff_t ldy, int max_threads) {
   const DenseF32& w = p.w;
@@ -65,21 +67,27 @@ void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, co
   const int threads = work < gemm_min_parallel_macs() ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
   const int chunks = std::min(w.panels, threads == 1 ? 1 : 4 * threads);
   const int per = (w.panels + chunks - 1) / chunks;
+  // row chunks: whole blocks of kDenseRows rows, at least 8 blocks each
+  const int row_blocks = (m + kDenseRows - 1) / kDenseRows;
+  const int row_chunks = threads == 1 ? 1 : std::max(1, std::min((4 * threads + chunks - 1) / chunks, row_blocks / 8));
+  const int rows_per = (row_blocks + row_chunks - 1) / row_chunks * kDenseRows;
   const int block = std::max(1, static_cast<int>(16384 / (static_cast<int64_t>(w.k) * kDensePanel)));
   const DenseKernel& kern = *p.kernel;
-  auto run = [&](int c) {
+  auto run = [&](int task) {
+    const int c = task % chunks, rc = task / chunks;
     const int c0 = c * per, c1 = std::min(w.panels, (c + 1) * per);
+    const int r0 = rc * rows_per, r1 = std::min(m, r0 + rows_per);
     for (int b0 = c0; b0 < c1; b0 += block) {
       DenseTask t{&w, b0, std::min(c1, b0 + block), 0, nullptr, ldx, bias, act, nullptr, ldy};
-      for (int r = 0; r < m; r += kDenseRows) {
-        t.m = std::min(kDenseRows, m - r);
+      for (int r = r0; r < r1; r += kDenseRows) {
+        t.m = std::min(kDenseRows, r1 - r);
         t.x = x + r * ldx;
         t.y = y + r * ldy;
         kern.run(t);
       }
     }
   };
-  parallel_for(chunks, threads, run);
+  parallel_for(chunks * row_chunks, threads, run);
 }
 
 AlignedArray<float>& lowrank_workspace() {

@@ -348,6 +348,33 @@ def test_float_linear_every_column_count(tier, threads, rng, activation):
             _check(p, _x(rng, 1, rows, k), atol=1e-5, what=f"float32 linear {activation} n={n} rows={rows}")
 
 
+def test_narrow_float_linear_splits_rows_across_threads(tier, rng):
+    """A product of one or two panels (16 or 24 columns) over many rows gives each thread a part of the
+    rows: the same bits as one thread."""
+    import warnings
+
+    import edgecompress as ec
+
+    for n in (16, 24, 40):
+        w = rng.standard_normal((n, 96)).astype(np.float32)
+        g = GraphBuilder()
+        x = g.input("x", "float32", ("batch", "seq", 96))
+        p = g.program([g.linear(x, w, rng.standard_normal(n).astype(np.float32), "fc", "relu")], {})
+        a = _x(rng, 1, 301, 96)
+        before = ec.get_num_threads()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # 2 threads on a 1-CPU machine
+                ec.set_num_threads(1)
+                one = p(a)
+                ec.set_num_threads(2)
+                two = p(a)
+        finally:
+            ec.set_num_threads(before)
+        np.testing.assert_array_equal(one, two)
+        _check(p, a, atol=1e-5, what=f"narrow float32 linear n={n}")
+
+
 def test_concurrent_calls(rng):
     """Python threads calling one program at once (the GIL is released during a run): every result is the
     one a lone call gives, for calls of the same shapes (one plan, one arena) and of different ones."""
