@@ -579,11 +579,38 @@ inline void pool_pixel(const Window2d& p, int mode, const float* x, int oh, int 
   *reinterpret_cast<vvu*>(y + j) = acc;
 }
 
+// Channels j .. j + NV W of output pixel (oh, ow) of a pool: NV vectors per walk over the taps (one
+// vector per walk spent more on the walk than on the maxima).
+template <int NV>
+inline void pool_vectors(const Window2d& p, int mode, const float* x, int oh, int ow, int j, float* y) {
+  vf acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = mode == 0 ? vf{} - INFINITY : vf{};
+  int taps = 0;
+  for_taps(p, oh, ow, [&](ptrdiff_t, ptrdiff_t at) {
+    for (int v = 0; v < NV; ++v) {
+      const vf e = load(x + at + j + v * W);
+      if (mode == 0) {
+        acc[v] = ((e > acc[v]) | (e != e)) ? e : acc[v];  // NaN wins, as in torch
+      } else {
+        acc[v] += e;
+      }
+    }
+    ++taps;
+  });
+  if (mode != 0) {
+    const int count = mode == 1 ? p.kh * p.kw : taps;
+    for (int v = 0; v < NV; ++v) acc[v] = count > 0 ? acc[v] * (1.0f / static_cast<float>(count)) : vf{};
+  }
+  for (int v = 0; v < NV; ++v) *reinterpret_cast<vfu*>(y + j + v * W) = acc[v];
+}
+
 void pool_row(const Window2d& p, int mode, const float* x, int oh, float* y) {
   for (int ow = 0; ow < p.wo; ++ow) {
     float* yo = y + static_cast<ptrdiff_t>(ow) * p.c;
     int j = 0;
-    for (; j + W <= p.c; j += W) pool_pixel<W>(p, mode, x, oh, ow, j, yo);
+    for (; j + 4 * W <= p.c; j += 4 * W) pool_vectors<4>(p, mode, x, oh, ow, j, yo);
+    for (; j + 2 * W <= p.c; j += 2 * W) pool_vectors<2>(p, mode, x, oh, ow, j, yo);
+    for (; j + W <= p.c; j += W) pool_vectors<1>(p, mode, x, oh, ow, j, yo);
     for (; j < p.c; ++j) pool_pixel<1>(p, mode, x, oh, ow, j, yo);
   }
 }
