@@ -157,6 +157,29 @@ def test_an_exported_cnn_splits_at_every_cut():
         assert len(all_cuts) == len(prog.nodes) - 1
 
 
+def test_a_cnn_returning_a_flattened_feature_map_splits_where_the_tail_computes():
+    """The output is a view (flatten) of the last value: the cut before the view, whose tail could only
+    reshape its input, is left out of cuts() and refused by split(); every other cut reproduces the
+    program."""
+    torch = pytest.importorskip("torch")
+    from edgecompress import engine
+
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.Flatten()).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    prog = engine.export(model, torch.from_numpy(x))
+    whole = prog(x)
+    assert whole.shape == (1, 8 * 5 * 5)
+    all_cuts = cuts(prog, x)
+    assert len(all_cuts) == len(prog.nodes) - 2  # every cut but the one before the flatten's reshape
+    for c in all_cuts:
+        head, tail = split(prog, list(c.values), x)
+        np.testing.assert_array_equal(tail(**{c.values[0]: head(x)}), whole)
+    base = prog.nodes[-1].inputs[0]
+    with pytest.raises(ValueError, match=f"is a view \\(reshape\\) of '{base}', which the cut sends to the tail"):
+        split(prog, [base], x)
+
+
 def test_the_planner_picks_edge_cloud_or_split(rng=np.random.default_rng(5)):
     from edgecompress.engine import plan
 

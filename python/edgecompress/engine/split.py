@@ -72,6 +72,11 @@ def split(program: Program, cut: Any, *example_args: Any, specs: dict[str, tuple
     lost = [o for o in program.outputs if o not in tail_defined and o not in cut]
     if lost:
         raise ValueError(f"cut: the program outputs {', '.join(lost)} are computed before the cut; add them to the cut")
+    view_of = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
+    for o in program.outputs:
+        if o in view_of and _base(o, view_of) in cut:  # the tail would return a view of its own input
+            raise ValueError(f"cut: the program output {o!r} is a view (reshape) of {_base(o, view_of)!r}, which "
+                             "the cut sends to the tail; cut before the node that computes it")
     if specs is not None:
         if set(specs) != set(cut):
             raise ValueError(f"specs: expected the rank and dtype of each cut value {cut}, got {sorted(specs)}")
@@ -122,7 +127,9 @@ class Cut:
 
 def cuts(program: Program, *example_args: Any, **example_kwargs: Any) -> list[Cut]:
     """Every cut between consecutive nodes of the program's order: the values computed so far that a
-    later node or the outputs read (program inputs are available on both sides)."""
+    later node or the outputs read (program inputs are available on both sides). Left out: a cut after
+    which a program output would be a view of a value that crosses (the tail would only reshape its
+    input: a model returning a flattened feature map, cut before the flatten)."""
     shapes = program.shapes(*example_args, **example_kwargs)
     views = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
     last_read: dict[str, int] = {}
@@ -141,6 +148,8 @@ def cuts(program: Program, *example_args: Any, **example_kwargs: Any) -> list[Cu
             if last_read.get(v, -1) > k:
                 live.append(_base(v, views))  # a view crosses as the value it views
         live = list(dict.fromkeys(live))
+        if any(o in views and _base(o, views) in live for o in program.outputs):
+            continue  # an output is a view of a value that would cross: the tail could only return its input
         nbytes = sum(int(np.prod(shapes[v][0])) * np.dtype(shapes[v][1]).itemsize for v in live)
         out.append(Cut(k, n.name, tuple(live), nbytes))
     return out
