@@ -427,15 +427,25 @@ def test_ray_serve_deployment(tmp_path):
 
 def test_a_stream_abandoned_midway_does_not_block_the_next_request(llm_client):
     import concurrent.futures
+    import threading
 
     with llm_client.stream("POST", "/v1/completions", json={"prompt": "ab cd", "max_tokens": 40, "temperature": 0.9,
                                                             "min_p": 0.0, "stream": True}) as s:
         first = next(line for line in s.iter_lines() if line)
         assert first.startswith("data: ")
-    # the generator was dropped with the model's lock held inside it: the next request must still run
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(llm_client.post, "/v1/completions", json={"prompt": "ab", "max_tokens": 2, "temperature": 0})
-        assert fut.result(timeout=60).status_code == 200
+    # the generator was dropped with the model's lock held inside it: the next request must still run.
+    # It runs on a daemon thread: were it blocked for good, the test fails after 60 s instead of the
+    # executor's exit (and the interpreter's) waiting on it forever.
+    done: concurrent.futures.Future = concurrent.futures.Future()
+
+    def post() -> None:
+        try:
+            done.set_result(llm_client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 2, "temperature": 0}))
+        except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+            done.set_exception(e)
+
+    threading.Thread(target=post, daemon=True).start()
+    assert done.result(timeout=60).status_code == 200
 
 
 def test_split_runner_over_a_served_program(tmp_path):
