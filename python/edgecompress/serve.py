@@ -28,6 +28,7 @@ run one at a time; a program's calls run concurrently.
 # the request models are local to create_app)
 import json
 import os
+import queue
 import threading
 import time
 import uuid
@@ -299,19 +300,43 @@ def create_app(path: str, name: Optional[str] = None, max_request_bytes: int = M
                 return {"id": rid, "object": obj, "created": created, "model": name,
                         "choices": [choice(text, finish(), False)], "usage": usage()}
 
-        def events() -> Any:
-            with lock:
-                try:
-                    for piece in pieces():
+        def produce(out: "queue.Queue[Any]", stop: threading.Event) -> None:
+            # The generation holds the model's lock on a thread of its own and hands its events over a
+            # queue. Held inside the response's generator instead, a client that went away left the
+            # lock held until the abandoned generator was garbage-collected: every later request waited
+            # (seen as a hung test). Here the lock goes when the generation ends, or at the next piece
+            # after the client is gone.
+            try:
+                with lock:
+                    try:
+                        for piece in pieces():
+                            if stop.is_set():
+                                return
+                            chunk = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
+                                     "model": name, "choices": [choice(piece, None, True)]}
+                            out.put(f"data: {json.dumps(chunk)}\n\n")
                         chunk = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
-                                 "model": name, "choices": [choice(piece, None, True)]}
-                        yield f"data: {json.dumps(chunk)}\n\n"
-                    chunk = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created, "model": name,
-                             "choices": [choice("", finish(), True)], "usage": usage()}
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                except (TypeError, ValueError) as e:  # after the headers: an error event, then the end
-                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'invalid_request_error'}})}\n\n"
-                yield "data: [DONE]\n\n"
+                                 "model": name, "choices": [choice("", finish(), True)], "usage": usage()}
+                        out.put(f"data: {json.dumps(chunk)}\n\n")
+                    except (TypeError, ValueError) as e:  # after the headers: an error event, then the end
+                        out.put(f"data: {json.dumps({'error': {'message': str(e), 'type': 'invalid_request_error'}})}\n\n")
+                    out.put("data: [DONE]\n\n")
+            except BaseException as e:  # noqa: BLE001 - raised again on the response's side
+                out.put(e)
+            finally:
+                out.put(None)
+
+        def events() -> Any:
+            out: "queue.Queue[Any]" = queue.Queue()
+            stop = threading.Event()
+            threading.Thread(target=produce, args=(out, stop), daemon=True).start()
+            try:
+                while (item := out.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                stop.set()
 
         # a request the model refuses before the first token (a prompt past the context) is a 400 here
         first_check(req, chat)
