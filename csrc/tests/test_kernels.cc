@@ -588,7 +588,8 @@ bool check_window_ops(const EngineKernel& k) {
   // (h, w, c, kh, kw, sh, sw, pt, pl, dh, dw)
   const int cases[][11] = {{1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1}, {7, 9, 5, 3, 3, 1, 1, 1, 1, 1, 1},
                            {12, 10, 37, 3, 3, 2, 2, 1, 1, 1, 1}, {9, 8, 16, 5, 3, 2, 1, 2, 1, 2, 1},
-                           {4, 23, 19, 3, 3, 1, 1, 1, 1, 1, 1}};  // the last: interior runs of 8, 4, 1 pixels
+                           {4, 23, 19, 3, 3, 1, 1, 1, 1, 1, 1},   // these two: interior runs of 8, 4, 2, 1
+                           {3, 13, 70, 3, 3, 1, 1, 1, 1, 1, 1}};  // pixels, channel blocks of 8, 4, 2, 1 vectors
   for (const auto& cs : cases) {
     Window2d p{cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8], cs[9], cs[10], 0};
     const int ho = (p.h + 2 * p.pt - p.dh * (p.kh - 1) - 1) / p.sh + 1;

@@ -242,58 +242,6 @@ inline void for_taps(const Window2d& p, int oh, int ow, F f) {
   }
 }
 
-// Channels j .. j + NV W of output pixel (oh, ow) of a depthwise convolution (NV = 0: channel j
-// alone, the tail): NV vector accumulators walk the taps inside the image.
-template <int NV>
-inline void dw_pixel(const Window2d& p, const float* x, const float* w, const float* bias, int oh, int ow, int j,
-                     float* y) {
-  constexpr int V = NV == 0 ? 1 : NV;
-  vf acc[V];
-  float acc1 = bias != nullptr ? bias[j] : 0.0f;
-  for (int v = 0; v < V; ++v) acc[v] = NV == 0 || bias == nullptr ? vf{} : load(bias + j + v * W);
-  for_taps(p, oh, ow, [&](ptrdiff_t tap, ptrdiff_t at) {
-    const float* xp = x + at + j;
-    const float* wp = w + tap * p.c + j;
-    if (NV == 0) {
-      acc1 += xp[0] * wp[0];
-    } else {
-      for (int v = 0; v < V; ++v) acc[v] += load(xp + v * W) * load(wp + v * W);
-    }
-  });
-  if (NV == 0) {
-    y[j] = acc1;
-  } else {
-    for (int v = 0; v < V; ++v) store(y + j + v * W, acc[v]);
-  }
-}
-
-// U output pixels ow .. ow + U - 1 whose taps all lie inside the image's columns, rows i0 .. i1 - 1 of
-// the kernel inside its rows: each weight vector loaded once for the U pixels. Same sums, in the
-// same order, as dw_pixel.
-template <int U>
-inline void dw_interior(const Window2d& p, const float* x, const float* w, const float* bias, int oh, int ow, int i0,
-                        int i1, float* y) {
-  const ptrdiff_t step = static_cast<ptrdiff_t>(p.sw) * p.c;
-  int j = 0;
-  for (; j + W <= p.c; j += W) {
-    vf acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = bias != nullptr ? load(bias + j) : vf{};
-    for (int i = i0; i < i1; ++i) {
-      const float* xr = x + static_cast<ptrdiff_t>(oh * p.sh - p.pt + i * p.dh) * p.w * p.c + j;
-      EC_MCA_LOOP("depthwise", U, 0);
-      for (int t = 0; t < p.kw; ++t) {
-        const vf wv = load(w + (static_cast<ptrdiff_t>(i) * p.kw + t) * p.c + j);
-        const float* xp = xr + static_cast<ptrdiff_t>(ow * p.sw - p.pl + t * p.dw) * p.c;
-        for (int u = 0; u < U; ++u) acc[u] += load(xp + u * step) * wv;
-      }
-    }
-    for (int u = 0; u < U; ++u) store(y + static_cast<ptrdiff_t>(ow + u) * p.c + j, acc[u]);
-  }
-  for (; j < p.c; ++j) {
-    for (int u = 0; u < U; ++u) dw_pixel<0>(p, x, w, bias, oh, ow + u, j, y + static_cast<ptrdiff_t>(ow + u) * p.c);
-  }
-}
-
 // Of output row oh: the kernel rows i0 .. i1 - 1 inside the image, and the output columns lo .. hi - 1
 // whose taps all lie inside its columns.
 struct RowInterior {
@@ -310,22 +258,95 @@ inline RowInterior row_interior(const Window2d& p, int oh) {
   return r;
 }
 
+// The kernel columns t0 .. t1 - 1 whose taps of output column ow lie inside the image's columns.
+inline void column_taps(const Window2d& p, int ow, int* t0, int* t1) {
+  const int iw0 = ow * p.sw - p.pl;
+  int a = 0, b = p.kw;
+  while (a < b && iw0 + a * p.dw < 0) ++a;
+  while (b > a && iw0 + (b - 1) * p.dw >= p.w) --b;
+  *t0 = a;
+  *t1 = b;
+}
+
+// Of a depthwise convolution's output row oh: the taps of kernel rows i0 .. i1 - 1 and columns
+// t0 .. t1 - 1 (inside the image for each of the pixels it is given).
+struct DwTaps {
+  int oh, i0, i1, t0, t1;
+};
+
+// Channels j .. j + V W of U output pixels ow .. ow + U - 1 of a depthwise convolution: U x V vector
+// sums (U V = 8 independent chains keep both FMA pipes busy), each weight vector loaded once for the
+// U pixels. Every sum starts at the bias and adds the taps in (row, column) order.
+template <int U, int V>
+inline void dw_block(const Window2d& p, const float* x, const float* w, const float* bias, const DwTaps& d, int ow,
+                     int j, float* y) {
+  const ptrdiff_t step = static_cast<ptrdiff_t>(p.sw) * p.c;
+  vf acc[U][V];
+  for (int v = 0; v < V; ++v) {
+    const vf b = bias != nullptr ? load(bias + j + v * W) : vf{};
+    for (int u = 0; u < U; ++u) acc[u][v] = b;
+  }
+  for (int i = d.i0; i < d.i1; ++i) {
+    const float* xr = x + static_cast<ptrdiff_t>(d.oh * p.sh - p.pt + i * p.dh) * p.w * p.c + j;
+    const float* wr = w + static_cast<ptrdiff_t>(i) * p.kw * p.c + j;
+    EC_MCA_LOOP("depthwise", U, 0);
+    for (int t = d.t0; t < d.t1; ++t) {
+      const float* xp = xr + static_cast<ptrdiff_t>(ow * p.sw - p.pl + t * p.dw) * p.c;
+      for (int v = 0; v < V; ++v) {
+        const vf wv = load(wr + static_cast<ptrdiff_t>(t) * p.c + v * W);
+        for (int u = 0; u < U; ++u) acc[u][v] += load(xp + u * step + v * W) * wv;
+      }
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    for (int v = 0; v < V; ++v) store(y + static_cast<ptrdiff_t>(ow + u) * p.c + j + v * W, acc[u][v]);
+  }
+}
+
+// The channels j .. c - 1 (fewer than a vector) of output pixel ow, one at a time, as dw_block sums.
+inline void dw_tail(const Window2d& p, const float* x, const float* w, const float* bias, const DwTaps& d, int ow, int j,
+                    float* y) {
+  for (; j < p.c; ++j) {
+    float acc = bias != nullptr ? bias[j] : 0.0f;
+    for (int i = d.i0; i < d.i1; ++i) {
+      const float* xr = x + static_cast<ptrdiff_t>(d.oh * p.sh - p.pt + i * p.dh) * p.w * p.c + j;
+      for (int t = d.t0; t < d.t1; ++t) {
+        acc += xr[static_cast<ptrdiff_t>(ow * p.sw - p.pl + t * p.dw) * p.c] *
+               w[(static_cast<ptrdiff_t>(i) * p.kw + t) * p.c + j];
+      }
+    }
+    y[static_cast<ptrdiff_t>(ow) * p.c + j] = acc;
+  }
+}
+
+// U pixels from ow, channels j on: blocks of V vectors, then of fewer, then the tail.
+template <int U, int V>
+inline void dw_pixels(const Window2d& p, const float* x, const float* w, const float* bias, const DwTaps& d, int ow,
+                      int j, float* y) {
+  for (; j + V * W <= p.c; j += V * W) dw_block<U, V>(p, x, w, bias, d, ow, j, y);
+  if constexpr (V > 1) {
+    dw_pixels<U, V / 2>(p, x, w, bias, d, ow, j, y);
+  } else {
+    for (int u = 0; u < U && j < p.c; ++u) dw_tail(p, x, w, bias, d, ow + u, j, y);
+  }
+}
+
+// Interior pixels (every tap inside the image's columns) 8, 4, 2 at a time; each pixel of the edges
+// alone, over the kernel columns whose taps lie inside.
 void depthwise_row(const Window2d& p, const float* x, const float* w, const float* bias, int oh, float* y) {
   const RowInterior ri = row_interior(p, oh);
-  const int i0 = ri.i0, i1 = ri.i1, lo = ri.lo, hi = ri.hi;
-  auto edge = [&](int ow) {
-    float* yo = y + static_cast<ptrdiff_t>(ow) * p.c;
-    int j = 0;
-    for (; j + 4 * W <= p.c; j += 4 * W) dw_pixel<4>(p, x, w, bias, oh, ow, j, yo);
-    for (; j + W <= p.c; j += W) dw_pixel<1>(p, x, w, bias, oh, ow, j, yo);
-    for (; j < p.c; ++j) dw_pixel<0>(p, x, w, bias, oh, ow, j, yo);
+  DwTaps d{oh, ri.i0, ri.i1, 0, p.kw};
+  int ow = ri.lo;
+  for (; ow + 8 <= ri.hi; ow += 8) dw_pixels<8, 1>(p, x, w, bias, d, ow, 0, y);
+  for (; ow + 4 <= ri.hi; ow += 4) dw_pixels<4, 2>(p, x, w, bias, d, ow, 0, y);
+  for (; ow + 2 <= ri.hi; ow += 2) dw_pixels<2, 4>(p, x, w, bias, d, ow, 0, y);
+  for (; ow < ri.hi; ++ow) dw_pixels<1, 8>(p, x, w, bias, d, ow, 0, y);
+  auto edge = [&](int o) {
+    column_taps(p, o, &d.t0, &d.t1);
+    dw_pixels<1, 8>(p, x, w, bias, d, o, 0, y);
   };
-  for (int ow = 0; ow < lo; ++ow) edge(ow);
-  int ow = lo;
-  for (; ow + 8 <= hi; ow += 8) dw_interior<8>(p, x, w, bias, oh, ow, i0, i1, y);
-  for (; ow + 4 <= hi; ow += 4) dw_interior<4>(p, x, w, bias, oh, ow, i0, i1, y);
-  for (; ow < hi; ++ow) dw_interior<1>(p, x, w, bias, oh, ow, i0, i1, y);
-  for (ow = hi; ow < p.wo; ++ow) edge(ow);
+  for (ow = 0; ow < ri.lo; ++ow) edge(ow);
+  for (ow = std::max(ri.lo, ri.hi); ow < p.wo; ++ow) edge(ow);
 }
 
 // Output vectors v0 .. v0 + V - 1 (channels (v0 + v) W ..) of U pixels ow .. ow + U - 1 of a direct
