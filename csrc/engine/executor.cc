@@ -197,8 +197,10 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
                       ho == p.h && p.wo == p.w;
   // A static input scale on an int8 weight: quantizing is element-wise, so the codes of a patch are
   // those of its taps (a padding tap's, the code of 0.0: the zero point). The image is quantized
-  // once, not kh * kw times, and patches of codes go to the product as they are.
-  const bool codes = !direct && nd.wkind == WeightKind::s8 &&
+  // once, not kh * kw times, and patches of codes go to the product as they are. Not where the taps
+  // are fewer than the stride's pixels (a 1x1 stride-2 downsample reads a quarter of the image): the
+  // patches of floats are quantized as the product packs them, the same codes.
+  const bool codes = !direct && nd.wkind == WeightKind::s8 && p.kh * p.kw > p.sh * p.sw &&
                      (nd.aq.scheme == ActScheme::static_symmetric || nd.aq.scheme == ActScheme::static_asymmetric);
   const bool asym = nd.aq.scheme == ActScheme::static_asymmetric;
   const uint8_t* q = nullptr;
