@@ -71,7 +71,11 @@ void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, co
   const int row_blocks = (m + kDenseRows - 1) / kDenseRows;
   const int row_chunks = threads == 1 ? 1 : std::max(1, std::min((4 * threads + chunks - 1) / chunks, row_blocks / 8));
   const int rows_per = (row_blocks + row_chunks - 1) / row_chunks * kDenseRows;
-  const int block = std::max(1, static_cast<int>(16384 / (static_cast<int64_t>(w.k) * kDensePanel)));
+  // (one block of rows reads each panel once: then the panels go in the kernel's widest groups, whose
+  // several running sums per row hide the FMA latency; in blocks of one 64 KiB panel, a single row's
+  // two sums made a 1024 x 1000 classifier wait on each k's FMA)
+  const int block = m <= kDenseRows ? w.panels
+                                    : std::max(1, static_cast<int>(16384 / (static_cast<int64_t>(w.k) * kDensePanel)));
   const DenseKernel& kern = *p.kernel;
   auto run = [&](int task) {
     const int c = task % chunks, rc = task / chunks;
