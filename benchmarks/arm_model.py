@@ -105,7 +105,7 @@ KERNELS = [
     Kernel("engine_f32_neon glu (silu gate)", "engine/engine_neon.cc", "glu_silu", 1, 0, "fmla", None, needs=("fdiv", "fmul")),
     Kernel("engine_f32_neon silu", "engine/engine_neon.cc", "silu", 1, 0, "fmla", None, needs=("fdiv",)),
     Kernel("engine_f32_neon add", "engine/engine_neon.cc", "binary_add", 1, 0, "fmla", None, needs=("fadd",)),
-    Kernel("engine_f32_neon depthwise (4 pixels)", "engine/engine_neon.cc", "depthwise", 4, 0, "fmla", None, needs=("fmla",)),
+    Kernel("engine_f32_neon depthwise (4 pixels x 2 vectors)", "engine/engine_neon.cc", "depthwise", 4, 0, "fmla", None, needs=("fmla",)),
 ]
 
 
