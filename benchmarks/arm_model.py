@@ -106,6 +106,9 @@ KERNELS = [
     Kernel("engine_f32_neon silu", "engine/engine_neon.cc", "silu", 1, 0, "fmla", None, needs=("fdiv",)),
     Kernel("engine_f32_neon add", "engine/engine_neon.cc", "binary_add", 1, 0, "fmla", None, needs=("fadd",)),
     Kernel("engine_f32_neon depthwise (4 pixels x 2 vectors)", "engine/engine_neon.cc", "depthwise", 4, 0, "fmla", None, needs=("fmla",)),
+    # one kernel row of 8 pixels, their image columns loaded once (3x3, stride 1: 10 loads, 24 FMAs)
+    Kernel("engine_f32_neon depthwise 3x3 (8 pixels, shared columns)", "engine/engine_neon.cc", "depthwise_row8", 3, 1,
+           "fmla", None, needs=("fmla",)),
 ]
 
 

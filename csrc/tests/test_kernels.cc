@@ -589,7 +589,10 @@ bool check_window_ops(const EngineKernel& k) {
   const int cases[][11] = {{1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1}, {7, 9, 5, 3, 3, 1, 1, 1, 1, 1, 1},
                            {12, 10, 37, 3, 3, 2, 2, 1, 1, 1, 1}, {9, 8, 16, 5, 3, 2, 1, 2, 1, 2, 1},
                            {4, 23, 19, 3, 3, 1, 1, 1, 1, 1, 1},   // these two: interior runs of 8, 4, 2, 1
-                           {3, 13, 70, 3, 3, 1, 1, 1, 1, 1, 1}};  // pixels, channel blocks of 8, 4, 2, 1 vectors
+                           {3, 13, 70, 3, 3, 1, 1, 1, 1, 1, 1},   // pixels, channel blocks of 8, 4, 2, 1 vectors;
+                           {5, 30, 21, 5, 5, 1, 1, 2, 2, 1, 1},   // these three: runs of 8 pixels with the
+                           {6, 40, 13, 3, 3, 2, 2, 1, 1, 1, 1},   // image columns shared (5x5 and 3x3,
+                           {7, 41, 9, 5, 5, 2, 2, 2, 2, 1, 1}};   // stride 1 and 2), a tail of channels
   for (const auto& cs : cases) {
     Window2d p{cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8], cs[9], cs[10], 0};
     const int ho = (p.h + 2 * p.pt - p.dh * (p.kh - 1) - 1) / p.sh + 1;

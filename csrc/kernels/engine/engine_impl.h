@@ -13,6 +13,7 @@
 #include "edgecompress/dense_f32.h"
 #include "edgecompress/engine_ops.h"
 #include "../common/mca.h"
+#include "../common/unroll.h"
 #include "../common/vmath.h"
 
 #ifndef EC_ENGINE_WIDTH
@@ -319,6 +320,42 @@ inline void dw_tail(const Window2d& p, const float* x, const float* w, const flo
   }
 }
 
+// 8 interior output pixels ow .. ow + 7 of a depthwise convolution of kernel width KW and column
+// stride S (no dilation), a vector of channels at a time: per kernel row, each of the (8 - 1) S + KW
+// image columns the 8 pixels read is loaded once and multiplied by the KW weights held in
+// registers, instead of once per tap that reads it (KW = 3, S = 1: 10 loads for 24 FMAs, not 27).
+// Each sum adds the same products in the same order as dw_block.
+template <int KW, int S>
+void dw_pixels8(const Window2d& p, const float* x, const float* w, const float* bias, const DwTaps& d, int ow,
+                float* y) {
+  constexpr int U = 8;
+  const ptrdiff_t c = p.c, row = static_cast<ptrdiff_t>(p.w) * c;
+  const float* x0 = x + (static_cast<ptrdiff_t>(d.oh * p.sh - p.pt) * p.w + ow * S - p.pl) * c;
+  float* y0 = y + ow * c;
+  int j = 0;
+  for (; j + W <= p.c; j += W) {
+    vf acc[U];
+    const vf b = bias != nullptr ? load(bias + j) : vf{};
+    for (int u = 0; u < U; ++u) acc[u] = b;
+    EC_MCA_LOOP("depthwise_row8", KW, S);
+    for (int i = d.i0; i < d.i1; ++i) {
+      const float* xr = x0 + i * p.dh * row + j;
+      const float* wr = w + i * KW * c + j;
+      vf wv[KW];
+      unroll<KW>([&](auto t) { wv[t.value] = load(wr + t.value * c); });
+      unroll<(U - 1) * S + KW>([&](auto q) {
+        const vf xv = load(xr + q.value * c);
+        unroll<U>([&](auto u) {
+          constexpr int t = q.value - u.value * S;
+          if constexpr (t >= 0 && t < KW) acc[u.value] += xv * wv[t];
+        });
+      });
+    }
+    for (int u = 0; u < U; ++u) store(y0 + u * c + j, acc[u]);
+  }
+  for (int u = 0; u < U && j < p.c; ++u) dw_tail(p, x, w, bias, d, ow + u, j, y);
+}
+
 // U pixels from ow, channels j on: blocks of V vectors, then of fewer, then the tail.
 template <int U, int V>
 inline void dw_pixels(const Window2d& p, const float* x, const float* w, const float* bias, const DwTaps& d, int ow,
@@ -337,6 +374,11 @@ void depthwise_row(const Window2d& p, const float* x, const float* w, const floa
   const RowInterior ri = row_interior(p, oh);
   DwTaps d{oh, ri.i0, ri.i1, 0, p.kw};
   int ow = ri.lo;
+  // the common kernels: 3x3 and 5x5, stride 1 or 2, no dilation
+  void (*row8)(const Window2d&, const float*, const float*, const float*, const DwTaps&, int, float*) = nullptr;
+  if (p.dw == 1 && p.sw == 1) row8 = p.kw == 3 ? dw_pixels8<3, 1> : p.kw == 5 ? dw_pixels8<5, 1> : nullptr;
+  if (p.dw == 1 && p.sw == 2) row8 = p.kw == 3 ? dw_pixels8<3, 2> : p.kw == 5 ? dw_pixels8<5, 2> : nullptr;
+  for (; row8 != nullptr && ow + 8 <= ri.hi; ow += 8) row8(p, x, w, bias, d, ow, y);
   for (; ow + 8 <= ri.hi; ow += 8) dw_pixels<8, 1>(p, x, w, bias, d, ow, 0, y);
   for (; ow + 4 <= ri.hi; ow += 4) dw_pixels<4, 2>(p, x, w, bias, d, ow, 0, y);
   for (; ow + 2 <= ri.hi; ow += 2) dw_pixels<2, 4>(p, x, w, bias, d, ow, 0, y);
