@@ -94,6 +94,8 @@ Window2d window(const Node& nd) {
 // Bytes of one tile of patch rows (im2col, never the whole matrix): the tile and the product's own
 // packed copy of it stay in L2.
 constexpr int64_t kPatchBytes = 192 * 1024;
+// Bytes of a tile's output that an activation pass reads back right after its product.
+constexpr int64_t kUnaryTileBytes = 128 * 1024;
 thread_local AlignedArray<float> t_patch;
 
 // Row r of the patch matrix: the kh * kw taps of output pixel `pixel`, cw values each (channels c0 ..
@@ -218,7 +220,10 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   }
   const uint8_t pad = asym ? static_cast<uint8_t>(nd.aq.zero_point) : 0;
   const int64_t bytes = codes ? 1 : 4;
-  const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(1024, kPatchBytes / (bytes * k)));
+  // With an activation pass after the product (SiLU, hardswish), also few enough rows that the tile's
+  // output is still in L2 when the pass reads it back (1024 rows of 96 outputs, 384 KiB, were not).
+  const int64_t out_rows = unary >= 0 ? kUnaryTileBytes / (4 * n) : 1024;
+  const int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, kPatchBytes / (bytes * k)}));
   const int tiles = static_cast<int>((pixels + rows - 1) / rows);
   // Enough tiles: each thread takes whole tiles, each product on one thread. Few (a late, small
   // layer at batch 1): one tile after another, each product on every thread.
