@@ -196,6 +196,29 @@ void gemm_nn(int m, int n, int k, float alpha, const float* a, ptrdiff_t lda, co
   for (; i < m; ++i) gemm_rows<1>(n, k, alpha, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
 }
 
+// e^-x for the logistic function of SiLU and sigmoid: 2^t with t = -x log2(e), clamped to
+// [-126, 126], t's fraction f in [-0.5, 0.5] by a degree-5 fit of 2^f (relative error 8e-8), its
+// integer part in the exponent bits. A quarter cheaper per value than 1 / (1 + exp_approx(-x))
+// (SiLU was 17% of EfficientNet-B0's float32 time). Rounding t adds a relative error of about
+// 6e-8 |x|: below 1e-6 of a logistic value for |x| < 16, where it matters; past that the value
+// is within 1e-7 of 0 or 1.
+inline float exp_neg_logistic(float x) {
+  float t = x * -1.44269504088896341f;
+  t = select(t < -126.0f, -126.0f, t);
+  t = select(t > 126.0f, 126.0f, t);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  const float kf = t + magic;
+  const int32_t n = static_cast<int32_t>(float_bits(kf) - float_bits(magic));
+  const float f = t - (kf - magic);
+  float q = 0.0013266970636323094f;
+  q = q * f + 0.009675459936261177f;
+  q = q * f + 0.05550742521882057f;
+  q = q * f + 0.24022121727466583f;
+  q = q * f + 0.6931469440460205f;
+  q = q * f + 1.0000001192092896f;
+  return q * bits_float(static_cast<uint32_t>(n + 127) << 23);
+}
+
 inline float relu6(float v) {
   v = v > 0.0f ? v : 0.0f;
   return v < 6.0f ? v : 6.0f;
@@ -212,7 +235,7 @@ void unary(int act, const float* x, float* y, int64_t n) {
       break;
     case UnaryAct::silu:
       EC_MCA_LOOP("silu", 1, 0);
-      for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + exp_approx(-x[i]));
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + exp_neg_logistic(x[i]));
       break;
     case UnaryAct::hardswish:
       for (int64_t i = 0; i < n; ++i) y[i] = x[i] * relu6(x[i] + 3.0f) * (1.0f / 6.0f);
@@ -221,7 +244,7 @@ void unary(int act, const float* x, float* y, int64_t n) {
       for (int64_t i = 0; i < n; ++i) y[i] = relu6(x[i] + 3.0f) * (1.0f / 6.0f);
       break;
     case UnaryAct::sigmoid:
-      for (int64_t i = 0; i < n; ++i) y[i] = 1.0f / (1.0f + exp_approx(-x[i]));
+      for (int64_t i = 0; i < n; ++i) y[i] = 1.0f / (1.0f + exp_neg_logistic(x[i]));
       break;
     case UnaryAct::count: break;
   }
