@@ -438,12 +438,12 @@ def _one_channel_convs(gm: Any) -> list[str]:
     return [name for name, m in gm.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.groups != 1]
 
 
-def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: float = 0.1,
+def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: float = 0.0,
                 rounds: int = 10) -> list[str]:
     """Puts back the float32 weight of every product (conv2d, linear) of ``compressed`` that the
-    engine's own profile on x times more than ``margin`` slower than the same node of ``dense`` (the
-    program of the same graph in float32: its weights under the same names), in place; returns
-    their names. On a CPU without fast int8 arithmetic a product with few output channels, or the 3-
+    engine's own profile on x times slower than the same node of ``dense`` (the program of the same
+    graph in float32: its weights under the same names), by more than ``margin`` (0: any slower
+    one; a tie stays compressed), in place; returns their names. On a CPU without fast int8 arithmetic a product with few output channels, or the 3-
     channel stem, can cost more to quantize than it saves. The two programs are profiled in turns,
     ``rounds`` times, and a node's verdict is the median of its rounds' ratios: a slower phase of a
     shared machine slows both sides of a round alike instead of one program's whole profile."""
