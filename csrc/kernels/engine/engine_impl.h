@@ -352,8 +352,7 @@ template <int KW, int S>
 void dw_pixels8(const Window2d& p, const float* x, const float* w, const float* bias, const DwTaps& d, int ow,
                 float* y) {
   constexpr int U = 8;
-  const ptrdiff_t c = p.c, row = static_cast<ptrdiff_t>(p.w) * c;
-  const float* x0 = x + (static_cast<ptrdiff_t>(d.oh * p.sh - p.pt) * p.w + ow * S - p.pl) * c;
+  const ptrdiff_t c = p.c, col0 = static_cast<ptrdiff_t>(ow) * S - p.pl;  // the first image column read
   float* y0 = y + ow * c;
   int j = 0;
   for (; j + W <= p.c; j += W) {
@@ -362,7 +361,7 @@ void dw_pixels8(const Window2d& p, const float* x, const float* w, const float* 
     for (int u = 0; u < U; ++u) acc[u] = b;
     EC_MCA_LOOP("depthwise_row8", KW, S);
     for (int i = d.i0; i < d.i1; ++i) {
-      const float* xr = x0 + i * p.dh * row + j;
+      const float* xr = x + (static_cast<ptrdiff_t>(d.oh * p.sh - p.pt + i * p.dh) * p.w + col0) * c + j;
       const float* wr = w + i * KW * c + j;
       vf wv[KW];
       unroll<KW>([&](auto t) { wv[t.value] = load(wr + t.value * c); });

@@ -443,8 +443,9 @@ def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: floa
     """Puts back the float32 weight of every product (conv2d, linear) of ``compressed`` that the
     engine's own profile on x times slower than the same node of ``dense`` (the program of the same
     graph in float32: its weights under the same names), by more than ``margin`` (0: any slower
-    one; a tie stays compressed), in place; returns their names. On a CPU without fast int8 arithmetic a product with few output channels, or the 3-
-    channel stem, can cost more to quantize than it saves. The two programs are profiled in turns,
+    one; a tie stays compressed), in place; returns their names. On a CPU without fast int8
+    arithmetic a product with few output channels, or the 3-channel stem, can cost more to quantize
+    than it saves. The two programs are profiled in turns,
     ``rounds`` times, and a node's verdict is the median of its rounds' ratios: a slower phase of a
     shared machine slows both sides of a round alike instead of one program's whole profile."""
     ratios: dict[str, list[float]] = {}

@@ -48,7 +48,7 @@ def split(program: Program, cut: Any, *example_args: Any, specs: dict[str, tuple
         raise TypeError("cut: expected a non-empty list of value names")
     cut = list(dict.fromkeys(cut))
     producer = {o: n for n in program.nodes for o in n.outputs}
-    views = {n.outputs[0] for n in program.nodes if OPS[n.op].lower is None}
+    views = _views(program)
     for c in cut:
         if c not in producer:
             raise ValueError(f"cut: {c!r} is not a value computed by a node (values: {', '.join(list(producer)[:8])}, ...)")
@@ -72,10 +72,9 @@ def split(program: Program, cut: Any, *example_args: Any, specs: dict[str, tuple
     lost = [o for o in program.outputs if o not in tail_defined and o not in cut]
     if lost:
         raise ValueError(f"cut: the program outputs {', '.join(lost)} are computed before the cut; add them to the cut")
-    view_of = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
     for o in program.outputs:
-        if o in view_of and _base(o, view_of) in cut:  # the tail would return a view of its own input
-            raise ValueError(f"cut: the program output {o!r} is a view (reshape) of {_base(o, view_of)!r}, which "
+        if o in views and _base(o, views) in cut:  # the tail would return a view of its own input
+            raise ValueError(f"cut: the program output {o!r} is a view (reshape) of {_base(o, views)!r}, which "
                              "the cut sends to the tail; cut before the node that computes it")
     if specs is not None:
         if set(specs) != set(cut):
@@ -107,6 +106,11 @@ def split(program: Program, cut: Any, *example_args: Any, specs: dict[str, tuple
     return head, tail
 
 
+def _views(program: Program) -> dict[str, str]:
+    """{view: the value it reads} for the program's views (nodes that lower to nothing: reshapes)."""
+    return {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
+
+
 def _base(v: str, views: dict[str, str]) -> str:
     """The value a view (or a view of a view, ...) reads."""
     while v in views:
@@ -131,7 +135,7 @@ def cuts(program: Program, *example_args: Any, **example_kwargs: Any) -> list[Cu
     which a program output would be a view of a value that crosses (the tail would only reshape its
     input: a model returning a flattened feature map, cut before the flatten)."""
     shapes = program.shapes(*example_args, **example_kwargs)
-    views = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
+    views = _views(program)
     last_read: dict[str, int] = {}
     for k, n in enumerate(program.nodes):
         for x in n.inputs:
@@ -345,7 +349,7 @@ def plan(program: Program, example_inputs: list[np.ndarray], bandwidth: float, r
         producer = {o: k for k, n in enumerate(program.nodes) for o in n.outputs}
         crossing = sorted({x for k, n in enumerate(program.nodes) if k not in on_device for x in n.inputs
                            if x in producer and producer[x] in on_device})
-        views = {n.outputs[0]: n.inputs[0] for n in program.nodes if OPS[n.op].lower is None}
+        views = _views(program)
         crossing = list(dict.fromkeys(_base(x, views) for x in crossing))
         tail_nodes = [k for k in range(len(program.nodes)) if k not in on_device]
         inputs_read = {x for k in tail_nodes for x in program.nodes[k].inputs if x in inputs}
@@ -361,7 +365,7 @@ def plan(program: Program, example_inputs: list[np.ndarray], bandwidth: float, r
 def _values(program: Program, example_inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Every value of the program on the example inputs, computed natively: a program whose outputs
     are all of its values (views are returned as the values they view)."""
-    views = {n.outputs[0] for n in program.nodes if OPS[n.op].lower is None}
+    views = _views(program)
     names = [o for n in program.nodes for o in n.outputs if o not in views]
     probe = Program(program.inputs, names, program.nodes, program.weights, program.info)
     got = probe(*example_inputs)
