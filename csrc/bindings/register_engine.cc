@@ -5,12 +5,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "edgecompress/engine.h"
 #include "edgecompress/threadpool.h"
+#include "edgecompress/winograd_s8.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -129,13 +131,38 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
       set_weight(nd, t[5]);
       p->keepalive.append(t[5]);
     }
-    if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d || winograd) {
+    const bool winograd_s8 = nd.op == engine::Op::winograd_s8;
+    if (winograd_s8) {
+      // (the conv's packed int8 weight, its integer Winograd transform: 16 x panels x c pairs x 32 int16)
+      require(py::isinstance<py::tuple>(t[5]) && t[5].cast<py::tuple>().size() == 2,
+              "winograd_s8 node: expected (packed int8 weight, transformed weight)");
+      const auto pair = t[5].cast<py::tuple>();
+      require(py::isinstance<PackedS8Weight>(pair[0]) && py::isinstance<py::array_t<int16_t>>(pair[1]),
+              "winograd_s8 node: expected a packed int8 weight and an int16 array");
+      const auto* w = pair[0].cast<PackedS8Weight*>();
+      const auto u = py::reinterpret_borrow<py::array>(pair[1]);
+      const int64_t c = nd.i[3], n = nd.i[15];
+      require(nd.i[6] == 3 && nd.i[7] == 3 && nd.i[8] == 1 && nd.i[9] == 1 && nd.i[12] == 1 && nd.i[13] == 1 && c >= 1 &&
+                  c <= kWinogradS8MaxChannels,
+              "winograd_s8 node: expected a 3x3 window of stride 1, not dilated, over 1 to " +
+                  std::to_string(kWinogradS8MaxChannels) + " channels");
+      require(w->n == n && w->k == 9 * c && bindings::contiguous(u) && u.dtype().is(py::dtype::of<int16_t>()) &&
+                  u.size() == 16 * ((n + 15) / 16) * ((c + 1) / 2) * 32,
+              "winograd_s8 node: the weights do not match its channels and outputs");
+      nd.wkind = engine::WeightKind::s8, nd.weight = w, nd.weight2 = u.data();
+      p->keepalive.append(t[5]);
+    }
+    if (nd.op == engine::Op::linear || nd.op == engine::Op::conv2d || winograd || winograd_s8) {
       const int scheme = t[6].cast<int>();
       require(scheme >= 0 && scheme <= static_cast<int>(ActScheme::static_asymmetric), "node: act scheme out of range");
       nd.aq.scheme = static_cast<ActScheme>(scheme);
       nd.aq.scale = t[7].cast<py::tuple>()[0].cast<float>();
       nd.aq.zero_point = t[7].cast<py::tuple>()[1].cast<int>();
       nd.q4 = t[8].cast<int>() == 0 ? Q4Compute::int8 : Q4Compute::float32;
+      require(!winograd_s8 || ((nd.aq.scheme == ActScheme::static_symmetric ||
+                                (nd.aq.scheme == ActScheme::static_asymmetric && nd.aq.zero_point >= 0 &&
+                                 nd.aq.zero_point <= 255)) && nd.aq.scale > 0 && std::isfinite(nd.aq.scale)),
+              "winograd_s8 node: expected a static activation scale (and zero point in 0..255)");
       const int64_t act = nd.op == engine::Op::linear ? nd.i[2] : nd.i[14] % 4;
       require(act >= 0 && act <= static_cast<int>(Activation::gelu), "node: activation out of range");
       require(nd.op == engine::Op::linear || (nd.i[14] >= 0 && nd.i[14] / 4 <= static_cast<int>(UnaryAct::count)),

@@ -58,6 +58,7 @@ AlignedArray<T>::~AlignedArray() {
 
 template class AlignedArray<int8_t>;
 template class AlignedArray<uint8_t>;
+template class AlignedArray<int16_t>;
 template class AlignedArray<uint16_t>;
 template class AlignedArray<int32_t>;
 template class AlignedArray<int64_t>;

@@ -9,6 +9,8 @@
 #include <new>
 
 #include "edgecompress/threadpool.h"
+#include "edgecompress/winograd_s8.h"
+#include "../kernels/common/epilogue.h"
 #include "../kernels/common/vmath.h"
 
 namespace edgecompress {
@@ -277,6 +279,46 @@ constexpr int64_t kWinogradBytes = 256 * 1024;
 constexpr int64_t kWinogradRows = 64;
 thread_local AlignedArray<float> t_wino_v, t_wino_m;
 
+// Runs body(t0, m, threads) on the blocks of `rows` tiles (m of them from tile t0; the last block
+// shorter). Enough blocks: each thread takes whole blocks (threads 1). Few: one after another, every
+// step on every thread. bad_alloc in a block is out_of_memory.
+template <class Body>
+RunStatus run_tile_blocks(int64_t tiles, int64_t rows, int threads, const Body& body) {
+  const int blocks = static_cast<int>((tiles + rows - 1) / rows);
+  const bool by_block = blocks >= 2 * threads;
+  std::atomic<bool> out_of_memory{false};
+  auto block = [&](int b) {
+    const int64_t t0 = b * rows;
+    try {
+      body(t0, static_cast<int>(std::min(rows, tiles - t0)), by_block ? 1 : threads);
+    } catch (const std::bad_alloc&) {
+      out_of_memory.store(true);
+    }
+  };
+  if (by_block) {
+    parallel_for(blocks, threads, block);
+  } else {
+    for (int b = 0; b < blocks && !out_of_memory.load(); ++b) block(b);
+  }
+  return out_of_memory.load() ? RunStatus::out_of_memory : RunStatus::ok;
+}
+
+// Tile t of tm x tm outputs (tiles numbered image after image, row after row, tw to a row): its
+// image, its first output pixel's offset in y (rows of wo pixels of n channels) and how many of its
+// rows and columns lie inside the output.
+struct TileOut {
+  int64_t img, offset;
+  int rows, cols;
+};
+TileOut tile_out(int64_t t, int tm, int ho, int wo, int n, int tw) {
+  const int64_t per_image = static_cast<int64_t>((ho + tm - 1) / tm) * tw;
+  const int ty = static_cast<int>(t % per_image / tw), tx = static_cast<int>(t % tw);
+  const int oh = tm * ty, ow = tm * tx;
+  const int64_t out_row = static_cast<int64_t>(wo) * n, img = t / per_image;
+  return {img, img * ho * out_row + oh * out_row + static_cast<int64_t>(ow) * n, std::min(tm, ho - oh),
+          std::min(tm, wo - ow)};
+}
+
 RunStatus run_winograd(const Node& nd, const Ctx& c) {
   const float* x = at<const float>(c, nd.in[0]);
   const float* bias = at<const float>(c, nd.in[1]);
@@ -290,62 +332,103 @@ RunStatus run_winograd(const Node& nd, const Ctx& c) {
   const int64_t per_image = static_cast<int64_t>(th) * tw, tiles = nd.i[0] * per_image;
   if (tiles == 0) return RunStatus::ok;
   const int64_t rows = std::min(tiles, std::max(kWinogradRows, kWinogradBytes / (4 * na * (p.c + n))));
-  const int blocks = static_cast<int>((tiles + rows - 1) / rows);
   const int64_t in_image = static_cast<int64_t>(p.h) * p.w * p.c, out_row = static_cast<int64_t>(p.wo) * n;
   if (rows_nonfinite(x, in_image, static_cast<int>(nd.i[0]), static_cast<int>(in_image))) {
     return RunStatus::nonfinite_input;
   }
-  // Enough blocks: each thread takes whole blocks. Few: one after another, every step on every thread.
-  const bool by_block = blocks >= 2 * c.threads;
-  std::atomic<bool> out_of_memory{false};
-  auto block = [&](int b) {
-    const int64_t t0 = b * rows;
-    const int m = static_cast<int>(std::min(rows, tiles - t0));
-    const int threads = by_block ? 1 : c.threads;
-    try {
-      // each of the matrices a cache line past a multiple of m rows: a power-of-two distance between
-      // them would put a tile's stores in one set of L1
-      const ptrdiff_t ldv = static_cast<ptrdiff_t>(m) * p.c + 16, ldm = static_cast<ptrdiff_t>(m) * n + 16;
-      float* v = ensure_size(t_wino_v, static_cast<size_t>(na * ldv));
-      float* mm = ensure_size(t_wino_m, static_cast<size_t>(na * ldm));
-      auto where = [&](int r, int64_t* img, int* ty, int* tx) {
-        const int64_t t = t0 + r;
-        *img = t / per_image;
-        *ty = static_cast<int>(t % per_image / tw), *tx = static_cast<int>(t % tw);
-      };
-      auto in = [&](int r) {
-        int64_t img;
-        int ty, tx;
-        where(r, &img, &ty, &tx);
-        c.k->winograd_in(p, tm, x + img * in_image, ty, tx, v + static_cast<ptrdiff_t>(r) * p.c, ldv);
-      };
-      auto out = [&](int r) {
-        int64_t img;
-        int ty, tx;
-        where(r, &img, &ty, &tx);
-        const int oh = tm * ty, ow = tm * tx, out_rows = std::min(tm, ho - oh), out_cols = std::min(tm, p.wo - ow);
-        float* yo = y + img * ho * out_row + oh * out_row + static_cast<int64_t>(ow) * n;
-        c.k->winograd_out(tm, mm + static_cast<ptrdiff_t>(r) * n, ldm, n, bias, relu, out_rows, out_cols, yo, out_row);
-        if (unary >= 0) {
-          for (int a = 0; a < out_rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, out_cols * n);
-        }
-      };
-      parallel_for(m, threads, in);
-      for (int e = 0; e < na; ++e) {
-        dense_f32_unchecked(*static_cast<const PackedDenseF32*>(nd.weights[e]), v + e * ldv, p.c, m, mm + e * ldm,
-                            threads);
+  return run_tile_blocks(tiles, rows, c.threads, [&](int64_t t0, int m, int threads) {
+    // each of the matrices a cache line past a multiple of m rows: a power-of-two distance between
+    // them would put a tile's stores in one set of L1
+    const ptrdiff_t ldv = static_cast<ptrdiff_t>(m) * p.c + 16, ldm = static_cast<ptrdiff_t>(m) * n + 16;
+    float* v = ensure_size(t_wino_v, static_cast<size_t>(na * ldv));
+    float* mm = ensure_size(t_wino_m, static_cast<size_t>(na * ldm));
+    auto in = [&](int r) {
+      const int64_t t = t0 + r;
+      c.k->winograd_in(p, tm, x + t / per_image * in_image, static_cast<int>(t % per_image / tw),
+                       static_cast<int>(t % tw), v + static_cast<ptrdiff_t>(r) * p.c, ldv);
+    };
+    auto out = [&](int r) {
+      const TileOut o = tile_out(t0 + r, tm, ho, p.wo, n, tw);
+      float* yo = y + o.offset;
+      c.k->winograd_out(tm, mm + static_cast<ptrdiff_t>(r) * n, ldm, n, bias, relu, o.rows, o.cols, yo, out_row);
+      if (unary >= 0) {
+        for (int a = 0; a < o.rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, o.cols * n);
       }
-      parallel_for(m, threads, out);
-    } catch (const std::bad_alloc&) {
-      out_of_memory.store(true);
+    };
+    parallel_for(m, threads, in);
+    for (int e = 0; e < na; ++e) {
+      dense_f32_unchecked(*static_cast<const PackedDenseF32*>(nd.weights[e]), v + e * ldv, p.c, m, mm + e * ldm,
+                          threads);
     }
-  };
-  if (by_block) {
-    parallel_for(blocks, c.threads, block);
-  } else {
-    for (int b = 0; b < blocks && !out_of_memory.load(); ++b) block(b);
+    parallel_for(m, threads, out);
+  });
+}
+
+// Integer Winograd F(2x2, 3x3) of an int8 convolution with a static input scale (winograd_s8.h): the
+// image quantized once (conv2d's codes), then per block of tiles their input transforms (16 int16
+// matrices of rows x c, c rounded up to pairs), the 16 products with the transformed weights (int32)
+// and the output transforms with gemm_s8's epilogue: conv2d's integers, so conv2d's floats. On the
+// tiers whose int8 products multiply 16-bit values, 16 products per 4 outputs instead of 36.
+thread_local AlignedArray<int16_t> t_ws8_v;
+thread_local AlignedArray<int32_t> t_ws8_m;
+
+RunStatus run_winograd_s8(const Node& nd, const Ctx& c) {
+  const float* x = at<const float>(c, nd.in[0]);
+  const float* bias = at<const float>(c, nd.in[1]);
+  float* y = at<float>(c, nd.out[0]);
+  const Window2d p = window(nd);
+  const int ho = static_cast<int>(nd.i[4]), n = static_cast<int>(nd.i[15]);
+  const bool relu = static_cast<Activation>(nd.i[14] % 4) == Activation::relu;
+  const int unary = static_cast<int>(nd.i[14] / 4) - 1;  // -1: none
+  const PackedS8Weight& w = *static_cast<const PackedS8Weight*>(nd.weight);
+  const int16_t* u = static_cast<const int16_t*>(nd.weight2);
+  const WinogradS8Kernel& k = *c.k->winograd_s8;
+  const int kp = (p.c + 1) / 2, panels = (n + 15) / 16, ldn = 16 * panels;
+  const int th = (ho + 1) / 2, tw = (p.wo + 1) / 2;
+  const int64_t per_image = static_cast<int64_t>(th) * tw, tiles = nd.i[0] * per_image;
+  if (tiles == 0) return RunStatus::ok;
+  const int64_t in_image = static_cast<int64_t>(p.h) * p.w * p.c, out_row = static_cast<int64_t>(p.wo) * n;
+  const bool is_signed = nd.aq.scheme == ActScheme::static_symmetric;
+  const int zp = is_signed ? 0 : nd.aq.zero_point;
+  const float rs = nd.aq.scale;
+  const bool wide = !scales_normal(rs, w.scale_min, w.scale_max);
+  uint8_t* q;
+  std::vector<uint8_t> pad;
+  try {
+    q = ensure_size(t_codes, static_cast<size_t>(nd.i[0] * in_image));
+    pad.assign(static_cast<size_t>(p.c), static_cast<uint8_t>(zp));  // the code of 0.0
+  } catch (const std::bad_alloc&) {
+    return RunStatus::out_of_memory;
   }
-  return out_of_memory.load() ? RunStatus::out_of_memory : RunStatus::ok;
+  if (!quantize_image(nd, c, x, nd.i[0] * in_image, q)) return RunStatus::nonfinite_input;
+  // 16 rows of 2 kp int16 and 16 of ldn int32 per tile
+  const int64_t rows = std::min(tiles, std::max(kWinogradRows, kWinogradBytes / (16 * (4 * kp + 4 * ldn))));
+  return run_tile_blocks(tiles, rows, c.threads, [&](int64_t t0, int m, int threads) {
+    // each matrix a cache line past a multiple of m rows, as for winograd
+    const ptrdiff_t ldv = static_cast<ptrdiff_t>(m) * 2 * kp + 32, ldm = static_cast<ptrdiff_t>(m) * ldn + 16;
+    int16_t* v = ensure_size(t_ws8_v, static_cast<size_t>(16 * ldv));
+    int32_t* mm = ensure_size(t_ws8_m, static_cast<size_t>(16 * ldm));
+    auto in = [&](int r) {
+      const int64_t t = t0 + r;
+      k.in(p, q + t / per_image * in_image, pad.data(), is_signed, zp, static_cast<int>(t % per_image / tw),
+           static_cast<int>(t % tw), v + static_cast<ptrdiff_t>(r) * 2 * kp, ldv);
+    };
+    auto product = [&](int e) {
+      k.gemm(m, kp, panels, v + e * ldv, 2 * kp, u + static_cast<ptrdiff_t>(e) * panels * kp * 32, mm + e * ldm, ldn);
+    };
+    auto out = [&](int r) {
+      const TileOut o = tile_out(t0 + r, 2, ho, p.wo, n, tw);
+      float* yo = y + o.offset;
+      k.out(mm + static_cast<ptrdiff_t>(r) * ldn, ldm, n, rs, w.scale.data(), wide, bias, relu, o.rows, o.cols, yo,
+            out_row);
+      if (unary >= 0) {
+        for (int a = 0; a < o.rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, o.cols * n);
+      }
+    };
+    parallel_for(m, threads, in);
+    parallel_for(16, threads, product);
+    parallel_for(m, threads, out);
+  });
 }
 
 // depthwise and pool: one task per output row of an image
@@ -940,6 +1023,7 @@ RunStatus run_node(const Node& nd, const Ctx& c) {
     case Op::concat: run_concat(nd, c); return RunStatus::ok;
     case Op::conv2d: return run_conv(nd, c);
     case Op::winograd: return run_winograd(nd, c);
+    case Op::winograd_s8: return run_winograd_s8(nd, c);
     case Op::depthwise:
     case Op::pool: run_window(nd, c); return RunStatus::ok;
     case Op::act: run_act(nd, c); return RunStatus::ok;

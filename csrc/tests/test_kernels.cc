@@ -32,6 +32,7 @@
 #include "edgecompress/sparse_nm.h"
 #include "edgecompress/dense_f32.h"
 #include "edgecompress/engine.h"
+#include "edgecompress/winograd_s8.h"
 #include "edgecompress/engine_ops.h"
 #include "edgecompress/registry.h"
 #include "edgecompress/threadpool.h"
@@ -772,6 +773,83 @@ bool check_winograd_node(const EngineKernel& k, const DenseKernel& dense) {
   return bad == 0;
 }
 
+// A winograd_s8 node (integer Winograd F(2x2, 3x3), engine kernel k's winograd_s8 tier) against the
+// conv2d node on the same packed int8 weight (the scalar gemm_s8 kernel s8): the same bits, since the
+// integer sums are the same and the epilogue is the product's. Asymmetric codes (zero point 128)
+// with ReLU over 2 images 9 x 11 x 10 -> 19 (odd channel pairs, a part-filled panel, padding 2 on
+// the left: last tiles partly outside); symmetric codes with the sigmoid of the unary pass over
+// 40 x 40 x 33 (several blocks of tiles); then the largest exact channel count with every code
+// 255 - 0 against weights of +-127, 4 times the sums just below 2^31. NaN
+// in the image is refused.
+bool check_winograd_s8_node(const EngineKernel& k, const GemmS8Kernel& s8) {
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> wd(-127, 127);
+  const int G2[4][3] = {{2, 0, 0}, {1, 1, 1}, {1, -1, 1}, {0, 0, 2}};
+  int bad = 0;
+  // (images, h, w, c, n, pt = pb, pl, pr, scheme, unary act + 1, extremes)
+  const int cases[][11] = {
+      {2, 9, 11, 10, 19, 1, 2, 1, static_cast<int>(ActScheme::static_asymmetric), 0, 0},
+      {1, 40, 40, 33, 16, 1, 1, 1, static_cast<int>(ActScheme::static_symmetric), 1 + static_cast<int>(UnaryAct::sigmoid), 0},
+      {1, 4, 4, kWinogradS8MaxChannels, 16, 1, 1, 1, static_cast<int>(ActScheme::static_asymmetric), 0, 1}};
+  for (const auto& cs : cases) {
+    const int B = cs[0], H = cs[1], W = cs[2], C = cs[3], N = cs[4], P = cs[5], PL = cs[6], PR = cs[7];
+    const int HO = H + 2 * P - 2, WO = W + PL + PR - 2, KP = (C + 1) / 2, PANELS = (N + 15) / 16;
+    const bool extremes = cs[10] != 0;
+    std::vector<float> x(static_cast<size_t>(B) * H * W * C), bias(N), scale(N);
+    std::vector<int8_t> w(static_cast<size_t>(N) * 9 * C);
+    for (auto& e : x) e = extremes ? 100.0f : nd(rng);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = extremes ? (i / (9 * C) % 2 ? -127 : 127) : static_cast<int8_t>(wd(rng));
+    for (auto& e : bias) e = nd(rng);
+    for (auto& e : scale) e = 0.01f * (1.0f + std::fabs(nd(rng)));
+    auto packed = pack_s8_weight(s8, w.data(), N, 9 * C, scale.data(), N);
+    // U[e] = (2G) g (2G)^T in the node's layout [16][panels][c pairs][16][2]
+    std::vector<int16_t> u(static_cast<size_t>(16) * PANELS * KP * 32, 0);
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b)
+        for (int n = 0; n < N; ++n)
+          for (int c = 0; c < C; ++c) {
+            int v = 0;
+            for (int i = 0; i < 3; ++i)
+              for (int j = 0; j < 3; ++j) v += G2[a][i] * w[(static_cast<size_t>(n) * 9 + i * 3 + j) * C + c] * G2[b][j];
+            u[((((static_cast<size_t>(4 * a + b) * PANELS + n / 16) * KP + c / 2) * 16 + n % 16) * 2 + c % 2)] =
+                static_cast<int16_t>(v);
+          }
+    std::vector<engine::Node> nodes(1);
+    engine::Node& nd0 = nodes[0];
+    nd0.in[0] = {engine::Space::input, 0, 0}, nd0.in[1] = {engine::Space::constant, 0, 0};
+    nd0.out[0] = {engine::Space::output, 0, 0};
+    const int64_t ints[16] = {B, H, W, C, HO, WO, 3, 3, 1, 1, P, PL, 1, 1,
+                              static_cast<int64_t>(Activation::relu) * (cs[9] == 0) + 4 * cs[9], N};
+    std::copy(ints, ints + 16, nd0.i);
+    nd0.wkind = engine::WeightKind::s8, nd0.weight = packed.get();
+    nd0.aq.scheme = static_cast<ActScheme>(cs[8]);
+    nd0.aq.scale = extremes ? 0.25f : 0.02f;
+    nd0.aq.zero_point = cs[8] == static_cast<int>(ActScheme::static_asymmetric) && !extremes ? 128 : 0;
+    auto run = [&](engine::Op op, float* y) {
+      nodes[0].op = op;
+      nodes[0].weight2 = op == engine::Op::winograd_s8 ? u.data() : nullptr;
+      engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
+      const void* ins[1] = {x.data()};
+      void* outs[1] = {y};
+      return plan.run(ins, outs, 64, nullptr).status;
+    };
+    const size_t ny = static_cast<size_t>(B) * HO * WO * N;
+    Guarded<float> y(ny), want(ny);
+    bad += run(engine::Op::winograd_s8, y.data()) != engine::RunStatus::ok;
+    bad += run(engine::Op::conv2d, want.data()) != engine::RunStatus::ok;
+    int differ = 0;
+    for (size_t i = 0; i < ny; ++i) differ += std::memcmp(y.data() + i, want.data() + i, 4) != 0;
+    if (differ != 0 || !y.guards_intact()) {
+      std::printf("  FAIL winograd_s8 node (%d x %d x %d -> %d): %d outputs differ from conv2d's\n", H, W, C, N, differ);
+      ++bad;
+    }
+    x[x.size() / 2] = NAN;
+    bad += run(engine::Op::winograd_s8, y.data()) != engine::RunStatus::nonfinite_input;
+  }
+  return bad == 0;
+}
+
 bool check_decoder_ops(const EngineKernel& k) {
   using engine::Space;
   std::mt19937 rng(11);
@@ -1045,8 +1123,10 @@ bool check_engine_kernel(const EngineKernel& k) {
   }
   const DenseKernel* const* dense = nullptr;
   dense_f32_kernels(&dense);  // the first: the scalar product under the conv2d node
+  const GemmS8Kernel* const* s8 = nullptr;
+  gemm_s8_kernels(&s8);  // the first: the scalar int8 product
   return bad == 0 && check_decoder_ops(k) && check_window_ops(k) && check_conv_node(k, *dense[0]) &&
-         check_winograd_node(k, *dense[0]);
+         check_winograd_node(k, *dense[0]) && check_winograd_s8_node(k, *s8[0]);
 }
 
 // --- dense_f32 and the low-rank product -------------------------------------------------------

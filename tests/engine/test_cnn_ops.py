@@ -16,6 +16,8 @@ import pytest
 
 import edgecompress as ec
 from edgecompress.engine.builder import GraphBuilder
+from edgecompress import _core
+from edgecompress.engine import ops as ecops
 from edgecompress.engine.ops import winograd_tile
 from edgecompress.reference import engine as eref
 
@@ -106,11 +108,12 @@ WINOGRAD = [
 ]
 
 
-def _winograd_program(rng_wt, c, n, pad, activation, wino):
+def _winograd_program(rng_wt, c, n, pad, activation, wino, aq=None):
     wt, bias = rng_wt
     g = GraphBuilder()
     x = _to_nhwc(g, g.input("x", "float32", ("b", c, "h", "w")))
     attrs = {"kernel": [3, 3], "padding": list(pad), "winograd": wino} | ({"activation": activation} if activation else {})
+    attrs |= aq or {}
     y = g.op("conv2d", [x, g.weight("bias", bias)], "conv", weight=g.weight("w", wt), **attrs)
     return g.program([y], {})
 
@@ -167,6 +170,82 @@ def test_winograd_conv2d_edges(rng, tmp_path):
     g.op("conv2d", [g.input("x", "float32", (1, 6, 6, 8))], "conv", weight=g.weight("w", wts[0]), kernel=[3, 3], winograd=1)
     with pytest.raises(ValueError, match="winograd"):
         g.program(["conv"], {})(np.zeros((1, 6, 6, 8), np.float32))
+
+
+# integer Winograd: (batch, h, w, c, n, padding (t, b, l, r))
+WINOGRAD_S8 = [
+    (1, 4, 4, 129, 3, (0, 0, 0, 0)),      # no padding; an odd channel count (a channel pair half empty)
+    (1, 13, 11, 33, 31, (2, 2, 0, 2)),    # padding 2: outputs larger than the image; a part-filled panel
+    (1, 40, 40, 8, 16, (1, 1, 1, 1)),     # several blocks of tiles
+    (9, 3, 3, 16, 8, (1, 1, 1, 1)),       # tiles across images
+    (2, 5, 9, 300, 40, (1, 0, 1, 1)),     # odd output sizes
+]
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_winograd_s8_conv2d(tier, threads, rng, activation):
+    """An int8 3x3 convolution of stride 1 with a static input scale runs as integer Winograd F(2x2,
+    3x3) where the tier's int8 products multiply 16-bit values (winograd_s8_pays), else as patches and
+    the product: either way the same bits as the node with winograd=False (the integer sums are the
+    same exactly, and the epilogue is the product's) and as the oracle's integer arithmetic. Asymmetric
+    codes (zero points 128 and 0) and symmetric ones, whose extremes (255 - 0, -128) bound the
+    transforms' ranges."""
+    pays = ecops.winograd_s8_pays()
+    for b, h, w, c, n, pad in WINOGRAD_S8:
+        for aq in ({"act_scale": 0.02, "act_zero_point": 128}, {"act_scale": 0.05, "act_zero_point": 0}, {"act_scale": 0.01}):
+            wt = ec.Int8Weight.from_float(rng.standard_normal((n, 9 * c)).astype(np.float32))
+            bias = rng.standard_normal(n).astype(np.float32)
+            x = _image(rng, b, h, w, c)
+            x.flat[::7] = 40.0  # codes at the top of their range (255, 127)
+            x.flat[3::11] = -40.0
+            what = f"winograd_s8 conv2d {activation} {aq} {(b, h, w, c, n, pad)}"
+            p = _winograd_program((wt, bias), c, n, pad, activation, True, aq)
+            got = _check(p, x, rtol=0, atol=0, what=what) if activation != "silu" else p(x)
+            want = "winograd_s8" if pays else "conv2d"
+            assert [op for _, op, _ in p.profile(x, rounds=1)["nodes"]][-1] == want, what
+            patches = _winograd_program((wt, bias), c, n, pad, activation, False, aq)
+            np.testing.assert_array_equal(got, patches(x), err_msg=what)
+
+
+def test_winograd_s8_edges(rng, tmp_path):
+    """Where the integer Winograd does not apply (dynamic scales, more than WINOGRAD_S8_MAX_CHANNELS
+    channels), the patches run; release_weights keeps the forms the node runs on; winograd=False
+    survives save and load; NaN in the image is refused; a malformed native node is a clear error."""
+    if not ecops.winograd_s8_pays():
+        pytest.skip(f"the gemm_s8 kernel {ec.runtime.gemm_s8_kernel()} has an 8-bit dot product: no integer Winograd")
+    aq = {"act_scale": 0.02, "act_zero_point": 128}
+    for c, attrs in [(8, {}), (ecops.WINOGRAD_S8_MAX_CHANNELS + 1, aq)]:
+        wt = ec.Int8Weight.from_float(rng.standard_normal((4, 9 * c)).astype(np.float32))
+        p = _winograd_program((wt, np.zeros(4, np.float32)), c, 4, (1, 1, 1, 1), None, True, attrs)
+        x = _image(rng, 1, 4, 4, c)
+        assert [op for _, op, _ in p.profile(x, rounds=1)["nodes"]][-1] == "conv2d", c
+    wts = (ec.Int8Weight.from_float(rng.standard_normal((12, 9 * 8)).astype(np.float32)), rng.standard_normal(12).astype(np.float32))
+    x = _image(rng, 2, 6, 5, 8)
+    p = _winograd_program(wts, 8, 12, (1, 1, 1, 1), "relu", True, aq)
+    p.release_weights()  # before any plan: it packs the transformed weights the node runs on
+    assert [op for _, op, _ in p.profile(x, rounds=1)["nodes"]][-1] == "winograd_s8"
+    np.testing.assert_array_equal(p(x), _winograd_program(wts, 8, 12, (1, 1, 1, 1), "relu", True, aq)(x))
+    patches = _winograd_program(wts, 8, 12, (1, 1, 1, 1), "relu", False, aq)
+    patches.save(tmp_path / "patches")
+    back = ec.engine.load(tmp_path / "patches")
+    assert [op for _, op, _ in back.profile(x, rounds=1)["nodes"]][-1] == "conv2d"
+    np.testing.assert_array_equal(back(x), p(x))
+    x[1, 3, 2, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        p(x)
+    # the native boundary: the node's weights must match its shape
+    packed = ec.ops.packed(wts[0])
+    u = ecops.winograd_s8_weights(wts[0].qweight)
+    ints = [1, 6, 6, 8, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 0, 12]
+    ref = [(1, 0, 0), (0, 0, 0)]
+    for weight, what in [((packed, u[:-1]), "do not match"), ((packed, u.astype(np.int32)), "int16"),
+                         (packed, "expected \\(packed int8 weight")]:
+        node = (ecops.NATIVE_OP["winograd_s8"], ref, [(2, 0, 0)], ints, [], weight, 3, (0.02, 128), 0)
+        with pytest.raises(ValueError, match=what):
+            _core.EnginePlan([node], 0, [], [6 * 6 * 8 * 4], [6 * 6 * 12 * 4], "engine_f32_scalar")
+    node = (ecops.NATIVE_OP["winograd_s8"], ref, [(2, 0, 0)], ints, [], (packed, u), 0, (0.02, 128), 0)
+    with pytest.raises(ValueError, match="static activation scale"):
+        _core.EnginePlan([node], 0, [], [6 * 6 * 8 * 4], [6 * 6 * 12 * 4], "engine_f32_scalar")
 
 
 # grouped: (batch, h, w, c, n, groups, kernel, stride, padding, dilation)

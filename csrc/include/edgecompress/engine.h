@@ -82,6 +82,11 @@ enum class Op : int {
                  // the (n, c) matrix of the transformed weights (G g G^T)[a][b] (EngineKernel::winograd_in
                  // / winograd_out). Tiles of m x m outputs go in blocks: the block's input transforms,
                  // the products, the output transforms (bias, activation)
+  winograd_s8,   // in: x, bias?; out: y. A conv2d's ints (3x3 kernel, stride 1, no dilation, at most
+                 // kWinogradS8MaxChannels channels); weight: the conv's int8 weight (PackedS8Weight: its
+                 // scales and quantizer), weight2: its integer Winograd F(2x2, 3x3) transform (winograd_s8.h's
+                 // layout, int16); aq: a static scheme. The image is quantized once (conv2d's codes), tiles
+                 // go in blocks as for winograd, and the outputs are conv2d's, bit for bit
   count
 };
 
@@ -103,7 +108,7 @@ struct Node {
   float f[2] = {};
   WeightKind wkind = WeightKind::none;  // linear: the packed weight's type
   const void* weight = nullptr;         // linear: the Packed* weight; embedding mode 3: hi
-  const void* weight2 = nullptr;        // embedding mode 3: lo
+  const void* weight2 = nullptr;        // embedding mode 3: lo; winograd_s8: the transformed weight
   std::vector<const void*> weights;     // grouped conv2d: each group's Packed* weight (of kind wkind)
   ActQuant aq;                          // linear on an int8 weight
   Q4Compute q4 = Q4Compute::int8;       // linear on a 4-bit weight

@@ -25,6 +25,8 @@ struct Window2d {
   int h, w, c, kh, kw, sh, sw, pt, pl, dh, dw, wo;
 };
 
+struct WinogradS8Kernel;
+
 struct EngineKernel {
   const char* name;
   Isa isa;
@@ -82,6 +84,9 @@ struct EngineKernel {
   // 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
   void (*winograd_out)(int m, const float* mm, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
                        float* y, ptrdiff_t ldy);
+  // The integer Winograd F(2x2, 3x3) of int8 convolutions with a static input scale (winograd_s8.h),
+  // of the same tier (an integer family: built without fused multiply-adds, unlike this one).
+  const WinogradS8Kernel* winograd_s8;
 };
 
 }  // namespace edgecompress

@@ -5,4 +5,4 @@
 #define EC_ENGINE_WIDTH 8
 #include "engine_impl.h"
 
-EC_ENGINE_KERNEL(engine_f32_avx2, "engine_f32_avx2", Isa::avx2, kNeedsAvx2)
+EC_ENGINE_KERNEL(engine_f32_avx2, "engine_f32_avx2", Isa::avx2, kNeedsAvx2, winograd_s8_avx2)

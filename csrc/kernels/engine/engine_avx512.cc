@@ -5,4 +5,4 @@
 #define EC_ENGINE_WIDTH 16
 #include "engine_impl.h"
 
-EC_ENGINE_KERNEL(engine_f32_avx512, "engine_f32_avx512", Isa::avx512, kNeedsAvx512)
+EC_ENGINE_KERNEL(engine_f32_avx512, "engine_f32_avx512", Isa::avx512, kNeedsAvx512, winograd_s8_avx512)

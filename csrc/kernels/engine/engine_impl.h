@@ -703,9 +703,10 @@ void pool_row(const Window2d& p, int mode, const float* x, int oh, float* y) {
 }  // namespace
 }  // namespace edgecompress
 
-#define EC_ENGINE_KERNEL(sym, name, isa, needs) \
-  namespace edgecompress {                      \
-  extern const EngineKernel sym;                \
+#define EC_ENGINE_KERNEL(sym, name, isa, needs, ws8)                                                    \
+  namespace edgecompress {                                                                               \
+  extern const WinogradS8Kernel ws8;                                                                     \
+  extern const EngineKernel sym;                                                                         \
   const EngineKernel sym = {name, isa, needs, norm_row, softmax_row, gelu, binary, glu, dot_rows, gemm_nn, \
-                             unary, depthwise_row, pool_row, conv_row, winograd_in, winograd_out}; \
+                            unary, depthwise_row, pool_row, conv_row, winograd_in, winograd_out, &ws8};   \
   }

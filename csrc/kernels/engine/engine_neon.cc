@@ -2,4 +2,4 @@
 #define EC_ENGINE_WIDTH 4
 #include "engine_impl.h"
 
-EC_ENGINE_KERNEL(engine_f32_neon, "engine_f32_neon", Isa::neon, kNeedsNeon)
+EC_ENGINE_KERNEL(engine_f32_neon, "engine_f32_neon", Isa::neon, kNeedsNeon, winograd_s8_neon)

@@ -3,4 +3,4 @@
 #define EC_ENGINE_WIDTH 1
 #include "engine_impl.h"
 
-EC_ENGINE_KERNEL(engine_f32_scalar, "engine_f32_scalar", Isa::scalar, 0u)
+EC_ENGINE_KERNEL(engine_f32_scalar, "engine_f32_scalar", Isa::scalar, 0u, winograd_s8_scalar)

@@ -18,7 +18,7 @@ from .. import _core
 from .. import reference as ref
 from ..reference import engine as eref
 from .. import ops
-from ..runtime import dense_f32_kernel
+from ..runtime import dense_f32_kernel, gemm_s8_kernel
 from ..formats import Int4Weight, Int8Weight, SparseWeight
 
 __all__ = ["Node", "OPS", "Shape"]
@@ -29,7 +29,8 @@ Shape = tuple[tuple[int, ...], str]  # (shape, dtype name)
 NATIVE_OP = {"linear": 0, "norm": 1, "attention": 2, "gelu": 3, "add": 4, "mul": 5, "softmax": 6, "embedding": 7,
              "pack": 10, "gather": 11, "scatter": 12,
              "position_ids": 8, "mean_pool": 9, "rope": 13, "kv_attention": 14, "glu": 15, "concat": 16,
-             "conv2d": 17, "depthwise": 18, "pool": 19, "act": 20, "transpose": 21, "winograd": 22}
+             "conv2d": 17, "depthwise": 18, "pool": 19, "act": 20, "transpose": 21, "winograd": 22,
+             "winograd_s8": 23}
 GLU_ACTS = {"silu": 0, "gelu_tanh": 1}
 # the element-wise pass (UnaryAct in csrc/include/edgecompress/engine_ops.h)
 UNARY_ACTS = {"relu": 0, "relu6": 1, "silu": 2, "hardswish": 3, "hardsigmoid": 4, "sigmoid": 5}
@@ -547,9 +548,9 @@ def winograd_tile(w: np.ndarray) -> int:
 
 
 def winograd_applies(node: Node, channels: int) -> bool:
-    """Whether conv2d ``node`` over ``channels`` input channels runs as Winograd F(m x m, 3x3) when its
-    weight is a float32 array: one group, a 3x3 kernel of stride 1, not dilated, at least
-    WINOGRAD_MIN_CHANNELS channels, and its attribute ``winograd`` not False."""
+    """Whether conv2d ``node`` over ``channels`` input channels may run as Winograd F(m x m, 3x3) (a
+    float32 weight, or an int8 one as winograd_form says): one group, a 3x3 kernel of stride 1, not
+    dilated, at least WINOGRAD_MIN_CHANNELS channels, and its attribute ``winograd`` not False."""
     t = node.attrs
     if node.op != "conv2d" or not t.get("winograd", True) or len(node.weight_names) != 1:
         return False
@@ -557,16 +558,59 @@ def winograd_applies(node: Node, channels: int) -> bool:
     return k == (3, 3) and st == (1, 1) and dil == (1, 1) and channels >= WINOGRAD_MIN_CHANNELS
 
 
+# Integer Winograd F(2x2, 3x3) for int8 convolutions with a static input scale (the native
+# winograd_s8 op, csrc/include/edgecompress/winograd_s8.h): 16 products per 2 x 2 outputs instead of
+# 36, in int16 x int16. It pays where the int8 products multiply 16-bit values too (these gemm_s8
+# tiers: no 8-bit dot-product instruction), and stays exact up to WINOGRAD_S8_MAX_CHANNELS channels.
+WINOGRAD_S8_TIERS = ("scalar", "avx2", "neon")
+WINOGRAD_S8_MAX_CHANNELS = 1841
+WINOGRAD_G2_INT = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)
+
+
+def winograd_s8_weights(q: np.ndarray) -> np.ndarray:
+    """The integer Winograd F(2x2, 3x3) transform of an int8 3x3 convolution weight q (n, 9 c), taps
+    in (kh, kw, c) order: U[e] = (2G) g (2G)^T (e = 4 a + b, |U| <= 1143), laid out for the native
+    kernels as int16 (16, panels, c pairs, 16, 2): panels of 16 outputs, pairs of channels, outputs
+    past n and the channel past an odd c zero."""
+    n, c = q.shape[0], q.shape[1] // 9
+    g = q.reshape(n, 3, 3, c).astype(np.int64)
+    u = np.einsum("ai,nijc,bj->abnc", WINOGRAD_G2_INT, g, WINOGRAD_G2_INT).reshape(16, n, c)
+    panels, pairs = -(-n // 16), -(-c // 2)
+    full = np.zeros((16, panels * 16, pairs * 2), np.int16)
+    full[:, :n, :c] = u
+    return np.ascontiguousarray(full.reshape(16, panels, 16, pairs, 2).transpose(0, 1, 3, 2, 4))
+
+
+def winograd_form(node: Node, channels: int) -> str:
+    """The Winograd form (packed_weight's) conv2d ``node`` over ``channels`` input channels asks for:
+    "" where winograd_applies does not, "winograd_s8" with a static input scale and at most
+    WINOGRAD_S8_MAX_CHANNELS channels (an Int8Weight then takes the integer transform), else
+    "winograd". A float32 weight takes the float32 products under either form."""
+    if not winograd_applies(node, channels):
+        return ""
+    static = node.attrs.get("act_scale") is not None and channels <= WINOGRAD_S8_MAX_CHANNELS
+    return "winograd_s8" if static else "winograd"
+
+
+def winograd_s8_pays() -> bool:
+    """Whether the gemm_s8 kernel in use multiplies 16-bit values (WINOGRAD_S8_TIERS), so that the
+    integer Winograd's 16 products per 4 outputs cost less than the int8 product's 36."""
+    return gemm_s8_kernel().rsplit("_", 1)[-1] in WINOGRAD_S8_TIERS
+
+
 def packed_weight(w: Any, form: str = "") -> tuple[Any, int, int] | None:
     """The native packed form of a linear weight for the kernel the registry picks now (the ops
     layer's, shared with every other user of the weight; a float32 array is packed for dense_f32), the
-    q4 compute mode (0 int8, 1 float32) and the weight's N. form "winograd": the list of the transformed
-    products of a float32 3x3 convolution weight (winograd_weights for its winograd_tile; None for any
-    other weight)."""
-    if form == "winograd":
-        if not isinstance(w, np.ndarray):
-            return None
-        return [_core.pack_dense_f32(u, dense_f32_kernel()) for u in winograd_weights(w, winograd_tile(w))], 0, w.shape[0]
+    q4 compute mode (0 int8, 1 float32) and the weight's N. forms "winograd" and "winograd_s8"
+    (winograd_form): the list of the transformed products of a float32 3x3 convolution weight
+    (winograd_weights for its winograd_tile); under "winograd_s8", for an Int8Weight where
+    winograd_s8_pays, the pair (its packed weight, winograd_s8_weights); None for any other weight."""
+    if form in ("winograd", "winograd_s8"):
+        if isinstance(w, np.ndarray):
+            return [_core.pack_dense_f32(u, dense_f32_kernel()) for u in winograd_weights(w, winograd_tile(w))], 0, w.shape[0]
+        if form == "winograd_s8" and isinstance(w, Int8Weight) and winograd_s8_pays():
+            return (ops.packed(w), winograd_s8_weights(w.qweight)), 0, w.shape[0]
+        return None
     if isinstance(w, np.ndarray):
         return _core.pack_dense_f32(w, dense_f32_kernel()), 0, w.shape[0]
     return ops.packed(w), 0 if not isinstance(w, Int4Weight) or w.compute == "int8" else 1, w.shape[0]
@@ -598,8 +642,11 @@ def _window_ints(node: Node, xs: tuple[int, ...], ys: tuple[int, ...], kernel: t
 def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Callable[..., Any]) -> list[tuple[Any, ...]]:
     t = node.attrs
     xs = s[0][0]
-    # a float32 3x3 convolution of stride 1: Winograd's transformed products (packed_weight "winograd")
-    wino = packed(node.weight_names[0], "winograd") if winograd_applies(node, xs[3]) else None
+    # a 3x3 convolution of stride 1: Winograd's transformed products (packed_weight's forms "winograd",
+    # float32, and "winograd_s8", int8 with a static input scale)
+    form = winograd_form(node, xs[3])
+    wino = packed(node.weight_names[0], form) if form else None
+    op = "conv2d" if wino is None else "winograd" if isinstance(wino[0], list) else "winograd_s8"
     groups = [wino] if wino is not None else [packed(name) for name in node.weight_names]
     pw, q4, n = groups[0]
     if len(groups) > 1:  # the executor takes the list of the groups' packed weights
@@ -618,8 +665,7 @@ def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
                  scheme, aq, q4)]
     # other activations: the executor's pass over each tile of output rows while it is in cache
     ints = _window_ints(node, xs, ys, k) + [int(fused) + 4 * unary, n]
-    return [(NATIVE_OP["conv2d" if wino is None else "winograd"], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme,
-             aq, q4)]
+    return [(NATIVE_OP[op], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme, aq, q4)]
 
 
 def _lower_depthwise(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:

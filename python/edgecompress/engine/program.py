@@ -23,7 +23,7 @@ from ..formats.int8 import MAX_K
 from ..ops import MAX_K_UINT8
 from ..formats._common import show
 from ..runtime import _kernel, current_tier
-from .ops import ATTRS, LINEAR_WEIGHTS, NATIVE_OP, OPS, REFERENCE, Node, OpError, Shape, packed_weight, winograd_applies
+from .ops import ATTRS, LINEAR_WEIGHTS, NATIVE_OP, OPS, REFERENCE, Node, OpError, Shape, packed_weight, winograd_form
 
 __all__ = ["Input", "Program"]
 
@@ -272,7 +272,7 @@ class Program:
 
     def _packed_weight(self, name: str, form: str = "") -> Any:
         # the packed form depends on the kernels chosen under the tier cap in force (use_isa)
-        # (form "winograd": the transformed products of a float32 3x3 convolution, or None)
+        # (forms "winograd", "winograd_s8": Winograd's transformed products, or None)
         key = (name, current_tier(), form)
         if key not in self._packed:
             w = self.weights[name]
@@ -298,9 +298,11 @@ class Program:
                 if isinstance(self.weights[name], _Released):
                     continue
                 w = self.weights[name]
-                # the form the node's lowering asks for (winograd_applies: the channels of a 3x3 kernel)
-                wino = isinstance(w, np.ndarray) and winograd_applies(n, w.shape[1] // 9)
-                self._packed_weight(name, "winograd" if wino else "")
+                # the forms the node's lowering asks for (winograd_form: the channels of a 3x3 kernel;
+                # the plain one where no Winograd form applies to the weight)
+                form = winograd_form(n, w.shape[1] // 9)
+                if not form or self._packed_weight(name, form) is None:
+                    self._packed_weight(name)
                 self.weights[name] = _Released(tuple(w.shape), type(w).__name__, current_tier(), int(w.nbytes))
 
     def shapes(self, *args: Any, **kwargs: Any) -> dict[str, Shape]:
