@@ -85,6 +85,8 @@ KERNELS = [
     Kernel("gemm_s8_8x8_i8mm, M=8", "gemm_s8/gemm_s8_i8mm.cc", "gemm_s8_i8mm", 8, 0, "smmla", 8 * 8 * 8, True),
     # one row pair, two k-blocks per iteration (U = 2); half of each smmla is the padding row
     Kernel("gemm_s8_8x8_i8mm, M=2", "gemm_s8/gemm_s8_i8mm.cc", "gemm_s8_i8mm", 2, 0, "smmla", 2 * 2 * 8 * 8, True),
+    # integer Winograd's product: int16 pairs of 16 outputs (vld2 splits a pair's two k), smlal by value
+    Kernel("winograd_s8_neon, M=4", "winograd_s8/winograd_s8_neon.cc", "winograd_s8_neon", 4, 0, "smlal", 4 * 16 * 2),
     Kernel("gemm_q4_2x16_neon, M=2", "gemm_q4/gemm_q4_neon.cc", "gemm_q4_neon", 2, 0, "smull", 2 * 16 * 8),
     Kernel("gemm_q4_2x16_neon, M=1", "gemm_q4/gemm_q4_neon.cc", "gemm_q4_neon", 1, 0, "smull", 1 * 16 * 8),
     # 8 rows: one step of one of the two passes over a group (2 of the 4 column blocks)
