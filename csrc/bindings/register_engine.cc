@@ -159,10 +159,11 @@ std::unique_ptr<PyPlan> make_plan(const py::list& nodes, int64_t arena_bytes, co
       nd.aq.scale = t[7].cast<py::tuple>()[0].cast<float>();
       nd.aq.zero_point = t[7].cast<py::tuple>()[1].cast<int>();
       nd.q4 = t[8].cast<int>() == 0 ? Q4Compute::int8 : Q4Compute::float32;
-      require(!winograd_s8 || ((nd.aq.scheme == ActScheme::static_symmetric ||
-                                (nd.aq.scheme == ActScheme::static_asymmetric && nd.aq.zero_point >= 0 &&
-                                 nd.aq.zero_point <= 255)) && nd.aq.scale > 0 && std::isfinite(nd.aq.scale)),
-              "winograd_s8 node: expected a static activation scale (and zero point in 0..255)");
+      require(!winograd_s8 || nd.aq.scheme == ActScheme::dynamic_symmetric ||
+                  ((nd.aq.scheme == ActScheme::static_symmetric ||
+                    (nd.aq.scheme == ActScheme::static_asymmetric && nd.aq.zero_point >= 0 && nd.aq.zero_point <= 255)) &&
+                   nd.aq.scale > 0 && std::isfinite(nd.aq.scale)),
+              "winograd_s8 node: expected a dynamic symmetric or static activation scale (zero point in 0..255)");
       const int64_t act = nd.op == engine::Op::linear ? nd.i[2] : nd.i[14] % 4;
       require(act >= 0 && act <= static_cast<int>(Activation::gelu), "node: activation out of range");
       require(nd.op == engine::Op::linear || (nd.i[14] >= 0 && nd.i[14] / 4 <= static_cast<int>(UnaryAct::count)),

@@ -135,18 +135,49 @@ void patch_row(const Window2d& p, const T* x, int ho, int64_t pixel, int c0, int
 
 thread_local AlignedArray<uint8_t> t_codes, t_patch8;
 
-// The image quantized once with the node's static scale (and zero point): int8 codes (symmetric) or
-// uint8 ones (asymmetric), as the product would quantize each patch row (its kernel's tier does it,
-// in runs of kRun values); false on NaN / Inf.
-bool quantize_image(const Node& nd, const Ctx& c, const float* x, int64_t n, uint8_t* q) {
+// Images quantized once, each as the product would quantize its patch rows (its kernel's tier does
+// it, in runs of kRun values), into int8 codes (symmetric) or uint8 ones (asymmetric): with the node's
+// static scale (and zero point), or, with a dynamic one (per_image_scale in engine/ops.py), each
+// image with its own scale, max |x| / 127 over the image (1 below the smallest normal float, as
+// quantize_row), written to scales (one per image). False on NaN / Inf.
+bool quantize_images(const Node& nd, const Ctx& c, const float* x, int64_t images, int64_t per_image, uint8_t* q,
+                     float* scales) {
   const GemmS8Kernel& k = *static_cast<const PackedS8Weight*>(nd.weight)->kernel;
-  std::atomic<bool> finite{true};
   constexpr int64_t kRun = 16384;
-  auto body = [&](int t) {
-    const int64_t i = t * kRun;
-    if (!k.quantize(x + i, static_cast<int>(std::min(kRun, n - i)), nd.aq, q + i)) finite.store(false);
+  const int64_t runs = (per_image + kRun - 1) / kRun;
+  const bool dynamic = nd.aq.scheme == ActScheme::dynamic_symmetric;
+  std::atomic<bool> finite{true};
+  std::vector<uint32_t> run_max(dynamic ? static_cast<size_t>(images * runs) : 0);
+  auto run_at = [&](int t, int64_t* i, int* n) {
+    *i = t / runs * per_image + t % runs * kRun;
+    *n = static_cast<int>(std::min(kRun, per_image - t % runs * kRun));
   };
-  parallel_for(static_cast<int>((n + kRun - 1) / kRun), c.threads, body);
+  if (dynamic) {  // |x| as bits: the larger float has the larger bits
+    auto amax = [&](int t) {
+      int64_t i;
+      int n;
+      run_at(t, &i, &n);
+      uint32_t m = 0;
+      for (int j = 0; j < n; ++j) m = std::max(m, float_bits(x[i + j]) & 0x7fffffffu);
+      run_max[t] = m;
+    };
+    parallel_for(static_cast<int>(images * runs), c.threads, amax);
+    for (int64_t b = 0; b < images; ++b) {
+      const uint32_t m = *std::max_element(run_max.begin() + b * runs, run_max.begin() + (b + 1) * runs);
+      if (m >= 0x7f800000u) return false;
+      const float s = bits_float(m) / 127.0f;
+      scales[b] = s >= 1.17549435e-38f ? s : 1.0f;
+    }
+  }
+  auto body = [&](int t) {
+    int64_t i;
+    int n;
+    run_at(t, &i, &n);
+    ActQuant aq = nd.aq;
+    if (dynamic) aq.scheme = ActScheme::static_symmetric, aq.scale = scales[t / runs];  // the same codes
+    if (!k.quantize(x + i, n, aq, q + i)) finite.store(false);
+  };
+  parallel_for(static_cast<int>(images * runs), c.threads, body);
   return finite.load();
 }
 
@@ -203,20 +234,28 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   // those of its taps (a padding tap's, the code of 0.0: the zero point). The image is quantized
   // once, not kh * kw times, and patches of codes go to the product as they are. Not where the taps
   // are fewer than the stride's pixels (a 1x1 stride-2 downsample reads a quarter of the image): the
-  // patches of floats are quantized as the product packs them, the same codes.
-  const bool codes = !direct && nd.wkind == WeightKind::s8 && p.kh * p.kw > p.sh * p.sw &&
-                     (nd.aq.scheme == ActScheme::static_symmetric || nd.aq.scheme == ActScheme::static_asymmetric);
+  // patches of floats are quantized as the product packs them, the same codes. Without a static
+  // scale (a dynamic one), every image is quantized with its own scale (quantize_images), and its
+  // patches' codes go to the product, tile by tile within the image.
+  const bool dynamic = !direct && nd.wkind == WeightKind::s8 && nd.aq.scheme == ActScheme::dynamic_symmetric;
+  const bool codes = dynamic || (!direct && nd.wkind == WeightKind::s8 && p.kh * p.kw > p.sh * p.sw &&
+                                 (nd.aq.scheme == ActScheme::static_symmetric ||
+                                  nd.aq.scheme == ActScheme::static_asymmetric));
   const bool asym = nd.aq.scheme == ActScheme::static_asymmetric;
   const uint8_t* q = nullptr;
   ActQuant aq = nd.aq;
+  std::vector<float> scales;
   if (codes) {
     uint8_t* qi;
     try {
       qi = ensure_size(t_codes, static_cast<size_t>(nd.i[0] * p.h * p.w * p.c));
+      scales.resize(static_cast<size_t>(nd.i[0]));
     } catch (const std::bad_alloc&) {
       return RunStatus::out_of_memory;
     }
-    if (!quantize_image(nd, c, x, nd.i[0] * p.h * p.w * p.c, qi)) return RunStatus::nonfinite_input;
+    if (!quantize_images(nd, c, x, nd.i[0], static_cast<int64_t>(p.h) * p.w * p.c, qi, scales.data())) {
+      return RunStatus::nonfinite_input;
+    }
     q = qi;
     aq.scheme = asym ? ActScheme::raw_u8 : ActScheme::raw_s8;
   }
@@ -226,13 +265,18 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   // output is still in L2 when the pass reads it back (1024 rows of 96 outputs, 384 KiB, were not).
   const int64_t out_rows = unary >= 0 ? kUnaryTileBytes / (4 * n) : 1024;
   const int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, kPatchBytes / (bytes * k)}));
-  const int tiles = static_cast<int>((pixels + rows - 1) / rows);
+  // tiles of `rows` pixels; with a scale per image, `rows` at most and each within one image
+  const int64_t per_image = static_cast<int64_t>(ho) * p.wo, image_tiles = (per_image + rows - 1) / rows;
+  const int tiles = static_cast<int>(dynamic ? nd.i[0] * image_tiles : (pixels + rows - 1) / rows);
   // Enough tiles: each thread takes whole tiles, each product on one thread. Few (a late, small
   // layer at batch 1): one tile after another, each product on every thread.
   const bool by_tile = tiles >= 2 * c.threads;
   std::atomic<int> failed{0};
   auto tile = [&](int t) {
-    const int64_t p0 = t * rows, m = std::min(rows, pixels - p0);
+    const int64_t p0 = dynamic ? t / image_tiles * per_image + t % image_tiles * rows : t * rows;
+    const int64_t m = std::min(rows, dynamic ? (t / image_tiles + 1) * per_image - p0 : pixels - p0);
+    ActQuant ta = aq;
+    if (dynamic) ta.scale = scales[static_cast<size_t>(t / image_tiles)];
     const int threads = by_tile ? 1 : c.threads;
     const int mi = static_cast<int>(m);
     RunStatus s = RunStatus::ok;
@@ -244,7 +288,7 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
         if (codes) {
           uint8_t* a = ensure_size(t_patch8, static_cast<size_t>(m * k));
           for (int64_t r = 0; r < m; ++r) patch_row(p, q, ho, p0 + r, g * cg, cg, pad, a + r * k);
-          s = from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(w), a, k, mi, aq, bg, act, yg, nullptr, threads));
+          s = from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(w), a, k, mi, ta, bg, act, yg, nullptr, threads));
         } else if (direct) {
           s = product(nd, w, x + p0 * p.c + g * cg, p.c, mi, bg, act, yg, threads);
         } else {
@@ -364,8 +408,8 @@ RunStatus run_winograd(const Node& nd, const Ctx& c) {
   });
 }
 
-// Integer Winograd F(2x2, 3x3) of an int8 convolution with a static input scale (winograd_s8.h): the
-// image quantized once (conv2d's codes), then per block of tiles their input transforms (16 int16
+// Integer Winograd F(2x2, 3x3) of an int8 convolution (winograd_s8.h): the images quantized once
+// (conv2d's codes: a static scale, or a dynamic one per image), then per block of tiles their input transforms (16 int16
 // matrices of rows x c, c rounded up to pairs), the 16 products with the transformed weights (int32)
 // and the output transforms with gemm_s8's epilogue: conv2d's integers, so conv2d's floats. On the
 // tiers whose int8 products multiply 16-bit values, 16 products per 4 outputs instead of 36.
@@ -388,19 +432,19 @@ RunStatus run_winograd_s8(const Node& nd, const Ctx& c) {
   const int64_t per_image = static_cast<int64_t>(th) * tw, tiles = nd.i[0] * per_image;
   if (tiles == 0) return RunStatus::ok;
   const int64_t in_image = static_cast<int64_t>(p.h) * p.w * p.c, out_row = static_cast<int64_t>(p.wo) * n;
-  const bool is_signed = nd.aq.scheme == ActScheme::static_symmetric;
+  const bool is_signed = nd.aq.scheme != ActScheme::static_asymmetric;
   const int zp = is_signed ? 0 : nd.aq.zero_point;
-  const float rs = nd.aq.scale;
-  const bool wide = !scales_normal(rs, w.scale_min, w.scale_max);
   uint8_t* q;
   std::vector<uint8_t> pad;
+  std::vector<float> scales;  // a dynamic scheme's, one per image
   try {
     q = ensure_size(t_codes, static_cast<size_t>(nd.i[0] * in_image));
     pad.assign(static_cast<size_t>(p.c), static_cast<uint8_t>(zp));  // the code of 0.0
+    scales.resize(static_cast<size_t>(nd.i[0]), nd.aq.scale);
   } catch (const std::bad_alloc&) {
     return RunStatus::out_of_memory;
   }
-  if (!quantize_image(nd, c, x, nd.i[0] * in_image, q)) return RunStatus::nonfinite_input;
+  if (!quantize_images(nd, c, x, nd.i[0], in_image, q, scales.data())) return RunStatus::nonfinite_input;
   // 16 rows of 2 kp int16 and 16 of ldn int32 per tile
   const int64_t rows = std::min(tiles, std::max(kWinogradRows, kWinogradBytes / (16 * (4 * kp + 4 * ldn))));
   return run_tile_blocks(tiles, rows, c.threads, [&](int64_t t0, int m, int threads) {
@@ -419,8 +463,9 @@ RunStatus run_winograd_s8(const Node& nd, const Ctx& c) {
     auto out = [&](int r) {
       const TileOut o = tile_out(t0 + r, 2, ho, p.wo, n, tw);
       float* yo = y + o.offset;
-      k.out(mm + static_cast<ptrdiff_t>(r) * ldn, ldm, n, rs, w.scale.data(), wide, bias, relu, o.rows, o.cols, yo,
-            out_row);
+      const float rs = scales[static_cast<size_t>(o.img)];
+      k.out(mm + static_cast<ptrdiff_t>(r) * ldn, ldm, n, rs, w.scale.data(), !scales_normal(rs, w.scale_min, w.scale_max),
+            bias, relu, o.rows, o.cols, yo, out_row);
       if (unary >= 0) {
         for (int a = 0; a < o.rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, o.cols * n);
       }

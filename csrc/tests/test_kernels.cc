@@ -778,9 +778,9 @@ bool check_winograd_node(const EngineKernel& k, const DenseKernel& dense) {
 // integer sums are the same and the epilogue is the product's. Asymmetric codes (zero point 128)
 // with ReLU over 2 images 9 x 11 x 10 -> 19 (odd channel pairs, a part-filled panel, padding 2 on
 // the left: last tiles partly outside); symmetric codes with the sigmoid of the unary pass over
-// 40 x 40 x 33 (several blocks of tiles); then the largest exact channel count with every code
-// 255 - 0 against weights of +-127, 4 times the sums just below 2^31. NaN
-// in the image is refused.
+// 40 x 40 x 33 (several blocks of tiles); the largest exact channel count with every code 255 - 0
+// against weights of +-127, 4 times the sums just below 2^31; a dynamic scale per image over 3
+// images of different ranges (conv2d's per-image codes too). NaN in the image is refused.
 bool check_winograd_s8_node(const EngineKernel& k, const GemmS8Kernel& s8) {
   std::mt19937 rng(29);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -791,14 +791,17 @@ bool check_winograd_s8_node(const EngineKernel& k, const GemmS8Kernel& s8) {
   const int cases[][11] = {
       {2, 9, 11, 10, 19, 1, 2, 1, static_cast<int>(ActScheme::static_asymmetric), 0, 0},
       {1, 40, 40, 33, 16, 1, 1, 1, static_cast<int>(ActScheme::static_symmetric), 1 + static_cast<int>(UnaryAct::sigmoid), 0},
-      {1, 4, 4, kWinogradS8MaxChannels, 16, 1, 1, 1, static_cast<int>(ActScheme::static_asymmetric), 0, 1}};
+      {1, 4, 4, kWinogradS8MaxChannels, 16, 1, 1, 1, static_cast<int>(ActScheme::static_asymmetric), 0, 1},
+      {3, 7, 6, 24, 20, 1, 1, 0, static_cast<int>(ActScheme::dynamic_symmetric), 0, 0}};
   for (const auto& cs : cases) {
     const int B = cs[0], H = cs[1], W = cs[2], C = cs[3], N = cs[4], P = cs[5], PL = cs[6], PR = cs[7];
     const int HO = H + 2 * P - 2, WO = W + PL + PR - 2, KP = (C + 1) / 2, PANELS = (N + 15) / 16;
     const bool extremes = cs[10] != 0;
     std::vector<float> x(static_cast<size_t>(B) * H * W * C), bias(N), scale(N);
     std::vector<int8_t> w(static_cast<size_t>(N) * 9 * C);
-    for (auto& e : x) e = extremes ? 100.0f : nd(rng);
+    for (size_t i = 0; i < x.size(); ++i) {  // images of different ranges (a dynamic scale per image)
+      x[i] = extremes ? 100.0f : nd(rng) * static_cast<float>(1 + 4 * (i / (static_cast<size_t>(H) * W * C)));
+    }
     for (size_t i = 0; i < w.size(); ++i) w[i] = extremes ? (i / (9 * C) % 2 ? -127 : 127) : static_cast<int8_t>(wd(rng));
     for (auto& e : bias) e = nd(rng);
     for (auto& e : scale) e = 0.01f * (1.0f + std::fabs(nd(rng)));

@@ -141,12 +141,12 @@ def test_winograd_conv2d(tier, threads, rng, activation):
 
 
 def test_winograd_conv2d_edges(rng, tmp_path):
-    """Where Winograd does not apply (7 channels, stride 2, dilation 2, an int8 weight), the patches
+    """Where Winograd does not apply (7 channels, stride 2, dilation 2, a sparse weight), the patches
     run; release_weights keeps the transformed weights it runs on; winograd=False survives save and
     load; NaN in the image is refused; winograd must be a bool."""
     wts = (rng.standard_normal((4, 9 * 8)).astype(np.float32), rng.standard_normal(4).astype(np.float32))
     for c, attrs, weight in [(7, {}, None), (8, {"stride": [2, 2]}, None), (8, {"dilation": [2, 2]}, None),
-                             (8, {}, ec.Int8Weight.from_float(wts[0]))]:
+                             (8, {}, ec.SparseWeight.from_float(wts[0], "csr", "int8"))]:
         g = GraphBuilder()
         x = g.input("x", "float32", (1, 6, 6, c))
         w = weight if weight is not None else rng.standard_normal((4, 9 * c)).astype(np.float32)
@@ -184,15 +184,16 @@ WINOGRAD_S8 = [
 
 @pytest.mark.parametrize("activation", [None, "relu", "silu"])
 def test_winograd_s8_conv2d(tier, threads, rng, activation):
-    """An int8 3x3 convolution of stride 1 with a static input scale runs as integer Winograd F(2x2,
+    """An int8 3x3 convolution of stride 1 runs as integer Winograd F(2x2,
     3x3) where the tier's int8 products multiply 16-bit values (winograd_s8_pays), else as patches and
     the product: either way the same bits as the node with winograd=False (the integer sums are the
     same exactly, and the epilogue is the product's) and as the oracle's integer arithmetic. Asymmetric
     codes (zero points 128 and 0) and symmetric ones, whose extremes (255 - 0, -128) bound the
-    transforms' ranges."""
+    transforms' ranges; and a dynamic scale, one per image."""
     pays = ecops.winograd_s8_pays()
     for b, h, w, c, n, pad in WINOGRAD_S8:
-        for aq in ({"act_scale": 0.02, "act_zero_point": 128}, {"act_scale": 0.05, "act_zero_point": 0}, {"act_scale": 0.01}):
+        for aq in ({"act_scale": 0.02, "act_zero_point": 128}, {"act_scale": 0.05, "act_zero_point": 0}, {"act_scale": 0.01},
+                   {}):
             wt = ec.Int8Weight.from_float(rng.standard_normal((n, 9 * c)).astype(np.float32))
             bias = rng.standard_normal(n).astype(np.float32)
             x = _image(rng, b, h, w, c)
@@ -208,17 +209,17 @@ def test_winograd_s8_conv2d(tier, threads, rng, activation):
 
 
 def test_winograd_s8_edges(rng, tmp_path):
-    """Where the integer Winograd does not apply (dynamic scales, more than WINOGRAD_S8_MAX_CHANNELS
-    channels), the patches run; release_weights keeps the forms the node runs on; winograd=False
+    """A dynamic input scale (one per image) runs as integer Winograd too; where it does not apply
+    (more than WINOGRAD_S8_MAX_CHANNELS channels), the patches run; release_weights keeps the forms the node runs on; winograd=False
     survives save and load; NaN in the image is refused; a malformed native node is a clear error."""
     if not ecops.winograd_s8_pays():
         pytest.skip(f"the gemm_s8 kernel {ec.runtime.gemm_s8_kernel()} has an 8-bit dot product: no integer Winograd")
     aq = {"act_scale": 0.02, "act_zero_point": 128}
-    for c, attrs in [(8, {}), (ecops.WINOGRAD_S8_MAX_CHANNELS + 1, aq)]:
+    for c, attrs, want in [(8, {}, "winograd_s8"), (ecops.WINOGRAD_S8_MAX_CHANNELS + 1, aq, "conv2d")]:
         wt = ec.Int8Weight.from_float(rng.standard_normal((4, 9 * c)).astype(np.float32))
         p = _winograd_program((wt, np.zeros(4, np.float32)), c, 4, (1, 1, 1, 1), None, True, attrs)
         x = _image(rng, 1, 4, 4, c)
-        assert [op for _, op, _ in p.profile(x, rounds=1)["nodes"]][-1] == "conv2d", c
+        assert [op for _, op, _ in p.profile(x, rounds=1)["nodes"]][-1] == want, c
     wts = (ec.Int8Weight.from_float(rng.standard_normal((12, 9 * 8)).astype(np.float32)), rng.standard_normal(12).astype(np.float32))
     x = _image(rng, 2, 6, 5, 8)
     p = _winograd_program(wts, 8, 12, (1, 1, 1, 1), "relu", True, aq)
@@ -243,8 +244,8 @@ def test_winograd_s8_edges(rng, tmp_path):
         node = (ecops.NATIVE_OP["winograd_s8"], ref, [(2, 0, 0)], ints, [], weight, 3, (0.02, 128), 0)
         with pytest.raises(ValueError, match=what):
             _core.EnginePlan([node], 0, [], [6 * 6 * 8 * 4], [6 * 6 * 12 * 4], "engine_f32_scalar")
-    node = (ecops.NATIVE_OP["winograd_s8"], ref, [(2, 0, 0)], ints, [], (packed, u), 0, (0.02, 128), 0)
-    with pytest.raises(ValueError, match="static activation scale"):
+    node = (ecops.NATIVE_OP["winograd_s8"], ref, [(2, 0, 0)], ints, [], (packed, u), 1, (0.02, 128), 0)
+    with pytest.raises(ValueError, match="dynamic symmetric or static activation scale"):
         _core.EnginePlan([node], 0, [], [6 * 6 * 8 * 4], [6 * 6 * 12 * 4], "engine_f32_scalar")
 
 

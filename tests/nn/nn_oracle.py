@@ -120,12 +120,24 @@ def conv_expected(x: np.ndarray, module) -> tuple[np.ndarray, np.ndarray | None]
     c_g = cfg["in_channels"] // g
     pads = conv_pads(cfg["kernel_size"], cfg["padding"], cfg["dilation"])
     bias = None if module.bias is None else module.bias.numpy()
+    # int8 weights with dynamic activations quantize each image with its own scale (max |x| / 127 over
+    # the image), but for a 1x1 kernel of stride 1 without padding (per pixel, as a linear layer)
+    per_image = (isinstance(module.weights[0], ec.Int8Weight) and getattr(module, "input_quant", None) is None
+                 and not (tuple(cfg["kernel_size"]) == (1, 1) and tuple(cfg["stride"]) == (1, 1) and pads == ((0, 0), (0, 0))))
+    scales = ref.quantize_rows_symmetric(x.reshape(x.shape[0], -1))[1] if per_image else None
     wants, tols = [], []
     for i, w in enumerate(module.weights):
         cols, ho, wo = im2col(x[:, i * c_g:(i + 1) * c_g], cfg["kernel_size"], cfg["stride"], pads, cfg["dilation"],
                               cfg["padding_mode"], module.patch_order)
         n_g = w.shape[0]
-        want, tol = expected(cols.reshape(-1, cols.shape[-1]), w, None if bias is None else bias[i * n_g:(i + 1) * n_g])
+        bias_g = None if bias is None else bias[i * n_g:(i + 1) * n_g]
+        if per_image:
+            want = np.stack([ref.linear_int8(cols[b], w.qweight, w.scale, bias_g, act_scale=float(scales[b]))
+                             for b in range(x.shape[0])])
+            wants.append(want)
+            tols.append(None)
+            continue
+        want, tol = expected(cols.reshape(-1, cols.shape[-1]), w, bias_g)
         wants.append(want.reshape(x.shape[0], ho * wo, n_g))
         tols.append(None if tol is None else tol.reshape(x.shape[0], ho * wo, n_g))
     def nchw(parts):

@@ -71,7 +71,9 @@ enum class Op : int {
                  // i14 = Activation of the product's epilogue + 4 * (UnaryAct + 1, or 0): the unary pass
                  // runs on each tile of output rows while it is in cache. Rows of patches are gathered
                  // into tiles of about kPatchBytes and run through the weight's product, tile by tile
-                 // (a 1x1 kernel with stride 1 and no padding reads x's rows where they are)
+                 // (a 1x1 kernel with stride 1 and no padding reads x's rows where they are). An int8 weight
+                 // with dynamic_symmetric activations (but for those 1x1 kernels) quantizes each image
+                 // with its own scale, max |x| / 127 over the image, its tiles within one image
   depthwise,     // in: x, w (kh, kw, c), bias?; out: y (n = c). i14 > 0: then UnaryAct i14 - 1
   pool,          // in: x; out: y (n = c). i14 mode: Window2d's pool_row
   act,           // in: x; out: y. i0 values, i1 UnaryAct
@@ -85,7 +87,8 @@ enum class Op : int {
   winograd_s8,   // in: x, bias?; out: y. A conv2d's ints (3x3 kernel, stride 1, no dilation, at most
                  // kWinogradS8MaxChannels channels); weight: the conv's int8 weight (PackedS8Weight: its
                  // scales and quantizer), weight2: its integer Winograd F(2x2, 3x3) transform (winograd_s8.h's
-                 // layout, int16); aq: a static scheme. The image is quantized once (conv2d's codes), tiles
+                 // layout, int16); aq: a static scheme or dynamic_symmetric (a scale per image). The image is
+                 // quantized once (conv2d's codes), tiles
                  // go in blocks as for winograd, and the outputs are conv2d's, bit for bit
   count
 };

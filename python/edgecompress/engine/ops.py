@@ -9,7 +9,7 @@ input shapes; ops read and write whole values (a ``reshape`` output shares its i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -454,16 +454,32 @@ def _ref_conv2d(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.nd
     cg = x.shape[3] // len(names)
     ho, wo = eref.window_size(x.shape[1], x.shape[2], k, st, pad, dil)
     relu = node.attrs.get("activation") == "relu"
+    quant = {key: v for key, v in node.attrs.items() if key in ("act_scale", "act_zero_point")}
+    if per_image_scale(node, weights[names[0]], x.shape[3]):
+        # each image quantized once, with its own dynamic scale: its patches' codes are its pixels'
+        return [np.concatenate([_ref_conv2d(replace(node, attrs=node.attrs | {"act_scale": float(ref.quantize_rows_symmetric(xb.reshape(1, -1))[1][0])}),
+                                            [xb[None], bias], weights)[0] for xb in x])]
     ys = []
     for g, name in enumerate(names):  # a group's patches hold its channels only
         patches = eref.conv_patches(x[..., g * cg:(g + 1) * cg], k, st, pad, dil)
-        lin = Node("linear", ["x", "b"], ["y"], {key: v for key, v in node.attrs.items() if key in ("act_scale", "act_zero_point")}
-                   | {"weight": name} | ({"activation": "relu"} if relu else {}), node.name)
+        lin = Node("linear", ["x", "b"], ["y"], quant | {"weight": name} | ({"activation": "relu"} if relu else {}), node.name)
         ng = weights[name].shape[0]
         bg = None if bias is None else bias[g * ng:(g + 1) * ng]
         ys.append(_ref_linear(lin, [patches, bg], weights)[0])
     y = np.concatenate(ys, axis=-1).reshape(x.shape[0], ho, wo, -1)
     return [y if relu else _then_act(node, y)]
+
+
+def per_image_scale(node: Node, w: Any, channels: int) -> bool:
+    """Whether conv2d ``node`` quantizes its input per image with a dynamic scale: an Int8Weight
+    without a static input scale, unless its patches are the image's pixels (a 1x1 kernel of stride 1
+    without padding: the product's rows, quantized one by one). Its patches then hold the image's
+    codes (kh kw times fewer values to quantize), and a 3x3 kernel of stride 1 may run as integer
+    Winograd (winograd_form)."""
+    if not isinstance(w, Int8Weight) or node.attrs.get("act_scale") is not None:
+        return False
+    k, st, pad, _ = _window(node.attrs, tuple(node.attrs["kernel"]))
+    return not (k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0))
 
 
 def _ref_depthwise(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
@@ -583,13 +599,13 @@ def winograd_s8_weights(q: np.ndarray) -> np.ndarray:
 
 def winograd_form(node: Node, channels: int) -> str:
     """The Winograd form (packed_weight's) conv2d ``node`` over ``channels`` input channels asks for:
-    "" where winograd_applies does not, "winograd_s8" with a static input scale and at most
-    WINOGRAD_S8_MAX_CHANNELS channels (an Int8Weight then takes the integer transform), else
-    "winograd". A float32 weight takes the float32 products under either form."""
+    "" where winograd_applies does not, "winograd_s8" up to WINOGRAD_S8_MAX_CHANNELS channels (an
+    Int8Weight then takes the integer transform, with its static input scale or a dynamic one per
+    image: per_image_scale), else "winograd". A float32 weight takes the float32 products under either
+    form."""
     if not winograd_applies(node, channels):
         return ""
-    static = node.attrs.get("act_scale") is not None and channels <= WINOGRAD_S8_MAX_CHANNELS
-    return "winograd_s8" if static else "winograd"
+    return "winograd_s8" if channels <= WINOGRAD_S8_MAX_CHANNELS else "winograd"
 
 
 def winograd_s8_pays() -> bool:

@@ -355,7 +355,8 @@ def static_input(act_scale: Any, act_zero_point: Any) -> dict[str, Any] | None:
 class StaticInput:
     """Mixin of the int8 modules: optional static quantization of the input (``act_scale`` and, for
     asymmetric uint8, ``act_zero_point``), e.g. from calibration; without it each call quantizes
-    its input per row. Kept in the extra state under ``"input_quant"``: None when dynamic. States
+    its input per row (a convolution's per image, but for a 1x1 kernel of stride 1 without padding:
+    ops.conv2d). Kept in the extra state under ``"input_quant"``: None when dynamic. States
     before ``INPUT_QUANT_SINCE`` (the module's state version that made it required) left it out
     when dynamic; from that version on a state without it is refused, since a lost key would
     otherwise switch a static layer to dynamic quantization."""

@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import reference as ref
+from ..formats import Int8Weight
 from . import _FORMATS, linear
 
 __all__ = ["conv2d", "output_size"]
@@ -102,7 +104,9 @@ def conv2d(x: np.ndarray, weights: Any, bias: np.ndarray | None = None, *, kerne
     order; "chw": torch's (c, kh, kw)). ``stride`` and ``dilation``: an int or a pair; ``padding``:
     an int, a pair (rows, columns) or (top, bottom, left, right); ``padding_mode`` "zeros", "reflect",
     "replicate" or "circular"; ``bias`` float32 (O,) or None; ``act_args`` (act_scheme, act_scale,
-    act_zero_point) go to ``linear`` for each group. Returns float32 (B, Ho, Wo, O), C-contiguous:
+    act_zero_point) go to ``linear`` for each group; Int8Weights without a static scale quantize each
+    image with one dynamic scale of its own (max |x| / 127 over the image; per row for a 1x1 kernel of
+    stride 1 without padding), as the engine's conv2d. Returns float32 (B, Ho, Wo, O), C-contiguous:
     ``.transpose(0, 3, 1, 2)`` is the (B, O, Ho, Wo) result in channels-last memory.
     """
     if not isinstance(x, np.ndarray) or x.dtype != np.float32:
@@ -142,6 +146,14 @@ def conv2d(x: np.ndarray, weights: Any, bias: np.ndarray | None = None, *, kerne
             raise ValueError(f"bias: expected shape ({g * n_g},), got {bias.shape}")
     ho, wo = output_size(x.shape[2], x.shape[3], kernel_size, stride, padding, dilation)
 
+    # An int8 weight with dynamic symmetric activations: each image quantized with its own scale (as
+    # the engine's conv2d does), max |x| / 127 over the image, so its patches hold its pixels' codes;
+    # a 1x1 kernel of stride 1 without padding (its patches are its pixels) per pixel, as a product.
+    scales = None
+    if (all(isinstance(w, Int8Weight) for w in weights) and act_args.get("act_scale") is None
+            and act_args.get("act_scheme", "symmetric") == "symmetric"
+            and not (list(kernel_size) == [1, 1] and list(stride) == [1, 1] and tuple(padding) == (0, 0, 0, 0))):
+        scales = ref.quantize_rows_symmetric(x.reshape(x.shape[0], -1))[1]
     hwc = patch_order == "hwc"
     # A 1x1 kernel reads each pixel once: its gather is the transposing copy channels last would make.
     x = _pad(x, padding, padding_mode, (hwc and kh * kw > 1) or _channels_last(x))
@@ -163,11 +175,15 @@ def conv2d(x: np.ndarray, weights: Any, bias: np.ndarray | None = None, *, kerne
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             cols = _scratch(((r1 - r0) * wo, k_g))
+            bias_i = None if bias is None else bias[i * n_g:(i + 1) * n_g]
             for j in range(r0 // ho, (r1 - 1) // ho + 1):  # the images these rows come from
                 lo, hi = max(r0, j * ho), min(r1, (j + 1) * ho)
                 np.copyto(cols[(lo - r0) * wo:(hi - r0) * wo].reshape((hi - lo, wo) + patch[0]),
                           view[i, j, lo - j * ho:hi - j * ho])
-            linear(cols, weight, None if bias is None else bias[i * n_g:(i + 1) * n_g], out=out[i, r0 * wo:r1 * wo],
-                   **act_args)
+                if scales is not None:  # this image's rows, with its scale
+                    linear(cols[(lo - r0) * wo:(hi - r0) * wo], weight, bias_i, out=out[i, lo * wo:hi * wo],
+                           act_scheme="symmetric", act_scale=float(scales[j]))
+            if scales is None:
+                linear(cols, weight, bias_i, out=out[i, r0 * wo:r1 * wo], **act_args)
     # (B, Ho, Wo, O), the groups' channels side by side (a copy only for several groups)
     return np.ascontiguousarray(out.reshape(g, b, ho, wo, n_g).transpose(1, 2, 3, 0, 4).reshape(b, ho, wo, g * n_g))
