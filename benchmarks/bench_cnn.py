@@ -29,8 +29,9 @@ by edgecompress's peak probes in this run, times the threads. Our float32 3x3 co
 1 run as Winograd F(4x4, 3x3) or F(2x2, 3x3), 4 or 2.25 times fewer multiply-adds than counted: there
 the GOPS (and % of limit) are those of a direct convolution of the same speed, and may pass 100%.
 
-Per-op profile (batch 1, 1 thread): ``program.profile`` of our float32 and int8-static programs by op,
-and every node of the int8-static program that is slower than the same node of the float32 program.
+Per-op profile (batch 1, 1 thread): ``program.profile`` of our float32 and int8-static programs by op
+(alternating, each node's median), and every product of the int8-static program slower than the same
+node of the float32 program.
 """
 
 from __future__ import annotations
@@ -183,9 +184,26 @@ def limits(seconds: float) -> tuple[dict[str, float], str]:
     return peaks, "- limits measured in this run (one core, warm): " + "; ".join(parts)
 
 
+def median_profile(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One profile from several of the same program: each node's median time, each op's sum of its
+    nodes' medians, the median native total."""
+    nodes = [(n, op, float(np.median([r["nodes"][i][2] for r in runs]))) for i, (n, op, _) in enumerate(runs[0]["nodes"])]
+    ops: dict[str, float] = {}
+    for _, op, t in nodes:
+        ops[op] = ops.get(op, 0.0) + t
+    return {"nodes": nodes, "ops": ops, "native": float(np.median([r["native"] for r in runs]))}
+
+
 def profile_rows(name: str, progs: dict[str, Any], x: np.ndarray) -> list[str]:
+    # the two programs' profiles alternate (5 of 2 runs each), so that a change of the machine's speed
+    # between them does not show as layers slower in one program (it did: 26 of EfficientNet's)
+    recipes = ("float32", "int8-static")
+    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in recipes}
     with thread_count(1):
-        prof = {r: progs[r].profile(x, rounds=10) for r in ("float32", "int8-static")}
+        for _ in range(5):
+            for r in recipes:
+                runs[r].append(progs[r].profile(x, rounds=2))
+    prof = {r: median_profile(runs[r]) for r in recipes}
     lines = ["", f"#### {name}, batch 1, 1 thread: ms per op", "", "| op | ours float32 | ours int8-static |", "|---|---|---|"]
     for op in sorted(set(prof["float32"]["ops"]) | set(prof["int8-static"]["ops"]),
                      key=lambda o: -prof["float32"]["ops"].get(o, 0.0)):
