@@ -1,5 +1,6 @@
 // The winograd_s8 kernel family: integer Winograd F(2x2, 3x3) for an int8 3x3 convolution of stride
-// 1, not dilated, whose activations have a static scale (the engine's winograd_s8 node). It pays on
+// 1, not dilated, whose activations are quantized once per image, with a static scale or a dynamic
+// one of the image's own (the engine's winograd_s8 node). It pays on
 // the tiers whose int8 products multiply 16-bit values (scalar, AVX2 without VNNI, NEON without
 // dotprod): 16 products of c-long rows per 2 x 2 outputs instead of 36, at the same instruction cost.
 //

@@ -455,10 +455,11 @@ def _ref_conv2d(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.nd
     ho, wo = eref.window_size(x.shape[1], x.shape[2], k, st, pad, dil)
     relu = node.attrs.get("activation") == "relu"
     quant = {key: v for key, v in node.attrs.items() if key in ("act_scale", "act_zero_point")}
-    if per_image_scale(node, weights[names[0]], x.shape[3]):
+    if per_image_scale(node, weights[names[0]]):
         # each image quantized once, with its own dynamic scale: its patches' codes are its pixels'
-        return [np.concatenate([_ref_conv2d(replace(node, attrs=node.attrs | {"act_scale": float(ref.quantize_rows_symmetric(xb.reshape(1, -1))[1][0])}),
-                                            [xb[None], bias], weights)[0] for xb in x])]
+        scales = ref.quantize_rows_symmetric(x.reshape(x.shape[0], -1))[1]
+        return [np.concatenate([_ref_conv2d(replace(node, attrs=node.attrs | {"act_scale": float(s)}), [xb[None], bias],
+                                            weights)[0] for xb, s in zip(x, scales)])]
     ys = []
     for g, name in enumerate(names):  # a group's patches hold its channels only
         patches = eref.conv_patches(x[..., g * cg:(g + 1) * cg], k, st, pad, dil)
@@ -470,7 +471,7 @@ def _ref_conv2d(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.nd
     return [y if relu else _then_act(node, y)]
 
 
-def per_image_scale(node: Node, w: Any, channels: int) -> bool:
+def per_image_scale(node: Node, w: Any) -> bool:
     """Whether conv2d ``node`` quantizes its input per image with a dynamic scale: an Int8Weight
     without a static input scale, unless its patches are the image's pixels (a 1x1 kernel of stride 1
     without padding: the product's rows, quantized one by one). Its patches then hold the image's
@@ -574,10 +575,11 @@ def winograd_applies(node: Node, channels: int) -> bool:
     return k == (3, 3) and st == (1, 1) and dil == (1, 1) and channels >= WINOGRAD_MIN_CHANNELS
 
 
-# Integer Winograd F(2x2, 3x3) for int8 convolutions with a static input scale (the native
-# winograd_s8 op, csrc/include/edgecompress/winograd_s8.h): 16 products per 2 x 2 outputs instead of
-# 36, in int16 x int16. It pays where the int8 products multiply 16-bit values too (these gemm_s8
-# tiers: no 8-bit dot-product instruction), and stays exact up to WINOGRAD_S8_MAX_CHANNELS channels.
+# Integer Winograd F(2x2, 3x3) for int8 convolutions, their input scale static or dynamic per image
+# (the native winograd_s8 op, csrc/include/edgecompress/winograd_s8.h): 16 products per 2 x 2
+# outputs instead of 36, in int16 x int16. It pays where the int8 products multiply 16-bit values
+# too (these gemm_s8 tiers: no 8-bit dot-product instruction), and stays exact up to
+# WINOGRAD_S8_MAX_CHANNELS channels.
 WINOGRAD_S8_TIERS = ("scalar", "avx2", "neon")
 WINOGRAD_S8_MAX_CHANNELS = 1841
 WINOGRAD_G2_INT = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)
@@ -659,7 +661,7 @@ def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
     t = node.attrs
     xs = s[0][0]
     # a 3x3 convolution of stride 1: Winograd's transformed products (packed_weight's forms "winograd",
-    # float32, and "winograd_s8", int8 with a static input scale)
+    # float32, and "winograd_s8", int8)
     form = winograd_form(node, xs[3])
     wino = packed(node.weight_names[0], form) if form else None
     op = "conv2d" if wino is None else "winograd" if isinstance(wino[0], list) else "winograd_s8"
