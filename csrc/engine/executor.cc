@@ -139,15 +139,20 @@ thread_local AlignedArray<uint8_t> t_codes, t_patch8;
 // it, in runs of kRun values), into int8 codes (symmetric) or uint8 ones (asymmetric): with the node's
 // static scale (and zero point), or, with a dynamic one (per_image_scale in engine/ops.py), each
 // image with its own scale, max |x| / 127 over the image (1 below the smallest normal float, as
-// quantize_row), written to scales (one per image). False on NaN / Inf.
-bool quantize_images(const Node& nd, const Ctx& c, const float* x, int64_t images, int64_t per_image, uint8_t* q,
-                     float* scales) {
+// quantize_row), written to scales (one per image).
+RunStatus quantize_images(const Node& nd, const Ctx& c, const float* x, int64_t images, int64_t per_image, uint8_t* q,
+                          float* scales) {
   const GemmS8Kernel& k = *static_cast<const PackedS8Weight*>(nd.weight)->kernel;
   constexpr int64_t kRun = 16384;
   const int64_t runs = (per_image + kRun - 1) / kRun;
   const bool dynamic = nd.aq.scheme == ActScheme::dynamic_symmetric;
   std::atomic<bool> finite{true};
-  std::vector<uint32_t> run_max(dynamic ? static_cast<size_t>(images * runs) : 0);
+  std::vector<uint32_t> run_max;
+  try {
+    run_max.resize(dynamic ? static_cast<size_t>(images * runs) : 0);
+  } catch (const std::bad_alloc&) {
+    return RunStatus::out_of_memory;
+  }
   auto run_at = [&](int t, int64_t* i, int* n) {
     *i = t / runs * per_image + t % runs * kRun;
     *n = static_cast<int>(std::min(kRun, per_image - t % runs * kRun));
@@ -164,7 +169,7 @@ bool quantize_images(const Node& nd, const Ctx& c, const float* x, int64_t image
     parallel_for(static_cast<int>(images * runs), c.threads, amax);
     for (int64_t b = 0; b < images; ++b) {
       const uint32_t m = *std::max_element(run_max.begin() + b * runs, run_max.begin() + (b + 1) * runs);
-      if (m >= 0x7f800000u) return false;
+      if (m >= 0x7f800000u) return RunStatus::nonfinite_input;
       const float s = bits_float(m) / 127.0f;
       scales[b] = s >= 1.17549435e-38f ? s : 1.0f;
     }
@@ -178,7 +183,7 @@ bool quantize_images(const Node& nd, const Ctx& c, const float* x, int64_t image
     if (!k.quantize(x + i, n, aq, q + i)) finite.store(false);
   };
   parallel_for(static_cast<int>(images * runs), c.threads, body);
-  return finite.load();
+  return finite.load() ? RunStatus::ok : RunStatus::nonfinite_input;
 }
 
 // A grouped convolution (nd.weights: one packed weight per group) runs group after group on each tile:
@@ -253,9 +258,8 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
     } catch (const std::bad_alloc&) {
       return RunStatus::out_of_memory;
     }
-    if (!quantize_images(nd, c, x, nd.i[0], static_cast<int64_t>(p.h) * p.w * p.c, qi, scales.data())) {
-      return RunStatus::nonfinite_input;
-    }
+    const RunStatus qs = quantize_images(nd, c, x, nd.i[0], static_cast<int64_t>(p.h) * p.w * p.c, qi, scales.data());
+    if (qs != RunStatus::ok) return qs;
     q = qi;
     aq.scheme = asym ? ActScheme::raw_u8 : ActScheme::raw_s8;
   }
@@ -444,7 +448,8 @@ RunStatus run_winograd_s8(const Node& nd, const Ctx& c) {
   } catch (const std::bad_alloc&) {
     return RunStatus::out_of_memory;
   }
-  if (!quantize_images(nd, c, x, nd.i[0], in_image, q, scales.data())) return RunStatus::nonfinite_input;
+  const RunStatus qs = quantize_images(nd, c, x, nd.i[0], in_image, q, scales.data());
+  if (qs != RunStatus::ok) return qs;
   // 16 rows of 2 kp int16 and 16 of ldn int32 per tile
   const int64_t rows = std::min(tiles, std::max(kWinogradRows, kWinogradBytes / (16 * (4 * kp + 4 * ldn))));
   return run_tile_blocks(tiles, rows, c.threads, [&](int64_t t0, int m, int threads) {
