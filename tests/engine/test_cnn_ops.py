@@ -210,8 +210,10 @@ def test_winograd_s8_conv2d(tier, threads, rng, activation):
 
 def test_winograd_s8_edges(rng, tmp_path):
     """A dynamic input scale (one per image) runs as integer Winograd too; where it does not apply
-    (more than WINOGRAD_S8_MAX_CHANNELS channels), the patches run; release_weights keeps the forms the node runs on; winograd=False
-    survives save and load; NaN in the image is refused; a malformed native node is a clear error."""
+    (more than WINOGRAD_S8_MAX_CHANNELS channels), the patches run; release_weights keeps the forms
+    the node runs on; winograd=False survives save and load; NaN in the image is refused; scale
+    products too small for float32 take the float64 epilogue, as the product does; a malformed
+    native node is a clear error."""
     if not ecops.winograd_s8_pays():
         pytest.skip(f"the gemm_s8 kernel {ec.runtime.gemm_s8_kernel()} has an 8-bit dot product: no integer Winograd")
     aq = {"act_scale": 0.02, "act_zero_point": 128}
@@ -234,6 +236,15 @@ def test_winograd_s8_edges(rng, tmp_path):
     x[1, 3, 2, 1] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         p(x)
+    # scale products below the smallest normal float (1e-30 x ~1e-11): gemm_s8's float64 epilogue
+    tiny = (ec.Int8Weight.from_float(rng.standard_normal((12, 9 * 8)).astype(np.float32) * 1e-9), wts[1] * 1e-36)
+    xt = _image(rng, 2, 6, 5, 8) * np.float32(1e-29)
+    p = _winograd_program(tiny, 8, 12, (1, 1, 1, 1), None, True, {"act_scale": 1e-30})
+    assert [op for _, op, _ in p.profile(xt, rounds=1)["nodes"]][-1] == "winograd_s8"
+    got = p(xt)
+    assert np.abs(got).max() > 0
+    np.testing.assert_array_equal(got, _winograd_program(tiny, 8, 12, (1, 1, 1, 1), None, False, {"act_scale": 1e-30})(xt))
+    np.testing.assert_array_equal(got, p.reference(xt))
     # the native boundary: the node's weights must match its shape
     packed = ec.ops.packed(wts[0])
     u = ecops.winograd_s8_weights(wts[0].qweight)
