@@ -425,9 +425,10 @@ def test_channel_scale_and_add_relu(tier, threads, rng):
 
 @pytest.mark.parametrize("perm", [[0, 2, 3, 1], [0, 3, 1, 2], [0, 2, 1]])
 def test_transpose(tier, threads, rng, perm):
-    # rows of x (r1) below 8, a multiple of 8, and whole strips of 8 plus a partial one; columns (r2)
-    # below 8, and whole squares of 8 plus a tail
-    for shape in [(1, 1, 1, 1), (2, 3, 17, 5), (1, 64, 56, 56), (3, 33, 1, 20), (2, 13, 9, 7), (1, 8, 8, 8)]:
+    # rows of x (r1) below 8 (each count 1-7: a kernel each), a multiple of 8, and whole strips of 8
+    # plus a partial one; columns (r2) below 8, and whole squares of 8 plus a tail
+    for shape in [(1, 1, 1, 1), (2, 3, 17, 5), (1, 64, 56, 56), (3, 33, 1, 20), (2, 13, 9, 7), (1, 8, 8, 8),
+                  (1, 2, 5, 5), (1, 4, 4, 4), (2, 5, 4, 5), (1, 6, 3, 3), (2, 7, 3, 9)]:
         shape = shape[:len(perm)]
         for dtype in ("float32", "int64"):
             g = GraphBuilder()
