@@ -35,38 +35,14 @@ constexpr int df_group(int m) {
   return pw < 1 ? 1 : (pw > 4 ? 4 : pw);
 }
 
-// The sums of M rows times V whole vectors from panel p's first column, plus the bias (B) and ReLU'd
-// (R), stored.
-template <int M, int V, bool B, bool R>
-inline void df_store(const DenseTask& t, int p, const df_vec (&acc)[M][V]) {
-  df_vec b[V];
-  unroll<V>([&](auto j) {
-    if (B) {
-      std::memcpy(&b[j.value], t.bias + p * kDensePanel + j.value * kDfLanes, sizeof(df_vec));
-    } else {
-      b[j.value] = df_vec{};
-    }
-  });
-  for (int m = 0; m < M; ++m) {
-    float* yr = t.y + m * t.ldy + p * kDensePanel;
-    unroll<V>([&](auto j) {
-      df_vec v = acc[m][j.value];
-      if (B) v = v + b[j.value];
-      if (R) v = v > df_vec{} ? v : df_vec{};
-      std::memcpy(yr + j.value * kDfLanes, &v, sizeof(v));
-    });
-  }
-}
-
-// M rows times panels p .. p + PW - 1, of whose last panel only its first LV vectors (the columns
-// the weight has: n not a multiple of the panel width) are computed.
-template <int M, int PW, int LV = kDfVecs>
-void df_group_run(const DenseTask& t, int p) {
+// The running sums of M rows times V vectors of panels p .. (the k loop).
+template <int M, int PW, int LV>
+__attribute__((always_inline)) inline void df_sums(const DenseTask& t, int p,
+                                                   df_vec (&acc)[M][(PW - 1) * kDfVecs + LV]) {
   const DenseF32& w = *t.w;
   const ptrdiff_t pstride = static_cast<ptrdiff_t>(w.k) * kDensePanel;
   const float* __restrict wp = w.data + p * pstride;
   constexpr int V = (PW - 1) * kDfVecs + LV;  // registers of one row's sums
-  df_vec acc[M][V];
   unroll<M>([&](auto m) { unroll<V>([&](auto j) { acc[m.value][j.value] = df_vec{}; }); });
   if constexpr (LV == kDfVecs) EC_MCA_LOOP("dense_f32", M, PW);
   for (int k = 0; k < w.k; ++k) {
@@ -80,21 +56,55 @@ void df_group_run(const DenseTask& t, int p) {
       unroll<V>([&](auto j) { acc[m.value][j.value] = acc[m.value][j.value] + wv[j.value] * xv; });
     });
   }
-  // The epilogue. Whole vectors of a panel: bias and ReLU on the sums, one store (at small K the
-  // epilogue through memory cost more than the products: K = 16 ran at 19 GFLOPS). The vector a
-  // panel's last columns end in (n not a multiple of the tier's lanes), and GELU (a row pass that
-  // vectorizes, where a per-value call with its branches did not): through memory. The rows go in a
-  // loop: unrolled too, they made the compiler spill running sums inside the k loop above.
-  if (LV == kDfVecs && (p + PW) * kDensePanel <= w.n && t.act != Activation::gelu) {
-    // every vector of the group holds whole columns: the common case, with its branches decided
-    // once per call rather than per vector (at K = 16 they were a third of the call's instructions)
-    if (t.bias == nullptr) {
-      t.act == Activation::relu ? df_store<M, V, false, true>(t, p, acc) : df_store<M, V, false, false>(t, p, acc);
+}
+
+// The common case: every vector of the group holds whole columns, bias (B) and ReLU (R) known here,
+// so that the sums go from registers to y (at K = 16 the sums' round trip through the stack, and the
+// epilogue's branches, cost a third of the products' time).
+template <int M, int PW, bool B, bool R>
+void df_group_whole(const DenseTask& t, int p) {
+  constexpr int V = PW * kDfVecs;
+  df_vec acc[M][V];
+  df_sums<M, PW, kDfVecs>(t, p, acc);
+  df_vec b[V];
+  unroll<V>([&](auto j) {
+    if (B) {
+      std::memcpy(&b[j.value], t.bias + p * kDensePanel + j.value * kDfLanes, sizeof(df_vec));
     } else {
-      t.act == Activation::relu ? df_store<M, V, true, true>(t, p, acc) : df_store<M, V, true, false>(t, p, acc);
+      b[j.value] = df_vec{};
     }
-    return;
+  });
+  unroll<M>([&](auto m) {
+    float* yr = t.y + m.value * t.ldy + p * kDensePanel;
+    unroll<V>([&](auto j) {
+      df_vec v = acc[m.value][j.value];
+      if (B) v = v + b[j.value];
+      if (R) v = v > df_vec{} ? v : df_vec{};
+      std::memcpy(yr + j.value * kDfLanes, &v, sizeof(v));
+    });
+  });
+}
+
+// M rows times panels p .. p + PW - 1, of whose last panel only its first LV vectors (the columns
+// the weight has: n not a multiple of the panel width) are computed.
+template <int M, int PW, int LV = kDfVecs>
+void df_group_run(const DenseTask& t, int p) {
+  const DenseF32& w = *t.w;
+  if (LV == kDfVecs && (p + PW) * kDensePanel <= w.n && t.act != Activation::gelu) {
+    // the common case, with its branches decided once per call rather than per vector
+    if (t.bias == nullptr) {
+      return t.act == Activation::relu ? df_group_whole<M, PW, false, true>(t, p)
+                                       : df_group_whole<M, PW, false, false>(t, p);
+    }
+    return t.act == Activation::relu ? df_group_whole<M, PW, true, true>(t, p) : df_group_whole<M, PW, true, false>(t, p);
   }
+  constexpr int V = (PW - 1) * kDfVecs + LV;  // registers of one row's sums
+  df_vec acc[M][V];
+  df_sums<M, PW, LV>(t, p, acc);
+  // The other cases through memory: the vector a panel's last columns end in (n not a multiple of
+  // the tier's lanes), and GELU (a row pass that vectorizes, where a per-value call with its branches
+  // did not). The rows go in a loop: unrolled too, they made the compiler spill running sums inside
+  // the k loop.
   alignas(64) float sums[kDensePanel] = {};  // (only a panel's columns are read)
   for (int m = 0; m < M; ++m) {
     unroll<PW>([&](auto ji) {
