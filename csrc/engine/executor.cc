@@ -100,35 +100,64 @@ constexpr int64_t kPatchBytes = 192 * 1024;
 constexpr int64_t kUnaryTileBytes = 128 * 1024;
 thread_local AlignedArray<float> t_patch;
 
-// Row r of the patch matrix: the kh * kw taps of output pixel `pixel`, cw values each (channels c0 ..
-// c0 + cw of the image's p.c: one group's), `pad` outside the image, in (kh, kw, c) order. T: float,
-// or the uint8 codes of a quantized image.
+// n bytes from src to dst. Up to 64 (a row of 7 taps of 3 channels' codes is 21) as two moves of a
+// fixed size that overlap in the middle: inline, where a library call per run of a patch row was a
+// sixth of ResNet-18's int8 stem.
+inline void copy_run(void* dst, const void* src, size_t n) {
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* s = static_cast<const unsigned char*>(src);
+  if (n >= 32 && n <= 64) {
+    std::memcpy(d, s, 32);
+    std::memcpy(d + n - 32, s + n - 32, 32);
+  } else if (n >= 16 && n < 32) {
+    std::memcpy(d, s, 16);
+    std::memcpy(d + n - 16, s + n - 16, 16);
+  } else if (n >= 8 && n < 16) {
+    std::memcpy(d, s, 8);
+    std::memcpy(d + n - 8, s + n - 8, 8);
+  } else {
+    std::memcpy(d, s, n);
+  }
+}
+
+// Rows r0 .. r0 + m - 1 of the patch matrix (row stride k): row r holds the kh * kw taps of output
+// pixel r, cw values each (channels c0 .. c0 + cw of the image's p.c: one group's), `pad` outside the
+// image, in (kh, kw, c) order. T: float, or the uint8 codes of a quantized image. The pixel's image,
+// row and column advance with r (three divisions per row were a tenth of a 3-channel stem).
 template <class T>
-void patch_row(const Window2d& p, const T* x, int ho, int64_t pixel, int c0, int cw, T pad, T* row) {
+void patch_rows(const Window2d& p, const T* x, int ho, int64_t r0, int64_t m, int c0, int cw, T pad, T* a,
+                int64_t k) {
   const int64_t per_image = static_cast<int64_t>(ho) * p.wo;
-  const int64_t b = pixel / per_image;
-  const int oh = static_cast<int>((pixel % per_image) / p.wo), ow = static_cast<int>(pixel % p.wo);
-  const T* xb = x + b * p.h * p.w * p.c + c0;
-  const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
+  int64_t b = r0 / per_image;
+  int oh = static_cast<int>((r0 % per_image) / p.wo), ow = static_cast<int>(r0 % p.wo);
   const size_t cb = sizeof(T) * cw;
-  // a row of taps inside the image is one run of memory when the kernel is not dilated across and
-  // the taps hold every channel
-  const bool whole = cw == p.c && p.dw == 1 && iw0 >= 0 && iw0 + p.kw <= p.w;
-  for (int i = 0; i < p.kh; ++i, row += static_cast<ptrdiff_t>(p.kw) * cw) {
-    const int ih = ih0 + i * p.dh;
-    if (ih < 0 || ih >= p.h) {
-      std::fill(row, row + static_cast<ptrdiff_t>(p.kw) * cw, pad);
-      continue;
+  for (int64_t r = 0; r < m; ++r) {
+    T* row = a + r * k;
+    const T* xb = x + b * p.h * p.w * p.c + c0;
+    const int ih0 = oh * p.sh - p.pt, iw0 = ow * p.sw - p.pl;
+    // a row of taps inside the image is one run of memory when the kernel is not dilated across and
+    // the taps hold every channel
+    const bool whole = cw == p.c && p.dw == 1 && iw0 >= 0 && iw0 + p.kw <= p.w;
+    for (int i = 0; i < p.kh; ++i, row += static_cast<ptrdiff_t>(p.kw) * cw) {
+      const int ih = ih0 + i * p.dh;
+      if (ih < 0 || ih >= p.h) {
+        std::fill(row, row + static_cast<ptrdiff_t>(p.kw) * cw, pad);
+        continue;
+      }
+      const T* xr = xb + static_cast<ptrdiff_t>(ih) * p.w * p.c;
+      if (whole) {
+        copy_run(row, xr + static_cast<ptrdiff_t>(iw0) * p.c, cb * p.kw);
+        continue;
+      }
+      for (int t = 0; t < p.kw; ++t) {
+        const int iw = iw0 + t * p.dw;
+        if (iw < 0 || iw >= p.w) std::fill(row + t * cw, row + (t + 1) * cw, pad);
+        else copy_run(row + t * cw, xr + static_cast<ptrdiff_t>(iw) * p.c, cb);
+      }
     }
-    const T* xr = xb + static_cast<ptrdiff_t>(ih) * p.w * p.c;
-    if (whole) {
-      std::memcpy(row, xr + static_cast<ptrdiff_t>(iw0) * p.c, cb * p.kw);
-      continue;
-    }
-    for (int t = 0; t < p.kw; ++t) {
-      const int iw = iw0 + t * p.dw;
-      if (iw < 0 || iw >= p.w) std::fill(row + t * cw, row + (t + 1) * cw, pad);
-      else std::memcpy(row + t * cw, xr + static_cast<ptrdiff_t>(iw) * p.c, cb);
+    if (++ow == p.wo) {
+      ow = 0;
+      if (++oh == ho) oh = 0, ++b;
     }
   }
 }
@@ -291,13 +320,13 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
         float* yg = groups == 1 ? y + p0 * n : ensure_size(t_group, static_cast<size_t>(m * ng));
         if (codes) {
           uint8_t* a = ensure_size(t_patch8, static_cast<size_t>(m * k));
-          for (int64_t r = 0; r < m; ++r) patch_row(p, q, ho, p0 + r, g * cg, cg, pad, a + r * k);
+          patch_rows(p, q, ho, p0, m, g * cg, cg, pad, a, k);
           s = from_gemm(gemm_s8(*static_cast<const PackedS8Weight*>(w), a, k, mi, ta, bg, act, yg, nullptr, threads));
         } else if (direct) {
           s = product(nd, w, x + p0 * p.c + g * cg, p.c, mi, bg, act, yg, threads);
         } else {
           float* a = ensure_size(t_patch, static_cast<size_t>(m * k));
-          for (int64_t r = 0; r < m; ++r) patch_row(p, x, ho, p0 + r, g * cg, cg, 0.0f, a + r * k);
+          patch_rows(p, x, ho, p0, m, g * cg, cg, 0.0f, a, k);
           s = product(nd, w, a, k, mi, bg, act, yg, threads);
         }
         if (groups > 1 && s == RunStatus::ok) {
