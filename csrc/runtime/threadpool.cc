@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -49,32 +50,44 @@ class ThreadPool {
       return;
     }
     start_workers();
-    next_.store(0, std::memory_order_relaxed);
-    remaining_.store(threads - 1, std::memory_order_relaxed);
     {
       // Workers copy the job and its generation together under this lock, so none can mix one
       // job's generation with another's helper count.
       std::lock_guard<std::mutex> lock(wake_mutex_);
-      job_ = Job{fn, ctx, n, threads - 1};
-      generation_.fetch_add(1, std::memory_order_release);
+      const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
+      job_ = Job{fn, ctx, n, threads - 1, static_cast<uint32_t>(gen)};
+      next_.store(static_cast<uint64_t>(job_.tag) << 32);
+      generation_.store(gen, std::memory_order_release);
     }
     wake_.notify_all();
-    work(job_);
-    while (remaining_.load(std::memory_order_acquire) != 0) cpu_relax();
+    work(job_, false);
+    // Every task is taken; wait only for the helpers still running one. A helper that has not woken
+    // yet is not waited for: it finds the job taken (or its tag gone) and goes back to sleep. (Waiting
+    // for every helper to join cost up to a scheduler tick, 10 ms, on a VM whose idle vCPU woke late.)
+    while (active_.load() != 0) cpu_relax();
   }
 
- private:
   struct Job {
     void (*fn)(void*, int) = nullptr;
     void* ctx = nullptr;
     int n = 0;
-    int helpers = 0;  // workers 0 .. helpers-1 take part
+    int helpers = 0;   // workers 0 .. helpers-1 take part
+    uint32_t tag = 0;  // the generation's low bits: next_'s high half while this job's tasks are given out
   };
 
-  void work(const Job& job) {
-    for (int i = next_.fetch_add(1, std::memory_order_relaxed); i < job.n; i = next_.fetch_add(1, std::memory_order_relaxed)) {
-      job.fn(job.ctx, i);
+  // Takes tasks of `job` until none is left. A task is claimed by advancing next_ = (tag, index) only
+  // while its tag is the job's, so a helper holding an older job can never run one of a newer job's
+  // indices with the older function. A helper counts itself in active_ before its first claim: the
+  // caller, having seen every index taken, then also sees every helper still running a task.
+  void work(const Job& job, bool helper) {
+    if (helper) active_.fetch_add(1);
+    for (;;) {
+      uint64_t v = next_.load();
+      if (static_cast<uint32_t>(v >> 32) != job.tag || static_cast<uint32_t>(v) >= static_cast<uint32_t>(job.n)) break;
+      if (!next_.compare_exchange_weak(v, v + 1)) continue;
+      job.fn(job.ctx, static_cast<int>(static_cast<uint32_t>(v)));
     }
+    if (helper) active_.fetch_sub(1);
   }
 
   // `seen` is the generation when the worker was created: a job published before the thread gets
@@ -95,10 +108,7 @@ class ThreadPool {
         seen = generation_.load(std::memory_order_relaxed);
         job = job_;
       }
-      if (index < job.helpers) {
-        work(job);
-        remaining_.fetch_sub(1, std::memory_order_acq_rel);
-      }
+      if (index < job.helpers) work(job, true);
     }
   }
 
@@ -129,8 +139,8 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
   Job job_;  // guarded by wake_mutex_
-  std::atomic<int> next_{0};
-  std::atomic<int> remaining_{0};
+  std::atomic<uint64_t> next_{0};  // (job tag, next task index)
+  std::atomic<int> active_{0};     // helpers inside work()
 };
 
 std::mutex g_pool_mutex;
