@@ -1145,6 +1145,7 @@ Plan::Plan(std::vector<Node> nodes, int64_t arena_bytes, std::vector<const void*
 RunResult Plan::run(const void* const* inputs, void* const* outputs, int max_threads, double* node_seconds) {
   std::lock_guard<std::mutex> lock(mu_);
   Ctx c{arena_.data(), inputs, outputs, &constants_, kernel_, max_threads};
+  const PoolHold hold(max_threads);  // the pool's workers stay up between the nodes
   for (size_t i = 0; i < nodes_.size(); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     const RunStatus s = run_node(nodes_[i], c);

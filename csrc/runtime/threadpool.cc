@@ -26,6 +26,10 @@ inline void cpu_relax() {
 #endif
 }
 
+// How long an idle worker spins before it sleeps, after a job or after the last hold ends (about the gap
+// between two calls from Python: shorter, the next call found it asleep).
+constexpr int kSpinMicros = 1000;
+
 class ThreadPool {
  public:
   explicit ThreadPool(int threads) : threads_(threads) {}
@@ -39,6 +43,16 @@ class ThreadPool {
     stop_workers();
     threads_.store(threads, std::memory_order_relaxed);
   }
+
+  // While held (a run of many parallel ops, with serial stretches between them), idle workers spin
+  // instead of sleeping; a hold wakes sleeping ones, so that they are up before the first op.
+  void hold() {
+    if (holds_.fetch_add(1) == 0) {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      wake_.notify_all();
+    }
+  }
+  void release() { holds_.fetch_sub(1); }
 
   void run(int n, int max_threads, void (*fn)(void*, int), void* ctx) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
@@ -94,17 +108,27 @@ class ThreadPool {
   // to run must still be picked up. Each generation is joined at most once.
   void worker(int index, uint64_t seen) {
     for (;;) {
-      // Spin for a short while (back-to-back calls are common), then sleep.
-      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
-      while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed) &&
-             std::chrono::steady_clock::now() < spin_until) {
+      // Spin while the pool is held, and for a short while after (back-to-back calls are common),
+      // then sleep. (Sleeping inside a run cost a wake-up, up to a scheduler tick on a VM, at the
+      // next parallel op after each serial stretch longer than the spin.)
+      auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed)) {
+        const auto now = std::chrono::steady_clock::now();
+        if (holds_.load(std::memory_order_relaxed) > 0) {
+          spin_until = now + std::chrono::microseconds(kSpinMicros);
+        } else if (now >= spin_until) {
+          break;
+        }
         for (int i = 0; i < 64; ++i) cpu_relax();
       }
       Job job;
       {
         std::unique_lock<std::mutex> lock(wake_mutex_);
-        wake_.wait(lock, [&] { return generation_.load(std::memory_order_relaxed) != seen || stop_.load(); });
+        wake_.wait(lock, [&] {
+          return generation_.load(std::memory_order_relaxed) != seen || stop_.load() || holds_.load() > 0;
+        });
         if (stop_.load()) return;
+        if (generation_.load(std::memory_order_relaxed) == seen) continue;  // woken by a hold: spin
         seen = generation_.load(std::memory_order_relaxed);
         job = job_;
       }
@@ -141,6 +165,7 @@ class ThreadPool {
   Job job_;  // guarded by wake_mutex_
   std::atomic<uint64_t> next_{0};  // (job tag, next task index)
   std::atomic<int> active_{0};     // helpers inside work()
+  std::atomic<int> holds_{0};      // PoolHold objects alive
 };
 
 std::mutex g_pool_mutex;
@@ -184,6 +209,14 @@ void set_num_threads(int n) {
     g_threads = n;
   }
   p.resize(n);
+}
+
+PoolHold::PoolHold(int threads) : held_(threads > 1 && get_num_threads() > 1) {
+  if (held_) pool().hold();
+}
+
+PoolHold::~PoolHold() {
+  if (held_) pool().release();
 }
 
 namespace detail {

@@ -16,6 +16,20 @@ int default_num_threads();
 int get_num_threads();
 void set_num_threads(int n);  // n >= 1
 
+// While one is alive, the pool's idle workers spin instead of sleeping (and sleeping ones are woken):
+// for a run of many parallel ops with serial work between them (a program's nodes). threads: the
+// run's thread count (1: no effect).
+class PoolHold {
+ public:
+  explicit PoolHold(int threads);
+  ~PoolHold();
+  PoolHold(const PoolHold&) = delete;
+  PoolHold& operator=(const PoolHold&) = delete;
+
+ private:
+  bool held_;
+};
+
 namespace detail {
 void parallel_run(int n, int max_threads, void (*fn)(void* ctx, int i), void* ctx);
 }
