@@ -451,8 +451,6 @@ def _mca_version() -> str:
 
 def markdown(rows: list[Row], peaks: dict, cores, command: str) -> str:
     labels = [c[0] for c in cores]
-    head = "| kernel | " + " | ".join(labels) + " |"
-    rule = "|---|" + "---:|" * len(labels)
     out = [
         "# ARM kernels: modelled speed (llvm-mca)",
         "",

@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import tempfile

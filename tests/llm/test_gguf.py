@@ -9,7 +9,6 @@ round-trip file when the package is installed.
 from __future__ import annotations
 
 import signal
-import struct
 import time
 from pathlib import Path
 from typing import Any

@@ -165,8 +165,8 @@ def test_a_state_without_patch_order_loads_in_torchs_order(variant):
     # (it would load as the old order, another convolution)
     version = type(old).VERSION
     for extra, words in [({k: v for k, v in old.get_extra_state().items() if k != "patch_order"},
-                          rf"missing \['patch_order'\]"),
-                         (dict(old.get_extra_state(), patch_ordr="hwc"), rf"unknown \['patch_ordr'\]")]:
+                          r"missing \['patch_order'\]"),
+                         (dict(old.get_extra_state(), patch_ordr="hwc"), r"unknown \['patch_ordr'\]")]:
         with pytest.raises(ValueError, match=rf"state version {version}: expected the keys .* in the extra state.*{words}"):
             fresh.load_state_dict(dict(old.state_dict(), _extra_state=extra))
 

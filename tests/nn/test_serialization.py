@@ -356,7 +356,7 @@ def test_a_float_tensor_relabelled_as_int32_is_refused(saved, tmp_path):
     path, _, _ = saved
     for key in ("norm.weight", "head.0.bias"):  # a float tensor of the rest, and a compressed module's bias
         bad = _rewrite(path, tmp_path / "i32.safetensors", change_tensors=lambda t: t.update({key: t[key].view(torch.int32)}))
-        with pytest.raises(ValueError, match=f"has dtype torch.int32 in the file, torch.float32 in the model|"
+        with pytest.raises(ValueError, match="has dtype torch.int32 in the file, torch.float32 in the model|"
                                              "'head.0': bias: expected a float32 tensor, got int32"):
             ec.load(bad, _fresh())
 
