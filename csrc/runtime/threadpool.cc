@@ -81,6 +81,7 @@ class ThreadPool {
     while (active_.load() != 0) cpu_relax();
   }
 
+ private:
   struct Job {
     void (*fn)(void*, int) = nullptr;
     void* ctx = nullptr;
