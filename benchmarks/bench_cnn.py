@@ -60,7 +60,7 @@ from edgecompress.bench import FP32_PROBE, _command_line, cpu_slug, int8_probe_f
 from edgecompress.compress import CompressionWarning
 from edgecompress.engine import export, zoo
 from edgecompress.runtime import LADDER
-from edgecompress.timing import interleaved_rounds
+from edgecompress.timing import interleaved_rounds, settle_pause
 
 MODELS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 RECIPES = ("float32", "int8", "int8-static", "sparse-75+int8")
@@ -161,12 +161,6 @@ class Onnx:
             req = compiled.create_infer_request()
             out[label] = lambda req=req: next(iter(req.infer({0: x}).values()))
         return out
-
-
-def pause_for(threads: int) -> float:
-    """Seconds to sleep before each engine's turn: long enough for the previous engine's spinning
-    worker threads to go idle (see the module notes)."""
-    return 0.02 if threads == 1 else 0.2
 
 
 @contextlib.contextmanager
@@ -296,7 +290,7 @@ def main() -> int:
                         if onnx is not None:
                             cands.update(onnx.runners(t, xn))
                         errs = {k: float(np.linalg.norm(np.asarray(f()) - ref) / np.linalg.norm(ref)) for k, f in cands.items()}
-                        times = interleaved_rounds(cands, rounds, pause=pause_for(t), before=lambda k: cands[k]())
+                        times = interleaved_rounds(cands, rounds, pause=settle_pause(t), before=lambda k: cands[k]())
                         med = {k: statistics.median(v) for k, v in times.items()}
                     results[(name, b, t)] = med
                     samples[(name, b, t)] = times

@@ -31,7 +31,7 @@ from torch import nn
 import edgecompress as ec
 from edgecompress import _core
 from edgecompress.bench import _command_line, blas_threads, cpu_slug, write_report
-from edgecompress.timing import interleaved_rounds
+from edgecompress.timing import interleaved_rounds, settle_pause
 
 RECIPES = ["int8", "int8-static", "int4-g32", "nf4", "sparse-50", "2:4", "lowrank-0.5", "sparse-75+int8"]
 FP32 = "torch fp32"
@@ -130,9 +130,11 @@ def _onnx(model: nn.Module, x: torch.Tensor, threads: int, tmp: str) -> dict[str
 
 
 def _median_rounds(cands: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    # Each turn: a pause (other thread pools go idle), once untimed (the previous candidate's memory --
-    # freed buffers, caches -- is not this one's), then the timed call.
-    times = interleaved_rounds(cands, rounds, pause=0.02, before=lambda k: cands[k]())
+    # Each turn: a pause (other thread pools go idle; the row's thread count is set for every engine),
+    # once untimed (the previous candidate's memory -- freed buffers, caches -- is not this one's), then
+    # the timed call.
+    pause = settle_pause(ec.get_num_threads())
+    times = interleaved_rounds(cands, rounds, pause=pause, before=lambda k: cands[k]())
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -135,3 +135,29 @@ def test_rounds_must_be_an_int(rounds, given):
 def test_does_not_import_torch():
     code = "import sys, edgecompress.timing; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_settle_pause_waits_out_spinning_workers_only_with_threads():
+    # one thread: no library has worker threads to spin; more: long enough for onnxruntime's to idle
+    assert timing.settle_pause(1) == 0.02
+    assert timing.settle_pause(2) == timing.settle_pause(16) == 0.2
+
+
+@pytest.mark.parametrize("threads, error, match", [
+    (0, ValueError, "threads must be >= 1, got 0"),
+    (2.0, TypeError, "threads must be an int, got float"),
+    (True, TypeError, "threads must be an int, got bool"),
+])
+def test_settle_pause_refuses_bad_thread_counts(threads, error, match):
+    with pytest.raises(error, match=match):
+        timing.settle_pause(threads)
+
+
+def test_bench_measure_pauses_for_the_thread_count(monkeypatch):
+    from edgecompress import bench
+    sleeps = []
+    monkeypatch.setattr(timing.time, "sleep", sleeps.append)
+    bench._measure({"a": lambda: None}, 2, 0.0, threads=2)
+    assert sleeps == [0.2, 0.2]
+    bench._measure({"a": lambda: None}, 1, 0.0, threads=1)
+    assert sleeps[-1] == 0.02

@@ -33,7 +33,7 @@ from . import _core
 from .ops import linear
 from .reference import linear_int8, quantize_weight_int8
 from .runtime import LADDER, get_num_threads, set_num_threads, use_isa
-from .timing import interleaved_rounds, time_call
+from .timing import interleaved_rounds, settle_pause, time_call
 from .formats import Int8Weight
 
 SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 768, 3072), (128, 3072, 768), (1024, 1024, 1024)]
@@ -94,9 +94,13 @@ def write_report(lines: list[str], output: str | None) -> None:
 
 
 def _measure(cands: dict[str, Callable[[], Any]], rounds: int, min_seconds: float,
-             reduce: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
+             reduce: Callable[[list[float]], float] = statistics.median,
+             threads: int | None = None) -> dict[str, float]:
+    """Each candidate's time in interleaved rounds, reduced over the rounds. threads: the thread count
+    the candidates run at (default: the engine's), which sets the pause before each turn."""
     # Two warm-up calls (packing, caches, thread pools); the pause lets spinning thread pools go idle.
-    times = interleaved_rounds(cands, rounds, warmup=2, min_seconds=min_seconds, pause=0.02)
+    pause = settle_pause(get_num_threads() if threads is None else threads)
+    times = interleaved_rounds(cands, rounds, warmup=2, min_seconds=min_seconds, pause=pause)
     return {k: reduce(v) for k, v in times.items()}
 
 
@@ -205,7 +209,7 @@ for m, k, n in shapes:
     x = rng.standard_normal((m, k)).astype(np.float32); wt = rng.standard_normal((k, n)).astype(np.float32)
     for t in threads:
         with threadpool_limits(limits=t, user_api="blas"):
-            out[f"{m},{k},{n},{t}"] = _measure({"numpy": lambda: x @ wt}, rounds, min_s)["numpy"]
+            out[f"{m},{k},{n},{t}"] = _measure({"numpy": lambda: x @ wt}, rounds, min_s, threads=t)["numpy"]
 print(json.dumps(out))
 """
 

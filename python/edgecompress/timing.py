@@ -18,6 +18,19 @@ import time
 from typing import Any, Callable, Mapping
 
 
+def settle_pause(threads: int) -> float:
+    """Seconds to sleep before each candidate's turn at ``threads`` threads, long enough for the previous
+    candidate's spinning worker threads to go idle. onnxruntime's keep spinning for tens of milliseconds
+    after a run; on a machine with few cores they take a core from whichever candidate runs next
+    (EfficientNet-B0 float32 on the engine at 2 threads, 2 cores: 18.7 ms right after onnxruntime with a
+    0.02 s pause, 10.4 ms after itself). At one thread no library has workers to spin."""
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return 0.02 if threads == 1 else 0.2
+
+
 def time_call(fn: Callable[[], Any], number: int = 1, min_seconds: float = 0.0) -> float:
     """Seconds per call of ``fn`` from one batch of ``number`` calls; with ``min_seconds`` the batch grows
     until it lasts at least that long (so that a fast call is not timed below the clock's resolution)."""
