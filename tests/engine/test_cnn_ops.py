@@ -407,6 +407,25 @@ def test_act(tier, threads, rng, act):
         np.testing.assert_allclose(got, fn(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("act", ["silu", "sigmoid"])
+def test_logistic_acts_over_the_whole_exponent_range(tier, act):
+    # every integer part of t = -x log2(e) the exponent bits take (|t| <= 126), the clamps past it
+    # (|x| > 87.3), the largest floats, and NaN
+    torch = pytest.importorskip("torch")
+    fn = torch.nn.functional.silu if act == "silu" else torch.sigmoid
+    grid = np.arange(-110.0, 110.0, 1.0 / 64, dtype=np.float32)
+    x = np.concatenate([grid, grid + np.float32(1 / 3), [0.0, -0.0, 1e-30, -1e-30, 87.3, -87.3, 88.7, -88.7,
+                                                         1e4, -1e4, 3.4e38, -3.4e38, np.nan]]).astype(np.float32)
+    g = GraphBuilder()
+    p = g.program([g.op("act", [g.input("x", "float32", x.shape)], "a", act=act)], {})
+    got, want = p(x).astype(np.float64), fn(torch.from_numpy(x.astype(np.float64))).numpy()
+    assert np.isnan(got[-1])
+    # relative 2e-6; past |x| = 16, where rounding t costs about 6e-8 |x| of relative error, the
+    # logistic value within 1e-7 of 0 or 1 (silu: 1e-7 |x|)
+    bound = np.where(np.abs(x) < 16, 2e-6 * np.abs(want), 1e-7 * np.maximum(np.abs(x), 1) if act == "silu" else 1e-7)
+    err = np.abs(got - want)
+    assert (err[:-1] <= bound[:-1]).all(), x[:-1][err[:-1] > bound[:-1]][:5]
+
 def test_channel_scale_and_add_relu(tier, threads, rng):
     """mul by (batch, 1, 1, c): each image by its own channel factors; add + relu as one node."""
     for b, h, w, c in [(1, 1, 1, 1), (2, 5, 7, 3), (3, 16, 16, 40), (2, 64, 64, 17)]:
