@@ -7,11 +7,10 @@
 Models: edgecompress.engine.zoo's torch.nn builds of the architectures (random weights, BatchNorm
 statistics randomized), input 224 x 224, random images. Each configuration (model, batch, threads)
 times every engine in one loop of interleaved rounds (a pause, an untimed call, the timed call;
-median over rounds; a target's ratio is the median of the rounds' own ratios). With 2 or more threads
-the pause is 0.2 s: onnxruntime's worker threads keep spinning for tens of milliseconds after a run,
-and on a 2-core machine they took a core from whichever engine ran next (EfficientNet-B0 float32 at 2
-threads: 18.7 ms right after onnxruntime with the old 0.02 s pause, 10.4 ms after itself; onnxruntime's
-own int8 session, run right after its float32 one, lost the same way):
+median over rounds; a target's ratio is the median of the rounds' own ratios). The pause is
+``edgecompress.timing.settle_pause``: with 2 or more threads long enough for onnxruntime's spinning
+workers to go idle (on a 2-core machine they took a core from whichever engine ran next, onnxruntime's
+own int8 session included, run right after its float32 one):
 
 - ours: ``edgecompress.engine.export(model, x, recipe)`` for float32, int8 (dynamic per-row input
   scales), int8-static (per-layer input scales calibrated on CALIB random batches) and
@@ -363,8 +362,8 @@ def main() -> int:
     lines = [f"# CNNs on the engine: {cpu.get('model', cpu_slug())}", "",
              f"- {datetime.date.today()}, `{_command_line()}`",
              f"- CPU tiers: {', '.join(t for t in LADDER if _core.tier_support(t)[0])}; engine kernels at the top tier",
-             limit_line, f"- {rounds} interleaved rounds, median; a pause of 0.02 s (1 thread) or 0.2 s (2 and more) before each "
-             "engine's turn; input 224 x 224", "",
+             limit_line, f"- {rounds} interleaved rounds, median; a pause of {settle_pause(1)} s (1 thread) or "
+             f"{settle_pause(2)} s (2 and more) before each engine's turn; input 224 x 224", "",
              "## Targets (batch 1; ratio = peer time / our time, the median of the rounds' ratios)", "", "| target | measured |", "|---|---|", *targets, "",
              "## All engines", "", "| model | batch | threads | engine | ms | vs torch fp32 | GOPS | % of limit | error |",
              "|---|---|---|---|---|---|---|---|---|", *rows, "", "## Per-op profiles", *profiles, "", "## Notes", "", *notes]
