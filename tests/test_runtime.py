@@ -382,3 +382,26 @@ def test_refused_tile_permission_falls_back_to_the_next_tier():
     r = _run(_DENIED_RUN, EDGECOMPRESS_AMX_DENY="0")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["info"]["amx_unusable"] == ec.cpu_info()["amx_unusable"]
+
+
+def test_results_file_names_carry_the_cpus_best_tier(monkeypatch):
+    # Two CPUs that report the same model name (a Zen 3 "AMD EPYC" with AVX2 only, a Zen 4 one with
+    # AVX-512 VNNI) must not write the same results file.
+    from edgecompress import bench
+    monkeypatch.setattr(bench._core, "cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr(bench._core, "arch", lambda: "x86_64")
+    monkeypatch.setattr(bench, "LADDER", ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "amx"))
+    names = {}
+    for has in (("scalar", "avx2"), ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni")):
+        monkeypatch.setattr(bench._core, "tier_support", lambda t, has=has: (t in has, None if t in has else "lacks"))
+        names[has[-1]] = bench.cpu_slug()
+    assert names == {"avx2": "amd-epyc-avx2-x86-64", "avx512vnni": "amd-epyc-avx512vnni-x86-64"}
+
+
+def test_results_file_name_is_the_cpus_not_the_cap():
+    from edgecompress import bench
+    best = [t for t in LADDER if ec.cpu_info()["tiers"][t]["supported"]][-1]
+    slug = bench.cpu_slug()
+    with ec.use_isa("scalar"):
+        assert bench.cpu_slug() == slug
+    assert f"-{best}-" in slug and slug == slug.lower()

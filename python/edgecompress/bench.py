@@ -429,6 +429,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def cpu_slug() -> str:
-    """File name for results/: the CPU model and architecture, lower case."""
+    """File name for results/: the CPU model, its best kernel tier and the architecture, lower case.
+
+    The tier is the best one the CPU supports (not an EDGECOMPRESS_ISA cap). Without it, CPUs that
+    report the same model name (an "AMD EPYC" may be a Zen 3 with AVX2 only or a Zen 4 with
+    AVX-512 VNNI) would write the same file, one machine's results over the other's.
+    """
     model = _core.cpu_model() or platform.processor() or "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", f"{model} {_core.arch()}".lower()).strip("-")
+    best = [tier for tier in LADDER if _core.tier_support(tier)[0]][-1]
+    return re.sub(r"[^a-z0-9]+", "-", f"{model} {best} {_core.arch()}".lower()).strip("-")
