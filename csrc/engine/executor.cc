@@ -98,6 +98,16 @@ Window2d window(const Node& nd) {
 constexpr int64_t kPatchBytes = 192 * 1024;
 // Bytes of a tile's output that an activation pass reads back right after its product.
 constexpr int64_t kUnaryTileBytes = 128 * 1024;
+
+// The epilogue of a convolution with a residual (conv2d's third input): the product wrote n values
+// of y with their bias and no activation; the residual's values are added (the add node's binary,
+// so its bits), then the activation: ReLU (relu) or the unary pass.
+void add_residual(const Ctx& c, const float* r, float* y, int64_t n, bool relu, int unary) {
+  c.k->binary(0, y, r, n, y, n);
+  if (relu) unary = static_cast<int>(UnaryAct::relu);
+  if (unary >= 0) c.k->unary(unary, y, y, n);
+}
+
 thread_local AlignedArray<float> t_patch;
 
 // n bytes from src to dst. Up to 64 (a row of 7 taps of 3 channels' codes is 21) as two moves of a
@@ -228,6 +238,7 @@ constexpr int kDirectMaxChannels = 4;
 RunStatus run_conv_direct(const Node& nd, const Ctx& c, const Window2d& p, int ho, int unary) {
   const float* x = at<const float>(c, nd.in[0]);
   const float* bias = at<const float>(c, nd.in[1]);
+  const float* res = at<const float>(c, nd.in[2]);
   float* y = at<float>(c, nd.out[0]);
   const DenseF32& w = static_cast<const PackedDenseF32*>(nd.weight)->w;
   const int n = w.n;
@@ -239,8 +250,12 @@ RunStatus run_conv_direct(const Node& nd, const Ctx& c, const Window2d& p, int h
   auto body = [&](int t) {
     const int64_t img = t / ho;
     float* yr = y + t * row;
-    c.k->conv_row(p, x + img * in_image, w.data, w.k, n, bias, relu, t % ho, yr);
-    if (unary >= 0) c.k->unary(unary, yr, yr, row);
+    c.k->conv_row(p, x + img * in_image, w.data, w.k, n, bias, relu && res == nullptr, t % ho, yr);
+    if (res != nullptr) {
+      add_residual(c, res + t * row, yr, row, relu, unary);
+    } else if (unary >= 0) {
+      c.k->unary(unary, yr, yr, row);
+    }
   };
   parallel_for(static_cast<int>(nd.i[0] * ho), c.threads, body);
   return RunStatus::ok;
@@ -256,7 +271,10 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   const int cg = p.c / groups;
   const int64_t pixels = nd.i[0] * ho * p.wo, k = static_cast<int64_t>(p.kh) * p.kw * cg, n = nd.i[15];
   const int64_t ng = n / groups;
-  const Activation act = static_cast<Activation>(nd.i[14] % 4);
+  const float* res = at<const float>(c, nd.in[2]);
+  // with a residual, ReLU follows the add: the product's epilogue has no activation
+  const bool relu_after = res != nullptr && static_cast<Activation>(nd.i[14] % 4) == Activation::relu;
+  const Activation act = relu_after ? Activation::none : static_cast<Activation>(nd.i[14] % 4);
   const int unary = static_cast<int>(nd.i[14] / 4) - 1;  // -1: none
   if (nd.wkind == WeightKind::dense_f32 && groups == 1 && p.c <= kDirectMaxChannels) {
     return run_conv_direct(nd, c, p, ho, unary);
@@ -296,7 +314,7 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   const int64_t bytes = codes ? 1 : 4;
   // With an activation pass after the product (SiLU, hardswish), also few enough rows that the tile's
   // output is still in L2 when the pass reads it back (1024 rows of 96 outputs, 384 KiB, were not).
-  const int64_t out_rows = unary >= 0 ? kUnaryTileBytes / (4 * n) : 1024;
+  const int64_t out_rows = unary >= 0 || res != nullptr ? kUnaryTileBytes / (4 * n) : 1024;
   const int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, kPatchBytes / (bytes * k)}));
   // tiles of `rows` pixels; with a scale per image, `rows` at most and each within one image
   const int64_t per_image = static_cast<int64_t>(ho) * p.wo, image_tiles = (per_image + rows - 1) / rows;
@@ -333,7 +351,11 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
           for (int64_t r = 0; r < m; ++r) std::memcpy(y + (p0 + r) * n + g * ng, yg + r * ng, sizeof(float) * ng);
         }
       }
-      if (s == RunStatus::ok && unary >= 0) c.k->unary(unary, y + p0 * n, y + p0 * n, m * n);
+      if (s == RunStatus::ok && res != nullptr) {
+        add_residual(c, res + p0 * n, y + p0 * n, m * n, relu_after, unary);
+      } else if (s == RunStatus::ok && unary >= 0) {
+        c.k->unary(unary, y + p0 * n, y + p0 * n, m * n);
+      }
     } catch (const std::bad_alloc&) {
       s = RunStatus::out_of_memory;
     }
@@ -396,12 +418,19 @@ TileOut tile_out(int64_t t, int tm, int ho, int wo, int n, int tw) {
           std::min(tm, wo - ow)};
 }
 
+// The unary pass (unary >= 0) over a Winograd tile's outputs at yo (its rows out_row apart), just written.
+void unary_tile_rows(const Ctx& c, const TileOut& o, float* yo, int64_t out_row, int n, int unary) {
+  if (unary < 0) return;
+  for (int a = 0; a < o.rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, static_cast<int64_t>(o.cols) * n);
+}
+
 RunStatus run_winograd(const Node& nd, const Ctx& c) {
   const float* x = at<const float>(c, nd.in[0]);
   const float* bias = at<const float>(c, nd.in[1]);
   float* y = at<float>(c, nd.out[0]);
   const Window2d p = window(nd);
   const int ho = static_cast<int>(nd.i[4]), n = static_cast<int>(nd.i[15]);
+  const float* res = at<const float>(c, nd.in[2]);  // added in the output transform, before the ReLU
   const bool relu = static_cast<Activation>(nd.i[14] % 4) == Activation::relu;
   const int unary = static_cast<int>(nd.i[14] / 4) - 1;  // -1: none
   const int tm = nd.weights.size() == 16 ? 2 : 4, na = (tm + 2) * (tm + 2);
@@ -427,10 +456,9 @@ RunStatus run_winograd(const Node& nd, const Ctx& c) {
     auto out = [&](int r) {
       const TileOut o = tile_out(t0 + r, tm, ho, p.wo, n, tw);
       float* yo = y + o.offset;
-      c.k->winograd_out(tm, mm + static_cast<ptrdiff_t>(r) * n, ldm, n, bias, relu, o.rows, o.cols, yo, out_row);
-      if (unary >= 0) {
-        for (int a = 0; a < o.rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, o.cols * n);
-      }
+      c.k->winograd_out(tm, mm + static_cast<ptrdiff_t>(r) * n, ldm, n, bias, res != nullptr ? res + o.offset : nullptr,
+                        relu, o.rows, o.cols, yo, out_row);
+      unary_tile_rows(c, o, yo, out_row, n, unary);
     };
     parallel_for(m, threads, in);
     for (int e = 0; e < na; ++e) {
@@ -455,6 +483,7 @@ RunStatus run_winograd_s8(const Node& nd, const Ctx& c) {
   float* y = at<float>(c, nd.out[0]);
   const Window2d p = window(nd);
   const int ho = static_cast<int>(nd.i[4]), n = static_cast<int>(nd.i[15]);
+  const float* res = at<const float>(c, nd.in[2]);  // added in the output transform, before the ReLU
   const bool relu = static_cast<Activation>(nd.i[14] % 4) == Activation::relu;
   const int unary = static_cast<int>(nd.i[14] / 4) - 1;  // -1: none
   const PackedS8Weight& w = *static_cast<const PackedS8Weight*>(nd.weight);
@@ -499,10 +528,8 @@ RunStatus run_winograd_s8(const Node& nd, const Ctx& c) {
       float* yo = y + o.offset;
       const float rs = scales[static_cast<size_t>(o.img)];
       k.out(mm + static_cast<ptrdiff_t>(r) * ldn, ldm, n, rs, w.scale.data(), !scales_normal(rs, w.scale_min, w.scale_max),
-            bias, relu, o.rows, o.cols, yo, out_row);
-      if (unary >= 0) {
-        for (int a = 0; a < o.rows; ++a) c.k->unary(unary, yo + a * out_row, yo + a * out_row, o.cols * n);
-      }
+            bias, res != nullptr ? res + o.offset : nullptr, relu, o.rows, o.cols, yo, out_row);
+      unary_tile_rows(c, o, yo, out_row, n, unary);
     };
     parallel_for(m, threads, in);
     parallel_for(16, threads, product);

@@ -640,8 +640,9 @@ struct ConvShape {
   int b, h, w, c, n, g, kh, kw, s, pt, pl, d, ho, wo;
 };
 
+// ReLU(conv + bias + res), res (laid out as the output) when given.
 std::vector<double> direct_conv(const ConvShape& q, const std::vector<float>& x, const std::vector<float>& w,
-                                const std::vector<float>& bias) {
+                                const std::vector<float>& bias, const std::vector<float>* res = nullptr) {
   const int cg = q.c / q.g, ng = q.n / q.g;
   std::vector<double> want(static_cast<size_t>(q.b) * q.ho * q.wo * q.n);
   for (int b = 0; b < q.b; ++b)
@@ -658,21 +659,25 @@ std::vector<double> direct_conv(const ConvShape& q, const std::vector<float>& x,
                 s += static_cast<double>(x[((static_cast<size_t>(b) * q.h + ih) * q.w + iw) * q.c + c0 + c]) *
                      w[((static_cast<size_t>(n) * q.kh + i) * q.kw + t) * cg + c];
             }
-          want[((static_cast<size_t>(b) * q.ho + oh) * q.wo + ow) * q.n + n] = std::max(s, 0.0);
+          const size_t o = ((static_cast<size_t>(b) * q.ho + oh) * q.wo + ow) * q.n + n;
+          want[o] = std::max(s + (res != nullptr ? (*res)[o] : 0.0f), 0.0);
         }
   return want;
 }
 
-// A plan of one convolution node (op, its ints, its packed weights: one, or a list) on x (an input)
-// and bias (a constant); runs it into y and returns its status.
+// A plan of one convolution node (op, its ints, its packed weights: one, or a list) on x (an input),
+// bias (a constant) and a residual res (a second input, when given); runs it into y and returns its
+// status.
 engine::RunStatus run_conv_plan(const EngineKernel& k, engine::Op op, const int64_t (&ints)[16],
                                 const std::vector<std::unique_ptr<PackedDenseF32>>& packed, bool list,
-                                const std::vector<float>& x, const std::vector<float>& bias, Guarded<float>& y) {
+                                const std::vector<float>& x, const std::vector<float>& bias, Guarded<float>& y,
+                                const std::vector<float>* res = nullptr) {
   using engine::Space;
   std::vector<engine::Node> nodes(1);
   engine::Node& nd = nodes[0];
   nd.op = op;
   nd.in[0] = {Space::input, 0, 0}, nd.in[1] = {Space::constant, 0, 0};
+  if (res != nullptr) nd.in[2] = {Space::input, 1, 0};
   nd.out[0] = {Space::output, 0, 0};
   std::copy(ints, ints + 16, nd.i);
   nd.wkind = engine::WeightKind::dense_f32, nd.weight = packed[0].get();
@@ -680,7 +685,7 @@ engine::RunStatus run_conv_plan(const EngineKernel& k, engine::Op op, const int6
     for (const auto& pw : packed) nd.weights.push_back(pw.get());
   }
   engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
-  const void* ins[1] = {x.data()};
+  const void* ins[2] = {x.data(), res != nullptr ? res->data() : nullptr};
   void* outs[1] = {y.data()};
   return plan.run(ins, outs, 64, nullptr).status;
 }
@@ -707,11 +712,18 @@ bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
     for (int g = 0; g < G; ++g) packed.push_back(pack_dense_f32(dense, w.data() + static_cast<size_t>(g) * NG * KH * KW * CG,
                                                                 NG, KH * KW * CG));
     const int64_t ints[16] = {B, H, W, C, HO, WO, KH, KW, S, S, P, P, D, D, static_cast<int64_t>(Activation::relu), N};
-    Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
-    bad += run_conv_plan(k, engine::Op::conv2d, ints, packed, G > 1, x, bias, y) != engine::RunStatus::ok;
-    const std::vector<double> want = direct_conv({B, H, W, C, N, G, KH, KW, S, P, P, D, HO, WO}, x, w, bias);
-    bad += misses(G > 1 ? "grouped conv2d node" : C <= 4 ? "direct conv2d node" : "conv2d node", y.data(), want,
-                  max_abs(want), 1e-5) + !y.guards_intact();
+    std::vector<float> r(static_cast<size_t>(B) * HO * WO * N);
+    for (auto& e : r) e = nd(rng);
+    for (const bool with_res : {false, true}) {  // with a residual: ReLU(conv + bias + r)
+      Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
+      bad += run_conv_plan(k, engine::Op::conv2d, ints, packed, G > 1, x, bias, y, with_res ? &r : nullptr) !=
+             engine::RunStatus::ok;
+      const std::vector<double> want =
+          direct_conv({B, H, W, C, N, G, KH, KW, S, P, P, D, HO, WO}, x, w, bias, with_res ? &r : nullptr);
+      const std::string what = std::string(G > 1 ? "grouped conv2d node" : C <= 4 ? "direct conv2d node" : "conv2d node") +
+                               (with_res ? " + residual" : "");
+      bad += misses(what.c_str(), y.data(), want, max_abs(want), 1e-5) + !y.guards_intact();
+    }
   }
   return bad == 0;
 }
@@ -757,16 +769,24 @@ bool check_winograd_node(const EngineKernel& k, const DenseKernel& dense) {
         }
       const int64_t ints[16] = {B, H, W, C, HO, WO, 3, 3, 1, 1, P, PL, 1, 1,
                                 static_cast<int64_t>(Activation::relu) + 4 * cs[8], N};
-      Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
-      bad += run_conv_plan(k, engine::Op::winograd, ints, packed, true, x, bias, y) != engine::RunStatus::ok;
-      std::vector<double> want = direct_conv({B, H, W, C, N, 1, 3, 3, 1, P, PL, 1, HO, WO}, x, w, bias);
-      if (cs[8]) {
-        for (double& v : want) v = 1 / (1 + std::exp(-v));
+      std::vector<float> r(static_cast<size_t>(B) * HO * WO * N);
+      for (auto& e : r) e = nd(rng);
+      for (const bool with_res : {false, true}) {  // with a residual: ReLU(conv + bias + r), then the unary
+        Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
+        bad += run_conv_plan(k, engine::Op::winograd, ints, packed, true, x, bias, y, with_res ? &r : nullptr) !=
+               engine::RunStatus::ok;
+        std::vector<double> want =
+            direct_conv({B, H, W, C, N, 1, 3, 3, 1, P, PL, 1, HO, WO}, x, w, bias, with_res ? &r : nullptr);
+        if (cs[8]) {
+          for (double& v : want) v = 1 / (1 + std::exp(-v));
+        }
+        // F(4x4) rounds about ten times more than the direct sums (its transforms scale by up to 8 and 1/6)
+        const std::string what = std::string(tm == 2 ? "winograd F(2x2) node" : "winograd F(4x4) node") +
+                                 (with_res ? " + residual" : "");
+        bad += misses(what.c_str(), y.data(), want, max_abs(want), tm == 2 ? 1e-5 : 5e-5) + !y.guards_intact();
       }
-      // F(4x4) rounds about ten times more than the direct sums (its transforms scale by up to 8 and 1/6)
-      bad += misses(tm == 2 ? "winograd F(2x2) node" : "winograd F(4x4) node", y.data(), want, max_abs(want),
-                    tm == 2 ? 1e-5 : 5e-5) + !y.guards_intact();
       x[x.size() / 2] = NAN;
+      Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
       bad += run_conv_plan(k, engine::Op::winograd, ints, packed, true, x, bias, y) != engine::RunStatus::nonfinite_input;
     }
   }
@@ -829,26 +849,34 @@ bool check_winograd_s8_node(const EngineKernel& k, const GemmS8Kernel& s8) {
     nd0.aq.scheme = static_cast<ActScheme>(cs[8]);
     nd0.aq.scale = extremes ? 0.25f : 0.02f;
     nd0.aq.zero_point = cs[8] == static_cast<int>(ActScheme::static_asymmetric) && !extremes ? 128 : 0;
-    auto run = [&](engine::Op op, float* y) {
+    const size_t ny = static_cast<size_t>(B) * HO * WO * N;
+    std::vector<float> r(ny);
+    for (auto& e : r) e = nd(rng) * 4;
+    auto run = [&](engine::Op op, float* y, bool with_res) {
       nodes[0].op = op;
       nodes[0].weight2 = op == engine::Op::winograd_s8 ? u.data() : nullptr;
+      nodes[0].in[2] = with_res ? engine::Ref{engine::Space::input, 1, 0} : engine::Ref{};
       engine::Plan plan(nodes, 0, std::vector<const void*>{bias.data()}, k);
-      const void* ins[1] = {x.data()};
+      const void* ins[2] = {x.data(), r.data()};
       void* outs[1] = {y};
       return plan.run(ins, outs, 64, nullptr).status;
     };
-    const size_t ny = static_cast<size_t>(B) * HO * WO * N;
-    Guarded<float> y(ny), want(ny);
-    bad += run(engine::Op::winograd_s8, y.data()) != engine::RunStatus::ok;
-    bad += run(engine::Op::conv2d, want.data()) != engine::RunStatus::ok;
-    int differ = 0;
-    for (size_t i = 0; i < ny; ++i) differ += std::memcmp(y.data() + i, want.data() + i, 4) != 0;
-    if (differ != 0 || !y.guards_intact()) {
-      std::printf("  FAIL winograd_s8 node (%d x %d x %d -> %d): %d outputs differ from conv2d's\n", H, W, C, N, differ);
-      ++bad;
+    // with a residual: added in the output transform, in conv2d after its product; the same bits
+    for (const bool with_res : {false, true}) {
+      Guarded<float> y(ny), want(ny);
+      bad += run(engine::Op::winograd_s8, y.data(), with_res) != engine::RunStatus::ok;
+      bad += run(engine::Op::conv2d, want.data(), with_res) != engine::RunStatus::ok;
+      int differ = 0;
+      for (size_t i = 0; i < ny; ++i) differ += std::memcmp(y.data() + i, want.data() + i, 4) != 0;
+      if (differ != 0 || !y.guards_intact()) {
+        std::printf("  FAIL winograd_s8 node (%d x %d x %d -> %d%s): %d outputs differ from conv2d's\n", H, W, C, N,
+                    with_res ? ", residual" : "", differ);
+        ++bad;
+      }
     }
     x[x.size() / 2] = NAN;
-    bad += run(engine::Op::winograd_s8, y.data()) != engine::RunStatus::nonfinite_input;
+    Guarded<float> y(ny);
+    bad += run(engine::Op::winograd_s8, y.data(), false) != engine::RunStatus::nonfinite_input;
   }
   return bad == 0;
 }

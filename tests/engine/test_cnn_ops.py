@@ -208,6 +208,72 @@ def test_winograd_s8_conv2d(tier, threads, rng, activation):
             np.testing.assert_array_equal(got, patches(x), err_msg=what)
 
 
+# conv2d with a residual: (batch, h, w, c, n, kernel, stride, padding, weight kind, the native op it runs as)
+RESIDUAL = [
+    (2, 9, 7, 3, 8, 3, 1, (1, 1, 1, 1), "float32", "conv2d"),       # 3 channels: computed directly
+    (1, 8, 8, 16, 24, 1, 1, (0, 0, 0, 0), "float32", "conv2d"),     # 1x1 (no residual: a linear node)
+    (3, 11, 9, 10, 17, 3, 2, (1, 1, 1, 1), "float32", "conv2d"),    # patches
+    (2, 13, 11, 16, 20, 3, 1, (1, 1, 1, 1), "float32", "winograd"),
+    (1, 40, 40, 8, 16, 3, 1, (1, 1, 1, 1), "float32", "winograd"),  # several blocks of tiles
+    (2, 13, 11, 33, 31, 3, 1, (1, 1, 1, 1), "int8-static", None),   # winograd_s8 where it pays
+    (1, 9, 12, 16, 40, 3, 2, (1, 1, 1, 1), "int8-static", "conv2d"),
+    (2, 6, 6, 40, 24, 1, 1, (0, 0, 0, 0), "int8", "conv2d"),        # dynamic scale, 1x1
+    (1, 10, 10, 12, 18, 3, 1, (1, 1, 1, 1), "int8", None),          # dynamic scale per image
+    (2, 7, 7, 12, 12, 3, 1, (1, 1, 1, 1), "grouped", "conv2d"),     # 3 groups
+]
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+def test_conv2d_residual(tier, threads, rng, activation):
+    """conv2d's third input, a residual: activation(conv(x) + bias + residual), on every path a
+    convolution runs (direct, patches, 1x1, Winograd float32 and int8, grouped), the same bits as
+    the convolution followed by an add node with the activation, and as the oracle."""
+    for b, h, w, c, n, k, s, pad, kind, native in RESIDUAL:
+        wf = rng.standard_normal((n, k * k * c // (3 if kind == "grouped" else 1))).astype(np.float32)
+        extra = {"act_scale": 0.02, "act_zero_point": 128} if kind == "int8-static" else {}
+        ho, wo = eref.window_size(h, w, (k, k), (s, s), pad, (1, 1))
+        bias = rng.standard_normal(n).astype(np.float32)
+
+        def program(fused):
+            g = GraphBuilder()
+            x = _to_nhwc(g, g.input("x", "float32", (b, c, h, w)))
+            r = g.input("r", "float32", (b, ho, wo, n))
+            if kind == "grouped":
+                wt = [g.weight(f"w{j}", part) for j, part in enumerate(np.split(wf, 3))]
+            else:
+                wt = g.weight("w", wf if kind == "float32" else ec.Int8Weight.from_float(wf))
+            attrs = {"kernel": [k, k], "stride": [s, s], "padding": list(pad)} | extra
+            act = {"activation": activation} if activation else {}
+            if fused:
+                y = g.op("conv2d", [x, g.weight("bias", bias), r], "conv", weight=wt, **attrs, **act)
+            else:
+                t = g.op("conv2d", [x, g.weight("bias", bias)], "conv", weight=wt, **attrs)
+                y = g.op("add", [t, r], "add", **act)
+            return g.program([y], {})
+
+        what = f"conv2d + residual {kind} {activation} {(b, h, w, c, n, k, s, pad)}"
+        x, res = _image(rng, b, h, w, c), rng.standard_normal((b, ho, wo, n)).astype(np.float32)
+        x.flat[::5] = 0.0
+        res.flat[::3] *= 20  # sums of either sign after the add, so ReLU cuts some
+        fused = program(True)
+        got = _check(fused, x, res, atol=1e-5, what=what)
+        np.testing.assert_array_equal(got, program(False)(x, res), err_msg=what)
+        ops = [op for _, op, _ in fused.profile(x, res, rounds=1)["nodes"]]
+        want = native or ("winograd_s8" if ecops.winograd_s8_pays() else "conv2d")
+        assert ops[-1] == want and "add" not in ops, (what, ops)
+
+
+def test_conv2d_residual_is_checked(rng):
+    g = GraphBuilder()
+    x = g.input("x", "float32", (1, 6, 6, 4))
+    r = g.input("r", "float32", (1, 6, 6, 5))
+    y = g.op("conv2d", [x, "", r], "conv", weight=g.weight("w", rng.standard_normal((8, 36)).astype(np.float32)),
+             kernel=[3, 3], padding=[1, 1, 1, 1])
+    p = g.program([y], {})
+    with pytest.raises(ValueError, match="conv.*residual of the output's shape"):
+        p(np.zeros((1, 6, 6, 4), np.float32), np.zeros((1, 6, 6, 5), np.float32))
+
+
 def test_winograd_s8_edges(rng, tmp_path):
     """A dynamic input scale (one per image) runs as integer Winograd too; where it does not apply
     (more than WINOGRAD_S8_MAX_CHANNELS channels), the patches run; release_weights keeps the forms

@@ -82,8 +82,9 @@ struct EngineKernel {
   // 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1], G = [1/4 0 0;
   // -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1], A^T = [1 1 1 1 1 0;
   // 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
-  void (*winograd_out)(int m, const float* mm, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
-                       float* y, ptrdiff_t ldy);
+  // res (may be null): a residual, laid out as y, added after the bias and before the ReLU.
+  void (*winograd_out)(int m, const float* mm, ptrdiff_t ld, int n, const float* bias, const float* res, bool relu,
+                       int rows, int cols, float* y, ptrdiff_t ldy);
   // The integer Winograd F(2x2, 3x3) of int8 convolutions with a static input scale (winograd_s8.h),
   // of the same tier (an integer family: built without fused multiply-adds, unlike this one).
   const WinogradS8Kernel* winograd_s8;

@@ -46,9 +46,10 @@ struct WinogradS8Kernel {
   // The outputs of one tile from its 16 products mm[e * ld + j] (j < n): q = (A^T mm A) / 4, the
   // convolution's integer sums, then as gemm_s8's epilogue: float32(q) * (rs * cs[j]) (or in float64
   // when wide: some scale product is not a normal float), + bias[j] (bias may be null), ReLU when
-  // relu. Output (r, t) for r < rows, t < cols at y + r * ldy + t * n.
+  // res[...] (res may be null: a residual laid out as y), ReLU when relu. Output (r, t) for r < rows,
+  // t < cols at y + r * ldy + t * n.
   void (*out)(const int32_t* mm, ptrdiff_t ld, int n, float rs, const float* cs, bool wide, const float* bias,
-              bool relu, int rows, int cols, float* y, ptrdiff_t ldy);
+              const float* res, bool relu, int rows, int cols, float* y, ptrdiff_t ldy);
 };
 
 }  // namespace edgecompress

@@ -603,11 +603,11 @@ void winograd_in(const Window2d& p, int m, const float* x, int ty, int tx, float
   }
 }
 
-// Channels j .. j + V of a tile's outputs: A^T m A plus bias, then ReLU when relu; the rows x cols
-// outputs inside the image are stored.
+// Channels j .. j + V of a tile's outputs: A^T m A plus bias, plus the residual (res, laid out as y,
+// may be null), then ReLU when relu; the rows x cols outputs inside the image are stored.
 template <int M, int V>
-inline void winograd_out_vectors(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
-                                 int j, float* y, ptrdiff_t ldy) {
+inline void winograd_out_vectors(const float* m, ptrdiff_t ld, int n, const float* bias, const float* res, bool relu,
+                                 int rows, int cols, int j, float* y, ptrdiff_t ldy) {
   typedef float vv __attribute__((vector_size(V * 4)));
   typedef float vvu __attribute__((vector_size(V * 4), aligned(4), may_alias));
   constexpr int A = M + 2;
@@ -618,26 +618,27 @@ inline void winograd_out_vectors(const float* m, ptrdiff_t ld, int n, const floa
   for (int a = 0; a < rows; ++a) {
     wino_at<M>(&s[a][0], 1, &o[a][0], 1);
     for (int c = 0; c < cols; ++c) {
-      const vv r = o[a][c] + b;
+      vv r = o[a][c] + b;
+      if (res != nullptr) r = r + *reinterpret_cast<const vvu*>(res + a * ldy + c * n + j);
       *reinterpret_cast<vvu*>(y + a * ldy + c * n + j) = relu ? (r > vv{} ? r : vv{}) : r;
     }
   }
 }
 
 template <int M>
-void winograd_out_tile(const float* m, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols, float* y,
-                       ptrdiff_t ldy) {
+void winograd_out_tile(const float* m, ptrdiff_t ld, int n, const float* bias, const float* res, bool relu, int rows,
+                       int cols, float* y, ptrdiff_t ldy) {
   int j = 0;
-  for (; j + W <= n; j += W) winograd_out_vectors<M, W>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
-  for (; j < n; ++j) winograd_out_vectors<M, 1>(m, ld, n, bias, relu, rows, cols, j, y, ldy);
+  for (; j + W <= n; j += W) winograd_out_vectors<M, W>(m, ld, n, bias, res, relu, rows, cols, j, y, ldy);
+  for (; j < n; ++j) winograd_out_vectors<M, 1>(m, ld, n, bias, res, relu, rows, cols, j, y, ldy);
 }
 
-void winograd_out(int m, const float* mm, ptrdiff_t ld, int n, const float* bias, bool relu, int rows, int cols,
-                  float* y, ptrdiff_t ldy) {
+void winograd_out(int m, const float* mm, ptrdiff_t ld, int n, const float* bias, const float* res, bool relu,
+                  int rows, int cols, float* y, ptrdiff_t ldy) {
   if (m == 2) {
-    winograd_out_tile<2>(mm, ld, n, bias, relu, rows, cols, y, ldy);
+    winograd_out_tile<2>(mm, ld, n, bias, res, relu, rows, cols, y, ldy);
   } else {
-    winograd_out_tile<4>(mm, ld, n, bias, relu, rows, cols, y, ldy);
+    winograd_out_tile<4>(mm, ld, n, bias, res, relu, rows, cols, y, ldy);
   }
 }
 

@@ -239,7 +239,7 @@ void ws8_gemm(int m, int kp, int panels, const int16_t* a, ptrdiff_t lda, const 
 // ---- output transform and epilogue: N outputs of a tile ----
 template <int N>
 inline void out_lanes(const int32_t* mm, ptrdiff_t ld, int n, float rs, const float* cs, const float* bias,
-                      bool relu, int rows, int cols, int j, float* y, ptrdiff_t ldy) {
+                      const float* res, bool relu, int rows, int cols, int j, float* y, ptrdiff_t ldy) {
   using L = Lanes<N>;
   typedef typename L::u32 vu;
   typedef typename L::s32 vi;
@@ -263,6 +263,7 @@ inline void out_lanes(const int32_t* mm, ptrdiff_t ld, int n, float rs, const fl
       const vi q = L::template convert<vi>(o[k]) >> 2;
       vf f = L::template convert<vf>(q) * scale;
       if (bias != nullptr) f = f + vbias;
+      if (res != nullptr) f = f + load_as<vf>(res + i * ldy + k * n + j);
       if (relu) f = f > zero ? f : zero;  // NaN and -0 give +0, as epilogue.h's relu
       store_as<vf>(y + i * ldy + k * n + j, f);
     }
@@ -270,7 +271,7 @@ inline void out_lanes(const int32_t* mm, ptrdiff_t ld, int n, float rs, const fl
 }
 
 void ws8_out(const int32_t* mm, ptrdiff_t ld, int n, float rs, const float* cs, bool wide, const float* bias,
-             bool relu, int rows, int cols, float* y, ptrdiff_t ldy) {
+             const float* res, bool relu, int rows, int cols, float* y, ptrdiff_t ldy) {
   if (wide) {
     // a scale product is not a normal float: gemm_s8's float64 dequantization, one value at a time
     for (int j = 0; j < n; ++j) {
@@ -283,6 +284,7 @@ void ws8_out(const int32_t* mm, ptrdiff_t ld, int n, float rs, const float* cs, 
         for (int k = 0; k < cols; ++k) {
           float v = dequantize_wide(static_cast<int32_t>(o[k]) >> 2, rs, cs[j]);
           if (bias != nullptr) v = v + bias[j];
+          if (res != nullptr) v = v + res[i * ldy + k * n + j];
           if (relu) v = edgecompress::relu(v);
           y[i * ldy + k * n + j] = v;
         }
@@ -292,8 +294,8 @@ void ws8_out(const int32_t* mm, ptrdiff_t ld, int n, float rs, const float* cs, 
   }
   constexpr int L = EC_WS8_LANES / 2;
   int j = 0;
-  for (; j + L <= n; j += L) out_lanes<L>(mm, ld, n, rs, cs, bias, relu, rows, cols, j, y, ldy);
-  for (; j < n; ++j) out_lanes<1>(mm, ld, n, rs, cs, bias, relu, rows, cols, j, y, ldy);
+  for (; j + L <= n; j += L) out_lanes<L>(mm, ld, n, rs, cs, bias, res, relu, rows, cols, j, y, ldy);
+  for (; j < n; ++j) out_lanes<1>(mm, ld, n, rs, cs, bias, res, relu, rows, cols, j, y, ldy);
 }
 
 }  // namespace

@@ -239,9 +239,11 @@ def _infer_window(node: Node, s: list[Shape | None], kernel: tuple[int, int], n:
 
 
 def _infer_conv2d(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
-    """x (batch, h, w, c), bias? (n,) and the weight (n, kh * kw * c) -> (batch, ho, wo, n). Grouped:
-    ``weight`` lists one weight (n / groups, kh * kw * c / groups) per group of c / groups channels,
-    all of one format; group g writes the outputs g * n / groups onwards."""
+    """x (batch, h, w, c), bias? (n,), residual? (batch, ho, wo, n) and the weight (n, kh * kw * c)
+    -> (batch, ho, wo, n): activation(conv(x) + bias + residual), the residual added to the biased
+    sums before the activation (a residual block's add and ReLU in the convolution's epilogue).
+    Grouped: ``weight`` lists one weight (n / groups, kh * kw * c / groups) per group of c / groups
+    channels, all of one format; group g writes the outputs g * n / groups onwards."""
     ws = [weights[name] for name in node.weight_names]
     groups = len(ws)
     ng, k = ws[0].shape
@@ -257,7 +259,10 @@ def _infer_conv2d(node: Node, s: list[Shape | None], weights: dict[str, Any]) ->
             f"{kh} * {kw} * {c}, got {k}")
     if s[1] is not None:
         _expect(s[1] == ((n,), "float32"), f"expected a float32 bias ({n},), got {s[1]}")
-    return _infer_window(node, s, (kh, kw), n)
+    out = _infer_window(node, s, (kh, kw), n)
+    if len(s) > 2 and s[2] is not None:
+        _expect(s[2] == out[0], f"expected a residual of the output's shape and dtype {out[0]}, got {s[2]}")
+    return out
 
 
 def _infer_depthwise(node: Node, s: list[Shape | None], weights: dict[str, Any]) -> list[Shape]:
@@ -449,7 +454,10 @@ def _then_act(node: Node, y: np.ndarray) -> np.ndarray:
 
 def _ref_conv2d(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.ndarray]:
     k, st, pad, dil = _window(node.attrs, node.attrs["kernel"])
-    x, bias = a[0], a[1]
+    x, bias, residual = a[0], a[1], a[2]
+    if residual is not None:  # the sums with their bias, then the residual, then the activation
+        plain = replace(node, attrs={key: v for key, v in node.attrs.items() if key != "activation"})
+        return [_then_act(node, _ref_conv2d(plain, [x, bias, None], weights)[0] + residual)]
     names = node.weight_names
     cg = x.shape[3] // len(names)
     ho, wo = eref.window_size(x.shape[1], x.shape[2], k, st, pad, dil)
@@ -458,7 +466,7 @@ def _ref_conv2d(node: Node, a: list[Any], weights: dict[str, Any]) -> list[np.nd
     if per_image_scale(node, weights[names[0]]):
         # each image quantized once, with its own dynamic scale: its patches' codes are its pixels'
         scales = ref.quantize_rows_symmetric(x.reshape(x.shape[0], -1))[1]
-        return [np.concatenate([_ref_conv2d(replace(node, attrs=node.attrs | {"act_scale": float(s)}), [xb[None], bias],
+        return [np.concatenate([_ref_conv2d(replace(node, attrs=node.attrs | {"act_scale": float(s)}), [xb[None], bias, None],
                                             weights)[0] for xb, s in zip(x, scales)])]
     ys = []
     for g, name in enumerate(names):  # a group's patches hold its channels only
@@ -677,13 +685,16 @@ def _lower_conv2d(node: Node, r: list[Any], s: list[Shape | None], packed: Calla
     aq = (float(scale or 1.0), int(zp or 0))
     k, st, pad, dil = _window(t, tuple(t["kernel"]))
     unary = 0 if act is None or fused else UNARY_ACTS[act] + 1
-    if wino is None and len(groups) == 1 and k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0) and not unary:
+    residual = r[2]
+    if (wino is None and len(groups) == 1 and k == (1, 1) and st == (1, 1) and pad == (0, 0, 0, 0) and not unary
+            and residual is None):
         # a 1x1 convolution is the product
         return [(NATIVE_OP["linear"], [r[0], r[1] or NO_REF], [r[-1]], [_prod(xs[:-1]), xs[-1], int(fused)], [], pw,
                  scheme, aq, q4)]
-    # other activations: the executor's pass over each tile of output rows while it is in cache
+    # other activations: the executor's pass over each tile of output rows while it is in cache; a
+    # residual: in Winograd's output transform, else in that pass (then ReLU too: it follows the add)
     ints = _window_ints(node, xs, ys, k) + [int(fused) + 4 * unary, n]
-    return [(NATIVE_OP[op], [r[0], r[1] or NO_REF], [r[-1]], ints, [], pw, scheme, aq, q4)]
+    return [(NATIVE_OP[op], [r[0], r[1] or NO_REF, residual or NO_REF], [r[-1]], ints, [], pw, scheme, aq, q4)]
 
 
 def _lower_depthwise(node: Node, r: list[Any], s: list[Shape | None], packed: Any) -> list[tuple[Any, ...]]:
@@ -929,7 +940,7 @@ OPS: dict[str, OpSpec] = {
     "glu": OpSpec(_infer_glu, _lower_glu, (1, 2), (1, 1), ("act",), (1,)),
     "concat": OpSpec(_infer_concat, _lower_concat, (2, 4), (1, 1), (), (2, 3)),
     "reshape": OpSpec(_infer_reshape, None, (1, 1), (1, 1), ("shape",)),
-    "conv2d": OpSpec(_infer_conv2d, _lower_conv2d, (1, 2), (1, 1), ("weight", "kernel"), (1,)),
+    "conv2d": OpSpec(_infer_conv2d, _lower_conv2d, (1, 3), (1, 1), ("weight", "kernel"), (1, 2)),
     "depthwise_conv2d": OpSpec(_infer_depthwise, _lower_depthwise, (2, 3), (1, 1), (), (2,)),
     "pool2d": OpSpec(_infer_pool, _lower_pool, (1, 1), (1, 1), ("mode", "kernel")),
     "act": OpSpec(_infer_same, _lower_act, (1, 1), (1, 1), ("act",)),
