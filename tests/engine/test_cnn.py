@@ -98,6 +98,53 @@ def test_save_and_load(tmp_path):
     np.testing.assert_array_equal(q(x.numpy()), p(x.numpy()))
 
 
+@pytest.mark.parametrize("recipe", [None, "int8-static"])
+@pytest.mark.parametrize("name, blocks", [("resnet18", 8), ("mobilenet_v2", 10), ("efficientnet_b0", 9)])
+def test_residual_adds_run_in_the_convolution(name, blocks, recipe):
+    """Each residual block's add (and the ReLU after it) is the epilogue of the convolution before
+    it: no add node is left."""
+    model = zoo.build(name)
+    x = _x((2, 3, 64, 64))
+    p = export(model, x, recipe, faster=False)
+    assert "add" not in {n.op for n in p.nodes}
+    assert sum(n.op == "conv2d" and len(n.inputs) == 3 for n in p.nodes) == blocks
+    with torch.inference_mode():
+        want = model(x).numpy()
+    assert _err(p(x.numpy()), want) < (1e-5 if recipe is None else 0.02)
+
+
+class _Adds(nn.Module):
+    """Adds that must stay add nodes, and two that fuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(6))
+
+    def forward(self, x):
+        a = self.c[0](x)
+        kept_two_readers = a + x  # a is read again below
+        b = self.c[1](a).relu()
+        kept_activation = b + x  # the convolution has its ReLU already
+        d = self.c[2](x)
+        kept_not_last = d + x.sigmoid()  # the sigmoid node came after the convolution
+        fused_last = self.c[3](kept_not_last) + kept_activation  # the convolution just before the add
+        fused_relu = (kept_two_readers + self.c[4](fused_last)).relu()  # either operand, ReLU after
+        return fused_relu + self.c[5](a)
+
+
+def test_which_adds_become_residuals():
+    model = _Adds().eval()
+    x = _x((2, 4, 9, 7))
+    p = export(model, x)
+    with torch.inference_mode():
+        want = model(x).numpy()
+    assert _err(p(x.numpy()), want) < 1e-5
+    residual = {n.name: n for n in p.nodes if n.op == "conv2d" and len(n.inputs) == 3}
+    assert sorted(residual) == ["c_3", "c_4", "c_5"]
+    assert residual["c_4"].attrs.get("activation") == "relu"
+    assert sum(n.op == "add" for n in p.nodes) == 3
+
+
 class _Odd(nn.Module):
     """A BatchNorm after an add (not foldable), a flatten of a 3x3 map by view, cat, avg pool."""
 

@@ -4,8 +4,10 @@ BatchNorms folded into the convolutions before them, optionally compressed with 
 
 The program takes the model's NCHW float32 input; the first node turns it channels last (batch, h, w,
 c), the layout every window op reads, and a flatten of a feature map larger than 1x1 turns it back
-(torch flattens in (c, h, w) order). Activations after a convolution, a depthwise convolution or a
-residual add become that node's ``activation`` (ReLU in the product's epilogue, the others in one
+(torch flattens in (c, h, w) order). A residual add of a convolution's output (that convolution the
+last node so far, its output read by the add only) becomes the convolution's third input, added in
+its epilogue. Activations after a convolution, a depthwise convolution or a residual add become that
+node's ``activation`` (ReLU in the product's epilogue, the others, and ReLU after a residual, in one
 pass over the output right after it).
 
 Supported layers: Conv2d (zero padding; any groups: depthwise runs its own kernel, other groups one
@@ -283,8 +285,25 @@ class _Import:
             a, b = b, a
         elif sa != sb:
             raise self.fail(node, f"{op} of shapes {sa} and {sb} (channels last)")
+        elif op == "add" and (fused := self.residual(a, b)) is not None:
+            self.put(node, fused, sa, True)
+            return
         v = self.b.op(op, [self.value[a], self.value[b]], self.name(node))
         self.put(node, v, self.shape[a], self.image[a])
+
+    def residual(self, a: Any, b: Any) -> str | None:
+        """a + b as the residual input of the convolution that wrote one of them, when that is the
+        last node so far (the other value is then written already), has no activation and its output
+        is read by this add only: the convolution's output (now the sum), else None. An activation
+        after the add fuses into the convolution as after any."""
+        last = self.b.nodes[-1] if self.b.nodes else None
+        for conv, other in ((a, b), (b, a)):
+            src = self.producer.get(self.value[conv])
+            if (src is last and src is not None and src.op == "conv2d" and self.image[conv] and len(conv.users) == 1
+                    and "activation" not in src.attrs and self.value[other] != self.value[conv]):
+                src.inputs = (src.inputs + [""])[:2] + [self.value[other]]
+                return self.value[conv]
+        return None
 
     def cat(self, node: Any, xs: list[Any], dim: int) -> None:
         if not all(self.image[x] for x in xs) or dim not in (1, -3):
