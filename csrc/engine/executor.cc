@@ -101,10 +101,10 @@ constexpr int64_t kUnaryTileBytes = 128 * 1024;
 
 // The epilogue of a convolution with a residual (conv2d's third input): the product wrote n values
 // of y with their bias and no activation; the residual's values are added (the add node's binary,
-// so its bits), then the activation: ReLU (relu) or the unary pass.
+// so its bits), then the node's activations in their order: ReLU (relu), then the unary pass.
 void add_residual(const Ctx& c, const float* r, float* y, int64_t n, bool relu, int unary) {
   c.k->binary(0, y, r, n, y, n);
-  if (relu) unary = static_cast<int>(UnaryAct::relu);
+  if (relu) c.k->unary(static_cast<int>(UnaryAct::relu), y, y, n);
   if (unary >= 0) c.k->unary(unary, y, y, n);
 }
 

@@ -714,14 +714,20 @@ bool check_conv_node(const EngineKernel& k, const DenseKernel& dense) {
     const int64_t ints[16] = {B, H, W, C, HO, WO, KH, KW, S, S, P, P, D, D, static_cast<int64_t>(Activation::relu), N};
     std::vector<float> r(static_cast<size_t>(B) * HO * WO * N);
     for (auto& e : r) e = nd(rng);
-    for (const bool with_res : {false, true}) {  // with a residual: ReLU(conv + bias + r)
+    // with a residual: sigmoid(ReLU(conv + bias + r)), the node's ReLU and unary pass after the add
+    const int64_t res_ints[16] = {B, H, W, C, HO, WO, KH, KW, S, S, P, P, D, D,
+                                  static_cast<int64_t>(Activation::relu) + 4 * (1 + static_cast<int>(UnaryAct::sigmoid)), N};
+    for (const bool with_res : {false, true}) {
       Guarded<float> y(static_cast<size_t>(B) * HO * WO * N);
-      bad += run_conv_plan(k, engine::Op::conv2d, ints, packed, G > 1, x, bias, y, with_res ? &r : nullptr) !=
-             engine::RunStatus::ok;
-      const std::vector<double> want =
+      bad += run_conv_plan(k, engine::Op::conv2d, with_res ? res_ints : ints, packed, G > 1, x, bias, y,
+                           with_res ? &r : nullptr) != engine::RunStatus::ok;
+      std::vector<double> want =
           direct_conv({B, H, W, C, N, G, KH, KW, S, P, P, D, HO, WO}, x, w, bias, with_res ? &r : nullptr);
+      if (with_res) {
+        for (double& v : want) v = 1 / (1 + std::exp(-v));
+      }
       const std::string what = std::string(G > 1 ? "grouped conv2d node" : C <= 4 ? "direct conv2d node" : "conv2d node") +
-                               (with_res ? " + residual" : "");
+                               (with_res ? " + residual, sigmoid" : "");
       bad += misses(what.c_str(), y.data(), want, max_abs(want), 1e-5) + !y.guards_intact();
     }
   }
