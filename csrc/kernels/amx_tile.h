@@ -46,7 +46,10 @@ namespace edgecompress {
 namespace {
 namespace amx {
 
-inline void config_load(const TileConfig& c) { _tile_loadconfig(&c); }
+// Not _tile_loadconfig: GCC 12's builtin does not tell the optimizer that it reads the 64 bytes, so
+// the stores that fill a local TileConfig were removed as dead, ldtilecfg loaded palette 1 with no
+// rows, and the first tile instruction raised SIGILL. The asm names the whole struct as its input.
+inline void config_load(const TileConfig& c) { __asm__ volatile("ldtilecfg %0" : : "m"(c)); }
 inline void release() { _tile_release(); }
 
 }  // namespace amx
