@@ -65,12 +65,24 @@ def test_tokenizer_matches_llama_cpp(gemma):
 @needs_gemma
 def test_predictions_agree_with_llama_cpp(gemma):
     """Teacher-forced over 256 tokens of the package's text: the next-token argmax agrees with
-    llama.cpp's on >= 95% of positions, and the mean log-loss is within 1% of llama.cpp's."""
+    llama.cpp's on >= 92% of positions, every disagreement is a near tie (llama.cpp's token within
+    1 of our top logit), and the mean log-loss is within 1% of llama.cpp's.
+
+    The argmax alone is a noisy measure: the activations are quantized to int8 before each 4-bit
+    product, so a last-bit difference in a float op flips some roundings, and the logits of two
+    tiers differ by about 0.2 rms (with float32 weights, by 1e-5). A fifth of the positions have
+    their top two logits within 0.3. Our avx2 and avx512 tiers agree with each other on 96% of the
+    argmaxes, and with llama.cpp on 97% and 94%, every miss within 0.43."""
     ref = json.loads(DATA.read_text(encoding="utf-8"))
     ids = np.array(ref["text_ids"])
     logits = gemma.logits(ids).astype(np.float64)
-    agree = float((logits.argmax(1) == np.array(ref["argmax"])).mean())
-    assert agree >= 0.95, agree
+    theirs = np.array(ref["argmax"])
+    ours = logits.argmax(1)
+    agree = float((ours == theirs).mean())
+    assert agree >= 0.92, agree
+    rows = np.nonzero(ours != theirs)[0]
+    margin = logits[rows, ours[rows]] - logits[rows, theirs[rows]]
+    assert np.all(margin < 1.0), dict(zip(rows.tolist(), margin.round(3).tolist()))
     mx = logits.max(1)
     lse = mx + np.log(np.exp(logits - mx[:, None]).sum(1))
     nll = float((lse[:-1] - logits[np.arange(ids.size - 1), ids[1:]]).mean())
