@@ -315,7 +315,14 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   // With an activation pass after the product (SiLU, hardswish), also few enough rows that the tile's
   // output is still in L2 when the pass reads it back (1024 rows of 96 outputs, 384 KiB, were not).
   const int64_t out_rows = unary >= 0 || res != nullptr ? kUnaryTileBytes / (4 * n) : 1024;
-  const int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, kPatchBytes / (bytes * k)}));
+  int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, kPatchBytes / (bytes * k)}));
+  // Enough work for the threads but fewer tiles than two a thread: smaller tiles (at least 8 rows).
+  // Each thread then runs whole tiles, product and activation pass; three tiles of a 1x1 convolution
+  // of 784 pixels with hardswish each ran their product on both threads and the pass on one, and
+  // took longer on two threads than on one.
+  if (c.threads > 1 && static_cast<double>(pixels) * k * n >= gemm_min_parallel_macs()) {
+    rows = std::max<int64_t>(8, std::min(rows, (pixels + 2 * c.threads - 1) / (2 * c.threads)));
+  }
   // tiles of `rows` pixels; with a scale per image, `rows` at most and each within one image
   const int64_t per_image = static_cast<int64_t>(ho) * p.wo, image_tiles = (per_image + rows - 1) / rows;
   const int tiles = static_cast<int>(dynamic ? nd.i[0] * image_tiles : (pixels + rows - 1) / rows);
@@ -618,9 +625,13 @@ void transpose_blocks(const T* x, T* y, int64_t blocks, int64_t r1, int64_t r2, 
     parallel_for(static_cast<int>(blocks * parts), threads, body);
     return;
   }
-  const int64_t strips = (r1 + S - 1) / S;
-  auto body = [&](int t) {
-    const int64_t b = t / strips, i0 = (t % strips) * S;
+  // Each task takes a run of strips (about 4 tasks per thread, 128 bytes of each row of y at least).
+  // One strip per task, two threads wrote the two halves of the same cache lines of every row of y,
+  // and a 3136 x 72 output took 94 us on one thread and 290 us on two.
+  const int64_t strips = (r1 + S - 1) / S, min_per = std::max<int64_t>(1, 128 / static_cast<int64_t>(sizeof(T) * S));
+  const int64_t per = std::min(strips, std::max(min_per, (blocks * strips + 4 * threads - 1) / (4 * threads) / blocks));
+  const int64_t parts = (strips + per - 1) / per;
+  auto strip = [&](int64_t b, int64_t i0) {
     const T* xb = x + b * r1 * r2;
     T* yb = y + b * r1 * r2;
     if (i0 + S > r1) {  // the last rows
@@ -647,7 +658,11 @@ void transpose_blocks(const T* x, T* y, int64_t blocks, int64_t r1, int64_t r2, 
       for (int64_t i = i0; i < i0 + S; ++i) yb[j * r1 + i] = xb[i * r2 + j];
     }
   };
-  parallel_for(static_cast<int>(blocks * strips), threads, body);
+  auto body = [&](int t) {
+    const int64_t b = t / parts, s0 = t % parts * per, s1 = std::min(strips, s0 + per);
+    for (int64_t s = s0; s < s1; ++s) strip(b, s * S);
+  };
+  parallel_for(static_cast<int>(blocks * parts), threads, body);
 }
 
 void run_transpose(const Node& nd, const Ctx& c) {
