@@ -55,7 +55,7 @@ namespace {
 
 // y (m, n) = epilogue(x @ W.T): about 4 tasks per thread, chunks of rows (whole blocks of kDenseRows,
 // at least 8 blocks each) as far as the rows go, then chunks of panels as well (a few rows: a
-// decoder's token). Rows first: a task then writes whole rows of y. Split by panels, two threads
+// decoder's token), and at least two tasks a thread (smaller chunks of rows) where that was too few. Rows first: a task then writes whole rows of y. Split by panels, two threads
 // wrote the 64-byte pieces of the same rows at once, which share cache lines wherever a row is not a
 // multiple of 16 columns, and a 1x1 convolution of 3136 pixels, 16 -> 72 channels took 97 us on one
 // thread and 135 us on two. Inside a chunk, panels go in blocks of about 64 KiB, and each
@@ -70,8 +70,12 @@ void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, co
   const int threads = work < gemm_min_parallel_macs() ? 1 : std::max(1, std::min(max_threads, get_num_threads()));
   const int tasks = threads == 1 ? 1 : 4 * threads;
   const int row_blocks = (m + kDenseRows - 1) / kDenseRows;
-  const int row_chunks = std::max(1, std::min(tasks, row_blocks / 8));
-  const int chunks = std::min(w.panels, (tasks + row_chunks - 1) / row_chunks);
+  int row_chunks = std::max(1, std::min(tasks, row_blocks / 8));
+  // chunks of at least 4 panels: the kernel's widest groups (2 panels for 6 rows on AVX-512) need
+  // them, and one panel a task ran a 49 x 128 x 128 product (a Winograd product of a 28 x 28 image)
+  // at half the kernel's speed, no faster on two threads than on one
+  const int chunks = std::min((w.panels + 3) / 4, (tasks + row_chunks - 1) / row_chunks);
+  if (row_chunks * chunks < 2 * threads) row_chunks = std::min(row_blocks, (2 * threads + chunks - 1) / chunks);
   const int per = (w.panels + chunks - 1) / chunks;
   const int rows_per = (row_blocks + row_chunks - 1) / row_chunks * kDenseRows;
   // (one block of rows reads each panel once: then the panels go in the kernel's widest groups, whose
