@@ -396,6 +396,12 @@ def test_results_file_names_carry_the_cpus_best_tier(monkeypatch):
         monkeypatch.setattr(bench._core, "tier_support", lambda t, has=has: (t in has, None if t in has else "lacks"))
         names[has[-1]] = bench.cpu_slug()
     assert names == {"avx2": "amd-epyc-avx2-x86-64", "avx512vnni": "amd-epyc-avx512vnni-x86-64"}
+    # Intel's marks and filler words are left out
+    for model, slug in [("Intel(R) Xeon(R) Processor", "intel-xeon-avx512vnni-x86-64"),
+                        ("Intel(R) Core(TM) i7-1165G7 CPU @ 2.80GHz", "intel-core-i7-1165g7-avx512vnni-x86-64"),
+                        ("(R)", "cpu-avx512vnni-x86-64")]:
+        monkeypatch.setattr(bench._core, "cpu_model", lambda model=model: model)
+        assert bench.cpu_slug() == slug, model
 
 
 def test_results_file_name_is_the_cpus_not_the_cap():

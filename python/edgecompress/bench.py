@@ -435,6 +435,9 @@ def cpu_slug() -> str:
     report the same model name (an "AMD EPYC" may be a Zen 3 with AVX2 only or a Zen 4 with
     AVX-512 VNNI) would write the same file, one machine's results over the other's.
     """
+    # trademark marks and the filler words of Intel's names ("Intel(R) Xeon(R) Processor",
+    # "Intel(R) Core(TM) i7-1165G7 CPU @ 2.80GHz") are no part of the model
     model = _core.cpu_model() or platform.processor() or "cpu"
+    model = re.sub(r"\((r|tm|c)\)|\b(processor|cpu)\b|@.*$", " ", model, flags=re.IGNORECASE).strip() or "cpu"
     best = [tier for tier in LADDER if _core.tier_support(tier)[0]][-1]
     return re.sub(r"[^a-z0-9]+", "-", f"{model} {best} {_core.arch()}".lower()).strip("-")
