@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -32,7 +33,7 @@ constexpr int kSpinMicros = 1000;
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads) : threads_(threads) {}
+  explicit ThreadPool(int threads) : threads_(threads), parts_(new Part[std::max(threads, 1)]) {}
 
   ~ThreadPool() { stop_workers(); }
 
@@ -42,6 +43,7 @@ class ThreadPool {
     std::lock_guard<std::mutex> busy(busy_);
     stop_workers();
     threads_.store(threads, std::memory_order_relaxed);
+    parts_.reset(new Part[std::max(threads, 1)]);
   }
 
   // While held (a run of many parallel ops, with serial stretches between them), idle workers spin
@@ -70,11 +72,13 @@ class ThreadPool {
       std::lock_guard<std::mutex> lock(wake_mutex_);
       const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
       job_ = Job{fn, ctx, n, threads - 1, static_cast<uint32_t>(gen)};
-      next_.store(static_cast<uint64_t>(job_.tag) << 32);
+      for (int q = 0; q < threads; ++q) {
+        parts_[q].next.store(static_cast<uint64_t>(job_.tag) << 32 | static_cast<uint32_t>(part_begin(job_, q)));
+      }
       generation_.store(gen, std::memory_order_release);
     }
     wake_.notify_all();
-    work(job_, false);
+    work(job_, 0);
     // Every task is taken; wait only for the helpers still running one. A helper that has not woken
     // yet is not waited for: it finds the job taken (or its tag gone) and goes back to sleep. (Waiting
     // for every helper to join cost up to a scheduler tick, 10 ms, on a VM whose idle vCPU woke late.)
@@ -87,20 +91,38 @@ class ThreadPool {
     void* ctx = nullptr;
     int n = 0;
     int helpers = 0;   // workers 0 .. helpers-1 take part
-    uint32_t tag = 0;  // the generation's low bits: next_'s high half while this job's tasks are given out
+    uint32_t tag = 0;  // the generation's low bits: each part's counter's high half while this job runs
   };
 
-  // Takes tasks of `job` until none is left. A task is claimed by advancing next_ = (tag, index) only
-  // while its tag is the job's, so a helper holding an older job can never run one of a newer job's
-  // indices with the older function. A helper counts itself in active_ before its first claim: the
-  // caller, having seen every index taken, then also sees every helper still running a task.
-  void work(const Job& job, bool helper) {
+  // The tasks are split into one contiguous part per participant (the caller: 0, worker i: i + 1).
+  // Each takes its own part first, in order, then what is left of the others'. Consecutive ops whose
+  // tasks follow the same rows of the image then mostly run a row on the core whose cache holds it:
+  // with one shared counter, the tasks went to whichever thread asked first, and about half of what
+  // an op read had been written in the other core's L2 (a single-threaded op after a parallel one got
+  // slower with a second thread).
+  static int part_begin(const Job& job, int q) {
+    return static_cast<int>(static_cast<int64_t>(job.n) * q / (job.helpers + 1));
+  }
+
+  // Takes tasks of `job` until none is left. A task is claimed by advancing a part's counter
+  // (tag, index) only while its tag is the job's, so a helper holding an older job can never run one
+  // of a newer job's indices with the older function. A helper counts itself in active_ before its
+  // first claim: the caller, having passed every part with every index taken, then also sees every
+  // helper still running a task.
+  void work(const Job& job, int participant) {
+    const bool helper = participant > 0;
     if (helper) active_.fetch_add(1);
-    for (;;) {
-      uint64_t v = next_.load();
-      if (static_cast<uint32_t>(v >> 32) != job.tag || static_cast<uint32_t>(v) >= static_cast<uint32_t>(job.n)) break;
-      if (!next_.compare_exchange_weak(v, v + 1)) continue;
-      job.fn(job.ctx, static_cast<int>(static_cast<uint32_t>(v)));
+    const int parts = job.helpers + 1;
+    for (int k = 0; k < parts; ++k) {
+      const int q = (participant + k) % parts;
+      const uint32_t end = static_cast<uint32_t>(part_begin(job, q + 1));
+      std::atomic<uint64_t>& next = parts_[q].next;
+      for (;;) {
+        uint64_t v = next.load();
+        if (static_cast<uint32_t>(v >> 32) != job.tag || static_cast<uint32_t>(v) >= end) break;
+        if (!next.compare_exchange_weak(v, v + 1)) continue;
+        job.fn(job.ctx, static_cast<int>(static_cast<uint32_t>(v)));
+      }
     }
     if (helper) active_.fetch_sub(1);
   }
@@ -133,7 +155,7 @@ class ThreadPool {
         seen = generation_.load(std::memory_order_relaxed);
         job = job_;
       }
-      if (index < job.helpers) work(job, true);
+      if (index < job.helpers) work(job, index + 1);
     }
   }
 
@@ -164,7 +186,10 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
   Job job_;  // guarded by wake_mutex_
-  std::atomic<uint64_t> next_{0};  // (job tag, next task index)
+  struct alignas(64) Part {
+    std::atomic<uint64_t> next{0};  // (job tag, next task index of the part)
+  };
+  std::unique_ptr<Part[]> parts_;  // one per thread; replaced only while no worker runs
   std::atomic<int> active_{0};     // helpers inside work()
   std::atomic<int> holds_{0};      // PoolHold objects alive
 };

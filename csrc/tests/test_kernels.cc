@@ -197,6 +197,41 @@ void check_kernel(const GemmS8Kernel& kern, const GemmS8Kernel& scalar, Failures
 }
 
 // Several callers at once while the pool is being resized: every result must equal the serial one.
+// parallel_for runs every index exactly once, whatever the pool's size and the count of tasks
+// (fewer tasks than threads, parts of unequal size), nested calls included (they run serially).
+bool check_parallel_for() {
+  bool ok = true;
+  for (int threads : {1, 2, 3, 5}) {
+    set_num_threads(threads);
+    for (int n : {1, 2, 3, 5, 7, 64, 1001}) {
+      std::vector<std::atomic<int>> runs(static_cast<size_t>(n));
+      std::atomic<int> inner{0};
+      auto body = [&](int i) {
+        runs[static_cast<size_t>(i)].fetch_add(1);
+        if (i == n / 2) {
+          auto nested = [&](int) { inner.fetch_add(1); };
+          parallel_for(4, threads, nested);
+        }
+      };
+      parallel_for(n, threads, body);
+      for (int i = 0; i < n; ++i) {
+        if (runs[static_cast<size_t>(i)].load() != 1) {
+          std::printf("  FAIL parallel_for(%d) on %d threads: task %d ran %d times\n", n, threads, i,
+                      runs[static_cast<size_t>(i)].load());
+          ok = false;
+          break;
+        }
+      }
+      if (inner.load() != 4) {
+        std::printf("  FAIL parallel_for(%d) on %d threads: a nested call ran %d of 4 tasks\n", n, threads, inner.load());
+        ok = false;
+      }
+    }
+  }
+  set_num_threads(2);
+  return ok;
+}
+
 bool check_concurrent_callers(const GemmS8Kernel& kern) {
   const Shape shapes[] = {{1, 512, 300}, {7, 256, 129}, {64, 384, 200}, {130, 128, 64}};
   std::mt19937 rng(99);
@@ -1547,6 +1582,9 @@ int main() {
     ok ? ++passed : ++failed;
   }
 #endif
+  const bool pool_ok = check_parallel_for();
+  std::printf("%s parallel_for: each task once (1, 2, 3, 5 threads)\n", pool_ok ? "PASS" : "FAIL");
+  pool_ok ? ++passed : ++failed;
   const bool models_ok = check_selection_on_cpu_models();
   std::printf("%s registry choice on models of CPUs\n", models_ok ? "PASS" : "FAIL");
   models_ok ? ++passed : ++failed;

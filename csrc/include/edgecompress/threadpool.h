@@ -1,7 +1,9 @@
 // A persistent thread pool owned by edgecompress (not OpenMP, so the package shares a process with
 // torch, numpy and onnxruntime without two runtimes fighting over the cores).
 //
-// parallel_for runs body(i) for i in [0, n) on the calling thread plus up to threads - 1 workers.
+// parallel_for runs body(i) for i in [0, n) on the calling thread plus up to threads - 1 workers:
+// each first takes the tasks of its own contiguous part of [0, n) (the caller the first), then
+// what is left of the others' (so ops that split the same rows alike run them on the same core).
 // Tasks write disjoint outputs, so results never depend on which thread ran what. When two callers
 // want the pool at once (several Python threads), the second runs its tasks serially on its own
 // thread instead of waiting: no oversubscription and no deadlock. Workers spin briefly after a job,
