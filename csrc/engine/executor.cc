@@ -910,25 +910,52 @@ void run_position_ids(const Node& nd, const Ctx& c) {
   }
 }
 
-void run_mean_pool(const Node& nd, const Ctx& c) {
+// Sums over runs of kMeanRows positions, on the threads, then the runs' sums in order: the same bits
+// on any number of threads. (One serial pass read the whole activation on one core, half of it from
+// the other core's L2: EfficientNet-B0's 17 squeeze-excitation means took 0.38 ms on one thread and
+// 0.53 on two.)
+constexpr int64_t kMeanRows = 64;
+
+RunStatus run_mean_pool(const Node& nd, const Ctx& c) {
   const float* x = at<const float>(c, nd.in[0]);
   const int64_t* mask = at<const int64_t>(c, nd.in[1]);
   float* y = at<float>(c, nd.out[0]);
   const int64_t batch = nd.i[0], seq = nd.i[1], width = nd.i[2];
+  const int64_t runs = std::max<int64_t>(1, (seq + kMeanRows - 1) / kMeanRows);
+  std::vector<float> sums;
+  std::vector<int64_t> kept;
+  try {
+    sums.assign(static_cast<size_t>(batch * runs * width), 0.0f);
+    kept.assign(static_cast<size_t>(batch * runs), 0);
+  } catch (const std::bad_alloc&) {
+    return RunStatus::out_of_memory;
+  }
+  auto body = [&](int t) {
+    const int64_t b = t / runs, s0 = t % runs * kMeanRows, s1 = std::min(seq, s0 + kMeanRows);
+    float* acc = sums.data() + t * width;
+    for (int64_t s = s0; s < s1; ++s) {
+      if (mask != nullptr && mask[b * seq + s] == 0) continue;
+      ++kept[static_cast<size_t>(t)];
+      const float* xs = x + (b * seq + s) * width;
+      for (int64_t e = 0; e < width; ++e) acc[e] += xs[e];
+    }
+  };
+  // (a small input: one thread, the same sums)
+  parallel_for(static_cast<int>(batch * runs), batch * seq * width < kChunk ? 1 : c.threads, body);
   for (int64_t b = 0; b < batch; ++b) {
     float* yb = y + b * width;
     std::fill(yb, yb + width, 0.0f);
-    int64_t kept = 0;
-    for (int64_t s = 0; s < seq; ++s) {
-      if (mask != nullptr && mask[b * seq + s] == 0) continue;
-      ++kept;
-      const float* xs = x + (b * seq + s) * width;
-      for (int64_t e = 0; e < width; ++e) yb[e] += xs[e];
+    int64_t count = 0;
+    for (int64_t r = 0; r < runs; ++r) {
+      const float* acc = sums.data() + (b * runs + r) * width;
+      for (int64_t e = 0; e < width; ++e) yb[e] += acc[e];
+      count += kept[static_cast<size_t>(b * runs + r)];
     }
     // like sentence-transformers: the count is clamped away from 0 (an all-padding row gives zeros)
-    const float inv = 1.0f / std::max(static_cast<float>(kept), 1e-9f);
+    const float inv = 1.0f / std::max(static_cast<float>(count), 1e-9f);
     for (int64_t e = 0; e < width; ++e) yb[e] *= inv;
   }
+  return RunStatus::ok;
 }
 
 RunStatus run_pack(const Node& nd, const Ctx& c) {
@@ -1161,7 +1188,7 @@ RunStatus run_node(const Node& nd, const Ctx& c) {
     case Op::softmax: run_softmax(nd, c); return RunStatus::ok;
     case Op::embedding: return run_embedding(nd, c);
     case Op::position_ids: run_position_ids(nd, c); return RunStatus::ok;
-    case Op::mean_pool: run_mean_pool(nd, c); return RunStatus::ok;
+    case Op::mean_pool: return run_mean_pool(nd, c);
     case Op::pack: return run_pack(nd, c);
     case Op::gather:
     case Op::scatter: return run_gather_scatter(nd, c);

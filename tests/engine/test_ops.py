@@ -11,6 +11,7 @@ normalized from, never by more; ``_close`` checks |got - want| <= rtol * max|wan
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -177,6 +178,29 @@ def test_mean_pool(tier, rng, masked):
                 _close(got[row], a[row][keep[row]].mean(axis=0), what="against numpy")
             else:  # an all-padding row pools to zeros, not NaN
                 np.testing.assert_array_equal(got[row], 0)
+
+
+def test_mean_pool_same_bits_on_any_thread_count(rng):
+    # runs of positions summed on the threads, then in order: the thread count changes nothing
+    g = GraphBuilder()
+    x = g.input("x", "float32", ("batch", "seq", 100))
+    m = g.input("m", "int64", ("batch", "seq"))
+    p = g.program([g.op("mean_pool", [x, m], "pool")], {})
+    a, mask = _x(rng, 3, 200, 100), _mask(rng, 3, 200)
+    mask[0] = 1  # a full row: every run of positions counts
+    before = ec.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2, 3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # 3 threads on a 2-CPU machine
+                ec.set_num_threads(t)
+            outs.append(p(a, mask))
+    finally:
+        ec.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    _close(outs[0][0], a[0].mean(axis=0), what="against numpy")
 
 
 # ---- attention ----
