@@ -55,10 +55,11 @@ namespace {
 
 // y (m, n) = epilogue(x @ W.T): about 4 tasks per thread, chunks of rows (whole blocks of kDenseRows,
 // at least 8 blocks each) as far as the rows go, then chunks of panels as well (a few rows: a
-// decoder's token), and at least two tasks a thread (smaller chunks of rows) where that was too few. Rows first: a task then writes whole rows of y. Split by panels, two threads
-// wrote the 64-byte pieces of the same rows at once, which share cache lines wherever a row is not a
-// multiple of 16 columns, and a 1x1 convolution of 3136 pixels, 16 -> 72 channels took 97 us on one
-// thread and 135 us on two. Inside a chunk, panels go in blocks of about 64 KiB, and each
+// decoder's token), and at least two tasks a thread (smaller chunks of rows) where that was too few.
+// Rows first: a task then writes whole rows of y. Split by panels, two threads wrote the 64-byte
+// pieces of the same rows at once, which share cache lines wherever a row is not a multiple of 16
+// columns, and a 1x1 convolution of 3136 pixels, 16 -> 72 channels took 97 us on one thread and 135
+// us on two. Inside a chunk, panels go in blocks of about 64 KiB, and each
 // block runs every block of kDenseRows rows before the next: the block is read from L1/L2 by all rows
 // instead of the whole weight streaming from L3 once per four rows (at 128 rows and a 384 x 384
 // weight that was 32 passes over 590 KB). Each output's sum is the same either way (one kernel call
