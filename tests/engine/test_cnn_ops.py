@@ -280,8 +280,17 @@ def test_winograd_s8_edges(rng, tmp_path):
     the node runs on; winograd=False survives save and load; NaN in the image is refused; scale
     products too small for float32 take the float64 epilogue, as the product does; a malformed
     native node is a clear error."""
-    if not ecops.winograd_s8_pays():
-        pytest.skip(f"the gemm_s8 kernel {ec.runtime.gemm_s8_kernel()} has an 8-bit dot product: no integer Winograd")
+    # on a CPU whose top gemm_s8 kernel has an 8-bit dot product (VNNI, AMX), at the highest tier
+    # where integer Winograd runs
+    ladder = ec.runtime.LADDER
+    now = ladder.index(ec.current_tier())
+    top = [t for t in ecops.WINOGRAD_S8_TIERS if t in ladder and ladder.index(t) <= now and _core.tier_support(t)[0]][-1]
+    with ec.use_isa(top):
+        assert ecops.winograd_s8_pays(), ec.runtime.gemm_s8_kernel()
+        _winograd_s8_edges(rng, tmp_path)
+
+
+def _winograd_s8_edges(rng, tmp_path):
     aq = {"act_scale": 0.02, "act_zero_point": 128}
     for c, attrs, want in [(8, {}, "winograd_s8"), (ecops.WINOGRAD_S8_MAX_CHANNELS + 1, aq, "conv2d")]:
         wt = ec.Int8Weight.from_float(rng.standard_normal((4, 9 * c)).astype(np.float32))
