@@ -915,6 +915,8 @@ void run_position_ids(const Node& nd, const Ctx& c) {
 // the other core's L2: EfficientNet-B0's 17 squeeze-excitation means took 0.38 ms on one thread and
 // 0.53 on two.)
 constexpr int64_t kMeanRows = 64;
+thread_local AlignedArray<float> t_mean_sums;
+thread_local AlignedArray<int64_t> t_mean_kept;
 
 RunStatus run_mean_pool(const Node& nd, const Ctx& c) {
   const float* x = at<const float>(c, nd.in[0]);
@@ -922,23 +924,24 @@ RunStatus run_mean_pool(const Node& nd, const Ctx& c) {
   float* y = at<float>(c, nd.out[0]);
   const int64_t batch = nd.i[0], seq = nd.i[1], width = nd.i[2];
   const int64_t runs = std::max<int64_t>(1, (seq + kMeanRows - 1) / kMeanRows);
-  std::vector<float> sums;
-  std::vector<int64_t> kept;
+  // (every task writes all of its run's sums and its count: no clearing)
+  float* sums;
+  int64_t* kept;
   try {
-    sums.assign(static_cast<size_t>(batch * runs * width), 0.0f);
-    kept.assign(static_cast<size_t>(batch * runs), 0);
+    sums = ensure_size(t_mean_sums, static_cast<size_t>(batch * runs * width));
+    kept = ensure_size(t_mean_kept, static_cast<size_t>(batch * runs));
   } catch (const std::bad_alloc&) {
     return RunStatus::out_of_memory;
   }
   auto body = [&](int t) {
     const int64_t b = t / runs, s0 = t % runs * kMeanRows, s1 = std::min(seq, s0 + kMeanRows);
-    float* acc = sums.data() + t * width;
+    float* acc = sums + t * width;
     const float* rows[kMeanRows];
     int n = 0;
     for (int64_t s = s0; s < s1; ++s) {
       if (mask == nullptr || mask[b * seq + s] != 0) rows[n++] = x + (b * seq + s) * width;
     }
-    kept[static_cast<size_t>(t)] = n;
+    kept[t] = n;
     // 16 sums at a time kept in registers over the run's rows (the same order of additions as one
     // row after another; reading and writing the sums at every row took twice as long)
     int64_t e = 0;
@@ -962,9 +965,9 @@ RunStatus run_mean_pool(const Node& nd, const Ctx& c) {
     std::fill(yb, yb + width, 0.0f);
     int64_t count = 0;
     for (int64_t r = 0; r < runs; ++r) {
-      const float* acc = sums.data() + (b * runs + r) * width;
+      const float* acc = sums + (b * runs + r) * width;
       for (int64_t e = 0; e < width; ++e) yb[e] += acc[e];
-      count += kept[static_cast<size_t>(b * runs + r)];
+      count += kept[b * runs + r];
     }
     // like sentence-transformers: the count is clamped away from 0 (an all-padding row gives zeros)
     const float inv = 1.0f / std::max(static_cast<float>(count), 1e-9f);
