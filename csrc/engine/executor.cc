@@ -96,6 +96,10 @@ Window2d window(const Node& nd) {
 // Bytes of one tile of patch rows (im2col, never the whole matrix): the tile and the product's own
 // packed copy of it stay in L2.
 constexpr int64_t kPatchBytes = 192 * 1024;
+// Every tile reads the whole weight, from L3 or memory where it is larger than L2: a larger weight
+// gets tiles as large as itself, up to this (a 3 x 3 convolution of 256 -> 512 channels on 49
+// pixels, in tiles of 21 rows, read its 4.7 MB float32 weight three times).
+constexpr int64_t kPatchMaxBytes = 1024 * 1024;
 // Bytes of a tile's output that an activation pass reads back right after its product.
 constexpr int64_t kUnaryTileBytes = 128 * 1024;
 
@@ -314,13 +318,16 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   const int64_t bytes = codes ? 1 : 4;
   // With an activation pass after the product (SiLU, hardswish), also few enough rows that the tile's
   // output is still in L2 when the pass reads it back (1024 rows of 96 outputs, 384 KiB, were not).
-  const int64_t out_rows = unary >= 0 || res != nullptr ? kUnaryTileBytes / (4 * n) : 1024;
-  int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, kPatchBytes / (bytes * k)}));
-  // Enough work for the threads but fewer tiles than two a thread: smaller tiles (at least 8 rows).
-  // Each thread then runs whole tiles, product and activation pass; three tiles of a 1x1 convolution
-  // of 784 pixels with hardswish each ran their product on both threads and the pass on one, and
-  // took longer on two threads than on one.
-  if (c.threads > 1 && static_cast<double>(pixels) * k * n >= gemm_min_parallel_macs()) {
+  const int64_t weight_bytes = k * n * (nd.wkind == WeightKind::dense_f32 ? 4 : 1);
+  const int64_t budget = std::clamp(weight_bytes, kPatchBytes, kPatchMaxBytes);
+  const int64_t out_rows = unary >= 0 || res != nullptr ? kUnaryTileBytes * (budget / kPatchBytes) / (4 * n) : 1024;
+  int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, budget / (bytes * k)}));
+  // Enough work for the threads but fewer tiles than two a thread, and a weight small enough to be
+  // read by every tile: smaller tiles (at least 8 rows). Each thread then runs whole tiles, product
+  // and activation pass; three tiles of a 1x1 convolution of 784 pixels with hardswish each ran their
+  // product on both threads and the pass on one, and took longer on two threads than on one. (A
+  // larger weight keeps its few tiles, each product split over the threads: each reads a part of it.)
+  if (c.threads > 1 && weight_bytes <= kPatchBytes && static_cast<double>(pixels) * k * n >= gemm_min_parallel_macs()) {
     rows = std::max<int64_t>(8, std::min(rows, (pixels + 2 * c.threads - 1) / (2 * c.threads)));
   }
   // tiles of `rows` pixels; with a scale per image, `rows` at most and each within one image
