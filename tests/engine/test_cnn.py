@@ -41,6 +41,23 @@ def test_float_programs_match_torch(name):
     assert p.info["error"] < 1e-4
 
 
+def test_export_fixes_each_winograd_tile_on_the_example_input():
+    """Every 3x3 convolution of stride 1 gets the tile winograd_tile_for chooses for its output on the
+    example input: on ResNet-18 at 64 x 64, F(4x4) for the 16 x 16 layers, F(2x2) for the smaller."""
+    from edgecompress.engine.ops import winograd_tile_for
+
+    x = _x((2, 3, 64, 64))
+    p = export(zoo.build("resnet18"), x)
+    shapes = p.shapes(x.numpy())
+    tiles = {}
+    for n in p.nodes:
+        if n.op == "conv2d" and n.attrs["kernel"] == [3, 3] and n.attrs.get("stride", [1, 1]) == [1, 1]:
+            b, ho, wo, _ = shapes[n.outputs[0]][0]
+            assert n.attrs["winograd"] == winograd_tile_for(b, ho, wo), n.name
+            tiles[ho] = n.attrs["winograd"]
+    assert tiles == {16: 4, 8: 2, 4: 2, 2: 2}
+
+
 def _photos():
     """scikit-learn's two sample photographs, center 224 x 224 crops, normalized as ImageNet models expect."""
     datasets = pytest.importorskip("sklearn.datasets")

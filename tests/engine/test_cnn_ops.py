@@ -172,6 +172,37 @@ def test_winograd_conv2d_edges(rng, tmp_path):
         g.program(["conv"], {})(np.zeros((1, 6, 6, 8), np.float32))
 
 
+def test_winograd_tile_attribute(rng, tmp_path):
+    """winograd=2 or 4 fixes the float32 tile, whatever the weight's size: the transformed weight has
+    (m + 2)^2 products, the output agrees with the patches, the choice survives release_weights, save
+    and load; other values are refused. winograd_tile_for takes F(2x2) on small images (few tiles of
+    F(4x4), partly outside the image), F(4x4) on large ones or many images."""
+    c, n, pad = 16, 12, (1, 1, 1, 1)
+    wts = (rng.standard_normal((n, 9 * c)).astype(np.float32), rng.standard_normal(n).astype(np.float32))
+    x = _image(rng, 2, 9, 7, c)
+    want = _winograd_program(wts, c, n, pad, None, False)(x)
+    assert winograd_tile(wts[0]) == 4  # the default: few kernels
+    for m in (2, 4):
+        p = _winograd_program(wts, c, n, pad, None, m)
+        got = p(x)
+        transformed = [v[0] for k, v in p._packed.items() if k[2].startswith("winograd")]
+        assert [len(t) for t in transformed] == [(m + 2) ** 2], m
+        np.testing.assert_allclose(got, want, rtol=0, atol=5e-5 * float(np.abs(want).max()), err_msg=f"F({m}x{m})")
+        p.save(tmp_path / f"f{m}")
+        back = ec.engine.load(tmp_path / f"f{m}")
+        assert [nd.attrs["winograd"] for nd in back.nodes if nd.op == "conv2d"] == [m]
+        np.testing.assert_array_equal(back(x), got)
+        released = _winograd_program(wts, c, n, pad, None, m)
+        released.release_weights()  # packs the form of the node's tile
+        np.testing.assert_array_equal(released(x), got)
+    for bad in (3, 1, 2.0):
+        with pytest.raises(ValueError, match="winograd"):
+            _winograd_program(wts, c, n, pad, None, bad)(x)
+    tile_for = ecops.winograd_tile_for
+    assert [tile_for(1, s, s) for s in (7, 14, 28, 56, 112)] == [2, 2, 4, 4, 4]
+    assert tile_for(8, 14, 14) == 4 and tile_for(1, 1, 1) == 2
+
+
 # integer Winograd: (batch, h, w, c, n, padding (t, b, l, r))
 WINOGRAD_S8 = [
     (1, 4, 4, 129, 3, (0, 0, 0, 0)),      # no padding; an odd channel count (a channel pair half empty)

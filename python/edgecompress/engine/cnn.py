@@ -30,6 +30,7 @@ import numpy as np
 from ..formats import LowRankWeight
 from .builder import GraphBuilder
 from ..reference.engine import window_size
+from .ops import winograd_applies, winograd_tile_for
 from .program import Program, record_error
 
 __all__ = ["export_cnn", "keep_faster", "trace"]
@@ -491,6 +492,20 @@ def keep_faster(compressed: Program, dense: Program, x: np.ndarray, margin: floa
     return put_back
 
 
+def winograd_tiles(program: Program, x: np.ndarray) -> None:
+    """Fixes, in place, the Winograd tile of every float32-capable 3x3 convolution of stride 1 whose
+    ``winograd`` attribute is unset (True): winograd_tile_for on its output's shape for input x."""
+    shapes = program.shapes(x)
+    for n in program.nodes:
+        if n.op != "conv2d" or n.attrs.get("winograd", True) is not True:
+            continue
+        (b, _, _, c), _ = shapes[n.inputs[0]]  # channels-last
+        if winograd_applies(n, c):
+            (_, ho, wo, _), _ = shapes[n.outputs[0]]
+            n.attrs["winograd"] = winograd_tile_for(b, ho, wo)
+    program.invalidate()
+
+
 def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibration_data: Any = None,
                guard: bool = False, faster: bool = True, **options: Any) -> Program:
     """The Program of a convolutional network (a torch.nn.Module that torch.fx traces, NCHW float32
@@ -504,9 +519,10 @@ def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibratio
     input scale per layer on ``calibration_data`` (a tensor or batches; default: example_input).
     ``options`` pass to ``compress``. faster (default): each product stays compressed only where the
     engine runs it faster than in float32, timed on example_input (``keep_faster``; the names of the
-    products put back are ``info["float32_products"]``). The program's ``report`` is compress's report
-    (None for float32) and ``info["error"]`` the relative error of its output against the float model
-    on example_input.
+    products put back are ``info["float32_products"]``). Each float32 3x3 convolution of stride 1 runs
+    in the Winograd tile that costs less on example_input's shapes (``winograd_tiles``). The program's
+    ``report`` is compress's report (None for float32) and ``info["error"]`` the relative error of its
+    output against the float model on example_input.
     """
     import torch
 
@@ -524,12 +540,15 @@ def export_cnn(model: Any, example_input: Any, recipe: Any = None, *, calibratio
         want = gm(tx).float().numpy()
     report = None
     dense = _Import(gm, x).run() if recipe is not None and faster else None
+    if dense is not None:
+        winograd_tiles(dense, x)
     if recipe is not None:
         exclude = list(options.pop("exclude", ())) + _one_channel_convs(gm)
         calib = calibration_data if calibration_data is not None else tx
         report = compress(gm, recipe, calibration_data=calib, example_inputs=(tx,), guard=guard, progress=False,
                           exclude=exclude, **options)
     program = _Import(gm, x).run()
+    winograd_tiles(program, x)
     program.report = report
     if dense is not None:
         program.info["float32_products"] = keep_faster(program, dense, x)

@@ -566,9 +566,34 @@ def winograd_weights(w: np.ndarray, m: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(u[a, b], dtype=np.float32) for a in range(m + 2) for b in range(m + 2)]
 
 
-def winograd_tile(w: np.ndarray) -> int:
-    """m of the Winograd F(m x m, 3x3) a 3x3 convolution weight w (n, 9 c) runs in: 4 when it has at
-    most WINOGRAD4_MAX_KERNELS kernels (n c), else 2."""
+# The weight of a Winograd product is read once per call, from memory at batch 1 (a network's weights
+# do not stay in L2 from one call to the next): a core's FMA rate over the rate it reads a weight
+# streamed from memory, in float operations per byte (measured on a Sapphire Rapids core: about 200
+# GFLOPS and 10 GB/s).
+WINOGRAD_FLOPS_PER_BYTE = 20
+
+
+def winograd_tile_for(images: int, ho: int, wo: int) -> int:
+    """m of the Winograd F(m x m, 3x3) that costs less on ``images`` outputs of ho x wo: the products'
+    2 a^2 c n t operations (t tiles of m x m) plus WINOGRAD_FLOPS_PER_BYTE times the transformed
+    weight's 4 a^2 c n bytes, a = m + 2 (c n cancels). F(4x4) does 2.25 times fewer multiply-adds than
+    F(2x2) on large images, but on a small one its tiles are few and partly outside the image (a 14 x
+    14 image: 16 tiles of 16 outputs, against 49 of 4) and its weight is 2.25 times larger: ResNet-18's
+    14 x 14 layers of 256 channels took 1.25 ms each in F(4x4), 1.05 in F(2x2)."""
+    def cost(m: int) -> int:
+        tiles = images * -(-ho // m) * -(-wo // m)
+        return (m + 2) ** 2 * (2 * tiles + 4 * WINOGRAD_FLOPS_PER_BYTE)
+
+    return 4 if cost(4) <= cost(2) else 2
+
+
+def winograd_tile(w: np.ndarray, node: Node | None = None) -> int:
+    """m of the Winograd F(m x m, 3x3) a 3x3 convolution weight w (n, 9 c) runs in: the node's
+    attribute ``winograd`` where it is 2 or 4 (export sets it: winograd_tile_for on its example
+    input), else 4 when the weight has at most WINOGRAD4_MAX_KERNELS kernels (n c), else 2."""
+    m = node.attrs.get("winograd", True) if node is not None else True
+    if m is not True:
+        return int(m)
     return 4 if w.shape[0] * (w.shape[1] // 9) <= WINOGRAD4_MAX_KERNELS else 2
 
 
@@ -612,10 +637,12 @@ def winograd_form(node: Node, channels: int) -> str:
     "" where winograd_applies does not, "winograd_s8" up to WINOGRAD_S8_MAX_CHANNELS channels (an
     Int8Weight then takes the integer transform, with its static input scale or a dynamic one per
     image: per_image_scale), else "winograd". A float32 weight takes the float32 products under either
-    form."""
+    form, in the tile the node's ``winograd`` attribute fixes (2 or 4: "@2" or "@4" after the form)."""
     if not winograd_applies(node, channels):
         return ""
-    return "winograd_s8" if channels <= WINOGRAD_S8_MAX_CHANNELS else "winograd"
+    form = "winograd_s8" if channels <= WINOGRAD_S8_MAX_CHANNELS else "winograd"
+    m = node.attrs.get("winograd", True)
+    return form if m is True else f"{form}@{m}"  # a float32 weight's tile, where the node fixes it
 
 
 def winograd_s8_pays() -> bool:
@@ -629,11 +656,14 @@ def packed_weight(w: Any, form: str = "") -> tuple[Any, int, int] | None:
     layer's, shared with every other user of the weight; a float32 array is packed for dense_f32), the
     q4 compute mode (0 int8, 1 float32) and the weight's N. forms "winograd" and "winograd_s8"
     (winograd_form): the list of the transformed products of a float32 3x3 convolution weight
-    (winograd_weights for its winograd_tile); under "winograd_s8", for an Int8Weight where
+    (winograd_weights for its winograd_tile; "@2" or "@4" after the form: the node's fixed tile); under
+    "winograd_s8", for an Int8Weight where
     winograd_s8_pays, the pair (its packed weight, winograd_s8_weights); None for any other weight."""
+    form, _, tile = form.partition("@")
     if form in ("winograd", "winograd_s8"):
         if isinstance(w, np.ndarray):
-            return [_core.pack_dense_f32(u, dense_f32_kernel()) for u in winograd_weights(w, winograd_tile(w))], 0, w.shape[0]
+            m = int(tile) if tile else winograd_tile(w)
+            return [_core.pack_dense_f32(u, dense_f32_kernel()) for u in winograd_weights(w, m)], 0, w.shape[0]
         if form == "winograd_s8" and isinstance(w, Int8Weight) and winograd_s8_pays():
             return (ops.packed(w), winograd_s8_weights(w.qweight)), 0, w.shape[0]
         return None
@@ -897,7 +927,8 @@ ATTRS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "conv2d": {"weight": ((lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) >= 2 and all(isinstance(x, str) for x in v))),
                           "a weight's name, or a list of one per group (2 or more)"), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
                **_ACT, "act_scale": _float("a finite float >= 1.18e-38", lambda v: v >= np.finfo(np.float32).tiny),
-               "act_zero_point": _int(0, 255), "winograd": ((lambda v: isinstance(v, bool)), "a bool")},
+               "act_zero_point": _int(0, 255),
+               "winograd": ((lambda v: isinstance(v, bool) or (type(v) is int and v in (2, 4))), "a bool, 2 or 4")},
     "depthwise_conv2d": {**_WINDOW_ATTRS, **_ACT},
     "pool2d": {"mode": _one_of(*POOL_MODES), "kernel": _ints(2, 1), **_WINDOW_ATTRS,
                "count_include_pad": ((lambda v: isinstance(v, bool)), "a bool")},
