@@ -55,7 +55,7 @@ import torch
 
 import edgecompress as ec
 from edgecompress import _core
-from edgecompress.bench import FP32_PROBE, _command_line, cpu_slug, int8_probe_for, write_report
+from edgecompress.bench import _command_line, cpu_slug, fp32_probe, int8_probe_for, write_report
 from edgecompress.compress import CompressionWarning
 from edgecompress.engine import export, zoo
 from edgecompress.runtime import LADDER
@@ -180,7 +180,7 @@ def limits(seconds: float) -> tuple[dict[str, float], str]:
     tiers = [t for t in LADDER[1:] if _core.tier_support(t)[0]]
     running = {p["name"] for p in _core.peak_probes() if p["runs_here"]}
     peaks, parts = {}, []
-    for kind, probe in (("int8", int8_probe_for(tiers[-1]) if tiers else None), ("fp32", FP32_PROBE.get(_core.arch()))):
+    for kind, probe in (("int8", int8_probe_for(tiers[-1]) if tiers else None), ("fp32", fp32_probe())):
         if probe in running:
             peaks[kind] = _core.peak_ops(probe, seconds)
             parts.append(f"{kind} {probe} {peaks[kind] / 1e9:.1f} G{'OPS' if kind == 'int8' else 'FLOPS'}")

@@ -47,6 +47,15 @@ AMX_SHAPES = [(m, k, n) for m in (16, 32, 64, 128, 512, 1024) for k, n in ((768,
 FP32_PROBE = {"x86_64": "fma_f32_ymm", "aarch64": "fmla_f32_q"}
 
 
+def fp32_probe() -> str | None:
+    """The FMA probe of the float32 kernel in use (dense_f32, which also runs the engine's convolutions):
+    fma_f32_zmm under its avx512 kernel, else the architecture's FP32_PROBE (an AVX-512 CPU's float32
+    limit was quoted at half its zmm peak, and the engine's float32 rows read over 100% of it)."""
+    from .runtime import dense_f32_kernel
+
+    return "fma_f32_zmm" if dense_f32_kernel().endswith("_avx512") else FP32_PROBE.get(_core.arch())
+
+
 def int8_probe_for(cap: str) -> str | None:
     """The instruction of the gemm_s8 kernel that serves the tier cap `cap` on this CPU: a tier
     without a gemm_s8 kernel of its own (avx512 has only float kernels) runs the one below."""
