@@ -72,21 +72,24 @@ void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, co
   const int tasks = threads == 1 ? 1 : 4 * threads;
   const int row_blocks = (m + kDenseRows - 1) / kDenseRows;
   int row_chunks = std::max(1, std::min(tasks, row_blocks / 8));
-  // chunks of at least 4 panels: the kernel's widest groups (2 panels for 6 rows on AVX-512) need
+  // chunks of at least 4 panels: the kernel's widest groups (4 panels for 6 rows on AVX-512) need
   // them, and one panel a task ran a 49 x 128 x 128 product (a Winograd product of a 28 x 28 image)
   // at half the kernel's speed, no faster on two threads than on one
   const int chunks = std::min((w.panels + 3) / 4, (tasks + row_chunks - 1) / row_chunks);
   if (row_chunks * chunks < 2 * threads) row_chunks = std::min(row_blocks, (2 * threads + chunks - 1) / chunks);
-  const int per = (w.panels + chunks - 1) / chunks;
+  // (whole groups of 4 panels per chunk, as for the blocks below)
+  const int per = ((w.panels + chunks - 1) / chunks + 3) / 4 * 4;
   const int rows_per = (row_blocks + row_chunks - 1) / row_chunks * kDenseRows;
   // (one block of rows reads each panel once: then the panels go in the kernel's widest groups, whose
   // several running sums per row hide the FMA latency; in blocks of one 64 KiB panel, a single row's
   // two sums made a 1024 x 1000 classifier wait on each k's FMA)
-  // (at least two panels: with K over 512 a 64 KiB block was one panel, and 6 rows of one panel's
-  // sums ran at half the FMA rate, 7 loads for 6 FMAs; a 3 x 3 convolution of 256 -> 512 channels on
-  // 49 pixels took 2.0 ms at 57 GFLOPS on AVX-512)
+  // (a multiple of 4 panels, the widest group of any tier (AVX-512: 6 rows x 4 panels): a block of 5
+  // panels at K = 192 ran one panel in five as 6 rows x 1 panel, at half the FMA rate (7 loads for 6
+  // FMAs), a fifth of a 1x1 convolution's panels and a third of its time; with K over 512 a 64 KiB
+  // block was one panel, and a 3 x 3 convolution of 256 -> 512 channels on 49 pixels took 2.0 ms at
+  // 57 GFLOPS on AVX-512)
   const int block = m <= kDenseRows ? w.panels
-                                    : std::max(2, static_cast<int>(16384 / (static_cast<int64_t>(w.k) * kDensePanel)));
+                                    : std::max(1, static_cast<int>(16384 / (static_cast<int64_t>(w.k) * kDensePanel)) / 4) * 4;
   const DenseKernel& kern = *p.kernel;
   auto run = [&](int task) {
     const int c = task % chunks, rc = task / chunks;
@@ -96,6 +99,7 @@ void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, co
       DenseTask t{&w, b0, std::min(c1, b0 + block), 0, nullptr, ldx, bias, act, nullptr, ldy};
       for (int r = r0; r < r1; r += kDenseRows) {
         t.m = std::min(kDenseRows, r1 - r);
+        t.first_pass = r == r0;
         t.x = x + r * ldx;
         t.y = y + r * ldy;
         kern.run(t);

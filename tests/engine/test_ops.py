@@ -360,9 +360,11 @@ def test_linear_formats(tier, threads, rng, activation):
 def test_float_linear_every_column_count(tier, threads, rng, activation):
     """A float32 weight's columns go in panels of 16 (dense_f32), each a whole number of the tier's
     vectors: every count of columns in the last panel (n = 1..40, whole vectors and a part of one), with
-    and without a bias, over 13 and 5 rows (whole blocks of rows and the rest)."""
-    for n in range(1, 41):
-        k = 3 + n % 5
+    and without a bias, over 13 and 5 rows (whole blocks of rows and the rest); and wider weights, whose
+    panels go in groups of 4, 2 and 1 (AVX-512) ending in a part of a panel, in blocks of 4 panels
+    (k = 300)."""
+    for n in [*range(1, 41), 64, 72, 88, 96, 100, 120, 136, 200]:
+        k = 3 + n % 5 if n <= 40 else (300 if n == 200 else 40 + n % 7)
         w = rng.standard_normal((n, k)).astype(np.float32)
         bias = rng.standard_normal(n).astype(np.float32) if n % 3 else None
         g = GraphBuilder()

@@ -36,6 +36,9 @@ struct DenseTask {
   Activation act;
   float* y;
   ptrdiff_t ldy;
+  // the panels' first pass (the first rows to read them): prefetch their rows ahead, as the weight
+  // may come from memory; later rows read them from L1/L2, where the prefetches only cost issue slots
+  bool first_pass = true;
 };
 
 struct DenseKernel {
