@@ -50,13 +50,16 @@ constexpr int df_group(int m) {
 // the rows in L1/L2 and skip the prefetches, which cost a 1x1 convolution 192 -> 1152 on 784 pixels
 // an eighth of its speed.
 template <int M, int PW, int LV, bool Prefetch>
-__attribute__((always_inline)) inline void df_loop(const DenseTask& t, const float* __restrict wp, ptrdiff_t pstride,
-                                                   df_vec (&acc)[M][(PW - 1) * kDfVecs + LV]) {
-  const int kn = t.w->k;
+__attribute__((always_inline)) inline void df_loop(const DenseTask& t, int p, df_vec (&acc)[M][(PW - 1) * kDfVecs + LV]) {
+  const DenseF32& w = *t.w;
+  const ptrdiff_t pstride = static_cast<ptrdiff_t>(w.k) * kDensePanel;
+  const float* __restrict wp = w.data + p * pstride;
   constexpr int V = (PW - 1) * kDfVecs + LV;  // registers of one row's sums
-  for (int k = 0; k < kn; ++k) {
+  unroll<M>([&](auto m) { unroll<V>([&](auto j) { acc[m.value][j.value] = df_vec{}; }); });
+  if constexpr (LV == kDfVecs && !Prefetch) EC_MCA_LOOP("dense_f32", M, PW);  // the steady state's loop
+  for (int k = 0; k < w.k; ++k) {
     if constexpr (Prefetch) {
-      const int kf = k + 24 < kn ? k + 24 : kn - 1;
+      const int kf = k + 24 < w.k ? k + 24 : w.k - 1;
       unroll<PW>([&](auto j) { __builtin_prefetch(wp + j.value * pstride + kf * kDensePanel); });
     }
     df_vec wv[V];
@@ -75,16 +78,10 @@ __attribute__((always_inline)) inline void df_loop(const DenseTask& t, const flo
 template <int M, int PW, int LV>
 __attribute__((always_inline)) inline void df_sums(const DenseTask& t, int p,
                                                    df_vec (&acc)[M][(PW - 1) * kDfVecs + LV]) {
-  const DenseF32& w = *t.w;
-  const ptrdiff_t pstride = static_cast<ptrdiff_t>(w.k) * kDensePanel;
-  const float* __restrict wp = w.data + p * pstride;
-  constexpr int V = (PW - 1) * kDfVecs + LV;  // registers of one row's sums
-  unroll<M>([&](auto m) { unroll<V>([&](auto j) { acc[m.value][j.value] = df_vec{}; }); });
-  if constexpr (LV == kDfVecs) EC_MCA_LOOP("dense_f32", M, PW);
-  if (!t.first_pass) {
-    df_loop<M, PW, LV, false>(t, wp, pstride, acc);
+  if (t.first_pass) {
+    df_loop<M, PW, LV, true>(t, p, acc);
   } else {
-    df_loop<M, PW, LV, true>(t, wp, pstride, acc);
+    df_loop<M, PW, LV, false>(t, p, acc);
   }
 }
 
@@ -94,7 +91,7 @@ __attribute__((always_inline)) inline void df_sums(const DenseTask& t, int p,
 // through the stack, and the epilogue's branches, cost a third of the products' time; a group ending
 // in a part of a panel went that way, and a 1x1 convolution 96 -> 24 ran at 70 GFLOPS where 24 -> 144
 // ran at 140).
-template <int M, int PW, bool B, bool R>
+template <int M, int PW, bool B, bool R, bool Tail>
 void df_group_whole(const DenseTask& t, int p, int tail) {
   constexpr int V = PW * kDfVecs;
   df_vec acc[M][V];
@@ -104,7 +101,7 @@ void df_group_whole(const DenseTask& t, int p, int tail) {
     const float* bj = t.bias + p * kDensePanel + j.value * kDfLanes;
     if (!B) {
       b[j.value] = df_vec{};
-    } else if (j.value < V - 1 || tail == kDfLanes) {
+    } else if (!Tail || j.value < V - 1) {
       std::memcpy(&b[j.value], bj, sizeof(df_vec));
     } else {  // the bias has only `tail` values left
       b[j.value] = df_vec{};
@@ -117,13 +114,23 @@ void df_group_whole(const DenseTask& t, int p, int tail) {
       df_vec v = acc[m.value][j.value];
       if (B) v = v + b[j.value];
       if (R) v = v > df_vec{} ? v : df_vec{};
-      if (j.value < V - 1 || tail == kDfLanes) {
+      if (!Tail || j.value < V - 1) {
         std::memcpy(yr + j.value * kDfLanes, &v, sizeof(v));
       } else {
         std::memcpy(yr + j.value * kDfLanes, &v, sizeof(float) * tail);
       }
     });
   });
+}
+
+template <int M, int PW, bool Tail>
+void df_group_act(const DenseTask& t, int p, int tail) {
+  if (t.bias == nullptr) {
+    return t.act == Activation::relu ? df_group_whole<M, PW, false, true, Tail>(t, p, tail)
+                                     : df_group_whole<M, PW, false, false, Tail>(t, p, tail);
+  }
+  return t.act == Activation::relu ? df_group_whole<M, PW, true, true, Tail>(t, p, tail)
+                                   : df_group_whole<M, PW, true, false, Tail>(t, p, tail);
 }
 
 // M rows times panels p .. p + PW - 1, of whose last panel only its first LV vectors (the columns
@@ -135,13 +142,7 @@ void df_group_run(const DenseTask& t, int p) {
   const int tail = w.n - (p + PW) * kDensePanel + kDfLanes;
   if (LV == kDfVecs && tail > 0 && t.act != Activation::gelu) {
     // the common case, with its branches decided once per call rather than per vector
-    const int cols = tail < kDfLanes ? tail : kDfLanes;
-    if (t.bias == nullptr) {
-      return t.act == Activation::relu ? df_group_whole<M, PW, false, true>(t, p, cols)
-                                       : df_group_whole<M, PW, false, false>(t, p, cols);
-    }
-    return t.act == Activation::relu ? df_group_whole<M, PW, true, true>(t, p, cols)
-                                     : df_group_whole<M, PW, true, false>(t, p, cols);
+    return tail >= kDfLanes ? df_group_act<M, PW, false>(t, p, kDfLanes) : df_group_act<M, PW, true>(t, p, tail);
   }
   constexpr int V = (PW - 1) * kDfVecs + LV;  // registers of one row's sums
   df_vec acc[M][V];
