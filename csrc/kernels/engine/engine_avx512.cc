@@ -2,6 +2,8 @@
 #if !defined(__AVX512F__)
 #error "engine_avx512.cc must be compiled with the avx512 tier flags"
 #endif
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 AVX-512 headers (see gemm_q4_avx512vnni.cc)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define EC_ENGINE_WIDTH 16
 #include "engine_impl.h"
 
