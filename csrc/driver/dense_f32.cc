@@ -85,7 +85,7 @@ void dense_run(const PackedDenseF32& p, const float* x, ptrdiff_t ldx, int m, co
   // two sums made a 1024 x 1000 classifier wait on each k's FMA)
   // (a multiple of 4 panels, the widest group of any tier (AVX-512: 6 rows x 4 panels): a block of 5
   // panels at K = 192 ran one panel in five as 6 rows x 1 panel, at half the FMA rate (7 loads for 6
-  // FMAs), a fifth of a 1x1 convolution's panels and a third of its time; with K over 512 a 64 KiB
+  // FMAs), a fifth of a 1x1 convolution's panels and over a quarter of its time; with K over 512 a 64 KiB
   // block was one panel, and a 3 x 3 convolution of 256 -> 512 channels on 49 pixels took 2.0 ms at
   // 57 GFLOPS on AVX-512)
   const int block = m <= kDenseRows ? w.panels
