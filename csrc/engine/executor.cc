@@ -318,16 +318,21 @@ RunStatus run_conv(const Node& nd, const Ctx& c) {
   const int64_t bytes = codes ? 1 : 4;
   // With an activation pass after the product (SiLU, hardswish), also few enough rows that the tile's
   // output is still in L2 when the pass reads it back (1024 rows of 96 outputs, 384 KiB, were not).
-  const int64_t weight_bytes = k * n * (nd.wkind == WeightKind::dense_f32 ? 4 : 1);
-  const int64_t budget = std::clamp(weight_bytes, kPatchBytes, kPatchMaxBytes);
-  const int64_t out_rows = unary >= 0 || res != nullptr ? kUnaryTileBytes * (budget / kPatchBytes) / (4 * n) : 1024;
+  // A float32 weight larger than kPatchBytes gets tiles up to its own size (kPatchMaxBytes).
+  const bool pass = unary >= 0 || res != nullptr;
+  const int64_t weight_bytes = k * n * 4;
+  const bool large = nd.wkind == WeightKind::dense_f32 && weight_bytes > kPatchBytes;
+  const int64_t budget = large ? std::min(weight_bytes, kPatchMaxBytes) : kPatchBytes;
+  const int64_t out_rows = pass ? kUnaryTileBytes * (budget / kPatchBytes) / (4 * n) : 1024;
   int64_t rows = std::max<int64_t>(8, std::min<int64_t>({1024, out_rows, budget / (bytes * k)}));
-  // Enough work for the threads but fewer tiles than two a thread, and a weight small enough to be
-  // read by every tile: smaller tiles (at least 8 rows). Each thread then runs whole tiles, product
-  // and activation pass; three tiles of a 1x1 convolution of 784 pixels with hardswish each ran their
-  // product on both threads and the pass on one, and took longer on two threads than on one. (A
-  // larger weight keeps its few tiles, each product split over the threads: each reads a part of it.)
-  if (c.threads > 1 && weight_bytes <= kPatchBytes && static_cast<double>(pixels) * k * n >= gemm_min_parallel_macs()) {
+  // Enough work for the threads but fewer tiles than two a thread: smaller tiles (at least 8 rows).
+  // Each thread then runs whole tiles, product and activation pass; three tiles of a 1x1 convolution
+  // of 784 pixels with hardswish each ran their product on both threads and the pass on one, and
+  // took longer on two threads than on one. A large float32 weight without a pass keeps its few
+  // tiles, each product split over the threads (each reads a part of the weight, not all of it once
+  // per tile). (An int8 one too ran ResNet-18's int8-static layer3 and layer4 in one tile each, their
+  // products split inside gemm_s8 over 49 to 196 rows: 4.77 ms on two threads against 2.95.)
+  if (c.threads > 1 && (pass || !large) && static_cast<double>(pixels) * k * n >= gemm_min_parallel_macs()) {
     rows = std::max<int64_t>(8, std::min(rows, (pixels + 2 * c.threads - 1) / (2 * c.threads)));
   }
   // tiles of `rows` pixels; with a scale per image, `rows` at most and each within one image
