@@ -27,6 +27,34 @@ inline void cpu_relax() {
 #endif
 }
 
+// The CPU the calling thread runs on (-1 where unknown).
+inline int current_cpu() {
+#if defined(__linux__)
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+// A worker just woken onto the CPU of the thread that woke it (`cpu`) moves to another CPU it may
+// run on: its affinity without that CPU for a moment (the kernel migrates it then), then back as it
+// was. After the caller slept (a pause between two calls from Python), Linux woke the worker on the
+// caller's CPU (wake-affine) while the other CPU idled, and the two shared one CPU until the load
+// balancer moved one: on a 2-vCPU VM, after a 0.2 s pause, 13 of 16 calls of ResNet-18 int8-static
+// on two threads ran at the speed of one (about 4.9 ms against 2.4). No thread's affinity changes.
+void move_off(int cpu) {
+#if defined(__linux__)
+  if (cpu < 0 || current_cpu() != cpu) return;
+  cpu_set_t mine;
+  if (sched_getaffinity(0, sizeof(mine), &mine) != 0 || !CPU_ISSET(cpu, &mine) || CPU_COUNT(&mine) < 2) return;
+  cpu_set_t others = mine;
+  CPU_CLR(cpu, &others);
+  if (sched_setaffinity(0, sizeof(others), &others) == 0) sched_setaffinity(0, sizeof(mine), &mine);
+#else
+  (void)cpu;
+#endif
+}
+
 // How long an idle worker spins before it sleeps, after a job or after the last hold ends (about the gap
 // between two calls from Python: shorter, the next call found it asleep).
 constexpr int kSpinMicros = 1000;
@@ -51,6 +79,7 @@ class ThreadPool {
   // While held (a run of many parallel ops, with serial stretches between them), idle workers spin
   // instead of sleeping; a hold wakes sleeping ones, so that they are up before the first op.
   void hold() {
+    caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
     if (holds_.fetch_add(1) == 0) {
       std::lock_guard<std::mutex> lock(wake_mutex_);
       wake_.notify_all();
@@ -77,6 +106,7 @@ class ThreadPool {
       for (int q = 0; q < threads; ++q) {
         parts_[q].next.store(static_cast<uint64_t>(job_.tag) << 32 | static_cast<uint32_t>(part_begin(job_, q)));
       }
+      caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
       generation_.store(gen, std::memory_order_release);
     }
     wake_.notify_all();
@@ -161,6 +191,7 @@ class ThreadPool {
           return generation_.load(std::memory_order_relaxed) != seen || stop_.load() || holds_.load() > 0;
         });
         if (stop_.load()) return;
+        move_off(caller_cpu_.load(std::memory_order_relaxed));
         if (generation_.load(std::memory_order_relaxed) == seen) continue;  // woken by a hold: spin
         seen = generation_.load(std::memory_order_relaxed);
         job = job_;
@@ -202,6 +233,7 @@ class ThreadPool {
   std::unique_ptr<Part[]> parts_;  // one per thread; replaced only while no worker runs
   std::atomic<int> active_{0};     // helpers inside work()
   std::atomic<int> holds_{0};      // PoolHold objects alive
+  std::atomic<int> caller_cpu_{-1};  // the CPU of the thread that last held the pool or published a job
 };
 
 std::mutex g_pool_mutex;
