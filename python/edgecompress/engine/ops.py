@@ -587,13 +587,10 @@ def winograd_tile_for(images: int, ho: int, wo: int) -> int:
     return 4 if cost(4) <= cost(2) else 2
 
 
-def winograd_tile(w: np.ndarray, node: Node | None = None) -> int:
-    """m of the Winograd F(m x m, 3x3) a 3x3 convolution weight w (n, 9 c) runs in: the node's
-    attribute ``winograd`` where it is 2 or 4 (export sets it: winograd_tile_for on its example
-    input), else 4 when the weight has at most WINOGRAD4_MAX_KERNELS kernels (n c), else 2."""
-    m = node.attrs.get("winograd", True) if node is not None else True
-    if m is not True:
-        return int(m)
+def winograd_tile(w: np.ndarray) -> int:
+    """m of the Winograd F(m x m, 3x3) a 3x3 convolution weight w (n, 9 c) runs in where its node does
+    not fix one (a ``winograd`` attribute of 2 or 4, which winograd_form passes on): 4 when the
+    weight has at most WINOGRAD4_MAX_KERNELS kernels (n c), else 2."""
     return 4 if w.shape[0] * (w.shape[1] // 9) <= WINOGRAD4_MAX_KERNELS else 2
 
 
